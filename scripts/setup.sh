@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv and installs spark-distill with its test tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# torch first: a CPU build where one is offered locally (2.13), never a surprise CUDA download
+# from a dependency. A torch that is already installed and in range is kept.
+.venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.4,<2.15"
+# onnx2torch declares torchvision, which would replace the torch above with a CUDA build; it
+# needs torchvision only for NMS/RoIAlign, which openpilot's models do not use.
+$PIP install -q --no-deps "onnx2torch==1.5.15"
+$PIP install -q -e ".[test]"
+.venv/bin/python -c "import torch, onnx2torch, av, capnp, webdataset; print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__)"

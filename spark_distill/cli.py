@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The `spark-distill` command line: options -> config -> stage.run. The only place that catches
+SparkDistillError: it prints `error: <message>` on stderr and exits 2 (bad input) or 1 (runtime)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from spark_distill import __version__
+from spark_distill.errors import SparkDistillError
+
+app = typer.Typer(
+    name="spark-distill",
+    help="Distil and fine-tune openpilot driving models from your own routes: ingest -> label -> train -> export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+out = Console()
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"spark-distill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details (INFO).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """spark-distill: openpilot route logs -> labeled shards -> DoRA-tuned student -> ONNX."""
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_time=False, show_path=False)], force=True)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SparkDistillError into one line on stderr and its exit code (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SparkDistillError as e:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("interrupted; completed work is kept and a re-run resumes", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar (rate, ETA) fed by on_progress(done, total); silent when not on a terminal."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=not console.is_terminal, transient=False)
+    task = progress.add_task(description, total=None, rate="")
+
+    def update(done: int, total: int) -> None:
+        elapsed = progress.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else ""
+        progress.update(task, completed=done, total=max(total, done), rate=rate)
+
+    with progress:
+        yield update
+
+
+def print_table(title: str, rows: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows.items():
+        table.add_row(k, f"{v:,.2f}" if isinstance(v, float) else str(v))
+    out.print(table)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@app.command("synth-route")
+@handles_errors
+def synth_route(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the route's segment folders into.")],
+    segments: Annotated[int, typer.Option(help="Number of segments.")] = 2,
+    seconds: Annotated[float, typer.Option(help="Length of each segment in seconds (real ones are 60).")] = 10.0,
+    device: Annotated[str, typer.Option(help="tici: comma 3/3X, 1928x1208 road + wide; eon: 1164x874 road only.")
+                      ] = "tici",
+    log_format: Annotated[str, typer.Option(help="rlog compression: bz2, zst or raw.")] = "bz2",
+    layout: Annotated[str, typer.Option(help="Folder names: tools (<dongle>_<route>--<n>) or device "
+                                             "(<route>--<n>).")] = "tools",
+    lane_change_at: Annotated[float | None, typer.Option(help="Start of the left lane change, seconds from the "
+                                                              "route start [default: the middle].")] = None,
+    rhd: Annotated[bool, typer.Option(help="Log a right-hand-drive car (isRHD).")] = False,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
+             "missing-wide, corrupt-video-tail, encoder-drops.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the drive's dynamics.")] = 0,
+) -> None:
+    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
+    from spark_distill.synth.route import SynthConfig, write_route
+
+    cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
+                      lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed)
+    for truth in write_route(out_dir, cfg):
+        faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
+        out.print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Segment, route or parent folders, or globs (quote them).")],
+    out_root: Annotated[Path, typer.Option("--out", "-o", help="Dataset root; frames go to ROOT/frames/.")],
+    clip_len: Annotated[int, typer.Option(help="Frames per clip (20 = 1 s at 20 Hz).")] = 20,
+    workers: Annotated[int, typer.Option(help="Segment worker processes [default: one per CPU core].")] = 0,
+    cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
+                                              "from the road camera).")] = "road,wide",
+    log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
+    schema_dir: Annotated[Path | None, typer.Option(help="Folder with a newer cereal log.capnp "
+                                                         "[default: openpilot-logging's].")] = None,
+    shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg threads per video decoder (0 = auto).")] = 0,
+) -> None:
+    """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent)."""
+    from spark_distill.ingest.run import IngestConfig
+    from spark_distill.ingest.run import ingest as run_ingest
+
+    cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
+                       cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
+                       decode_threads=decode_threads)
+    with progress_bar("ingest") as update:
+        r = run_ingest(cfg, on_progress=update)
+    print_table(f"ingest -> {out_root / 'frames'}", {
+        "segments ingested": r.segments_done, "segments already present": r.segments_already,
+        "segments skipped": len(r.segments_skipped), "frames kept": r.frames_kept,
+        "frames dropped": r.frames_dropped, "shards written": r.shards_written,
+        "MB written": r.bytes_written / 1e6, "frames/s": r.frames_per_s})
+    for s in r.segments_skipped:
+        console.print(f"skipped {s['name']}: {s['reason']}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def inspect(
+    root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
+    verify: Annotated[bool, typer.Option(help="Re-hash every shard and check every sample's members and shapes.")
+                      ] = False,
+    png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
+) -> None:
+    """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
+    from spark_distill.dataset import contact_sheet, summarize, verify_frames
+    from spark_distill.errors import DatasetError
+
+    s = summarize(root)
+    print_table(f"dataset {root}", {k: v for k, v in s.items() if k not in ("root", "settings")})
+    if png is not None:
+        out.print(f"contact sheet: {contact_sheet(root, png)}")
+    if verify:
+        v = verify_frames(root)
+        for p in v.problems:
+            console.print(f"  {p}", highlight=False)
+        if v.problems:
+            raise DatasetError(f"verification found {len(v.problems)} problem(s) in {v.shards} shard(s)")
+        out.print(f"verified: {v.shards} shards, {v.samples} clips, all hashes, members and shapes match")
+
+
+@bench_app.command("ingest")
+@handles_errors
+def bench_ingest(
+    seconds: Annotated[float, typer.Option(help="Length of each synthetic 1928x1208 segment, seconds.")] = 10.0,
+    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones "
+                                                    "(a folder with at least 2).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+) -> None:
+    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.7), and ingest with 1 and 2 workers."""
+    from spark_distill.bench.ingest import bench_ingest as run_bench
+
+    for line in run_bench(seconds=seconds, route=route, workdir=workdir):
+        out.print(line, highlight=False)

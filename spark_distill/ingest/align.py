@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Log streams sampled at camera-frame times, and the frame matching of road and wide cameras.
+
+Main entry points: `frame_log_arrays(log, times)` (per-frame desire, car state, pose, GPS,
+calibration, traffic convention) and `match_frames(...)` (road and wide frames joined by frameId
+through the encode-index events, never by position in the file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+import numpy as np
+
+from spark_distill.ingest.logs import EncodeIndex, LogData, Stream
+
+F = TypeVar("F")  # a decoded frame, whatever the decoder yields
+
+DESIRE_LEN = 8
+# cereal log.capnp Desire enum: none, turnLeft, turnRight, laneChangeLeft, laneChangeRight, keepLeft, keepRight
+DESIRE_NONE, LANE_CHANGE_LEFT, LANE_CHANGE_RIGHT, KEEP_LEFT, KEEP_RIGHT = 0, 3, 4, 5, 6
+# openpilot selfdrive/controls/lib/desire_helper.py DESIRES[direction][state];
+# LaneChangeState off=0 preLaneChange=1 laneChangeStarting=2 laneChangeFinishing=3; direction none=0 left=1 right=2
+_DESIRES = {
+    (1, 1): KEEP_LEFT, (1, 2): LANE_CHANGE_LEFT, (1, 3): LANE_CHANGE_LEFT,
+    (2, 1): KEEP_RIGHT, (2, 2): LANE_CHANGE_RIGHT, (2, 3): LANE_CHANGE_RIGHT,
+}
+
+
+def desire_onehot(lane_change: np.ndarray) -> np.ndarray:
+    """(N, 2) [laneChangeState, laneChangeDirection] (NaN = unknown) -> (N, 8) one-hot, zeros where unknown."""
+    out = np.zeros((len(lane_change), DESIRE_LEN), dtype=np.float32)
+    for i, (state, direction) in enumerate(lane_change):
+        if np.isnan(state):
+            continue
+        out[i, _DESIRES.get((int(direction), int(state)), DESIRE_NONE)] = 1.0
+    return out
+
+
+def _first(log: LogData, *names: str) -> Stream | None:
+    return next((log.streams[n] for n in names if n in log.streams), None)
+
+
+def _sample(stream: Stream | None, t: np.ndarray, width: int) -> np.ndarray:
+    return stream.at(t) if stream is not None else np.full((len(t), width), np.nan)
+
+
+def frame_log_arrays(log: LogData, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame log data at frame times `t` (ns, logMonoTime clock): latest message at or before."""
+    calib = _sample(log.streams.get("calibration"), t, 4)
+    rhd = _sample(log.streams.get("rhd"), t, 1)[:, 0]
+    return {
+        "desire": desire_onehot(_sample(_first(log, "lane_change", "lane_change_v2", "lane_change_lp"), t, 2)),
+        "car": _sample(log.streams.get("car"), t, 10).astype(np.float32),
+        "pose": _sample(_first(log, "pose", "odometry"), t, 12).astype(np.float32),
+        "gps": _sample(_first(log, "gps", "gps_internal"), t, 6),
+        "rpy": np.nan_to_num(calib[:, :3], nan=0.0),
+        "calib_valid": np.nan_to_num(calib[:, 3], nan=0.0) > 0.5,
+        "rhd": np.nan_to_num(rhd, nan=0.0) > 0.5,
+    }
+
+
+def calibration_at(log: LogData, t: int) -> tuple[float, float, float]:
+    """liveCalibration rpyCalib at time t; zeros before the first message (modeld's start-up value)."""
+    stream = log.streams.get("calibration")
+    if stream is None:
+        return (0.0, 0.0, 0.0)
+    row = stream.at(np.array([t]))[0]
+    return (0.0, 0.0, 0.0) if np.isnan(row[0]) else (float(row[0]), float(row[1]), float(row[2]))
+
+
+def traffic_onehot(rhd: bool) -> np.ndarray:
+    """[left-hand drive, right-hand drive] one-hot (openpilot modeld traffic_convention)."""
+    out = np.zeros(2, dtype=np.float32)
+    out[int(rhd)] = 1.0
+    return out
+
+
+def indexed_frames(frames: Iterator[tuple[int, F]], index: EncodeIndex, counts: dict[str, int]
+                   ) -> Iterator[tuple[int, int, F]]:
+    """(frameId, timestamp_eof, frame) for decoded frames that have an encode-index entry.
+
+    Frames without one are dropped and counted in counts["unindexed"]."""
+    by_sid = {int(s): (int(f), int(t)) for s, f, t in zip(index.segment_id, index.frame_id, index.timestamp_eof,
+                                                          strict=True)}
+    for sid, frame in frames:
+        hit = by_sid.get(sid)
+        if hit is None:
+            counts["unindexed"] = counts.get("unindexed", 0) + 1
+            continue
+        yield hit[0], hit[1], frame
+
+
+def match_frames(road: Iterator[tuple[int, int, F]], wide: Iterator[tuple[int, int, F]] | None,
+                 counts: dict[str, int]) -> Iterator[tuple[int, int, F, F | None]]:
+    """Join road and wide frames on frameId (both ascending).
+
+    Road frames with no wide partner are dropped and counted in counts["unpaired"], wide frames with
+    no road partner in counts["wide_only"]. Without a wide stream every road frame passes with None."""
+    if wide is None:
+        for fid, t, frame in road:
+            yield fid, t, frame, None
+        return
+    w = next(wide, None)
+    for fid, t, frame in road:
+        while w is not None and w[0] < fid:
+            counts["wide_only"] = counts.get("wide_only", 0) + 1
+            w = next(wide, None)
+        if w is not None and w[0] == fid:
+            yield fid, t, frame, w[2]
+            w = next(wide, None)
+        else:
+            counts["unpaired"] = counts.get("unpaired", 0) + 1
+    while w is not None:
+        counts["wide_only"] = counts.get("wide_only", 0) + 1
+        w = next(wide, None)

@@ -1,0 +1,222 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Reading openpilot logs: compression sniffed from magic bytes, truncated tails kept, the streams
+ingest needs pulled out as arrays. Main entry point: `read_log(path, schema)`.
+
+Follows openpilot tools/lib/logreader.py (file -> bytes -> Event stream); unlike it, a corrupt or
+truncated tail is not fatal: the readable prefix is kept and one warning says what was lost.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import zstandard
+
+from spark_distill.errors import CorruptLogError, IngestError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+BZ2_MAGIC = b"BZh"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+CAR_COLUMNS = ("vEgo", "aEgo", "steeringAngleDeg", "steeringRateDeg", "yawRate", "leftBlinker",
+               "rightBlinker", "gasPressed", "brakePressed", "standstill")
+POSE_COLUMNS = ("vel_x", "vel_y", "vel_z", "angvel_x", "angvel_y", "angvel_z",
+                "acc_x", "acc_y", "acc_z", "roll", "pitch", "yaw")
+GPS_COLUMNS = ("latitude", "longitude", "altitude", "speed", "bearingDeg", "accuracy")
+
+
+def load_schema(schema_dir: Path | None = None) -> ModuleType:
+    """The cereal `log` schema: openpilot-logging's, or `schema_dir/log.capnp` for newer logs."""
+    return _load_schema(str(schema_dir) if schema_dir else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_schema(schema_dir: str | None) -> ModuleType:
+    if schema_dir is None:
+        try:
+            from openpilot_logging.cereal import log as schema
+        except ImportError as e:
+            raise MissingDependencyError("the cereal schema is missing: pip install openpilot-logging") from e
+        return schema
+    import capnp
+
+    path = Path(schema_dir) / "log.capnp"
+    if not path.is_file():
+        raise IngestError(f"--schema-dir {schema_dir}: no log.capnp there")
+    capnp.remove_import_hook()
+    try:
+        return capnp.load(str(path), imports=[schema_dir])
+    except Exception as e:  # pycapnp raises KjException for parse errors
+        raise IngestError(f"--schema-dir {schema_dir}: cannot load log.capnp ({e})") from e
+
+
+def _decompress_prefix(data: bytes, kind: str) -> tuple[bytes, str | None]:
+    """Decompress as much as is readable. Returns (bytes, warning or None)."""
+    out: list[bytes] = []
+    try:
+        if kind == "bz2":
+            rest = data
+            while rest:  # multi-stream bz2 (pbzip2-style) concatenates streams
+                dec = bz2.BZ2Decompressor()
+                out.append(dec.decompress(rest))
+                if not dec.eof:
+                    return b"".join(out), "bz2 stream truncated; kept the readable prefix"
+                rest = dec.unused_data
+        else:
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            out.append(dobj.decompress(data))
+            if not dobj.eof:
+                return b"".join(out), "zstd stream truncated; kept the readable prefix"
+    except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:
+        return b"".join(out), f"{kind} stream corrupt ({e}); kept the readable prefix"
+    return b"".join(out), None
+
+
+def read_log_bytes(path: Path) -> tuple[bytes, list[str]]:
+    """Raw Event bytes of a log file, by magic bytes (not extension), and any warnings."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorruptLogError(f"{path}: cannot read ({e.strerror})") from e
+    if data.startswith(BZ2_MAGIC):
+        raw, warn = _decompress_prefix(data, "bz2")
+    elif data.startswith(ZSTD_MAGIC):
+        raw, warn = _decompress_prefix(data, "zstd")
+    else:
+        raw, warn = data, None
+    return raw, [warn] if warn else []
+
+
+@dataclass
+class Stream:
+    """One log stream: message times (logMonoTime, ns) and one row of values per message."""
+
+    times: np.ndarray  # (N,) int64
+    values: np.ndarray  # (N, K) float64
+
+    def at(self, t: np.ndarray) -> np.ndarray:
+        """Latest value at or before each time in `t`; NaN rows where none exists yet."""
+        idx = np.searchsorted(self.times, t, side="right") - 1
+        out = np.full((len(t), self.values.shape[1]), np.nan)
+        ok = idx >= 0
+        out[ok] = self.values[idx[ok]]
+        return out
+
+
+@dataclass
+class EncodeIndex:
+    """Encode-index events of one camera: which file frame (segmentId) holds which camera frame."""
+
+    segment_id: np.ndarray  # (N,) int64, index of the frame in this segment's video file
+    frame_id: np.ndarray  # (N,) int64, camera frame id
+    timestamp_eof: np.ndarray  # (N,) int64, ns, same clock as logMonoTime
+
+
+@dataclass
+class LogData:
+    """What ingest needs from one segment's log."""
+
+    path: Path
+    streams: dict[str, Stream]
+    encode: dict[str, EncodeIndex]  # "road" / "wide"
+    device_type: str = "unknown"
+    version: str = ""
+    events: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _xyz(m: object) -> list[float]:
+    return [m.x, m.y, m.z] if m.valid else [np.nan] * 3  # type: ignore[attr-defined]
+
+
+def _row_car(cs: object) -> list[float]:
+    return [float(getattr(cs, c)) for c in CAR_COLUMNS]
+
+
+def _row_pose(p: object) -> list[float]:
+    return _xyz(p.velocityDevice) + _xyz(p.angularVelocityDevice) + _xyz(p.accelerationDevice) + _xyz(
+        p.orientationNED)  # type: ignore[attr-defined]
+
+
+def _row_odometry(o: object) -> list[float]:
+    trans, rot = list(o.trans), list(o.rot)  # type: ignore[attr-defined]
+    return (trans if len(trans) == 3 else [np.nan] * 3) + (rot if len(rot) == 3 else [np.nan] * 3) + [np.nan] * 6
+
+
+def _row_gps(g: object) -> list[float]:
+    return [g.latitude, g.longitude, g.altitude, g.speed, g.bearingDeg, g.horizontalAccuracy]  # type: ignore[attr-defined]
+
+
+def _row_calib(c: object) -> list[float]:
+    rpy = list(c.rpyCalib)  # type: ignore[attr-defined]
+    valid = float(str(c.calStatus) == "calibrated") if len(rpy) == 3 else 0.0  # type: ignore[attr-defined]
+    return (rpy if len(rpy) == 3 else [0.0, 0.0, 0.0]) + [valid]
+
+
+def _row_lane_change(meta: object) -> list[float]:
+    return [float(meta.laneChangeState.raw), float(meta.laneChangeDirection.raw)]  # type: ignore[attr-defined]
+
+
+# event name -> (stream name, row function); first listed source of a stream wins where several exist
+_EXTRACTORS = {
+    "carState": ("car", lambda e: _row_car(e.carState)),
+    "livePose": ("pose", lambda e: _row_pose(e.livePose)),
+    "cameraOdometry": ("odometry", lambda e: _row_odometry(e.cameraOdometry)),
+    "gpsLocationExternal": ("gps", lambda e: _row_gps(e.gpsLocationExternal)),
+    "gpsLocation": ("gps_internal", lambda e: _row_gps(e.gpsLocation)),
+    "liveCalibration": ("calibration", lambda e: _row_calib(e.liveCalibration)),
+    "driverMonitoringState": ("rhd", lambda e: [float(e.driverMonitoringState.isRHD)]),
+    "drivingModelData": ("lane_change", lambda e: _row_lane_change(e.drivingModelData.meta)),
+    "modelV2": ("lane_change_v2", lambda e: _row_lane_change(e.modelV2.meta)),
+    "lateralPlanDEPRECATED": ("lane_change_lp", lambda e: [
+        float(e.lateralPlanDEPRECATED.laneChangeState.raw),
+        float(e.lateralPlanDEPRECATED.laneChangeDirection.raw)]),
+}
+_ENCODE = {"roadEncodeIdx": "road", "wideRoadEncodeIdx": "wide"}
+
+
+def read_log(path: Path, schema: ModuleType) -> LogData:
+    """Parse one log file. Raises CorruptLogError when it holds no readable event."""
+    raw, warnings = read_log_bytes(path)
+    rows: dict[str, tuple[list[int], list[list[float]]]] = {}
+    enc: dict[str, list[tuple[int, int, int, int]]] = {"road": [], "wide": []}
+    device_type, version, count = "unknown", "", 0
+    try:
+        for ev in schema.Event.read_multiple_bytes(raw):
+            count += 1
+            which = ev.which()
+            t = ev.logMonoTime
+            if which in _ENCODE:
+                e = getattr(ev, which)
+                enc[_ENCODE[which]].append((t, e.segmentId, e.frameId, e.timestampEof))
+            elif which in _EXTRACTORS:
+                name, row = _EXTRACTORS[which]
+                times, values = rows.setdefault(name, ([], []))
+                times.append(t)
+                values.append(row(ev))
+            elif which == "initData":
+                device_type, version = str(ev.initData.deviceType), ev.initData.version
+    except Exception as e:  # pycapnp raises KjException on a truncated or corrupt message
+        warnings.append(f"log truncated or corrupt after {count} events ({str(e).splitlines()[0][:120]})")
+    if count == 0:
+        raise CorruptLogError(f"{path}: no readable events")
+    streams: dict[str, Stream] = {}
+    for name, (times, values) in rows.items():
+        t = np.asarray(times, dtype=np.int64)
+        order = np.argsort(t, kind="stable")  # events sorted by logMonoTime
+        streams[name] = Stream(t[order], np.asarray(values, dtype=np.float64)[order])
+    encode = {}
+    for cam, items in enc.items():
+        arr = np.asarray(sorted(items), dtype=np.int64).reshape(-1, 4)
+        encode[cam] = EncodeIndex(arr[:, 1], arr[:, 2], arr[:, 3])
+    for w in warnings:
+        log.debug("%s: %s", path, w)
+    return LogData(path, streams, encode, device_type, version, count, warnings)

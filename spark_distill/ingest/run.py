@@ -1,0 +1,296 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The ingest pass: segments -> `<root>/frames/` shards + manifest. Entry point: `ingest(cfg)`.
+
+Workers (one process per segment) write each segment's clips to a staging tar; the main process
+copies them, in segment order, into shards of `shard_clips` clips. A shard is written to a
+temporary name and renamed; the manifest is rewritten atomically after each shard and says which
+segments are complete and how many clips of the next one are already in shards. So an ingest
+killed at any moment and run again produces exactly the shards of an uninterrupted run, and a
+re-run on the same inputs changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spark_distill import __version__, shards
+from spark_distill.errors import ConfigError, IngestError
+from spark_distill.ingest.discover import Segment, discover_segments
+from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
+from spark_distill.ingest.segment import SegmentReport, SegmentSettings, segment_clips
+from spark_distill.ingest.video import count_packets
+
+log = logging.getLogger(__name__)
+
+CAMERAS = ("road", "wide")
+LOG_KINDS = ("auto", "rlog", "qlog")
+STAGING = ".staging"
+# settings that change sample contents: a dataset must keep them across runs
+_SHAPE_SETTINGS = ("clip_len", "cameras", "log_kind", "shard_clips")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """Options of `spark-distill ingest`."""
+
+    inputs: tuple[str, ...]
+    out: Path
+    clip_len: int = 20  # frames per clip: 1 s at 20 Hz
+    workers: int = 0  # segment worker processes; 0 = one per CPU core
+    cameras: tuple[str, ...] = CAMERAS
+    log_kind: str = "auto"  # rlog if present, else qlog
+    schema_dir: Path | None = None
+    shard_clips: int = 50  # clips per shard: ~1000 frames, a few hundred MB of real video
+    decode_threads: int = 0  # FFmpeg threads per decoder; 0 = FFmpeg's choice
+
+    def __post_init__(self) -> None:
+        if self.clip_len < 1:
+            raise ConfigError(f"--clip-len must be >= 1, got {self.clip_len}")
+        if self.shard_clips < 1:
+            raise ConfigError(f"--shard-clips must be >= 1, got {self.shard_clips}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if bad := [c for c in self.cameras if c not in CAMERAS]:
+            raise ConfigError(f"unknown camera {bad[0]!r}; choose from {', '.join(CAMERAS)}")
+        if "road" not in self.cameras:
+            raise ConfigError("--cameras must include road (the model's main input)")
+        if self.log_kind not in LOG_KINDS:
+            raise ConfigError(f"unknown --log {self.log_kind!r}; choose from {', '.join(LOG_KINDS)}")
+
+    @property
+    def settings(self) -> SegmentSettings:
+        return SegmentSettings(self.clip_len, tuple(self.cameras), self.log_kind,
+                               str(self.schema_dir) if self.schema_dir else None, self.decode_threads)
+
+    def manifest_settings(self) -> dict[str, Any]:
+        return {"clip_len": self.clip_len, "cameras": list(self.cameras), "log_kind": self.log_kind,
+                "shard_clips": self.shard_clips}
+
+
+@dataclass
+class IngestResult:
+    """What a run did (its summary)."""
+
+    root: Path
+    segments_done: int = 0
+    segments_skipped: list[dict[str, str]] = field(default_factory=list)
+    segments_already: int = 0
+    frames_kept: int = 0
+    frames_dropped: int = 0
+    shards_written: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_kept / self.seconds if self.seconds else 0.0
+
+
+def _new_manifest(cfg: IngestConfig) -> dict[str, Any]:
+    return {"format": shards.FRAMES_FORMAT, "version": shards.FORMAT_VERSION, "tool": f"spark-distill {__version__}",
+            "settings": cfg.manifest_settings(), "car_columns": list(CAR_COLUMNS),
+            "pose_columns": list(POSE_COLUMNS), "gps_columns": list(GPS_COLUMNS),
+            "shards": [], "segments": [], "skipped": [], "partial": None}
+
+
+def open_manifest(folder: Path, cfg: IngestConfig) -> dict[str, Any]:
+    """The existing manifest (checked against cfg's settings) or a new one."""
+    if not (folder / shards.MANIFEST).exists():
+        return _new_manifest(cfg)
+    manifest = shards.read_manifest(folder, shards.FRAMES_FORMAT)
+    old, new = manifest["settings"], cfg.manifest_settings()
+    for key in _SHAPE_SETTINGS:
+        if old.get(key) != new[key]:
+            raise ConfigError(f"{folder} was ingested with {key}={old.get(key)!r}, not {new[key]!r}; "
+                              "use the same setting or another --out")
+    return manifest
+
+
+def _clean_leftovers(folder: Path, manifest: dict[str, Any]) -> None:
+    """Remove temp files and shards a killed run left beyond the manifest."""
+    listed = {s["name"] for s in manifest["shards"]}
+    for p in folder.iterdir():
+        if p.name.endswith(".tmp") or (p.name.startswith("shard-") and p.name not in listed):
+            p.unlink()
+    shutil.rmtree(folder / STAGING, ignore_errors=True)
+
+
+@dataclass
+class _StagedSegment:
+    report: SegmentReport
+    staging: Path | None
+    error: str | None = None
+
+
+def _stage_segment(args: tuple[Segment, SegmentSettings, Path, Any]) -> _StagedSegment:
+    """Worker: write one segment's clips to a staging tar (in a process of the pool, or inline)."""
+    seg, settings, staging_dir, progress = args
+    report = SegmentReport(seg.name)
+    path = staging_dir / f"{seg.number:05d}-{shards.sanitize_segment(seg.name)}.tar"
+    writer = shards.ShardWriter(staging_dir, path.name, shards.FRAMES_MEMBERS)
+    try:
+        for sample in segment_clips(seg, settings, report):
+            writer.write(sample, frames=settings.clip_len)
+            if progress is not None:
+                progress.put(_frames_in(sample))
+    except IngestError as e:
+        writer.abort()
+        return _StagedSegment(report, None, str(e))
+    writer.close()
+    return _StagedSegment(report, path)
+
+
+def _frames_in(sample: dict[str, Any]) -> int:
+    return len(json.loads(sample["meta.json"])["frame_ids"])
+
+
+class _ShardSink:
+    """Copies samples into shards of `per_shard` clips and commits the manifest after each."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], per_shard: int) -> None:
+        self.folder, self.manifest, self.per_shard = folder, manifest, per_shard
+        self.writer: shards.ShardWriter | None = None
+        self.finished: list[dict[str, Any]] = []  # segments whose clips all sit in the open shard
+        self.open_segment: str | None = None
+        self.open_clips = 0  # clips of open_segment already written into shards (closed or open)
+        self.written: list[shards.ShardInfo] = []
+
+    def add(self, sample: dict[str, Any], segment: str, frames: int) -> None:
+        if self.writer is None:
+            name = shards.shard_name(len(self.manifest["shards"]))
+            self.writer = shards.ShardWriter(self.folder, name, shards.FRAMES_MEMBERS)
+        if segment != self.open_segment:
+            self.open_segment, self.open_clips = segment, 0
+        self.writer.write(sample, frames=frames)
+        self.open_clips += 1
+        if self.writer.samples >= self.per_shard:
+            self.close_shard()
+
+    def segment_done(self, report: SegmentReport) -> None:
+        self.finished.append(report.to_json())
+        self.open_segment, self.open_clips = None, 0
+        if self.writer is None:  # its last clip closed a shard already
+            self._commit()
+
+    def close_shard(self) -> None:
+        if self.writer is not None:
+            info = self.writer.close()
+            self.writer = None
+            self.manifest["shards"].append(info.to_json())
+            self.written.append(info)
+        self._commit()
+
+    def _commit(self) -> None:
+        self.manifest["segments"] += self.finished
+        self.finished = []
+        self.manifest["partial"] = ({"segment": self.open_segment, "clips": self.open_clips}
+                                    if self.open_segment else None)
+        shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+
+
+def _staged(jobs: list[tuple], workers: int) -> Iterator[_StagedSegment]:
+    if workers <= 1:
+        yield from map(_stage_segment, jobs)
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_stage_segment, jobs)
+
+
+def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None = None) -> IngestResult:
+    """Run the ingest pass. `on_progress(frames_done, frames_total_estimate)` is called as clips land."""
+    segments = discover_segments(list(cfg.inputs))
+    folder = cfg.out / "frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = open_manifest(folder, cfg)
+    _clean_leftovers(folder, manifest)
+    done = {s["name"] for s in manifest["segments"]}
+    pending = [s for s in segments if s.name not in done]
+    result = IngestResult(cfg.out, segments_already=len(segments) - len(pending))
+    if not pending:
+        return result
+    partial = manifest.get("partial") or {}
+    manifest["skipped"] = [s for s in manifest["skipped"] if s["name"] not in {p.name for p in pending}]
+    staging = folder / STAGING
+    staging.mkdir()
+    sink = _ShardSink(folder, manifest, cfg.shard_clips)
+    workers = min(cfg.workers or os.cpu_count() or 1, len(pending))
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, staging, True)
+        queue = _progress_queue(stack, pending, workers, on_progress)
+        jobs = [(seg, cfg.settings, staging, queue) for seg in pending]
+        for seg, staged in zip(pending, _staged(jobs, workers), strict=True):
+            if staged.error is not None:
+                log.warning("skipped %s: %s", seg.name, staged.error)
+                manifest["skipped"].append({"name": seg.name, "reason": staged.error})
+                result.segments_skipped.append({"name": seg.name, "reason": staged.error})
+                continue
+            for w in staged.report.warnings:
+                log.warning("%s: %s", seg.name, w)
+            skip = partial.get("clips", 0) if partial.get("segment") == seg.name else 0
+            sink.open_segment, sink.open_clips = seg.name, skip
+            for i, sample in enumerate(shards.iter_shard(staged.staging, shards.FRAMES_MEMBERS)):
+                if i >= skip:
+                    sink.add(sample, seg.name, _frames_in(sample))
+            staged.staging.unlink()
+            sink.segment_done(staged.report)
+            result.segments_done += 1
+            result.frames_kept += staged.report.frames_kept
+            result.frames_dropped += staged.report.frames_dropped
+        sink.close_shard()
+    if result.segments_done == 0 and result.segments_skipped:
+        raise IngestError(result.segments_skipped[0]["reason"])
+    result.seconds = time.perf_counter() - start
+    result.shards_written = len(sink.written)
+    result.bytes_written = sum(s.bytes for s in sink.written)
+    return result
+
+
+def _progress_queue(stack: contextlib.ExitStack, pending: list[Segment], workers: int,
+                    on_progress: Callable[[int, int], None] | None) -> Any:
+    """Where workers report frames done: a Manager queue drained by a thread, or in-process."""
+    if on_progress is None:
+        return None
+    total = sum(count_packets(p) for s in pending if (p := s.camera_file("road")))
+    if workers <= 1:
+        return _LocalQueue(on_progress, total)
+    queue = stack.enter_context(mp.get_context("spawn").Manager()).Queue()
+
+    def pump() -> None:
+        done = 0
+        while (n := queue.get()) is not None:
+            done += n
+            on_progress(done, total)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    stack.callback(thread.join)
+    stack.callback(queue.put, None)
+    return queue
+
+
+class _LocalQueue:
+    """In-process stand-in for the progress queue when segments run inline."""
+
+    def __init__(self, on_progress: Callable[[int, int], None], total: int) -> None:
+        self.on_progress, self.total, self.done = on_progress, total, 0
+
+    def put(self, n: int) -> None:
+        self.done += n
+        self.on_progress(self.done, self.total)
+
+
+def summary(result: IngestResult) -> dict[str, Any]:
+    return asdict(result) | {"frames_per_s": result.frames_per_s, "root": str(result.root)}

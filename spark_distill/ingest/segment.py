@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""One segment -> clip samples: decode, match, warp, pack, sample the log, encode members.
+
+Main entry point: `segment_clips(segment, settings, report)`, a generator of encoded samples ready
+for a ShardWriter; `report` collects what was kept, dropped and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spark_distill import shards
+from spark_distill.errors import IngestError
+from spark_distill.ingest.align import (
+    calibration_at,
+    frame_log_arrays,
+    indexed_frames,
+    match_frames,
+    traffic_onehot,
+)
+from spark_distill.ingest.discover import Segment
+from spark_distill.ingest.logs import load_schema, read_log
+from spark_distill.ingest.video import VideoReport, decode_i420
+from spark_distill.modelframe import cameras_for, warp_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """The ingest options that shape samples (recorded in the manifest)."""
+
+    clip_len: int = 20
+    cameras: tuple[str, ...] = ("road", "wide")
+    log_kind: str = "auto"
+    schema_dir: str | None = None
+    decode_threads: int = 0
+
+
+@dataclass
+class SegmentReport:
+    """Manifest entry of one segment."""
+
+    name: str
+    sources: dict[str, str] = field(default_factory=dict)
+    log: str = ""
+    frames_kept: int = 0
+    frames_dropped: int = 0
+    clips: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "sources": self.sources, "log": self.log, "frames_kept": self.frames_kept,
+                "frames_dropped": self.frames_dropped, "clips": self.clips, "dropped": self.dropped,
+                "warnings": self.warnings}
+
+
+def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport) -> Iterator[dict[str, Any]]:
+    """Encoded clip samples of one segment, in order. Raises IngestError when nothing is usable."""
+    log_path, kind = seg.log_file(settings.log_kind)
+    if log_path is None:
+        raise IngestError(f"{seg.path}: no {settings.log_kind if settings.log_kind != 'auto' else 'rlog or qlog'} file")
+    road_path = seg.camera_file("road")
+    if road_path is None:
+        raise IngestError(f"{seg.path}: no fcamera.hevc")
+    logdata = read_log(log_path, load_schema(Path(settings.schema_dir) if settings.schema_dir else None))
+    report.log, report.warnings = kind, list(logdata.warnings)
+    report.sources = {"log": log_path.name, "road": road_path.name}
+    if kind == "qlog" and settings.log_kind == "auto":
+        report.warnings.append("no rlog; used the qlog (decimated log streams)")
+    if len(logdata.encode["road"].segment_id) == 0:
+        raise IngestError(f"{log_path}: no roadEncodeIdx events; frames cannot be matched to the log")
+
+    wide_path = seg.camera_file("wide") if "wide" in settings.cameras else None
+    if "wide" in settings.cameras and wide_path is not None and len(logdata.encode["wide"].segment_id) == 0:
+        report.warnings.append("no wideRoadEncodeIdx events; wide input built from the road camera")
+        wide_path = None
+    elif "wide" in settings.cameras and wide_path is None:
+        report.warnings.append("no ecamera.hevc; wide input built from the road camera")
+    if wide_path is not None:
+        report.sources["wide"] = wide_path.name
+
+    counts: dict[str, int] = {}
+    road_video = VideoReport(road_path)
+    road = indexed_frames(decode_i420(road_path, road_video, threads=settings.decode_threads),
+                          logdata.encode["road"], counts)
+    wide_video = VideoReport(wide_path) if wide_path else None
+    wide = None
+    if wide_path is not None:
+        wide_counts: dict[str, int] = {}
+        wide = indexed_frames(decode_i420(wide_path, wide_video, threads=settings.decode_threads),
+                              logdata.encode["wide"], wide_counts)
+    buffer: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    clip = kept = 0
+    cams = None
+    for fid, t, road_frame, wide_frame in match_frames(road, wide, counts):
+        if cams is None:
+            road_cam, wide_cam = cameras_for(road_video.width, road_video.height)
+            cams = (road_cam, wide_cam if wide_frame is not None else road_cam)
+        rpy = calibration_at(logdata, t)
+        src_wide = wide_frame if wide_frame is not None else road_frame
+        packed_road = warp_for(rpy, cams[0], big=False, strides=road_frame.strides)(
+            road_frame.y, road_frame.u, road_frame.v)
+        packed_wide = warp_for(rpy, cams[1], big=True, strides=src_wide.strides)(src_wide.y, src_wide.u, src_wide.v)
+        buffer.append((fid, t, packed_road, packed_wide))
+        kept += 1
+        if len(buffer) == settings.clip_len:
+            yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None)
+            clip, buffer = clip + 1, []
+    if buffer:
+        yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None)
+        clip += 1
+
+    ids = logdata.encode["road"].frame_id
+    encoder_gaps = int(np.sum(np.maximum(np.diff(np.sort(ids)) - 1, 0))) if len(ids) > 1 else 0
+    counts["encoder_gaps"] = encoder_gaps
+    counts["undecoded"] = max(0, len(ids) - road_video.frames - counts.get("unindexed", 0))
+    report.warnings += road_video.warnings + (wide_video.warnings if wide_video else [])
+    report.dropped = {k: v for k, v in sorted(counts.items()) if v}
+    report.frames_dropped = sum(v for k, v in counts.items() if k != "wide_only")
+    report.clips = clip
+    report.frames_kept = kept
+    if clip == 0:
+        raise IngestError(f"{road_path}: no frame could be matched to the log ({report.dropped or 'no frames'})")
+
+
+def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_from_road: bool) -> dict[str, Any]:
+    fids = [f[0] for f in frames]
+    times = np.array([f[1] for f in frames], dtype=np.int64)
+    arrays = frame_log_arrays(logdata, times)
+    flags = ["wide_from_road"] if wide_from_road else []
+    if not bool(arrays["calib_valid"][0]):
+        flags.append("calibration_invalid")
+    if np.any(np.diff(fids) != 1):
+        flags.append("frame_gap")
+    meta = {
+        "segment": seg.name, "clip": clip, "frame_ids": fids, "timestamps_ns": times.tolist(),
+        "cameras": {"road": "fcamera.hevc", "wide": "fcamera.hevc" if wide_from_road else "ecamera.hevc"},
+        "calibration": {"rpy": arrays["rpy"][0].tolist(), "valid": bool(arrays["calib_valid"][0]),
+                        "rpy_per_frame": arrays["rpy"].tolist()},
+        "flags": flags,
+    }
+    road = np.stack([f[2] for f in frames])  # (T, 6, 128, 256) uint8
+    wide = np.stack([f[3] for f in frames])
+    return {
+        "__key__": shards.clip_key(seg.name, clip),
+        "road.npy.zst": shards.encode_array(road),
+        "wide.npy.zst": shards.encode_array(wide),
+        "desire.npy.zst": shards.encode_array(arrays["desire"]),
+        "traffic.npy.zst": shards.encode_array(traffic_onehot(bool(arrays["rhd"][0]))),
+        "car.npy.zst": shards.encode_array(arrays["car"]),
+        "pose.npy.zst": shards.encode_array(arrays["pose"]),
+        "gps.npy.zst": shards.encode_array(arrays["gps"].astype(np.float64)),
+        "meta.json": json.dumps(meta, sort_keys=True).encode(),
+    }

@@ -1,0 +1,311 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Synthetic openpilot route segments: real cereal logs and really encoded HEVC of a rendered road.
+
+Main entry point: `write_route(out, SynthConfig(...))`, which returns what was written (including
+the ground truth per camera frame, for tests). Faults a real drive shows can be injected into the
+last segment: a truncated log, missing encode-index events, no wide camera, a corrupt HEVC tail,
+frames dropped by the encoder.
+"""
+
+from __future__ import annotations
+
+import bz2
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import zstandard
+
+from spark_distill.errors import ConfigError
+from spark_distill.ingest.logs import load_schema
+from spark_distill.modelframe import CAMERAS
+from spark_distill.synth.scene import LANE_WIDTH, CarPose, SceneRenderer
+
+log = logging.getLogger(__name__)
+
+FPS = 20
+FRAME_NS = 50_000_000
+T0_NS = 10_000_000_000  # logMonoTime of the route's first frame
+DEVICES = {"tici": (1928, 1208), "eon": (1164, 874)}
+FAULTS = ("truncated-log", "missing-encode-idx", "missing-wide", "corrupt-video-tail", "encoder-drops")
+LOG_FORMATS = ("bz2", "zst", "raw")
+LANE_CHANGE_SECONDS = 4.0  # laneChangeStarting 2 s + laneChangeFinishing 2 s
+PRE_LANE_CHANGE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """What to synthesize. Defaults: a 2-segment comma 3X route with a lane change."""
+
+    segments: int = 2
+    seconds: float = 10.0  # per segment; real segments are 60 s
+    device: str = "tici"  # tici: 1928x1208 road + wide; eon: 1164x874 road only
+    log_format: str = "bz2"
+    lane_change_at: float | None = None  # s from route start; None: the middle of the route
+    rhd: bool = False  # right-hand drive (driverMonitoringState.isRHD)
+    rpy: tuple[float, float, float] = (0.0, 0.03, -0.02)  # liveCalibration.rpyCalib, rad
+    dongle: str = "0123456789abcdef"
+    start: str = "2026-11-26--12-00-00"
+    layout: str = "tools"  # tools: <dongle>_<start>--<n>; device: <start>--<n>
+    faults: tuple[str, ...] = ()  # injected into the last segment
+    seed: int = 0
+    crf: int = 28  # x265 quality
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"unknown log format {self.log_format!r}; choose one of {', '.join(LOG_FORMATS)}")
+        if bad := [f for f in self.faults if f not in FAULTS]:
+            raise ConfigError(f"unknown fault {bad[0]!r}; choose from {', '.join(FAULTS)}")
+        if self.segments < 1 or self.seconds < 1.0:
+            raise ConfigError("need at least 1 segment of at least 1 s")
+        if self.layout not in ("tools", "device"):
+            raise ConfigError(f"unknown layout {self.layout!r}; choose tools or device")
+
+
+class Dynamics:
+    """The drive as smooth functions of time t (s from the route start)."""
+
+    def __init__(self, cfg: SynthConfig, route_seconds: float) -> None:
+        rng = np.random.default_rng(cfg.seed)
+        self.phase = rng.uniform(0, 2 * math.pi, size=4)
+        self.lc = cfg.lane_change_at if cfg.lane_change_at is not None else route_seconds / 2
+
+    def speed(self, t: float) -> float:
+        return 20.0 + 5.0 * math.sin(0.1 * t + self.phase[0])
+
+    def accel(self, t: float) -> float:
+        return 0.5 * math.cos(0.1 * t + self.phase[0])
+
+    def distance(self, t: float) -> float:
+        return 20.0 * t - 50.0 * (math.cos(0.1 * t + self.phase[0]) - math.cos(self.phase[0]))
+
+    def curvature(self, t: float) -> float:
+        return 0.002 * math.sin(0.15 * t + self.phase[1])
+
+    def lane_change_progress(self, t: float) -> float:
+        x = min(max((t - self.lc) / LANE_CHANGE_SECONDS, 0.0), 1.0)
+        return x * x * (3 - 2 * x)  # smoothstep
+
+    def lateral(self, t: float) -> float:
+        return -LANE_WIDTH * self.lane_change_progress(t) + 0.3 * math.sin(0.4 * t + self.phase[2])
+
+    def lateral_velocity(self, t: float, dt: float = 1e-3) -> float:
+        return (self.lateral(t + dt) - self.lateral(t - dt)) / (2 * dt)
+
+    def lead_distance(self, t: float) -> float:
+        return 25.0 + 8.0 * math.sin(0.3 * t + self.phase[3])
+
+    def lane_change_state(self, t: float) -> tuple[str, str]:
+        """(laneChangeState, laneChangeDirection) as openpilot's DesireHelper would log them."""
+        dt = t - self.lc
+        if -PRE_LANE_CHANGE_SECONDS <= dt < 0:
+            return "preLaneChange", "left"
+        if 0 <= dt < LANE_CHANGE_SECONDS / 2:
+            return "laneChangeStarting", "left"
+        if LANE_CHANGE_SECONDS / 2 <= dt < LANE_CHANGE_SECONDS:
+            return "laneChangeFinishing", "left"
+        return "off", "none"
+
+    def pose(self, t: float) -> CarPose:
+        return CarPose(self.distance(t), self.lateral(t), self.curvature(t), self.lead_distance(t))
+
+
+@dataclass
+class SegmentTruth:
+    """What a segment holds, per camera frame (encoded or not), for tests."""
+
+    name: str
+    path: Path
+    frame_ids: list[int] = field(default_factory=list)
+    t_eof: list[int] = field(default_factory=list)
+    in_video: list[bool] = field(default_factory=list)  # encoded into fcamera.hevc
+    indexed: list[bool] = field(default_factory=list)  # has a roadEncodeIdx event
+    has_wide: bool = True
+    faults: tuple[str, ...] = ()
+
+
+def segment_dir_name(cfg: SynthConfig, n: int) -> str:
+    return f"{cfg.dongle}_{cfg.start}--{n}" if cfg.layout == "tools" else f"{cfg.start}--{n}"
+
+
+def _encoder(path: Path, width: int, height: int, crf: int) -> tuple[av.container.OutputContainer, av.VideoStream]:
+    out = av.open(str(path), "w", format="hevc")
+    stream = out.add_stream("libx265", rate=FPS)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.options = {"preset": "ultrafast", "crf": str(crf),
+                      "x265-params": "log-level=none:keyint=20:min-keyint=20:scenecut=0:bframes=0"}
+    return out, stream
+
+
+def _event(schema, t: int, which: str, fill: Callable[[object], None] | None = None) -> bytes:
+    ev = schema.Event.new_message(logMonoTime=t, valid=True)
+    body = ev.init(which)
+    if fill is not None:
+        fill(body)
+    return t, ev.to_bytes()
+
+
+def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tuple[str, ...] = ()) -> SegmentTruth:
+    """Write segment n of the route into out/<segment dir> and return its truth."""
+    schema = load_schema()
+    width, height = DEVICES[cfg.device]
+    road_cam, wide_cam = CAMERAS[(width, height)]
+    has_wide = wide_cam is not None and "missing-wide" not in faults
+    seg = out / segment_dir_name(cfg, n)
+    seg.mkdir(parents=True, exist_ok=True)
+    truth = SegmentTruth(name=seg.name, path=seg, has_wide=has_wide, faults=faults)
+    frames = round(cfg.seconds * FPS)
+    first = n * frames  # route-wide camera frame id
+    renderers = {"road": SceneRenderer(road_cam, cfg.rpy)}
+    if has_wide:
+        renderers["wide"] = SceneRenderer(wide_cam, cfg.rpy)
+    encoders = {cam: _encoder(seg / ("fcamera.hevc" if cam == "road" else "ecamera.hevc"), width, height, cfg.crf)
+                for cam in renderers}
+    # encoder drops: the camera produced the frame, the encoder never wrote it
+    dropped = {first + 7, first + 8} if "encoder-drops" in faults else set()
+    unindexed = {first + 12, first + 13, first + 14} if "missing-encode-idx" in faults else set()
+    events: list[tuple[int, bytes]] = []
+    t_start = T0_NS + first * FRAME_NS
+
+    def init(b):
+        b.deviceType = cfg.device
+        b.version = "0.10.1-synth"
+        b.dongleId = cfg.dongle
+
+    events.append(_event(schema, t_start - 1_000_000, "initData", init))
+    segment_ids = dict.fromkeys(renderers, 0)
+    for i in range(frames):
+        fid = first + i
+        sof = T0_NS + fid * FRAME_NS
+        eof = sof + 20_000_000
+        t = (sof - T0_NS) / 1e9
+        truth.frame_ids.append(fid)
+        truth.t_eof.append(eof)
+        truth.in_video.append(fid not in dropped)
+        truth.indexed.append(fid not in dropped and fid not in unindexed)
+        pose = dyn.pose(t)
+        for cam, renderer in renderers.items():
+            state = "roadCameraState" if cam == "road" else "wideRoadCameraState"
+
+            def cam_state(b, fid=fid, sof=sof, eof=eof):
+                b.frameId, b.timestampSof, b.timestampEof = fid, sof, eof
+                b.sensor = "ox03c10" if cfg.device == "tici" else "unknown"
+
+            events.append(_event(schema, eof + 1_000_000, state, cam_state))
+            if fid in dropped:
+                continue
+            container, stream = encoders[cam]
+            frame = av.VideoFrame.from_ndarray(renderer.render(pose), format="yuv420p")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            sid = segment_ids[cam]
+            segment_ids[cam] += 1
+            if fid in unindexed:
+                continue
+
+            def enc(b, fid=fid, sid=sid, sof=sof, eof=eof):
+                b.frameId, b.segmentNum, b.segmentId, b.segmentIdEncode = fid, n, sid, sid
+                b.encodeId, b.timestampSof, b.timestampEof, b.type = fid, sof, eof, "fullHEVC"
+
+            which = "roadEncodeIdx" if cam == "road" else "wideRoadEncodeIdx"
+            events.append(_event(schema, eof + 5_000_000, which, enc))
+    for container, stream in encoders.values():
+        for packet in stream.encode():
+            container.mux(packet)
+        container.close()
+    events += _state_events(schema, cfg, dyn, t_start, frames)
+    events.sort(key=lambda e: e[0])
+    _write_log(seg, cfg.log_format, b"".join(b for _, b in events), truncated="truncated-log" in faults)
+    if "corrupt-video-tail" in faults:
+        _corrupt_tail(seg / "fcamera.hevc", cfg.seed)
+    return truth
+
+
+def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames: int) -> list[tuple[int, bytes]]:
+    """carState 100 Hz, livePose/drivingModelData 20 Hz, gps 10 Hz, calibration and DM 4 Hz."""
+    events = []
+    span = frames * FRAME_NS
+    for k in range(0, span, 10_000_000):
+        tn = t_start + k + 3_000_000
+        t = (tn - T0_NS) / 1e9
+        state, direction = dyn.lane_change_state(t)
+
+        def car(b, t=t, state=state, direction=direction):
+            v = dyn.speed(t)
+            b.vEgo, b.aEgo = v, dyn.accel(t)
+            b.steeringAngleDeg = math.degrees(dyn.curvature(t) * 2.7 * 15.0)
+            b.steeringRateDeg = 0.0
+            b.yawRate = v * dyn.curvature(t)
+            b.leftBlinker = state != "off" and direction == "left"
+            b.rightBlinker = False
+            b.gasPressed = b.brakePressed = b.standstill = False
+
+        events.append(_event(schema, tn, "carState", car))
+        if k % 50_000_000 == 0:
+            def pose(b, t=t):
+                v, kappa = dyn.speed(t), dyn.curvature(t)
+                for name, xyz in (("velocityDevice", (v, dyn.lateral_velocity(t), 0.0)),
+                                  ("angularVelocityDevice", (0.0, 0.0, v * kappa)),
+                                  ("accelerationDevice", (dyn.accel(t), v * v * kappa, 0.0)),
+                                  ("orientationNED", (0.0, 0.0, 0.0))):
+                    m = getattr(b, name)
+                    m.x, m.y, m.z = xyz
+                    m.valid = True
+
+            def dmd(b, state=state, direction=direction):
+                b.meta.laneChangeState, b.meta.laneChangeDirection = state, direction
+
+            events.append(_event(schema, tn + 1_000_000, "livePose", pose))
+            events.append(_event(schema, tn + 2_000_000, "drivingModelData", dmd))
+        if k % 100_000_000 == 0:
+            def gps(b, t=t):
+                b.latitude = 37.0 + dyn.distance(t) / 111_000.0
+                b.longitude, b.altitude = -122.0, 10.0
+                b.speed, b.bearingDeg, b.horizontalAccuracy = dyn.speed(t), 0.0, 3.0
+
+            events.append(_event(schema, tn + 4_000_000, "gpsLocationExternal", gps))
+        if k % 250_000_000 == 0:
+            def calib(b):
+                b.rpyCalib = list(cfg.rpy)
+                b.calStatus = "calibrated"
+
+            def dm(b):
+                b.isRHD = cfg.rhd
+
+            events.append(_event(schema, tn + 5_000_000, "liveCalibration", calib))
+            events.append(_event(schema, tn + 6_000_000, "driverMonitoringState", dm))
+    return events
+
+
+def _write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool) -> None:
+    data = {"bz2": lambda b: bz2.compress(b, 9), "zst": lambda b: zstandard.ZstdCompressor(level=10).compress(b),
+            "raw": lambda b: b}[fmt](raw)
+    if truncated:  # the device lost power mid-write
+        data = data[: int(len(data) * 0.7)]
+    (seg / ("rlog" if fmt == "raw" else f"rlog.{fmt}")).write_bytes(data)
+
+
+def _corrupt_tail(path: Path, seed: int) -> None:
+    data = path.read_bytes()
+    cut = int(len(data) * 0.85)
+    garbage = np.random.default_rng(seed).integers(0, 256, size=4096, dtype=np.uint8).tobytes()
+    path.write_bytes(data[:cut] + garbage)
+
+
+def write_route(out: Path, cfg: SynthConfig) -> list[SegmentTruth]:
+    """Write cfg.segments segments under `out`; faults go into the last one."""
+    out.mkdir(parents=True, exist_ok=True)
+    dyn = Dynamics(cfg, cfg.segments * cfg.seconds)
+    truths = []
+    for n in range(cfg.segments):
+        faults = cfg.faults if n == cfg.segments - 1 else ()
+        truths.append(write_segment(out, cfg, n, dyn, faults))
+        log.info("wrote %s", truths[-1].path)
+    return truths
