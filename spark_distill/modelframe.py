@@ -186,12 +186,13 @@ class FrameWarp:
         return out.reshape(FRAME_SHAPE)
 
     def warp_i420(self, i420: np.ndarray) -> np.ndarray:
-        """Warp a contiguous I420 array (H*3/2, W)."""
+        """Warp a contiguous I420 buffer: Y (H x W), then U and V (H/2 x W/2 each), any shape."""
         w, h = self.size
-        if i420.shape != (h * 3 // 2, w):
-            raise ValueError(f"expected an I420 frame of shape {(h * 3 // 2, w)}, got {i420.shape}")
         flat = i420.reshape(-1)
-        return self(flat[: w * h], flat[w * h: w * h + (w // 2) * (h // 2)], flat[w * h + (w // 2) * (h // 2):])
+        ys, uvs = w * h, (w // 2) * (h // 2)
+        if flat.size != ys + 2 * uvs:
+            raise ValueError(f"expected an I420 buffer of {ys + 2 * uvs} bytes for {w}x{h}, got {flat.size}")
+        return self(flat[:ys], flat[ys:ys + uvs], flat[ys + uvs:])
 
 
 @functools.lru_cache(maxsize=32)

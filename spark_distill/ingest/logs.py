@@ -51,9 +51,9 @@ def _load_schema(schema_dir: str | None) -> ModuleType:
     path = Path(schema_dir) / "log.capnp"
     if not path.is_file():
         raise IngestError(f"--schema-dir {schema_dir}: no log.capnp there")
-    capnp.remove_import_hook()
     try:
-        return capnp.load(str(path), imports=[schema_dir])
+        # a parser of its own: loading a second copy of cereal into the global parser aborts the process
+        return capnp.SchemaParser().load(str(path), imports=[schema_dir])
     except Exception as e:  # pycapnp raises KjException for parse errors
         raise IngestError(f"--schema-dir {schema_dir}: cannot load log.capnp ({e})") from e
 

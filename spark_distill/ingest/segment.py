@@ -120,9 +120,11 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None)
         clip += 1
 
-    ids = logdata.encode["road"].frame_id
-    encoder_gaps = int(np.sum(np.maximum(np.diff(np.sort(ids)) - 1, 0))) if len(ids) > 1 else 0
-    counts["encoder_gaps"] = encoder_gaps
+    index = logdata.encode["road"]
+    ids = index.frame_id
+    # frames the encoder never wrote: frameId advances further than the file position (segmentId)
+    order = np.argsort(index.segment_id)
+    counts["encoder_gaps"] = int(np.maximum(np.diff(ids[order]) - np.diff(index.segment_id[order]), 0).sum())
     counts["undecoded"] = max(0, len(ids) - road_video.frames - counts.get("unindexed", 0))
     report.warnings += road_video.warnings + (wide_video.warnings if wide_video else [])
     report.dropped = {k: v for k, v in sorted(counts.items()) if v}

@@ -144,6 +144,16 @@ def _encoder(path: Path, width: int, height: int, crf: int) -> tuple[av.containe
     return out, stream
 
 
+def _video_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
+    """An I420 VideoFrame from planes (works for odd chroma heights, e.g. 1164x874, unlike from_ndarray)."""
+    frame = av.VideoFrame(y.shape[1], y.shape[0], "yuv420p")
+    for plane, data in zip(frame.planes, (y, u, v), strict=True):
+        rows = np.zeros((plane.height, plane.line_size), np.uint8)
+        rows[:, : data.shape[1]] = data
+        plane.update(rows.tobytes())
+    return frame
+
+
 def _event(schema, t: int, which: str, fill: Callable[[object], None] | None = None) -> bytes:
     ev = schema.Event.new_message(logMonoTime=t, valid=True)
     body = ev.init(which)
@@ -175,7 +185,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
     t_start = T0_NS + first * FRAME_NS
 
     def init(b):
-        b.deviceType = cfg.device
+        b.deviceType = "neo" if cfg.device == "eon" else cfg.device
         b.version = "0.10.1-synth"
         b.dongleId = cfg.dongle
 
@@ -202,7 +212,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
             if fid in dropped:
                 continue
             container, stream = encoders[cam]
-            frame = av.VideoFrame.from_ndarray(renderer.render(pose), format="yuv420p")
+            frame = _video_frame(*renderer.render(pose))
             for packet in stream.encode(frame):
                 container.mux(packet)
             sid = segment_ids[cam]
@@ -285,8 +295,17 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
 
 
 def _write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool) -> None:
-    data = {"bz2": lambda b: bz2.compress(b, 9), "zst": lambda b: zstandard.ZstdCompressor(level=10).compress(b),
-            "raw": lambda b: b}[fmt](raw)
+    """Compress in 16 kB pieces, as a logger streaming to disk does (zstd blocks flushed, bz2 streams
+    concatenated), so a truncated file keeps its complete pieces."""
+    pieces = [raw[i:i + (1 << 14)] for i in range(0, len(raw), 1 << 14)]
+    if fmt == "zst":
+        cobj = zstandard.ZstdCompressor(level=10).compressobj()
+        data = b"".join(cobj.compress(p) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) for p in pieces)
+        data += cobj.flush()
+    elif fmt == "bz2":
+        data = b"".join(bz2.compress(p, 9) for p in pieces)
+    else:
+        data = raw
     if truncated:  # the device lost power mid-write
         data = data[: int(len(data) * 0.7)]
     (seg / ("rlog" if fmt == "raw" else f"rlog.{fmt}")).write_bytes(data)

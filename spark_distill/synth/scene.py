@@ -69,13 +69,12 @@ class SceneRenderer:
         gy = np.where(ground, t * ry, 0).astype(np.float32)
         return {"gx": gx, "gy": gy, "rx": rx, "ry": ry, "rz": rz, "ground": ground}
 
-    def render(self, pose: CarPose) -> np.ndarray:
-        """One I420 frame (H*3/2, W) uint8."""
+    def render(self, pose: CarPose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One frame as I420 planes: Y (H, W), U and V (H/2, W/2), uint8."""
         w, h = self.camera.width, self.camera.height
-        y_plane = _upsample(self._shade(self.grids[0], pose, channel=0), h, w)
-        u_plane = _upsample(self._shade(self.grids[1], pose, channel=1), h // 2, w // 2)
-        v_plane = _upsample(self._shade(self.grids[1], pose, channel=2), h // 2, w // 2)
-        return np.concatenate([y_plane, u_plane.reshape(-1, w), v_plane.reshape(-1, w)])
+        return (_upsample(self._shade(self.grids[0], pose, channel=0), h, w),
+                _upsample(self._shade(self.grids[1], pose, channel=1), h // 2, w // 2),
+                _upsample(self._shade(self.grids[1], pose, channel=2), h // 2, w // 2))
 
     def _shade(self, g: dict[str, np.ndarray], pose: CarPose, *, channel: int) -> np.ndarray:
         gx, gy = g["gx"], g["gy"]

@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The synthetic route writer: real cereal events, real HEVC, and the faults it promises."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import av
+import pytest
+
+from spark_distill.errors import ConfigError
+from spark_distill.ingest.logs import load_schema, read_log_bytes
+from spark_distill.synth.route import SynthConfig
+
+
+def test_segment_files_and_events(tici_route) -> None:
+    _, truths, _ = tici_route
+    seg = truths[0].path
+    assert sorted(p.name for p in seg.iterdir()) == ["ecamera.hevc", "fcamera.hevc", "rlog.bz2"]
+    with av.open(str(seg / "fcamera.hevc"), format="hevc") as c:
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+        assert stream.codec_context.name == "hevc" and (frames[0].width, frames[0].height) == (1928, 1208)
+    assert len(frames) == 40
+    raw, warnings = read_log_bytes(seg / "rlog.bz2")
+    kinds = Counter(ev.which() for ev in load_schema().Event.read_multiple_bytes(raw))
+    assert not warnings
+    assert kinds["roadEncodeIdx"] == kinds["wideRoadEncodeIdx"] == kinds["roadCameraState"] == 40
+    assert kinds["carState"] == 200 and kinds["livePose"] == 40 and kinds["initData"] == 1
+    for k in ("liveCalibration", "gpsLocationExternal", "driverMonitoringState", "drivingModelData"):
+        assert kinds[k] > 0, k
+
+
+def test_faults_show_in_the_files(faulty_routes) -> None:
+    _, drops = faulty_routes["encoder-drops"]
+    assert drops.in_video.count(False) == 2 and drops.indexed.count(False) == 2
+    _, missing = faulty_routes["missing-encode-idx"]
+    assert missing.in_video.count(False) == 0 and missing.indexed.count(False) == 3
+    _, wide = faulty_routes["missing-wide"]
+    assert not (wide.path / "ecamera.hevc").exists() and not wide.has_wide
+    _, eon = faulty_routes["truncated-log"]
+    assert not (eon.path / "ecamera.hevc").exists(), "1164x874 devices have no wide camera"
+    _, warnings = read_log_bytes(next(eon.path.glob("rlog*")))
+    assert warnings, "the truncated log is detectably truncated"
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="unknown device"):
+        SynthConfig(device="pixel")
+    with pytest.raises(ConfigError, match="unknown log format"):
+        SynthConfig(log_format="gz")

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The command line: help, version, one-line errors with exit code 2, the ingest -> inspect path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from spark_distill import __version__, shards
+from spark_distill.cli import app
+
+runner = CliRunner()
+
+
+def test_help_and_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
+    for command in (["ingest"], ["inspect"], ["synth-route"], ["bench", "ingest"]):
+        sub = runner.invoke(app, [*command, "--help"])
+        assert sub.exit_code == 0, command
+    assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
+    assert runner.invoke(app, ["--version"]).output.strip() == f"spark-distill {__version__}"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spark_distill", *args], capture_output=True, text=True)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    for args, message in (
+        (["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such file or directory"),
+        (["ingest", str(tmp_path), "--out", str(tmp_path / "o")], "no route segments found"),
+        (["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--cameras", "road,rear"], "unknown camera"),
+        (["inspect", str(tmp_path)], "no frames dataset here"),
+        (["synth-route", str(tmp_path / "r"), "--fault", "flat-tyre"], "unknown fault 'flat-tyre'"),
+    ):
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+    debug = _cli("--debug", "inspect", str(tmp_path))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_ingest_inspect_verify_and_contact_sheet(tici_route, tmp_path: Path) -> None:
+    route, _, _ = tici_route
+    out = tmp_path / "ds"
+    r = runner.invoke(app, ["ingest", str(route), "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "frames kept" in r.output and "80" in r.output
+    png = tmp_path / "sheet.png"
+    r = runner.invoke(app, ["inspect", str(out), "--verify", "--png", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "verified: 1 shards, 4 clips" in r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    # corrupt a shard: verify names it and exits 2
+    shard = out / "frames" / shards.shard_name(0)
+    data = bytearray(shard.read_bytes())
+    data[5000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = _cli("inspect", str(out), "--verify")
+    assert r.returncode == 2
+    assert "shard-000000.tar: sha256 differs" in r.stderr and "error: verification found 1 problem" in r.stderr
