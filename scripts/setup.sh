@@ -13,4 +13,4 @@ $PIP install -q --upgrade pip
 # needs torchvision only for NMS/RoIAlign, which openpilot's models do not use.
 $PIP install -q --no-deps "onnx2torch==1.5.15"
 $PIP install -q -e ".[test]"
-.venv/bin/python -c "import torch, onnx2torch, av, capnp, webdataset; print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__)"
+.venv/bin/python -c "import torch, av, capnp, webdataset; from spark_distill.onnx_import import load_onnx2torch; load_onnx2torch(); print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__)"
