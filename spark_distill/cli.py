@@ -168,6 +168,53 @@ def ingest(
         console.print(f"skipped {s['name']}: {s['reason']}", highlight=False)
 
 
+@app.command("synth-teacher")
+@handles_errors
+def synth_teacher(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
+    size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (~1.7 GFLOPs/frame, like the real vision "
+                                           "model).")] = "tiny",
+    contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
+                                               "desire_pulse only (openpilot 0.10).")] = "v1",
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+) -> None:
+    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
+    from spark_distill.synth.teacher import write_teacher
+
+    for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
+        out.print(str(path), highlight=False)
+
+
+@app.command()
+@handles_errors
+def label(
+    root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
+    teacher: Annotated[list[Path], typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
+                                                     "(+ *_metadata.pkl), or give the option twice: vision, policy.")],
+    name: Annotated[str | None, typer.Option(help="Label set name [default: <teacher>-<hash8>].")] = None,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime [default: fastest "
+                                              "available].")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
+    workers: Annotated[int, typer.Option(help="Reader threads (shard reads + zstd).")] = 4,
+    lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
+                         ] = 0.2,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 [default: cuda if present].")] = None,
+) -> None:
+    """Run the teacher once over every frame (stateful, like modeld) and write a label set."""
+    from spark_distill.label.run import LabelConfig
+    from spark_distill.label.run import label as run_label
+
+    cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
+                      batch=batch, workers=workers, lat_delay=lat_delay, device=device)
+    with progress_bar("label") as update:
+        r = run_label(cfg, on_progress=update)
+    print_table(f"label -> {r.folder}", {
+        "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
+        "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
+        "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
+
+
 @app.command()
 @handles_errors
 def inspect(

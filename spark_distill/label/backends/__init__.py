@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Inference backends behind one interface, chosen by name. Entry point: `get_backend(name, ...)`.
+
+A backend runs the teacher's two graphs on batches of B lanes: `vision(inputs)` and
+`policy(inputs)` take dicts of torch tensors on `backend.device` and return float32 [B, N] tensors
+there (valid until the next call). Adding a backend is one file plus one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from spark_distill.errors import ConfigError, MissingDependencyError, UnknownTeacherError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class Backend(Protocol):
+    name: str
+    device: Any  # torch.device
+    precision: str
+
+    def vision(self, inputs: dict[str, Any]) -> Any: ...
+
+    def policy(self, inputs: dict[str, Any]) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _load(module: str, cls: str) -> Callable[..., Backend]:
+    def make(*args: Any, **kwargs: Any) -> Backend:
+        return getattr(importlib.import_module(f"spark_distill.label.backends.{module}"), cls)(*args, **kwargs)
+
+    return make
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "onnxruntime": _load("onnxruntime", "OrtBackend"),
+    "torch": _load("torch", "TorchBackend"),
+    "tensorrt": _load("tensorrt", "TensorRTBackend"),
+}
+
+
+def tensorrt_module() -> Any | None:
+    """The TensorRT Python module (`tensorrt`, or `tensorrt_rtx`), or None."""
+    for name in ("tensorrt", "tensorrt_rtx"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def auto_backend() -> str:
+    """Fastest available: TensorRT on a CUDA GPU, else torch on a CUDA GPU, else ONNX Runtime on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "tensorrt" if tensorrt_module() is not None else "torch"
+    return "onnxruntime"
+
+
+def get_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
+    """Build backend `name` ('auto' picks one); unknown names list the available ones."""
+    if kwargs.get("precision", "auto") not in PRECISIONS:
+        raise ConfigError(f"unknown precision {kwargs['precision']!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        name = auto_backend()
+    if name not in BACKENDS:
+        raise UnknownTeacherError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}, auto")
+    return BACKENDS[name](*args, **kwargs)
+
+
+def random_inputs(inputs: dict[str, tuple[tuple[int, ...], str]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the graph's shapes with batch `batch` (for parity and batching checks)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (shape, dtype) in inputs.items():
+        full = (batch, *shape[1:])
+        out[name] = (rng.integers(0, 256, size=full, dtype=np.uint8) if dtype == "uint8"
+                     else rng.standard_normal(full).astype(dtype))
+    return out
+
+
+def check_batching(static_model: Any, dynamic_model: Any, inputs: dict[str, tuple[tuple[int, ...], str]],
+                   *, batch: int = 3) -> bool:
+    """Whether the batch-dynamic graph gives, per row, what the batch-1 graph gives (ONNX Runtime, CPU)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingDependencyError("pip install onnxruntime") from e
+    feeds = random_inputs(inputs, batch)
+    try:
+        dyn = ort.InferenceSession(dynamic_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = dyn.run(None, feeds)[0]
+    except Exception:
+        return False
+    ref = ort.InferenceSession(static_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.concatenate([ref.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(batch)])
+    return got.shape == want.shape and np.allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""ONNX Runtime on the CPU: the reference every other backend is checked against."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from spark_distill.errors import ConfigError, MissingDependencyError
+from spark_distill.label.backends import check_batching
+from spark_distill.label.teachers import Teacher, make_batch_dynamic
+
+log = logging.getLogger(__name__)
+
+
+class OrtBackend:
+    """Runs both graphs with ONNX Runtime; batches in one call when the graph allows it, else row by row."""
+
+    name = "onnxruntime"
+
+    def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any, *, batch: int = 8,
+                 precision: str = "auto", device: str | None = None, cache_dir: Any = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MissingDependencyError("the onnxruntime backend needs: pip install onnxruntime") from e
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"the onnxruntime backend runs fp32 only, not {precision}")
+        self.precision, self.device, self.version = "fp32", torch.device("cpu"), ort.__version__
+        self.sessions, self.batched = {}, {}
+        for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
+            dynamic = make_batch_dynamic(model)
+            ok = batch == 1 or check_batching(model, dynamic, mf.inputs)
+            if not ok:
+                log.warning("%s: the graph does not batch; running it row by row", mf.path.name)
+            self.batched[role] = ok
+            chosen = dynamic if ok else model
+            self.sessions[role] = ort.InferenceSession(chosen.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        session = self.sessions[role]
+        if self.batched[role]:
+            out = session.run(None, feeds)[0]
+        else:
+            n = next(iter(feeds.values())).shape[0]
+            out = np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(n)])
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._run("vision", inputs)
+
+    def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._run("policy", inputs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, "device": "cpu", "onnxruntime": self.version,
+                "batched": self.batched}

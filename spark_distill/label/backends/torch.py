@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The teacher's ONNX graphs imported into torch (onnx2torch): fp16/bf16 autocast, channels-last and
+CUDA graphs on a GPU; fp32 on the CPU. Used where TensorRT is absent."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+
+from spark_distill.errors import ConfigError
+from spark_distill.label.backends import check_batching
+from spark_distill.label.teachers import Teacher, make_batch_dynamic
+from spark_distill.onnx_import import onnx_to_torch
+
+log = logging.getLogger(__name__)
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class _Graphed:
+    """One module run through a captured CUDA graph at a fixed batch (inputs copied into static buffers)."""
+
+    def __init__(self, module: torch.nn.Module, example: dict[str, torch.Tensor], autocast: Any) -> None:
+        self.module, self.autocast = module, autocast
+        self.static = {k: v.clone() for k, v in example.items()}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs requires
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = self._forward()
+
+    def _forward(self) -> torch.Tensor:
+        with self.autocast():
+            return self.module(*self.static.values()).float()
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        for k, v in inputs.items():
+            self.static[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.out
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any, *, batch: int = 32,
+                 precision: str = "auto", device: str | None = None, cache_dir: Any = None,
+                 cuda_graphs: bool = True) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cuda = self.device.type == "cuda"
+        self.precision = ("fp16" if cuda else "fp32") if precision == "auto" else precision
+        if not cuda and self.precision != "fp32":
+            raise ConfigError(f"the torch backend runs {self.precision} on CUDA only; use --precision fp32 on the CPU")
+        self.batch = batch
+        self.modules, self.runners = {}, {}
+        for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
+            dynamic = make_batch_dynamic(model)
+            if batch > 1 and not check_batching(model, dynamic, mf.inputs):
+                raise ConfigError(f"{mf.path.name} does not run batched; use --batch 1 with this teacher")
+            module = onnx_to_torch(dynamic).eval().to(self.device)
+            if cuda and role == "vision":
+                module = module.to(memory_format=torch.channels_last)
+            self.modules[role] = module
+        self.cuda_graphs = cuda and cuda_graphs
+        self.inputs = {"vision": teacher.vision.inputs, "policy": teacher.policy.inputs}
+
+    def _autocast(self) -> Any:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision], cache_enabled=False)
+
+    def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = next(iter(inputs.values())).shape[0]
+        if self.cuda_graphs and n == self.batch:
+            if role not in self.runners:
+                self.runners[role] = _Graphed(self.modules[role], inputs, self._autocast)
+            return self.runners[role](inputs)
+        with torch.no_grad(), self._autocast():
+            return self.modules[role](*inputs.values()).float()
+
+    def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.device.type == "cuda":
+            inputs = {k: v.contiguous(memory_format=torch.channels_last) for k, v in inputs.items()}
+        return self._run("vision", inputs)
+
+    def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._run("policy", inputs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, "device": str(self.device),
+                "torch": torch.__version__, "cuda_graphs": self.cuda_graphs,
+                "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}

@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""openpilot modeld's recurrent inputs, for B segments advancing in lockstep (one lane each).
+
+Mirrors selfdrive/modeld/modeld.py (split era) and models/commonmodel.cc:
+- images: a 20 Hz ring of TEMPORAL_SKIP + 1 frames per camera; the model sees [oldest, newest]
+  (frames t-4 and t) as 12 channels;
+- features: the vision hidden_state of every frame in a 20 Hz buffer of 100; the policy gets every
+  4th entry ending at the newest (frames t-96, t-92, …, t);
+- desire: one-hot with `none` zeroed, turned into rising-edge pulses, kept at 20 Hz; the policy gets
+  the max over each group of 4 (any pulse in each 200 ms bin);
+- prev_desired_curv (v1): the policy's own previous desired curvature, sampled like the features.
+All buffers start at zero (modeld's start-up) and are reset per lane at each segment start. Main
+entry points: `ModeldState.vision_inputs`, `.push_features`, `.policy_inputs`, `.push_curvature`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spark_distill import contract as C
+
+
+class ModeldState:
+    def __init__(self, lanes: int, *, history: int = C.INPUT_HISTORY_BUFFER_LEN, device: torch.device,
+                 lat_delay: float = 0.2) -> None:
+        self.lanes, self.history, self.device, self.lat_delay = lanes, history, device, lat_delay
+        full = history * C.TEMPORAL_SKIP
+        self.full = full
+        z = dict(device=device)
+        self.images = {cam: torch.zeros(lanes, C.TEMPORAL_SKIP + 1, 6, 128, 256, dtype=torch.uint8, **z)
+                       for cam in ("road", "wide")}
+        self.features = torch.zeros(lanes, full, C.FEATURE_LEN, **z)
+        self.desire = torch.zeros(lanes, full, C.DESIRE_LEN, **z)
+        self.prev_desire = torch.zeros(lanes, C.DESIRE_LEN, **z)
+        self.curv = torch.zeros(lanes, full, 1, **z)
+        # policy history: every TEMPORAL_SKIP-th entry ending at the newest (modeld's temporal_idxs)
+        self.sample_idx = torch.arange(full - 1 - C.TEMPORAL_SKIP * (history - 1), full, C.TEMPORAL_SKIP, device=device)
+
+    def reset(self, lane: int) -> None:
+        """A new segment starts in `lane`: every history back to zeros."""
+        for buf in (*self.images.values(), self.features, self.desire, self.prev_desire, self.curv):
+            buf[lane].zero_()
+
+    @staticmethod
+    def _push(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([buf[:, 1:], new.unsqueeze(1)], dim=1)
+
+    def vision_inputs(self, road: torch.Tensor, wide: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Push this frame of each camera (B, 6, 128, 256) uint8; return the 2-frame stacks (B, 12, 128, 256)."""
+        stacks = {}
+        for cam, frame in (("road", road), ("wide", wide)):
+            self.images[cam] = self._push(self.images[cam], frame)
+            ring = self.images[cam]
+            stacks[cam] = torch.cat([ring[:, 0], ring[:, -1]], dim=1)  # oldest (t-4) first, as commonmodel.cc
+        return stacks
+
+    def push_features(self, hidden: torch.Tensor) -> None:
+        self.features = self._push(self.features, hidden.float())
+
+    def push_desire(self, desire: torch.Tensor) -> None:
+        """desire (B, 8) one-hot for this frame -> a rising-edge pulse into the 20 Hz buffer."""
+        desire = desire.float().clone()
+        desire[:, 0] = 0.0
+        pulse = torch.where(desire - self.prev_desire > 0.99, desire, torch.zeros_like(desire))
+        self.prev_desire = desire
+        self.desire = self._push(self.desire, pulse)
+
+    def policy_inputs(self, names: list[str], traffic: torch.Tensor, v_ego: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The policy's inputs by name, for this frame (after push_features and push_desire)."""
+        b = self.lanes
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name == "features_buffer":
+                out[name] = self.features[:, self.sample_idx]  # (B, 25, 512), newest last
+            elif name in ("desire", "desire_pulse"):
+                out[name] = self.desire.reshape(b, self.history, C.TEMPORAL_SKIP, C.DESIRE_LEN).amax(dim=2)
+            elif name == "traffic_convention":
+                out[name] = traffic.float()
+            elif name == "lateral_control_params":
+                lat = torch.full_like(v_ego, self.lat_delay)
+                out[name] = torch.stack([v_ego.clamp(min=0.0), lat], dim=1).float()
+            elif name == "prev_desired_curv":
+                out[name] = self.curv[:, self.sample_idx]  # previous outputs only: pushed after the policy ran
+        return out
+
+    def push_curvature(self, curvature: torch.Tensor) -> None:
+        self.curv = self._push(self.curv, curvature.reshape(-1, 1).float())
+
+    def skip_frames(self, lane: int, count: int) -> None:
+        """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the
+        newest entry of every buffer `count` times in this lane, with no desire pulse."""
+        for _ in range(count):
+            for cam in self.images:
+                self.images[cam][lane] = torch.cat([self.images[cam][lane, 1:], self.images[cam][lane, -1:]])
+            for name in ("features", "curv"):
+                buf = getattr(self, name)
+                buf[lane] = torch.cat([buf[lane, 1:], buf[lane, -1:]])
+            self.desire[lane] = torch.cat([self.desire[lane, 1:], torch.zeros_like(self.desire[lane, -1:])])

@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The label pass against a plain frame-by-frame reference loop, resume, binding and bad shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from spark_distill import shards
+from spark_distill.errors import LabelError
+from spark_distill.ingest.run import IngestConfig, ingest
+from spark_distill.label.run import LabelConfig, label
+from spark_distill.synth.teacher import write_teacher
+
+
+@pytest.fixture(scope="module")
+def dataset(tici_route, faulty_routes, tmp_path_factory) -> Path:
+    """Two tici segments plus an older-device segment with encoder drops (frame-id gaps)."""
+    root = tmp_path_factory.mktemp("labelds")
+    route, _, _ = tici_route
+    drops, _ = faulty_routes["encoder-drops"]
+    ingest(IngestConfig(inputs=(str(route), str(drops)), out=root, workers=1, clip_len=15, shard_clips=2))
+    return root
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def teacher(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(f"teacher-{request.param}")
+    write_teacher(out, contract=request.param, seed=3)
+    return out
+
+
+def reference_labels(root: Path, teacher_dir: Path, lat_delay: float = 0.2) -> dict[str, tuple]:
+    """modeld written out as simply as possible: one segment at a time, one frame at a time, numpy
+    buffers shifted like modeld's, ONNX Runtime on the original batch-1 graphs."""
+    vision = ort.InferenceSession(str(teacher_dir / "driving_vision.onnx"))
+    policy = ort.InferenceSession(str(teacher_dir / "driving_policy.onnx"))
+    vs = json.loads(json.dumps({k: [v.start, v.stop] for k, v in __import__("pickle").loads(
+        (teacher_dir / "driving_vision_metadata.pkl").read_bytes())["output_slices"].items()}))
+    ps = {k: [v.start, v.stop] for k, v in __import__("pickle").loads(
+        (teacher_dir / "driving_policy_metadata.pkl").read_bytes())["output_slices"].items()}
+    names = [i.name for i in policy.get_inputs()]
+    manifest = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
+    samples = [shards.decode_sample(s) for e in manifest["shards"]
+               for s in shards.iter_shard(root / "frames" / e["name"], shards.FRAMES_MEMBERS)]
+    out, segment = {}, None
+    for s in samples:
+        if s["meta"]["segment"] != segment:  # a new segment: every buffer back to zeros
+            segment = s["meta"]["segment"]
+            road_buf = np.zeros((5, 6, 128, 256), np.uint8)
+            wide_buf = np.zeros((5, 6, 128, 256), np.uint8)
+            feats = np.zeros((100, 512), np.float32)
+            desire_buf = np.zeros((100, 8), np.float32)
+            curv_buf = np.zeros((100, 1), np.float32)
+            prev_desire = np.zeros(8, np.float32)
+            prev_fid = None
+        vis_rows, pol_rows = [], []
+        for t, fid in enumerate(s["meta"]["frame_ids"]):
+            for _ in range(0 if prev_fid is None else fid - prev_fid - 1):  # dropped frames: repeat, no pulse
+                road_buf = np.concatenate([road_buf[1:], road_buf[-1:]])
+                wide_buf = np.concatenate([wide_buf[1:], wide_buf[-1:]])
+                feats = np.concatenate([feats[1:], feats[-1:]])
+                curv_buf = np.concatenate([curv_buf[1:], curv_buf[-1:]])
+                desire_buf = np.concatenate([desire_buf[1:], np.zeros((1, 8), np.float32)])
+            prev_fid = fid
+            road_buf = np.concatenate([road_buf[1:], s["road"][t][None]])
+            wide_buf = np.concatenate([wide_buf[1:], s["wide"][t][None]])
+            img = np.concatenate([road_buf[0], road_buf[-1]])[None]
+            big = np.concatenate([wide_buf[0], wide_buf[-1]])[None]
+            v = vision.run(None, {"img": img, "big_img": big})[0][0]
+            feats = np.concatenate([feats[1:], v[slice(*vs["hidden_state"])][None]])
+            d = s["desire"][t].copy()
+            d[0] = 0
+            pulse = np.where(d - prev_desire > 0.99, d, 0).astype(np.float32)
+            prev_desire = d
+            desire_buf = np.concatenate([desire_buf[1:], pulse[None]])
+            feeds = {"features_buffer": feats[3::4][None], "traffic_convention": s["traffic"][None],
+                     "desire": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
+                     "desire_pulse": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
+                     "lateral_control_params": np.array([[max(float(s["car"][t, 0]), 0.0), lat_delay]], np.float32),
+                     "prev_desired_curv": curv_buf[3::4][None]}
+            p = policy.run(None, {n: feeds[n] for n in names})[0][0]
+            if "desired_curvature" in ps:
+                curv_buf = np.concatenate([curv_buf[1:], [[p[ps["desired_curvature"][0]]]]]).astype(np.float32)
+            vis_rows.append(v)
+            pol_rows.append(p)
+        out[s["__key__"]] = (np.array(vis_rows), np.array(pol_rows))
+    return out
+
+
+def read_labels(folder: Path) -> dict[str, tuple]:
+    manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
+    out = {}
+    for e in manifest["shards"]:
+        for s in shards.iter_shard(folder / e["name"], shards.LABEL_MEMBERS):
+            d = shards.decode_sample(s)
+            out[s["__key__"]] = (d["vision"], d["policy"])
+    return out
+
+
+def test_label_pass_equals_the_reference_loop(dataset: Path, teacher: Path) -> None:
+    cfg = LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=f"ort-{teacher.name}")
+    result = label(cfg)
+    assert result.frames == 80 + 38 and result.shards_written == 5
+    got = read_labels(dataset / "labels" / f"ort-{teacher.name}")
+    want = reference_labels(dataset, teacher)
+    frames_keys = [k for e in shards.read_manifest(dataset / "frames", shards.FRAMES_FORMAT)["shards"]
+                   for k in (s["__key__"] for s in shards.iter_shard(dataset / "frames" / e["name"],
+                                                                      shards.FRAMES_MEMBERS))]
+    assert list(got) == frames_keys == list(want), "same keys, same order as the frames shards"
+    for key, (vision, policy) in want.items():
+        assert got[key][0].dtype == np.float16 and got[key][0].shape == vision.shape
+        # stored as float16; batching may reorder float sums, so allow an ulp of fp16 beyond the rounding
+        np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
+    manifest = shards.read_manifest(dataset / "labels" / f"ort-{teacher.name}", shards.LABELS_FORMAT)
+    frames_sha = shards.sha256_file(dataset / "frames" / shards.MANIFEST)
+    assert manifest["frames_manifest_sha256"] == frames_sha and manifest["warmup_frames"] == 100
+    assert manifest["output_slices"]["vision"]["hidden_state"][1] - manifest["output_slices"]["vision"][
+        "hidden_state"][0] == 512
+    assert manifest["throughput"]["frames_per_s"] > 0 and manifest["backend"]["name"] == "onnxruntime"
+
+
+def test_torch_backend_labels_match_onnxruntime(dataset: Path, teacher: Path) -> None:
+    for backend in ("onnxruntime", "torch"):
+        label(LabelConfig(root=dataset, teacher=(teacher,), backend=backend, precision="fp32", batch=3,
+                          name=f"{backend}-{teacher.name}"))
+    a = read_labels(dataset / "labels" / f"onnxruntime-{teacher.name}")
+    b = read_labels(dataset / "labels" / f"torch-{teacher.name}")
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_allclose(a[k][0].astype(np.float32), b[k][0].astype(np.float32), rtol=2e-3, atol=1e-4)
+        np.testing.assert_allclose(a[k][1].astype(np.float32), b[k][1].astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
+def test_rerun_and_resume(dataset: Path, teacher: Path) -> None:
+    cfg = LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=f"resume-{teacher.name}")
+    label(cfg)
+    folder = dataset / "labels" / f"resume-{teacher.name}"
+    digests = {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")}
+    again = label(cfg)
+    assert again.frames == 0 and again.shards_already == 5
+    # lose the last shard (as if killed before writing it): the rerun relabels only its segment (40 frames)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    lost = [manifest["shards"][4]["name"]]
+    manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in lost]
+    shards.write_json_atomic(folder / "manifest.json", manifest)
+    for name in lost:
+        (folder / name).unlink()
+    resumed = label(cfg)
+    assert resumed.shards_written == 1 and resumed.frames == 40
+    assert {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
+
+
+def test_label_set_is_bound_to_its_frames_and_teacher(dataset: Path, teacher: Path, tmp_path: Path) -> None:
+    label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=f"bound-{teacher.name}"))
+    other = tmp_path / "other-teacher"
+    write_teacher(other, seed=99)
+    with pytest.raises(LabelError, match="made by another teacher"):
+        label(LabelConfig(root=dataset, teacher=(other,), backend="onnxruntime", name=f"bound-{teacher.name}"))
+    manifest = json.loads((dataset / "labels" / f"bound-{teacher.name}" / "manifest.json").read_text())
+    manifest["frames_shards"][0]["sha256"] = "0" * 64
+    shards.write_json_atomic(dataset / "labels" / f"bound-{teacher.name}" / "manifest.json", manifest)
+    with pytest.raises(LabelError, match="bound to another frames dataset"):
+        label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", name=f"bound-{teacher.name}"))
