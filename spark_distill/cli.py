@@ -253,3 +253,24 @@ def bench_ingest(
 
     for line in run_bench(seconds=seconds, route=route, workdir=workdir):
         out.print(line, highlight=False)
+
+
+@bench_app.command("label")
+@handles_errors
+def bench_label(
+    teacher: Annotated[Path | None, typer.Option(help="Teacher folder [default: a synthetic stand-in].")] = None,
+    size: Annotated[str, typer.Option(help="Stand-in size when no --teacher: tiny or bench.")] = "bench",
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    batch: Annotated[int, typer.Option(help="Segments in lockstep (inference batch).")] = 64,
+    seconds: Annotated[float, typer.Option(help="Length of each of the --batch synthetic segments, s.")] = 10.0,
+    workers: Annotated[int, typer.Option(help="Reader threads of the label pass.")] = 8,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+) -> None:
+    """Label pass vs bare inference of the same teacher, backend, precision and batch (target >= 0.9)."""
+    from spark_distill.bench.label import bench_label as run_bench
+
+    for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
+                          seconds=seconds, workers=workers, workdir=workdir):
+        out.print(line, highlight=False)
+

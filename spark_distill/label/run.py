@@ -252,6 +252,9 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path,
     desire = torch.zeros((b, C.DESIRE_LEN), pin_memory=pinned)
     traffic = torch.zeros((b, C.TRAFFIC_CONVENTION_LEN), pin_memory=pinned)
     v_ego = torch.zeros(b, pin_memory=pinned)
+    # numpy views of the (pinned) host buffers: per-lane row copies without torch's indexing overhead
+    host_np = {k: v.numpy() for k, v in host.items()}
+    desire_np, traffic_np, v_ego_np = desire.numpy(), traffic.numpy(), v_ego.numpy()
     frames_done = 0
     segments_meta = manifest["segments"]
 
@@ -318,12 +321,12 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path,
                 elif fid - lane.prev_fid > 1:  # frames the encoder dropped
                     state.skip_frames(i, fid - lane.prev_fid - 1)
                 lane.prev_fid = fid
-                host["road"][i] = torch.from_numpy(clip["road"][t])
-                host["wide"][i] = torch.from_numpy(clip["wide"][t])
-                desire[i] = torch.from_numpy(clip["desire"][t])
-                traffic[i] = torch.from_numpy(clip["traffic"])
+                host_np["road"][i] = clip["road"][t]
+                host_np["wide"][i] = clip["wide"][t]
+                desire_np[i] = clip["desire"][t]
+                traffic_np[i] = clip["traffic"]
                 v = float(clip["car"][t, 0])
-                v_ego[i] = v if np.isfinite(v) else 0.0
+                v_ego_np[i] = v if np.isfinite(v) else 0.0
             if not active:
                 break
             stacks = state.vision_inputs(host["road"].to(dev, non_blocking=True),

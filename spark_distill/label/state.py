@@ -28,8 +28,11 @@ class ModeldState:
         full = history * C.TEMPORAL_SKIP
         self.full = full
         z = dict(device=device)
+        # image rings (written in place: shifting 5 frames per lane per step is the largest copy there is)
         self.images = {cam: torch.zeros(lanes, C.TEMPORAL_SKIP + 1, 6, 128, 256, dtype=torch.uint8, **z)
                        for cam in ("road", "wide")}
+        self.newest = torch.zeros(lanes, dtype=torch.long, device=device)  # ring slot of each lane's newest frame
+        self.rows = torch.arange(lanes, device=device)
         self.features = torch.zeros(lanes, full, C.FEATURE_LEN, **z)
         self.desire = torch.zeros(lanes, full, C.DESIRE_LEN, **z)
         self.prev_desire = torch.zeros(lanes, C.DESIRE_LEN, **z)
@@ -42,17 +45,22 @@ class ModeldState:
         for buf in (*self.images.values(), self.features, self.desire, self.prev_desire, self.curv):
             buf[lane].zero_()
 
+    def _advance_images(self) -> None:
+        self.newest = (self.newest + 1) % (C.TEMPORAL_SKIP + 1)
+
     @staticmethod
     def _push(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return torch.cat([buf[:, 1:], new.unsqueeze(1)], dim=1)
 
     def vision_inputs(self, road: torch.Tensor, wide: torch.Tensor) -> dict[str, torch.Tensor]:
         """Push this frame of each camera (B, 6, 128, 256) uint8; return the 2-frame stacks (B, 12, 128, 256)."""
+        self._advance_images()
+        oldest = (self.newest + 1) % (C.TEMPORAL_SKIP + 1)
         stacks = {}
         for cam, frame in (("road", road), ("wide", wide)):
-            self.images[cam] = self._push(self.images[cam], frame)
             ring = self.images[cam]
-            stacks[cam] = torch.cat([ring[:, 0], ring[:, -1]], dim=1)  # oldest (t-4) first, as commonmodel.cc
+            ring[self.rows, self.newest] = frame
+            stacks[cam] = torch.cat([ring[self.rows, oldest], frame], dim=1)  # oldest (t-4) first, as commonmodel.cc
         return stacks
 
     def push_features(self, hidden: torch.Tensor) -> None:
@@ -90,9 +98,12 @@ class ModeldState:
     def skip_frames(self, lane: int, count: int) -> None:
         """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the
         newest entry of every buffer `count` times in this lane, with no desire pulse."""
+        slots = C.TEMPORAL_SKIP + 1
         for _ in range(count):
-            for cam in self.images:
-                self.images[cam][lane] = torch.cat([self.images[cam][lane, 1:], self.images[cam][lane, -1:]])
+            prev = int(self.newest[lane])
+            self.newest[lane] = (prev + 1) % slots
+            for ring in self.images.values():
+                ring[lane, (prev + 1) % slots] = ring[lane, prev]
             for name in ("features", "curv"):
                 buf = getattr(self, name)
                 buf[lane] = torch.cat([buf[lane, 1:], buf[lane, -1:]])

@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""`spark-distill bench label`: the label pass against bare inference of the same teacher.
+
+Baseline: the backend's vision + policy calls on tensors already on the device, batch B, in a
+loop (what the accelerator alone can do). Measured: the label pass end to end on a frames dataset
+of at least B segments (reading shards, zstd, host->device copies, modeld state, writing labels),
+with the same teacher, backend, precision and batch. Prints both and their ratio (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spark_distill import shards
+from spark_distill.label.backends import get_backend, random_inputs
+from spark_distill.label.run import LabelConfig, label
+from spark_distill.label.teachers import load_teacher
+from spark_distill.synth.teacher import write_teacher
+
+
+def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: int = 20, seed: int = 0) -> int:
+    """A valid frames dataset of `segments` segments with textured random frames (content does not
+    matter for throughput; decode and compression costs do, so frames compress like camera data)."""
+    folder = root / "frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, size=(8, 6, 128, 256), dtype=np.uint8)
+    frames = round(seconds * 20)
+    manifest = {"format": shards.FRAMES_FORMAT, "version": shards.FORMAT_VERSION, "tool": "bench",
+                "settings": {"clip_len": clip_len, "cameras": ["road", "wide"], "log_kind": "auto",
+                             "shard_clips": 50},
+                "car_columns": ["vEgo"] + [f"c{i}" for i in range(9)], "shards": [], "segments": [], "skipped": [],
+                "partial": None}
+    writer, fid = None, 0
+    for s in range(segments):
+        name = f"{s:08x}--0123456789--{s % 60}"
+        clips = 0
+        for c in range(0, frames, clip_len):
+            t = min(clip_len, frames - c)
+            if writer is None:
+                writer = shards.ShardWriter(folder, shards.shard_name(len(manifest["shards"])), shards.FRAMES_MEMBERS)
+            road = base[(np.arange(t) + s) % 8] + rng.integers(0, 56, size=(t, 6, 128, 256), dtype=np.uint8)
+            wide = base[(np.arange(t) + s + 3) % 8] + rng.integers(0, 56, size=(t, 6, 128, 256), dtype=np.uint8)
+            desire = np.zeros((t, 8), np.float32)
+            desire[:, 0] = 1
+            car = np.full((t, 10), 20.0, np.float32)
+            meta = {"segment": name, "clip": clips, "frame_ids": list(range(fid, fid + t)),
+                    "timestamps_ns": [0] * t, "calibration": {"rpy": [0, 0, 0], "valid": True}, "flags": []}
+            writer.write({"__key__": shards.clip_key(name, clips), "road.npy.zst": shards.encode_array(road),
+                          "wide.npy.zst": shards.encode_array(wide), "desire.npy.zst": shards.encode_array(desire),
+                          "traffic.npy.zst": shards.encode_array(np.array([1, 0], np.float32)),
+                          "car.npy.zst": shards.encode_array(car),
+                          "pose.npy.zst": shards.encode_array(np.zeros((t, 12), np.float32)),
+                          "gps.npy.zst": shards.encode_array(np.zeros((t, 6))),
+                          "meta.json": json.dumps(meta).encode()}, frames=t)
+            fid += t
+            clips += 1
+            if writer.samples >= 50:
+                manifest["shards"].append(writer.close().to_json())
+                writer = None
+        manifest["segments"].append({"name": name, "sources": {}, "log": "bench", "frames_kept": frames,
+                                     "frames_dropped": 0, "clips": clips, "dropped": {}, "warnings": []})
+    if writer is not None:
+        manifest["shards"].append(writer.close().to_json())
+    shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+    return segments * frames
+
+
+def bare_inference_fps(backend, teacher, batch: int, *, seconds: float = 5.0) -> float:
+    """Frames/s of vision + policy on device-resident inputs (the accelerator alone)."""
+    dev = backend.device
+    vin = {k: torch.from_numpy(v).to(dev) for k, v in random_inputs(teacher.vision.inputs, batch).items()}
+    pin = {k: torch.from_numpy(v).to(dev) for k, v in random_inputs(teacher.policy.inputs, batch).items()}
+
+    def step() -> None:
+        backend.vision(vin)
+        backend.policy(pin)
+
+    for _ in range(3):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+        if dev.type == "cuda" and n % 10 == 0:
+            torch.cuda.synchronize(dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return n * batch / (time.perf_counter() - start)
+
+
+def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: str = "auto", precision: str = "auto",
+                batch: int = 64, seconds: float = 10.0, workers: int = 8, workdir: Path | None = None
+                ) -> Iterator[str]:
+    """Run the benchmark; yields report lines."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-label-", dir=workdir))
+    try:
+        if teacher is None:
+            teacher = scratch / "teacher"
+            write_teacher(teacher, size=size)
+        frames = write_bench_frames(scratch / "ds", segments=batch, seconds=seconds)
+        t, vm, pm = load_teacher([teacher])
+        be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=scratch / "engines")
+        where = be.describe().get("gpu") or str(be.device)
+        yield f"teacher {t.name} ({size}), backend {be.name} {be.precision} on {where}, batch {batch}"
+        bare = bare_inference_fps(be, t, batch)
+        del be
+        yield f"bare inference (device-resident inputs): {bare:10.1f} frames/s"
+        result = label(LabelConfig(root=scratch / "ds", teacher=(teacher,), backend=backend, precision=precision,
+                                   batch=batch, workers=workers))
+        yield f"label pass end to end ({frames} frames):  {result.frames_per_s:10.1f} frames/s"
+        yield f"ratio label / bare:                       {result.frames_per_s / bare:10.2f}  (target >= 0.90)"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

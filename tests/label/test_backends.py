@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Backends against ONNX Runtime: torch (CPU fp32 here, fp16/bf16 on GPU), TensorRT through its fake."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spark_distill.errors import ConfigError, UnknownTeacherError
+from spark_distill.label.backends import get_backend, random_inputs
+from spark_distill.label.teachers import load_teacher, make_batch_dynamic
+from spark_distill.synth.teacher import write_teacher
+
+from . import fake_tensorrt
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def teacher(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"t-{request.param}")
+    write_teacher(out, contract=request.param, seed=5)
+    return load_teacher([out])
+
+
+def _compare(a_backend, b_backend, teacher, *, batch: int, rtol: float, atol: float) -> None:
+    t = teacher[0]
+    for role, mf in (("vision", t.vision), ("policy", t.policy)):
+        feeds = {k: torch.from_numpy(v) for k, v in random_inputs(mf.inputs, batch, seed=1).items()}
+        want = getattr(a_backend, role)(feeds).cpu().numpy()
+        got = getattr(b_backend, role)({k: v.to(b_backend.device) for k, v in feeds.items()}).cpu().numpy()
+        assert got.shape == want.shape == (batch, mf.width)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * np.abs(want).max(), err_msg=role)
+
+
+def test_torch_fp32_matches_onnxruntime(teacher) -> None:
+    ort_b = get_backend("onnxruntime", *teacher, batch=4)
+    torch_b = get_backend("torch", *teacher, batch=4, device="cpu")
+    _compare(ort_b, torch_b, teacher, batch=4, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 6e-2)])
+def test_torch_cuda_matches_onnxruntime(teacher, precision: str, atol: float) -> None:
+    """Stated tolerances, relative to the largest output: fp16 2%, bf16 6% (8 mantissa bits)."""
+    ort_b = get_backend("onnxruntime", *teacher, batch=8)
+    torch_b = get_backend("torch", *teacher, batch=8, precision=precision, device="cuda")
+    _compare(ort_b, torch_b, teacher, batch=8, rtol=0, atol=atol)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
+    fake_tensorrt.BUILDS.clear()
+    return fake_tensorrt
+
+
+def test_tensorrt_backend_logic_through_the_fake(teacher, fake_trt, tmp_path: Path) -> None:
+    ort_b = get_backend("onnxruntime", *teacher, batch=3)
+    trt_b = get_backend("tensorrt", *teacher, batch=3, device="cpu", precision="fp16", cache_dir=tmp_path)
+    _compare(ort_b, trt_b, teacher, batch=3, rtol=1e-5, atol=1e-6)
+    assert fake_trt.BUILDS == ["outputs", "outputs"]
+    engines = sorted(p.name for p in tmp_path.glob("*.engine"))
+    assert len(engines) == 2 and engines[0].startswith("policy-") and list(tmp_path.glob("timing-*.cache"))
+    again = get_backend("tensorrt", *teacher, batch=3, device="cpu", precision="fp16", cache_dir=tmp_path)
+    assert fake_trt.BUILDS == ["outputs", "outputs"], "a second run loads the cached engines"
+    assert again.describe()["tensorrt"] == "10.99.0-fake"
+    get_backend("tensorrt", *teacher, batch=4, device="cpu", precision="fp16", cache_dir=tmp_path)
+    assert len(fake_trt.BUILDS) == 4, "another batch is another engine"
+
+
+def test_tensorrt_missing_is_a_clear_error(teacher, monkeypatch) -> None:
+    from spark_distill.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(MissingDependencyError, match="needs NVIDIA TensorRT"):
+        get_backend("tensorrt", *teacher, batch=2)
+
+
+def test_backend_names_and_precisions(teacher) -> None:
+    with pytest.raises(UnknownTeacherError, match="available: onnxruntime, tensorrt, torch"):
+        get_backend("openvino", *teacher)
+    with pytest.raises(ConfigError, match="fp32 only"):
+        get_backend("onnxruntime", *teacher, precision="fp16")
+    with pytest.raises(ConfigError, match="on CUDA only"):
+        get_backend("torch", *teacher, precision="bf16", device="cpu")
+
+
+def test_batch_one_graphs_with_reshapes_are_made_batchable(tmp_path: Path) -> None:
+    """openpilot graphs are exported with batch 1 and may Reshape to [1, -1]; the rewrite keeps rows apart."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    from spark_distill.label.backends import check_batching
+
+    inputs = {"x": ((1, 2, 3), "float32")}
+    assert not check_batching(model, _relaxed(model), inputs), "without the rewrite rows mix"
+    assert check_batching(model, make_batch_dynamic(model), inputs)
+    onnx.checker.check_model(make_batch_dynamic(model))
+
+
+def _relaxed(model):
+    """Only the batch dim made symbolic (no Reshape rewrite), to show why the rewrite is needed."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return m
