@@ -77,9 +77,28 @@ def encode_array(arr: np.ndarray, *, level: int = _ZSTD_LEVEL) -> bytes:
 
 
 def decode_array(data: bytes) -> np.ndarray:
-    """Inverse of encode_array; never unpickles."""
-    raw = zstandard.ZstdDecompressor().decompress(data)
-    return np.load(io.BytesIO(raw), allow_pickle=False)
+    """Inverse of encode_array; never unpickles. Decompresses straight into the array's memory."""
+    dctx = zstandard.ZstdDecompressor()
+    size = zstandard.frame_content_size(data)
+    if size < 0:  # no size in the frame header (another writer): decompress, then copy
+        raw = np.frombuffer(bytearray(dctx.decompress(data)), np.uint8)
+    else:
+        raw = np.empty(size, np.uint8)
+        view, filled = memoryview(raw), 0
+        with dctx.stream_reader(data) as reader:
+            while filled < size and (n := reader.readinto(view[filled:])):
+                filled += n
+        if filled != size:
+            raise ValueError("truncated zstd frame")
+    buf = io.BytesIO(raw[:256].tobytes())  # the .npy header sits in the first bytes
+    version = np.lib.format.read_magic(buf)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(buf)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted")
+    count = int(np.prod(shape))
+    arr = raw[buf.tell(): buf.tell() + count * dtype.itemsize].view(dtype)
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def encode_json(obj: Any) -> bytes:

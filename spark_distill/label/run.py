@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
 from spark_distill.dataset import frames_dir
-from spark_distill.errors import ConfigError, DatasetError, LabelError
+from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, get_backend
+from spark_distill.label.lanes import LaneRunner
 from spark_distill.label.plan import ClipRef, SegmentPlan, ShardIndex, plan_segments
-from spark_distill.label.state import ModeldState
 from spark_distill.label.teachers import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class LabelConfig:
     backend: str = "auto"
     precision: str = "auto"  # fp16 on GPUs, fp32 on the CPU
     batch: int = 8  # segments in lockstep; a GPU wants 64-256, the CPU reference 4-16
-    workers: int = 4  # reader threads (tar reads + zstd decode)
+    workers: int = 8  # reader threads (tar reads + zstd decode); a GPU at full speed wants 12+
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
     device: str | None = None
 
@@ -101,21 +101,6 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
             "history": {"temporal_skip": C.TEMPORAL_SKIP, "features": teacher.history_len,
                         "full_buffer": C.FULL_HISTORY_BUFFER_LEN},
             "warmup_frames": WARMUP_FRAMES, "segments": {}, "shards": [], "skipped_shards": [], "throughput": {}}
-
-
-@dataclass
-class _Lane:
-    """One segment being labeled: its clips, the clip in hand and the position in it."""
-
-    plan: SegmentPlan
-    clips: collections.deque  # (ClipRef, Future) in order
-    clip: dict[str, Any] | None = None
-    ref: ClipRef | None = None
-    t: int = 0
-    prev_fid: int | None = None
-    restart_at: frozenset[str] = frozenset()  # clips that follow a skipped (corrupt) shard
-    vision: np.ndarray | None = None
-    policy: np.ndarray | None = None
 
 
 class _Writer:
@@ -226,133 +211,24 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
 def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path, frames_manifest: dict[str, Any],
                work: list[SegmentPlan], bad: set[int], writer: _Writer, manifest: dict[str, Any], total: int,
                on_progress: Callable[[int, int], None] | None) -> int:
-    dev = backend.device
-    b = cfg.batch
-    state = ModeldState(b, history=teacher.history_len, device=dev, lat_delay=cfg.lat_delay)
-    image_names = teacher.image_inputs  # input name -> camera
-    vision_dtype = {n: teacher.vision.inputs[n][1] for n in image_names}
-    policy_names = list(teacher.policy.inputs)
-    hs = teacher.vision.slices["hidden_state"]
-    curv = teacher.policy.slices.get("desired_curvature")
     indexes: dict[int, ShardIndex] = {}
-    pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="label-reader")
-
-    def index(i: int) -> ShardIndex:
-        if i not in indexes:
-            indexes[i] = ShardIndex(fdir / frames_manifest["shards"][i]["name"], shards.FRAMES_MEMBERS)
-        return indexes[i]
+    lock = threading.Lock()
 
     def fetch(ref: ClipRef) -> dict[str, Any]:
-        return index(ref.shard).read(ref.key, _CLIP_MEMBERS)
+        with lock:
+            if ref.shard not in indexes:
+                indexes[ref.shard] = ShardIndex(fdir / frames_manifest["shards"][ref.shard]["name"],
+                                                shards.FRAMES_MEMBERS)
+            idx = indexes[ref.shard]
+        return idx.read(ref.key, _CLIP_MEMBERS)
 
-    queue = collections.deque(work)
-    lanes: list[_Lane | None] = [None] * b
-    pinned = dev.type == "cuda"
-    host = {k: torch.zeros((b, 6, 128, 256), dtype=torch.uint8, pin_memory=pinned) for k in ("road", "wide")}
-    desire = torch.zeros((b, C.DESIRE_LEN), pin_memory=pinned)
-    traffic = torch.zeros((b, C.TRAFFIC_CONVENTION_LEN), pin_memory=pinned)
-    v_ego = torch.zeros(b, pin_memory=pinned)
-    # numpy views of the (pinned) host buffers: per-lane row copies without torch's indexing overhead
-    host_np = {k: v.numpy() for k, v in host.items()}
-    desire_np, traffic_np, v_ego_np = desire.numpy(), traffic.numpy(), v_ego.numpy()
-    frames_done = 0
-    segments_meta = manifest["segments"]
-
-    def start(lane: int) -> None:
-        while queue:
-            plan = queue.popleft()
-            refs = [c for c in plan.clips if c.shard not in bad]
-            if not refs:
-                continue
-            restart = frozenset(c.key for prev, c in zip(plan.clips, plan.clips[1:], strict=False)
-                                if prev.shard in bad and c.shard not in bad)
-            lanes[lane] = _Lane(plan, collections.deque((r, pool.submit(fetch, r)) for r in refs[:1]),
-                                restart_at=restart)
-            lanes[lane].clips.extend((r, None) for r in refs[1:])
-            state.reset(lane)
-            segments_meta[plan.name] = {"resets": []}
-            return
-        lanes[lane] = None
-
-    def next_clip(lane: _Lane) -> bool:
-        if not lane.clips:
-            return False
-        ref, fut = lane.clips.popleft()
-        lane.clip = fut.result() if fut is not None else fetch(ref)
-        if lane.clips and lane.clips[0][1] is None:  # prefetch the clip after this one
-            r, _ = lane.clips.popleft()
-            lane.clips.appendleft((r, pool.submit(fetch, r)))
-        if lane.clip["__key__"] != ref.key:
-            raise DatasetError(f"expected sample {ref.key}, read {lane.clip['__key__']}")
-        lane.ref, lane.t = ref, 0
-        if ref.key in lane.restart_at:  # the clips before it were unreadable: start over, as at a segment start
-            state.reset(lanes.index(lane))
-            segments_meta[lane.plan.name]["resets"].append(lane.clip["meta"]["frame_ids"][0])
-            lane.prev_fid = None
-        n = len(lane.clip["meta"]["frame_ids"])
-        lane.vision = np.zeros((n, teacher.vision.width), np.float16)
-        lane.policy = np.zeros((n, teacher.policy.width), np.float16)
-        return True
-
+    pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="label-reader")
+    runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,
+                        clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
+                        fetch=fetch, pool=pool, emit=writer.add, segments_meta=manifest["segments"])
     try:
-        for i in range(b):
-            start(i)
-        while any(lane is not None for lane in lanes):
-            active = []
-            for i, lane in enumerate(lanes):
-                while lane is not None and (lane.clip is None or lane.t >= len(lane.vision)):
-                    if lane.clip is not None:
-                        writer.add(lane.ref, lane.vision, lane.policy)
-                        lane.clip = None
-                    if not next_clip(lane):
-                        start(i)
-                        lane = lanes[i]
-                if lane is None:
-                    continue
-                active.append(i)
-                clip, t = lane.clip, lane.t
-                fid = clip["meta"]["frame_ids"][t]
-                meta_seg = segments_meta[lane.plan.name]
-                if lane.prev_fid is None:
-                    meta_seg.setdefault("first_frame_id", fid)
-                elif fid - lane.prev_fid > C.FULL_HISTORY_BUFFER_LEN:  # a hole longer than the history: restart
-                    state.reset(i)
-                    meta_seg["resets"].append(fid)
-                elif fid - lane.prev_fid > 1:  # frames the encoder dropped
-                    state.skip_frames(i, fid - lane.prev_fid - 1)
-                lane.prev_fid = fid
-                host_np["road"][i] = clip["road"][t]
-                host_np["wide"][i] = clip["wide"][t]
-                desire_np[i] = clip["desire"][t]
-                traffic_np[i] = clip["traffic"]
-                v = float(clip["car"][t, 0])
-                v_ego_np[i] = v if np.isfinite(v) else 0.0
-            if not active:
-                break
-            stacks = state.vision_inputs(host["road"].to(dev, non_blocking=True),
-                                         host["wide"].to(dev, non_blocking=True))
-            vin = {n: stacks[cam] if vision_dtype[n] == "uint8" else stacks[cam].float()
-                   for n, cam in image_names.items()}
-            vout = backend.vision(vin)
-            state.push_features(vout[:, hs])
-            state.push_desire(desire.to(dev, non_blocking=True))
-            pout = backend.policy(state.policy_inputs(policy_names, traffic.to(dev, non_blocking=True),
-                                                      v_ego.to(dev, non_blocking=True)))
-            if curv is not None:
-                state.push_curvature(pout[:, curv.start])  # the mean of desired_curvature
-            vh = vout.to(torch.float16).cpu().numpy()
-            ph = pout.to(torch.float16).cpu().numpy()
-            for i in active:
-                lane = lanes[i]
-                lane.vision[lane.t], lane.policy[lane.t] = vh[i], ph[i]
-                lane.t += 1
-            frames_done += len(active)
-            if on_progress is not None:
-                on_progress(frames_done, total)
+        return runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
     finally:
         pool.shutdown(cancel_futures=True)
         for idx in indexes.values():
             idx.close()
-    for lane in lanes:
-        assert lane is None
-    return frames_done
