@@ -121,8 +121,9 @@ class LaneRunner:
             else:
                 self.gap[i, k] = fid - lane.prev_fid - 1  # frames the encoder dropped
             lane.prev_fid = fid
-        self.road[i, :n] = torch.from_numpy(clip["road"]).to(self.dev, non_blocking=True)
-        self.wide[i, :n] = torch.from_numpy(clip["wide"]).to(self.dev, non_blocking=True)
+        for cam, buf in (("road", self.road), ("wide", self.wide)):  # pinned tensors on a GPU: asynchronous
+            frames = clip[cam] if isinstance(clip[cam], torch.Tensor) else torch.from_numpy(clip[cam])
+            buf[i, :n].copy_(frames, non_blocking=True)
         self.desire[i, :n] = torch.from_numpy(clip["desire"]).to(self.dev)
         v = np.nan_to_num(clip["car"][:, 0].astype(np.float32), nan=0.0)
         self.v_ego[i, :n] = torch.from_numpy(v).to(self.dev)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
@@ -213,14 +214,23 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path,
                on_progress: Callable[[int, int], None] | None) -> int:
     indexes: dict[int, ShardIndex] = {}
     lock = threading.Lock()
+    pin = backend.device.type == "cuda"
 
     def fetch(ref: ClipRef) -> dict[str, Any]:
+        """Read and decode one clip (on a reader thread); on a GPU, frames land in pinned memory so the
+        main thread's host-to-device copies are asynchronous."""
         with lock:
             if ref.shard not in indexes:
                 indexes[ref.shard] = ShardIndex(fdir / frames_manifest["shards"][ref.shard]["name"],
                                                 shards.FRAMES_MEMBERS)
             idx = indexes[ref.shard]
-        return idx.read(ref.key, _CLIP_MEMBERS)
+        clip = idx.read(ref.key, _CLIP_MEMBERS)
+        if pin:
+            for cam in ("road", "wide"):
+                pinned = torch.empty(clip[cam].shape, dtype=torch.uint8, pin_memory=True)
+                np.copyto(pinned.numpy(), clip[cam])
+                clip[cam] = pinned
+        return clip
 
     pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="label-reader")
     runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,

@@ -11,9 +11,13 @@ Inputs: vision `img`, `big_img` uint8 [1, 12, 128, 256]; policy v1 `desire` [1, 
 `features_buffer` [1, 25, 512]; v2 `desire_pulse`, `traffic_convention`, `features_buffer`.
 Outputs: one flat float32 vector `outputs` [1, N] each.
 
-Sizes: `tiny` for tests (a few MFLOPs per frame); `bench` is sized like the real vision model:
-two conv trunks totalling ~1.8 GFLOPs per frame, the figure of ANCHORS.md's vision-sized CNN (two
-EfficientNet-B2 trunks on 12x128x256 inputs), itself the shape of openpilot's supercombo backbone.
+Sizes: `tiny` for tests (a plain conv trunk, ~0.05 GFLOPs per frame); `bench` is built like the real
+vision model: two EfficientNet-B2-shaped trunks (MBConv blocks: 1x1 expand, 3x3 depthwise, 1x1
+project; B2's widths and depths, no squeeze-excitation) on the 12x128x256 inputs, 1.68 GFLOPs per
+frame. Source of the estimate: ANCHORS.md's vision-sized CNN (two EfficientNet-B2 trunks, 1.81
+GFLOPs/frame), the shape of openpilot's supercombo backbone (an EfficientNet). Depthwise blocks
+matter: per FLOP they run several times slower on GPUs than plain 3x3 convolutions, so a plain
+trunk of the same FLOPs would flatter every throughput figure.
 """
 
 from __future__ import annotations
@@ -38,19 +42,23 @@ CONTRACTS = ("v1", "v2")
 
 @dataclass(frozen=True)
 class TeacherSize:
-    """Trunk widths per stage and extra 3x3 convs per stage."""
+    """Trunk stages (channels, repeats, stride, expansion) and the policy MLP width."""
 
-    widths: tuple[int, ...]
-    depth: int
+    stages: tuple[tuple[int, int, int, int], ...]
+    stem: int
+    mbconv: bool  # EfficientNet blocks, else plain 3x3 convs
     policy_width: int
 
 
 def tiny() -> TeacherSize:
-    return TeacherSize(widths=(8, 16, 32, 32), depth=0, policy_width=128)
+    return TeacherSize(stages=((8, 1, 2, 1), (16, 1, 2, 1), (32, 1, 2, 1), (32, 1, 2, 1)), stem=0, mbconv=False,
+                       policy_width=128)
 
 
 def bench() -> TeacherSize:
-    return TeacherSize(widths=(32, 64, 128, 192, 256), depth=1, policy_width=1024)  # 1.74 GFLOPs/frame
+    # EfficientNet-B2 (width 1.1, depth 1.2): stem 32, then (channels, repeats, stride, expansion)
+    return TeacherSize(stages=((16, 2, 1, 1), (24, 3, 2, 6), (48, 3, 2, 6), (88, 4, 2, 6), (120, 4, 1, 6),
+                               (208, 5, 2, 6), (352, 2, 1, 6)), stem=32, mbconv=True, policy_width=1024)
 
 
 PRESETS = {"tiny": tiny, "bench": bench}
@@ -60,20 +68,43 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
 
 
+class MBConv(nn.Module):
+    """EfficientNet's inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, mid, 1), nn.BatchNorm2d(mid), nn.SiLU()]
+        layers += [nn.Conv2d(mid, mid, 3, stride, 1, groups=mid), nn.BatchNorm2d(mid), nn.SiLU(),
+                   nn.Conv2d(mid, cout, 1), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.skip else self.block(x)
+
+
 class Trunk(nn.Module):
-    """A plain conv trunk: stride-2 stages, a 1x1 squeeze and a flatten that keeps the spatial layout."""
+    """A conv trunk (plain or EfficientNet-style), a 1x1 squeeze and a flatten that keeps the spatial layout."""
 
     def __init__(self, size: TeacherSize) -> None:
         super().__init__()
-        layers, cin = [], 12
-        for w in size.widths:
-            layers.append(_conv(cin, w, 2))
-            layers += [_conv(w, w, 1) for _ in range(size.depth)]
-            cin = w
+        layers: list[nn.Module] = []
+        cin, down = 12, 0
+        if size.stem:
+            layers.append(_conv(cin, size.stem, 2))
+            cin, down = size.stem, 1
+        for channels, repeats, stride, expand in size.stages:
+            for r in range(repeats):
+                s = stride if r == 0 else 1
+                layers.append(MBConv(cin, channels, s, expand) if size.mbconv else _conv(cin, channels, s))
+                cin = channels
+            down += stride == 2
         self.stages = nn.Sequential(*layers)
         self.squeeze = nn.Conv2d(cin, 8, 1)
-        h, w = 128 >> len(size.widths), 256 >> len(size.widths)
-        self.out_features = 8 * h * w
+        self.out_features = 8 * (128 >> down) * (256 >> down)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 12, 128, 256) uint8
         x = x.float() * (1.0 / 255.0) - 0.5  # openpilot feeds raw uint8; normalisation is in the graph
@@ -197,13 +228,22 @@ def write_teacher(out: Path, *, size: str = "tiny", contract: str = "v1", seed: 
 
 
 def gflops_per_frame(size: str) -> float:
-    """Multiply-adds x 2 of the vision pair for one frame (both cameras), counted from the conv/linear shapes."""
+    """2 x multiply-adds of the vision model for one frame (both cameras), counted by running it."""
     preset = PRESETS[size]()
-    total, h, w, cin = 0, 128, 256, 12
-    for width in preset.widths:
-        h, w = h // 2, w // 2
-        total += h * w * width * cin * 9 + preset.depth * h * w * width * width * 9
-        cin = width
-    total += h * w * 8 * cin
-    total = 2 * total + 2 * 8 * h * w * C.FEATURE_LEN  # two trunks, the hidden layer
-    return 2 * total / 1e9
+    model = StandInVision(preset, C.layout(C.VISION_HEADS)).eval()
+    macs = 0
+
+    def count(module: nn.Module, _: tuple, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            macs += out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        x = torch.zeros(1, 12, 128, 256, dtype=torch.uint8)
+        model(x, x)
+    for h in hooks:
+        h.remove()
+    return 2 * macs / 1e9
