@@ -172,8 +172,8 @@ def ingest(
 @handles_errors
 def synth_teacher(
     out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
-    size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, like the real "
-                                           "vision model).")] = "tiny",
+    size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
+                                           "like the real vision model).")] = "tiny",
     contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
                                                "desire_pulse only (openpilot 0.10).")] = "v1",
     seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,

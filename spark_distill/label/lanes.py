@@ -40,6 +40,41 @@ class _Lane:
     prev_fid: int | None = None
 
 
+class _Staging:
+    """Pinned host buffers for the small per-step inputs, used round-robin: a buffer is refilled only
+    after the copy that last read it has run (its event), so the host never overwrites in-flight data."""
+
+    def __init__(self, rows: int, cols: int, device: torch.device, depth: int = 4) -> None:
+        self.device, self.cuda = device, device.type == "cuda"
+        self.bufs = [torch.zeros((rows, cols), pin_memory=self.cuda) for _ in range(depth)]
+        self.index_bufs = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda) for _ in range(depth)]
+        self.events = [torch.cuda.Event() if self.cuda else None for _ in range(depth)]
+        self.k = 0
+
+    def _slot(self) -> int:
+        self.k = (self.k + 1) % len(self.bufs)
+        if self.events[self.k] is not None:
+            self.events[self.k].synchronize()
+        return self.k
+
+    def upload(self, values: np.ndarray) -> torch.Tensor:
+        k = self._slot()
+        self.bufs[k].numpy()[...] = values
+        out = self.bufs[k].to(self.device, non_blocking=self.cuda)
+        if self.cuda:
+            self.events[k].record()
+        return out
+
+    def index(self, rows: np.ndarray) -> torch.Tensor:
+        k = self._slot()
+        buf = self.index_bufs[k][: len(rows)]
+        buf.numpy()[...] = rows
+        out = buf.to(self.device, non_blocking=self.cuda)
+        if self.cuda:
+            self.events[k].record()
+        return out
+
+
 class LaneRunner:
     def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
                  fetch: Callable[[ClipRef], dict[str, Any]], pool: cf.Executor,
@@ -51,9 +86,12 @@ class LaneRunner:
         self.rows = torch.arange(batch, device=dev)
         self.road = torch.zeros((batch, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
         self.wide = torch.zeros_like(self.road)
-        self.desire = torch.zeros((batch, clip_len, C.DESIRE_LEN), device=dev)
-        self.v_ego = torch.zeros((batch, clip_len), device=dev)
-        self.traffic = torch.zeros((batch, C.TRAFFIC_CONVENTION_LEN), device=dev)
+        # small per-frame inputs stay on the host and go up once per step, packed: t, v_ego, traffic(2), desire(8)
+        self.desire = np.zeros((batch, clip_len, C.DESIRE_LEN), np.float32)
+        self.v_ego = np.zeros((batch, clip_len), np.float32)
+        self.traffic = np.zeros((batch, C.TRAFFIC_CONVENTION_LEN), np.float32)
+        self.staging = _Staging(batch, 4 + C.DESIRE_LEN, dev)
+        self.finished: list[tuple[list[tuple[ClipRef, int]], torch.Tensor, torch.Tensor, Any]] = []
         self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
         self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
         self.length = np.zeros(batch, np.int64)  # frames in each lane's clip; 0 = idle lane
@@ -124,23 +162,38 @@ class LaneRunner:
         for cam, buf in (("road", self.road), ("wide", self.wide)):  # pinned tensors on a GPU: asynchronous
             frames = clip[cam] if isinstance(clip[cam], torch.Tensor) else torch.from_numpy(clip[cam])
             buf[i, :n].copy_(frames, non_blocking=True)
-        self.desire[i, :n] = torch.from_numpy(clip["desire"]).to(self.dev)
-        v = np.nan_to_num(clip["car"][:, 0].astype(np.float32), nan=0.0)
-        self.v_ego[i, :n] = torch.from_numpy(v).to(self.dev)
-        self.traffic[i] = torch.from_numpy(clip["traffic"]).to(self.dev)
+        self.desire[i, :n] = clip["desire"]
+        self.v_ego[i, :n] = np.nan_to_num(clip["car"][:, 0].astype(np.float32), nan=0.0)
+        self.traffic[i] = clip["traffic"]
         lane.ref = ref
         self.length[i], self.t[i] = n, 0
         return True
 
     def _finish_clips(self, done: np.ndarray) -> None:
-        idx = torch.from_numpy(done).to(self.dev)
-        vision, policy = self.out_v[idx].cpu().numpy(), self.out_p[idx].cpu().numpy()  # one copy for all
-        for j, i in enumerate(done):
-            lane = self.lanes[i]
-            n = int(self.length[i])
-            self.emit(lane.ref, vision[j, :n].copy(), policy[j, :n].copy())
+        """Start the copy of finished clips' outputs to the host (asynchronous on a GPU), refill the lanes."""
+        idx = self.staging.index(done)
+        cuda = self.dev.type == "cuda"
+        vision = torch.empty((len(done), *self.out_v.shape[1:]), dtype=torch.float16, pin_memory=cuda)
+        policy = torch.empty((len(done), *self.out_p.shape[1:]), dtype=torch.float16, pin_memory=cuda)
+        vision.copy_(self.out_v[idx], non_blocking=cuda)  # enqueued before the next step overwrites the rows
+        policy.copy_(self.out_p[idx], non_blocking=cuda)
+        event = torch.cuda.Event() if cuda else None
+        if event is not None:
+            event.record()
+        self.finished.append(([(self.lanes[i].ref, int(self.length[i])) for i in done], vision, policy, event))
+        for i in done:
             if not self._load_clip(i):
                 self._next_segment(i)
+
+    def _emit_ready(self, wait: bool = False) -> None:
+        """Hand finished clips whose copies have landed to the writer."""
+        while self.finished and (wait or self.finished[0][3] is None or self.finished[0][3].query()):
+            refs, vision, policy, event = self.finished.pop(0)
+            if event is not None:
+                event.synchronize()
+            v, p = vision.numpy(), policy.numpy()
+            for j, (ref, n) in enumerate(refs):
+                self.emit(ref, v[j, :n].copy(), p[j, :n].copy())
 
     # -- the step --------------------------------------------------------------------------------
     def _step(self, active: np.ndarray) -> None:
@@ -151,13 +204,18 @@ class LaneRunner:
                 state.reset(int(i))
             else:
                 state.skip_frames(int(i), int(gaps[i]))
-        t = torch.from_numpy(self.t).to(self.dev, non_blocking=True)
+        rows = np.arange(self.b)
+        packed = self.staging.upload(np.concatenate([
+            self.t[:, None].astype(np.float32), self.v_ego[rows, self.t][:, None], self.traffic,
+            self.desire[rows, self.t]], axis=1))  # (B, 12) on the device
+        t = packed[:, 0].long()
+        v_ego, traffic, desire = packed[:, 1], packed[:, 2:4], packed[:, 4:]
         stacks = state.vision_inputs(self.road[self.rows, t], self.wide[self.rows, t])
         vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
         vout = self.backend.vision(vin)
         state.push_features(vout[:, self.hidden])
-        state.push_desire(self.desire[self.rows, t])
-        pout = self.backend.policy(state.policy_inputs(self.policy_names, self.traffic, self.v_ego[self.rows, t]))
+        state.push_desire(desire)
+        pout = self.backend.policy(state.policy_inputs(self.policy_names, traffic, v_ego))
         if self.curv is not None:
             state.push_curvature(pout[:, self.curv.start])  # the mean of desired_curvature
         self.out_v[self.rows, t] = vout.to(torch.float16)
@@ -175,6 +233,7 @@ class LaneRunner:
         while True:
             active = self.length > 0
             if not active.any():
+                self._emit_ready(wait=True)
                 return frames
             self._step(active)
             frames += int(active.sum())
@@ -183,3 +242,4 @@ class LaneRunner:
             done = np.flatnonzero(active & (self.t >= self.length))
             if len(done):
                 self._finish_clips(done)
+            self._emit_ready()
