@@ -33,7 +33,8 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
     folder = root / "frames"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 200, size=(8, 6, 128, 256), dtype=np.uint8)
+    pool = rng.integers(0, 200, size=(64, 6, 128, 256), dtype=np.uint8) + rng.integers(
+        0, 56, size=(64, 6, 128, 256), dtype=np.uint8) // 4 * 4  # textured frames, drawn from a pool
     frames = round(seconds * 20)
     manifest = {"format": shards.FRAMES_FORMAT, "version": shards.FORMAT_VERSION, "tool": "bench",
                 "settings": {"clip_len": clip_len, "cameras": ["road", "wide"], "log_kind": "auto",
@@ -48,8 +49,8 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
             t = min(clip_len, frames - c)
             if writer is None:
                 writer = shards.ShardWriter(folder, shards.shard_name(len(manifest["shards"])), shards.FRAMES_MEMBERS)
-            road = base[(np.arange(t) + s) % 8] + rng.integers(0, 56, size=(t, 6, 128, 256), dtype=np.uint8)
-            wide = base[(np.arange(t) + s + 3) % 8] + rng.integers(0, 56, size=(t, 6, 128, 256), dtype=np.uint8)
+            road = pool[(np.arange(t) + 7 * s + c) % 64]
+            wide = pool[(np.arange(t) + 11 * s + c + 5) % 64]
             desire = np.zeros((t, 8), np.float32)
             desire[:, 0] = 1
             car = np.full((t, 10), 20.0, np.float32)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from spark_distill.errors import ConfigError
-from spark_distill.label.backends import check_batching
+from spark_distill.label.backends import check_batching, random_inputs
 from spark_distill.label.teachers import Teacher, make_batch_dynamic
 from spark_distill.onnx_import import onnx_to_torch
 
@@ -70,6 +70,10 @@ class TorchBackend:
             self.modules[role] = module
         self.cuda_graphs = cuda and cuda_graphs
         self.inputs = {"vision": teacher.vision.inputs, "policy": teacher.policy.inputs}
+        if self.cuda_graphs:  # capture now (cuDNN autotuning included), as TensorRT builds its engine up front
+            for role, mf in (("vision", teacher.vision), ("policy", teacher.policy)):
+                example = {k: torch.from_numpy(v).to(self.device) for k, v in random_inputs(mf.inputs, batch).items()}
+                self._run(role, example)
 
     def _autocast(self) -> Any:
         if self.precision == "fp32":
