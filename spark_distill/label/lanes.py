@@ -101,6 +101,7 @@ class LaneRunner:
         self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
         self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
         self.lanes: list[_Lane | None] = [None] * batch
+        self.successor: list[_Lane | None] = [None] * batch  # next segment, first clip staged
         self.image_names = teacher.image_inputs
         self.float_images = {n for n in self.image_names if teacher.vision.inputs[n][1] != "uint8"}
         self.policy_names = list(teacher.policy.inputs)
@@ -122,21 +123,22 @@ class LaneRunner:
         if not self.upcoming:
             self.lanes[i], self.length[i], self.t[i] = None, 0, 0
             return
+        lane = self.lanes[i] = self._new_lane()
+        self._stage(i, lane, wait=True)
+        self._flip(i)
+        self.state.reset(i)
+
+    def _new_lane(self) -> _Lane:
         plan, refs, first = self.upcoming.popleft()
         self._refill()
         restart = frozenset(c.key for prev, c in zip(plan.clips, plan.clips[1:], strict=False)
                             if prev.shard in self.bad and c.shard not in self.bad)
-        lane = _Lane(plan, collections.deque([(refs[0], first)] + [(r, None) for r in refs[1:]]), restart)
-        self.lanes[i] = lane
         self.segments_meta[plan.name] = {"resets": []}
-        self._stage(i, wait=True)
-        self._flip(i)
-        self.state.reset(i)
+        return _Lane(plan, collections.deque([(refs[0], first)] + [(r, None) for r in refs[1:]]), restart)
 
     # -- clips -----------------------------------------------------------------------------------
-    def _stage(self, i: int, *, wait: bool) -> bool:
-        """Upload lane i's next clip into its free slot (if decoded, or `wait`)."""
-        lane = self.lanes[i]
+    def _stage(self, i: int, lane: _Lane, *, wait: bool) -> bool:
+        """Upload `lane`'s next clip into slot-pair i's free slot (if decoded, or `wait`)."""
         if lane.staged or not lane.pending:
             return lane.staged
         ref, fut = lane.pending[0]
@@ -194,14 +196,20 @@ class LaneRunner:
         self.length[i], self.t[i] = self.lengths[self.slot[i], i], 0
 
     def _service(self, budget: int) -> None:
-        """Stage up to `budget` lanes' next clips that readers have finished (round-robin)."""
+        """Stage up to `budget` next clips that readers have finished (round-robin): the lane's own next
+        clip, or, when its segment has none left, the first clip of the segment it will take next."""
         for _ in range(self.b):
             if budget <= 0:
                 return
             i = self.cursor = (self.cursor + 1) % self.b
             lane = self.lanes[i]
-            if lane is not None and not lane.staged and lane.pending and self._stage(i, wait=False):
-                budget -= 1
+            if lane is None or lane.staged:
+                continue
+            if lane.pending:
+                budget -= self._stage(i, lane, wait=False)
+            elif self.successor[i] is None and self.upcoming and self.upcoming[0][2].done():
+                self.successor[i] = self._new_lane()
+                budget -= self._stage(i, self.successor[i], wait=True)
 
     def _finish_clips(self, done: np.ndarray) -> None:
         """Copy finished clips' outputs to the host (asynchronously on a GPU) and move the lanes on."""
@@ -219,8 +227,12 @@ class LaneRunner:
         for i in done:
             lane = self.lanes[i]
             if lane.staged or lane.pending:
-                self._stage(i, wait=True)
+                self._stage(i, lane, wait=True)
                 self._flip(i)
+            elif self.successor[i] is not None:  # its next segment is already on the device
+                self.lanes[i], self.successor[i] = self.successor[i], None
+                self._flip(i)
+                self.state.reset(i)
             else:
                 self._next_segment(i)
 
