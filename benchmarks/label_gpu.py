@@ -32,7 +32,12 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, s (GIL hand-over)")
     args = ap.parse_args()
+    if args.switch_interval:
+        import sys
+
+        sys.setswitchinterval(args.switch_interval)
     work = Path(tempfile.mkdtemp(prefix="label-gpu-"))
     write_teacher(work / "teacher", size="bench")
     start = time.perf_counter()

@@ -8,20 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from spark_distill.synth.route import SegmentTruth, SynthConfig, write_route
-
 
 @pytest.fixture(scope="session")
-def tici_route(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SegmentTruth], SynthConfig]:
+def tici_route(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, object]:
     """Two 2-second comma 3X segments (road + wide, rlog.bz2) with a lane change across them."""
+    from spark_distill.synth.route import SynthConfig, write_route  # PyAV: imported only where routes are made
+
     cfg = SynthConfig(segments=2, seconds=2.0, device="tici", lane_change_at=1.5)
     out = tmp_path_factory.mktemp("tici")
     return out, write_route(out, cfg), cfg
 
 
 @pytest.fixture(scope="session")
-def faulty_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, SegmentTruth]]:
+def faulty_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
     """One single-segment route per fault (older 1164x874 device unless the fault needs a wide camera)."""
+    from spark_distill.synth.route import SynthConfig, write_route
+
     routes = {}
     for i, fault in enumerate(("truncated-log", "missing-encode-idx", "encoder-drops", "corrupt-video-tail",
                                "missing-wide")):
