@@ -132,7 +132,7 @@ def synth_route(
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed)
     for truth in write_route(out_dir, cfg):
         faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
-        out.print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}", highlight=False)
+        print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
 
 
 @app.command()
@@ -182,7 +182,7 @@ def synth_teacher(
     from spark_distill.synth.teacher import write_teacher
 
     for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
-        out.print(str(path), highlight=False)
+        print(path)
 
 
 @app.command()
@@ -219,12 +219,12 @@ def label(
 @handles_errors
 def inspect(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
-    verify: Annotated[bool, typer.Option(help="Re-hash every shard and check every sample's members and shapes.")
-                      ] = False,
+    verify: Annotated[bool, typer.Option(help="Re-hash every shard (frames and label sets) and check every sample's "
+                                               "keys, members and shapes.")] = False,
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
 ) -> None:
     """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
-    from spark_distill.dataset import contact_sheet, summarize, verify_frames
+    from spark_distill.dataset import contact_sheet, summarize, verify_frames, verify_labels
     from spark_distill.errors import DatasetError
 
     s = summarize(root)
@@ -232,12 +232,14 @@ def inspect(
     if png is not None:
         out.print(f"contact sheet: {contact_sheet(root, png)}")
     if verify:
-        v = verify_frames(root)
-        for p in v.problems:
+        checks = [("frames", verify_frames(root))] + [(f"labels/{n}", verify_labels(root, n)) for n in s["label_sets"]]
+        problems = [p for _, v in checks for p in v.problems]
+        for p in problems:
             console.print(f"  {p}", highlight=False)
-        if v.problems:
-            raise DatasetError(f"verification found {len(v.problems)} problem(s) in {v.shards} shard(s)")
-        out.print(f"verified: {v.shards} shards, {v.samples} clips, all hashes, members and shapes match")
+        if problems:
+            raise DatasetError(f"verification found {len(problems)} problem(s)")
+        for what, v in checks:
+            out.print(f"verified {what}: {v.shards} shards, {v.samples} clips; hashes, keys, members and shapes match")
 
 
 @bench_app.command("ingest")

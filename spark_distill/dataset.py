@@ -112,6 +112,48 @@ def verify_frames(root: Path) -> Verification:
     return result
 
 
+def verify_labels(root: Path, name: str) -> Verification:
+    """Check label set `name` against its manifest and its frames: binding, sha256, keys in the same order,
+    one float16 row per frame of the matching width."""
+    folder = root / "labels" / name
+    manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
+    fdir = frames_dir(root)
+    frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
+    result = Verification()
+    binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
+    if manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
+        result.problems.append(f"labels/{name} is bound to another frames dataset")
+        return result
+    widths = {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
+    frames_by_name = {e["name"]: e for e in frames["shards"]}
+    for entry in manifest["shards"]:
+        path = folder / entry["name"]
+        result.shards += 1
+        if not path.exists() or shards.sha256_file(path) != entry["sha256"]:
+            result.problems.append(f"labels/{name}/{entry['name']}: missing or sha256 differs from the manifest")
+            continue
+        try:
+            labels = list(shards.iter_shard(path, shards.LABEL_MEMBERS))
+            source = list(shards.iter_shard(fdir / frames_by_name[entry["name"]]["name"], shards.FRAMES_MEMBERS))
+        except (DatasetError, KeyError) as e:
+            result.problems.append(f"labels/{name}/{entry['name']}: {e}")
+            continue
+        if [x["__key__"] for x in labels] != [x["__key__"] for x in source]:
+            result.problems.append(f"labels/{name}/{entry['name']}: keys differ from the frames shard")
+            continue
+        for lab, src in zip(labels, source, strict=True):
+            t = len(json.loads(src["meta.json"])["frame_ids"])
+            d = shards.decode_sample(lab)
+            for member, width in (("vision", widths["vision"]), ("policy", widths["policy"])):
+                arr = d.get(member)
+                if arr is None or arr.dtype != np.float16 or arr.shape != (t, width):
+                    got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+                    result.problems.append(f"labels/{name}/{entry['name']} {lab['__key__']}: {member} is {got}, "
+                                           f"expected float16[{t}, {width}]")
+        result.samples += len(labels)
+    return result
+
+
 def contact_sheet(root: Path, png: Path, *, clips: int = 4) -> Path:
     """A PNG of a few clips spread over the dataset: road and wide, first and last frame, as the model sees them."""
     import matplotlib

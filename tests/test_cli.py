@@ -19,7 +19,8 @@ runner = CliRunner()
 def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
-    for command in (["ingest"], ["inspect"], ["synth-route"], ["bench", "ingest"]):
+    for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["bench", "ingest"],
+                    ["bench", "label"]):
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0, command
     assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
@@ -56,7 +57,7 @@ def test_ingest_inspect_verify_and_contact_sheet(tici_route, tmp_path: Path) -> 
     png = tmp_path / "sheet.png"
     r = runner.invoke(app, ["inspect", str(out), "--verify", "--png", str(png)])
     assert r.exit_code == 0, r.output
-    assert "verified: 1 shards, 4 clips" in r.output
+    assert "verified frames: 1 shards, 4 clips" in r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     # corrupt a shard: verify names it and exits 2
     shard = out / "frames" / shards.shard_name(0)
@@ -66,3 +67,33 @@ def test_ingest_inspect_verify_and_contact_sheet(tici_route, tmp_path: Path) -> 
     r = _cli("inspect", str(out), "--verify")
     assert r.returncode == 2
     assert "shard-000000.tar: sha256 differs" in r.stderr and "error: verification found 1 problem" in r.stderr
+
+
+def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
+    route, _, _ = tici_route
+    out = tmp_path / "ds"
+    assert runner.invoke(app, ["ingest", str(route), "--out", str(out), "--workers", "1"]).exit_code == 0
+    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "teacher"), "--contract", "v2"])
+    assert r.exit_code == 0 and "driving_policy_metadata.pkl" in r.output
+    r = runner.invoke(app, ["label", str(out), "--teacher", str(tmp_path / "teacher"), "--batch", "2",
+                            "--backend", "onnxruntime", "--name", "v2set"])
+    assert r.exit_code == 0, r.output
+    assert "frames labeled" in r.output and "80" in r.output
+    r = runner.invoke(app, ["inspect", str(out), "--verify"])
+    assert r.exit_code == 0, r.output
+    assert "verified labels/v2set: 1 shards, 4 clips" in r.output
+    # a label shard that no longer matches its manifest is found
+    shard = out / "labels" / "v2set" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[3000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = _cli("inspect", str(out), "--verify")
+    assert r.returncode == 2 and "labels/v2set/shard-000000.tar: missing or sha256 differs" in r.stderr
+    # errors are one line and exit 2
+    for args, message in ((["label", str(out), "--teacher", str(tmp_path / "none")], "not found"),
+                          (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),
+                          (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
+                           "unknown backend 'openvino'")):
+        r = _cli(*args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)

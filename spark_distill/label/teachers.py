@@ -133,6 +133,9 @@ def load_teacher(paths: list[Path]) -> tuple[Teacher, Any, Any]:
     """A Teacher from a folder (driving_vision.onnx + driving_policy.onnx) or the two ONNX paths.
 
     Returns (teacher, vision ModelProto, policy ModelProto)."""
+    if len(paths) == 1 and not paths[0].exists():
+        raise LabelError(f"{paths[0]}: not found (--teacher takes a folder with driving_vision.onnx and "
+                         "driving_policy.onnx)")
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         vision_path, policy_path = folder / "driving_vision.onnx", folder / "driving_policy.onnx"

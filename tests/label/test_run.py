@@ -168,3 +168,25 @@ def test_label_set_is_bound_to_its_frames_and_teacher(dataset: Path, teacher: Pa
     shards.write_json_atomic(dataset / "labels" / f"bound-{teacher.name}" / "manifest.json", manifest)
     with pytest.raises(LabelError, match="bound to another frames dataset"):
         label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", name=f"bound-{teacher.name}"))
+
+
+def test_tensorrt_backend_through_the_label_pass(dataset: Path, teacher: Path, monkeypatch) -> None:
+    """The tensorrt backend's engine build, cache and execution path, run through the fake of its API."""
+    import sys
+
+    from . import fake_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
+    fake_tensorrt.BUILDS.clear()
+    cfg = LabelConfig(root=dataset, teacher=(teacher,), backend="tensorrt", batch=3, name=f"trt-{teacher.name}")
+    label(cfg)
+    label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=3, name=f"o-{teacher.name}"))
+    a = read_labels(dataset / "labels" / f"trt-{teacher.name}")
+    b = read_labels(dataset / "labels" / f"o-{teacher.name}")
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k][0], b[k][0])
+        np.testing.assert_array_equal(a[k][1], b[k][1])
+    manifest = shards.read_manifest(dataset / "labels" / f"trt-{teacher.name}", shards.LABELS_FORMAT)
+    assert manifest["backend"]["tensorrt"] == "10.99.0-fake" and manifest["precision"] == "fp16"
+    assert len(fake_tensorrt.BUILDS) == 2 and len(list((dataset / "labels" / ".engines").glob("*.engine"))) >= 2

@@ -59,6 +59,9 @@ class TorchBackend:
         if not cuda and self.precision != "fp32":
             raise ConfigError(f"the torch backend runs {self.precision} on CUDA only; use --precision fp32 on the CPU")
         self.batch = batch
+        if cuda and self.precision == "fp32":  # true fp32: TF32 convolutions are ~1e-3 off ONNX Runtime
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.modules, self.runners = {}, {}
         for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
             dynamic = make_batch_dynamic(model)
