@@ -190,3 +190,53 @@ def test_tensorrt_backend_through_the_label_pass(dataset: Path, teacher: Path, m
     manifest = shards.read_manifest(dataset / "labels" / f"trt-{teacher.name}", shards.LABELS_FORMAT)
     assert manifest["backend"]["tensorrt"] == "10.99.0-fake" and manifest["precision"] == "fp16"
     assert len(fake_tensorrt.BUILDS) == 2 and len(list((dataset / "labels" / ".engines").glob("*.engine"))) >= 2
+
+
+def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset / "frames", root / "frames")
+    label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="clean"))
+    shard = root / "frames" / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[4000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="bad"))
+    assert result.skipped_shards == ["shard-000001.tar"]
+    clean, bad = root / "labels" / "clean", root / "labels" / "bad"
+    assert sorted(p.name for p in bad.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000002.tar",
+                                                                "shard-000003.tar", "shard-000004.tar"]
+    # shards whose segments never touch the bad one are unchanged; the segment that lost its first clip
+    # restarts its history at the next clip, as at a segment start (recorded in the manifest)
+    for name in ("shard-000000.tar", "shard-000003.tar", "shard-000004.tar"):
+        assert shards.sha256_file(bad / name) == shards.sha256_file(clean / name)
+    manifest = shards.read_manifest(bad, shards.LABELS_FORMAT)
+    assert manifest["skipped_shards"] == ["shard-000001.tar"]
+    assert any(seg["resets"] for seg in manifest["segments"].values())
+
+
+def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Path, tmp_path: Path) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset / "frames", root / "frames")
+    args = [sys.executable, "-m", "spark_distill", "label", str(root), "--teacher", str(teacher), "--batch", "1",
+            "--backend", "onnxruntime", "--name", "k"]
+    label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=1, name="ref"))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (root / "labels" / "k" / "shard-000001.tar").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(shards.read_manifest(root / "labels" / "k", shards.LABELS_FORMAT)["shards"])
+    assert done < 5, "killed before it finished"
+    subprocess.run(args, check=True, capture_output=True)
+    got = {p.name: shards.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
+    want = {p.name: shards.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
+    assert got == want and len(got) == 5
