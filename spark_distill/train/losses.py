@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Distillation losses on parsed model outputs (`label.outputs.parse_outputs`), teacher -> student.
+
+Main entry point: `distill_loss(student, teacher, weights)` -> (total, {term: value}). Terms:
+- plan: Laplacian NLL with winner-takes-all over the student's hypotheses against the teacher's most
+  probable plan, plus cross-entropy of the student's hypothesis logits to the winner (the recipe
+  openpilot's own multi-hypothesis heads are trained with; mbalesni/openpilot-pipeline found it beats KL);
+- lanes / edges: L1 on lane lines weighted by the teacher's line probabilities, and on road edges;
+- lead: Huber on the lead trajectories, weighted by the teacher's lead probabilities;
+- probs: binary cross-entropy of the student's lane-line and lead probabilities to the teacher's.
+Every term is a mean over its elements, so weights are comparable; a term whose head either side
+lacks is skipped. Log-stds are clamped before exp, so the loss stays finite in fp16/bf16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOG_STD_MIN, LOG_STD_MAX = -7.0, 11.0  # exp(11) is fp16-safe (openpilot's safe_exp bound)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossWeights:
+    """Weight of each term (0 turns it off)."""
+
+    plan: float = 1.0
+    plan_prob: float = 0.2  # hypothesis cross-entropy; smaller: the NLL carries the geometry
+    lanes: float = 1.0
+    edges: float = 0.5
+    lead: float = 0.5
+    probs: float = 0.5
+
+
+def laplace_nll(target: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Elementwise -log Laplace(target | mean, b), b = exp(log_std) (clamped)."""
+    log_b = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    return (target - mean).abs() * torch.exp(-log_b) + log_b + torch.log(torch.tensor(2.0, device=mean.device))
+
+
+def plan_wta(student: dict, teacher: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NLL of the winning hypothesis, CE of the hypothesis logits to it, winner index).
+
+    student: parsed 'plan' with hypotheses (…, H, 33, 15), log_std_hypotheses, logits (…, H, 1);
+    teacher: parsed 'plan' with mean (…, 33, 15). Only the winner gets NLL gradient."""
+    target = teacher["mean"].unsqueeze(-3).float()  # (…, 1, 33, 15)
+    nll = laplace_nll(target, student["hypotheses"].float(), student["log_std_hypotheses"].float())
+    per_hyp = nll.flatten(-2).mean(-1)  # (…, H)
+    winner = per_hyp.detach().argmin(-1)  # (…,)
+    wta = per_hyp.gather(-1, winner.unsqueeze(-1)).squeeze(-1).mean()
+    logits = student["logits"][..., 0].float()  # (…, H)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), winner.reshape(-1))
+    return wta, ce, winner
+
+
+def lanes_l1(student: dict, teacher: dict, line_prob: torch.Tensor | None) -> torch.Tensor:
+    """L1 on lane lines (…, 4, 33, 2), weighted per line by the teacher's probability (…, 4)."""
+    err = (student["mean"].float() - teacher["mean"].float()).abs().mean(dim=(-1, -2))  # (…, 4)
+    if line_prob is None:
+        return err.mean()
+    w = line_prob.float().detach()
+    return (err * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def lead_huber(student: dict, teacher: dict, lead_prob: torch.Tensor | None) -> torch.Tensor:
+    """Huber on the lead trajectories (…, 3, 6, 4), weighted per time offset by the teacher's lead_prob (…, 3)."""
+    err = F.huber_loss(student["mean"].float(), teacher["mean"].float(), reduction="none").mean(dim=(-1, -2))
+    if lead_prob is None:
+        return err.mean()
+    w = lead_prob.float().detach()
+    return (err * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def prob_bce(student_logits: torch.Tensor, teacher_prob: torch.Tensor) -> torch.Tensor:
+    """BCE of student logits to the teacher's probabilities (soft targets)."""
+    return F.binary_cross_entropy_with_logits(student_logits.float(), teacher_prob.float().detach())
+
+
+def distill_loss(student: dict, teacher: dict, weights: LossWeights, *,
+                 student_raw: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the terms both sides can form, and each term's value.
+
+    `student_raw` holds the student's raw (pre-sigmoid) probability heads by name, for the BCE terms."""
+    terms: dict[str, torch.Tensor] = {}
+    if weights.plan and "plan" in student and "plan" in teacher and "hypotheses" in student["plan"]:
+        terms["plan"], ce, _ = plan_wta(student["plan"], teacher["plan"])
+        if weights.plan_prob:
+            terms["plan_prob"] = ce
+    line_prob = teacher["lane_lines_prob"][..., 1::2] if "lane_lines_prob" in teacher else None
+    if weights.lanes and "lane_lines" in student and "lane_lines" in teacher:
+        terms["lanes"] = lanes_l1(student["lane_lines"], teacher["lane_lines"], line_prob)
+    if weights.edges and "road_edges" in student and "road_edges" in teacher:
+        terms["edges"] = lanes_l1(student["road_edges"], teacher["road_edges"], None)
+    if weights.lead and "lead" in student and "lead" in teacher:
+        terms["lead"] = lead_huber(student["lead"], teacher["lead"], teacher.get("lead_prob"))
+    if weights.probs and student_raw is not None:
+        probs = [prob_bce(student_raw[h], teacher[h]) for h in ("lane_lines_prob", "lead_prob")
+                 if h in student_raw and h in teacher]
+        if probs:
+            terms["probs"] = torch.stack(probs).mean()
+    if not terms:
+        raise ValueError("no loss term applies: student and teacher share no head")
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    return total, {k: float(v.detach()) for k, v in terms.items()}
