@@ -49,21 +49,21 @@ class PolicyStack(nn.Module):
 def measure(model: nn.Module, x: torch.Tensor, steps: int) -> tuple[float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    for _ in range(3):
+
+    def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # warm-up
+        step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps * 1000, torch.cuda.max_memory_allocated() / 1e9
 
