@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The built-in compact student: a small efficient conv backbone per camera, a GRU made of Linear
+projections (so DoRA can target it), and one Linear head per output, laid out exactly like the
+teacher's vision and policy output vectors (the label set's `output_slices`), so the one output parser
+serves teacher and student alike.
+
+Main entry points: `CompactStudent(cfg, vision_slices, policy_slices)`, presets `compact_s()` /
+`compact_xs()`, and `DEFAULT_TARGETS` (DoRA targets: the policy dense layers, the GRU projections, the
+output heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spark_distill import contract as C
+
+DEFAULT_TARGETS = ["policy.*", "gru_x", "gru_h", "heads.*"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactConfig:
+    """Backbone widths (one stride-2 stage each), feature and recurrent sizes."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 96, 128)  # five stride-2 stages: 128x256 -> 4x8
+    expand: int = 4  # MBConv expansion
+    features: int = C.FEATURE_LEN  # per-frame feature, the student's hidden_state
+    hidden: int = 512  # GRU state
+
+
+def compact_s() -> CompactConfig:
+    return CompactConfig()
+
+
+def compact_xs() -> CompactConfig:
+    return CompactConfig(widths=(8, 16, 32, 48, 64), expand=2, features=C.FEATURE_LEN, hidden=128)
+
+
+class _Block(nn.Module):
+    """Inverted residual: 1x1 expand, 3x3 depthwise (stride 2), 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.body = nn.Sequential(nn.Conv2d(cin, mid, 1), nn.BatchNorm2d(mid), nn.SiLU(),
+                                  nn.Conv2d(mid, mid, 3, 2, 1, groups=mid), nn.BatchNorm2d(mid), nn.SiLU(),
+                                  nn.Conv2d(mid, cout, 1), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class _Backbone(nn.Module):
+    def __init__(self, cfg: CompactConfig) -> None:
+        super().__init__()
+        stages, cin = [], 12
+        for w in cfg.widths:
+            stages.append(_Block(cin, w, cfg.expand))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.squeeze = nn.Conv2d(cin, 16, 1)
+        self.out_features = 16 * (128 >> len(cfg.widths)) * (256 >> len(cfg.widths))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 12, 128, 256) uint8
+        x = x.float() * (1.0 / 255.0) - 0.5
+        return self.squeeze(self.stages(x)).flatten(1)  # (B, out_features)
+
+
+class CompactStudent(nn.Module):
+    """One step: (img, big_img, desire (B, 8), traffic (B, 2), state (B, H)) ->
+    (vision vector (B, Nv), policy vector (B, Np), next state (B, H))."""
+
+    def __init__(self, cfg: CompactConfig, vision_slices: dict[str, slice], policy_slices: dict[str, slice]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision_slices, self.policy_slices = dict(vision_slices), dict(policy_slices)
+        self.road, self.wide = _Backbone(cfg), _Backbone(cfg)
+        self.vision_proj = nn.Sequential(nn.Linear(2 * self.road.out_features, cfg.features), nn.ReLU())
+        self.policy = nn.Sequential(nn.Linear(cfg.features + C.DESIRE_LEN + C.TRAFFIC_CONVENTION_LEN, cfg.hidden),
+                                    nn.ReLU())
+        self.gru_x = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.gru_h = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        heads = {}
+        for prefix, slices, source in (("vision", vision_slices, cfg.features), ("policy", policy_slices, cfg.hidden)):
+            for name, s in slices.items():
+                if prefix == "vision" and name == "hidden_state":
+                    continue  # the features themselves
+                heads[f"{prefix}_{name}"] = nn.Linear(source, s.stop - s.start)
+        self.heads = nn.ModuleDict(heads)
+        self.vision_width = max(s.stop for s in vision_slices.values())
+        self.policy_width = max(s.stop for s in policy_slices.values())
+
+    def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        return torch.zeros(batch, self.cfg.hidden, device=device)
+
+    def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
+                state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.vision_proj(torch.cat([self.road(img), self.wide(big_img)], dim=1))  # (B, features)
+        z = self.policy(torch.cat([feats, desire.float(), traffic.float()], dim=1))  # (B, hidden)
+        xr, xu, xn = self.gru_x(z).chunk(3, dim=1)
+        hr, hu, hn = self.gru_h(state).chunk(3, dim=1)
+        r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)
+        nxt = (1 - u) * torch.tanh(xn + r * hn) + u * state  # (B, hidden)
+        vision = feats.new_zeros(feats.shape[0], self.vision_width)
+        for name, s in self.vision_slices.items():
+            vision[:, s] = feats if name == "hidden_state" else self.heads[f"vision_{name}"](feats)
+        policy = nxt.new_zeros(nxt.shape[0], self.policy_width)
+        for name, s in self.policy_slices.items():
+            policy[:, s] = self.heads[f"policy_{name}"](nxt)
+        return vision, policy, nxt
