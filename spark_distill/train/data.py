@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Streaming frames and labels in lockstep, for training. Entry points: `ClipStream` (an IterableDataset
+of batches) and `make_loader(stream, workers)`.
+
+The pipeline is webdataset's shape, iterator -> iterator stages over tar shards: the epoch's shard
+order (seeded by seed and epoch) is split across ranks, then across DataLoader workers; each worker
+reads its frames shard and the matching label shard with one tar iterator each, checks that every
+sample has the same key on both sides (a mismatch names the shard), drops clips of the other split
+(validation is chosen by segment, never by clip), shuffles through a seeded buffer, decodes and
+batches. Everything is a pure function of (seed, epoch, rank, world, workers, batch): every worker
+yields the same number of batches and the DataLoader takes them round-robin, so batch j of an epoch is
+logical worker j % W's (j // W)-th batch, every rank runs the same number of steps (no DDP hang on
+uneven shards), and resuming at batch p re-deals the logical workers and has each skip its share of p
+batches before decoding — the resumed run sees exactly the samples the uninterrupted one would have.
+Each clip is seen at most once per epoch; the remainder of each worker's share (fewer than `batch`
+clips) is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from spark_distill import shards
+from spark_distill.dataset import frames_dir
+from spark_distill.errors import DatasetError
+from spark_distill.label.plan import plan_segments
+
+FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst", "pose.npy.zst",
+                 "meta.json")
+
+
+@dataclass(frozen=True)
+class ShardPair:
+    name: str
+    frames: Path
+    labels: Path
+    keys: tuple[str, ...]  # this split's clips in the shard, in shard order
+
+
+def val_segments(names: list[str], *, fraction: float, seed: int) -> set[str]:
+    """Held-out segments: a stable hash of (seed, name) below `fraction`, at least one when fraction > 0."""
+    if fraction <= 0:
+        return set()
+    score = {n: int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()[:8], 16) / 2**32 for n in names}
+    chosen = {n for n, s in score.items() if s < fraction}
+    return chosen or {min(score, key=score.get)}
+
+
+def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float = 0.1, seed: int = 0
+                ) -> tuple[list[ShardPair], dict[str, Any]]:
+    """The labeled shards with the clips of `split` ('train' or 'val'), and the label manifest."""
+    fdir = frames_dir(root)
+    frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
+    ldir = root / "labels" / label_set
+    labels = shards.read_manifest(ldir, shards.LABELS_FORMAT)
+    binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
+    if labels["frames_shards"] != binding[: len(labels["frames_shards"])]:
+        raise DatasetError(f"label set {label_set} is bound to another frames dataset; label this one again")
+    plans = plan_segments(frames)
+    held_out = val_segments([p.name for p in plans], fraction=val_fraction, seed=seed)
+    wanted = {c.key for p in plans if (p.name in held_out) == (split == "val") for c in p.clips}
+    labeled = {s["name"] for s in labels["shards"]}
+    pairs = []
+    for i, entry in enumerate(frames["shards"]):
+        if entry["name"] not in labeled:
+            continue
+        keys = tuple(c.key for p in plans for c in p.clips if c.shard == i and c.key in wanted)
+        if keys:
+            pairs.append(ShardPair(entry["name"], fdir / entry["name"], ldir / entry["name"], keys))
+    if not pairs:
+        raise DatasetError(f"no labeled {split} clips in {root} with label set {label_set}")
+    return pairs, labels
+
+
+def read_lockstep(pair: ShardPair) -> Iterator[tuple[dict, dict]]:
+    """(frames sample, labels sample) of the pair's wanted clips, raw bytes, keys checked on both sides."""
+    wanted = set(pair.keys)
+    labels = shards.iter_shard(pair.labels, shards.LABEL_MEMBERS)
+    for f in shards.iter_shard(pair.frames, shards.FRAMES_MEMBERS):
+        lab = next(labels, None)
+        if lab is None or lab["__key__"] != f["__key__"]:
+            got = "nothing" if lab is None else lab["__key__"]
+            raise DatasetError(f"{pair.name}: frames sample {f['__key__']} has label sample {got}; "
+                               "the label set does not match its frames shard")
+        if f["__key__"] in wanted:
+            yield f, lab
+
+
+def shuffled(items: Iterator[Any], *, size: int, rng: random.Random) -> Iterator[Any]:
+    """A seeded shuffle buffer (webdataset's shuffle stage, deterministic)."""
+    buf: list[Any] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf.pop(rng.randrange(len(buf)))
+    while buf:
+        yield buf.pop(rng.randrange(len(buf)))
+
+
+class ClipStream(IterableDataset):
+    """Batches of clips for one rank and one epoch; set `epoch` and `skip` (batches) before iterating."""
+
+    def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
+                 burn_in: int, seed: int, rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
+                 train: bool = True, mask_warmup: bool = True) -> None:
+        self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
+        self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
+        self.shuffle, self.train = shuffle, train
+        # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
+        self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
+        self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
+        self.epoch, self.skip = 0, 0
+
+    def _shards(self, epoch: int, rank: int, worker: int) -> list[ShardPair]:
+        order = list(self.pairs)
+        if self.train:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order[rank::self.world][worker::self.workers]
+
+    def batches_per_worker(self, epoch: int) -> int:
+        """Equal for every worker of every rank: the smallest share decides."""
+        return min(sum(len(p.keys) for p in self._shards(epoch, r, w)) // self.batch
+                   for r in range(self.world) for w in range(self.workers))
+
+    def __len__(self) -> int:
+        return self.batches_per_worker(self.epoch) * self.workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        loader_worker = info.id if info is not None else 0
+        if (info.num_workers if info is not None else 1) != self.workers:
+            raise DatasetError("ClipStream was built for a different number of DataLoader workers")
+        n = self.batches_per_worker(self.epoch)
+        # The DataLoader always starts with its worker 0, so after `skip` batches its worker d plays the role of
+        # logical worker (skip + d) % W, whose first batch still to come is number (skip + d) // W.
+        worker = (self.skip + loader_worker) % self.workers
+        skip = (self.skip + loader_worker) // self.workers
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
+        stream = (s for pair in self._shards(self.epoch, self.rank, worker) for s in read_lockstep(pair))
+        if self.train:
+            stream = shuffled(stream, size=self.shuffle, rng=rng)
+        pending: list[tuple[dict, dict]] = []
+        done = 0
+        for sample in stream:
+            pending.append(sample)
+            if len(pending) < self.batch:
+                continue
+            if done >= skip:
+                yield self._collate(pending)
+            pending, done = [], done + 1
+            if done >= n:
+                return
+
+    def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+        t = self.clip_len
+        out: dict[str, list] = {k: [] for k in ("road", "wide", "desire", "traffic", "v_ego", "pose", "vision",
+                                                 "policy", "mask")}
+        keys = []
+        for f_raw, l_raw in samples:
+            f, lab = shards.decode_sample(f_raw), shards.decode_sample(l_raw)
+            n = len(f["meta"]["frame_ids"])
+            keys.append(f_raw["__key__"])
+            fids = np.asarray(f["meta"]["frame_ids"])
+            mask = np.zeros(t, bool)
+            # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
+            mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
+            mask[: self.burn_in] = False
+            for name, arr in (("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
+                              ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
+                              ("policy", lab["policy"])):
+                padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
+                padded[:n] = arr
+                out[name].append(padded)
+            out["traffic"].append(f["traffic"])
+            out["mask"].append(mask)
+        batch = {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+        batch["keys"] = keys  # type: ignore[assignment]
+        return batch
+
+
+def make_loader(stream: ClipStream, *, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over the stream's own batches (in order, round-robin over its workers)."""
+    return DataLoader(stream, batch_size=None, num_workers=stream.workers if stream.workers > 1 else 0,
+                      pin_memory=pin_memory, prefetch_factor=2 if stream.workers > 1 else None,
+                      persistent_workers=False)
