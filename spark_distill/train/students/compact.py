@@ -40,6 +40,9 @@ def compact_xs() -> CompactConfig:
     return CompactConfig(widths=(8, 16, 32, 48, 64), expand=2, features=C.FEATURE_LEN, hidden=128)
 
 
+PRESETS = {"compact": compact_s, "compact-xs": compact_xs}
+
+
 class _Block(nn.Module):
     """Inverted residual: 1x1 expand, 3x3 depthwise (stride 2), 1x1 project."""
 

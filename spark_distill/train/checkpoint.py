@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Checkpoints: written atomically, verified on load, with a fall-back to the previous good one.
+
+A checkpoint is a folder `step-NNNNNNNN/` holding `adapter.safetensors` (the trainable tensors),
+`state.pt` (optimizer, scaler, RNG states, loader position; plain tensors and containers, loadable with
+`weights_only=True`) and `meta.json` (step, sha256 of both files). It is written under a temporary
+name and renamed, so a half-written checkpoint is never seen as one; a torn or edited one fails its
+checksum and the previous one is used. Entry points: `save_checkpoint`, `latest_checkpoint`, `load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spark_distill import shards
+from spark_distill.errors import TrainError
+
+log = logging.getLogger(__name__)
+KEEP = 3  # checkpoints kept; older ones are deleted after a new one lands
+
+
+def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
+    """Write checkpoint `step` into `folder` atomically; prune to the newest KEEP."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = folder / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    meta = {"step": step, "sha256": {n: shards.sha256_file(tmp / n) for n in ("adapter.safetensors", "state.pt")}}
+    shards.write_json_atomic(tmp / "meta.json", meta)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    shards.fsync_dir(folder)
+    for old in sorted(folder.glob("step-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _valid(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        return all(shards.sha256_file(path / n) == h for n, h in meta["sha256"].items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that passes its checksum (a torn newest one is skipped with a warning)."""
+    for path in sorted(folder.glob("step-*"), reverse=True):
+        if _valid(path):
+            return path
+        log.warning("checkpoint %s fails its checksum; using an older one", path.name)
+    return None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(trainable tensors, state) of a checkpoint folder, verified."""
+    if not _valid(path):
+        raise TrainError(f"{path}: not a complete checkpoint (missing files or checksum mismatch)")
+    return load_file(str(path / "adapter.safetensors")), torch.load(path / "state.pt", weights_only=True)

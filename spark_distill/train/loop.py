@@ -1,0 +1,335 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The training loop: `train(cfg) -> TrainResult`. One readable function over a few helpers
+(build_student, loss_step, lr_at, checkpoints); the teacher is never imported: its outputs come from
+the label set. Multi-process through torch.distributed (DDP; torchrun or an explicit init URL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spark_distill import contract as C
+from spark_distill import shards
+from spark_distill.errors import ConfigError, TrainError
+from spark_distill.label.outputs import parse_outputs
+from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
+from spark_distill.train.losses import LossWeights, distill_loss
+from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
+
+log = logging.getLogger(__name__)
+ADAPTERS = ("dora", "lora", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Options of `spark-distill train`."""
+
+    root: Path
+    labels: str
+    run: str
+    runs_dir: Path = Path("runs")
+    student: str = "compact"  # a preset of the built-in compact student (compact, compact-xs)
+    adapter: str = "dora"
+    rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
+    alpha: float = 32.0
+    targets: tuple[str, ...] = tuple(DEFAULT_TARGETS)
+    train_modules: tuple[str, ...] = ()
+    epochs: int = 10
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    burn_in: int = 5  # frames per clip that only warm the recurrent state (>= the 4-frame image skip)
+    val_fraction: float = 0.1
+    mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
+    workers: int = 2
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_steps: int | None = None  # optimizer steps of the whole schedule [default: epochs of data]
+    stop_at: int | None = None  # checkpoint and stop at this step without changing the schedule (resume later)
+    resume: bool = False
+    device: str | None = None
+    amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, else fp32
+    rank_id: int = 0
+    world: int = 1
+    init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"unknown --adapter {self.adapter!r}; choose one of {', '.join(ADAPTERS)}")
+        if self.student not in PRESETS:
+            raise ConfigError(f"unknown --student {self.student!r}; choose one of {', '.join(sorted(PRESETS))}")
+        if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.lr <= 0:
+            raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --lr > 0")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int = 0
+    val_before: float | None = None
+    val_after: float | None = None
+    trainable: tuple[int, int] = (0, 0)
+    interrupted: bool = False
+    seconds: float = 0.0
+    samples: int = 0
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Unroll(nn.Module):
+    """The student run over a clip from a zero state, as one forward (what DDP wraps)."""
+
+    def __init__(self, student: CompactStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = road.shape[:2]  # (B, T, 6, 128, 256)
+        state = self.student.initial_state(b, road.device)
+        vis, pol = [], []
+        for i in range(t):
+            prev = max(i - C.TEMPORAL_SKIP, 0)  # frame t-4 (openpilot's pair spacing); burn-in hides the clip start
+            img = torch.cat([road[:, prev], road[:, i]], dim=1)
+            big = torch.cat([wide[:, prev], wide[:, i]], dim=1)
+            v, p, state = self.student(img, big, desire[:, i], traffic, state)
+            vis.append(v)
+            pol.append(p)
+        return torch.stack(vis, 1), torch.stack(pol, 1)  # (B, T, Nv), (B, T, Np)
+
+
+def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]) -> CompactStudent:
+    torch.manual_seed(cfg.seed)
+    vision = {k: slice(*v) for k, v in slices["vision"].items()}
+    policy = {k: slice(*v) for k, v in slices["policy"].items()}
+    return CompactStudent(PRESETS[cfg.student](), vision, policy)
+
+
+def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
+              weights: LossWeights, device: torch.device, autocast: Any) -> tuple[torch.Tensor | None, dict]:
+    """Unroll the student over the batch's clips; the distillation loss on the frames that take one."""
+    mask = batch["mask"].to(device)
+    if not mask.any():
+        return None, {}
+    with autocast():
+        v, p = model(*(batch[k].to(device, non_blocking=True) for k in ("road", "wide", "desire", "traffic")))
+    v, p = v.float()[mask], p.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
+    tv, tp = batch["vision"].to(device)[mask].float(), batch["policy"].to(device)[mask].float()
+    student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}
+    teacher = {**parse_outputs(tv, slices["vision"]), **parse_outputs(tp, slices["policy"])}
+    raw = {h: v[..., slice(*slices["vision"][h])] for h in ("lane_lines_prob", "lead_prob") if h in slices["vision"]}
+    loss, terms = distill_loss(student, teacher, weights, student_raw=raw)
+    del v, p, tv, tp, student, teacher
+    return loss, terms
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if use_bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, enabled=False)
+
+
+def _freeze_norms(student: nn.Module) -> None:
+    """BatchNorm layers whose parameters are frozen keep their running statistics: eval mode."""
+    for m in student.modules():
+        if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, slices: dict, weights: LossWeights, device: torch.device,
+             autocast: Any) -> float | None:
+    """Mean validation loss over the loader (None when no frame takes a loss)."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for batch in loader:
+        loss, _ = loss_step(model, batch, slices, weights, device, autocast)
+        if loss is not None:
+            total, n = total + float(loss), n + 1
+    if was_training:
+        model.train()
+        _freeze_norms(model)
+    return total / n if n else None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) a training run; returns its summary."""
+    import torch.distributed as dist
+
+    if cfg.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo",
+                                init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
+    main_rank = cfg.rank_id == 0
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_dir = cfg.runs_dir / cfg.run
+    ckpt_dir = run_dir / "checkpoints"
+    if run_dir.exists() and not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
+        raise ConfigError(f"run {cfg.run!r} already has checkpoints in {run_dir}; pass --resume or another --run")
+    pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction, seed=cfg.seed)
+    val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
+                 if cfg.val_fraction > 0 else [])
+    frames_settings = shards.read_manifest(cfg.root / "frames", shards.FRAMES_FORMAT)["settings"]
+    clip_len, slices = int(frames_settings["clip_len"]), manifest["output_slices"]
+    if cfg.burn_in >= clip_len:
+        raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
+    student = build_student(cfg, slices)
+    base_file = run_dir / "student.safetensors"
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not base_file.exists():  # the base weights the adapters belong to
+            save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
+            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), default=str, indent=1))
+    if base_file.exists():
+        student.load_state_dict(load_file(str(base_file)))
+    if cfg.adapter == "none":
+        for p in student.parameters():
+            p.requires_grad_(True)
+    else:
+        apply_adapters(student, targets=list(cfg.targets), rank=cfg.rank, alpha=cfg.alpha, dora=cfg.adapter == "dora",
+                       train_modules=list(cfg.train_modules))
+    student.to(device)
+    unroll = Unroll(student)
+    model: nn.Module = unroll
+    if cfg.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(unroll, device_ids=ids)
+    full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stream = ClipStream(pairs, manifest, batch=cfg.batch_size, clip_len=clip_len, burn_in=cfg.burn_in, seed=cfg.seed,
+                        rank=cfg.rank_id, world=cfg.world, workers=cfg.workers, mask_warmup=cfg.mask_warmup)
+    val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in val_pairs)))
+    val_stream = (ClipStream(val_pairs, manifest, batch=val_batch, clip_len=clip_len, burn_in=cfg.burn_in,
+                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup) if val_pairs else None)
+    micro_per_epoch = len(stream)
+    if micro_per_epoch == 0:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than a worker's share of the training clips")
+    total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
+    autocast = _autocast(device, cfg.amp)
+    result = TrainResult(run_dir, trainable=trainable_fraction(student))
+    step, epoch, position = 0, 0, 0
+    if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        tensors, state = load_checkpoint(ckpt)
+        if full:
+            student.load_state_dict(tensors)
+        else:
+            load_adapter_state(student, tensors)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        result.val_before = state.get("val_before")
+        log.info("resumed %s at step %d (epoch %d, batch %d)", cfg.run, step, epoch, position)
+    metrics = (run_dir / "metrics.jsonl").open("a") if main_rank else None
+    from torch.utils.tensorboard import SummaryWriter
+
+    board = SummaryWriter(str(run_dir / "tensorboard")) if main_rank else None
+
+    def record(split: str, values: dict[str, float]) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+            metrics.flush()
+            for k, v in values.items():
+                board.add_scalar(f"{split}/{k}", v, step)
+
+    def checkpoint() -> None:
+        if main_rank:
+            save_checkpoint(ckpt_dir, step, student.state_dict() if full else adapter_state_dict(student),
+                            {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
+                             "epoch": epoch, "position": position, "val_before": result.val_before})
+        if cfg.world > 1:
+            dist.barrier()
+
+    stop = {"flag": False}
+    handlers = {s: signal.signal(s, lambda *_: stop.__setitem__("flag", True)) for s in (signal.SIGINT, signal.SIGTERM)}
+    if step == 0 and val_stream is not None and main_rank:
+        result.val_before = evaluate(unroll, make_loader(val_stream), slices, cfg.loss, device, autocast)
+        if result.val_before is not None:
+            record("val", {"loss": result.val_before})
+    start, bad_steps = time.perf_counter(), 0
+    model.train()
+    _freeze_norms(student)
+    try:
+        while step < total and epoch < cfg.epochs:
+            stream.epoch, stream.skip = epoch, position
+            for batch in make_loader(stream, pin_memory=device.type == "cuda"):
+                loss, terms = loss_step(model, batch, slices, cfg.loss, device, autocast)
+                position += 1
+                result.samples += len(batch["keys"])
+                if loss is not None and not torch.isfinite(loss):
+                    bad_steps += 1
+                    opt.zero_grad(set_to_none=True)
+                    log.warning("non-finite loss at step %d; step skipped", step)
+                    if bad_steps > 5:
+                        raise TrainError(f"loss was not finite for {bad_steps} steps in a row at step {step}; "
+                                         "lower --lr or check the label set")
+                    continue
+                bad_steps = 0
+                if loss is not None:
+                    (loss / cfg.grad_accum).backward()
+                if position % cfg.grad_accum:
+                    continue
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, cfg, total)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                if step % cfg.log_every == 0 and loss is not None:
+                    record("train", {"loss": float(loss.detach()), **terms, "lr": opt.param_groups[0]["lr"],
+                                     "grad_norm": grad_norm,
+                                     "samples_per_s": result.samples / (time.perf_counter() - start)})
+                flag = torch.tensor(float(stop["flag"]))
+                if cfg.world > 1:
+                    dist.all_reduce(flag)  # every rank stops at the same step
+                pause = bool(flag.item()) or step == cfg.stop_at
+                if pause or step % cfg.checkpoint_every == 0 or step >= total:
+                    checkpoint()
+                if pause:
+                    result.interrupted = True
+                    return result
+                if step >= total:
+                    break
+            else:
+                epoch, position = epoch + 1, 0
+                checkpoint()
+                continue
+            break
+        if val_stream is not None and main_rank:
+            result.val_after = evaluate(unroll, make_loader(val_stream), slices, cfg.loss, device, autocast)
+            if result.val_after is not None:
+                record("val", {"loss": result.val_after})
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        result.steps, result.seconds = step, time.perf_counter() - start
+        if metrics is not None:
+            metrics.close()
+            board.close()
+    return result

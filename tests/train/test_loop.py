@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The training loop on a synthetic labeled dataset: it learns, resumes exactly, survives a torn
+checkpoint, and runs under DDP with two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from spark_distill.errors import ConfigError
+from spark_distill.ingest.run import IngestConfig, ingest
+from spark_distill.label.run import LabelConfig, label
+from spark_distill.synth.teacher import write_teacher
+from spark_distill.train.checkpoint import latest_checkpoint
+from spark_distill.train.loop import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def labeled(tici_route, faulty_routes, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loopds")
+    inputs = [str(tici_route[0])] + [str(r) for r, _ in faulty_routes.values()]
+    ingest(IngestConfig(inputs=tuple(inputs), out=root, workers=1, clip_len=10, shard_clips=3))
+    write_teacher(root / "teacher", seed=2)
+    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="set"))
+    return root
+
+
+def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
+    args = dict(root=root, labels="set", run="r", runs_dir=runs, student="compact-xs", batch_size=2, epochs=2,
+                lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, log_every=1,
+                checkpoint_every=3, rank=4, alpha=8.0, device="cpu")
+    return TrainConfig(**(args | kw))
+
+
+def test_distillation_lowers_validation_loss(labeled: Path, tmp_path: Path) -> None:
+    result = train(_cfg(labeled, tmp_path, epochs=4))
+    assert result.val_before is not None and result.val_after is not None
+    assert result.val_after < 0.9 * result.val_before, (result.val_before, result.val_after)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "split", "loss", "plan", "lanes", "lr"} <= set(next(x for x in lines if x["split"] == "train"))
+    assert [x["split"] for x in lines if x["split"] == "val"] == ["val", "val"]
+    assert list((tmp_path / "r" / "tensorboard").iterdir())
+
+
+def test_resume_is_exact(labeled: Path, tmp_path: Path) -> None:
+    straight = train(_cfg(labeled, tmp_path / "a", max_steps=7))
+    paused = train(_cfg(labeled, tmp_path / "b", max_steps=7, stop_at=4))
+    assert paused.interrupted and paused.steps == 4
+    resumed = train(_cfg(labeled, tmp_path / "b", max_steps=7, resume=True))
+    assert straight.steps == resumed.steps == 7
+    a = load_file(str(latest_checkpoint(tmp_path / "a" / "r" / "checkpoints") / "adapter.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "b" / "r" / "checkpoints") / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(_cfg(labeled, tmp_path / "a"))
+
+
+def test_torn_checkpoint_falls_back_to_the_previous(labeled: Path, tmp_path: Path) -> None:
+    train(_cfg(labeled, tmp_path, max_steps=6))
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
+    assert [p.name for p in ckpts][-2:] == ["step-00000003", "step-00000006"]
+    (ckpts[-1] / "state.pt").write_bytes(b"torn")
+    assert latest_checkpoint(tmp_path / "r" / "checkpoints") == ckpts[-2]
+    resumed = train(_cfg(labeled, tmp_path, max_steps=6, resume=True))
+    assert resumed.steps == 6
+
+
+def _ddp_worker(rank: int, root: Path, runs: Path, url: str, out: Path) -> None:
+    result = train(_cfg(root, runs, max_steps=3, rank_id=rank, world=2, init_method=url, val_fraction=0.25))
+    torch.save({"steps": result.steps}, out / f"rank{rank}.pt")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes(labeled: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(labeled, tmp_path / "runs", f"tcp://127.0.0.1:{port}", tmp_path), nprocs=2)
+    steps = [torch.load(tmp_path / f"rank{r}.pt")["steps"] for r in range(2)]
+    assert steps == [3, 3]
+    assert latest_checkpoint(tmp_path / "runs" / "r" / "checkpoints").name == "step-00000003"
+    shutil.rmtree(tmp_path / "runs")
