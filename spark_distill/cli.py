@@ -217,6 +217,74 @@ def label(
 
 @app.command()
 @handles_errors
+def train(
+    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
+    labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
+    student: Annotated[str, typer.Option(help="compact or compact-xs (the built-in compact student).")] = "compact",
+    run: Annotated[str | None, typer.Option(help="Run name: runs/<run>/ [default: <labels>-<student>-<adapter>].")
+                   ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Folder of runs.")] = Path("runs"),
+    epochs: Annotated[int, typer.Option(help="Passes over the training clips.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Clips per step per rank.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; warm-up then cosine).")] = 1e-4,
+    adapter: Annotated[str, typer.Option(help="dora, lora, or none (train every parameter).")] = "dora",
+    dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
+    dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
+                                                     "[default: policy.*, gru_x, gru_h, heads.*].")] = None,
+    train_modules: Annotated[str, typer.Option(help="Comma-separated globs of modules to train fully.")] = "",
+    burn_in: Annotated[int, typer.Option(help="Frames per clip that only warm the recurrent state.")] = 5,
+    grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
+    val_fraction: Annotated[float, typer.Option(help="Share of segments held out for validation.")] = 0.1,
+    mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
+                                                   "teacher).")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per rank.")] = 2,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule [default: all epochs].")
+                         ] = None,
+    stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
+                       ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its newest good checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if present; cuda:LOCAL_RANK "
+                                                    "under torchrun].")] = None,
+) -> None:
+    """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
+    import os
+
+    from spark_distill.train.loop import TrainConfig
+    from spark_distill.train.loop import train as run_train
+    from spark_distill.train.students.compact import DEFAULT_TARGETS
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and device is None:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
+    cfg = TrainConfig(root=root, labels=labels, run=run or f"{labels}-{student}-{adapter}", runs_dir=runs_dir,
+                      student=student, adapter=adapter, rank=dora_rank, alpha=dora_alpha,
+                      targets=_csv(targets) if targets else tuple(DEFAULT_TARGETS), train_modules=_csv(train_modules),
+                      epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, burn_in=burn_in,
+                      val_fraction=val_fraction, mask_warmup=mask_warmup, workers=workers, max_steps=max_steps,
+                      stop_at=stop_at, resume=resume, seed=seed, device=device, rank_id=rank, world=world,
+                      init_method="env://" if world > 1 else None)
+    with progress_bar("train", unit="steps") as update:
+        r = run_train(cfg, on_progress=lambda s, t, _loss: update(s, t))
+    if rank == 0:
+        n, total = r.trainable
+        print_table(f"train -> {r.run_dir}", {
+            "steps": r.steps, "stopped early (resume with --resume)": r.interrupted,
+            "trainable parameters": f"{n:,} of {total:,} ({100 * n / max(total, 1):.2f}%)",
+            "validation loss before": "-" if r.val_before is None else f"{r.val_before:.4f}",
+            "validation loss after": "-" if r.val_after is None else f"{r.val_after:.4f}",
+            "samples/s": r.samples / r.seconds if r.seconds else 0.0, "loss curve": r.run_dir / "loss.png"})
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@app.command()
+@handles_errors
 def inspect(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
     verify: Annotated[bool, typer.Option(help="Re-hash every shard (frames and label sets) and check every sample's "

@@ -19,8 +19,8 @@ runner = CliRunner()
 def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
-    for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["bench", "ingest"],
-                    ["bench", "label"]):
+    for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["train"],
+                    ["bench", "ingest"], ["bench", "label"]):
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0, command
     assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
@@ -89,11 +89,19 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     shard.write_bytes(bytes(data))
     r = _cli("inspect", str(out), "--verify")
     assert r.returncode == 2 and "labels/v2set/shard-000000.tar: missing or sha256 differs" in r.stderr
+    # a short training run from the CLI, its summary and loss curve
+    r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--student", "compact-xs", "--batch-size", "2",
+                            "--max-steps", "3", "--val-fraction", "0.3", "--no-mask-warmup", "--workers", "1",
+                            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--burn-in", "4"])
+    assert r.exit_code == 0, r.output
+    assert "steps" in r.output and (tmp_path / "runs" / "v2set-compact-xs-dora" / "loss.png").exists()
     # errors are one line and exit 2
     for args, message in ((["label", str(out), "--teacher", str(tmp_path / "none")], "not found"),
                           (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),
                           (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
-                           "unknown backend 'openvino'")):
+                           "unknown backend 'openvino'"),
+                          (["train", str(out), "--labels", "nope"], "not found"),
+                          (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter")):
         r = _cli(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)

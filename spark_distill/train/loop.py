@@ -179,8 +179,37 @@ def evaluate(model: nn.Module, loader: Any, slices: dict, weights: LossWeights, 
     return total / n if n else None
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) a training run; returns its summary."""
+def loss_curve(run_dir: Path) -> Path | None:
+    """PNG of train and validation loss from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for split, style in (("train", "-"), ("val", "o-")):
+        pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=split)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("distillation loss")
+    ax.set_title(run_dir.name)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
+    """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` after each step."""
     import torch.distributed as dist
 
     if cfg.world > 1 and not dist.is_initialized():
@@ -301,6 +330,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                if on_progress is not None and main_rank:
+                    on_progress(step, total, None if loss is None else float(loss.detach()))
                 if step % cfg.log_every == 0 and loss is not None:
                     record("train", {"loss": float(loss.detach()), **terms, "lr": opt.param_groups[0]["lr"],
                                      "grad_norm": grad_norm,
@@ -332,4 +363,5 @@ def train(cfg: TrainConfig) -> TrainResult:
         if metrics is not None:
             metrics.close()
             board.close()
+            loss_curve(run_dir)
     return result
