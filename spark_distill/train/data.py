@@ -48,12 +48,14 @@ class ShardPair:
 
 
 def val_segments(names: list[str], *, fraction: float, seed: int) -> set[str]:
-    """Held-out segments: a stable hash of (seed, name) below `fraction`, at least one when fraction > 0."""
-    if fraction <= 0:
+    """Held-out segments: a stable hash of (seed, name) below `fraction`; at least one when fraction > 0,
+    and never all of them (one segment alone stays for training)."""
+    if fraction <= 0 or len(names) < 2:
         return set()
     score = {n: int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()[:8], 16) / 2**32 for n in names}
-    chosen = {n for n, s in score.items() if s < fraction}
-    return chosen or {min(score, key=score.get)}
+    ranked = sorted(names, key=score.__getitem__)
+    chosen = {n for n in ranked if score[n] < fraction} or {ranked[0]}
+    return chosen - {ranked[-1]}
 
 
 def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float = 0.1, seed: int = 0

@@ -46,6 +46,8 @@ def test_splits_are_by_segment_and_disjoint(labeled: Path) -> None:
     seg = lambda k: k.rsplit("--c", 1)[0]  # noqa: E731
     assert not {seg(k) for k in train} & {seg(k) for k in val}
     assert val_segments(["a", "b"], fraction=0.0, seed=0) == set()
+    assert val_segments(["a"], fraction=0.9, seed=0) == set(), "a lone segment trains"
+    assert len(val_segments(["a", "b", "c"], fraction=1.0, seed=0)) == 2, "one segment always trains"
 
 
 def test_batches_hold_frames_and_labels_of_the_same_clip(labeled: Path) -> None:
