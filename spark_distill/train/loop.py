@@ -179,9 +179,22 @@ def evaluate(model: nn.Module, loader: Any, slices: dict, weights: LossWeights, 
     return total / n if n else None
 
 
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer, or None (with a warning) where tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: scalars go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def loss_curve(run_dir: Path) -> Path | None:
-    """PNG of train and validation loss from metrics.jsonl."""
-    import matplotlib
+    """PNG of train and validation loss from metrics.jsonl (None where matplotlib is missing or no point exists)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -276,14 +289,13 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         result.val_before = state.get("val_before")
         log.info("resumed %s at step %d (epoch %d, batch %d)", cfg.run, step, epoch, position)
     metrics = (run_dir / "metrics.jsonl").open("a") if main_rank else None
-    from torch.utils.tensorboard import SummaryWriter
-
-    board = SummaryWriter(str(run_dir / "tensorboard")) if main_rank else None
+    board = _tensorboard(run_dir) if main_rank else None
 
     def record(split: str, values: dict[str, float]) -> None:
         if metrics is not None:
             metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
             metrics.flush()
+        if board is not None:
             for k, v in values.items():
                 board.add_scalar(f"{split}/{k}", v, step)
 
@@ -362,6 +374,7 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         result.steps, result.seconds = step, time.perf_counter() - start
         if metrics is not None:
             metrics.close()
-            board.close()
             loss_curve(run_dir)
+        if board is not None:
+            board.close()
     return result
