@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                     record("train", {"loss": float(loss.detach()), **terms, "lr": opt.param_groups[0]["lr"],
                                      "grad_norm": grad_norm,
                                      "samples_per_s": result.samples / (time.perf_counter() - start)})
-                flag = torch.tensor(float(stop["flag"]))
+                flag = torch.tensor(float(stop["flag"]), device=device)  # NCCL reduces device tensors only
                 if cfg.world > 1:
                     dist.all_reduce(flag)  # every rank stops at the same step
                 pause = bool(flag.item()) or step == cfg.stop_at
