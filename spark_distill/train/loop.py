@@ -225,7 +225,8 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` after each step."""
     import torch.distributed as dist
 
-    if cfg.world > 1 and not dist.is_initialized():
+    own_group = cfg.world > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo",
                                 init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
     main_rank = cfg.rank_id == 0
@@ -377,4 +378,6 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
             loss_curve(run_dir)
         if board is not None:
             board.close()
+        if own_group:
+            dist.destroy_process_group()
     return result
