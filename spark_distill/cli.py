@@ -215,11 +215,40 @@ def label(
         "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
 
 
+def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Options from a YAML file where the command line left them at their defaults (CLI wins)."""
+    if config is None:
+        return values
+    import yaml
+
+    from spark_distill.errors import ConfigError
+
+    try:
+        loaded = yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {config}: unreadable ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {config}: expected a mapping of option names to values")
+    aliases = {"rank": "dora_rank", "alpha": "dora_alpha"}
+    out = dict(values)
+    for key, value in loaded.items():
+        name = aliases.get(key, key).replace("-", "_")
+        if name not in values:
+            continue  # resolved-config keys that are not options (root, run, world, ...) are ignored
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):  # typer may vendor its own click enum
+            out[name] = ",".join(value) if isinstance(value, list) else value
+    return out
+
+
 @app.command()
 @handles_errors
 def train(
+    ctx: typer.Context,
     root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
+    config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
+                                                     "given on the command line win.")] = None,
     student: Annotated[str, typer.Option(help="compact or compact-xs (the built-in compact student).")] = "compact",
     run: Annotated[str | None, typer.Option(help="Run name: runs/<run>/ [default: <labels>-<student>-<adapter>].")
                    ] = None,
@@ -255,10 +284,17 @@ def train(
     from spark_distill.train.loop import train as run_train
     from spark_distill.train.students.compact import DEFAULT_TARGETS
 
+    o = _with_yaml(ctx, config, {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")})
+    student, run, runs_dir, epochs, batch_size, lr, adapter = (o[k] for k in (
+        "student", "run", "runs_dir", "epochs", "batch_size", "lr", "adapter"))
+    dora_rank, dora_alpha, targets, train_modules, burn_in, grad_accum = (o[k] for k in (
+        "dora_rank", "dora_alpha", "targets", "train_modules", "burn_in", "grad_accum"))
+    val_fraction, mask_warmup, workers, max_steps, stop_at, resume, seed, device = (o[k] for k in (
+        "val_fraction", "mask_warmup", "workers", "max_steps", "stop_at", "resume", "seed", "device"))
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
-    cfg = TrainConfig(root=root, labels=labels, run=run or f"{labels}-{student}-{adapter}", runs_dir=runs_dir,
+    cfg = TrainConfig(root=root, labels=labels, run=run or f"{labels}-{student}-{adapter}", runs_dir=Path(runs_dir),
                       student=student, adapter=adapter, rank=dora_rank, alpha=dora_alpha,
                       targets=_csv(targets) if targets else tuple(DEFAULT_TARGETS), train_modules=_csv(train_modules),
                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, burn_in=burn_in,

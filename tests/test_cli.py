@@ -94,7 +94,16 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                             "--max-steps", "3", "--val-fraction", "0.3", "--no-mask-warmup", "--workers", "1",
                             "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--burn-in", "4"])
     assert r.exit_code == 0, r.output
-    assert "steps" in r.output and (tmp_path / "runs" / "v2set-compact-xs-dora" / "loss.png").exists()
+    run_dir = tmp_path / "runs" / "v2set-compact-xs-dora"
+    assert "steps" in r.output and (run_dir / "loss.png").exists()
+    # the resolved config.yaml drives another run; options on the command line still win
+    r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--config", str(run_dir / "config.yaml"),
+                            "--run", "again", "--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    import yaml
+
+    again = yaml.safe_load((tmp_path / "runs" / "again" / "config.yaml").read_text())
+    assert again["max_steps"] == 2 and again["student"] == "compact-xs" and again["burn_in"] == 4
     # errors are one line and exit 2
     for args, message in ((["label", str(out), "--teacher", str(tmp_path / "none")], "not found"),
                           (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),

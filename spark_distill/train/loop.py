@@ -179,6 +179,14 @@ def evaluate(model: nn.Module, loader: Any, slices: dict, weights: LossWeights, 
     return total / n if n else None
 
 
+def write_config(path: Path, cfg: TrainConfig) -> None:
+    """The resolved configuration as YAML (what `--config` reads back)."""
+    import yaml
+
+    plain = json.loads(json.dumps(asdict(cfg), default=str))
+    shards.write_bytes_atomic(path, yaml.safe_dump(plain, sort_keys=False).encode())
+
+
 def _tensorboard(run_dir: Path) -> Any:
     """A TensorBoard writer, or None (with a warning) where tensorboard is not installed."""
     try:
@@ -248,7 +256,7 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not base_file.exists():  # the base weights the adapters belong to
             save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
-            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), default=str, indent=1))
+        write_config(run_dir / "config.yaml", cfg)
     if base_file.exists():
         student.load_state_dict(load_file(str(base_file)))
     if cfg.adapter == "none":
