@@ -90,3 +90,26 @@ def test_ddp_two_gloo_processes(labeled: Path, tmp_path: Path) -> None:
     assert steps == [3, 3]
     assert latest_checkpoint(tmp_path / "runs" / "r" / "checkpoints").name == "step-00000003"
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what Ctrl-C does, loader workers included)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "spark_distill", "train", str(labeled), "--labels", "set", "--student", "compact-xs",
+            "--batch-size", "1", "--max-steps", "100000", "--val-fraction", "0", "--no-mask-warmup",
+            "--workers", "2", "--runs-dir", str(tmp_path), "--run", "c", "--device", "cpu", "--burn-in", "4"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+    metrics = tmp_path / "c" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    ckpt = latest_checkpoint(tmp_path / "c" / "checkpoints")
+    assert ckpt is not None and "stopped early" in out
