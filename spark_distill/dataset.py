@@ -194,7 +194,3 @@ def contact_sheet(root: Path, png: Path, *, clips: int = 4) -> Path:
     plt.close(fig)
     tmp.replace(png)
     return png
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=1)

@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,3 @@ class _LocalQueue:
     def put(self, n: int) -> None:
         self.done += n
         self.on_progress(self.done, self.total)
-
-
-def summary(result: IngestResult) -> dict[str, Any]:
-    return asdict(result) | {"frames_per_s": result.frames_per_s, "root": str(result.root)}

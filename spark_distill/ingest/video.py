@@ -37,18 +37,6 @@ def _open(path: Path) -> av.container.InputContainer:
         raise UnsupportedVideoError(f"{path}: cannot open video ({e})") from e
 
 
-def probe_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the first decodable frame."""
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        try:
-            for frame in container.decode(stream):
-                return frame.width, frame.height
-        except av.error.FFmpegError as e:
-            raise UnsupportedVideoError(f"{path}: cannot decode ({e})") from e
-    raise UnsupportedVideoError(f"{path}: no decodable frames")
-
-
 def count_packets(path: Path) -> int:
     """Frames in the file, by demuxing without decoding (fast; an estimate for progress bars)."""
     try:
@@ -68,14 +56,6 @@ class Planes:
     strides: tuple[int, int, int]
     width: int
     height: int
-
-    def to_i420(self) -> np.ndarray:
-        """A contiguous (H*3/2, W) copy."""
-        w, h = self.width, self.height
-        rows = [self.y.reshape(-1, self.strides[0])[:h, :w],
-                self.u.reshape(-1, self.strides[1])[: h // 2, : w // 2].reshape(-1, w),
-                self.v.reshape(-1, self.strides[2])[: h // 2, : w // 2].reshape(-1, w)]
-        return np.concatenate(rows)
 
 
 def _planes(frame: av.VideoFrame) -> Planes:
