@@ -21,6 +21,45 @@ import torch
 from spark_distill import contract as C
 
 
+def sample_indices(history: int, device: torch.device | None = None) -> torch.Tensor:
+    """modeld's temporal_idxs: every TEMPORAL_SKIP-th entry of the 20 Hz buffer, ending at the newest."""
+    full = history * C.TEMPORAL_SKIP
+    return torch.arange(full - 1 - C.TEMPORAL_SKIP * (history - 1), full, C.TEMPORAL_SKIP, device=device)
+
+
+def push(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Shift a (B, N, …) buffer by one and append `new` (B, …) as the newest entry (modeld's shifting)."""
+    return torch.cat([buf[:, 1:], new.unsqueeze(1)], dim=1)
+
+
+def desire_pulse(desire: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pulse, new prev): one-hot desire with `none` zeroed, kept only on its rising edge (modeld)."""
+    desire = desire.float().clone()
+    desire[:, 0] = 0.0
+    return torch.where(desire - prev > 0.99, desire, torch.zeros_like(desire)), desire
+
+
+def policy_feeds(names: list[str], *, features: torch.Tensor, desire: torch.Tensor, curv: torch.Tensor,
+                 traffic: torch.Tensor, v_ego: torch.Tensor, history: int, idx: torch.Tensor,
+                 lat_delay: float) -> dict[str, torch.Tensor]:
+    """The policy's inputs by name from the 20 Hz buffers (features and desire include this frame; curv holds
+    previous outputs only)."""
+    b = features.shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        if name == "features_buffer":
+            out[name] = features[:, idx]  # (B, 25, 512), newest last
+        elif name in ("desire", "desire_pulse"):
+            out[name] = desire.reshape(b, history, C.TEMPORAL_SKIP, C.DESIRE_LEN).amax(dim=2)
+        elif name == "traffic_convention":
+            out[name] = traffic.float()
+        elif name == "lateral_control_params":
+            out[name] = torch.stack([v_ego.float().clamp(min=0.0), torch.full_like(v_ego.float(), lat_delay)], dim=1)
+        elif name == "prev_desired_curv":
+            out[name] = curv[:, idx]
+    return out
+
+
 class ModeldState:
     def __init__(self, lanes: int, *, history: int = C.INPUT_HISTORY_BUFFER_LEN, device: torch.device,
                  lat_delay: float = 0.2) -> None:
@@ -37,8 +76,7 @@ class ModeldState:
         self.desire = torch.zeros(lanes, full, C.DESIRE_LEN, **z)
         self.prev_desire = torch.zeros(lanes, C.DESIRE_LEN, **z)
         self.curv = torch.zeros(lanes, full, 1, **z)
-        # policy history: every TEMPORAL_SKIP-th entry ending at the newest (modeld's temporal_idxs)
-        self.sample_idx = torch.arange(full - 1 - C.TEMPORAL_SKIP * (history - 1), full, C.TEMPORAL_SKIP, device=device)
+        self.sample_idx = sample_indices(history, device)
 
     def reset(self, lane: int) -> None:
         """A new segment starts in `lane`: every history back to zeros."""
@@ -47,10 +85,6 @@ class ModeldState:
 
     def _advance_images(self) -> None:
         self.newest = (self.newest + 1) % (C.TEMPORAL_SKIP + 1)
-
-    @staticmethod
-    def _push(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        return torch.cat([buf[:, 1:], new.unsqueeze(1)], dim=1)
 
     def vision_inputs(self, road: torch.Tensor, wide: torch.Tensor) -> dict[str, torch.Tensor]:
         """Push this frame of each camera (B, 6, 128, 256) uint8; return the 2-frame stacks (B, 12, 128, 256)."""
@@ -64,36 +98,20 @@ class ModeldState:
         return stacks
 
     def push_features(self, hidden: torch.Tensor) -> None:
-        self.features = self._push(self.features, hidden.float())
+        self.features = push(self.features, hidden.float())
 
     def push_desire(self, desire: torch.Tensor) -> None:
         """desire (B, 8) one-hot for this frame -> a rising-edge pulse into the 20 Hz buffer."""
-        desire = desire.float().clone()
-        desire[:, 0] = 0.0
-        pulse = torch.where(desire - self.prev_desire > 0.99, desire, torch.zeros_like(desire))
-        self.prev_desire = desire
-        self.desire = self._push(self.desire, pulse)
+        pulse, self.prev_desire = desire_pulse(desire, self.prev_desire)
+        self.desire = push(self.desire, pulse)
 
     def policy_inputs(self, names: list[str], traffic: torch.Tensor, v_ego: torch.Tensor) -> dict[str, torch.Tensor]:
         """The policy's inputs by name, for this frame (after push_features and push_desire)."""
-        b = self.lanes
-        out: dict[str, torch.Tensor] = {}
-        for name in names:
-            if name == "features_buffer":
-                out[name] = self.features[:, self.sample_idx]  # (B, 25, 512), newest last
-            elif name in ("desire", "desire_pulse"):
-                out[name] = self.desire.reshape(b, self.history, C.TEMPORAL_SKIP, C.DESIRE_LEN).amax(dim=2)
-            elif name == "traffic_convention":
-                out[name] = traffic.float()
-            elif name == "lateral_control_params":
-                lat = torch.full_like(v_ego, self.lat_delay)
-                out[name] = torch.stack([v_ego.clamp(min=0.0), lat], dim=1).float()
-            elif name == "prev_desired_curv":
-                out[name] = self.curv[:, self.sample_idx]  # previous outputs only: pushed after the policy ran
-        return out
+        return policy_feeds(names, features=self.features, desire=self.desire, curv=self.curv, traffic=traffic,
+                            v_ego=v_ego, history=self.history, idx=self.sample_idx, lat_delay=self.lat_delay)
 
     def push_curvature(self, curvature: torch.Tensor) -> None:
-        self.curv = self._push(self.curv, curvature.reshape(-1, 1).float())
+        self.curv = push(self.curv, curvature.reshape(-1, 1).float())
 
     def skip_frames(self, lane: int, count: int) -> None:
         """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the
