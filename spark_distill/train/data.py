@@ -167,7 +167,7 @@ class ClipStream(IterableDataset):
         t = self.clip_len
         out: dict[str, list] = {k: [] for k in ("road", "wide", "desire", "traffic", "v_ego", "pose", "vision",
                                                  "policy", "mask")}
-        keys = []
+        keys, starts = [], []
         for f_raw, l_raw in samples:
             f, lab = shards.decode_sample(f_raw), shards.decode_sample(l_raw)
             n = len(f["meta"]["frame_ids"])
@@ -185,7 +185,9 @@ class ClipStream(IterableDataset):
                 out[name].append(padded)
             out["traffic"].append(f["traffic"])
             out["mask"].append(mask)
+            starts.append(f["meta"]["clip"] == 0)  # its first frame is the segment's: histories start at zero
         batch = {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+        batch["start"] = torch.tensor(starts)
         batch["keys"] = keys  # type: ignore[assignment]
         return batch
 

@@ -108,16 +108,20 @@ class Unroll(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
+                v_ego: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = road.shape[:2]  # (B, T, 6, 128, 256)
         state = self.student.initial_state(b, road.device)
+        first = start.view(b, 1, 1, 1).to(road.dtype)  # 1 where the clip starts its segment
         vis, pol = [], []
         for i in range(t):
-            prev = max(i - C.TEMPORAL_SKIP, 0)  # frame t-4 (openpilot's pair spacing); burn-in hides the clip start
-            img = torch.cat([road[:, prev], road[:, i]], dim=1)
-            big = torch.cat([wide[:, prev], wide[:, i]], dim=1)
-            v, p, state = self.student(img, big, desire[:, i], traffic, state)
+            if i >= C.TEMPORAL_SKIP:
+                older_road, older_wide = road[:, i - C.TEMPORAL_SKIP], wide[:, i - C.TEMPORAL_SKIP]
+            else:  # before frame t-4 exists: zeros at a segment start (modeld's empty ring), else the clip's first
+                older_road, older_wide = road[:, 0] * (1 - first), wide[:, 0] * (1 - first)
+            img = torch.cat([older_road, road[:, i]], dim=1)
+            big = torch.cat([older_wide, wide[:, i]], dim=1)
+            v, p, state = self.student(img, big, desire[:, i], traffic, state, v_ego[:, i])
             vis.append(v)
             pol.append(p)
         return torch.stack(vis, 1), torch.stack(pol, 1)  # (B, T, Nv), (B, T, Np)
@@ -137,7 +141,8 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     if not mask.any():
         return None, {}
     with autocast():
-        v, p = model(*(batch[k].to(device, non_blocking=True) for k in ("road", "wide", "desire", "traffic")))
+        v, p = model(*(batch[k].to(device, non_blocking=True)
+                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")))
     v, p = v.float()[mask], p.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
     tv, tp = batch["vision"].to(device)[mask].float(), batch["policy"].to(device)[mask].float()
     student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}

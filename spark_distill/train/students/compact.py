@@ -101,7 +101,8 @@ class CompactStudent(nn.Module):
         return torch.zeros(batch, self.cfg.hidden, device=device)
 
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                state: torch.Tensor, v_ego: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.vision_proj(torch.cat([self.road(img), self.wide(big_img)], dim=1))  # (B, features)
         z = self.policy(torch.cat([feats, desire.float(), traffic.float()], dim=1))  # (B, hidden)
         xr, xu, xn = self.gru_x(z).chunk(3, dim=1)

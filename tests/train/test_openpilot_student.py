@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The openpilot student is the teacher itself at start: over a segment's first clip it reproduces the
+label set (same modeld histories, same zero start); DoRA wraps its policy's dense layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spark_distill.ingest.run import IngestConfig, ingest
+from spark_distill.label.run import LabelConfig, label
+from spark_distill.synth.teacher import write_teacher
+from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+from spark_distill.train.loop import Unroll
+from spark_distill.train.lora import apply_adapters
+from spark_distill.train.students.openpilot import DEFAULT_TARGETS, OpenpilotStudent
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def labeled(request, tici_route, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp(f"op-{request.param}")
+    ingest(IngestConfig(inputs=(str(tici_route[0]),), out=root, workers=1, clip_len=10, shard_clips=4))
+    write_teacher(root / "teacher", contract=request.param, seed=4)
+    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=2, name="set"))
+    return root, root / "teacher"
+
+
+def test_reproduces_the_teachers_labels_from_a_segment_start(labeled) -> None:
+    root, teacher = labeled
+    pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
+    stream = ClipStream(pairs, manifest, batch=1, clip_len=10, burn_in=0, seed=0, train=False, mask_warmup=False)
+    student = OpenpilotStudent.from_onnx([teacher])
+    unroll = Unroll(student).eval()
+    checked = 0
+    with torch.no_grad():
+        for batch in make_loader(stream):
+            if not bool(batch["start"][0]):
+                continue
+            v, p = unroll(batch["road"], batch["wide"], batch["desire"], batch["traffic"], batch["v_ego"],
+                          batch["start"])
+            n = int(batch["mask"][0].sum())
+            np.testing.assert_allclose(v[0, :n].numpy(), batch["vision"][0, :n].float().numpy(), rtol=2e-3, atol=1e-4)
+            np.testing.assert_allclose(p[0, :n].numpy(), batch["policy"][0, :n].float().numpy(), rtol=2e-3, atol=1e-3)
+            checked += 1
+    assert checked == 2, "both segments' first clips compared"
+
+
+def test_dora_targets_the_policy_dense_layers(labeled) -> None:
+    _, teacher = labeled
+    student = OpenpilotStudent.from_onnx([teacher])
+    wrapped = apply_adapters(student, targets=DEFAULT_TARGETS, rank=4, alpha=8.0)
+    assert wrapped and all(n.startswith("policy.") for n in wrapped)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in student.parameters()) // 10
+    img = torch.zeros(1, 12, 128, 256, dtype=torch.uint8)
+    _, p, _ = student(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), student.initial_state(1))
+    assert p.shape == (1, student.teacher.policy.width) and torch.isfinite(p).all()
