@@ -249,7 +249,10 @@ def train(
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
-    student: Annotated[str, typer.Option(help="compact or compact-xs (the built-in compact student).")] = "compact",
+    student: Annotated[str, typer.Option(help="compact or compact-xs (built in), or openpilot (fine-tune the ONNX "
+                                              "pair given by --student-onnx).")] = "compact",
+    student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
+                                                           "(+ metadata) for --student openpilot.")] = None,
     run: Annotated[str | None, typer.Option(help="Run name: runs/<run>/ [default: <labels>-<student>-<adapter>].")
                    ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of runs.")] = Path("runs"),
@@ -260,7 +263,8 @@ def train(
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
-                                                     "[default: policy.*, gru_x, gru_h, heads.*].")] = None,
+                                                     "[default: the student's: compact policy.*, gru_x, gru_h, "
+                                                     "heads.*; openpilot policy.*].")] = None,
     train_modules: Annotated[str, typer.Option(help="Comma-separated globs of modules to train fully.")] = "",
     burn_in: Annotated[int, typer.Option(help="Frames per clip that only warm the recurrent state.")] = 5,
     grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
@@ -282,11 +286,10 @@ def train(
 
     from spark_distill.train.loop import TrainConfig
     from spark_distill.train.loop import train as run_train
-    from spark_distill.train.students.compact import DEFAULT_TARGETS
 
     o = _with_yaml(ctx, config, {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")})
-    student, run, runs_dir, epochs, batch_size, lr, adapter = (o[k] for k in (
-        "student", "run", "runs_dir", "epochs", "batch_size", "lr", "adapter"))
+    student, student_onnx, run, runs_dir, epochs, batch_size, lr, adapter = (o[k] for k in (
+        "student", "student_onnx", "run", "runs_dir", "epochs", "batch_size", "lr", "adapter"))
     dora_rank, dora_alpha, targets, train_modules, burn_in, grad_accum = (o[k] for k in (
         "dora_rank", "dora_alpha", "targets", "train_modules", "burn_in", "grad_accum"))
     val_fraction, mask_warmup, workers, max_steps, stop_at, resume, seed, device = (o[k] for k in (
@@ -295,8 +298,9 @@ def train(
     if world > 1 and device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
     cfg = TrainConfig(root=root, labels=labels, run=run or f"{labels}-{student}-{adapter}", runs_dir=Path(runs_dir),
-                      student=student, adapter=adapter, rank=dora_rank, alpha=dora_alpha,
-                      targets=_csv(targets) if targets else tuple(DEFAULT_TARGETS), train_modules=_csv(train_modules),
+                      student=student, student_onnx=Path(student_onnx) if student_onnx else None, adapter=adapter,
+                      rank=dora_rank, alpha=dora_alpha, targets=_csv(targets) if targets else None,
+                      train_modules=_csv(train_modules),
                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, burn_in=burn_in,
                       val_fraction=val_fraction, mask_warmup=mask_warmup, workers=workers, max_steps=max_steps,
                       stop_at=stop_at, resume=resume, seed=seed, device=device, rank_id=rank, world=world,

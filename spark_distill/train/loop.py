@@ -32,6 +32,7 @@ from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, Compa
 
 log = logging.getLogger(__name__)
 ADAPTERS = ("dora", "lora", "none")
+STUDENTS = (*PRESETS, "openpilot")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,11 +43,12 @@ class TrainConfig:
     labels: str
     run: str
     runs_dir: Path = Path("runs")
-    student: str = "compact"  # a preset of the built-in compact student (compact, compact-xs)
+    student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
+    student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
     adapter: str = "dora"
     rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
     alpha: float = 32.0
-    targets: tuple[str, ...] = tuple(DEFAULT_TARGETS)
+    targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
     train_modules: tuple[str, ...] = ()
     epochs: int = 10
     batch_size: int = 32
@@ -75,8 +77,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
             raise ConfigError(f"unknown --adapter {self.adapter!r}; choose one of {', '.join(ADAPTERS)}")
-        if self.student not in PRESETS:
-            raise ConfigError(f"unknown --student {self.student!r}; choose one of {', '.join(sorted(PRESETS))}")
+        if self.student not in STUDENTS:
+            raise ConfigError(f"unknown --student {self.student!r}; choose one of {', '.join(STUDENTS)}")
+        if (self.student == "openpilot") != (self.student_onnx is not None):
+            raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.lr <= 0:
             raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --lr > 0")
 
@@ -104,7 +108,7 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 class Unroll(nn.Module):
     """The student run over a clip from a zero state, as one forward (what DDP wraps)."""
 
-    def __init__(self, student: CompactStudent) -> None:
+    def __init__(self, student: nn.Module) -> None:
         super().__init__()
         self.student = student
 
@@ -127,11 +131,20 @@ class Unroll(nn.Module):
         return torch.stack(vis, 1), torch.stack(pol, 1)  # (B, T, Nv), (B, T, Np)
 
 
-def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]) -> CompactStudent:
+def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]) -> tuple[nn.Module, list[str]]:
+    """The student and its default DoRA targets; its outputs must use the label set's layouts."""
     torch.manual_seed(cfg.seed)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}
-    return CompactStudent(PRESETS[cfg.student](), vision, policy)
+    if cfg.student != "openpilot":
+        return CompactStudent(PRESETS[cfg.student](), vision, policy), DEFAULT_TARGETS
+    from spark_distill.train.students import openpilot
+
+    student = openpilot.OpenpilotStudent.from_onnx([cfg.student_onnx])
+    if (student.vision_slices, student.policy_slices) != (vision, policy):
+        raise ConfigError(f"{cfg.student_onnx}: its output slices differ from label set {cfg.labels}'s; "
+                          "label with a teacher of the same layout")
+    return student, openpilot.DEFAULT_TARGETS
 
 
 def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
@@ -255,7 +268,7 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     clip_len, slices = int(frames_settings["clip_len"]), manifest["output_slices"]
     if cfg.burn_in >= clip_len:
         raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
-    student = build_student(cfg, slices)
+    student, default_targets = build_student(cfg, slices)
     base_file = run_dir / "student.safetensors"
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +281,8 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         for p in student.parameters():
             p.requires_grad_(True)
     else:
-        apply_adapters(student, targets=list(cfg.targets), rank=cfg.rank, alpha=cfg.alpha, dora=cfg.adapter == "dora",
+        apply_adapters(student, targets=list(cfg.targets or default_targets), rank=cfg.rank, alpha=cfg.alpha,
+                       dora=cfg.adapter == "dora",
                        train_modules=list(cfg.train_modules))
     student.to(device)
     unroll = Unroll(student)

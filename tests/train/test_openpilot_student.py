@@ -59,3 +59,16 @@ def test_dora_targets_the_policy_dense_layers(labeled) -> None:
     img = torch.zeros(1, 12, 128, 256, dtype=torch.uint8)
     _, p, _ = student(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), student.initial_state(1))
     assert p.shape == (1, student.teacher.policy.width) and torch.isfinite(p).all()
+
+
+def test_fine_tuning_the_openpilot_student_runs_and_checkpoints(labeled, tmp_path: Path) -> None:
+    from spark_distill.train.checkpoint import latest_checkpoint
+    from spark_distill.train.loop import TrainConfig, train
+
+    root, teacher = labeled
+    cfg = TrainConfig(root=root, labels="set", run="op", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
+                      batch_size=1, max_steps=2, lr=1e-4, warmup_steps=1, burn_in=4, val_fraction=0.5,
+                      mask_warmup=False, workers=1, log_every=1, device="cpu", rank=4, alpha=8.0)
+    result = train(cfg)
+    assert result.steps == 2 and result.val_before is not None and np.isfinite(result.val_after)
+    assert latest_checkpoint(tmp_path / "op" / "checkpoints") is not None
