@@ -272,6 +272,9 @@ def train(
     mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
                                                    "teacher).")] = True,
     workers: Annotated[int, typer.Option(help="DataLoader workers per rank.")] = 2,
+    feature_cached: Annotated[str, typer.Option(help="auto, on or off: train the policy from the teacher's stored "
+                                                     "vision features, decoding no image (auto: when nothing in the "
+                                                     "vision network trains).")] = "auto",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule [default: all epochs].")
                          ] = None,
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
@@ -292,8 +295,8 @@ def train(
         "student", "student_onnx", "run", "runs_dir", "epochs", "batch_size", "lr", "adapter"))
     dora_rank, dora_alpha, targets, train_modules, burn_in, grad_accum = (o[k] for k in (
         "dora_rank", "dora_alpha", "targets", "train_modules", "burn_in", "grad_accum"))
-    val_fraction, mask_warmup, workers, max_steps, stop_at, resume, seed, device = (o[k] for k in (
-        "val_fraction", "mask_warmup", "workers", "max_steps", "stop_at", "resume", "seed", "device"))
+    val_fraction, mask_warmup, workers, max_steps, stop_at, resume, seed, device, feature_cached = (o[k] for k in (
+        "val_fraction", "mask_warmup", "workers", "max_steps", "stop_at", "resume", "seed", "device", "feature_cached"))
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
@@ -304,6 +307,7 @@ def train(
                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, burn_in=burn_in,
                       val_fraction=val_fraction, mask_warmup=mask_warmup, workers=workers, max_steps=max_steps,
                       stop_at=stop_at, resume=resume, seed=seed, device=device, rank_id=rank, world=world,
+                      feature_cached=feature_cached,
                       init_method="env://" if world > 1 else None)
     with progress_bar("train", unit="steps") as update:
         r = run_train(cfg, on_progress=lambda s, t, _loss: update(s, t))
@@ -311,6 +315,7 @@ def train(
         n, total = r.trainable
         print_table(f"train -> {r.run_dir}", {
             "steps": r.steps, "stopped early (resume with --resume)": r.interrupted,
+            "feature-cached (no image decoded)": r.feature_cached,
             "trainable parameters": f"{n:,} of {total:,} ({100 * n / max(total, 1):.2f}%)",
             "validation loss before": "-" if r.val_before is None else f"{r.val_before:.4f}",
             "validation loss after": "-" if r.val_after is None else f"{r.val_after:.4f}",

@@ -35,9 +35,6 @@ from spark_distill.dataset import frames_dir
 from spark_distill.errors import DatasetError
 from spark_distill.label.plan import plan_segments
 
-FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst", "pose.npy.zst",
-                 "meta.json")
-
 
 @dataclass(frozen=True)
 class ShardPair:
@@ -114,10 +111,10 @@ class ClipStream(IterableDataset):
 
     def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
                  burn_in: int, seed: int, rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
-                 train: bool = True, mask_warmup: bool = True) -> None:
+                 train: bool = True, mask_warmup: bool = True, images: bool = True) -> None:
         self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
         self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
-        self.shuffle, self.train = shuffle, train
+        self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
         # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
         self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
@@ -165,10 +162,12 @@ class ClipStream(IterableDataset):
 
     def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
         t = self.clip_len
-        out: dict[str, list] = {k: [] for k in ("road", "wide", "desire", "traffic", "v_ego", "pose", "vision",
-                                                 "policy", "mask")}
+        names = ("road", "wide") * self.images + ("desire", "traffic", "v_ego", "pose", "vision", "policy", "mask")
+        out: dict[str, list] = {k: [] for k in names}
         keys, starts = [], []
         for f_raw, l_raw in samples:
+            if not self.images:  # never decompress frames the step will not look at
+                f_raw = {k: v for k, v in f_raw.items() if k not in ("road.npy.zst", "wide.npy.zst")}
             f, lab = shards.decode_sample(f_raw), shards.decode_sample(l_raw)
             n = len(f["meta"]["frame_ids"])
             keys.append(f_raw["__key__"])
@@ -177,9 +176,10 @@ class ClipStream(IterableDataset):
             # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
             mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
             mask[: self.burn_in] = False
-            for name, arr in (("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
-                              ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
-                              ("policy", lab["policy"])):
+            arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
+                ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
+                ("policy", lab["policy"])]
+            for name, arr in arrays:
                 padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
                 padded[:n] = arr
                 out[name].append(padded)

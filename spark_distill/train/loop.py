@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
+    feature_cached: str = "auto"  # auto: on when nothing in the vision network trains (openpilot student)
     max_steps: int | None = None  # optimizer steps of the whole schedule [default: epochs of data]
     stop_at: int | None = None  # checkpoint and stop at this step without changing the schedule (resume later)
     resume: bool = False
@@ -93,6 +94,7 @@ class TrainResult:
     val_after: float | None = None
     trainable: tuple[int, int] = (0, 0)
     interrupted: bool = False
+    feature_cached: bool = False
     seconds: float = 0.0
     samples: int = 0
 
@@ -113,7 +115,17 @@ class Unroll(nn.Module):
         self.student = student
 
     def forward(self, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                v_ego: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                v_ego: torch.Tensor, start: torch.Tensor, hidden: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(vision (B, T, Nv) or None, policy (B, T, Np)). With `hidden` (B, T, 512), the teacher's stored
+        vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used."""
+        if hidden is not None:
+            b, t = hidden.shape[:2]
+            state, pol = self.student.initial_state(b, hidden.device), []
+            for i in range(t):
+                p, state = self.student.policy_step(hidden[:, i], desire[:, i], traffic, state, v_ego[:, i])
+                pol.append(p)
+            return None, torch.stack(pol, 1)
         b, t = road.shape[:2]  # (B, T, 6, 128, 256)
         state = self.student.initial_state(b, road.device)
         first = start.view(b, 1, 1, 1).to(road.dtype)  # 1 where the clip starts its segment
@@ -149,15 +161,22 @@ def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]) -> 
 
 def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
               weights: LossWeights, device: torch.device, autocast: Any) -> tuple[torch.Tensor | None, dict]:
-    """Unroll the student over the batch's clips; the distillation loss on the frames that take one."""
+    """Unroll the student over the batch's clips; the distillation loss on the frames that take one.
+
+    A batch without images (feature-cached) runs the policy on the teacher's stored hidden_state; the
+    vision terms then compare the teacher with itself and carry no gradient."""
     mask = batch["mask"].to(device)
     if not mask.any():
         return None, {}
+    teacher_vision = batch["vision"].to(device, non_blocking=True)
+    cached = "road" not in batch
+    hidden = teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float() if cached else None
     with autocast():
-        v, p = model(*(batch[k].to(device, non_blocking=True)
-                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")))
-    v, p = v.float()[mask], p.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
-    tv, tp = batch["vision"].to(device)[mask].float(), batch["policy"].to(device)[mask].float()
+        v, p = model(*(batch[k].to(device, non_blocking=True) if k in batch else None
+                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
+    tv, tp = teacher_vision[mask].float(), batch["policy"].to(device)[mask].float()
+    v = tv if v is None else v.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
+    p = p.float()[mask]
     student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}
     teacher = {**parse_outputs(tv, slices["vision"]), **parse_outputs(tp, slices["policy"])}
     raw = {h: v[..., slice(*slices["vision"][h])] for h in ("lane_lines_prob", "lead_prob") if h in slices["vision"]}
@@ -284,6 +303,14 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         apply_adapters(student, targets=list(cfg.targets or default_targets), rank=cfg.rank, alpha=cfg.alpha,
                        dora=cfg.adapter == "dora",
                        train_modules=list(cfg.train_modules))
+    vision_trains = any(p.requires_grad for n, p in student.named_parameters() if not n.startswith("policy"))
+    if cfg.feature_cached not in ("auto", "on", "off"):
+        raise ConfigError(f"--feature-cached must be auto, on or off, not {cfg.feature_cached!r}")
+    cached = cfg.feature_cached == "on" or (cfg.feature_cached == "auto" and not vision_trains
+                                             and hasattr(student, "policy_step"))
+    if cached and (vision_trains or not hasattr(student, "policy_step")):
+        raise ConfigError("--feature-cached on needs a student whose vision half does not train (--student openpilot "
+                          "with adapters on its policy only)")
     student.to(device)
     unroll = Unroll(student)
     model: nn.Module = unroll
@@ -294,16 +321,19 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = ClipStream(pairs, manifest, batch=cfg.batch_size, clip_len=clip_len, burn_in=cfg.burn_in, seed=cfg.seed,
-                        rank=cfg.rank_id, world=cfg.world, workers=cfg.workers, mask_warmup=cfg.mask_warmup)
+                        rank=cfg.rank_id, world=cfg.world, workers=cfg.workers, mask_warmup=cfg.mask_warmup,
+                        images=not cached)
     val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in val_pairs)))
     val_stream = (ClipStream(val_pairs, manifest, batch=val_batch, clip_len=clip_len, burn_in=cfg.burn_in,
-                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup) if val_pairs else None)
+                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup, images=not cached)
+                  if val_pairs else None)
     micro_per_epoch = len(stream)
     if micro_per_epoch == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than a worker's share of the training clips")
     total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
     autocast = _autocast(device, cfg.amp)
-    result = TrainResult(run_dir, trainable=trainable_fraction(student))
+    result = TrainResult(run_dir, trainable=trainable_fraction(student), feature_cached=cached)
+    log.info("feature-cached mode: %s", "on (no image is decoded)" if cached else "off")
     step, epoch, position = 0, 0, 0
     if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
         tensors, state = load_checkpoint(ckpt)

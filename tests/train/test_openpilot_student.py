@@ -72,3 +72,32 @@ def test_fine_tuning_the_openpilot_student_runs_and_checkpoints(labeled, tmp_pat
     result = train(cfg)
     assert result.steps == 2 and result.val_before is not None and np.isfinite(result.val_after)
     assert latest_checkpoint(tmp_path / "op" / "checkpoints") is not None
+
+
+def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_path: Path) -> None:
+    """With the vision half frozen, the teacher's stored hidden_state is what the student's own vision computes:
+    the policy loss is the same without decoding a single image."""
+    from spark_distill.train.loop import TrainConfig, loss_step, train
+    from spark_distill.train.losses import LossWeights
+
+    root, teacher = labeled
+    pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
+    student = OpenpilotStudent.from_onnx([teacher])
+    apply_adapters(student, targets=DEFAULT_TARGETS, rank=4, alpha=8.0)
+    unroll = Unroll(student).eval()
+    weights = LossWeights(lanes=0, edges=0, lead=0, probs=0)  # policy terms only: vision is not trained here
+    losses = {}
+    for images in (True, False):
+        stream = ClipStream(pairs, manifest, batch=2, clip_len=10, burn_in=4, seed=0, train=False,
+                            mask_warmup=False, images=images)
+        batch = next(iter(make_loader(stream)))
+        assert ("road" in batch) == images
+        with torch.no_grad():
+            loss, _ = loss_step(unroll, batch, manifest["output_slices"], weights, torch.device("cpu"),
+                                lambda: torch.autocast("cpu", enabled=False))
+        losses[images] = float(loss)
+    assert abs(losses[True] - losses[False]) <= 1e-3 * abs(losses[True]) + 1e-3, losses
+    cfg = TrainConfig(root=root, labels="set", run="fc", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
+                      batch_size=1, max_steps=2, warmup_steps=1, burn_in=4, val_fraction=0.5, mask_warmup=False,
+                      workers=1, device="cpu", rank=4, alpha=8.0)
+    assert train(cfg).feature_cached

@@ -60,17 +60,23 @@ class OpenpilotStudent(nn.Module):
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
                 state: torch.Tensor, v_ego: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats, pulses, prev, curv = self._unpack(state)
         images = {"road": img, "wide": big_img}
         vision = self.vision(*(images[cam] for cam in self.image_inputs.values())).float()  # (B, Nv)
-        feats = push(feats, vision[:, self.hidden])
+        policy, nxt = self.policy_step(vision[:, self.hidden], desire, traffic, state, v_ego)
+        return vision, policy, nxt
+
+    def policy_step(self, hidden: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor, state: torch.Tensor,
+                    v_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy half of a step, from this frame's vision hidden_state (B, 512): (policy vector, next state).
+        Feature-cached training feeds it the teacher's stored hidden_state and never decodes an image."""
+        feats, pulses, prev, curv = self._unpack(state)
+        feats = push(feats, hidden.float())
         pulse, prev = desire_pulse(desire, prev)
         pulses = push(pulses, pulse)
-        v = v_ego if v_ego is not None else torch.zeros(img.shape[0], device=img.device)
+        v = v_ego if v_ego is not None else torch.zeros(hidden.shape[0], device=hidden.device)
         feeds = policy_feeds(self.policy_names, features=feats, desire=pulses, curv=curv, traffic=traffic, v_ego=v,
                              history=self.history, idx=self.idx, lat_delay=self.lat_delay)
         policy = self.policy(*(feeds[n] for n in self.policy_names)).float()  # (B, Np)
         if self.curv is not None:  # its own previous desired curvature, as on the car (no gradient through it)
             curv = push(curv, policy[:, self.curv.start:self.curv.start + 1].detach())
-        nxt = torch.cat([feats.flatten(1), pulses.flatten(1), prev, curv.flatten(1)], dim=1)
-        return vision, policy, nxt
+        return policy, torch.cat([feats.flatten(1), pulses.flatten(1), prev, curv.flatten(1)], dim=1)
