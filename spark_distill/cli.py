@@ -285,30 +285,22 @@ def train(
                                                     "under torchrun].")] = None,
 ) -> None:
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
     import os
 
     from spark_distill.train.loop import TrainConfig
     from spark_distill.train.loop import train as run_train
 
-    o = _with_yaml(ctx, config, {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")})
-    student, student_onnx, run, runs_dir, epochs, batch_size, lr, adapter = (o[k] for k in (
-        "student", "student_onnx", "run", "runs_dir", "epochs", "batch_size", "lr", "adapter"))
-    dora_rank, dora_alpha, targets, train_modules, burn_in, grad_accum = (o[k] for k in (
-        "dora_rank", "dora_alpha", "targets", "train_modules", "burn_in", "grad_accum"))
-    val_fraction, mask_warmup, workers, max_steps, stop_at, resume, seed, device, feature_cached = (o[k] for k in (
-        "val_fraction", "mask_warmup", "workers", "max_steps", "stop_at", "resume", "seed", "device", "feature_cached"))
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1 and device is None:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
-    cfg = TrainConfig(root=root, labels=labels, run=run or f"{labels}-{student}-{adapter}", runs_dir=Path(runs_dir),
-                      student=student, student_onnx=Path(student_onnx) if student_onnx else None, adapter=adapter,
-                      rank=dora_rank, alpha=dora_alpha, targets=_csv(targets) if targets else None,
-                      train_modules=_csv(train_modules),
-                      epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, burn_in=burn_in,
-                      val_fraction=val_fraction, mask_warmup=mask_warmup, workers=workers, max_steps=max_steps,
-                      stop_at=stop_at, resume=resume, seed=seed, device=device, rank_id=rank, world=world,
-                      feature_cached=feature_cached,
-                      init_method="env://" if world > 1 else None)
+    o = _with_yaml(ctx, config, options)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))  # set by torchrun
+    if world > 1 and o["device"] is None:
+        o["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
+    fields = {{"dora_rank": "rank", "dora_alpha": "alpha"}.get(k, k): v for k, v in o.items()}
+    fields.update(root=root, labels=labels, run=o["run"] or f"{labels}-{o['student']}-{o['adapter']}",
+                  runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
+                  targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
+                  rank_id=rank, world=world, init_method="env://" if world > 1 else None)
+    cfg = TrainConfig(**fields)
     with progress_bar("train", unit="steps") as update:
         r = run_train(cfg, on_progress=lambda s, t, _loss: update(s, t))
     if rank == 0:
