@@ -12,20 +12,7 @@ import pytest
 
 from spark_distill import shards
 from spark_distill.errors import DatasetError
-from spark_distill.ingest.run import IngestConfig, ingest
-from spark_distill.label.run import LabelConfig, label
-from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs, val_segments
-
-
-@pytest.fixture(scope="module")
-def labeled(tici_route, faulty_routes, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trainds")
-    inputs = [str(tici_route[0])] + [str(r) for r, _ in faulty_routes.values()]
-    ingest(IngestConfig(inputs=tuple(inputs), out=root, workers=1, clip_len=10, shard_clips=3))
-    write_teacher(root / "teacher", seed=1)
-    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="set"))
-    return root
 
 
 def _stream(root: Path, split: str = "train", **kw) -> ClipStream:

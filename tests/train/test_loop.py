@@ -15,21 +15,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from spark_distill.errors import ConfigError
-from spark_distill.ingest.run import IngestConfig, ingest
-from spark_distill.label.run import LabelConfig, label
-from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.checkpoint import latest_checkpoint
 from spark_distill.train.loop import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def labeled(tici_route, faulty_routes, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("loopds")
-    inputs = [str(tici_route[0])] + [str(r) for r, _ in faulty_routes.values()]
-    ingest(IngestConfig(inputs=tuple(inputs), out=root, workers=1, clip_len=10, shard_clips=3))
-    write_teacher(root / "teacher", seed=2)
-    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="set"))
-    return root
 
 
 def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
