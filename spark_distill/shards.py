@@ -196,15 +196,18 @@ class ShardWriter:
         self.samples += 1
         self.frames += frames
 
-    def close(self) -> ShardInfo:
+    def close(self, *, durable: bool = True) -> ShardInfo:
+        """Finish the shard. `durable=False` (scratch files rebuilt on a rerun) skips the fsyncs and the sha256."""
         self._tar.close()
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if durable:
+            os.fsync(self._file.fileno())
         self._file.close()
-        digest = sha256_file(self.tmp)
+        digest = sha256_file(self.tmp) if durable else ""
         size = self.tmp.stat().st_size
         os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
+        if durable:
+            fsync_dir(self.path.parent)
         return ShardInfo(self.path.name, self.samples, self.frames, size, digest)
 
     def abort(self) -> None:

@@ -142,13 +142,14 @@ def _stage_segment(args: tuple[Segment, SegmentSettings, Path, Any]) -> _StagedS
     writer = shards.ShardWriter(staging_dir, path.name, shards.FRAMES_MEMBERS)
     try:
         for sample in segment_clips(seg, settings, report):
-            writer.write(sample, frames=settings.clip_len)
+            frames = _frames_in(sample)
+            writer.write(sample, frames=frames)
             if progress is not None:
-                progress.put(_frames_in(sample))
+                progress.put(frames)
     except IngestError as e:
         writer.abort()
         return _StagedSegment(report, None, str(e))
-    writer.close()
+    writer.close(durable=False)  # staging is scratch: a rerun rebuilds it, and the shards get hashed
     return _StagedSegment(report, path)
 
 
