@@ -88,6 +88,8 @@ def test_backend_names_and_precisions(teacher) -> None:
         get_backend("openvino", *teacher)
     with pytest.raises(ConfigError, match="fp32 only"):
         get_backend("onnxruntime", *teacher, precision="fp16")
+    with pytest.raises(ConfigError, match="runs on the CPU, not cuda:1"):
+        get_backend("onnxruntime", *teacher, device="cuda:1")
     with pytest.raises(ConfigError, match="on CUDA only"):
         get_backend("torch", *teacher, precision="bf16", device="cpu")
 

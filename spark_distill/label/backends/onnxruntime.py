@@ -30,6 +30,8 @@ class OrtBackend:
             raise MissingDependencyError("the onnxruntime backend needs: pip install onnxruntime") from e
         if precision not in ("auto", "fp32"):
             raise ConfigError(f"the onnxruntime backend runs fp32 only, not {precision}")
+        if device not in (None, "cpu"):
+            raise ConfigError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch for a GPU")
         self.precision, self.device, self.version = "fp32", torch.device("cpu"), ort.__version__
         self.sessions, self.batched = {}, {}
         for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
