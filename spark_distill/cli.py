@@ -233,6 +233,8 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) 
     out = dict(values)
     for key, value in loaded.items():
         name = aliases.get(key, key).replace("-", "_")
+        if name == "loss" and isinstance(value, dict):  # a resolved config.yaml: the loss weights as a mapping
+            name, value = "loss_weights", ",".join(f"{k}={v}" for k, v in value.items())
         if name not in values:
             continue  # resolved-config keys that are not options (root, run, world, ...) are ignored
         source = ctx.get_parameter_source(name)
@@ -272,6 +274,11 @@ def train(
     mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
                                                    "teacher).")] = True,
     workers: Annotated[int, typer.Option(help="DataLoader workers per rank.")] = 2,
+    loss_weights: Annotated[str, typer.Option(help="Loss term weights, e.g. 'plan=1,lanes=0.5' (terms: plan, "
+                                                   "plan_prob, lanes, edges, lead, probs, gt; others keep their "
+                                                   "defaults: 1, 0.2, 1, 0.5, 0.5, 0.5, 0).")] = "",
+    gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth future path from the logged ego "
+                                                  "motion (pose.npy) against the student's plan (0 = off).")] = 0.0,
     feature_cached: Annotated[str, typer.Option(help="auto, on or off: train the policy from the teacher's stored "
                                                      "vision features, decoding no image (auto: when nothing in the "
                                                      "vision network trains).")] = "auto",
@@ -280,6 +287,9 @@ def train(
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
                        ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its newest good checkpoint.")] = False,
+    log_every: Annotated[int, typer.Option(help="Optimizer steps between logged training scalars.")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints (one is also written at "
+                                                       "each epoch end and at the end).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device [default: cuda if present; cuda:LOCAL_RANK "
                                                     "under torchrun].")] = None,
@@ -288,14 +298,21 @@ def train(
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
     import os
 
+    from spark_distill.errors import ConfigError
     from spark_distill.train.loop import TrainConfig
     from spark_distill.train.loop import train as run_train
+    from spark_distill.train.losses import LossWeights
 
     o = _with_yaml(ctx, config, options)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))  # set by torchrun
     if world > 1 and o["device"] is None:
         o["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
-    fields = {{"dora_rank": "rank", "dora_alpha": "alpha"}.get(k, k): v for k, v in o.items()}
+    fields = {{"dora_rank": "rank", "dora_alpha": "alpha"}.get(k, k): v for k, v in o.items()
+              if k not in ("loss_weights", "gt_weight")}
+    try:
+        fields["loss"] = LossWeights.parse(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
+    except ValueError as e:
+        raise ConfigError(f"--loss-weights: {e}") from e
     fields.update(root=root, labels=labels, run=o["run"] or f"{labels}-{o['student']}-{o['adapter']}",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
@@ -359,7 +376,7 @@ def bench_ingest(
     from spark_distill.bench.ingest import bench_ingest as run_bench
 
     for line in run_bench(seconds=seconds, route=route, workdir=workdir):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @bench_app.command("label")
@@ -379,5 +396,40 @@ def bench_label(
 
     for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
                           seconds=seconds, workers=workers, workdir=workdir):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
 
+
+
+@bench_app.command("train")
+@handles_errors
+def bench_train(
+    root: Annotated[Path | None, typer.Argument(help="Dataset root with a label set [default: write a synthetic "
+                                                     "one in a scratch folder].")] = None,
+    labels: Annotated[str | None, typer.Option(help="Label set of ROOT.")] = None,
+    student_onnx: Annotated[Path | None, typer.Option(help="ONNX pair for the feature-cached measurement (the "
+                                                           "label set's teacher) [default: the synthetic one].")
+                            ] = None,
+    student: Annotated[str, typer.Option(help="Built-in student of the adapter and streaming measurements.")
+                       ] = "compact",
+    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per measurement (after 2 warm-up steps).")] = 10,
+    dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming runs.")] = 4,
+    segments: Annotated[int, typer.Option(help="Synthetic segments when no ROOT.")] = 16,
+    seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,
+    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if present].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+) -> None:
+    """DoRA vs LoRA vs PEFT step time; streaming vs in-memory batches (target >= 0.9); feature-cached vs images."""
+    from spark_distill.bench.train import bench_train as run_bench
+    from spark_distill.errors import ConfigError
+
+    if student not in ("compact", "compact-xs"):
+        raise ConfigError(f"--student {student!r}: choose compact or compact-xs")
+    try:
+        for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, student=student,
+                              batch=batch_size, steps=steps, rank=dora_rank, workers=workers, segments=segments,
+                              seconds=seconds, device=device, workdir=workdir):
+            out.print(line, highlight=False, soft_wrap=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

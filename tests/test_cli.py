@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -20,7 +21,7 @@ def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
     for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["train"],
-                    ["bench", "ingest"], ["bench", "label"]):
+                    ["bench", "ingest"], ["bench", "label"], ["bench", "train"]):
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0, command
     assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
@@ -92,10 +93,13 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     # a short training run from the CLI, its summary and loss curve
     r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--student", "compact-xs", "--batch-size", "2",
                             "--max-steps", "3", "--val-fraction", "0.3", "--no-mask-warmup", "--workers", "1",
-                            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--burn-in", "4"])
+                            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--burn-in", "4",
+                            "--gt-weight", "0.5", "--loss-weights", "lanes=2", "--log-every", "1"])
     assert r.exit_code == 0, r.output
     run_dir = tmp_path / "runs" / "v2set-compact-xs-dora"
     assert "steps" in r.output and (run_dir / "loss.png").exists()
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("gt" in x for x in logged if x["split"] == "train"), "the driven-path term is trained and logged"
     # the resolved config.yaml drives another run; options on the command line still win
     r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--config", str(run_dir / "config.yaml"),
                             "--run", "again", "--max-steps", "2"])
@@ -104,13 +108,15 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
 
     again = yaml.safe_load((tmp_path / "runs" / "again" / "config.yaml").read_text())
     assert again["max_steps"] == 2 and again["student"] == "compact-xs" and again["burn_in"] == 4
+    assert again["loss"]["gt"] == 0.5 and again["loss"]["lanes"] == 2.0
     # errors are one line and exit 2
     for args, message in ((["label", str(out), "--teacher", str(tmp_path / "none")], "not found"),
                           (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),
                           (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
                            "unknown backend 'openvino'"),
                           (["train", str(out), "--labels", "nope"], "not found"),
-                          (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter")):
+                          (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter"),
+                          (["train", str(out), "--labels", "v2set", "--loss-weights", "speed=1"], "--loss-weights")):
         r = _cli(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)

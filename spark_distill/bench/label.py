@@ -27,7 +27,8 @@ from spark_distill.label.teachers import load_teacher
 from spark_distill.synth.teacher import write_teacher
 
 
-def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: int = 20, seed: int = 0) -> int:
+def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: int = 20, seed: int = 0,
+                       shard_clips: int = 50) -> int:
     """A valid frames dataset of `segments` segments with textured random frames (content does not
     matter for throughput; decode and compression costs do, so frames compress like camera data)."""
     folder = root / "frames"
@@ -38,7 +39,7 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
     frames = round(seconds * 20)
     manifest = {"format": shards.FRAMES_FORMAT, "version": shards.FORMAT_VERSION, "tool": "bench",
                 "settings": {"clip_len": clip_len, "cameras": ["road", "wide"], "log_kind": "auto",
-                             "shard_clips": 50},
+                             "shard_clips": shard_clips},
                 "car_columns": ["vEgo"] + [f"c{i}" for i in range(9)], "shards": [], "segments": [], "skipped": [],
                 "partial": None}
     writer, fid = None, 0
@@ -65,7 +66,7 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
                           "meta.json": json.dumps(meta).encode()}, frames=t)
             fid += t
             clips += 1
-            if writer.samples >= 50:
+            if writer.samples >= shard_clips:
                 manifest["shards"].append(writer.close().to_json())
                 writer = None
         manifest["segments"].append({"name": name, "sources": {}, "log": "bench", "frames_kept": frames,

@@ -111,13 +111,15 @@ class ClipStream(IterableDataset):
 
     def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
                  burn_in: int, seed: int, rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
-                 train: bool = True, mask_warmup: bool = True, images: bool = True) -> None:
+                 train: bool = True, mask_warmup: bool = True, images: bool = True,
+                 motions: dict[str, Any] | None = None) -> None:
         self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
         self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
         self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
         # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
         self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
+        self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
         self.epoch, self.skip = 0, 0
 
     def _shards(self, epoch: int, rank: int, worker: int) -> list[ShardPair]:
@@ -163,6 +165,7 @@ class ClipStream(IterableDataset):
     def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
         t = self.clip_len
         names = ("road", "wide") * self.images + ("desire", "traffic", "v_ego", "pose", "vision", "policy", "mask")
+        names += ("gt_path", "gt_valid") if self.motions is not None else ()
         out: dict[str, list] = {k: [] for k in names}
         keys, starts = [], []
         for f_raw, l_raw in samples:
@@ -179,6 +182,10 @@ class ClipStream(IterableDataset):
             arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
                 ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
                 ("policy", lab["policy"])]
+            if self.motions is not None:
+                motion = self.motions[f["meta"]["segment"]]
+                path, valid = motion.future(motion.rows_of(fids))
+                arrays += [("gt_path", path), ("gt_valid", valid)]
             for name, arr in arrays:
                 padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
                 padded[:n] = arr

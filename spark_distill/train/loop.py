@@ -78,8 +78,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
             raise ConfigError(f"unknown --adapter {self.adapter!r}; choose one of {', '.join(ADAPTERS)}")
-        if self.student not in STUDENTS:
-            raise ConfigError(f"unknown --student {self.student!r}; choose one of {', '.join(STUDENTS)}")
+        if self.student not in STUDENTS and not Path(self.student).exists():
+            raise ConfigError(f"unknown --student {self.student!r}; choose one of {', '.join(STUDENTS)} "
+                              "or give a trained run's folder")
         if (self.student == "openpilot") != (self.student_onnx is not None):
             raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.lr <= 0:
@@ -143,20 +144,46 @@ class Unroll(nn.Module):
         return torch.stack(vis, 1), torch.stack(pol, 1)  # (B, T, Nv), (B, T, Np)
 
 
-def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]) -> tuple[nn.Module, list[str]]:
-    """The student and its default DoRA targets; its outputs must use the label set's layouts."""
+def is_run_path(student: str) -> bool:
+    """--student names a built-in student or a trained run / checkpoint folder."""
+    return student not in STUDENTS and Path(student).exists()
+
+
+def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
+                  ) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """(student, its default adapter targets, its architecture entry for student.json); its outputs must use
+    the label set's layouts. A run folder as --student continues from that run's merged student."""
     torch.manual_seed(cfg.seed)
+    if is_run_path(cfg.student):
+        from spark_distill.train.restore import load_trained
+
+        trained = load_trained(Path(cfg.student))
+        arch = trained.spec["architecture"]
+        student, targets = trained.student, _default_targets(arch["kind"])
+    elif cfg.student == "openpilot":
+        from spark_distill.train.students import openpilot
+
+        arch = {"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve())}
+        student, targets = openpilot.OpenpilotStudent.from_onnx([cfg.student_onnx]), openpilot.DEFAULT_TARGETS
+    else:
+        arch = {"kind": "compact", "preset": cfg.student}
+        student = CompactStudent(PRESETS[cfg.student](), {k: slice(*v) for k, v in slices["vision"].items()},
+                                 {k: slice(*v) for k, v in slices["policy"].items()})
+        targets = DEFAULT_TARGETS
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}
-    if cfg.student != "openpilot":
-        return CompactStudent(PRESETS[cfg.student](), vision, policy), DEFAULT_TARGETS
-    from spark_distill.train.students import openpilot
-
-    student = openpilot.OpenpilotStudent.from_onnx([cfg.student_onnx])
     if (student.vision_slices, student.policy_slices) != (vision, policy):
-        raise ConfigError(f"{cfg.student_onnx}: its output slices differ from label set {cfg.labels}'s; "
+        raise ConfigError(f"student {cfg.student}: its output slices differ from label set {cfg.labels}'s; "
                           "label with a teacher of the same layout")
-    return student, openpilot.DEFAULT_TARGETS
+    return student, list(targets), arch
+
+
+def _default_targets(kind: str) -> list[str]:
+    if kind == "openpilot":
+        from spark_distill.train.students import openpilot
+
+        return list(openpilot.DEFAULT_TARGETS)
+    return list(DEFAULT_TARGETS)
 
 
 def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
@@ -180,7 +207,8 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}
     teacher = {**parse_outputs(tv, slices["vision"]), **parse_outputs(tp, slices["policy"])}
     raw = {h: v[..., slice(*slices["vision"][h])] for h in ("lane_lines_prob", "lead_prob") if h in slices["vision"]}
-    loss, terms = distill_loss(student, teacher, weights, student_raw=raw)
+    gt = ((batch["gt_path"].to(device)[mask], batch["gt_valid"].to(device)[mask]) if "gt_path" in batch else None)
+    loss, terms = distill_loss(student, teacher, weights, student_raw=raw, gt=gt)
     del v, p, tv, tp, student, teacher
     return loss, terms
 
@@ -283,24 +311,30 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction, seed=cfg.seed)
     val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
                  if cfg.val_fraction > 0 else [])
-    frames_settings = shards.read_manifest(cfg.root / "frames", shards.FRAMES_FORMAT)["settings"]
+    frames_manifest = shards.read_manifest(pairs[0].frames.parent, shards.FRAMES_FORMAT)
+    frames_settings = frames_manifest["settings"]
     clip_len, slices = int(frames_settings["clip_len"]), manifest["output_slices"]
     if cfg.burn_in >= clip_len:
         raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
-    student, default_targets = build_student(cfg, slices)
+    student, default_targets, arch = build_student(cfg, slices)
+    targets = list(cfg.targets or default_targets)
     base_file = run_dir / "student.safetensors"
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not base_file.exists():  # the base weights the adapters belong to
             save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
         write_config(run_dir / "config.yaml", cfg)
+        spec = {"architecture": arch, "source": cfg.student, "slices": slices, "adapter": cfg.adapter,
+                "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),
+                "labels": cfg.labels, "root": str(Path(cfg.root).resolve()), "clip_len": clip_len}
+        shards.write_json_atomic(run_dir / "student.json", spec)
     if base_file.exists():
         student.load_state_dict(load_file(str(base_file)))
     if cfg.adapter == "none":
         for p in student.parameters():
             p.requires_grad_(True)
     else:
-        apply_adapters(student, targets=list(cfg.targets or default_targets), rank=cfg.rank, alpha=cfg.alpha,
+        apply_adapters(student, targets=targets, rank=cfg.rank, alpha=cfg.alpha,
                        dora=cfg.adapter == "dora",
                        train_modules=list(cfg.train_modules))
     vision_trains = any(p.requires_grad for n, p in student.named_parameters() if not n.startswith("policy"))
@@ -320,12 +354,18 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    motions = None
+    if cfg.loss.gt:
+        from spark_distill.train.gt_path import segment_motions
+
+        motions = segment_motions(pairs[0].frames.parent, [s["name"] for s in frames_manifest["shards"]])
     stream = ClipStream(pairs, manifest, batch=cfg.batch_size, clip_len=clip_len, burn_in=cfg.burn_in, seed=cfg.seed,
                         rank=cfg.rank_id, world=cfg.world, workers=cfg.workers, mask_warmup=cfg.mask_warmup,
-                        images=not cached)
+                        images=not cached, motions=motions)
     val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in val_pairs)))
     val_stream = (ClipStream(val_pairs, manifest, batch=val_batch, clip_len=clip_len, burn_in=cfg.burn_in,
-                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup, images=not cached)
+                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup, images=not cached,
+                             motions=motions)
                   if val_pairs else None)
     micro_per_epoch = len(stream)
     if micro_per_epoch == 0:

@@ -8,7 +8,9 @@ Main entry point: `distill_loss(student, teacher, weights)` -> (total, {term: va
   openpilot's own multi-hypothesis heads are trained with; mbalesni/openpilot-pipeline found it beats KL);
 - lanes / edges: L1 on lane lines weighted by the teacher's line probabilities, and on road edges;
 - lead: Huber on the lead trajectories, weighted by the teacher's lead probabilities;
-- probs: binary cross-entropy of the student's lane-line and lead probabilities to the teacher's.
+- probs: binary cross-entropy of the student's lane-line and lead probabilities to the teacher's;
+- gt (off by default): Laplacian NLL, winner-takes-all, of the student's plan positions against the
+  future path actually driven (`train.gt_path`), on the horizons the log covers.
 Every term is a mean over its elements, so weights are comparable; a term whose head either side
 lacks is skipped. Log-stds are clamped before exp, so the loss stays finite in fp16/bf16.
 """
@@ -33,6 +35,19 @@ class LossWeights:
     edges: float = 0.5
     lead: float = 0.5
     probs: float = 0.5
+    gt: float = 0.0  # ground-truth future path from pose.npy (--gt-weight)
+
+    @classmethod
+    def parse(cls, text: str, **overrides: float) -> LossWeights:
+        """From 'plan=1,lanes=0.5' (unnamed terms keep their defaults), then `overrides`."""
+        values: dict[str, float] = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            name, eq, value = item.partition("=")
+            if not eq or name.strip() not in cls.__dataclass_fields__:
+                raise ValueError(f"loss weight {item!r}: expected TERM=WEIGHT with TERM one of "
+                                 f"{', '.join(cls.__dataclass_fields__)}")
+            values[name.strip()] = float(value)
+        return cls(**{**values, **overrides})
 
 
 def laplace_nll(target: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -79,11 +94,26 @@ def prob_bce(student_logits: torch.Tensor, teacher_prob: torch.Tensor) -> torch.
     return F.binary_cross_entropy_with_logits(student_logits.float(), teacher_prob.float().detach())
 
 
-def distill_loss(student: dict, teacher: dict, weights: LossWeights, *,
-                 student_raw: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def gt_path_nll(student: dict, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+    """Winner-takes-all Laplacian NLL of the student's plan positions (…, H, 33, 0:3) against the driven
+    path gt (…, 33, 3) on the valid horizons (…, 33); None when no horizon is valid."""
+    w = valid.float()
+    if not w.any():
+        return None
+    nll = laplace_nll(gt.unsqueeze(-3).float(), student["hypotheses"][..., :3].float(),
+                      student["log_std_hypotheses"][..., :3].float()).mean(-1)  # (…, H, 33)
+    per_hyp = (nll * w.unsqueeze(-2)).sum(-1) / w.sum(-1, keepdim=True).clamp(min=1)  # (…, H)
+    best = per_hyp.detach().argmin(-1, keepdim=True)
+    frames = w.any(-1).float()
+    return (per_hyp.gather(-1, best).squeeze(-1) * frames).sum() / frames.sum()
+
+
+def distill_loss(student: dict, teacher: dict, weights: LossWeights, *, student_raw: dict | None = None,
+                 gt: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the terms both sides can form, and each term's value.
 
-    `student_raw` holds the student's raw (pre-sigmoid) probability heads by name, for the BCE terms."""
+    `student_raw` holds the student's raw (pre-sigmoid) probability heads by name, for the BCE terms;
+    `gt` the driven future path and its valid horizons, for the gt term."""
     terms: dict[str, torch.Tensor] = {}
     if weights.plan and "plan" in student and "plan" in teacher and "hypotheses" in student["plan"]:
         terms["plan"], ce, _ = plan_wta(student["plan"], teacher["plan"])
@@ -101,6 +131,10 @@ def distill_loss(student: dict, teacher: dict, weights: LossWeights, *,
                  if h in student_raw and h in teacher]
         if probs:
             terms["probs"] = torch.stack(probs).mean()
+    if weights.gt and gt is not None and "plan" in student and "hypotheses" in student["plan"]:
+        term = gt_path_nll(student["plan"], *gt)
+        if term is not None:
+            terms["gt"] = term
     if not terms:
         raise ValueError("no loss term applies: student and teacher share no head")
     total = sum(getattr(weights, k) * v for k, v in terms.items())

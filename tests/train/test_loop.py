@@ -100,3 +100,27 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, err
     ckpt = latest_checkpoint(tmp_path / "c" / "checkpoints")
     assert ckpt is not None and "stopped early" in out
+
+
+def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_path: Path) -> None:
+    from spark_distill.train.lora import LoRALayer
+    from spark_distill.train.restore import load_trained
+
+    first = train(_cfg(labeled, tmp_path, max_steps=6))
+    adapted = load_trained(tmp_path / "r", merge=False)
+    merged = load_trained(tmp_path / "r")
+    assert merged.step == 6 and merged.adapted and not any(isinstance(m, LoRALayer) for m in merged.student.modules())
+    assert any(isinstance(m, LoRALayer) for m in adapted.student.modules())
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (2, 12, 128, 256), generator=g, dtype=torch.uint8)
+    inputs = (img, img.flip(0), torch.zeros(2, 8), torch.tensor([[1.0, 0.0]] * 2), torch.randn(2, 128, generator=g))
+    with torch.no_grad():
+        for a, b in zip(adapted.student(*inputs), merged.student(*inputs), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # a run started from the trained one begins where it ended: same validation loss (merged vs adapted)
+    second = train(_cfg(labeled, tmp_path, run="r2", student=str(tmp_path / "r"), max_steps=2))
+    assert second.val_before == pytest.approx(first.val_after, rel=1e-4)
+    spec = json.loads((tmp_path / "r2" / "student.json").read_text())
+    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs"}
+    with pytest.raises(ConfigError, match="not a training run"):
+        load_trained(tmp_path)

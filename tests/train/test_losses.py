@@ -63,3 +63,39 @@ def test_finite_in_half_precision_with_extreme_log_stds() -> None:
     wta, ce, _ = plan_wta(_plan(hyps, log_std, torch.zeros(5, 1, dtype=torch.float16)),
                           {"mean": torch.ones(33, 15, dtype=torch.float16)})
     assert torch.isfinite(wta) and torch.isfinite(ce)
+
+
+def test_gt_path_term_uses_valid_horizons_and_the_closest_hypothesis() -> None:
+    from spark_distill.train.losses import gt_path_nll
+
+    hyps = torch.zeros(1, 5, 33, 15)
+    hyps[0, :, :, 0] = torch.tensor([3.0, 0.5, -2.0, 1.0, 4.0])[:, None]
+    hyps.requires_grad_(True)
+    log_std = torch.zeros(1, 5, 33, 15)
+    gt = torch.zeros(1, 33, 3)
+    valid = torch.zeros(1, 33, dtype=torch.bool)
+    valid[0, :10] = True
+    hyps_far = hyps.detach().clone()
+    hyps_far[0, :, 10:, :3] = 1e3  # errors on invalid horizons must not count
+    plan = {"hypotheses": hyps, "log_std_hypotheses": log_std}
+    got = gt_path_nll(plan, gt, valid)
+    expected = (0.5 + 3 * math.log(2.0)) / 3  # winner 1: |0.5| on x, 0 on y, z; + log 2 each; mean of xyz
+    assert abs(float(got) - expected) < 1e-6
+    far = gt_path_nll({"hypotheses": hyps_far, "log_std_hypotheses": log_std}, gt, valid)
+    assert abs(float(far) - expected) < 1e-6
+    got.backward()
+    grad = hyps.grad.abs().flatten(2).sum(-1)[0]
+    assert grad[1] > 0 and torch.all(grad[[0, 2, 3, 4]] == 0)
+    assert gt_path_nll(plan, gt, torch.zeros_like(valid)) is None
+    total, terms = distill_loss({"plan": _plan(hyps.detach(), log_std, torch.zeros(1, 5, 1))},
+                                {"plan": {"mean": torch.zeros(1, 33, 15)}}, LossWeights(gt=2.0), gt=(gt, valid))
+    assert "gt" in terms and abs(terms["gt"] - expected) < 1e-6
+
+
+def test_loss_weights_parse() -> None:
+    w = LossWeights.parse("plan=2, lanes=0", gt=0.5)
+    assert (w.plan, w.lanes, w.gt, w.edges) == (2.0, 0.0, 0.5, 0.5)
+    import pytest
+
+    with pytest.raises(ValueError, match="TERM=WEIGHT"):
+        LossWeights.parse("nope=1")

@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""A trained student back from its run: architecture, base weights, adapters, merged.
+
+A run folder holds `student.json` (what to build: the architecture and the output layouts),
+`student.safetensors` (the base weights the adapters belong to), `config.yaml` and `checkpoints/`.
+`load_trained(path)` accepts a run folder (its newest good checkpoint) or one checkpoint folder and
+returns the student with its adapters merged into plain layers (export, eval, `train --student RUN`);
+`build_architecture(spec)` builds the untrained network that a spec names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from spark_distill.errors import ConfigError
+from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint
+from spark_distill.train.lora import apply_adapters, load_adapter_state, merge_adapters
+
+SPEC_FILE = "student.json"
+
+
+@dataclass
+class TrainedStudent:
+    student: nn.Module  # merged (plain layers only), eval mode, on the CPU
+    spec: dict[str, Any]  # student.json
+    run_dir: Path
+    checkpoint: Path | None  # None: the base weights alone (a run with no checkpoint yet)
+    step: int
+    adapted: list[str]  # names of the layers whose weights the adapters changed (merged)
+    base: dict[str, torch.Tensor]  # the base weights, by state-dict name (export writes changes back by value)
+
+
+def _slices(layout: dict[str, list[int]]) -> dict[str, slice]:
+    return {k: slice(*v) for k, v in layout.items()}
+
+
+def build_architecture(arch: dict[str, Any], slices: dict[str, dict[str, list[int]]]) -> tuple[nn.Module, list[str]]:
+    """(untrained student, its default adapter targets) for an architecture entry of student.json."""
+    if arch["kind"] == "compact":
+        from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
+
+        if arch["preset"] not in PRESETS:
+            raise ConfigError(f"unknown compact preset {arch['preset']!r}")
+        return (CompactStudent(PRESETS[arch["preset"]](), _slices(slices["vision"]), _slices(slices["policy"])),
+                DEFAULT_TARGETS)
+    if arch["kind"] == "openpilot":
+        from spark_distill.train.students import openpilot
+
+        onnx_dir = Path(arch["onnx"])
+        if not (onnx_dir / "driving_policy.onnx").exists():
+            raise ConfigError(f"the openpilot student's ONNX pair is gone from {onnx_dir}; it is needed to rebuild it")
+        return openpilot.OpenpilotStudent.from_onnx([onnx_dir]), openpilot.DEFAULT_TARGETS
+    raise ConfigError(f"unknown student architecture {arch.get('kind')!r}")
+
+
+def find_run(path: Path) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint folder or None) for a run folder or a checkpoint folder."""
+    path = Path(path)
+    if (path / "meta.json").exists() and path.parent.name == "checkpoints":
+        return path.parent.parent, path
+    if (path / SPEC_FILE).exists():
+        return path, latest_checkpoint(path / "checkpoints")
+    raise ConfigError(f"{path}: not a training run (no {SPEC_FILE}) or checkpoint folder")
+
+
+def load_trained(path: Path, *, merge: bool = True) -> TrainedStudent:
+    """The student of a run or checkpoint, adapters loaded and (by default) merged; CPU, eval mode."""
+    run_dir, ckpt = find_run(path)
+    try:
+        spec = json.loads((run_dir / SPEC_FILE).read_text())
+        base = load_file(str(run_dir / "student.safetensors"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ConfigError(f"{run_dir}: unreadable run files ({e})") from e
+    student, _ = build_architecture(spec["architecture"], spec["slices"])
+    try:
+        student.load_state_dict(base)
+    except RuntimeError as e:
+        raise ConfigError(f"{run_dir}: student.safetensors does not fit its architecture") from e
+    step, adapted = 0, []
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt)
+        step = int(state["step"])
+        if spec["adapter"] == "none":
+            try:
+                student.load_state_dict(tensors)
+            except RuntimeError as e:
+                raise ConfigError(f"{ckpt}: its tensors do not fit the run's student") from e
+            adapted = sorted({k.rpartition(".")[0] for k in tensors})
+        else:
+            adapted = apply_adapters(student, targets=spec["targets"], rank=spec["rank"], alpha=spec["alpha"],
+                                     dora=spec["adapter"] == "dora", train_modules=spec["train_modules"])
+            load_adapter_state(student, tensors)
+            adapted += sorted({k.rpartition(".")[0] for k in tensors if not any(
+                part in k.split(".") for part in ("lora_a", "lora_b", "magnitude"))})
+            if merge:
+                merge_adapters(student)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return TrainedStudent(student.eval(), spec, run_dir, ckpt, step, adapted, base)
