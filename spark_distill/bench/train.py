@@ -28,8 +28,8 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
-from spark_distill.train.lora import apply_adapters
 from spark_distill.train.loop import Unroll, _autocast, _freeze_norms, loss_step
+from spark_distill.train.lora import apply_adapters
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
 

@@ -90,6 +90,8 @@ def test_gt_path_term_uses_valid_horizons_and_the_closest_hypothesis() -> None:
     total, terms = distill_loss({"plan": _plan(hyps.detach(), log_std, torch.zeros(1, 5, 1))},
                                 {"plan": {"mean": torch.zeros(1, 33, 15)}}, LossWeights(gt=2.0), gt=(gt, valid))
     assert "gt" in terms and abs(terms["gt"] - expected) < 1e-6
+    plan = 0.5 / 15 + math.log(2.0)  # winner 1 against the teacher's zero plan: |0.5| in 1 of 15 columns
+    assert abs(float(total) - (plan + 0.2 * math.log(5.0) + 2.0 * expected)) < 1e-5
 
 
 def test_loss_weights_parse() -> None:
