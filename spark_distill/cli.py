@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,17 +77,17 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar (rate, ETA) fed by on_progress(done, total); silent when not on a terminal."""
+def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[..., None]]:
+    """A rich progress bar (rate, ETA) fed by on_progress(done, total[, note]); silent when not on a terminal."""
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, disable=not console.is_terminal, transient=False)
     task = progress.add_task(description, total=None, rate="")
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, note: str = "") -> None:
         elapsed = progress.tasks[task].elapsed or 0.0
-        rate = f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else ""
+        rate = (f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else "") + (f"  {note}" if note else "")
         progress.update(task, completed=done, total=max(total, done), rate=rate)
 
     with progress:
@@ -319,7 +320,15 @@ def train(
                   rank_id=rank, world=world, init_method="env://" if world > 1 else None)
     cfg = TrainConfig(**fields)
     with progress_bar("train", unit="steps") as update:
-        r = run_train(cfg, on_progress=lambda s, t, _loss: update(s, t))
+        clips_per_step = cfg.batch_size * cfg.grad_accum * cfg.world
+
+        def report(step: int, total: int, loss: float | None) -> None:
+            elapsed = time.perf_counter() - started
+            update(step, total, f"{clips_per_step * step / elapsed:,.1f} clips/s" + (
+                f"  loss {loss:.4f}" if loss is not None else ""))
+
+        started = time.perf_counter()
+        r = run_train(cfg, on_progress=report)
     if rank == 0:
         n, total = r.trainable
         print_table(f"train -> {r.run_dir}", {
