@@ -442,3 +442,38 @@ def bench_train(
             out.print(line, highlight=False, soft_wrap=True)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+@app.command()
+@handles_errors
+def export(
+    source: Annotated[Path, typer.Argument(help="A training run folder (its newest good checkpoint) or one "
+                                                "checkpoint folder (runs/<run>/checkpoints/step-N).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ONNX model(s) and metadata.")],
+    format: Annotated[str, typer.Option("--format", help="split: drop-in driving_vision.onnx + driving_policy.onnx "
+                                                         "(openpilot student); combined: one graph with the state "
+                                                         "as input and output; auto: split for the openpilot "
+                                                         "student, else combined.")] = "auto",
+    opset: Annotated[int, typer.Option(help="ONNX opset of a combined export (split keeps the teacher's).")] = 14,
+    precision: Annotated[str, typer.Option(help="fp32, or fp16 weights (combined export of a compact student).")
+                         ] = "fp32",
+    verify_frames: Annotated[int, typer.Option(help="Frames of the run's dataset run through torch and ONNX "
+                                                    "Runtime on top of random inputs (0: random only).")] = 20,
+) -> None:
+    """Merge the adapters into plain layers and write ONNX that openpilot loads; verified against torch."""
+    from spark_distill.export.run import ExportConfig
+    from spark_distill.export.run import export as run_export
+
+    r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
+                                verify_frames=verify_frames))
+    real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
+    print_table(f"export -> {output}", {
+        "format": f"{r.format} ({precision}), from step {r.step}",
+        **{f"file: {k}": f"{v} ({v.stat().st_size / 1e6:.2f} MB)" for k, v in r.files.items()},
+        "parameters": f"{r.parameters:,}",
+        "max |ORT - torch|, random inputs": f"{r.max_diff_random:.2e} (tolerance {r.tolerance:g})",
+        "max |ORT - torch|, dataset frames": real,
+        "ONNX Runtime CPU latency": f"{r.latency_ms:.2f} ms/frame",
+        "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
+        **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
+        **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})

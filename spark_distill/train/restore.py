@@ -68,7 +68,10 @@ def find_run(path: Path) -> tuple[Path, Path | None]:
     if (path / "meta.json").exists() and path.parent.name == "checkpoints":
         return path.parent.parent, path
     if (path / SPEC_FILE).exists():
-        return path, latest_checkpoint(path / "checkpoints")
+        ckpt = latest_checkpoint(path / "checkpoints")
+        if ckpt is None:
+            raise ConfigError(f"{path}: no complete checkpoint (none written yet, or every one fails its checksum)")
+        return path, ckpt
     raise ConfigError(f"{path}: not a training run (no {SPEC_FILE}) or checkpoint folder")
 
 

@@ -68,8 +68,12 @@ class _Backbone(nn.Module):
         self.squeeze = nn.Conv2d(cin, 16, 1)
         self.out_features = 16 * (128 >> len(cfg.widths)) * (256 >> len(cfg.widths))
 
+    def squeeze_dtype(self) -> torch.dtype:
+        """The weights' dtype (fp32 in training, fp16 in an fp16 export)."""
+        return next(self.stages.parameters()).dtype
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 12, 128, 256) uint8
-        x = x.float() * (1.0 / 255.0) - 0.5
+        x = x.to(self.squeeze_dtype()) * (1.0 / 255.0) - 0.5
         return self.squeeze(self.stages(x)).flatten(1)  # (B, out_features)
 
 
@@ -104,7 +108,7 @@ class CompactStudent(nn.Module):
                 state: torch.Tensor, v_ego: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.vision_proj(torch.cat([self.road(img), self.wide(big_img)], dim=1))  # (B, features)
-        z = self.policy(torch.cat([feats, desire.float(), traffic.float()], dim=1))  # (B, hidden)
+        z = self.policy(torch.cat([feats, desire.to(feats.dtype), traffic.to(feats.dtype)], dim=1))  # (B, hidden)
         xr, xu, xn = self.gru_x(z).chunk(3, dim=1)
         hr, hu, hn = self.gru_h(state).chunk(3, dim=1)
         r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)

@@ -1,0 +1,347 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""`spark-distill export`: a trained run (or one checkpoint) -> ONNX that openpilot can load, verified.
+
+Formats:
+- split (openpilot student): drop-in `driving_policy.onnx` (+ `driving_vision.onnx`) — the teacher's own
+  graphs with the trained tensors written back (`export.graph.write_back`), so names, shapes, dtypes and
+  the `output_slices` property are the teacher's; regenerated `*_metadata.pkl`. An unchanged half is
+  copied as is, so the folder works as a whole.
+- combined (any student): one graph, inputs img, big_img [1,12,128,256] uint8, desire [1,8],
+  traffic_convention [1,2], state [1,H] (+ v_ego [1] for the openpilot student), outputs vision_outputs,
+  policy_outputs, state_out; opset 14 by default.
+Verification: ONNX Runtime against the merged torch model on random inputs and on frames of the run's
+own dataset (state carried through a clip on both sides), fp32 tolerance 1e-4 max abs (fp16: 1e-2
+relative to the output scale); a larger difference fails the export and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spark_distill import shards
+from spark_distill.errors import ConfigError, ExportError, OnnxMismatchError
+from spark_distill.export import graph as G
+from spark_distill.train.restore import TrainedStudent, load_trained
+
+FORMATS = ("auto", "split", "combined")
+PRECISIONS = ("fp32", "fp16")
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    source: Path  # run folder or checkpoint folder
+    output: Path
+    format: str = "auto"  # auto: split for the openpilot student, combined for compact ones
+    opset: int = 14
+    precision: str = "fp32"
+    verify_frames: int = 20  # frames of the run's dataset fed through both models (0: random inputs only)
+
+
+@dataclass
+class ExportResult:
+    format: str
+    files: dict[str, Path] = field(default_factory=dict)
+    parameters: int = 0
+    bytes: int = 0
+    max_diff_random: float = 0.0
+    max_diff_real: float | None = None
+    tolerance: float = FP32_TOLERANCE
+    latency_ms: float = 0.0
+    op_types: dict[str, int] = field(default_factory=dict)
+    written_back: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    step: int = 0
+
+
+class CombinedModel(nn.Module):
+    """One student step with explicit state, float32 at the boundary whatever the weights' dtype."""
+
+    def __init__(self, student: nn.Module, dtype: torch.dtype, with_v_ego: bool) -> None:
+        super().__init__()
+        self.student, self.dtype, self.with_v_ego = student, dtype, with_v_ego
+
+    def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic_convention: torch.Tensor,
+                state: torch.Tensor, v_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        d = self.dtype
+        v, p, nxt = self.student(img, big_img, desire.to(d), traffic_convention.to(d), state.to(d),
+                                 v_ego if self.with_v_ego else None)
+        return v.float(), p.float(), nxt.float()
+
+
+def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | None:
+    """The first clip of the run's validation split (else training split): road, wide, desire, traffic, v_ego."""
+    from spark_distill.errors import DatasetError
+    from spark_distill.train.data import read_lockstep, shard_pairs
+
+    root = Path(spec.get("root", ""))
+    if frames <= 0 or not (root / "frames" / shards.MANIFEST).exists():
+        return None
+    try:
+        pairs = None
+        for split in ("val", "train"):
+            try:
+                pairs, _ = shard_pairs(root, spec["labels"], split=split)
+                break
+            except DatasetError:
+                continue
+        if not pairs:
+            return None
+        f, _ = next(read_lockstep(pairs[0]))
+    except (DatasetError, StopIteration, KeyError):
+        return None
+    s = shards.decode_sample(f)
+    n = min(frames, len(s["meta"]["frame_ids"]))
+    return {"road": s["road"][:n], "wide": s["wide"][:n], "desire": s["desire"][:n], "traffic": s["traffic"],
+            "v_ego": s["car"][:n, 0], "start": np.array(s["meta"]["clip"] == 0)}
+
+
+def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-frame image stacks of frame i, as training builds them (train.loop.Unroll)."""
+    from spark_distill import contract as C
+
+    out = []
+    for cam in ("road", "wide"):
+        x = clip[cam]
+        older = x[i - C.TEMPORAL_SKIP] if i >= C.TEMPORAL_SKIP else (np.zeros_like(x[0]) if clip["start"] else x[0])
+        out.append(np.concatenate([older, x[i]], 0)[None])
+    return out[0], out[1]
+
+
+def _session(data: bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _latency_ms(run: Any, repeats: int = 20) -> float:
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in zip(a, b,
+                                                                                                       strict=True))
+
+
+def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) -> None:
+    import onnx
+
+    student = t.student
+    openpilot = t.spec["architecture"]["kind"] == "openpilot"
+    if cfg.precision == "fp16" and openpilot:
+        raise ConfigError("--precision fp16 is for the compact students; the openpilot student keeps the teacher's "
+                          "own dtypes")
+    dtype = torch.float16 if cfg.precision == "fp16" else torch.float32
+    ref = CombinedModel(student, torch.float32, openpilot).eval()
+    model = CombinedModel(student if dtype == torch.float32 else _half_copy(student), dtype, openpilot).eval()
+    state_len = student.initial_state(1).shape[1]
+    rng = np.random.default_rng(0)
+    names = ["img", "big_img", "desire", "traffic_convention", "state"] + ["v_ego"] * openpilot
+
+    def random_feed() -> dict[str, np.ndarray]:
+        feed = {"img": rng.integers(0, 256, (1, 12, 128, 256), dtype=np.uint8),
+                "big_img": rng.integers(0, 256, (1, 12, 128, 256), dtype=np.uint8),
+                "desire": np.eye(8, dtype=np.float32)[rng.integers(0, 8)][None],
+                "traffic_convention": np.array([[1.0, 0.0]], np.float32),
+                "state": np.zeros((1, state_len), np.float32)}
+        if openpilot:
+            feed["v_ego"] = np.array([rng.uniform(0, 30)], np.float32)
+        return feed
+
+    example = random_feed()
+    buf = __import__("io").BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(torch.from_numpy(example[n]) for n in names), buf, input_names=names,
+                          output_names=["vision_outputs", "policy_outputs", "state_out"], opset_version=cfg.opset,
+                          dynamo=False, do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    G.set_property(proto, "output_slices", base64.b64encode(pickle.dumps(student.policy_slices)).decode())
+    G.set_property(proto, "vision_output_slices", base64.b64encode(pickle.dumps(student.vision_slices)).decode())
+    G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step, "format": "combined",
+                                                      "state_len": state_len, "precision": cfg.precision}))
+    result.op_types = G.op_types(proto)
+    data = proto.SerializeToString()
+    sess = _session(data)
+
+    def both(feeds: list[dict[str, np.ndarray]]) -> float:
+        """Outputs of torch and ORT over consecutive feeds, each side carrying its own state."""
+        diffs, s_ref, s_ort = [], None, None
+        for feed in feeds:
+            f_ref = dict(feed, state=s_ref if s_ref is not None else feed["state"])
+            f_ort = dict(feed, state=s_ort if s_ort is not None else feed["state"])
+            with torch.no_grad():
+                r = [x.numpy() for x in ref(*(torch.from_numpy(f_ref[n]) for n in names))]
+            o = sess.run(None, f_ort)
+            scale = 1.0 if dtype == torch.float32 else 1.0 + max(float(np.abs(x).max()) for x in r)
+            diffs.append(_max_diff(r, o) / scale)
+            s_ref, s_ort = r[2], o[2]
+        return max(diffs)
+
+    result.tolerance = FP32_TOLERANCE if dtype == torch.float32 else 1e-2
+    result.max_diff_random = both([random_feed() for _ in range(4)])
+    clip = _real_clip(t.spec, cfg.verify_frames)
+    if clip is not None:
+        feeds = []
+        for i in range(len(clip["road"])):
+            img, big = _stacks(clip, i)
+            feed = {"img": img, "big_img": big, "desire": clip["desire"][i:i + 1].astype(np.float32),
+                    "traffic_convention": clip["traffic"][None].astype(np.float32),
+                    "state": np.zeros((1, state_len), np.float32)}
+            if openpilot:
+                feed["v_ego"] = clip["v_ego"][i:i + 1].astype(np.float32)
+            feeds.append(feed)
+        result.max_diff_real = both(feeds)
+    _check_tolerance(result)
+    result.latency_ms = _latency_ms(lambda: sess.run(None, example))
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    path = cfg.output / "driving_model.onnx"
+    G.check_and_save(proto, path)
+    meta = cfg.output / "driving_model_metadata.pkl"
+    shards.write_bytes_atomic(meta, G.metadata_pkl(proto, "policy_model", f"spark-distill-{t.run_dir.name}",
+                                                   student.policy_slices))
+    result.files = {"model": path, "metadata": meta}
+    result.parameters, result.bytes = G.parameter_count(proto), len(data)
+
+
+def _half_copy(student: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(student).half()
+
+
+def _check_tolerance(result: ExportResult) -> None:
+    worst = max(result.max_diff_random, result.max_diff_real or 0.0)
+    if not worst <= result.tolerance:  # NaN fails too
+        raise OnnxMismatchError(f"ONNX Runtime differs from the torch model by {worst:.3g} (tolerance "
+                                f"{result.tolerance:g}); nothing was written")
+
+
+def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) -> None:
+    import onnx
+
+    from spark_distill.label.backends import random_inputs
+
+    if t.spec["architecture"]["kind"] != "openpilot":
+        raise ConfigError("--format split is openpilot's two-model contract: it needs the openpilot student (its "
+                          "policy inputs are history buffers); export a compact student with --format combined")
+    if cfg.precision != "fp32":
+        raise ConfigError("--format split keeps the teacher's own dtypes; --precision fp16 applies to combined")
+    student = t.student
+    onnx_dir = Path(t.spec["architecture"]["onnx"])
+    merged = student.state_dict()
+    changes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"vision": {}, "policy": {}}
+    for name, base in t.base.items():
+        new = merged[name]
+        if new.dtype.is_floating_point and not torch.equal(new, base.to(new.dtype)):
+            half = name.split(".", 1)[0]
+            if half not in changes:
+                raise ExportError(f"trained tensor {name} belongs to neither the vision nor the policy graph")
+            changes[half][name] = (base.float().numpy(), new.float().numpy())
+    teacher = student.teacher
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, bytes] = {}
+    diffs_random, diffs_real = [], []
+    sessions = {}
+    clip = _real_clip(t.spec, cfg.verify_frames)
+    for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
+        src = onnx_dir / f"driving_{half}.onnx"
+        proto = onnx.load(str(src))
+        if changes[half]:
+            result.written_back += G.write_back(proto, changes[half])
+            G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step,
+                                                              "source": src.name}))
+        else:
+            result.copied.append(src.name)
+        result.op_types.update({k: result.op_types.get(k, 0) + v for k, v in G.op_types(proto).items()})
+        data = proto.SerializeToString()
+        staged[half] = data
+        sess = sessions[half] = _session(data)
+        module = student.vision if half == "vision" else student.policy
+        spec = teacher.vision if half == "vision" else teacher.policy
+        for real in (False, True):
+            if real and (half != "vision" or clip is None):
+                continue  # real inputs: the dataset's frames through the vision half
+            feeds = ([dict(zip(teacher.image_inputs, _image_pair(teacher, clip, i), strict=True))
+                      for i in range(len(clip["road"]))] if real else
+                     [random_inputs(spec.inputs, 1, seed=k) for k in range(3)])
+            for feed in feeds:
+                with torch.no_grad():
+                    r = module(*(torch.from_numpy(feed[n]) for n in spec.inputs)).float().numpy()
+                o = sess.run(None, feed)[0]
+                (diffs_real if real else diffs_random).append(_max_diff([r], [o]))
+    result.max_diff_random = max(diffs_random)
+    result.max_diff_real = max(diffs_real) if diffs_real else None
+    _check_tolerance(result)
+    v_feed = random_inputs(teacher.vision.inputs, 1)
+    p_feed = random_inputs(teacher.policy.inputs, 1)
+    result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed), sessions["policy"].run(None, p_feed)))
+    for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
+        proto = G.load_model_bytes(staged[half])
+        path = cfg.output / f"driving_{half}.onnx"
+        if f"driving_{half}.onnx" in result.copied:
+            shutil.copyfile(onnx_dir / path.name, path.with_name(path.name + ".tmp"))
+            path.with_name(path.name + ".tmp").replace(path)
+        else:
+            G.check_and_save(proto, path)
+        slices = (teacher.vision if half == "vision" else teacher.policy).slices
+        name = _model_name(proto, key, t)
+        pkl = cfg.output / f"driving_{half}_metadata.pkl"
+        shards.write_bytes_atomic(pkl, G.metadata_pkl(proto, key, name, slices))
+        result.files[half], result.files[f"{half}_metadata"] = path, pkl
+        result.parameters += G.parameter_count(proto)
+        result.bytes += len(staged[half])
+
+
+def _model_name(proto: Any, key: str, t: TrainedStudent) -> str:
+    base = next((p.value for p in proto.metadata_props if p.key == key), "model")
+    return f"{base}+{t.run_dir.name}@{t.step}"
+
+
+def _image_pair(teacher: Any, clip: dict[str, np.ndarray], i: int) -> list[np.ndarray]:
+    img, big = _stacks(clip, i)
+    return [img if cam == "road" else big for cam in teacher.image_inputs.values()]
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    """Merge, export, verify; returns what was written and measured."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"unknown --format {cfg.format!r}; choose one of {', '.join(FORMATS)}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown --precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not 11 <= cfg.opset <= 20:
+        raise ConfigError(f"--opset {cfg.opset}: choose 11..20")
+    t = load_trained(cfg.source)
+    fmt = cfg.format if cfg.format != "auto" else (
+        "split" if t.spec["architecture"]["kind"] == "openpilot" else "combined")
+    result = ExportResult(format=fmt, step=t.step)
+    with torch.no_grad():
+        (_export_split if fmt == "split" else _export_combined)(t, cfg, result)
+    shards.write_json_atomic(cfg.output / "export.json", {
+        "source": str(t.run_dir), "checkpoint": str(t.checkpoint) if t.checkpoint else None, "step": t.step,
+        "format": fmt, "precision": cfg.precision, "opset": cfg.opset if fmt == "combined" else None,
+        "files": {k: v.name for k, v in result.files.items()}, "parameters": result.parameters,
+        "max_abs_diff_random": result.max_diff_random, "max_abs_diff_real": result.max_diff_real,
+        "tolerance": result.tolerance, "ort_cpu_latency_ms": result.latency_ms, "op_types": result.op_types,
+        "written_back": result.written_back, "copied_unchanged": result.copied})
+    return result
