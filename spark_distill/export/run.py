@@ -264,7 +264,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     diffs_random, diffs_real = [], []
     sessions = {}
     clip = _real_clip(t.spec, cfg.verify_frames)
-    for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
+    for half in ("vision", "policy"):
         src = onnx_dir / f"driving_{half}.onnx"
         proto = onnx.load(str(src))
         if changes[half]:
@@ -295,7 +295,8 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     _check_tolerance(result)
     v_feed = random_inputs(teacher.vision.inputs, 1)
     p_feed = random_inputs(teacher.policy.inputs, 1)
-    result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed), sessions["policy"].run(None, p_feed)))
+    result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed),
+                                             sessions["policy"].run(None, p_feed)))
     for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
         proto = G.load_model_bytes(staged[half])
         path = cfg.output / f"driving_{half}.onnx"
