@@ -477,3 +477,38 @@ def export(
         "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
         **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
         **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})
+
+
+@app.command()
+@handles_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (replaced if it "
+                                                        "holds an earlier demo).")] = Path("demo-out"),
+    minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 1.0,
+    student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
+    steps: Annotated[int | None, typer.Option(help="Training steps [default: 40 per minute of drive].")] = None,
+    device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
+) -> None:
+    """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
+    from spark_distill.demo import DemoConfig, run_demo
+
+    if student not in ("compact", "compact-xs"):
+        from spark_distill.errors import ConfigError
+
+        raise ConfigError(f"--student {student!r}: the demo distils compact or compact-xs")
+    n = {"stage": 0}
+
+    def stage(text: str) -> None:
+        n["stage"] += 1
+        out.print(f"[bold]{n['stage']}/7[/] {text}", highlight=False, soft_wrap=True)
+
+    r = run_demo(DemoConfig(out=out_dir, minutes=minutes, student=student, steps=steps, device=device), stage)
+    trained, total = r.trainable
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print_table(f"demo finished in {r.seconds:.0f} s -> {out_dir}", {
+        "frames ingested": f"{r.frames_ingested:,} ({r.ingest_frames_per_s:.1f} frames/s)",
+        "labeling": f"{r.label_frames_per_s:.1f} frames/s ({r.label_backend})",
+        "trainable parameters": f"{trained:,} of {total:,} ({100 * trained / max(total, 1):.2f}%, DoRA)",
+        "validation loss": f"{fmt(r.val_before)} -> {fmt(r.val_after)} after {r.steps} steps",
+        "export max |ORT - torch|": f"{r.export_max_diff:.2e} (ONNX Runtime {r.export_latency_ms:.2f} ms/frame on CPU)",
+        **{k: str(v) for k, v in r.artifacts.items()}})

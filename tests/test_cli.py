@@ -21,7 +21,7 @@ def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
     for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["train"],
-                    ["bench", "ingest"], ["bench", "label"], ["bench", "train"]):
+                    ["bench", "ingest"], ["bench", "label"], ["bench", "train"], ["export"], ["demo"]):
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0, command
     assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
@@ -39,6 +39,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--cameras", "road,rear"], "unknown camera"),
         (["inspect", str(tmp_path)], "no frames dataset here"),
         (["synth-route", str(tmp_path / "r"), "--fault", "flat-tyre"], "unknown fault 'flat-tyre'"),
+        (["export", str(tmp_path), "--output", str(tmp_path / "x")], "not a training run"),
+        (["export", str(tmp_path), "--output", str(tmp_path / "x"), "--format", "onnx"], "unknown --format"),
+        (["demo", "--minutes", "0.01", "--out", str(tmp_path / "d")], "--minutes 0.01"),
+        (["train", str(tmp_path), "--labels", "x", "--student", "nope"], "unknown --student"),
+        (["bench", "train", "--student", "openpilot"], "choose compact"),
     ):
         r = _cli(*args)
         assert r.returncode == 2, (args, r.stderr)

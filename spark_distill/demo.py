@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""`spark-distill demo`: the whole pipeline on a synthetic drive, on CPU, through the same code paths a
+user's real data takes: synthesize a route (two segments, road + wide camera, a lane change) and a tiny
+stand-in teacher -> ingest -> label -> train a compact DoRA student -> export -> verify -> pictures.
+Entry point: `run_demo(DemoConfig, on_stage)` -> DemoReport.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spark_distill.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    out: Path = Path("demo-out")
+    minutes: float = 1.0  # length of the synthetic drive (two segments)
+    student: str = "compact-xs"
+    steps: int | None = None  # training steps [default: about a minute of CPU]
+    workers: int = 0  # ingest workers (0: one per core)
+    device: str | None = "cpu"
+
+
+@dataclass
+class DemoReport:
+    frames_ingested: int = 0
+    ingest_frames_per_s: float = 0.0
+    label_frames_per_s: float = 0.0
+    label_backend: str = ""
+    trainable: tuple[int, int] = (0, 0)
+    steps: int = 0
+    val_before: float | None = None
+    val_after: float | None = None
+    export_max_diff: float = 0.0
+    export_latency_ms: float = 0.0
+    seconds: float = 0.0
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) -> DemoReport:
+    from spark_distill.export.run import ExportConfig, export
+    from spark_distill.ingest.run import IngestConfig, ingest
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.route import SynthConfig, write_route
+    from spark_distill.synth.teacher import write_teacher
+    from spark_distill.train.loop import TrainConfig, train
+
+    if not 0.2 <= cfg.minutes <= 30:
+        raise ConfigError(f"--minutes {cfg.minutes}: choose 0.2..30 (each of the two segments needs > 5 s of "
+                          "teacher warm-up plus frames to learn from)")
+    start = time.perf_counter()
+    out = cfg.out
+    if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
+        raise ConfigError(f"{out} exists and is not a demo folder; choose another --out")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    report = DemoReport()
+    seconds = cfg.minutes * 60 / 2
+
+    on_stage(f"synthesizing a {cfg.minutes:g}-minute drive (2 segments, road + wide camera, a lane change)")
+    write_route(out / "route", SynthConfig(segments=2, seconds=seconds))
+    on_stage("writing a tiny stand-in teacher (openpilot's driving_vision/driving_policy contract)")
+    write_teacher(out / "teacher", size="tiny")
+    on_stage("ingest: decode HEVC, warp to the model frame, align logs, write shards")
+    ing = ingest(IngestConfig(inputs=(str(out / "route"),), out=out / "dataset", workers=cfg.workers))
+    report.frames_ingested, report.ingest_frames_per_s = ing.frames_kept, ing.frames_per_s
+    on_stage("label: run the teacher once over every frame, as modeld would")
+    lab = label(LabelConfig(root=out / "dataset", teacher=(out / "teacher",), name="teacher", batch=2,
+                            device=cfg.device))
+    report.label_frames_per_s = lab.frames_per_s
+    report.label_backend = f"{lab.backend['name']} {lab.backend['precision']}"
+    steps = cfg.steps or max(20, round(40 * cfg.minutes))
+    on_stage(f"train: {cfg.student} student, DoRA rank 8, {steps} steps, one segment held out for validation")
+    tr = train(TrainConfig(root=out / "dataset", labels="teacher", run="demo", runs_dir=out / "runs",
+                           student=cfg.student, batch_size=4, max_steps=steps, epochs=10_000, lr=3e-3,
+                           warmup_steps=max(1, steps // 10), rank=8, alpha=16.0, burn_in=5, val_fraction=0.5,
+                           workers=1, log_every=max(1, steps // 20), checkpoint_every=10**6, device=cfg.device))
+    report.trainable, report.steps = tr.trainable, tr.steps
+    report.val_before, report.val_after = tr.val_before, tr.val_after
+    on_stage("export: merge the adapters, write ONNX, check ONNX Runtime against torch")
+    ex = export(ExportConfig(source=out / "runs" / "demo", output=out / "export"))
+    report.export_max_diff = max(ex.max_diff_random, ex.max_diff_real or 0.0)
+    report.export_latency_ms = ex.latency_ms
+    on_stage("pictures: loss curve and a validation frame with the teacher's and the student's predictions")
+    picture = _validation_picture(out, ex.files["model"])
+    report.artifacts = {"route": out / "route", "teacher": out / "teacher", "dataset": out / "dataset",
+                        "run": out / "runs" / "demo", "export": ex.files["model"],
+                        "loss curve": out / "runs" / "demo" / "loss.png"}
+    if picture is not None:
+        report.artifacts["validation frame"] = picture
+    report.seconds = time.perf_counter() - start
+    from spark_distill import shards
+
+    shards.write_json_atomic(out / "demo.json", {
+        "frames_ingested": report.frames_ingested, "label_frames_per_s": report.label_frames_per_s,
+        "trainable": list(report.trainable), "steps": report.steps, "val_before": report.val_before,
+        "val_after": report.val_after, "export_max_diff": report.export_max_diff, "seconds": report.seconds,
+        "artifacts": {k: str(v) for k, v in report.artifacts.items()}})
+    return report
+
+
+def _validation_picture(out: Path, onnx_model: Path) -> Path | None:
+    """The last frame of the held-out segment: teacher labels vs the exported student run as the car would."""
+    import json
+
+    from spark_distill.evaluate.draw import CAMERA_HEIGHT, frame_strip, predictions
+    from spark_distill.evaluate.rollout import OnnxStep, read_segment
+    from spark_distill.train.data import val_segments
+    from spark_distill.train.gt_path import SegmentMotion
+
+    spec = json.loads((out / "runs" / "demo" / "student.json").read_text())
+    from spark_distill import shards
+
+    names = [s["name"] for s in shards.read_manifest(out / "dataset" / "frames", shards.FRAMES_FORMAT)["segments"]]
+    held = sorted(val_segments(names, fraction=0.5, seed=0))
+    seg = read_segment(out / "dataset", "teacher", held[0] if held else names[-1])
+    vis, pol = OnnxStep(onnx_model).rollout(seg)
+    motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
+    picks = [len(seg.frame_ids) // 3, 2 * len(seg.frame_ids) // 3]  # the driven path needs a future to show
+    roads, overlays, titles = [], [], []
+    for i in picks:
+        teacher = predictions(seg.teacher_vision[i], seg.teacher_policy[i], spec["slices"])
+        student = predictions(vis[i], pol[i], spec["slices"])
+        roads.append(seg.road[i])
+        driven, valid = motion.future(np.array([i]))
+        truth = {"path": driven[0][valid[0]] + np.array([0.0, 0.0, CAMERA_HEIGHT])}
+        overlays.append([("driven (log)", truth, "#1f77b4"), ("teacher", teacher, "#2ca02c"),
+                         ("student", student, "#ff7f0e")])
+        err = float(np.abs(teacher["path"] - student["path"]).mean()) if "path" in teacher else float("nan")
+        titles.append(f"{seg.name}  frame {int(seg.frame_ids[i])}  mean |path error| {err:.2f} m")
+    return frame_strip(out / "validation_frames.png", roads, overlays, titles)

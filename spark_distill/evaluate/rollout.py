@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""A student run over whole segments the way the car runs it: from each segment's first frame, state
+carried frame to frame, the 2-frame image stack from the segment's own frames (zeros before frame 4,
+as modeld's empty ring). Entry points: `read_segment` (frames + teacher labels of one segment, in frame
+order) and `rollout(step, segment)`, where `step` is any callable with the student's one-frame signature
+(a torch student, or an exported ONNX model through `OnnxStep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spark_distill import contract as C
+from spark_distill import shards
+from spark_distill.errors import DatasetError
+from spark_distill.label.plan import ShardIndex, plan_segments
+
+FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
+                 "pose.npy.zst", "meta.json")
+
+
+@dataclass
+class Segment:
+    name: str
+    frame_ids: np.ndarray  # (N,)
+    timestamps_ns: np.ndarray  # (N,)
+    road: np.ndarray  # (N, 6, 128, 256) uint8
+    wide: np.ndarray
+    desire: np.ndarray  # (N, 8)
+    traffic: np.ndarray  # (2,)
+    v_ego: np.ndarray  # (N,)
+    pose: np.ndarray  # (N, 12)
+    teacher_vision: np.ndarray  # (N, Nv) float32
+    teacher_policy: np.ndarray  # (N, Np) float32
+
+
+def read_segment(root: Path, label_set: str, name: str) -> Segment:
+    """One segment's frames and its labels from `label_set`, concatenated over its clips."""
+    frames = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
+    plan = next((p for p in plan_segments(frames) if p.name == name), None)
+    if plan is None:
+        raise DatasetError(f"no segment {name!r} in {root}")
+    ldir = root / "labels" / label_set
+    parts: dict[str, list] = {}
+    indexes: dict[tuple[str, int], ShardIndex] = {}
+    try:
+        for clip in plan.clips:
+            shard = frames["shards"][clip.shard]["name"]
+            for side, folder, members in (("f", root / "frames", shards.FRAMES_MEMBERS),
+                                          ("l", ldir, shards.LABEL_MEMBERS)):
+                if (side, clip.shard) not in indexes:
+                    if not (folder / shard).exists():
+                        raise DatasetError(f"{folder / shard}: missing (label set {label_set} incomplete?)")
+                    indexes[side, clip.shard] = ShardIndex(folder / shard, members)
+            f = indexes["f", clip.shard].read(clip.key, FRAME_MEMBERS)
+            lab = indexes["l", clip.shard].read(clip.key, tuple(shards.LABEL_MEMBERS))
+            for k, v in (("frame_ids", f["meta"]["frame_ids"]), ("timestamps_ns", f["meta"]["timestamps_ns"]),
+                         ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
+                         ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("teacher_vision", lab["vision"]),
+                         ("teacher_policy", lab["policy"])):
+                parts.setdefault(k, []).append(np.asarray(v))
+            parts["traffic"] = [f["traffic"]]
+    finally:
+        for index in indexes.values():
+            index.close()
+    cat = {k: np.concatenate(v) if k != "traffic" else v[0] for k, v in parts.items()}
+    for k in ("teacher_vision", "teacher_policy"):
+        cat[k] = cat[k].astype(np.float32)
+    return Segment(name=name, **cat)
+
+
+StepFn = Callable[..., tuple[Any, Any, Any]]
+
+
+def image_stack(frames: np.ndarray, i: int) -> np.ndarray:
+    """(1, 12, 128, 256): frame i-4 (zeros before it exists) and frame i, as modeld stacks them."""
+    older = frames[i - C.TEMPORAL_SKIP] if i >= C.TEMPORAL_SKIP else np.zeros_like(frames[i])
+    return np.concatenate([older, frames[i]], 0)[None]
+
+
+@torch.no_grad()
+def rollout_torch(student: torch.nn.Module, seg: Segment, *, device: str = "cpu",
+                  frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(vision (N, Nv), policy (N, Np)) of a torch student over the segment from a zero state."""
+    dev = torch.device(device)
+    student = student.to(dev).eval()
+    state = student.initial_state(1, dev)
+    traffic = torch.from_numpy(seg.traffic[None].astype(np.float32)).to(dev)
+    vis, pol = [], []
+    for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
+        img = torch.from_numpy(image_stack(seg.road, i)).to(dev)
+        big = torch.from_numpy(image_stack(seg.wide, i)).to(dev)
+        desire = torch.from_numpy(seg.desire[i:i + 1].astype(np.float32)).to(dev)
+        v_ego = torch.tensor([float(seg.v_ego[i])], device=dev)
+        v, p, state = student(img, big, desire, traffic, state, v_ego)
+        vis.append(v.float().cpu().numpy()[0])
+        pol.append(p.float().cpu().numpy()[0])
+    return np.stack(vis), np.stack(pol)
+
+
+class OnnxStep:
+    """A combined export (`driving_model.onnx`) through ONNX Runtime, one frame at a time."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if "state" not in self.inputs:
+            raise DatasetError(f"{path}: not a combined export (no 'state' input)")
+        self.state_len = int(self.inputs["state"][1])
+
+    def rollout(self, seg: Segment, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        state = np.zeros((1, self.state_len), np.float32)
+        vis, pol = [], []
+        for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
+            feed = {"img": image_stack(seg.road, i), "big_img": image_stack(seg.wide, i),
+                    "desire": seg.desire[i:i + 1].astype(np.float32),
+                    "traffic_convention": seg.traffic[None].astype(np.float32), "state": state}
+            if "v_ego" in self.inputs:
+                feed["v_ego"] = np.array([seg.v_ego[i]], np.float32)
+            v, p, state = self.session.run(None, feed)
+            vis.append(v[0])
+            pol.append(p[0])
+        return np.stack(vis), np.stack(pol)
