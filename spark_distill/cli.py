@@ -512,3 +512,38 @@ def demo(
         "validation loss": f"{fmt(r.val_before)} -> {fmt(r.val_after)} after {r.steps} steps",
         "export max |ORT - torch|": f"{r.export_max_diff:.2e} (ONNX Runtime {r.export_latency_ms:.2f} ms/frame on CPU)",
         **{k: str(v) for k, v in r.artifacts.items()}})
+
+
+@app.command("eval")
+@handles_errors
+def eval_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
+    labels: Annotated[str, typer.Option(help="Label set of the teacher to compare with.")],
+    run: Annotated[list[Path] | None, typer.Option(help="Training run folder or checkpoint (repeatable).")] = None,
+    model: Annotated[list[Path] | None, typer.Option(help="Exported model: an export folder (combined or split) or "
+                                                          "a driving_model.onnx (repeatable).")] = None,
+    segments: Annotated[str, typer.Option(help="Comma-separated segment names [default: the first run's "
+                                               "validation segments, else all].")] = "",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
+    include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
+                                                      "zero-history labels).")] = False,
+    device: Annotated[str, typer.Option(help="torch device for runs (exports run in ONNX Runtime on CPU).")] = "cpu",
+) -> None:
+    """How good is each student: errors against the teacher per horizon, and against the path actually driven."""
+    from spark_distill.evaluate.metrics import headline
+    from spark_distill.evaluate.run import EvalConfig, evaluate
+
+    r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
+                            segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device))
+    frames = next(iter(r.metrics.values()))["frames"]
+    table = Table(title=f"eval on {len(r.segments)} segment(s), {frames} frames, against labels/{labels}",
+                  title_justify="left")
+    table.add_column("metric (lower is better unless 'agreement')", style="bold")
+    for name in r.metrics:
+        table.add_column(name, justify="right")
+    rows = {name: headline(m) for name, m in r.metrics.items()}
+    for key in next(iter(rows.values())):
+        table.add_row(key, *("-" if rows[n][key] is None else f"{rows[n][key]:.3f}" for n in r.metrics))
+    out.print(table)
+    for k, v in r.files.items():
+        out.print(f"{k}: {v}", highlight=False, soft_wrap=True)

@@ -1,0 +1,232 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""`spark-distill eval`: students (runs or exported ONNX) against the teacher's labels and the drive.
+
+Every model is run over whole held-out segments as the car runs it (`evaluate.rollout`); a run from
+its merged checkpoint in torch, an export through ONNX Runtime (combined: `driving_model.onnx`; split:
+the drop-in pair, with openpilot's history buffers kept by the same code the openpilot student uses).
+Segments: `--segments`, else the validation split of the first run (or of the run an export came from),
+else every segment. Frames inside each segment's teacher warm-up (zero-history labels) are left out
+unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spark_distill import shards
+from spark_distill.errors import ConfigError
+from spark_distill.evaluate import metrics as M
+from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
+from spark_distill.train.gt_path import SegmentMotion
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    root: Path
+    labels: str
+    runs: tuple[Path, ...] = ()
+    models: tuple[Path, ...] = ()
+    segments: tuple[str, ...] = ()
+    out: Path = Path("eval-out")
+    include_warmup: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class EvalResult:
+    segments: list[str]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> metrics
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class _OrtGraph(nn.Module):
+    """An ONNX graph through ONNX Runtime with a torch-module face (inputs in graph order)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        feed = {n: a.detach().cpu().numpy() for n, a in zip(self.names, args, strict=True)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def _split_student(folder: Path) -> nn.Module:
+    """The exported pair as an openpilot student whose two graphs run in ONNX Runtime."""
+    from spark_distill.train.students.openpilot import OpenpilotStudent
+
+    student = OpenpilotStudent.from_onnx([folder])
+    student.vision = _OrtGraph(folder / "driving_vision.onnx")
+    student.policy = _OrtGraph(folder / "driving_policy.onnx")
+    return student
+
+
+def _source_run(path: Path) -> Path | None:
+    """The training run a run folder or an export folder came from."""
+    if (path / "student.json").exists():
+        return path
+    export_json = (path if path.is_dir() else path.parent) / "export.json"
+    if export_json.exists():
+        src = Path(json.loads(export_json.read_text())["source"])
+        return src if (src / "config.yaml").exists() else None
+    return None
+
+
+def _model_runner(path: Path, device: str) -> tuple[str, Any]:
+    """(display name, segment -> (vision, policy)) for a run, a checkpoint, or an export."""
+    from spark_distill.train.restore import load_trained
+
+    if (path / "student.json").exists() or (path / "meta.json").exists():
+        t = load_trained(path)
+        name = t.run_dir.name + (f"@{t.step}" if (path / "meta.json").exists() else "")
+        return name, lambda seg: rollout_torch(t.student, seg, device=device)
+    onnx_file = path / "driving_model.onnx" if path.is_dir() else path
+    if onnx_file.suffix == ".onnx" and onnx_file.exists():
+        step = OnnxStep(onnx_file)
+        return f"{onnx_file.parent.name}/{onnx_file.name}", step.rollout
+    if path.is_dir() and (path / "driving_policy.onnx").exists():
+        student = _split_student(path)
+        return f"{path.name} (split)", lambda seg: rollout_torch(student, seg, device="cpu")
+    raise ConfigError(f"{path}: not a training run, a checkpoint, a combined driving_model.onnx or an export folder "
+                      "with driving_vision.onnx + driving_policy.onnx")
+
+
+def _choose_segments(cfg: EvalConfig, names: list[str]) -> list[str]:
+    if cfg.segments:
+        missing = sorted(set(cfg.segments) - set(names))
+        if missing:
+            raise ConfigError(f"--segments: no segment {missing[0]!r} in {cfg.root}")
+        return list(cfg.segments)
+    import yaml
+
+    from spark_distill.train.data import val_segments
+
+    for src in filter(None, (_source_run(p) for p in (*cfg.runs, *cfg.models))):
+        conf = yaml.safe_load((src / "config.yaml").read_text())
+        held = val_segments(names, fraction=float(conf.get("val_fraction", 0.1)), seed=int(conf.get("seed", 0)))
+        if held:
+            return [n for n in names if n in held]
+    return names
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    if not cfg.runs and not cfg.models:
+        raise ConfigError("give at least one --run or --model to evaluate")
+    labels = shards.read_manifest(cfg.root / "labels" / cfg.labels, shards.LABELS_FORMAT)
+    slices = labels["output_slices"]
+    names = [s["name"] for s in shards.read_manifest(cfg.root / "frames", shards.FRAMES_FORMAT)["segments"]]
+    chosen = _choose_segments(cfg, names)
+    runners = [_model_runner(Path(p), cfg.device) for p in (*cfg.runs, *cfg.models)]
+    if len({n for n, _ in runners}) != len(runners):
+        runners = [(f"{i + 1}:{n}", r) for i, (n, r) in enumerate(runners)]
+    warmup = 0 if cfg.include_warmup else int(labels["warmup_frames"])
+    first_ids = {n: s.get("first_frame_id", 0) for n, s in labels["segments"].items()}
+    outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
+    teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
+    picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
+    for seg_name in chosen:
+        seg = read_segment(cfg.root, cfg.labels, seg_name)
+        keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
+        if not keep.any():
+            continue
+        kept_segments.append(seg_name)
+        per_model = {}
+        for name, run in runners:
+            v, p = run(seg)
+            per_model[name] = (v, p)
+            outputs[name].append((v[keep], p[keep]))
+        teacher_v.append(seg.teacher_vision[keep])
+        teacher_p.append(seg.teacher_policy[keep])
+        motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
+        path, valid = motion.future(np.flatnonzero(keep))
+        gt_path.append(path)
+        gt_valid.append(valid)
+        if picture is None:
+            picture = (seg, per_model)
+    if not kept_segments:
+        raise ConfigError(f"no frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
+                          "pass --include-warmup for short segments")
+    tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
+    gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
+    result = EvalResult(kept_segments)
+    for name, parts in outputs.items():
+        sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])
+        result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    shards.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,
+                                                        "segments": kept_segments, "warmup_frames": warmup,
+                                                        "models": result.metrics})
+    result.files["metrics"] = cfg.out / "metrics.json"
+    result.files.update(_plots(cfg.out, result, picture, slices))
+    return result
+
+
+def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[str, Path]:
+    try:
+        import matplotlib
+    except ImportError:
+        return {}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spark_distill import contract as C
+    from spark_distill.evaluate.draw import CAMERA_HEIGHT, frame_strip, predictions
+
+    files = {}
+    panels = [("plan", "plan vs teacher (m)", C.T_IDXS, "horizon (s)"),
+              ("drive", "plan vs driven path (m)", C.T_IDXS, "horizon (s)"),
+              ("lane_lines", "lane lines vs teacher (m)", C.X_IDXS, "distance ahead (m)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for ax, (key, title, idxs, xlabel) in zip(axes, panels, strict=True):
+        for name, m in result.metrics.items():
+            entry = m.get(key)
+            if key == "drive" and entry is not None:
+                entry = entry["student"]
+            if entry is not None:
+                y = np.array([np.nan if v is None else v for v in entry["per_horizon"]])
+                ax.plot(idxs, y, "o-", ms=3, label=name)
+        if key == "drive":
+            first = next(iter(result.metrics.values())).get("drive")
+            if first is not None:
+                y = np.array([np.nan if v is None else v for v in first["teacher"]["per_horizon"]])
+                ax.plot(idxs, y, "k--", label="teacher")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    files["errors"] = out / "errors_vs_horizon.png"
+    fig.savefig(files["errors"], dpi=100)
+    plt.close(fig)
+    if picture is not None:
+        seg, per_model = picture
+        motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
+        colours = ["#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+        roads, overlays, titles = [], [], []
+        n = len(seg.frame_ids)
+        for i in (n // 3, 2 * n // 3):
+            driven, valid = motion.future(np.array([i]))
+            ov = [("driven (log)", {"path": driven[0][valid[0]] + np.array([0, 0, CAMERA_HEIGHT])}, "#1f77b4"),
+                  ("teacher", predictions(seg.teacher_vision[i], seg.teacher_policy[i], slices), "#2ca02c")]
+            ov += [(name, predictions(v[i], p[i], slices), colours[k % len(colours)])
+                   for k, (name, (v, p)) in enumerate(per_model.items())]
+            roads.append(seg.road[i])
+            overlays.append(ov)
+            titles.append(f"{seg.name}  frame {int(seg.frame_ids[i])}")
+        strip = frame_strip(out / "frames.png", roads, overlays, titles)
+        if strip is not None:
+            files["frames"] = strip
+    return files

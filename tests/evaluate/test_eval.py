@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Eval: metrics against hand-made differences; checkpoint and exported ONNX give the same numbers
+(compact combined, openpilot split); side-by-side table, metrics.json and plots from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spark_distill import contract as C
+from spark_distill.cli import app
+from spark_distill.evaluate.metrics import compare, plan_xy
+from spark_distill.export.run import ExportConfig, export
+from spark_distill.label.outputs import parse_outputs
+from spark_distill.train.loop import TrainConfig, train
+
+SLICES = {"vision": {k: [s.start, s.stop] for k, s in C.layout(C.VISION_HEADS, meta_width=48).items()},
+          "policy": {k: [s.start, s.stop] for k, s in C.layout(C.POLICY_HEADS_V1).items()}}
+
+
+def _vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    width = lambda side: max(b for _, b in SLICES[side].values())  # noqa: E731
+    return (rng.standard_normal((n, width("vision"))).astype(np.float32),
+            rng.standard_normal((n, width("policy"))).astype(np.float32))
+
+
+def test_metrics_by_hand() -> None:
+    tv, tp = _vectors(6)
+    same = compare(tv, tp, tv, tp, SLICES)
+    assert same["plan"]["mean"] == 0 and same["lane_lines"]["mean"] == 0 and same["desire_state_agreement"] == 1
+    assert same["lead"]["distance_error_m"] == 0
+    sp = tp.copy()
+    a, b = SLICES["policy"]["plan"]
+    plan = sp[:, a:b].reshape(6, C.PLAN_MHP_N, -1)
+    means = plan[:, :, : C.IDX_N * C.PLAN_WIDTH].reshape(6, C.PLAN_MHP_N, C.IDX_N, C.PLAN_WIDTH)
+    means[..., 1] += 1.0  # every hypothesis 1 m further right
+    sp[:, a:b] = plan.reshape(6, -1)
+    moved = compare(tv, sp, tv, tp, SLICES)
+    assert moved["plan"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert moved["plan"]["at"]["2"] == pytest.approx(1.0, abs=1e-5) and moved["lane_lines"]["mean"] == 0
+    # the driven path is the teacher's plan: the teacher scores 0, the shifted student 1 m, on valid horizons
+    path = plan_xy(parse_outputs(tp, SLICES["policy"])).astype(np.float32)
+    valid = np.zeros((6, C.IDX_N), bool)
+    valid[:, :12] = True
+    drive = compare(tv, sp, tv, tp, SLICES, gt=(path, valid))["drive"]
+    assert drive["teacher"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert drive["student"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert drive["student"]["per_horizon"][12] is None and drive["frames_with_future"] == 6
+
+
+def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path) -> None:
+    base = dict(root=labeled, labels="set", runs_dir=tmp_path / "runs", batch_size=2, max_steps=3, lr=1e-2,
+                warmup_steps=1, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, rank=4, alpha=8.0,
+                device="cpu", checkpoint_every=100)
+    train(TrainConfig(run="a", student="compact-xs", **base))
+    train(TrainConfig(run="b", student="openpilot", student_onnx=labeled / "teacher", **base))
+    export(ExportConfig(source=tmp_path / "runs" / "a", output=tmp_path / "a-onnx"))
+    export(ExportConfig(source=tmp_path / "runs" / "b", output=tmp_path / "b-onnx"))
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
+                                 "--model", str(tmp_path / "a-onnx"), "--run", str(tmp_path / "runs" / "b"),
+                                 "--model", str(tmp_path / "b-onnx"), "--include-warmup", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    models = m["models"]
+    assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split)"]
+    assert m["segments"], "the runs' validation segments"
+    for run, onnx_name in (("a", "a-onnx/driving_model.onnx"), ("b", "b-onnx (split)")):
+        x, y = models[run], models[onnx_name]
+        for key in ("plan", "lane_lines", "road_edges"):
+            np.testing.assert_allclose(x[key]["per_horizon"], y[key]["per_horizon"], rtol=1e-4, atol=1e-5)
+        assert x["frames"] == y["frames"] > 0
+    assert models["a"]["plan"]["mean"] != models["b"]["plan"]["mean"]
+    assert "drive" in models["a"] and "plan ADE (m)" in r.output
+    for png in ("errors_vs_horizon.png", "frames.png"):
+        assert (out / png).stat().st_size > 5000
+    bad = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--model", str(tmp_path)])
+    assert bad.exit_code == 2 and "not a training run" in bad.output
