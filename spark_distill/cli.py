@@ -125,12 +125,16 @@ def synth_route(
         help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
              "missing-wide, corrupt-video-tail, encoder-drops.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the drive's dynamics.")] = 0,
+    modelv2_teacher: Annotated[Path | None, typer.Option(help="Teacher folder whose outputs over the route's "
+                                                              "frames are logged as modelV2 (as a car logs its own "
+                                                              "model).")] = None,
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
     from spark_distill.synth.route import SynthConfig, write_route
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
-                      lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed)
+                      lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
+                      modelv2_teacher=modelv2_teacher)
     for truth in write_route(out_dir, cfg):
         faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
         print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
@@ -190,8 +194,11 @@ def synth_teacher(
 @handles_errors
 def label(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
-    teacher: Annotated[list[Path], typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
-                                                     "(+ *_metadata.pkl), or give the option twice: vision, policy.")],
+    teacher: Annotated[list[Path] | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
+                                                            "(+ *_metadata.pkl), or give the option twice: vision, "
+                                                            "policy.")] = None,
+    from_log: Annotated[bool, typer.Option(help="Build the label set from the car's own logged model outputs "
+                                                "(modelV2, stored by ingest) instead of running a teacher.")] = False,
     name: Annotated[str | None, typer.Option(help="Label set name [default: <teacher>-<hash8>].")] = None,
     backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime [default: fastest "
                                               "available].")] = "auto",
@@ -203,8 +210,23 @@ def label(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 [default: cuda if present].")] = None,
 ) -> None:
     """Run the teacher once over every frame (stateful, like modeld) and write a label set."""
+    from spark_distill.errors import ConfigError
     from spark_distill.label.run import LabelConfig
     from spark_distill.label.run import label as run_label
+
+    if from_log:
+        if teacher:
+            raise ConfigError("--from-log builds labels from the log; it takes no --teacher")
+        from spark_distill.label.from_log import label_from_log
+
+        m = label_from_log(root, name or "logged")
+        print_table(f"label --from-log -> {root / 'labels' / m['name']}", {
+            "shards": len(m["shards"]), "frames": sum(s["frames"] for s in m["shards"]),
+            "heads from the log": ", ".join(m["available_heads"]),
+            "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
+        return
+    if not teacher:
+        raise ConfigError("label needs --teacher DIR (or --from-log)")
 
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
                       batch=batch, workers=workers, lat_delay=lat_delay, device=device)
@@ -442,6 +464,36 @@ def bench_train(
             out.print(line, highlight=False, soft_wrap=True)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+@app.command("verify-labels")
+@handles_errors
+def verify_labels_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root whose logs had modelV2 (ingest stores it).")],
+    labels: Annotated[str, typer.Option(help="Teacher label set to check against the logged outputs.")],
+    tolerance: Annotated[float, typer.Option(help="Largest mean relative difference of any field that still "
+                                                  "counts as agreement.")] = 0.02,
+) -> None:
+    """Teacher labels vs the car's logged modelV2 of the same frames: the end-to-end fidelity check of ingest
+    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
+    from spark_distill.label.from_log import verify_labels
+
+    r = verify_labels(root, labels, tolerance=tolerance)
+    table = Table(title=f"labels/{labels} vs logged modelV2: {r.frames} frames", title_justify="left")
+    for col in ("field", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
+        table.add_column(col, justify="left" if col == "field" else "right")
+    for name, f in r.fields.items():
+        table.add_row(name, f"{f['mean_abs']:.3g}", f"{f['max_abs']:.3g}", f"{f['scale']:.3g}", f"{f['relative']:.3g}")
+    out.print(table)
+    plan = r.fields.get("position", {}).get("per_horizon_mean_abs")
+    if plan:
+        out.print("position |diff| per horizon (T_IDXS): " + " ".join(f"{v:.2g}" for v in plan), soft_wrap=True)
+    if r.agree:
+        out.print(f"[green]agree[/]: every field within {tolerance:g} relative", highlight=False)
+    else:
+        console.print(f"[bold red]disagree[/]: some field differs by more than {tolerance:g} relative — a different "
+                      "model, or a difference in ingest or labeling", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import numpy as np
 import zstandard
 
 from spark_distill.errors import CorruptLogError, IngestError, MissingDependencyError
+from spark_distill.modelv2 import row_from_message
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class LogData:
     version: str = ""
     events: int = 0
     warnings: list[str] = field(default_factory=list)
+    modelv2: dict[int, np.ndarray] = field(default_factory=dict)  # frameId -> modelv2 row (the car's own model)
 
 
 def _xyz(m: object) -> list[float]:
@@ -189,11 +191,14 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
     rows: dict[str, tuple[list[int], list[list[float]]]] = {}
     enc: dict[str, list[tuple[int, int, int, int]]] = {"road": [], "wide": []}
     device_type, version, count = "unknown", "", 0
+    modelv2: dict[int, np.ndarray] = {}
     try:
         for ev in schema.Event.read_multiple_bytes(raw):
             count += 1
             which = ev.which()
             t = ev.logMonoTime
+            if which == "modelV2":
+                modelv2[int(ev.modelV2.frameId)] = row_from_message(ev.modelV2)
             if which in _ENCODE:
                 e = getattr(ev, which)
                 enc[_ENCODE[which]].append((t, e.segmentId, e.frameId, e.timestampEof))
@@ -219,4 +224,4 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
         encode[cam] = EncodeIndex(arr[:, 1], arr[:, 2], arr[:, 3])
     for w in warnings:
         log.debug("%s: %s", path, w)
-    return LogData(path, streams, encode, device_type, version, count, warnings)
+    return LogData(path, streams, encode, device_type, version, count, warnings, modelv2)

@@ -31,6 +31,7 @@ from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
 from spark_distill.ingest.segment import SegmentReport, SegmentSettings, segment_clips
 from spark_distill.ingest.video import count_packets
+from spark_distill.modelv2 import columns as modelv2_columns
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class IngestResult:
 def _new_manifest(cfg: IngestConfig) -> dict[str, Any]:
     return {"format": shards.FRAMES_FORMAT, "version": shards.FORMAT_VERSION, "tool": f"spark-distill {__version__}",
             "settings": cfg.manifest_settings(), "car_columns": list(CAR_COLUMNS),
-            "pose_columns": list(POSE_COLUMNS), "gps_columns": list(GPS_COLUMNS),
+            "pose_columns": list(POSE_COLUMNS), "gps_columns": list(GPS_COLUMNS), "modelv2_columns": modelv2_columns(),
             "shards": [], "segments": [], "skipped": [], "partial": None}
 
 

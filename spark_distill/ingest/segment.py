@@ -30,6 +30,8 @@ from spark_distill.ingest.discover import Segment
 from spark_distill.ingest.logs import load_schema, read_log
 from spark_distill.ingest.video import VideoReport, decode_i420
 from spark_distill.modelframe import cameras_for, warp_for
+from spark_distill.modelv2 import WIDTH as MODELV2_WIDTH
+from spark_distill.modelv2 import columns as modelv2_columns
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,15 @@ class SegmentReport:
     clips: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    logged_model: dict[str, Any] | None = None  # the car's own modelV2 outputs, when the log has them
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "sources": self.sources, "log": self.log, "frames_kept": self.frames_kept,
-                "frames_dropped": self.frames_dropped, "clips": self.clips, "dropped": self.dropped,
-                "warnings": self.warnings}
+        out = {"name": self.name, "sources": self.sources, "log": self.log, "frames_kept": self.frames_kept,
+               "frames_dropped": self.frames_dropped, "clips": self.clips, "dropped": self.dropped,
+               "warnings": self.warnings}
+        if self.logged_model is not None:
+            out["logged_model"] = self.logged_model
+        return out
 
 
 def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport) -> Iterator[dict[str, Any]]:
@@ -75,6 +81,13 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
     logdata = read_log(log_path, load_schema(Path(settings.schema_dir) if settings.schema_dir else None))
     report.log, report.warnings = kind, list(logdata.warnings)
     report.sources = {"log": log_path.name, "road": road_path.name}
+    if logdata.modelv2:
+        rows = np.stack(list(logdata.modelv2.values()))
+        blocks = dict((n, (a, b)) for n, a, b in modelv2_columns())
+        timing = {k: float(np.nanmean(rows[:, slice(*blocks[k])])) for k in ("model_execution_time", "frame_drop_perc")}
+        report.logged_model = {"messages": len(rows), "openpilot_version": logdata.version,
+                               "mean_model_execution_time_s": timing["model_execution_time"],
+                               "mean_frame_drop_perc": timing["frame_drop_perc"]}
     if kind == "qlog" and settings.log_kind == "auto":
         report.warnings.append("no rlog; used the qlog (decimated log streams)")
     if len(logdata.encode["road"].segment_id) == 0:
@@ -162,5 +175,15 @@ def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_fr
         "car.npy.zst": shards.encode_array(arrays["car"]),
         "pose.npy.zst": shards.encode_array(arrays["pose"]),
         "gps.npy.zst": shards.encode_array(arrays["gps"].astype(np.float64)),
+        **({"modelv2.npy.zst": shards.encode_array(_modelv2_rows(logdata.modelv2, fids))} if logdata.modelv2 else {}),
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
     }
+
+
+def _modelv2_rows(rows: dict[int, np.ndarray], frame_ids: list[int]) -> np.ndarray:
+    """(T, WIDTH) logged model outputs of these frames, matched by frameId; NaN where a frame has none."""
+    out = np.full((len(frame_ids), MODELV2_WIDTH), np.nan, np.float32)
+    for i, fid in enumerate(frame_ids):
+        if fid in rows:
+            out[i] = rows[fid]
+    return out

@@ -55,6 +55,7 @@ class SynthConfig:
     faults: tuple[str, ...] = ()  # injected into the last segment
     seed: int = 0
     crf: int = 28  # x265 quality
+    modelv2_teacher: Path | None = None  # log modelV2 from this teacher run over the route (as a car logs its model)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -327,4 +328,8 @@ def write_route(out: Path, cfg: SynthConfig) -> list[SegmentTruth]:
         faults = cfg.faults if n == cfg.segments - 1 else ()
         truths.append(write_segment(out, cfg, n, dyn, faults))
         log.info("wrote %s", truths[-1].path)
+    if cfg.modelv2_teacher is not None:
+        from spark_distill.synth.logged_model import add_logged_model
+
+        add_logged_model(out, truths, cfg, cfg.modelv2_teacher)
     return truths

@@ -119,6 +119,7 @@ class ClipStream(IterableDataset):
         # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
         self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
+        self.plan = slice(*label_manifest["output_slices"]["policy"]["plan"])  # NaN plan: a frame the log lacks
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
         self.epoch, self.skip = 0, 0
 
@@ -179,6 +180,7 @@ class ClipStream(IterableDataset):
             # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
             mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
             mask[: self.burn_in] = False
+            mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
             arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
                 ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
                 ("policy", lab["policy"])]

@@ -342,6 +342,16 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         raise ConfigError(f"--feature-cached must be auto, on or off, not {cfg.feature_cached!r}")
     cached = cfg.feature_cached == "on" or (cfg.feature_cached == "auto" and not vision_trains
                                              and hasattr(student, "policy_step"))
+    available = manifest.get("available_heads")  # label sets from a log carry only some heads
+    if available is not None:
+        if cached:
+            raise ConfigError(f"label set {cfg.labels} has no vision hidden_state (built from a log); feature-cached "
+                              "training needs a teacher label set (--feature-cached off)")
+        needs = {"plan": "plan", "plan_prob": "plan", "lanes": "lane_lines", "edges": "road_edges", "lead": "lead"}
+        missing = sorted({h for term, h in needs.items() if getattr(cfg.loss, term) and h not in available})
+        if missing:
+            raise ConfigError(f"label set {cfg.labels} lacks {', '.join(missing)} (built from a log); set those "
+                              "terms to 0 with --loss-weights")
     if cached and (vision_trains or not hasattr(student, "policy_step")):
         raise ConfigError("--feature-cached on needs a student whose vision half does not train (--student openpilot "
                           "with adapters on its policy only)")

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Label sets from what the car logged, and the fidelity check of a teacher label set against it.
+
+- `label_from_log(root, name)`: a label set built from the frames' `modelv2.npy.zst` (the car's own
+  model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and vector layout as
+  a teacher label set (openpilot's v2 output layout); heads the log does not carry are NaN and the
+  manifest names the heads it has (`available_heads`), so training refuses what it cannot use.
+  Frames without a logged message are NaN rows (training masks them). No warm-up frames: the car's
+  model runs across segment boundaries, so its first outputs of a segment already have history.
+- `verify_labels(root, label_set)`: a teacher label set against the logged modelV2 of the same frames,
+  field by field and horizon by horizon (both sides through `modelv2.rows_from_outputs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spark_distill import __version__, shards
+from spark_distill import contract as C
+from spark_distill import modelv2 as M
+from spark_distill.dataset import frames_dir
+from spark_distill.errors import DatasetError, LabelError
+from spark_distill.label.metadata import slices_to_json
+from spark_distill.label.plan import ShardIndex, plan_segments
+
+# relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
+AGREEMENT_TOLERANCE = 0.02
+
+
+def log_slices() -> dict[str, dict[str, list[int]]]:
+    return {"vision": slices_to_json(C.layout(C.VISION_HEADS, meta_width=55)),
+            "policy": slices_to_json(C.layout(C.POLICY_HEADS_V2))}
+
+
+def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
+    """Write labels/<name>/ from the logged modelV2; returns its manifest. Reruns skip finished shards."""
+    fdir = frames_dir(root)
+    frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
+    plan_segments(frames)  # refuses an incomplete dataset
+    logged = [s["name"] for s in frames["segments"] if s.get("logged_model")]
+    if not logged:
+        raise LabelError(f"{root}: no segment's log has modelV2 messages; label with a teacher instead")
+    folder = root / "labels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
+    frames_sha = hashlib.sha256((fdir / shards.MANIFEST).read_bytes()).hexdigest()
+    if (folder / shards.MANIFEST).exists():
+        manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
+        if manifest.get("source") != "log" or manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
+            raise LabelError(f"label set {name} exists and is not the logged modelV2 of these frames; choose --name")
+        manifest["frames_shards"], manifest["frames_manifest_sha256"] = binding, frames_sha
+    else:
+        manifest = {"format": shards.LABELS_FORMAT, "version": shards.FORMAT_VERSION,
+                    "tool": f"spark-distill {__version__}", "name": name, "source": "log",
+                    "frames_manifest_sha256": frames_sha, "frames_shards": binding,
+                    "teacher": {"name": "logged modelV2", "sha256": "log",
+                                "openpilot_versions": sorted({s["logged_model"]["openpilot_version"]
+                                                              for s in frames["segments"] if s.get("logged_model")})},
+                    "output_slices": log_slices(), "available_heads": list(M.LOGGED_HEADS), "backend": {"name": "log"},
+                    "precision": "fp16", "warmup_frames": 0, "segments": {}, "shards": [], "skipped_shards": []}
+    slices = manifest["output_slices"]
+    done = {s["name"] for s in manifest["shards"]}
+    for entry in frames["shards"]:
+        if entry["name"] in done:
+            continue
+        writer = shards.ShardWriter(folder, entry["name"], shards.LABEL_MEMBERS)
+        try:
+            for sample in shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS):
+                meta = json.loads(sample["meta.json"])
+                n = len(meta["frame_ids"])
+                rows = (shards.decode_array(sample["modelv2.npy.zst"]) if "modelv2.npy.zst" in sample
+                        else np.full((n, M.WIDTH), np.nan, np.float32))
+                vision, policy = M.outputs_from_rows(rows, slices)
+                manifest["segments"].setdefault(meta["segment"], {"first_frame_id": meta["frame_ids"][0]})
+                writer.write({"__key__": sample["__key__"], "vision.npy.zst": shards.encode_array(
+                    vision.astype(np.float16)), "policy.npy.zst": shards.encode_array(policy.astype(np.float16))},
+                    frames=n)
+        except BaseException:
+            writer.abort()
+            raise
+        manifest["shards"].append(writer.close().to_json())
+        shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+    shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class Agreement:
+    frames: int = 0  # frames with both a label and a logged message
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # block -> {max_abs, mean_abs, scale, ...}
+    agree: bool = False
+
+
+def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TOLERANCE) -> Agreement:
+    """Teacher labels vs the logged modelV2, per field (and per horizon for plan blocks)."""
+    fdir = frames_dir(root)
+    frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
+    labels = shards.read_manifest(root / "labels" / label_set, shards.LABELS_FORMAT)
+    if labels.get("source") == "log":
+        raise LabelError(f"label set {label_set} was built from the log itself; compare a teacher label set")
+    slices = labels["output_slices"]
+    done = {s["name"] for s in labels["shards"]}
+    ours, logged = [], []
+    for entry in frames["shards"]:
+        if entry["name"] not in done:
+            continue
+        index = ShardIndex(fdir / entry["name"], shards.FRAMES_MEMBERS)
+        try:
+            lab_iter = shards.iter_shard(root / "labels" / label_set / entry["name"], shards.LABEL_MEMBERS)
+            for lab in lab_iter:
+                f = index.read(lab["__key__"], ("modelv2.npy.zst",))
+                if "modelv2" not in f:
+                    continue
+                rows = f["modelv2"]
+                have = np.isfinite(rows[:, 0])
+                mine = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                                           shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
+                ours.append(mine[have])
+                logged.append(rows[have])
+        finally:
+            index.close()
+    if not ours or not sum(len(x) for x in ours):
+        raise DatasetError(f"{root}: no frame has both a label in {label_set} and a logged modelV2 message")
+    a, b = np.concatenate(ours), np.concatenate(logged)
+    result = Agreement(frames=len(a))
+    worst = 0.0
+    for block, start, stop in M.columns():
+        if block in ("model_execution_time", "frame_drop_perc"):
+            continue
+        x, y = a[:, start:stop], b[:, start:stop]
+        both = np.isfinite(x) & np.isfinite(y)
+        if not both.any():
+            continue
+        diff = np.abs(x - y)[both]
+        scale = float(np.abs(y[both]).mean()) + 1e-3
+        entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "scale": scale,
+                 "relative": float(diff.mean() / scale)}
+        if block in dict(M.PLAN_FIELDS):  # per horizon: x, y, z at T_IDXS
+            per = np.abs(x - y).reshape(len(x), 3, C.IDX_N)
+            entry["per_horizon_mean_abs"] = [round(float(v), 6) for v in np.nanmean(per, axis=(0, 1))]
+        result.fields[block] = entry
+        worst = max(worst, entry["relative"])
+    result.agree = worst <= tolerance
+    return result

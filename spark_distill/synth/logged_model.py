@@ -1,0 +1,58 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Give a synthetic route the `modelV2` messages a comma device logs: a stand-in teacher run over the
+route's own frames exactly as modeld runs (ingest + the label pass, in a scratch folder), its outputs
+written as modelV2 events (matched to camera frames by frameId) into each segment's rlog. The logged
+outputs are then consistent with the images, as on a car. Entry point: `add_logged_model`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from spark_distill import modelv2 as M
+from spark_distill import shards
+from spark_distill.errors import ConfigError
+from spark_distill.ingest.logs import read_log_bytes
+
+EXECUTION_TIME_S = 0.025  # what a comma 3X's modelExecutionTime looks like
+
+
+def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> None:
+    from spark_distill.evaluate.rollout import read_segment
+    from spark_distill.ingest.run import IngestConfig, ingest
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.route import _event, _write_log, load_schema
+
+    if "truncated-log" in cfg.faults:  # type: ignore[attr-defined]
+        raise ConfigError("a truncated log cannot take appended modelV2 messages; drop --fault truncated-log")
+    scratch = Path(tempfile.mkdtemp(prefix="synth-modelv2-"))
+    try:
+        ingest(IngestConfig(inputs=tuple(str(t.path) for t in truths), out=scratch, workers=1))
+        label(LabelConfig(root=scratch, teacher=(teacher,), name="logged", backend="onnxruntime", batch=2,
+                          device="cpu"))
+        slices = shards.read_manifest(scratch / "labels" / "logged", shards.LABELS_FORMAT)["output_slices"]
+        names = [s["name"] for s in shards.read_manifest(scratch / "frames", shards.FRAMES_FORMAT)["segments"]]
+        schema = load_schema()
+        for truth in truths:
+            name = next(n for n in names if n.replace("|", "_").replace("/", "_") == truth.name.replace("/", "_"))
+            seg = read_segment(scratch, "logged", name)
+            rows = M.rows_from_outputs(seg.teacher_vision, seg.teacher_policy, slices)
+            blocks = {b: (a, z) for b, a, z in M.columns()}
+            rows[:, slice(*blocks["model_execution_time"])] = EXECUTION_TIME_S
+            rows[:, slice(*blocks["frame_drop_perc"])] = 0.0
+            events = []
+            for fid, t_ns, row in zip(seg.frame_ids, seg.timestamps_ns, rows, strict=True):
+                def fill(b, fid=int(fid), t_ns=int(t_ns), row=row):
+                    b.frameId, b.timestampEof = fid, t_ns
+                    M.fill_message(b, row)
+
+                events.append(_event(schema, int(t_ns) + int(EXECUTION_TIME_S * 1e9), "modelV2", fill)[1])
+            log_path = next(p for p in truth.path.iterdir() if p.name.startswith("rlog"))
+            raw, _ = read_log_bytes(log_path)
+            fmt = {"rlog": "raw", "rlog.bz2": "bz2", "rlog.zst": "zst"}[log_path.name]
+            _write_log(truth.path, fmt, raw + b"".join(events), truncated=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The car's logged modelV2: written by the synthetic route from a stand-in teacher, stored by ingest,
+turned into a label set (`label --from-log`), and compared with teacher label sets (`verify-labels`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spark_distill import contract as C
+from spark_distill import modelv2 as M
+from spark_distill import shards
+from spark_distill.cli import app
+from spark_distill.label.from_log import label_from_log, verify_labels
+
+runner = CliRunner()
+SLICES = {"vision": {k: [s.start, s.stop] for k, s in C.layout(C.VISION_HEADS, meta_width=48).items()},
+          "policy": {k: [s.start, s.stop] for k, s in C.layout(C.POLICY_HEADS_V1).items()}}
+
+
+def test_rows_and_raw_vectors_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((40, max(b for _, b in SLICES["vision"].values()))).astype(np.float32)
+    p = rng.standard_normal((40, max(b for _, b in SLICES["policy"].values()))).astype(np.float32)
+    rows = M.rows_from_outputs(v, p, SLICES)
+    assert rows.shape == (40, M.WIDTH)
+    blocks = {b: (a, z) for b, a, z in M.columns()}
+    assert np.isnan(rows[:, slice(*blocks["model_execution_time"])]).all()  # not a model output
+    back = M.rows_from_outputs(*M.outputs_from_rows(rows, SLICES), SLICES)
+    np.testing.assert_allclose(back, rows, atol=1e-5, equal_nan=True)  # leads included (2 hypotheses, 3 picks)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spark_distill.synth.teacher import write_teacher
+
+    root = tmp_path_factory.mktemp("logged")
+    write_teacher(root / "t1", seed=1)
+    write_teacher(root / "t2", seed=2)
+    assert runner.invoke(app, ["synth-route", str(root / "route"), "--segments", "2", "--seconds", "2",
+                               "--modelv2-teacher", str(root / "t1")]).exit_code == 0
+    r = runner.invoke(app, ["ingest", str(root / "route"), "--out", str(root / "ds"), "--workers", "1",
+                            "--clip-len", "10"])
+    assert r.exit_code == 0, r.output
+    for t in ("t1", "t2"):
+        r = runner.invoke(app, ["label", str(root / "ds"), "--teacher", str(root / t), "--name", t, "--batch", "2",
+                                "--backend", "onnxruntime"])
+        assert r.exit_code == 0, r.output
+    return root / "ds"
+
+
+def test_ingest_stores_the_logged_model_per_frame(logged: Path) -> None:
+    frames = shards.read_manifest(logged / "frames", shards.FRAMES_FORMAT)
+    assert frames["modelv2_columns"] == M.columns()
+    for seg in frames["segments"]:
+        assert seg["logged_model"]["messages"] == 40 and seg["logged_model"]["mean_model_execution_time_s"] > 0
+    sample = next(shards.iter_shard(logged / "frames" / "shard-000000.tar", shards.FRAMES_MEMBERS))
+    rows = shards.decode_array(sample["modelv2.npy.zst"])
+    assert rows.shape == (10, M.WIDTH) and np.isfinite(rows).all()
+    # the logged rows are what modeld would have filled from the teacher's outputs of these frames
+    lab = next(shards.iter_shard(logged / "labels" / "t1" / "shard-000000.tar", shards.LABEL_MEMBERS))
+    slices = shards.read_manifest(logged / "labels" / "t1", shards.LABELS_FORMAT)["output_slices"]
+    mine = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                               shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
+    blocks = {b: (a, z) for b, a, z in M.columns()}
+    keep = slice(0, blocks["model_execution_time"][0])
+    np.testing.assert_allclose(mine[:, keep], rows[:, keep], rtol=1e-6, atol=1e-6)
+
+
+def test_verify_labels_agrees_with_the_model_that_drove_and_catches_another(logged: Path) -> None:
+    same = verify_labels(logged, "t1")
+    assert same.agree and same.frames == 80 and max(f["relative"] for f in same.fields.values()) < 1e-6
+    other = verify_labels(logged, "t2")
+    assert not other.agree and other.fields["position"]["relative"] > 0.1
+    assert len(other.fields["position"]["per_horizon_mean_abs"]) == C.IDX_N
+    cli = subprocess.run([sys.executable, "-m", "spark_distill", "verify-labels", str(logged), "--labels", "t2"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1 and "disagree" in cli.stderr
+    assert "agree" in runner.invoke(app, ["verify-labels", str(logged), "--labels", "t1"]).output
+
+
+def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) -> None:
+    m = label_from_log(logged, "fromlog")
+    assert m["source"] == "log" and m["warmup_frames"] == 0 and "plan" in m["available_heads"]
+    lab = next(shards.iter_shard(logged / "labels" / "fromlog" / "shard-000000.tar", shards.LABEL_MEMBERS))
+    frames = next(shards.iter_shard(logged / "frames" / "shard-000000.tar", shards.FRAMES_MEMBERS))
+    rows = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                               shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), m["output_slices"])
+    logged_rows = shards.decode_array(frames["modelv2.npy.zst"])
+    blocks = {b: (a, z) for b, a, z in M.columns()}
+    a, z = blocks["position"]
+    np.testing.assert_allclose(rows[:, a:z], logged_rows[:, a:z], rtol=2e-3, atol=2e-3)  # float16 storage
+    assert label_from_log(logged, "fromlog")["shards"] == m["shards"], "a rerun changes nothing"
+    r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "compact-xs", "--batch-size",
+                            "2", "--max-steps", "2", "--workers", "1", "--burn-in", "4", "--val-fraction", "0.5",
+                            "--runs-dir", str(tmp_path), "--device", "cpu", "--log-every", "1"])
+    assert r.exit_code == 0, r.output
+    logged_metrics = [json.loads(x) for x in (tmp_path / "fromlog-compact-xs-dora" / "metrics.jsonl").read_text()
+                      .splitlines()]
+    assert all(np.isfinite(x["loss"]) for x in logged_metrics)
+    r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "openpilot", "--student-onnx",
+                            str(logged.parent / "t1"), "--feature-cached", "on", "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 2
+
+
+def test_from_log_without_logged_model_is_refused(labeled: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "spark_distill", "label", str(labeled), "--from-log"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no segment's log has modelV2" in r.stderr
