@@ -228,10 +228,18 @@ def label(
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
 
+    import os
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))  # set by torchrun
+    if world > 1 and device is None and _cuda():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
-                      batch=batch, workers=workers, lat_delay=lat_delay, device=device)
+                      batch=batch, workers=workers, lat_delay=lat_delay, device=device, rank=rank, world=world,
+                      init_method="env://" if world > 1 else None)
     with progress_bar("label") as update:
-        r = run_label(cfg, on_progress=update)
+        r = run_label(cfg, on_progress=update if rank == 0 else None)
+    if rank != 0:
+        return
     print_table(f"label -> {r.folder}", {
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
         "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,

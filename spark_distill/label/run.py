@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import json
 import logging
 import threading
 import time
@@ -52,6 +53,9 @@ class LabelConfig:
     workers: int = 8  # reader threads (tar reads + zstd decode); a GPU at full speed wants 12+
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
     device: str | None = None
+    rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
+    world: int = 1
+    init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.workers < 1:
@@ -192,6 +196,9 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     for p in plans:
         for c in p.clips:
             expected[c.shard].append(c.key)
+    if cfg.world > 1:
+        return _label_ranks(cfg, teacher, backend, fdir, frames_manifest, folder, manifest, work, bad, todo,
+                            expected, result, on_progress)
     total = sum(frames_manifest["shards"][i]["frames"] for i in {c.shard for p in work for c in p.clips} - bad)
     writer = _Writer(folder, frames_manifest, todo, manifest, expected)
     start = time.perf_counter()
@@ -242,3 +249,106 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path,
         pool.shutdown(cancel_futures=True)
         for idx in indexes.values():
             idx.close()
+
+
+def assign_segments(work: list[SegmentPlan], frames_manifest: dict[str, Any], world: int) -> list[list[SegmentPlan]]:
+    """Whole segments to ranks, balanced by frames (largest first onto the least loaded; ties by rank)."""
+    per_clip = {s["name"]: s["frames_kept"] / max(1, s["clips"]) for s in frames_manifest["segments"]}
+    load, out = [0.0] * world, [[] for _ in range(world)]
+    for plan in sorted(work, key=lambda p: (-len(p.clips) * per_clip.get(p.name, 1.0), p.name)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        out[r].append(plan)
+        load[r] += len(plan.clips) * per_clip.get(plan.name, 1.0)
+    order = {p.name: i for i, p in enumerate(work)}
+    return [sorted(ws, key=lambda p: order[p.name]) for ws in out]
+
+
+def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path, frames_manifest: dict[str, Any],
+                 folder: Path, manifest: dict[str, Any], work: list[SegmentPlan], bad: set[int], todo: set[int],
+                 expected: dict[int, list[str]], result: LabelResult,
+                 on_progress: Callable[[int, int], None] | None) -> LabelResult:
+    """One rank of a multi-process label pass: label this rank's segments into part shards under
+    `.parts/rank-R/`, then rank 0 assembles every final shard from the parts (same keys, same order, the
+    same encoded bytes a single process writes) and writes the manifest once."""
+    import torch.distributed as dist
+
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("gloo", init_method=cfg.init_method, rank=cfg.rank, world_size=cfg.world)
+    try:
+        mine = assign_segments(work, frames_manifest, cfg.world)[cfg.rank]
+        parts = folder / ".parts" / f"rank-{cfg.rank}"
+        if parts.exists():
+            import shutil
+
+            shutil.rmtree(parts)  # left by an interrupted run: recomputed
+        parts.mkdir(parents=True)
+        my_expected: dict[int, list[str]] = collections.defaultdict(list)
+        my_keys = {c.key for p in mine for c in p.clips}
+        for shard, keys in expected.items():
+            my_expected[shard] = [k for k in keys if k in my_keys]
+        my_todo = {i for i in todo if my_expected.get(i)}
+        part_manifest: dict[str, Any] = {"shards": [], "segments": {}}
+        writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected)
+        total = sum(len(p.clips) for p in mine) * int(frames_manifest["settings"]["clip_len"])
+        start = time.perf_counter()
+        try:
+            result.frames = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, mine, bad, writer,
+                                       part_manifest, total, on_progress)
+        finally:
+            writer.close()
+        shards.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
+                                                       "seconds": time.perf_counter() - start})
+        dist.barrier()
+        if cfg.rank == 0:
+            result.shards_written = _assemble(folder, frames_manifest, manifest, todo, expected, cfg.world)
+            ranks = [json.loads((folder / ".parts" / f"rank-{r}" / "rank.json").read_text())
+                     for r in range(cfg.world)]
+            for r in ranks:
+                manifest["segments"].update(r["segments"])
+            frames, seconds = sum(r["frames"] for r in ranks), max(r["seconds"] for r in ranks)
+            result.frames, result.seconds = frames, seconds
+            if frames:
+                manifest["throughput"] = {"frames": frames, "seconds": round(seconds, 3),
+                                          "frames_per_s": round(frames / seconds, 1), "batch": cfg.batch,
+                                          "ranks": cfg.world}
+            shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+            import shutil
+
+            shutil.rmtree(folder / ".parts")
+        dist.barrier()
+        return result
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _assemble(folder: Path, frames_manifest: dict[str, Any], manifest: dict[str, Any], todo: set[int],
+              expected: dict[int, list[str]], world: int) -> int:
+    """Final label shards from the ranks' part shards; returns how many were written."""
+    written = 0
+    for i in sorted(todo):
+        name = frames_manifest["shards"][i]["name"]
+        samples: dict[str, dict[str, Any]] = {}
+        for r in range(world):
+            part = folder / ".parts" / f"rank-{r}" / name
+            if part.exists():
+                for sample in shards.iter_shard(part, shards.LABEL_MEMBERS):
+                    samples[sample["__key__"]] = sample
+        if set(samples) != set(expected[i]):
+            raise LabelError(f"{name}: the ranks labeled {len(samples)} of its {len(expected[i])} clips")
+        writer = shards.ShardWriter(folder, name, shards.LABEL_MEMBERS)
+        try:
+            for key in expected[i]:
+                s = samples[key]
+                writer.write({"__key__": key, **{m: s[m] for m in shards.LABEL_MEMBERS}},
+                             frames=len(shards.decode_array(s["policy.npy.zst"])))
+        except BaseException:
+            writer.abort()
+            raise
+        done = {s["name"]: s for s in manifest["shards"]}
+        done[name] = writer.close().to_json()
+        order = [s["name"] for s in frames_manifest["shards"]]
+        manifest["shards"] = sorted(done.values(), key=lambda s: order.index(s["name"]))
+        written += 1
+    return written

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,37 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     got = {p.name: shards.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
     want = {p.name: shards.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
     assert got == want and len(got) == 5
+
+
+def _label_rank(rank: int, root: Path, url: str) -> None:
+    from spark_distill.label.run import LabelConfig, label
+
+    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="two",
+                      rank=rank, world=2, init_method=url))
+
+
+def test_two_ranks_split_segments_and_write_the_same_shards(labeled: Path) -> None:
+    """torchrun-style: each rank labels whole segments; rank 0 assembles shards identical to one process's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from spark_distill.label.plan import plan_segments
+    from spark_distill.label.run import assign_segments
+
+    frames = shards.read_manifest(labeled / "frames", shards.FRAMES_FORMAT)
+    split = assign_segments(plan_segments(frames), frames, 2)
+    assert all(split) and sorted(p.name for ps in split for p in ps) == sorted(s["name"] for s in frames["segments"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_label_rank, args=(labeled, f"tcp://127.0.0.1:{port}"), nprocs=2)
+    one, two = labeled / "labels" / "set", labeled / "labels" / "two"
+    names = sorted(p.name for p in one.glob("shard-*.tar"))
+    assert names == sorted(p.name for p in two.glob("shard-*.tar")) and not (two / ".parts").exists()
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    manifest = shards.read_manifest(two, shards.LABELS_FORMAT)
+    assert manifest["throughput"]["ranks"] == 2 and len(manifest["shards"]) == len(names)
+    assert set(manifest["segments"]) == set(shards.read_manifest(one, shards.LABELS_FORMAT)["segments"])
+    shutil.rmtree(two)
