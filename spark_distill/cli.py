@@ -367,7 +367,8 @@ def train(
             "trainable parameters": f"{n:,} of {total:,} ({100 * n / max(total, 1):.2f}%)",
             "validation loss before": "-" if r.val_before is None else f"{r.val_before:.4f}",
             "validation loss after": "-" if r.val_after is None else f"{r.val_after:.4f}",
-            "samples/s": r.samples / r.seconds if r.seconds else 0.0, "loss curve": r.run_dir / "loss.png"})
+            "clips/s (all ranks)": r.samples * cfg.world / r.seconds if r.seconds else 0.0,
+            "loss curve": r.run_dir / "loss.png"})
 
 
 def _cuda() -> bool:
