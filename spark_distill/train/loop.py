@@ -304,6 +304,8 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                                 init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
     main_rank = cfg.rank_id == 0
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one process per GPU (torchrun): allocations and streams on its own GPU
     run_dir = cfg.runs_dir / cfg.run
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
