@@ -55,8 +55,8 @@ class TorchBackend:
                  cuda_graphs: bool = True) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cuda = self.device.type == "cuda"
-        if cuda:  # CUDA graphs capture on the current device's streams: make it this process's GPU (torchrun rank)
-            torch.cuda.set_device(self.device)
+        if cuda and self.device.index is not None:  # CUDA graphs capture on the current device's streams: make
+            torch.cuda.set_device(self.device)  # it this process's GPU (one process per GPU under torchrun)
         self.precision = ("fp16" if cuda else "fp32") if precision == "auto" else precision
         if not cuda and self.precision != "fp32":
             raise ConfigError(f"the torch backend runs {self.precision} on CUDA only; use --precision fp32 on the CPU")
