@@ -27,5 +27,5 @@ for f in "$WORK"/ds/labels/one/shard-*.tar; do
 done
 echo "label shards identical 1 vs $N GPUs: $same, different: $diff"
 T="train $WORK/ds --labels one --student compact --max-steps 40 --workers 6 --val-fraction 0 --no-mask-warmup --runs-dir $WORK/runs"
-python3 -m spark_distill $T --batch-size 64 --run g1 2>&1 | grep -E "clips/s|│ steps "
-torchrun --nproc-per-node "$N" -m spark_distill $T --batch-size $((64 / N)) --run "g$N" 2>&1 | grep -E "clips/s|│ steps "
+python3 -m spark_distill $T --batch-size 64 --run-name g1 2>&1 | grep -E "clips/s|│ steps "
+torchrun --nproc-per-node "$N" -m spark_distill $T --batch-size $((64 / N)) --run-name "g$N" 2>&1 | grep -E "clips/s|│ steps "

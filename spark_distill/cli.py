@@ -286,8 +286,9 @@ def train(
                                               "pair given by --student-onnx).")] = "compact",
     student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
                                                            "(+ metadata) for --student openpilot.")] = None,
-    run: Annotated[str | None, typer.Option(help="Run name: runs/<run>/ [default: <labels>-<student>-<adapter>].")
-                   ] = None,
+    run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ [default: "
+                                            "<labels>-<student>-<adapter>]. Under torchrun write --run-name (torchrun "
+                                            "takes --run for its own --run-path).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of runs.")] = Path("runs"),
     epochs: Annotated[int, typer.Option(help="Passes over the training clips.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Clips per step per rank.")] = 32,
