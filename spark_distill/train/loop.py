@@ -193,7 +193,8 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     A batch without images (feature-cached) runs the policy on the teacher's stored hidden_state; the
     vision terms then compare the teacher with itself and carry no gradient."""
     mask = batch["mask"].to(device)
-    if not mask.any():
+    synced = isinstance(model, nn.parallel.DistributedDataParallel)
+    if not mask.any() and not synced:
         return None, {}
     teacher_vision = batch["vision"].to(device, non_blocking=True)
     cached = "road" not in batch
@@ -201,6 +202,8 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     with autocast():
         v, p = model(*(batch[k].to(device, non_blocking=True) if k in batch else None
                        for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
+    if not mask.any():  # under DDP every rank must run backward: a zero loss that still touches every output
+        return sum(x.float().sum() for x in (v, p) if x is not None) * 0.0, {}
     tv, tp = teacher_vision[mask].float(), batch["policy"].to(device)[mask].float()
     v = tv if v is None else v.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
     p = p.float()[mask]
@@ -381,7 +384,9 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                   if val_pairs else None)
     micro_per_epoch = len(stream)
     if micro_per_epoch == 0:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than a worker's share of the training clips")
+        raise ConfigError(f"some loader worker gets fewer than --batch-size {cfg.batch_size} clips: {len(pairs)} "
+                          f"training shards over {cfg.world} rank(s) x {cfg.workers} worker(s); use fewer --workers "
+                          "or a smaller --batch-size")
     total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
     autocast = _autocast(device, cfg.amp)
     result = TrainResult(run_dir, trainable=trainable_fraction(student), feature_cached=cached)
@@ -433,7 +438,12 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                 loss, terms = loss_step(model, batch, slices, cfg.loss, device, autocast)
                 position += 1
                 result.samples += len(batch["keys"])
-                if loss is not None and not torch.isfinite(loss):
+                finite = loss is None or bool(torch.isfinite(loss))
+                if cfg.world > 1:  # skip together: a rank that skips backward alone would hang the others
+                    ok = torch.tensor(float(finite), device=device)
+                    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+                    finite = bool(ok.item())
+                if not finite:
                     bad_steps += 1
                     opt.zero_grad(set_to_none=True)
                     log.warning("non-finite loss at step %d; step skipped", step)

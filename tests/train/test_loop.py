@@ -124,3 +124,39 @@ def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_
     assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs"}
     with pytest.raises(ConfigError, match="not a training run"):
         load_trained(tmp_path)
+
+
+def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_path: Path) -> None:
+    """A rank whose batch has no labeled frame (segment warm-up) must still take part in DDP's all-reduce."""
+    import socket
+
+    import torch.distributed as dist
+    from torch import nn
+
+    from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+    from spark_distill.train.loop import Unroll, _autocast, loss_step
+    from spark_distill.train.losses import LossWeights
+    from spark_distill.train.students.compact import PRESETS, CompactStudent
+
+    pairs, manifest = shard_pairs(labeled, "set", split="train", val_fraction=0)
+    batch = next(iter(make_loader(ClipStream(pairs, manifest, batch=2, clip_len=10, burn_in=4, seed=0))))
+    batch["mask"][:] = False
+    slices = manifest["output_slices"]
+    student = CompactStudent(PRESETS["compact-xs"](), {k: slice(*v) for k, v in slices["vision"].items()},
+                             {k: slice(*v) for k, v in slices["policy"].items()})
+    plain = Unroll(student)
+    assert loss_step(plain, batch, slices, LossWeights(), torch.device("cpu"), _autocast(torch.device("cpu"), "fp32")
+                     )[0] is None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(plain)
+        loss, _ = loss_step(ddp, batch, slices, LossWeights(), torch.device("cpu"),
+                            _autocast(torch.device("cpu"), "fp32"))
+        assert loss is not None and loss.item() == 0.0 and loss.requires_grad
+        loss.backward()  # reaches the all-reduce hooks
+        assert all(p.grad is not None for p in student.parameters())
+    finally:
+        dist.destroy_process_group()
