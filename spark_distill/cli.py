@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.",
                         no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+app.add_typer(bench_app, name="bench", rich_help_panel="Check and compare")
 
 console = Console(stderr=True)
 out = Console()
@@ -107,40 +107,42 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@app.command("synth-route")
+@app.command(rich_help_panel="Start here")
 @handles_errors
-def synth_route(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the route's segment folders into.")],
-    segments: Annotated[int, typer.Option(help="Number of segments.")] = 2,
-    seconds: Annotated[float, typer.Option(help="Length of each segment in seconds (real ones are 60).")] = 10.0,
-    device: Annotated[str, typer.Option(help="tici: comma 3/3X, 1928x1208 road + wide; eon: 1164x874 road only.")
-                      ] = "tici",
-    log_format: Annotated[str, typer.Option(help="rlog compression: bz2, zst or raw.")] = "bz2",
-    layout: Annotated[str, typer.Option(help="Folder names: tools (<dongle>_<route>--<n>) or device "
-                                             "(<route>--<n>).")] = "tools",
-    lane_change_at: Annotated[float | None, typer.Option(help="Start of the left lane change, seconds from the "
-                                                              "route start [default: the middle].")] = None,
-    rhd: Annotated[bool, typer.Option(help="Log a right-hand-drive car (isRHD).")] = False,
-    fault: Annotated[list[str] | None, typer.Option(
-        help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
-             "missing-wide, corrupt-video-tail, encoder-drops.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the drive's dynamics.")] = 0,
-    modelv2_teacher: Annotated[Path | None, typer.Option(help="Teacher folder whose outputs over the route's "
-                                                              "frames are logged as modelV2 (as a car logs its own "
-                                                              "model).")] = None,
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (replaced if it "
+                                                        "holds an earlier demo).")] = Path("demo-out"),
+    minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 1.0,
+    student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
+    steps: Annotated[int | None, typer.Option(help="Training steps [default: 40 per minute of drive].")] = None,
+    device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
 ) -> None:
-    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
-    from spark_distill.synth.route import SynthConfig, write_route
+    """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
+    from spark_distill.demo import DemoConfig, run_demo
 
-    cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
-                      lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher)
-    for truth in write_route(out_dir, cfg):
-        faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
-        print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
+    if student not in ("compact", "compact-xs"):
+        from spark_distill.errors import ConfigError
+
+        raise ConfigError(f"--student {student!r}: the demo distils compact or compact-xs")
+    n = {"stage": 0}
+
+    def stage(text: str) -> None:
+        n["stage"] += 1
+        out.print(f"[bold]{n['stage']}/7[/] {text}", highlight=False, soft_wrap=True)
+
+    r = run_demo(DemoConfig(out=out_dir, minutes=minutes, student=student, steps=steps, device=device), stage)
+    trained, total = r.trainable
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print_table(f"demo finished in {r.seconds:.0f} s -> {out_dir}", {
+        "frames ingested": f"{r.frames_ingested:,} ({r.ingest_frames_per_s:.1f} frames/s)",
+        "labeling": f"{r.label_frames_per_s:.1f} frames/s ({r.label_backend})",
+        "trainable parameters": f"{trained:,} of {total:,} ({100 * trained / max(total, 1):.2f}%, DoRA)",
+        "validation loss": f"{fmt(r.val_before)} -> {fmt(r.val_after)} after {r.steps} steps",
+        "export max |ORT - torch|": f"{r.export_max_diff:.2e} (ONNX Runtime {r.export_latency_ms:.2f} ms/frame on CPU)",
+        **{k: str(v) for k, v in r.artifacts.items()}})
 
 
-@app.command()
+@app.command(rich_help_panel="Pipeline")
 @handles_errors
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Segment, route or parent folders, or globs (quote them).")],
@@ -173,24 +175,7 @@ def ingest(
         console.print(f"skipped {s['name']}: {s['reason']}", highlight=False)
 
 
-@app.command("synth-teacher")
-@handles_errors
-def synth_teacher(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
-    size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
-                                           "like the real vision model).")] = "tiny",
-    contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
-                                               "desire_pulse only (openpilot 0.10).")] = "v1",
-    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
-) -> None:
-    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
-    from spark_distill.synth.teacher import write_teacher
-
-    for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
-        print(path)
-
-
-@app.command()
+@app.command(rich_help_panel="Pipeline")
 @handles_errors
 def label(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
@@ -274,7 +259,7 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) 
     return out
 
 
-@app.command()
+@app.command(rich_help_panel="Pipeline")
 @handles_errors
 def train(
     ctx: typer.Context,
@@ -378,7 +363,77 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@app.command()
+@app.command(rich_help_panel="Pipeline")
+@handles_errors
+def export(
+    source: Annotated[Path, typer.Argument(help="A training run folder (its newest good checkpoint) or one "
+                                                "checkpoint folder (runs/<run>/checkpoints/step-N).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ONNX model(s) and metadata.")],
+    format: Annotated[str, typer.Option("--format", help="split: drop-in driving_vision.onnx + driving_policy.onnx "
+                                                         "(openpilot student); combined: one graph with the state "
+                                                         "as input and output; auto: split for the openpilot "
+                                                         "student, else combined.")] = "auto",
+    opset: Annotated[int, typer.Option(help="ONNX opset of a combined export (split keeps the teacher's).")] = 14,
+    precision: Annotated[str, typer.Option(help="fp32, or fp16 weights (combined export of a compact student).")
+                         ] = "fp32",
+    verify_frames: Annotated[int, typer.Option(help="Frames of the run's dataset run through torch and ONNX "
+                                                    "Runtime on top of random inputs (0: random only).")] = 20,
+) -> None:
+    """Merge the adapters into plain layers and write ONNX that openpilot loads; verified against torch."""
+    from spark_distill.export.run import ExportConfig
+    from spark_distill.export.run import export as run_export
+
+    r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
+                                verify_frames=verify_frames))
+    real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
+    print_table(f"export -> {output}", {
+        "format": f"{r.format} ({precision}), from step {r.step}",
+        **{f"file: {k}": f"{v} ({v.stat().st_size / 1e6:.2f} MB)" for k, v in r.files.items()},
+        "parameters": f"{r.parameters:,}",
+        "max |ORT - torch|, random inputs": f"{r.max_diff_random:.2e} (tolerance {r.tolerance:g})",
+        "max |ORT - torch|, dataset frames": real,
+        "ONNX Runtime CPU latency": f"{r.latency_ms:.2f} ms/frame",
+        "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
+        **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
+        **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})
+
+
+@app.command("eval", rich_help_panel="Check and compare")
+@handles_errors
+def eval_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
+    labels: Annotated[str, typer.Option(help="Label set of the teacher to compare with.")],
+    run: Annotated[list[Path] | None, typer.Option(help="Training run folder or checkpoint (repeatable).")] = None,
+    model: Annotated[list[Path] | None, typer.Option(help="Exported model: an export folder (combined or split) or "
+                                                          "a driving_model.onnx (repeatable).")] = None,
+    segments: Annotated[str, typer.Option(help="Comma-separated segment names [default: the first run's "
+                                               "validation segments, else all].")] = "",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
+    include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
+                                                      "zero-history labels).")] = False,
+    device: Annotated[str, typer.Option(help="torch device for runs (exports run in ONNX Runtime on CPU).")] = "cpu",
+) -> None:
+    """How good is each student: errors against the teacher per horizon, and against the path actually driven."""
+    from spark_distill.evaluate.metrics import headline
+    from spark_distill.evaluate.run import EvalConfig, evaluate
+
+    r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
+                            segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device))
+    frames = next(iter(r.metrics.values()))["frames"]
+    table = Table(title=f"eval on {len(r.segments)} segment(s), {frames} frames, against labels/{labels}",
+                  title_justify="left")
+    table.add_column("metric (lower is better unless 'agreement')", style="bold")
+    for name in r.metrics:
+        table.add_column(name, justify="right")
+    rows = {name: headline(m) for name, m in r.metrics.items()}
+    for key in next(iter(rows.values())):
+        table.add_row(key, *("-" if rows[n][key] is None else f"{rows[n][key]:.3f}" for n in r.metrics))
+    out.print(table)
+    for k, v in r.files.items():
+        out.print(f"{k}: {v}", highlight=False, soft_wrap=True)
+
+
+@app.command(rich_help_panel="Check and compare")
 @handles_errors
 def inspect(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
@@ -403,6 +458,86 @@ def inspect(
             raise DatasetError(f"verification found {len(problems)} problem(s)")
         for what, v in checks:
             out.print(f"verified {what}: {v.shards} shards, {v.samples} clips; hashes, keys, members and shapes match")
+
+
+@app.command("verify-labels", rich_help_panel="Check and compare")
+@handles_errors
+def verify_labels_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root whose logs had modelV2 (ingest stores it).")],
+    labels: Annotated[str, typer.Option(help="Teacher label set to check against the logged outputs.")],
+    tolerance: Annotated[float, typer.Option(help="Largest mean relative difference of any field that still "
+                                                  "counts as agreement.")] = 0.02,
+) -> None:
+    """Teacher labels vs the car's logged modelV2 of the same frames: the end-to-end fidelity check of ingest
+    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
+    from spark_distill.label.from_log import verify_labels
+
+    r = verify_labels(root, labels, tolerance=tolerance)
+    table = Table(title=f"labels/{labels} vs logged modelV2: {r.frames} frames", title_justify="left")
+    for col in ("field", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
+        table.add_column(col, justify="left" if col == "field" else "right")
+    for name, f in r.fields.items():
+        table.add_row(name, f"{f['mean_abs']:.3g}", f"{f['max_abs']:.3g}", f"{f['scale']:.3g}", f"{f['relative']:.3g}")
+    out.print(table)
+    plan = r.fields.get("position", {}).get("per_horizon_mean_abs")
+    if plan:
+        out.print("position |diff| per horizon (T_IDXS): " + " ".join(f"{v:.2g}" for v in plan), soft_wrap=True)
+    if r.agree:
+        out.print(f"[green]agree[/]: every field within {tolerance:g} relative", highlight=False)
+    else:
+        console.print(f"[bold red]disagree[/]: some field differs by more than {tolerance:g} relative — a different "
+                      "model, or a difference in ingest or labeling", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("synth-route", rich_help_panel="Synthetic data")
+@handles_errors
+def synth_route(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the route's segment folders into.")],
+    segments: Annotated[int, typer.Option(help="Number of segments.")] = 2,
+    seconds: Annotated[float, typer.Option(help="Length of each segment in seconds (real ones are 60).")] = 10.0,
+    device: Annotated[str, typer.Option(help="tici: comma 3/3X, 1928x1208 road + wide; eon: 1164x874 road only.")
+                      ] = "tici",
+    log_format: Annotated[str, typer.Option(help="rlog compression: bz2, zst or raw.")] = "bz2",
+    layout: Annotated[str, typer.Option(help="Folder names: tools (<dongle>_<route>--<n>) or device "
+                                             "(<route>--<n>).")] = "tools",
+    lane_change_at: Annotated[float | None, typer.Option(help="Start of the left lane change, seconds from the "
+                                                              "route start [default: the middle].")] = None,
+    rhd: Annotated[bool, typer.Option(help="Log a right-hand-drive car (isRHD).")] = False,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
+             "missing-wide, corrupt-video-tail, encoder-drops.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the drive's dynamics.")] = 0,
+    modelv2_teacher: Annotated[Path | None, typer.Option(help="Teacher folder whose outputs over the route's "
+                                                              "frames are logged as modelV2 (as a car logs its own "
+                                                              "model).")] = None,
+) -> None:
+    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
+    from spark_distill.synth.route import SynthConfig, write_route
+
+    cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
+                      lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
+                      modelv2_teacher=modelv2_teacher)
+    for truth in write_route(out_dir, cfg):
+        faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
+        print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
+
+
+@app.command("synth-teacher", rich_help_panel="Synthetic data")
+@handles_errors
+def synth_teacher(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
+    size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
+                                           "like the real vision model).")] = "tiny",
+    contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
+                                               "desire_pulse only (openpilot 0.10).")] = "v1",
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+) -> None:
+    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
+    from spark_distill.synth.teacher import write_teacher
+
+    for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
+        print(path)
 
 
 @bench_app.command("ingest")
@@ -440,7 +575,6 @@ def bench_label(
         out.print(line, highlight=False, soft_wrap=True)
 
 
-
 @bench_app.command("train")
 @handles_errors
 def bench_train(
@@ -474,138 +608,3 @@ def bench_train(
             out.print(line, highlight=False, soft_wrap=True)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-
-
-@app.command("verify-labels")
-@handles_errors
-def verify_labels_command(
-    root: Annotated[Path, typer.Argument(help="Dataset root whose logs had modelV2 (ingest stores it).")],
-    labels: Annotated[str, typer.Option(help="Teacher label set to check against the logged outputs.")],
-    tolerance: Annotated[float, typer.Option(help="Largest mean relative difference of any field that still "
-                                                  "counts as agreement.")] = 0.02,
-) -> None:
-    """Teacher labels vs the car's logged modelV2 of the same frames: the end-to-end fidelity check of ingest
-    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
-    from spark_distill.label.from_log import verify_labels
-
-    r = verify_labels(root, labels, tolerance=tolerance)
-    table = Table(title=f"labels/{labels} vs logged modelV2: {r.frames} frames", title_justify="left")
-    for col in ("field", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
-        table.add_column(col, justify="left" if col == "field" else "right")
-    for name, f in r.fields.items():
-        table.add_row(name, f"{f['mean_abs']:.3g}", f"{f['max_abs']:.3g}", f"{f['scale']:.3g}", f"{f['relative']:.3g}")
-    out.print(table)
-    plan = r.fields.get("position", {}).get("per_horizon_mean_abs")
-    if plan:
-        out.print("position |diff| per horizon (T_IDXS): " + " ".join(f"{v:.2g}" for v in plan), soft_wrap=True)
-    if r.agree:
-        out.print(f"[green]agree[/]: every field within {tolerance:g} relative", highlight=False)
-    else:
-        console.print(f"[bold red]disagree[/]: some field differs by more than {tolerance:g} relative — a different "
-                      "model, or a difference in ingest or labeling", highlight=False)
-        raise typer.Exit(1)
-
-
-@app.command()
-@handles_errors
-def export(
-    source: Annotated[Path, typer.Argument(help="A training run folder (its newest good checkpoint) or one "
-                                                "checkpoint folder (runs/<run>/checkpoints/step-N).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ONNX model(s) and metadata.")],
-    format: Annotated[str, typer.Option("--format", help="split: drop-in driving_vision.onnx + driving_policy.onnx "
-                                                         "(openpilot student); combined: one graph with the state "
-                                                         "as input and output; auto: split for the openpilot "
-                                                         "student, else combined.")] = "auto",
-    opset: Annotated[int, typer.Option(help="ONNX opset of a combined export (split keeps the teacher's).")] = 14,
-    precision: Annotated[str, typer.Option(help="fp32, or fp16 weights (combined export of a compact student).")
-                         ] = "fp32",
-    verify_frames: Annotated[int, typer.Option(help="Frames of the run's dataset run through torch and ONNX "
-                                                    "Runtime on top of random inputs (0: random only).")] = 20,
-) -> None:
-    """Merge the adapters into plain layers and write ONNX that openpilot loads; verified against torch."""
-    from spark_distill.export.run import ExportConfig
-    from spark_distill.export.run import export as run_export
-
-    r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
-                                verify_frames=verify_frames))
-    real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
-    print_table(f"export -> {output}", {
-        "format": f"{r.format} ({precision}), from step {r.step}",
-        **{f"file: {k}": f"{v} ({v.stat().st_size / 1e6:.2f} MB)" for k, v in r.files.items()},
-        "parameters": f"{r.parameters:,}",
-        "max |ORT - torch|, random inputs": f"{r.max_diff_random:.2e} (tolerance {r.tolerance:g})",
-        "max |ORT - torch|, dataset frames": real,
-        "ONNX Runtime CPU latency": f"{r.latency_ms:.2f} ms/frame",
-        "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
-        **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
-        **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})
-
-
-@app.command()
-@handles_errors
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (replaced if it "
-                                                        "holds an earlier demo).")] = Path("demo-out"),
-    minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 1.0,
-    student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
-    steps: Annotated[int | None, typer.Option(help="Training steps [default: 40 per minute of drive].")] = None,
-    device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
-) -> None:
-    """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
-    from spark_distill.demo import DemoConfig, run_demo
-
-    if student not in ("compact", "compact-xs"):
-        from spark_distill.errors import ConfigError
-
-        raise ConfigError(f"--student {student!r}: the demo distils compact or compact-xs")
-    n = {"stage": 0}
-
-    def stage(text: str) -> None:
-        n["stage"] += 1
-        out.print(f"[bold]{n['stage']}/7[/] {text}", highlight=False, soft_wrap=True)
-
-    r = run_demo(DemoConfig(out=out_dir, minutes=minutes, student=student, steps=steps, device=device), stage)
-    trained, total = r.trainable
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    print_table(f"demo finished in {r.seconds:.0f} s -> {out_dir}", {
-        "frames ingested": f"{r.frames_ingested:,} ({r.ingest_frames_per_s:.1f} frames/s)",
-        "labeling": f"{r.label_frames_per_s:.1f} frames/s ({r.label_backend})",
-        "trainable parameters": f"{trained:,} of {total:,} ({100 * trained / max(total, 1):.2f}%, DoRA)",
-        "validation loss": f"{fmt(r.val_before)} -> {fmt(r.val_after)} after {r.steps} steps",
-        "export max |ORT - torch|": f"{r.export_max_diff:.2e} (ONNX Runtime {r.export_latency_ms:.2f} ms/frame on CPU)",
-        **{k: str(v) for k, v in r.artifacts.items()}})
-
-
-@app.command("eval")
-@handles_errors
-def eval_command(
-    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
-    labels: Annotated[str, typer.Option(help="Label set of the teacher to compare with.")],
-    run: Annotated[list[Path] | None, typer.Option(help="Training run folder or checkpoint (repeatable).")] = None,
-    model: Annotated[list[Path] | None, typer.Option(help="Exported model: an export folder (combined or split) or "
-                                                          "a driving_model.onnx (repeatable).")] = None,
-    segments: Annotated[str, typer.Option(help="Comma-separated segment names [default: the first run's "
-                                               "validation segments, else all].")] = "",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
-    include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
-                                                      "zero-history labels).")] = False,
-    device: Annotated[str, typer.Option(help="torch device for runs (exports run in ONNX Runtime on CPU).")] = "cpu",
-) -> None:
-    """How good is each student: errors against the teacher per horizon, and against the path actually driven."""
-    from spark_distill.evaluate.metrics import headline
-    from spark_distill.evaluate.run import EvalConfig, evaluate
-
-    r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
-                            segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device))
-    frames = next(iter(r.metrics.values()))["frames"]
-    table = Table(title=f"eval on {len(r.segments)} segment(s), {frames} frames, against labels/{labels}",
-                  title_justify="left")
-    table.add_column("metric (lower is better unless 'agreement')", style="bold")
-    for name in r.metrics:
-        table.add_column(name, justify="right")
-    rows = {name: headline(m) for name, m in r.metrics.items()}
-    for key in next(iter(rows.values())):
-        table.add_row(key, *("-" if rows[n][key] is None else f"{rows[n][key]:.3f}" for n in r.metrics))
-    out.print(table)
-    for k, v in r.files.items():
-        out.print(f"{k}: {v}", highlight=False, soft_wrap=True)
