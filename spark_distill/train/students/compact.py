@@ -113,10 +113,22 @@ class CompactStudent(nn.Module):
         hr, hu, hn = self.gru_h(state).chunk(3, dim=1)
         r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)
         nxt = (1 - u) * torch.tanh(xn + r * hn) + u * state  # (B, hidden)
-        vision = feats.new_zeros(feats.shape[0], self.vision_width)
-        for name, s in self.vision_slices.items():
-            vision[:, s] = feats if name == "hidden_state" else self.heads[f"vision_{name}"](feats)
-        policy = nxt.new_zeros(nxt.shape[0], self.policy_width)
-        for name, s in self.policy_slices.items():
-            policy[:, s] = self.heads[f"policy_{name}"](nxt)
+        vision = _assemble(self.vision_slices, {n: feats if n == "hidden_state" else self.heads[f"vision_{n}"](feats)
+                                                for n in self.vision_slices}, self.vision_width)
+        policy = _assemble(self.policy_slices, {n: self.heads[f"policy_{n}"](nxt) for n in self.policy_slices},
+                           self.policy_width)
         return vision, policy, nxt
+
+
+def _assemble(slices: dict[str, slice], parts: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+    """The flat output vector: one concatenation where the slices tile [0, width) (an export then holds a single
+    Concat), else zeros with each head written into its slice."""
+    order = sorted(slices, key=lambda n: slices[n].start)
+    tiled = [slices[n].start for n in order] == [0] + [slices[n].stop for n in order[:-1]]
+    if tiled and slices[order[-1]].stop == width:
+        return torch.cat([parts[n] for n in order], dim=1)
+    first = next(iter(parts.values()))
+    out = first.new_zeros(first.shape[0], width)
+    for n, s in slices.items():
+        out[:, s] = parts[n]
+    return out
