@@ -153,6 +153,8 @@ class ClipStream(IterableDataset):
             stream = shuffled(stream, size=self.shuffle, rng=rng)
         pending: list[tuple[dict, dict]] = []
         done = 0
+        if n == 0:  # some worker of some rank has less than a batch this epoch: nobody yields (equal steps)
+            return
         for sample in stream:
             pending.append(sample)
             if len(pending) < self.batch:

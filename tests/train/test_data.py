@@ -76,3 +76,19 @@ def test_key_mismatch_names_the_shard(labeled: Path, tmp_path: Path) -> None:
     stream = ClipStream([first], manifest, batch=1, clip_len=10, burn_in=0, seed=0, train=False)
     with pytest.raises(DatasetError, match=f"{first.name}: frames sample .* has label sample"):
         list(make_loader(stream))
+
+
+def test_an_epoch_where_some_worker_lacks_a_batch_yields_nothing_anywhere(labeled: Path) -> None:
+    """Every rank must run the same number of steps: when the smallest share holds less than one batch, no rank
+    yields one (a rank that did would wait forever in DDP for the others)."""
+    pairs, manifest = shard_pairs(labeled, "set", split="train", val_fraction=0)
+    probe = ClipStream(pairs, manifest, batch=1, clip_len=10, burn_in=4, seed=0, world=2)
+    shares = [sum(len(p.keys) for p in probe._shards(0, r, 0)) for r in range(2)]
+    assert shares[0] != shares[1], shares
+    batch = max(shares)  # the larger share holds exactly one batch, the smaller none
+    counts = []
+    for rank in range(2):
+        stream = ClipStream(pairs, manifest, batch=batch, clip_len=10, burn_in=4, seed=0, rank=rank, world=2)
+        assert len(stream) == 0
+        counts.append(sum(1 for _ in make_loader(stream)))
+    assert counts == [0, 0]
