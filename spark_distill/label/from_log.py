@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from spark_distill import modelv2 as M
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.metadata import slices_to_json
-from spark_distill.label.plan import ShardIndex, plan_segments
+from spark_distill.label.plan import ShardIndex, frames_binding, plan_segments
+from spark_distill.label.run import record_shard
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
@@ -49,8 +49,8 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
         raise LabelError(f"{root}: no segment's log has modelV2 messages; label with a teacher instead")
     folder = root / "labels" / name
     folder.mkdir(parents=True, exist_ok=True)
-    binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
-    frames_sha = hashlib.sha256((fdir / shards.MANIFEST).read_bytes()).hexdigest()
+    binding = frames_binding(frames)
+    frames_sha = shards.sha256_file(fdir / shards.MANIFEST)
     if (folder / shards.MANIFEST).exists():
         manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
         if manifest.get("source") != "log" or manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
@@ -85,7 +85,7 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
         except BaseException:
             writer.abort()
             raise
-        manifest["shards"].append(writer.close().to_json())
+        record_shard(manifest, frames, writer.close().to_json())
         shards.write_json_atomic(folder / shards.MANIFEST, manifest)
     shards.write_json_atomic(folder / shards.MANIFEST, manifest)
     return manifest

@@ -31,6 +31,11 @@ class SegmentPlan:
     clips: tuple[ClipRef, ...]
 
 
+def frames_binding(frames_manifest: dict[str, Any]) -> list[dict[str, str]]:
+    """What a label set is bound to: each frames shard's name and sha256."""
+    return [{"name": s["name"], "sha256": s["sha256"]} for s in frames_manifest["shards"]]
+
+
 def plan_segments(manifest: dict[str, Any]) -> list[SegmentPlan]:
     """Segments of a complete frames dataset, in shard order, with each clip's shard."""
     if manifest.get("partial"):

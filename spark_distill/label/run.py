@@ -16,6 +16,7 @@ import collections
 import concurrent.futures as cf
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, get_backend
 from spark_distill.label.lanes import LaneRunner
-from spark_distill.label.plan import ClipRef, SegmentPlan, ShardIndex, plan_segments
+from spark_distill.label.plan import ClipRef, SegmentPlan, ShardIndex, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,9 @@ class LabelResult:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-def _binding(frames_manifest: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"name": s["name"], "sha256": s["sha256"]} for s in frames_manifest["shards"]]
-
-
 def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frames_manifest: dict[str, Any],
                          frames_sha: str, cfg: LabelConfig) -> dict[str, Any]:
-    binding = _binding(frames_manifest)
+    binding = frames_binding(frames_manifest)
     if (folder / shards.MANIFEST).exists():
         m = shards.read_manifest(folder, shards.LABELS_FORMAT)
         if m["frames_shards"] != binding[: len(m["frames_shards"])]:
@@ -106,6 +103,14 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
             "history": {"temporal_skip": C.TEMPORAL_SKIP, "features": teacher.history_len,
                         "full_buffer": C.FULL_HISTORY_BUFFER_LEN},
             "warmup_frames": WARMUP_FRAMES, "segments": {}, "shards": [], "skipped_shards": [], "throughput": {}}
+
+
+def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Add (or replace) a written label shard in the manifest, keeping the frames manifest's shard order."""
+    done = {s["name"]: s for s in manifest["shards"]}
+    done[entry["name"]] = entry
+    order = {s["name"]: i for i, s in enumerate(frames_manifest["shards"])}
+    manifest["shards"] = sorted(done.values(), key=lambda s: order[s["name"]])
 
 
 class _Writer:
@@ -139,11 +144,7 @@ class _Writer:
         except BaseException:
             writer.abort()
             raise
-        info = writer.close()
-        done = {s["name"]: s for s in self.manifest["shards"]}
-        done[name] = info.to_json()
-        order = [s["name"] for s in self.frames_manifest["shards"]]
-        self.manifest["shards"] = sorted(done.values(), key=lambda s: order.index(s["name"]))
+        record_shard(self.manifest, self.frames_manifest, writer.close().to_json())
         shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
         self.written += 1
 
@@ -279,8 +280,6 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Pat
         mine = assign_segments(work, frames_manifest, cfg.world)[cfg.rank]
         parts = folder / ".parts" / f"rank-{cfg.rank}"
         if parts.exists():
-            import shutil
-
             shutil.rmtree(parts)  # left by an interrupted run: recomputed
         parts.mkdir(parents=True)
         my_expected: dict[int, list[str]] = collections.defaultdict(list)
@@ -313,8 +312,6 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Pat
                                           "frames_per_s": round(frames / seconds, 1), "batch": cfg.batch,
                                           "ranks": cfg.world}
             shards.write_json_atomic(folder / shards.MANIFEST, manifest)
-            import shutil
-
             shutil.rmtree(folder / ".parts")
         dist.barrier()
         return result
@@ -346,9 +343,6 @@ def _assemble(folder: Path, frames_manifest: dict[str, Any], manifest: dict[str,
         except BaseException:
             writer.abort()
             raise
-        done = {s["name"]: s for s in manifest["shards"]}
-        done[name] = writer.close().to_json()
-        order = [s["name"] for s in frames_manifest["shards"]]
-        manifest["shards"] = sorted(done.values(), key=lambda s: order.index(s["name"]))
+        record_shard(manifest, frames_manifest, writer.close().to_json())
         written += 1
     return written

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from spark_distill import shards
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import DatasetError
-from spark_distill.label.plan import plan_segments
+from spark_distill.label.plan import frames_binding, plan_segments
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
     frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
     ldir = root / "labels" / label_set
     labels = shards.read_manifest(ldir, shards.LABELS_FORMAT)
-    binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
+    binding = frames_binding(frames)
     if labels["frames_shards"] != binding[: len(labels["frames_shards"])]:
         raise DatasetError(f"label set {label_set} is bound to another frames dataset; label this one again")
     plans = plan_segments(frames)
