@@ -28,7 +28,7 @@ from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, s
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
 from spark_distill.train.losses import LossWeights, distill_loss
-from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
+from spark_distill.train.students.compact import PRESETS
 
 log = logging.getLogger(__name__)
 ADAPTERS = ("dora", "lora", "none")
@@ -153,37 +153,22 @@ def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
                   ) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """(student, its default adapter targets, its architecture entry for student.json); its outputs must use
     the label set's layouts. A run folder as --student continues from that run's merged student."""
+    from spark_distill.train.restore import build_architecture, load_trained
+
     torch.manual_seed(cfg.seed)
     if is_run_path(cfg.student):
-        from spark_distill.train.restore import load_trained
-
         trained = load_trained(Path(cfg.student))
-        arch = trained.spec["architecture"]
-        student, targets = trained.student, _default_targets(arch["kind"])
-    elif cfg.student == "openpilot":
-        from spark_distill.train.students import openpilot
-
-        arch = {"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve())}
-        student, targets = openpilot.OpenpilotStudent.from_onnx([cfg.student_onnx]), openpilot.DEFAULT_TARGETS
+        arch, student, targets = trained.spec["architecture"], trained.student, trained.default_targets
     else:
-        arch = {"kind": "compact", "preset": cfg.student}
-        student = CompactStudent(PRESETS[cfg.student](), {k: slice(*v) for k, v in slices["vision"].items()},
-                                 {k: slice(*v) for k, v in slices["policy"].items()})
-        targets = DEFAULT_TARGETS
+        arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve())} if cfg.student == "openpilot"
+                else {"kind": "compact", "preset": cfg.student})
+        student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}
     if (student.vision_slices, student.policy_slices) != (vision, policy):
         raise ConfigError(f"student {cfg.student}: its output slices differ from label set {cfg.labels}'s; "
                           "label with a teacher of the same layout")
     return student, list(targets), arch
-
-
-def _default_targets(kind: str) -> list[str]:
-    if kind == "openpilot":
-        from spark_distill.train.students import openpilot
-
-        return list(openpilot.DEFAULT_TARGETS)
-    return list(DEFAULT_TARGETS)
 
 
 def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],

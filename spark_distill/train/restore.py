@@ -23,7 +23,7 @@ from torch import nn
 
 from spark_distill.errors import ConfigError
 from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint
-from spark_distill.train.lora import apply_adapters, load_adapter_state, merge_adapters
+from spark_distill.train.lora import ADAPTER_KEYS, apply_adapters, load_adapter_state, merge_adapters
 
 SPEC_FILE = "student.json"
 
@@ -33,9 +33,10 @@ class TrainedStudent:
     student: nn.Module  # merged (plain layers only), eval mode, on the CPU
     spec: dict[str, Any]  # student.json
     run_dir: Path
-    checkpoint: Path | None  # None: the base weights alone (a run with no checkpoint yet)
+    checkpoint: Path
     step: int
     adapted: list[str]  # names of the layers whose weights the adapters changed (merged)
+    default_targets: list[str]  # the architecture's default adapter targets (a run continued from this one)
     base: dict[str, torch.Tensor]  # the base weights, by state-dict name (export writes changes back by value)
 
 
@@ -62,8 +63,8 @@ def build_architecture(arch: dict[str, Any], slices: dict[str, dict[str, list[in
     raise ConfigError(f"unknown student architecture {arch.get('kind')!r}")
 
 
-def find_run(path: Path) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint folder or None) for a run folder or a checkpoint folder."""
+def find_run(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) for a run folder (its newest good checkpoint) or a checkpoint folder."""
     path = Path(path)
     if (path / "meta.json").exists() and path.parent.name == "checkpoints":
         return path.parent.parent, path
@@ -83,29 +84,27 @@ def load_trained(path: Path, *, merge: bool = True) -> TrainedStudent:
         base = load_file(str(run_dir / "student.safetensors"))
     except (OSError, ValueError, SafetensorError) as e:
         raise ConfigError(f"{run_dir}: unreadable run files ({e})") from e
-    student, _ = build_architecture(spec["architecture"], spec["slices"])
+    student, default_targets = build_architecture(spec["architecture"], spec["slices"])
     try:
         student.load_state_dict(base)
     except RuntimeError as e:
         raise ConfigError(f"{run_dir}: student.safetensors does not fit its architecture") from e
-    step, adapted = 0, []
-    if ckpt is not None:
-        tensors, state = load_checkpoint(ckpt)
-        step = int(state["step"])
-        if spec["adapter"] == "none":
-            try:
-                student.load_state_dict(tensors)
-            except RuntimeError as e:
-                raise ConfigError(f"{ckpt}: its tensors do not fit the run's student") from e
-            adapted = sorted({k.rpartition(".")[0] for k in tensors})
-        else:
-            adapted = apply_adapters(student, targets=spec["targets"], rank=spec["rank"], alpha=spec["alpha"],
-                                     dora=spec["adapter"] == "dora", train_modules=spec["train_modules"])
-            load_adapter_state(student, tensors)
-            adapted += sorted({k.rpartition(".")[0] for k in tensors if not any(
-                part in k.split(".") for part in ("lora_a", "lora_b", "magnitude"))})
-            if merge:
-                merge_adapters(student)
+    tensors, state = load_checkpoint(ckpt)
+    step = int(state["step"])
+    if spec["adapter"] == "none":
+        try:
+            student.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise ConfigError(f"{ckpt}: its tensors do not fit the run's student") from e
+        adapted = sorted({k.rpartition(".")[0] for k in tensors})
+    else:
+        adapted = apply_adapters(student, targets=spec["targets"], rank=spec["rank"], alpha=spec["alpha"],
+                                 dora=spec["adapter"] == "dora", train_modules=spec["train_modules"])
+        load_adapter_state(student, tensors)
+        adapted += sorted({k.rpartition(".")[0] for k in tensors
+                           if not set(k.split(".")) & set(ADAPTER_KEYS)})  # fully trained modules
+        if merge:
+            merge_adapters(student)
     for p in student.parameters():
         p.requires_grad_(False)
-    return TrainedStudent(student.eval(), spec, run_dir, ckpt, step, adapted, base)
+    return TrainedStudent(student.eval(), spec, run_dir, ckpt, step, adapted, list(default_targets), base)
