@@ -119,11 +119,11 @@ def demo(
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
     from spark_distill.demo import DemoConfig, run_demo
+    from spark_distill.errors import ConfigError
+    from spark_distill.train.students.compact import PRESETS
 
-    if student not in ("compact", "compact-xs"):
-        from spark_distill.errors import ConfigError
-
-        raise ConfigError(f"--student {student!r}: the demo distils compact or compact-xs")
+    if student not in PRESETS:
+        raise ConfigError(f"--student {student!r}: the demo distils {' or '.join(PRESETS)}")
     n = {"stage": 0}
 
     def stage(text: str) -> None:
@@ -213,11 +213,7 @@ def label(
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
 
-    import os
-
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))  # set by torchrun
-    if world > 1 and device is None and _cuda():
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    world, rank, device = _torchrun(device)
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
                       batch=batch, workers=workers, lat_delay=lat_delay, device=device, rank=rank, world=world,
                       init_method="env://" if world > 1 else None)
@@ -313,17 +309,13 @@ def train(
 ) -> None:
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
-    import os
-
     from spark_distill.errors import ConfigError
     from spark_distill.train.loop import TrainConfig
     from spark_distill.train.loop import train as run_train
     from spark_distill.train.losses import LossWeights
 
     o = _with_yaml(ctx, config, options)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))  # set by torchrun
-    if world > 1 and o["device"] is None:
-        o["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if _cuda() else "cpu"
+    world, rank, o["device"] = _torchrun(o["device"])
     fields = {{"dora_rank": "rank", "dora_alpha": "alpha"}.get(k, k): v for k, v in o.items()
               if k not in ("loss_weights", "gt_weight")}
     try:
@@ -361,6 +353,17 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _torchrun(device: str | None) -> tuple[int, int, str | None]:
+    """(world size, rank, device) from torchrun's environment: one GPU per rank (cuda:LOCAL_RANK) unless a
+    device was given; a single process without torchrun."""
+    import os
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and device is None and _cuda():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return world, rank, device
 
 
 @app.command(rich_help_panel="Pipeline")
@@ -597,14 +600,8 @@ def bench_train(
 ) -> None:
     """DoRA vs LoRA vs PEFT step time; streaming vs in-memory batches (target >= 0.9); feature-cached vs images."""
     from spark_distill.bench.train import bench_train as run_bench
-    from spark_distill.errors import ConfigError
 
-    if student not in ("compact", "compact-xs"):
-        raise ConfigError(f"--student {student!r}: choose compact or compact-xs")
-    try:
-        for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, student=student,
-                              batch=batch_size, steps=steps, rank=dora_rank, workers=workers, segments=segments,
-                              seconds=seconds, device=device, workdir=workdir):
-            out.print(line, highlight=False, soft_wrap=True)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, student=student, batch=batch_size,
+                          steps=steps, rank=dora_rank, workers=workers, segments=segments, seconds=seconds,
+                          device=device, workdir=workdir):
+        out.print(line, highlight=False, soft_wrap=True)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from spark_distill import shards
+from spark_distill.errors import ConfigError
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.loop import Unroll, _autocast, _freeze_norms, loss_step
 from spark_distill.train.lora import apply_adapters
@@ -49,7 +50,7 @@ def timed_steps(student: nn.Module, batches: Iterable[dict], *, steps: int, warm
     opt = torch.optim.AdamW(params, lr=1e-5)
     autocast, weights = _autocast(device, amp), LossWeights()
     it = iter(batches)
-    seconds, clips = 0.0, 0
+    clips = 0
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
@@ -110,6 +111,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 segments: int = 16, seconds: float = 6.0, device: str | None = None,
                 workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
+    if student not in PRESETS:
+        raise ConfigError(f"--student {student!r}: choose {' or '.join(PRESETS)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=workdir))
     try:
@@ -117,7 +120,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             root, labels, teacher = ensure_dataset(scratch, segments=segments, seconds=seconds, clip_len=20)
             student_onnx = student_onnx or teacher
         elif labels is None:
-            raise ValueError("--labels is needed with a dataset root")
+            raise ConfigError("--labels is needed with a dataset root")
         pairs, manifest = shard_pairs(root, labels, split="train", val_fraction=0)
         clip_len = int(shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)["settings"]["clip_len"])
         slices = manifest["output_slices"]
@@ -130,7 +133,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                               workers=w, mask_warmup=False, images=images)
 
         if min(len(stream(w=1)), len(stream())) < steps + 2:
-            raise ValueError(f"the dataset gives {len(stream())} batches of {batch} clips to {workers} workers; "
+            raise ConfigError(f"the dataset gives {len(stream())} batches of {batch} clips to {workers} workers; "
                              f"--steps {steps} needs {steps + 2} (more segments or a smaller --batch-size)")
         held = [b for _, b in zip(range(steps + 2), make_loader(stream(w=1)), strict=False)]
         vision = {k: slice(*v) for k, v in slices["vision"].items()}
