@@ -12,7 +12,6 @@ onnx2torch imports Gemm with transB=0); no match, or more than one, is an error,
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -93,22 +92,15 @@ def metadata_pkl(model: Any, name_key: str, model_name: str, slices: dict[str, s
                          "input_shapes": shapes(model.graph.input), "output_shapes": shapes(model.graph.output)})
 
 
-def check_and_save(model: Any, path: Path) -> bytes:
-    """Full ONNX check, weights inline, atomic write; returns the bytes written."""
+def check_and_save(model: Any, path: Path, data: bytes | None = None) -> None:
+    """Full ONNX check, weights inline, atomic write of `data` (the model serialized, when already at hand)."""
     import onnx
 
-    data = model.SerializeToString()
+    data = model.SerializeToString() if data is None else data
     if len(data) >= 2**31:
         raise ExportError(f"{path.name}: {len(data) / 1e9:.1f} GB does not fit one ONNX file without external data")
     try:
-        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path.name}: the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from e
     shards.write_bytes_atomic(path, data)
-    return data
-
-
-def load_model_bytes(data: bytes) -> Any:
-    import onnx
-
-    return onnx.load_model(io.BytesIO(data))

@@ -18,6 +18,7 @@ relative to the output scale); a larger difference fails the export and leaves n
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
 import shutil
@@ -169,7 +170,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
         return feed
 
     example = random_feed()
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(torch.from_numpy(example[n]) for n in names), buf, input_names=names,
@@ -216,7 +217,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
     result.latency_ms = _latency_ms(lambda: sess.run(None, example))
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / "driving_model.onnx"
-    G.check_and_save(proto, path)
+    G.check_and_save(proto, path, data)
     meta = cfg.output / "driving_model_metadata.pkl"
     shards.write_bytes_atomic(meta, G.metadata_pkl(proto, "policy_model", f"spark-distill-{t.run_dir.name}",
                                                    student.policy_slices))
@@ -259,8 +260,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
                 raise ExportError(f"trained tensor {name} belongs to neither the vision nor the policy graph")
             changes[half][name] = (base.float().numpy(), new.float().numpy())
     teacher = student.teacher
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, bytes] = {}
+    staged: dict[str, tuple[Any, bytes]] = {}  # half -> (graph, its serialized bytes)
     diffs_random, diffs_real = [], []
     sessions = {}
     clip = _real_clip(t.spec, cfg.verify_frames)
@@ -275,7 +275,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
             result.copied.append(src.name)
         result.op_types.update({k: result.op_types.get(k, 0) + v for k, v in G.op_types(proto).items()})
         data = proto.SerializeToString()
-        staged[half] = data
+        staged[half] = (proto, data)
         sess = sessions[half] = _session(data)
         module = student.vision if half == "vision" else student.policy
         spec = teacher.vision if half == "vision" else teacher.policy
@@ -297,21 +297,22 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     p_feed = random_inputs(teacher.policy.inputs, 1)
     result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed),
                                              sessions["policy"].run(None, p_feed)))
+    cfg.output.mkdir(parents=True, exist_ok=True)
     for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
-        proto = G.load_model_bytes(staged[half])
+        proto, data = staged[half]
         path = cfg.output / f"driving_{half}.onnx"
         if f"driving_{half}.onnx" in result.copied:
             shutil.copyfile(onnx_dir / path.name, path.with_name(path.name + ".tmp"))
             path.with_name(path.name + ".tmp").replace(path)
         else:
-            G.check_and_save(proto, path)
+            G.check_and_save(proto, path, data)
         slices = (teacher.vision if half == "vision" else teacher.policy).slices
         name = _model_name(proto, key, t)
         pkl = cfg.output / f"driving_{half}_metadata.pkl"
         shards.write_bytes_atomic(pkl, G.metadata_pkl(proto, key, name, slices))
         result.files[half], result.files[f"{half}_metadata"] = path, pkl
         result.parameters += G.parameter_count(proto)
-        result.bytes += len(staged[half])
+        result.bytes += len(data)
 
 
 def _model_name(proto: Any, key: str, t: TrainedStudent) -> str:
