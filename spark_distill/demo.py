@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from spark_distill.errors import ConfigError
 
 
@@ -108,32 +106,17 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
 
 
 def _validation_picture(out: Path, onnx_model: Path) -> Path | None:
-    """The last frame of the held-out segment: teacher labels vs the exported student run as the car would."""
+    """Held-out frames: the driven path, the teacher's labels and the exported student run as the car would."""
     import json
 
-    from spark_distill.evaluate.draw import CAMERA_HEIGHT, frame_strip, predictions
+    from spark_distill import shards
+    from spark_distill.evaluate.draw import segment_strip
     from spark_distill.evaluate.rollout import OnnxStep, read_segment
     from spark_distill.train.data import val_segments
-    from spark_distill.train.gt_path import SegmentMotion
 
     spec = json.loads((out / "runs" / "demo" / "student.json").read_text())
-    from spark_distill import shards
-
     names = [s["name"] for s in shards.read_manifest(out / "dataset" / "frames", shards.FRAMES_FORMAT)["segments"]]
     held = sorted(val_segments(names, fraction=0.5, seed=0))
     seg = read_segment(out / "dataset", "teacher", held[0] if held else names[-1])
-    vis, pol = OnnxStep(onnx_model).rollout(seg)
-    motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
-    picks = [len(seg.frame_ids) // 3, 2 * len(seg.frame_ids) // 3]  # the driven path needs a future to show
-    roads, overlays, titles = [], [], []
-    for i in picks:
-        teacher = predictions(seg.teacher_vision[i], seg.teacher_policy[i], spec["slices"])
-        student = predictions(vis[i], pol[i], spec["slices"])
-        roads.append(seg.road[i])
-        driven, valid = motion.future(np.array([i]))
-        truth = {"path": driven[0][valid[0]] + np.array([0.0, 0.0, CAMERA_HEIGHT])}
-        overlays.append([("driven (log)", truth, "#1f77b4"), ("teacher", teacher, "#2ca02c"),
-                         ("student", student, "#ff7f0e")])
-        err = float(np.abs(teacher["path"] - student["path"]).mean()) if "path" in teacher else float("nan")
-        titles.append(f"{seg.name}  frame {int(seg.frame_ids[i])}  mean |path error| {err:.2f} m")
-    return frame_strip(out / "validation_frames.png", roads, overlays, titles)
+    return segment_strip(out / "validation_frames.png", seg, {"student": OnnxStep(onnx_model).rollout(seg)},
+                         spec["slices"])

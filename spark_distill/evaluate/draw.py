@@ -88,3 +88,30 @@ def frame_strip(path: Path, roads: list[np.ndarray], overlays: list[list[tuple[s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+MODEL_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def segment_strip(path: Path, seg: Any, models: dict[str, tuple[np.ndarray, np.ndarray]],
+                  slices: dict[str, dict[str, list[int]]]) -> Path | None:
+    """Frames at 1/3 and 2/3 of a segment (the driven path needs a future to show) with the path actually driven
+    (from the log), the teacher's predictions and each model's (name -> per-frame (vision, policy) vectors)."""
+    motion = seg.motion()
+    n = len(seg.frame_ids)
+    roads, overlays, titles = [], [], []
+    for i in (n // 3, 2 * n // 3):
+        driven, valid = motion.future(np.array([i]))
+        teacher = predictions(seg.teacher_vision[i], seg.teacher_policy[i], slices)
+        overlay = [("driven (log)", {"path": driven[0][valid[0]] + np.array([0.0, 0.0, CAMERA_HEIGHT])}, "#1f77b4"),
+                   ("teacher", teacher, "#2ca02c")]
+        title = f"{seg.name}  frame {int(seg.frame_ids[i])}"
+        for k, (name, (v, p)) in enumerate(models.items()):
+            pred = predictions(v[i], p[i], slices)
+            overlay.append((name, pred, MODEL_COLOURS[k % len(MODEL_COLOURS)]))
+            if "path" in teacher and "path" in pred:
+                title += f"  {name}: mean |path - teacher| {float(np.abs(teacher['path'] - pred['path']).mean()):.2f} m"
+        roads.append(seg.road[i])
+        overlays.append(overlay)
+        titles.append(title)
+    return frame_strip(path, roads, overlays, titles)

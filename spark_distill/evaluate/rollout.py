@@ -21,6 +21,7 @@ from spark_distill import contract as C
 from spark_distill import shards
 from spark_distill.errors import DatasetError
 from spark_distill.label.plan import ShardIndex, plan_segments
+from spark_distill.train.gt_path import SegmentMotion
 
 FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
                  "pose.npy.zst", "meta.json")
@@ -39,6 +40,10 @@ class Segment:
     pose: np.ndarray  # (N, 12)
     teacher_vision: np.ndarray  # (N, Nv) float32
     teacher_policy: np.ndarray  # (N, Np) float32
+
+    def motion(self) -> SegmentMotion:
+        """The logged ego motion, integrated: the path actually driven from any frame."""
+        return SegmentMotion.from_pose(self.frame_ids, self.timestamps_ns / 1e9, self.pose)
 
 
 def read_segment(root: Path, label_set: str, name: str) -> Segment:

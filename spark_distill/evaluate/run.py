@@ -25,7 +25,6 @@ from spark_distill import shards
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
-from spark_distill.train.gt_path import SegmentMotion
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,8 +149,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             outputs[name].append((v[keep], p[keep]))
         teacher_v.append(seg.teacher_vision[keep])
         teacher_p.append(seg.teacher_policy[keep])
-        motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
-        path, valid = motion.future(np.flatnonzero(keep))
+        path, valid = seg.motion().future(np.flatnonzero(keep))
         gt_path.append(path)
         gt_valid.append(valid)
         if picture is None:
@@ -183,7 +181,7 @@ def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[st
     import matplotlib.pyplot as plt
 
     from spark_distill import contract as C
-    from spark_distill.evaluate.draw import CAMERA_HEIGHT, frame_strip, predictions
+    from spark_distill.evaluate.draw import segment_strip
 
     files = {}
     panels = [("plan", "plan vs teacher (m)", C.T_IDXS, "horizon (s)"),
@@ -212,21 +210,7 @@ def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[st
     fig.savefig(files["errors"], dpi=100)
     plt.close(fig)
     if picture is not None:
-        seg, per_model = picture
-        motion = SegmentMotion.from_pose(seg.frame_ids, seg.timestamps_ns / 1e9, seg.pose)
-        colours = ["#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-        roads, overlays, titles = [], [], []
-        n = len(seg.frame_ids)
-        for i in (n // 3, 2 * n // 3):
-            driven, valid = motion.future(np.array([i]))
-            ov = [("driven (log)", {"path": driven[0][valid[0]] + np.array([0, 0, CAMERA_HEIGHT])}, "#1f77b4"),
-                  ("teacher", predictions(seg.teacher_vision[i], seg.teacher_policy[i], slices), "#2ca02c")]
-            ov += [(name, predictions(v[i], p[i], slices), colours[k % len(colours)])
-                   for k, (name, (v, p)) in enumerate(per_model.items())]
-            roads.append(seg.road[i])
-            overlays.append(ov)
-            titles.append(f"{seg.name}  frame {int(seg.frame_ids[i])}")
-        strip = frame_strip(out / "frames.png", roads, overlays, titles)
+        strip = segment_strip(out / "frames.png", *picture, slices)
         if strip is not None:
             files["frames"] = strip
     return files
