@@ -58,10 +58,11 @@ def columns() -> list[list[Any]]:
     return out
 
 
-def _split(row: np.ndarray) -> dict[str, np.ndarray]:
+def split_blocks(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Each block of rows (..., WIDTH) by name, as views (writing into one writes into the rows)."""
     out, start = {}, 0
     for name, width in LAYOUT.items():
-        out[name] = row[..., start:start + width]
+        out[name] = rows[..., start:start + width]
         start += width
     return out
 
@@ -140,7 +141,7 @@ def row_from_message(m: Any) -> np.ndarray:
 
 def fill_message(b: Any, row: np.ndarray) -> None:
     """Set a ModelDataV2 builder's fields from a row (the synthetic route writer)."""
-    blocks = _split(np.asarray(row, np.float32))
+    blocks = split_blocks(np.asarray(row, np.float32))
     for name, _ in PLAN_FIELDS:
         d = getattr(b, CAPNP_PLAN[name])
         mean, std = blocks[name].reshape(3, N), blocks[f"{name}_std"].reshape(3, N)
@@ -180,7 +181,7 @@ def outputs_from_rows(rows: np.ndarray, slices: dict[str, dict[str, list[int]]])
     the (at most two) distinct logged trajectories, each selection picking its own."""
     rows = np.asarray(rows, np.float32)
     f = len(rows)
-    blocks = _split(rows)
+    blocks = split_blocks(rows)
     width = {side: max(b for _, b in s.values()) for side, s in slices.items()}
     out = {side: np.full((f, width[side]), np.nan, np.float32) for side in slices}
 
@@ -198,10 +199,9 @@ def outputs_from_rows(rows: np.ndarray, slices: dict[str, dict[str, list[int]]])
         plan = np.repeat(hyp[:, None], C.PLAN_MHP_N, 1)
         plan[:, 0, -1] = 10.0
         put("plan", plan)
-    for head, block, count in (("lane_lines", "lane_lines", L), ("road_edges", "road_edges", E)):
-        m = blocks[block].reshape(f, count, 2, N).transpose(0, 1, 3, 2)  # (f, count, N, 2)
-        s = np.broadcast_to(blocks[block.replace("lines", "line") + "_stds" if head == "lane_lines"
-                                   else "road_edge_stds"].reshape(f, count, 1, 1), m.shape)
+    for head, stds, count in (("lane_lines", "lane_line_stds", L), ("road_edges", "road_edge_stds", E)):
+        m = blocks[head].reshape(f, count, 2, N).transpose(0, 1, 3, 2)  # (f, count, N, 2)
+        s = np.broadcast_to(blocks[stds].reshape(f, count, 1, 1), m.shape)
         put(head, np.concatenate([m.reshape(f, -1), log(s).reshape(f, -1)], -1))
     probs = np.stack([_logit(1 - blocks["lane_line_probs"]), _logit(blocks["lane_line_probs"])], -1)
     put("lane_lines_prob", probs.reshape(f, -1))

@@ -31,7 +31,7 @@ from spark_distill.ingest.logs import load_schema, read_log
 from spark_distill.ingest.video import VideoReport, decode_i420
 from spark_distill.modelframe import cameras_for, warp_for
 from spark_distill.modelv2 import WIDTH as MODELV2_WIDTH
-from spark_distill.modelv2 import columns as modelv2_columns
+from spark_distill.modelv2 import split_blocks as split_modelv2_blocks
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
     report.sources = {"log": log_path.name, "road": road_path.name}
     if logdata.modelv2:
         rows = np.stack(list(logdata.modelv2.values()))
-        blocks = dict((n, (a, b)) for n, a, b in modelv2_columns())
-        timing = {k: float(np.nanmean(rows[:, slice(*blocks[k])])) for k in ("model_execution_time", "frame_drop_perc")}
+        blocks = split_modelv2_blocks(rows)
+        timing = {k: float(np.nanmean(blocks[k])) for k in ("model_execution_time", "frame_drop_perc")}
         report.logged_model = {"messages": len(rows), "openpilot_version": logdata.version,
                                "mean_model_execution_time_s": timing["model_execution_time"],
                                "mean_frame_drop_perc": timing["frame_drop_perc"]}

@@ -40,9 +40,9 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
             name = next(n for n in names if n.replace("|", "_").replace("/", "_") == truth.name.replace("/", "_"))
             seg = read_segment(scratch, "logged", name)
             rows = M.rows_from_outputs(seg.teacher_vision, seg.teacher_policy, slices)
-            blocks = {b: (a, z) for b, a, z in M.columns()}
-            rows[:, slice(*blocks["model_execution_time"])] = EXECUTION_TIME_S
-            rows[:, slice(*blocks["frame_drop_perc"])] = 0.0
+            blocks = M.split_blocks(rows)  # views into rows
+            blocks["model_execution_time"][:] = EXECUTION_TIME_S
+            blocks["frame_drop_perc"][:] = 0.0
             events = []
             for fid, t_ns, row in zip(seg.frame_ids, seg.timestamps_ns, rows, strict=True):
                 def fill(b, fid=int(fid), t_ns=int(t_ns), row=row):
