@@ -3,16 +3,13 @@
 """A student run over whole segments the way the car runs it: from each segment's first frame, state
 carried frame to frame, the 2-frame image stack from the segment's own frames (zeros before frame 4,
 as modeld's empty ring). Entry points: `read_segment` (frames + teacher labels of one segment, in frame
-order) and `rollout(step, segment)`, where `step` is any callable with the student's one-frame signature
-(a torch student, or an exported ONNX model through `OnnxStep`).
+order), `rollout_torch(student, segment)` and `OnnxStep(path).rollout(segment)` for a combined export.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -79,9 +76,6 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
     for k in ("teacher_vision", "teacher_policy"):
         cat[k] = cat[k].astype(np.float32)
     return Segment(name=name, **cat)
-
-
-StepFn = Callable[..., tuple[Any, Any, Any]]
 
 
 def image_stack(frames: np.ndarray, i: int) -> np.ndarray:
