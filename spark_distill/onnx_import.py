@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 from spark_distill.errors import MissingDependencyError
@@ -65,3 +66,13 @@ def onnx_to_torch(model: Any) -> Any:
         raise MissingDependencyError(f"the ONNX graph uses {sorted(used)}, which need torchvision: "
                                      "pip install torchvision matching your torch")
     return load_onnx2torch().convert(proto)
+
+
+def cpu_session(model: bytes | str | Path) -> Any:
+    """An ONNX Runtime CPU session of a serialized model or a file, warnings off (verification and eval runs)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])

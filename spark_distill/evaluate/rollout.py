@@ -18,6 +18,7 @@ from spark_distill import contract as C
 from spark_distill import shards
 from spark_distill.errors import DatasetError
 from spark_distill.label.plan import ShardIndex, plan_segments
+from spark_distill.onnx_import import cpu_session
 from spark_distill.train.gt_path import SegmentMotion
 
 FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
@@ -108,11 +109,7 @@ class OnnxStep:
     """A combined export (`driving_model.onnx`) through ONNX Runtime, one frame at a time."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
         self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
         if "state" not in self.inputs:
             raise DatasetError(f"{path}: not a combined export (no 'state' input)")

@@ -25,6 +25,7 @@ from spark_distill import shards
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
+from spark_distill.onnx_import import cpu_session
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,11 +52,7 @@ class _OrtGraph(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torch import nn
 from spark_distill import shards
 from spark_distill.errors import ConfigError, ExportError, OnnxMismatchError
 from spark_distill.export import graph as G
+from spark_distill.onnx_import import cpu_session
 from spark_distill.train.restore import TrainedStudent, load_trained
 
 FORMATS = ("auto", "split", "combined")
@@ -122,14 +123,6 @@ def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray
     return out[0], out[1]
 
 
-def _session(data: bytes) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
 def _latency_ms(run: Any, repeats: int = 20) -> float:
     for _ in range(3):
         run()
@@ -183,7 +176,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
                                                       "state_len": state_len, "precision": cfg.precision}))
     result.op_types = G.op_types(proto)
     data = proto.SerializeToString()
-    sess = _session(data)
+    sess = cpu_session(data)
 
     def both(feeds: list[dict[str, np.ndarray]]) -> float:
         """Outputs of torch and ORT over consecutive feeds, each side carrying its own state."""
@@ -276,7 +269,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
         result.op_types.update({k: result.op_types.get(k, 0) + v for k, v in G.op_types(proto).items()})
         data = proto.SerializeToString()
         staged[half] = (proto, data)
-        sess = sessions[half] = _session(data)
+        sess = sessions[half] = cpu_session(data)
         module = student.vision if half == "vision" else student.policy
         spec = teacher.vision if half == "vision" else teacher.policy
         for real in (False, True):
