@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from spark_distill import shards
+from spark_distill.bench import scratch_dir
 from spark_distill.errors import ConfigError
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.loop import Unroll, _autocast, _freeze_norms, loss_step
@@ -114,7 +114,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
     if student not in PRESETS:
         raise ConfigError(f"--student {student!r}: choose {' or '.join(PRESETS)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=workdir))
+    scratch = scratch_dir(workdir, "bench-train-")
     try:
         if root is None:
             root, labels, teacher = ensure_dataset(scratch, segments=segments, seconds=seconds, clip_len=20)
