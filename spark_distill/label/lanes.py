@@ -55,7 +55,7 @@ class _Staging:
     """Pinned host buffers for the small per-step inputs, used round-robin: a buffer is refilled only
     after the copy that last read it has run (its event), so the host never overwrites in-flight data."""
 
-    def __init__(self, rows: int, cols: int, device: torch.device, depth: int = 4) -> None:
+    def __init__(self, rows: int, cols: int, device: torch.device, depth: int = 16) -> None:
         self.device, self.cuda = device, device.type == "cuda"
         self.bufs = [torch.zeros((rows, cols), pin_memory=self.cuda) for _ in range(depth)]
         self.index_bufs = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda) for _ in range(depth)]

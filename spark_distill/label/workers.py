@@ -222,12 +222,13 @@ class ClipReaders:
     def _spill(self, ticket: Ticket) -> None:
         """Move a decoded clip out of its slot into private memory and free the slot."""
         ticket.clip["road"], ticket.clip["wide"] = ticket.clip["road"].copy(), ticket.clip["wide"].copy()
-        self.free.append(self.held.pop(ticket.slot))
+        del self.held[ticket.slot]
+        self.free.append(ticket.slot)
         ticket.slot = None
         self.spilled += 1
 
     def _check_alive(self) -> None:
-        for w, p in enumerate(self.procs):
+        for w, p in sorted(enumerate(self.procs), key=lambda wp: not self.in_hand[wp[0]]):  # one holding a clip first
             if p.exitcode is not None:
                 held = self.in_hand[w]
                 where = (f"while reading {self.names[held[0].ref.shard]} ({held[0].ref.key})" if held

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -275,3 +276,46 @@ def test_two_ranks_split_segments_and_write_the_same_shards(labeled: Path) -> No
     assert manifest["throughput"]["ranks"] == 2 and len(manifest["shards"]) == len(names)
     assert set(manifest["segments"]) == set(shards.read_manifest(one, shards.LABELS_FORMAT)["segments"])
     shutil.rmtree(two)
+
+
+def _interrupted_then_resumed(labeled: Path, tmp_path: Path, interrupt) -> tuple[Path, Exception]:
+    """Label a copy of `labeled` with `interrupt(frames)` called on progress until it raises; check what it left."""
+    import multiprocessing as mp
+
+    root = tmp_path / "copy"
+    shutil.copytree(labeled / "frames", root / "frames")
+    cfg = LabelConfig(root=root, teacher=(labeled / "teacher",), backend="onnxruntime", batch=4, workers=2, name="set")
+    with pytest.raises((KeyboardInterrupt, LabelError)) as stopped:
+        label(cfg, on_progress=lambda n, total: interrupt(n))
+    assert not mp.active_children(), "every reader and writer process stopped"
+    folder = root / "labels" / "set"
+    listed = {s["name"] for s in shards.read_manifest(folder, shards.LABELS_FORMAT)["shards"]}
+    assert {p.name for p in folder.glob("shard-*")} == listed, "no half-written shard, every written shard recorded"
+    assert len(listed) < len(list((root / "frames").glob("shard-*.tar")))
+    resumed = label(cfg)
+    assert resumed.shards_already == len(listed)
+    for p in (labeled / "labels" / "set").glob("shard-*.tar"):
+        assert (folder / p.name).read_bytes() == p.read_bytes(), p.name
+    return root, stopped.value
+
+
+def test_ctrl_c_stops_every_process_and_leaves_a_resumable_set(labeled: Path, tmp_path: Path) -> None:
+    def ctrl_c(frames: int) -> None:
+        if frames >= 40:
+            raise KeyboardInterrupt
+
+    _interrupted_then_resumed(labeled, tmp_path, ctrl_c)
+
+
+def test_a_dead_reader_process_stops_the_pass_naming_its_shard(labeled: Path, tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    def kill_readers(frames: int) -> None:
+        if frames >= 40:
+            for p in mp.active_children():
+                if p.name.startswith("label-reader"):
+                    p.kill()
+
+    _, error = _interrupted_then_resumed(labeled, tmp_path, kill_readers)
+    assert isinstance(error, LabelError) and "\n" not in str(error)
+    assert re.search(r"reader process label-reader-\d died \(exit code -9\) while reading shard-\d{6}\.tar", str(error))

@@ -76,6 +76,8 @@ class TorchBackend:
     def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any, *, batch: int = 32,
                  precision: str = "auto", device: str | None = None, cache_dir: Any = None,
                  cuda_graphs: bool = True, compile: str = "auto") -> None:
+        if compile not in ("auto", "on", "off"):
+            raise ConfigError(f"--compile {compile!r}: choose auto, on or off")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cuda = self.device.type == "cuda"
         if cuda and self.device.index is not None:  # CUDA graphs capture on the current device's streams: make
@@ -96,8 +98,6 @@ class TorchBackend:
             if cuda and role == "vision":
                 module = module.to(memory_format=torch.channels_last)
             self.modules[role] = module
-        if compile not in ("auto", "on", "off"):
-            raise ConfigError(f"--compile {compile!r}: choose auto, on or off")
         self.compiled = compile == "on" or (compile == "auto" and cuda)
         self.cuda_graphs = cuda and cuda_graphs
         self.inputs = {"vision": teacher.vision.inputs, "policy": teacher.policy.inputs}
