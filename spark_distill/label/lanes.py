@@ -239,6 +239,7 @@ class LaneRunner:
     def _service(self, budget: int) -> None:
         """Stage up to `budget` next clips that readers have finished (round-robin): the lane's own next
         clip, or, when its segment has none left, the first clip of the segment it will take next."""
+        self.readers.poll()  # take every decoded clip once; Ticket.done() then costs nothing
         for _ in range(self.b):
             if budget <= 0:
                 return

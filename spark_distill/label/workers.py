@@ -95,7 +95,7 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
 
 @dataclass(eq=False)
 class Ticket:
-    """One submitted clip; `done()` / `result()` like a Future. The result's `road` and `wide` are views of the
+    """One submitted clip; `done()` / `result()` like a Future's. The result's `road` and `wide` are views of the
     slab slot (frames, 6, 128, 256) until `ClipReaders.release`."""
 
     ref: ClipRef
@@ -105,7 +105,7 @@ class Ticket:
     clip: dict[str, Any] | None = None
 
     def done(self) -> bool:
-        self.owner.poll()
+        """Decoded, as of the owner's last `poll` (one poll per step serves every lane)."""
         return self.clip is not None
 
     def result(self) -> dict[str, Any]:
