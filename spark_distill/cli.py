@@ -219,7 +219,9 @@ def label(
                                               "available].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
-    workers: Annotated[int, typer.Option(help="Reader threads (shard reads + zstd).")] = 4,
+    workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd).")] = 4,
+    compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "
+                                              "off.")] = "auto",
     lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
                          ] = 0.2,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 \\[default: cuda if present].")] = None,
@@ -245,8 +247,8 @@ def label(
 
     world, rank, device = _torchrun(device)
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
-                      batch=batch, workers=workers, lat_delay=lat_delay, device=device, rank=rank, world=world,
-                      init_method="env://" if world > 1 else None)
+                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device, rank=rank,
+                      world=world, init_method="env://" if world > 1 else None)
     with progress_bar("label") as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
     if rank != 0:
@@ -607,14 +609,17 @@ def bench_label(
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments in lockstep (inference batch).")] = 64,
     seconds: Annotated[float, typer.Option(help="Length of each of the --batch synthetic segments, s.")] = 10.0,
-    workers: Annotated[int, typer.Option(help="Reader threads of the label pass.")] = 8,
+    workers: Annotated[int, typer.Option(help="Reader processes of the label pass.")] = 8,
+    compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher in the label pass: auto "
+                                              "(on a GPU), on or off. Bare inference is measured both ways.")
+                       ] = "auto",
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
     """Label pass vs bare inference of the same teacher, backend, precision and batch (target >= 0.9)."""
     from spark_distill.bench.label import bench_label as run_bench
 
     for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
-                          seconds=seconds, workers=workers, workdir=workdir):
+                          seconds=seconds, workers=workers, compile=compile, workdir=workdir):
         out.print(line, highlight=False, soft_wrap=True)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from spark_distill import shards
 from spark_distill.bench import scratch_dir
-from spark_distill.label.backends import get_backend, random_inputs
+from spark_distill.label.backends import auto_backend, get_backend, random_inputs
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
 from spark_distill.synth.teacher import write_teacher
@@ -102,9 +102,32 @@ def bare_inference_fps(backend, teacher, batch: int, *, seconds: float = 5.0) ->
     return n * batch / (time.perf_counter() - start)
 
 
+def bare_paths(backend: str, teacher, vision_model, policy_model, *, batch: int, precision: str,
+               cache_dir: Path | None) -> Iterator[tuple[str, float]]:
+    """(path, bare frames/s) of every inference path the backend offers: for torch eager (CUDA graphs on a GPU)
+    and torch.compile; one path otherwise."""
+    compiles = ("off", "on") if backend == "torch" else ("auto",)
+    for c in compiles:
+        be = get_backend(backend, teacher, vision_model, policy_model, batch=batch, precision=precision,
+                         cache_dir=cache_dir, compile=c)
+        name = be.name + {"off": " eager", "on": " compiled", "auto": ""}[c]
+        yield name, bare_inference_fps(be, teacher, batch)
+        del be
+
+
+def profile_lines(profile: dict[str, float]) -> Iterator[str]:
+    """The label pass's profile (LabelResult.profile) as report lines: ms per step by stage."""
+    steps = int(profile.get("steps", 0))
+    yield f"profile over {steps} steps (ms per step; readers and writer: summed over their processes):"
+    for key, value in profile.items():
+        if key.endswith("s/step"):
+            yield f"  {key[: -len(' s/step')]:<28}{value * 1000:9.2f}"
+    yield f"  accelerator busy fraction     {profile.get('busy fraction', 0.0):9.2f}"
+
+
 def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: str = "auto", precision: str = "auto",
-                batch: int = 64, seconds: float = 10.0, workers: int = 8, workdir: Path | None = None
-                ) -> Iterator[str]:
+                batch: int = 64, seconds: float = 10.0, workers: int = 8, compile: str = "auto",
+                workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
     scratch = scratch_dir(workdir, "bench-label-")
     try:
@@ -113,15 +136,22 @@ def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: st
             write_teacher(teacher, size=size)
         frames = write_bench_frames(scratch / "ds", segments=batch, seconds=seconds)
         t, vm, pm = load_teacher([teacher])
-        be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=scratch / "engines")
-        where = be.describe().get("gpu") or str(be.device)
-        yield f"teacher {t.name} ({size}), backend {be.name} {be.precision} on {where}, batch {batch}"
-        bare = bare_inference_fps(be, t, batch)
-        del be
-        yield f"bare inference (device-resident inputs): {bare:10.1f} frames/s"
-        result = label(LabelConfig(root=scratch / "ds", teacher=(teacher,), backend=backend, precision=precision,
-                                   batch=batch, workers=workers))
-        yield f"label pass end to end ({frames} frames):  {result.frames_per_s:10.1f} frames/s"
-        yield f"ratio label / bare:                       {result.frames_per_s / bare:10.2f}  (target >= 0.90)"
+        name = auto_backend() if backend == "auto" else backend
+        probe = get_backend(name, t, vm, pm, batch=1, precision=precision, compile="off")
+        where = probe.describe().get("gpu") or str(probe.device)
+        yield f"teacher {t.name} ({size}), backend {name} {probe.precision} on {where}, batch {batch}"
+        del probe
+        bare = dict(bare_paths(name, t, vm, pm, batch=batch, precision=precision,
+                               cache_dir=scratch / "ds" / "labels" / ".engines"))
+        for path, fps in bare.items():
+            yield f"bare inference, {path + ' (device-resident inputs)':<35}{fps:10.1f} frames/s"
+        best = max(bare, key=bare.__getitem__)
+        result = label(LabelConfig(root=scratch / "ds", teacher=(teacher,), backend=name, precision=precision,
+                                   batch=batch, workers=workers, compile=compile))
+        used = "compiled" if result.backend.get("compiled") else "eager"
+        yield f"label pass end to end ({frames} frames, {used}):      {result.frames_per_s:10.1f} frames/s"
+        yield from profile_lines(result.profile)
+        yield (f"ratio label / bare ({best}):{'':<{max(0, 22 - len(best))}}{result.frames_per_s / bare[best]:10.2f}"
+               "  (target >= 0.90)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

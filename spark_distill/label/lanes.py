@@ -2,18 +2,27 @@
 # Copyright (c) 2026 spark-distill authors
 """B segments labeled in lockstep, one lane each, with their clips held on the device.
 
-Main entry point: `LaneRunner.run(work)`. Each lane has two device slots for clips: the one being
-labeled and the next one, uploaded as soon as a reader thread has decoded it, so a clip boundary is
-a flip of the lane's slot rather than a wait. Each step gathers frame t of every lane on the device,
-runs vision then policy through the modeld state, and writes the outputs into device buffers that go
-back to the host (asynchronously) once per finished clip. Per-lane Python work happens only when a
-clip is staged or finished, spread over the steps while the GPU computes.
+Main entry point: `LaneRunner.run(work)`. Stages of one step, all B lanes at once:
+1. state events: lanes that start a segment, restart after unreadable clips or replay frames the encoder
+   dropped are handled by one batched reset and one batched replay of the modeld state (state.py);
+2. inputs: one packed host->device copy of the small per-frame inputs (slot, t, v_ego, traffic, desire);
+   frame t of every lane is gathered on the device from its clip slot;
+3. compute: vision, then policy through the modeld state; outputs go into per-lane device buffers;
+4. staging (host, while the GPU computes): decoded clips from the reader processes (workers.py) go up
+   whole, both cameras in one copy, on a side stream, into the lane's free device slot;
+5. way out: lanes that finished a clip have their outputs gathered on the device and copied back in
+   one device->host copy per step into page-locked memory; the writer process compresses and writes.
+Invariants: each lane has two device slots (the clip being labeled, the next one), so a clip boundary
+is a flip, not a wait; the compute stream waits for a slot's copy event before reading it, and a
+copy into a slot waits for the compute enqueued before it (the slot's previous clip); nothing syncs
+the host with the GPU except waiting for a clip's output copy, and only once it has landed.
+`profile()` gives host seconds per stage and the accelerator's busy time (CUDA events).
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +36,7 @@ from spark_distill.label.backends import Backend
 from spark_distill.label.plan import ClipRef, SegmentPlan
 from spark_distill.label.state import ModeldState
 from spark_distill.label.teachers import Teacher
+from spark_distill.label.workers import ClipReaders, Ticket
 
 RESET = -1  # gap marker: restart the lane's history before this frame
 
@@ -34,7 +44,7 @@ RESET = -1  # gap marker: restart the lane's history before this frame
 @dataclass
 class _Lane:
     plan: SegmentPlan
-    pending: collections.deque  # (ClipRef, Future | None), in order, not yet on the device
+    pending: collections.deque  # (ClipRef, Ticket | None), in order, not yet on the device
     restart_at: frozenset[str]
     prev_fid: int | None = None  # last frame id staged so far
     refs: list = field(default_factory=lambda: [None, None])  # ClipRef held in each slot
@@ -45,7 +55,7 @@ class _Staging:
     """Pinned host buffers for the small per-step inputs, used round-robin: a buffer is refilled only
     after the copy that last read it has run (its event), so the host never overwrites in-flight data."""
 
-    def __init__(self, rows: int, cols: int, device: torch.device, depth: int = 4) -> None:
+    def __init__(self, rows: int, cols: int, device: torch.device, depth: int = 16) -> None:
         self.device, self.cuda = device, device.type == "cuda"
         self.bufs = [torch.zeros((rows, cols), pin_memory=self.cuda) for _ in range(depth)]
         self.index_bufs = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda) for _ in range(depth)]
@@ -78,15 +88,23 @@ class _Staging:
 
 class LaneRunner:
     def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 fetch: Callable[[ClipRef], dict[str, Any]], pool: cf.Executor,
-                 emit: Callable[[ClipRef, np.ndarray, np.ndarray], None], segments_meta: dict[str, Any]) -> None:
+                 readers: ClipReaders, emit: Callable[[ClipRef, np.ndarray, np.ndarray], None],
+                 segments_meta: dict[str, Any]) -> None:
         self.teacher, self.backend, self.b, self.tmax = teacher, backend, batch, clip_len
-        self.fetch, self.pool, self.emit, self.segments_meta = fetch, pool, emit, segments_meta
+        self.readers, self.emit, self.segments_meta = readers, emit, segments_meta
         dev = self.dev = backend.device
+        self.cuda = dev.type == "cuda"
         self.state = ModeldState(batch, history=teacher.history_len, device=dev, lat_delay=lat_delay)
         self.rows = torch.arange(batch, device=dev)
-        self.road = torch.zeros((2, batch, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)  # 2 slots
-        self.wide = torch.zeros_like(self.road)
+        # 2 slots per lane; a slot holds a whole clip, both cameras, laid out as a reader's slab slot (one copy)
+        self.clips = torch.zeros((2, batch, 2, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
+        self.copy_stream = torch.cuda.Stream(dev) if self.cuda else None
+        self.slot_ready: dict[tuple[int, int], Any] = {}  # (slot, lane) -> copy event the compute must wait for
+        self.waits: list[Any] = []  # copy events of slots made current since the last step
+        self.resets: list[int] = []  # lanes that took a new segment since the last step
+        self.host_s: collections.Counter[str] = collections.Counter()  # main-process seconds by stage
+        self.gpu_events: list[tuple[Any, Any]] = []  # (start, end) of each step's compute, not yet summed
+        self.gpu_busy = 0.0  # s
         # small per-frame inputs stay on the host and go up once per step, packed: slot, t, v_ego, traffic, desire
         self.desire = np.zeros((2, batch, clip_len, C.DESIRE_LEN), np.float32)
         self.v_ego = np.zeros((2, batch, clip_len), np.float32)
@@ -116,7 +134,7 @@ class LaneRunner:
             plan = self.queue.popleft()
             refs = [c for c in plan.clips if c.shard not in self.bad]
             if refs:
-                self.upcoming.append((plan, refs, self.pool.submit(self.fetch, refs[0])))
+                self.upcoming.append((plan, refs, self.readers.submit(refs[0])))
 
     def _next_segment(self, i: int) -> None:
         self._refill()
@@ -126,7 +144,7 @@ class LaneRunner:
         lane = self.lanes[i] = self._new_lane()
         self._stage(i, lane, wait=True)
         self._flip(i)
-        self.state.reset(i)
+        self.resets.append(i)
 
     def _new_lane(self) -> _Lane:
         plan, refs, first = self.upcoming.popleft()
@@ -141,17 +159,19 @@ class LaneRunner:
         """Upload `lane`'s next clip into slot-pair i's free slot (if decoded, or `wait`)."""
         if lane.staged or not lane.pending:
             return lane.staged
-        ref, fut = lane.pending[0]
-        if fut is None:
-            fut = self.pool.submit(self.fetch, ref)
-            lane.pending[0] = (ref, fut)
-        if not wait and not fut.done():
+        ref, ticket = lane.pending[0]
+        if ticket is None:
+            ticket = self.readers.submit(ref)
+            lane.pending[0] = (ref, ticket)
+        if not wait and not ticket.done():
             return False
         lane.pending.popleft()
-        clip = fut.result()
+        start = time.perf_counter()
+        clip = ticket.result()
+        self.host_s["wait for readers"] += time.perf_counter() - start
         if lane.pending and lane.pending[0][1] is None:  # the clip after it starts decoding now
             nxt, _ = lane.pending.popleft()
-            lane.pending.appendleft((nxt, self.pool.submit(self.fetch, nxt)))
+            lane.pending.appendleft((nxt, self.readers.submit(nxt)))
         if clip["__key__"] != ref.key:
             raise DatasetError(f"expected sample {ref.key}, read {clip['__key__']}")
         fids = np.asarray(clip["meta"]["frame_ids"], np.int64)
@@ -177,9 +197,7 @@ class LaneRunner:
         skipped[long_holes] = RESET
         meta["resets"] += fids[n - len(steps):][long_holes].tolist()
         lane.prev_fid = int(fids[-1])
-        for cam, buf in (("road", self.road), ("wide", self.wide)):  # pinned tensors on a GPU: asynchronous
-            frames = clip[cam] if isinstance(clip[cam], torch.Tensor) else torch.from_numpy(clip[cam])
-            buf[s, i, :n].copy_(frames, non_blocking=True)
+        self._upload(ticket, s, i)
         self.desire[s, i, :n] = clip["desire"]
         self.v_ego[s, i, :n] = np.nan_to_num(clip["car"][:, 0].astype(np.float32), nan=0.0)
         self.traffic[s, i] = clip["traffic"]
@@ -187,17 +205,41 @@ class LaneRunner:
         lane.refs[s], lane.staged = ref, True
         return True
 
+    def _upload(self, ticket: Ticket, s: int, i: int) -> None:
+        """Copy a decoded clip into lane i's slot s: one copy of the reader's slot (both cameras, every frame), on
+        the side stream after the compute already enqueued (which may still read the slot's previous clip)."""
+        start = time.perf_counter()
+        src = self.readers.slot_tensor(ticket)  # (2, T, 6, 128, 256), contiguous: frames past n are stale, never read
+        if src is None:  # spilled out of the slab into private memory: (2, n, 6, 128, 256)
+            src = torch.stack([torch.from_numpy(ticket.clip["road"]), torch.from_numpy(ticket.clip["wide"])])
+        dst = self.clips[s, i, :, : src.shape[1]]
+        if self.cuda:
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(self.copy_stream):
+                dst.copy_(src, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.copy_stream)
+            self.slot_ready[s, i] = event
+            self.readers.release(ticket, event)
+        else:
+            dst.copy_(src)
+            self.readers.release(ticket)
+        self.host_s["host->device"] += time.perf_counter() - start
+
     def _flip(self, i: int) -> None:
-        """Make the staged clip current."""
+        """Make the staged clip current (the next step's compute waits for its copy)."""
         lane = self.lanes[i]
         lane.refs[self.slot[i]] = None
         self.slot[i] = 1 - self.slot[i]
+        if (event := self.slot_ready.pop((int(self.slot[i]), i), None)) is not None:
+            self.waits.append(event)
         lane.staged = False
         self.length[i], self.t[i] = self.lengths[self.slot[i], i], 0
 
     def _service(self, budget: int) -> None:
         """Stage up to `budget` next clips that readers have finished (round-robin): the lane's own next
         clip, or, when its segment has none left, the first clip of the segment it will take next."""
+        self.readers.poll()  # take every decoded clip once; Ticket.done() then costs nothing
         for _ in range(self.b):
             if budget <= 0:
                 return
@@ -212,16 +254,18 @@ class LaneRunner:
                 budget -= self._stage(i, self.successor[i], wait=True)
 
     def _finish_clips(self, done: np.ndarray) -> None:
-        """Copy finished clips' outputs to the host (asynchronously on a GPU) and move the lanes on."""
+        """Copy finished clips' outputs to the host in one copy (asynchronous on a GPU) and move the lanes on."""
+        start = time.perf_counter()
         idx = self.staging.index(done)
-        cuda = self.dev.type == "cuda"
-        vision = torch.empty((len(done), *self.out_v.shape[1:]), dtype=torch.float16, pin_memory=cuda)
-        policy = torch.empty((len(done), *self.out_p.shape[1:]), dtype=torch.float16, pin_memory=cuda)
-        vision.copy_(self.out_v[idx], non_blocking=cuda)  # enqueued before the next step overwrites the rows
-        policy.copy_(self.out_p[idx], non_blocking=cuda)
+        cuda = self.cuda
+        out = torch.cat([self.out_v[idx], self.out_p[idx]], dim=2)  # (done, T, vision + policy) fp16, on the device
+        host = torch.empty(out.shape, dtype=torch.float16, pin_memory=cuda)
+        host.copy_(out, non_blocking=cuda)  # enqueued before the next step overwrites the rows
+        vision, policy = host[:, :, : self.out_v.shape[2]], host[:, :, self.out_v.shape[2]:]
         event = torch.cuda.Event() if cuda else None
         if event is not None:
             event.record()
+        self.host_s["device->host"] += time.perf_counter() - start
         self.finished.append(([(self.lanes[i].refs[self.slot[i]], int(self.length[i])) for i in done],
                               vision, policy, event))
         for i in done:
@@ -232,12 +276,13 @@ class LaneRunner:
             elif self.successor[i] is not None:  # its next segment is already on the device
                 self.lanes[i], self.successor[i] = self.successor[i], None
                 self._flip(i)
-                self.state.reset(i)
+                self.resets.append(i)
             else:
                 self._next_segment(i)
 
     def _emit_ready(self, wait: bool = False) -> None:
         """Hand finished clips whose copies have landed to the writer."""
+        start = time.perf_counter()
         while self.finished and (wait or self.finished[0][3] is None or self.finished[0][3].query()):
             refs, vision, policy, event = self.finished.pop(0)
             if event is not None:
@@ -245,24 +290,39 @@ class LaneRunner:
             v, p = vision.numpy(), policy.numpy()
             for j, (ref, n) in enumerate(refs):
                 self.emit(ref, v[j, :n].copy(), p[j, :n].copy())
+        self.host_s["hand-off to the writer"] += time.perf_counter() - start
 
     # -- the step --------------------------------------------------------------------------------
     def _step(self, active: np.ndarray) -> None:
+        start = time.perf_counter()
         state, rows = self.state, np.arange(self.b)
         slot = self.slot
-        gaps = self.gap[slot, rows, self.t]
-        for i in np.flatnonzero(gaps * active):
-            if gaps[i] == RESET:
-                state.reset(int(i))
-            else:
-                state.skip_frames(int(i), int(gaps[i]))
+        gaps = np.where(active, self.gap[slot, rows, self.t], 0)
+        resets = sorted(set(self.resets) | set(np.flatnonzero(gaps == RESET).tolist()))
+        self.resets = []
+        if resets:  # segment starts and restarts, all lanes in one go
+            state.reset(self.staging.index(np.asarray(resets)))
+        if (gaps > 0).any():  # encoder drops: replay the newest entries, all lanes in one go
+            lanes = np.flatnonzero(gaps > 0)
+            state.skip_frames(self.staging.index(lanes), gaps[lanes])
+        if self.cuda:
+            stream = torch.cuda.current_stream(self.dev)
+            for event in self.waits:
+                stream.wait_event(event)
+            while len(self.gpu_events) > 64 and self.gpu_events[0][1].query():  # keep the list short
+                a, b = self.gpu_events.pop(0)
+                self.gpu_busy += a.elapsed_time(b) / 1000
+            self.gpu_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self.gpu_events[-1][0].record(stream)
+        self.waits = []
         packed = self.staging.upload(np.concatenate([
             slot[:, None].astype(np.float32), self.t[:, None].astype(np.float32),
             self.v_ego[slot, rows, self.t][:, None], self.traffic[slot, rows], self.desire[slot, rows, self.t]],
             axis=1))  # (B, 13) on the device
         s, t = packed[:, 0].long(), packed[:, 1].long()
         v_ego, traffic, desire = packed[:, 2], packed[:, 3:5], packed[:, 5:]
-        stacks = state.vision_inputs(self.road[s, self.rows, t], self.wide[s, self.rows, t])
+        frames = self.clips[s, self.rows, :, t]  # (B, 2, 6, 128, 256): road, wide
+        stacks = state.vision_inputs(frames[:, 0], frames[:, 1])
         vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
         vout = self.backend.vision(vin)
         state.push_features(vout[:, self.hidden])
@@ -273,11 +333,15 @@ class LaneRunner:
         self.out_v[self.rows, t] = vout.to(torch.float16)
         self.out_p[self.rows, t] = pout.to(torch.float16)
         self.t[active] += 1
+        if self.cuda:
+            self.gpu_events[-1][1].record(torch.cuda.current_stream(self.dev))
+        self.host_s["compute"] += time.perf_counter() - start
 
     def run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None = None) -> int:
         """Label every clip of `work` (clips in `bad` shards skipped); returns frames labeled."""
         self.queue, self.bad = collections.deque(work), bad
         self.upcoming: collections.deque = collections.deque()
+        self.steps = 0
         self._refill()
         for i in range(self.b):
             self._next_segment(i)
@@ -292,7 +356,23 @@ class LaneRunner:
             if on_progress is not None:
                 on_progress(frames)
             self._service(budget=max(2, self.b // 8))
+            self.steps += 1
             done = np.flatnonzero(active & (self.t >= self.length))
             if len(done):
                 self._finish_clips(done)
             self._emit_ready()
+
+    def profile(self, wall: float) -> dict[str, float]:
+        """Seconds per step by stage (main process), readers' read/decode seconds per step (summed over the
+        processes), and the accelerator's busy fraction of `wall` (CUDA events; on the CPU, compute / wall)."""
+        steps = max(1, self.steps)
+        out = {f"{k} s/step": v / steps for k, v in self.host_s.items()}
+        out.update({f"readers {k} s/step": v / steps for k, v in self.readers.seconds.items()})
+        if self.cuda:
+            torch.cuda.synchronize(self.dev)
+            busy = self.gpu_busy + sum(a.elapsed_time(b) for a, b in self.gpu_events) / 1000
+        else:
+            busy = self.host_s["compute"]
+        out["busy fraction"] = busy / wall if wall else 0.0
+        out["steps"] = float(self.steps)
+        return out

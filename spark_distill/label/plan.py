@@ -76,8 +76,8 @@ class ShardIndex:
         self.keys = list(self.members)
         self.fd = os.open(path, os.O_RDONLY)
 
-    def read(self, key: str, wanted: tuple[str, ...]) -> dict[str, Any]:
-        """Decoded members of sample `key` (arrays and parsed JSON), plus `__key__`."""
+    def read_raw(self, key: str, wanted: tuple[str, ...]) -> dict[str, Any]:
+        """Member bytes of sample `key` (those of `wanted` it has), plus `__key__`."""
         entry = self.members.get(key)
         if entry is None:
             raise DatasetError(f"{self.path.name}: no sample {key!r} (the frames manifest and shard disagree)")
@@ -86,7 +86,11 @@ class ShardIndex:
             if member in entry:
                 offset, size = entry[member]
                 raw[member] = os.pread(self.fd, size, offset)
-        return shards.decode_sample(raw)
+        return raw
+
+    def read(self, key: str, wanted: tuple[str, ...]) -> dict[str, Any]:
+        """Decoded members of sample `key` (arrays and parsed JSON), plus `__key__`."""
+        return shards.decode_sample(self.read_raw(key, wanted))
 
     def close(self) -> None:
         os.close(self.fd)

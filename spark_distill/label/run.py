@@ -4,10 +4,12 @@
 writes `<root>/labels/<set>/` (same shard names, keys and order as `frames/`). Entry: `label(cfg)`.
 
 B segments advance in lockstep (one lane each, each with its own modeld state, reset at the
-segment's first frame), so the accelerator sees batches of B frames. Reader threads fetch and
-decompress clips ahead of the lanes; a writer thread compresses and writes each label shard once
-all its clips are labeled, then the manifest is rewritten atomically. Resumable per shard: a rerun
-skips finished shards and relabels, from their first frame, only segments with unfinished clips.
+segment's first frame), so the accelerator sees batches of B frames (lanes.py). Reader processes
+read and decompress clips ahead of the lanes into a shared slab (workers.py); a writer process
+compresses and writes each label shard once all its clips are labeled, and the main process then
+rewrites the manifest atomically. Resumable per shard: a rerun skips finished shards and relabels,
+from their first frame, only segments with unfinished clips. An interruption (Ctrl-C, a dead reader)
+stops every worker process, records the shards already written and leaves no partial shard.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import collections
 import concurrent.futures as cf
 import json
 import logging
+import multiprocessing as mp
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
@@ -33,11 +34,11 @@ from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, get_backend
 from spark_distill.label.lanes import LaneRunner
-from spark_distill.label.plan import ClipRef, SegmentPlan, ShardIndex, frames_binding, plan_segments
+from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
+from spark_distill.label.workers import ClipReaders, child_init, write_label_shard
 
 log = logging.getLogger(__name__)
-_CLIP_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst", "meta.json")
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
 
 
@@ -51,7 +52,8 @@ class LabelConfig:
     backend: str = "auto"
     precision: str = "auto"  # fp16 on GPUs, fp32 on the CPU
     batch: int = 8  # segments in lockstep; a GPU wants 64-256, the CPU reference 4-16
-    workers: int = 8  # reader threads (tar reads + zstd decode); a GPU at full speed wants 12+
+    workers: int = 8  # reader processes (tar reads + zstd decode); a GPU at full speed wants 12+
+    compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
     device: str | None = None
     rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
@@ -63,6 +65,8 @@ class LabelConfig:
             raise ConfigError("--batch and --workers must be >= 1")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"--name {self.name!r} is not a usable folder name")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"--compile {self.compile!r}: choose auto, on or off")
 
 
 @dataclass
@@ -74,6 +78,7 @@ class LabelResult:
     shards_already: int = 0
     skipped_shards: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)  # LaneRunner.profile: seconds per step by stage
 
     @property
     def frames_per_s(self) -> float:
@@ -114,16 +119,18 @@ def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entr
 
 
 class _Writer:
-    """Collects labeled clips per shard and writes a shard once it is complete (on a writer thread)."""
+    """Collects labeled clips per shard; a complete shard goes to the writer process (compress, write, rename),
+    and the main process records it in the manifest once it is on disk (`poll`, `close`)."""
 
     def __init__(self, folder: Path, frames_manifest: dict[str, Any], todo: set[int], manifest: dict[str, Any],
                  expected: dict[int, list[str]]) -> None:
         self.folder, self.frames_manifest, self.todo, self.manifest = folder, frames_manifest, todo, manifest
         self.expected = expected
         self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
-        self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix="label-writer")
+        self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=child_init)
         self.futures: list[cf.Future] = []
         self.written = 0
+        self.seconds = 0.0  # in the writer process
 
     def add(self, ref: ClipRef, vision: np.ndarray, policy: np.ndarray) -> None:
         if ref.shard not in self.todo:
@@ -131,27 +138,34 @@ class _Writer:
         got = self.pending[ref.shard]
         got[ref.key] = (vision, policy)
         if len(got) == len(self.expected[ref.shard]):
-            self.futures.append(self.pool.submit(self._write, ref.shard, self.pending.pop(ref.shard)))
+            clips = self.pending.pop(ref.shard)  # same keys, same order as the frames shard
+            self.futures.append(self.pool.submit(write_label_shard, self.folder,
+                                                 self.frames_manifest["shards"][ref.shard]["name"],
+                                                 [(key, *clips[key]) for key in self.expected[ref.shard]]))
+        self.poll()
 
-    def _write(self, shard: int, clips: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        name = self.frames_manifest["shards"][shard]["name"]
-        writer = shards.ShardWriter(self.folder, name, shards.LABEL_MEMBERS)
+    def poll(self, *, wait: bool = False) -> None:
+        """Record the shards the writer has finished (all of them with `wait`); re-raises a writer failure."""
+        while self.futures and (wait or self.futures[0].done()):
+            entry, seconds = self.futures.pop(0).result()
+            record_shard(self.manifest, self.frames_manifest, entry)
+            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+            self.written += 1
+            self.seconds += seconds
+
+    def close(self, *, ok: bool = True) -> None:
+        """Finish (`ok`) or, after a failure or Ctrl-C, record what is already on disk and drop the rest."""
         try:
-            for key in self.expected[shard]:  # same keys, same order as the frames shard
-                vision, policy = clips[key]
-                writer.write({"__key__": key, "vision.npy.zst": shards.encode_array(vision),
-                              "policy.npy.zst": shards.encode_array(policy)}, frames=len(vision))
-        except BaseException:
-            writer.abort()
-            raise
-        record_shard(self.manifest, self.frames_manifest, writer.close().to_json())
-        shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
-        self.written += 1
-
-    def close(self) -> None:
-        for f in self.futures:
-            f.result()  # re-raise a writer failure here
-        self.pool.shutdown()
+            if ok:
+                self.poll(wait=True)
+            else:
+                for f in self.futures:
+                    f.cancel()
+                cf.wait(self.futures)
+                self.futures = [f for f in self.futures if not f.cancelled() and f.exception() is None]
+                self.poll(wait=True)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _verify_frames(folder: Path, frames_manifest: dict[str, Any], needed: set[int], workers: int) -> set[int]:
@@ -174,7 +188,8 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     plans = plan_segments(frames_manifest)
     teacher, vision_model, policy_model = load_teacher(list(cfg.teacher))
     backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
-                          precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines")
+                          precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
+                          compile=cfg.compile)
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,11 +218,13 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     total = sum(frames_manifest["shards"][i]["frames"] for i in {c.shard for p in work for c in p.clips} - bad)
     writer = _Writer(folder, frames_manifest, todo, manifest, expected)
     start = time.perf_counter()
+    ok = False
     try:
-        result.frames = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, work, bad, writer, manifest,
-                                   total, on_progress)
+        result.frames, result.profile = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, work, bad, writer,
+                                                   manifest, total, on_progress)
+        ok = True
     finally:
-        writer.close()
+        writer.close(ok=ok)
     result.seconds = time.perf_counter() - start
     result.shards_written = writer.written
     if result.frames:
@@ -219,37 +236,25 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
 
 def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path, frames_manifest: dict[str, Any],
                work: list[SegmentPlan], bad: set[int], writer: _Writer, manifest: dict[str, Any], total: int,
-               on_progress: Callable[[int, int], None] | None) -> int:
-    indexes: dict[int, ShardIndex] = {}
-    lock = threading.Lock()
-    pin = backend.device.type == "cuda"
-
-    def fetch(ref: ClipRef) -> dict[str, Any]:
-        """Read and decode one clip (on a reader thread); on a GPU, frames land in pinned memory so the
-        main thread's host-to-device copies are asynchronous."""
-        with lock:
-            if ref.shard not in indexes:
-                indexes[ref.shard] = ShardIndex(fdir / frames_manifest["shards"][ref.shard]["name"],
-                                                shards.FRAMES_MEMBERS)
-            idx = indexes[ref.shard]
-        clip = idx.read(ref.key, _CLIP_MEMBERS)
-        if pin:
-            for cam in ("road", "wide"):
-                pinned = torch.empty(clip[cam].shape, dtype=torch.uint8, pin_memory=True)
-                np.copyto(pinned.numpy(), clip[cam])
-                clip[cam] = pinned
-        return clip
-
-    pool = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="label-reader")
-    runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,
-                        clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
-                        fetch=fetch, pool=pool, emit=writer.add, segments_meta=manifest["segments"])
+               on_progress: Callable[[int, int], None] | None) -> tuple[int, dict[str, float]]:
+    """Label `work` with reader processes feeding a LaneRunner; returns frames labeled and the profile."""
+    clip_len = int(frames_manifest["settings"]["clip_len"])
+    readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
+                          slots=cfg.batch + 2 * cfg.workers, clip_len=clip_len, pin=backend.device.type == "cuda")
     try:
-        return runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
+        runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch, clip_len=clip_len,
+                            lat_delay=cfg.lat_delay, readers=readers, emit=writer.add,
+                            segments_meta=manifest["segments"])
+        start = time.perf_counter()
+        frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
+        wall = time.perf_counter() - start
+        writer.poll(wait=True)
+        profile = runner.profile(time.perf_counter() - start)
+        profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
+        profile["label pass s"] = wall
+        return frames, profile
     finally:
-        pool.shutdown(cancel_futures=True)
-        for idx in indexes.values():
-            idx.close()
+        readers.close()
 
 
 def assign_segments(work: list[SegmentPlan], frames_manifest: dict[str, Any], world: int) -> list[list[SegmentPlan]]:
@@ -291,11 +296,13 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Pat
         writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected)
         total = sum(len(p.clips) for p in mine) * int(frames_manifest["settings"]["clip_len"])
         start = time.perf_counter()
+        ok = False
         try:
-            result.frames = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, mine, bad, writer,
-                                       part_manifest, total, on_progress)
+            result.frames, result.profile = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, mine, bad,
+                                                       writer, part_manifest, total, on_progress)
+            ok = True
         finally:
-            writer.close()
+            writer.close(ok=ok)
         shards.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
                                                        "seconds": time.perf_counter() - start})
         dist.barrier()

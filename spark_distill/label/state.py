@@ -16,6 +16,7 @@ entry points: `ModeldState.vision_inputs`, `.push_features`, `.policy_inputs`, `
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from spark_distill import contract as C
@@ -78,10 +79,10 @@ class ModeldState:
         self.curv = torch.zeros(lanes, full, 1, **z)
         self.sample_idx = sample_indices(history, device)
 
-    def reset(self, lane: int) -> None:
-        """A new segment starts in `lane`: every history back to zeros."""
+    def reset(self, lanes: torch.Tensor) -> None:
+        """A new segment starts in `lanes` (a (k,) index tensor on the device): every history back to zeros."""
         for buf in (*self.images.values(), self.features, self.desire, self.prev_desire, self.curv):
-            buf[lane].zero_()
+            buf.index_fill_(0, lanes, 0)
 
     def _advance_images(self) -> None:
         self.newest = (self.newest + 1) % (C.TEMPORAL_SKIP + 1)
@@ -113,16 +114,19 @@ class ModeldState:
     def push_curvature(self, curvature: torch.Tensor) -> None:
         self.curv = push(self.curv, curvature.reshape(-1, 1).float())
 
-    def skip_frames(self, lane: int, count: int) -> None:
+    def skip_frames(self, lanes: torch.Tensor, counts: np.ndarray) -> None:
         """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the
-        newest entry of every buffer `count` times in this lane, with no desire pulse."""
+        newest entry of every buffer `counts[j]` times in lane `lanes[j]`, with no desire pulse (all lanes
+        in one batched update per repeated frame)."""
         slots = C.TEMPORAL_SKIP + 1
-        for _ in range(count):
-            prev = int(self.newest[lane])
-            self.newest[lane] = (prev + 1) % slots
+        for k in range(int(counts.max(initial=0))):
+            rows = lanes if (counts > k).all() else lanes[torch.from_numpy(np.flatnonzero(counts > k)).to(lanes.device)]
+            prev = self.newest[rows]
+            nxt = (prev + 1) % slots
+            self.newest[rows] = nxt
             for ring in self.images.values():
-                ring[lane, (prev + 1) % slots] = ring[lane, prev]
+                ring[rows, nxt] = ring[rows, prev]
             for name in ("features", "curv"):
                 buf = getattr(self, name)
-                buf[lane] = torch.cat([buf[lane, 1:], buf[lane, -1:]])
-            self.desire[lane] = torch.cat([self.desire[lane, 1:], torch.zeros_like(self.desire[lane, -1:])])
+                buf[rows] = torch.cat([buf[rows, 1:], buf[rows, -1:]], dim=1)
+            self.desire[rows] = torch.cat([self.desire[rows, 1:], torch.zeros_like(self.desire[rows, -1:])], dim=1)

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill import shards
+from spark_distill.clips import decode_clip
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import DatasetError
 from spark_distill.label.plan import SegmentPlan, frames_binding, plan_segments
@@ -186,9 +187,7 @@ class ClipStream(IterableDataset):
         out: dict[str, list] = {k: [] for k in names}
         keys, starts = [], []
         for f_raw, l_raw in samples:
-            if not self.images:  # never decompress frames the step will not look at
-                f_raw = {k: v for k, v in f_raw.items() if k not in ("road.npy.zst", "wide.npy.zst")}
-            f, lab = shards.decode_sample(f_raw), shards.decode_sample(l_raw)
+            f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
             n = len(f["meta"]["frame_ids"])
             keys.append(f_raw["__key__"])
             fids = np.asarray(f["meta"]["frame_ids"])

@@ -45,11 +45,13 @@ def test_torch_fp32_matches_onnxruntime(teacher) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile", ["off", "on"])
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 6e-2)])
-def test_torch_cuda_matches_onnxruntime(teacher, precision: str, atol: float) -> None:
-    """Stated tolerances, relative to the largest output: fp16 2%, bf16 6% (8 mantissa bits)."""
+def test_torch_cuda_matches_onnxruntime(teacher, precision: str, atol: float, compile: str) -> None:
+    """Stated tolerances, relative to the largest output: fp16 2%, bf16 6% (8 mantissa bits); eager and compiled."""
     ort_b = get_backend("onnxruntime", *teacher, batch=8)
-    torch_b = get_backend("torch", *teacher, batch=8, precision=precision, device="cuda")
+    torch_b = get_backend("torch", *teacher, batch=8, precision=precision, device="cuda", compile=compile)
+    assert torch_b.describe()["compiled"] == (compile == "on")
     _compare(ort_b, torch_b, teacher, batch=8, rtol=0, atol=atol)
 
 
@@ -88,6 +90,10 @@ def test_backend_names_and_precisions(teacher) -> None:
         get_backend("openvino", *teacher)
     with pytest.raises(ConfigError, match="fp32 only"):
         get_backend("onnxruntime", *teacher, precision="fp16")
+    with pytest.raises(ConfigError, match="--compile on applies to the torch backend"):
+        get_backend("onnxruntime", *teacher, compile="on")
+    with pytest.raises(ConfigError, match="choose auto, on or off"):
+        get_backend("torch", *teacher, device="cpu", compile="yes")
     with pytest.raises(ConfigError, match="runs on the CPU, not cuda:1"):
         get_backend("onnxruntime", *teacher, device="cuda:1")
     with pytest.raises(ConfigError, match="on CUDA only"):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -275,3 +276,46 @@ def test_two_ranks_split_segments_and_write_the_same_shards(labeled: Path) -> No
     assert manifest["throughput"]["ranks"] == 2 and len(manifest["shards"]) == len(names)
     assert set(manifest["segments"]) == set(shards.read_manifest(one, shards.LABELS_FORMAT)["segments"])
     shutil.rmtree(two)
+
+
+def _stop_and_check(cfg: LabelConfig, interrupt) -> Exception:
+    """Run `cfg` with `interrupt(half_done)` called on progress until it raises; check what it left: no worker
+    process, only complete shards, each recorded in the manifest. Returns what stopped it."""
+    import multiprocessing as mp
+
+    with pytest.raises((KeyboardInterrupt, LabelError)) as stopped:
+        label(cfg, on_progress=lambda n, total: interrupt(n >= total // 2))
+    assert not mp.active_children(), "every reader and writer process stopped"
+    folder = cfg.root / "labels" / cfg.name
+    written = (folder / shards.MANIFEST).exists()  # the manifest appears with the first shard written
+    listed = {s["name"] for s in shards.read_manifest(folder, shards.LABELS_FORMAT)["shards"]} if written else set()
+    assert {p.name for p in folder.glob("shard-*")} == listed, "no half-written shard, every written shard recorded"
+    assert len(listed) < len(list((cfg.root / "frames").glob("shard-*.tar")))
+    return stopped.value
+
+
+def test_a_dead_reader_or_ctrl_c_stops_every_process_and_leaves_a_resumable_set(labeled: Path, tmp_path: Path
+                                                                               ) -> None:
+    import multiprocessing as mp
+
+    def kill_readers(half_done: bool) -> None:
+        if half_done:
+            for p in mp.active_children():
+                if p.name.startswith("label-reader"):
+                    p.kill()
+
+    def ctrl_c(half_done: bool) -> None:
+        if half_done:
+            raise KeyboardInterrupt
+
+    root = tmp_path / "copy"
+    shutil.copytree(labeled / "frames", root / "frames")
+    cfg = LabelConfig(root=root, teacher=(labeled / "teacher",), backend="onnxruntime", batch=4, workers=2, name="set")
+    error = _stop_and_check(cfg, kill_readers)
+    assert isinstance(error, LabelError) and "\n" not in str(error)
+    assert re.search(r"reader process label-reader-\d died \(exit code -9\) while reading shard-\d{6}\.tar", str(error))
+    assert isinstance(_stop_and_check(cfg, ctrl_c), KeyboardInterrupt)  # the resumed run, stopped by Ctrl-C
+    label(cfg)
+    folder = root / "labels" / "set"
+    for p in (labeled / "labels" / "set").glob("shard-*.tar"):
+        assert (folder / p.name).read_bytes() == p.read_bytes(), p.name

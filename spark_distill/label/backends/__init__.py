@@ -73,6 +73,11 @@ def get_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
         name = auto_backend()
     if name not in BACKENDS:
         raise UnknownTeacherError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}, auto")
+    compile_ = kwargs.pop("compile", "auto")  # torch.compile of the teacher: the torch backend's option
+    if name == "torch":
+        kwargs["compile"] = compile_
+    elif compile_ == "on":
+        raise ConfigError(f"--compile on applies to the torch backend, not {name}")
     return BACKENDS[name](*args, **kwargs)
 
 

@@ -1,0 +1,51 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Read a clip from its shards and decode it: the one implementation the label pass and the training
+loader share. Entry points: `read_raw(index, key, stems)` (a clip's member bytes from a frames shard, by
+random access) and `decode_clip(frames, labels)` (decoded arrays of a clip, labels beside frames).
+
+Members are chosen by stem (`road`, `wide`, `desire`, ...), not by full member name, and every array is
+decoded by `shards.decode_sample`, which picks the codec from the member name: a new storage codec for
+a member (another extension) plugs in without a change here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spark_distill import shards
+from spark_distill.errors import DatasetError
+from spark_distill.label.plan import ShardIndex
+
+IMAGE_STEMS = frozenset({"road", "wide"})
+LABEL_PASS_STEMS = IMAGE_STEMS | {"desire", "traffic", "car", "meta"}  # what the teacher's modeld state reads
+
+
+def stem(member: str) -> str:
+    """`road` of `road.npy.zst` (a member's name without its codec extensions)."""
+    return member.split(".", 1)[0]
+
+
+def read_raw(index: ShardIndex, key: str, stems: frozenset[str]) -> dict[str, Any]:
+    """Member bytes of sample `key` whose stem is in `stems`, plus `__key__` (pread; nothing decoded)."""
+    entry = index.members.get(key)
+    if entry is None:
+        raise DatasetError(f"{index.path.name}: no sample {key!r} (the frames manifest and shard disagree)")
+    return index.read_raw(key, tuple(m for m in entry if stem(m) in stems))
+
+
+def decode_clip(frames: dict[str, Any], labels: dict[str, Any] | None = None, *,
+                images: bool = True) -> dict[str, Any]:
+    """A clip's arrays by stem (`road`, `desire`, `meta`, ... and, given `labels`, `vision` and `policy`).
+
+    `images=False` never decompresses the camera members (feature-cached training does not look at
+    them). Frames and labels must be the same sample: a key mismatch is a DatasetError."""
+    if not images:
+        frames = {k: v for k, v in frames.items() if stem(k) not in IMAGE_STEMS}
+    out = shards.decode_sample(frames)
+    if labels is not None:
+        if labels["__key__"] != frames["__key__"]:
+            raise DatasetError(f"frames sample {frames['__key__']} paired with label sample {labels['__key__']}")
+        lab = shards.decode_sample(labels)
+        out.update((k, v) for k, v in lab.items() if k != "__key__")
+    return out

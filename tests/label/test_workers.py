@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Reader processes: decoded clips equal the shard index's, any number of slots, a dead reader named."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spark_distill import shards
+from spark_distill.clips import decode_clip
+from spark_distill.errors import DatasetError, LabelError
+from spark_distill.label.plan import ShardIndex, plan_segments
+from spark_distill.label.workers import ClipReaders
+
+
+def _frames(root: Path) -> tuple[list[Path], list]:
+    manifest = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
+    paths = [root / "frames" / s["name"] for s in manifest["shards"]]
+    return paths, [c for p in plan_segments(manifest) for c in p.clips]
+
+
+def test_readers_decode_what_the_shard_index_reads_with_a_single_slot(labeled: Path) -> None:
+    paths, refs = _frames(labeled)
+    readers = ClipReaders(paths, workers=2, slots=1, clip_len=10)
+    try:
+        tickets = [readers.submit(r) for r in refs[:6]]
+        for ticket in reversed(tickets):  # waits out of order: held clips are spilled to free the one slot
+            clip = ticket.result()
+            want = ShardIndex(paths[ticket.ref.shard], shards.FRAMES_MEMBERS).read(ticket.ref.key, tuple(
+                shards.FRAMES_MEMBERS))
+            assert clip["__key__"] == ticket.ref.key
+            for name in ("road", "wide", "desire", "car", "traffic"):
+                np.testing.assert_array_equal(clip[name], want[name], err_msg=name)
+            assert clip["meta"] == want["meta"]
+            readers.release(ticket)
+        assert readers.spilled >= 4 and readers.seconds["decode"] > 0
+        slab = readers.path
+    finally:
+        readers.close()
+    assert not [p for p in mp.active_children() if p.name.startswith("label-reader")] and not os.path.exists(slab)
+
+
+def test_a_reader_that_dies_is_one_error_naming_its_shard(labeled: Path) -> None:
+    paths, refs = _frames(labeled)
+    readers = ClipReaders(paths, workers=1, slots=2, clip_len=10)
+    try:
+        readers.submit(refs[0]).result()
+        readers.procs[0].kill()
+        readers.procs[0].join()
+        with pytest.raises(LabelError, match=r"reader process label-reader-0 died \(exit code -9\) while reading "
+                                             r"shard-000000\.tar .*run the same command again"):
+            readers.submit(refs[1]).result()
+    finally:
+        readers.close()
+
+
+def test_decode_clip_keeps_frames_and_labels_of_one_sample(labeled: Path) -> None:
+    name = "shard-000000.tar"
+    f = next(shards.iter_shard(labeled / "frames" / name, shards.FRAMES_MEMBERS))
+    lab = list(shards.iter_shard(labeled / "labels" / "set" / name, shards.LABEL_MEMBERS))
+    clip = decode_clip(f, lab[0], images=False)
+    assert "road" not in clip and clip["policy"].dtype == np.float16 and len(clip["vision"]) == len(clip["desire"])
+    with pytest.raises(DatasetError, match="paired with label sample"):
+        decode_clip(f, lab[1])
