@@ -40,6 +40,7 @@ from spark_distill.train.step import (
     loss_step,
     make_autocast,
     make_optimizer,
+    on_device,
     optimizer_step,
     use_compile,
 )
@@ -101,7 +102,7 @@ class Stepper:
 
     def timed(self, batches: Iterable[dict], *, steps: int) -> Measured:
         """`steps` timed steps after WARMUP untimed ones."""
-        it = iter(batches)
+        it = on_device(batches, self.device)
         clips = frames = 0
         first = None
         for i in range(WARMUP + steps):

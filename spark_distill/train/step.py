@@ -13,7 +13,7 @@ DoRA's row norms are computed once per forward (`lora.norms_once`), outside any 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -92,6 +92,43 @@ class Unroll(nn.Module):
                 p, state = step(feats[:, i], desire[:, i], traffic, state, v_ego[:, i])
                 policy.append(p)
         return vision, torch.stack(policy, 1)  # (B, T, Nv), (B, T, Np)
+
+
+HOST_KEYS = ("mask", "keys")  # what loss_step reads on the host (mask: the frames' indices, without a device sync)
+
+
+def on_device(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterator[dict[str, Any]]:
+    """The batches with their tensors moved to `device` one batch ahead, on a side CUDA stream: the host-to-device
+    copy of batch i+1 (pinned memory) overlaps step i. On a CPU device the batches pass through unchanged."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    side = torch.cuda.Stream(device)
+
+    def move(batch: dict[str, Any]) -> dict[str, Any]:
+        with torch.cuda.stream(side):
+            return {k: v if k in HOST_KEYS or not isinstance(v, torch.Tensor) else v.to(device, non_blocking=True)
+                    for k, v in batch.items()}
+
+    ahead = None
+    for batch in batches:
+        moved = move(batch)
+        if ahead is not None:
+            yield _ready(ahead, side)
+        ahead = moved
+    if ahead is not None:
+        yield _ready(ahead, side)
+
+
+def _ready(batch: dict[str, Any], side: torch.cuda.Stream) -> dict[str, Any]:
+    """The batch usable on the current stream: wait for its copy; its memory stays allocated until that stream
+    is done with it."""
+    current = torch.cuda.current_stream(side.device)
+    current.wait_stream(side)
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.is_cuda:
+            v.record_stream(current)
+    return batch
 
 
 def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
