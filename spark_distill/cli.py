@@ -6,6 +6,7 @@ SparkDistillError: it prints `error: <message>` on stderr and exits 2 (bad input
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -18,18 +19,47 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from spark_distill import __version__
 from spark_distill.errors import SparkDistillError
 
-app = typer.Typer(
+
+def _blank_flags(params: list[Any]) -> list[Any]:
+    """typer shows flags (and --help) a `<bool>` value they do not take: give them an empty metavar."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _blank_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _blank_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """typer.Typer whose commands show flags without a value."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     name="spark-distill",
     help="Distil and fine-tune openpilot driving models from your own routes: ingest -> label -> train -> export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.",
+bench_app = _Typer(cls=_Group, help="Benchmarks that print ratios against a baseline measured in the same run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench", rich_help_panel="Check and compare")
 
@@ -114,7 +144,7 @@ def demo(
                                                         "holds an earlier demo).")] = Path("demo-out"),
     minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 1.0,
     student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
-    steps: Annotated[int | None, typer.Option(help="Training steps [default: 40 per minute of drive].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 40 per minute of drive].")] = None,
     device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
@@ -148,12 +178,12 @@ def ingest(
     paths: Annotated[list[str], typer.Argument(help="Segment, route or parent folders, or globs (quote them).")],
     out_root: Annotated[Path, typer.Option("--out", "-o", help="Dataset root; frames go to ROOT/frames/.")],
     clip_len: Annotated[int, typer.Option(help="Frames per clip (20 = 1 s at 20 Hz).")] = 20,
-    workers: Annotated[int, typer.Option(help="Segment worker processes [default: one per CPU core].")] = 0,
+    workers: Annotated[int, typer.Option(help="Segment worker processes \\[default: one per CPU core].")] = 0,
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
                                               "from the road camera).")] = "road,wide",
     log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
     schema_dir: Annotated[Path | None, typer.Option(help="Folder with a newer cereal log.capnp "
-                                                         "[default: openpilot-logging's].")] = None,
+                                                         "\\[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads per video decoder (0 = auto).")] = 0,
 ) -> None:
@@ -184,15 +214,15 @@ def label(
                                                             "policy.")] = None,
     from_log: Annotated[bool, typer.Option(help="Build the label set from the car's own logged model outputs "
                                                 "(modelV2, stored by ingest) instead of running a teacher.")] = False,
-    name: Annotated[str | None, typer.Option(help="Label set name [default: <teacher>-<hash8>].")] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime [default: fastest "
+    name: Annotated[str | None, typer.Option(help="Label set name \\[default: <teacher>-<hash8>].")] = None,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime \\[default: fastest "
                                               "available].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
     workers: Annotated[int, typer.Option(help="Reader threads (shard reads + zstd).")] = 4,
     lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
                          ] = 0.2,
-    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 [default: cuda if present].")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 \\[default: cuda if present].")] = None,
 ) -> None:
     """Run the teacher once over every frame (stateful, like modeld) and write a label set."""
     from spark_distill.errors import ConfigError
@@ -267,26 +297,34 @@ def train(
                                               "pair given by --student-onnx).")] = "compact",
     student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
                                                            "(+ metadata) for --student openpilot.")] = None,
-    run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ [default: "
+    run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ \\[default: "
                                             "<labels>-<student>-<adapter>]. Under torchrun write --run-name (torchrun "
                                             "takes --run for its own --run-path).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of runs.")] = Path("runs"),
     epochs: Annotated[int, typer.Option(help="Passes over the training clips.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Clips per step per rank.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; warm-up then cosine).")] = 1e-4,
-    adapter: Annotated[str, typer.Option(help="dora, lora, or none (train every parameter).")] = "dora",
+    batch_size: Annotated[int, typer.Option(help="Clips per step per rank (capped by the clips a loader worker "
+                                                 "gets; split into accumulated micro-batches where memory is short)."
+                                            )] = 32,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW; warm-up then cosine) \\[default: 1e-3 "
+                                                  "with --adapter none, 5e-4 with dora or lora].")] = None,
+    adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
+                                              "built-in student (random weights), dora to fine-tune a trained one "
+                                              "(--student openpilot or a run).")] = "auto",
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
-                                                     "[default: the student's: compact policy.*, gru_x, gru_h, "
+                                                     "\\[default: the student's: compact policy.*, gru_x, gru_h, "
                                                      "heads.*; openpilot policy.*].")] = None,
     train_modules: Annotated[str, typer.Option(help="Comma-separated globs of modules to train fully.")] = "",
     burn_in: Annotated[int, typer.Option(help="Frames per clip that only warm the recurrent state.")] = 5,
     grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
-    val_fraction: Annotated[float, typer.Option(help="Share of segments held out for validation.")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(help="Share of segments held out for validation (a dataset of one "
+                                                        "segment holds out its last share of clips).")] = 0.1,
     mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
-                                                   "teacher).")] = True,
-    workers: Annotated[int, typer.Option(help="DataLoader workers per rank.")] = 2,
+                                                   "teacher); turned off, with a note, where no frame would be "
+                                                   "left.")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per rank (capped by the training shards a rank "
+                                              "reads).")] = 2,
     loss_weights: Annotated[str, typer.Option(help="Loss term weights, e.g. 'plan=1,lanes=0.5' (terms: plan, "
                                                    "plan_prob, lanes, edges, lead, probs, gt; others keep their "
                                                    "defaults: 1, 0.2, 1, 0.5, 0.5, 0.5, 0).")] = "",
@@ -295,7 +333,7 @@ def train(
     feature_cached: Annotated[str, typer.Option(help="auto, on or off: train the policy from the teacher's stored "
                                                      "vision features, decoding no image (auto: when nothing in the "
                                                      "vision network trains).")] = "auto",
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule [default: all epochs].")
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule \\[default: all epochs].")
                          ] = None,
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
                        ] = None,
@@ -304,7 +342,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints (one is also written at "
                                                        "each epoch end and at the end).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
-    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if present; cuda:LOCAL_RANK "
+    device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present; cuda:LOCAL_RANK "
                                                     "under torchrun].")] = None,
     compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's vision "
                                                            "half and recurrent step (auto: on CUDA).")] = "auto",
@@ -324,11 +362,13 @@ def train(
         fields["loss"] = LossWeights.parse(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
     except ValueError as e:
         raise ConfigError(f"--loss-weights: {e}") from e
-    fields.update(root=root, labels=labels, run=o["run"] or f"{labels}-{o['student']}-{o['adapter']}",
+    fields.update(root=root, labels=labels, run=o["run"] or "",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
                   rank_id=rank, world=world, init_method="env://" if world > 1 else None)
     cfg = TrainConfig(**fields)
+    if not cfg.run:  # named after the resolved adapter
+        cfg = dataclasses.replace(cfg, run=f"{labels}-{Path(cfg.student).name}-{cfg.adapter}")
     with progress_bar("train", unit="steps") as update:
         clips_per_step = cfg.batch_size * cfg.grad_accum * cfg.world
 
@@ -411,7 +451,7 @@ def eval_command(
     run: Annotated[list[Path] | None, typer.Option(help="Training run folder or checkpoint (repeatable).")] = None,
     model: Annotated[list[Path] | None, typer.Option(help="Exported model: an export folder (combined or split) or "
                                                           "a driving_model.onnx (repeatable).")] = None,
-    segments: Annotated[str, typer.Option(help="Comma-separated segment names [default: the first run's "
+    segments: Annotated[str, typer.Option(help="Comma-separated segment names \\[default: the first run's "
                                                "validation segments, else all].")] = "",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
     include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
@@ -507,7 +547,7 @@ def synth_route(
     layout: Annotated[str, typer.Option(help="Folder names: tools (<dongle>_<route>--<n>) or device "
                                              "(<route>--<n>).")] = "tools",
     lane_change_at: Annotated[float | None, typer.Option(help="Start of the left lane change, seconds from the "
-                                                              "route start [default: the middle].")] = None,
+                                                              "route start \\[default: the middle].")] = None,
     rhd: Annotated[bool, typer.Option(help="Log a right-hand-drive car (isRHD).")] = False,
     fault: Annotated[list[str] | None, typer.Option(
         help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
@@ -551,7 +591,7 @@ def bench_ingest(
     seconds: Annotated[float, typer.Option(help="Length of each synthetic 1928x1208 segment, seconds.")] = 10.0,
     route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones "
                                                     "(a folder with at least 2).")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
     """Bare PyAV decode vs ingest on one core (ratio, target >= 0.7), and ingest with 1 and 2 workers."""
     from spark_distill.bench.ingest import bench_ingest as run_bench
@@ -563,14 +603,14 @@ def bench_ingest(
 @bench_app.command("label")
 @handles_errors
 def bench_label(
-    teacher: Annotated[Path | None, typer.Option(help="Teacher folder [default: a synthetic stand-in].")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher folder \\[default: a synthetic stand-in].")] = None,
     size: Annotated[str, typer.Option(help="Stand-in size when no --teacher: tiny or bench.")] = "bench",
     backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments in lockstep (inference batch).")] = 64,
     seconds: Annotated[float, typer.Option(help="Length of each of the --batch synthetic segments, s.")] = 10.0,
     workers: Annotated[int, typer.Option(help="Reader threads of the label pass.")] = 8,
-    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
     """Label pass vs bare inference of the same teacher, backend, precision and batch (target >= 0.9)."""
     from spark_distill.bench.label import bench_label as run_bench
@@ -583,10 +623,10 @@ def bench_label(
 @bench_app.command("train")
 @handles_errors
 def bench_train(
-    root: Annotated[Path | None, typer.Argument(help="Dataset root with a label set [default: write a synthetic "
+    root: Annotated[Path | None, typer.Argument(help="Dataset root with a label set \\[default: write a synthetic "
                                                      "one in a scratch folder, sized for the run].")] = None,
     labels: Annotated[str | None, typer.Option(help="Label set of ROOT.")] = None,
-    student_onnx: Annotated[Path | None, typer.Option(help="ONNX pair of the openpilot student rows [default: a "
+    student_onnx: Annotated[Path | None, typer.Option(help="ONNX pair of the openpilot student rows \\[default: a "
                                                            "synthetic stand-in of --openpilot-size].")] = None,
     student: Annotated[str, typer.Option(help="Comma-separated built-in students with a DoRA row each; the last "
                                               "one also gets the eager, LoRA, PEFT, full and streaming rows.")
@@ -598,17 +638,17 @@ def bench_train(
     steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 2 warm-up steps).")] = 6,
     dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
     workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows.")] = 8,
-    segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT [default: what the "
+    segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT \\[default: what the "
                                                       "streaming row needs].")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,
     compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's halves "
                                                            "(auto: on CUDA), as train does.")] = "auto",
     peak_tflops: Annotated[float | None, typer.Option(help="The device's dense bf16 peak, TFLOP/s, for MFU "
-                                                           "[default: known for H100/H200; n/a elsewhere].")] = None,
+                                                           "\\[default: known for H100/H200; n/a elsewhere].")] = None,
     openpilot_size: Annotated[str, typer.Option(help="Size of the synthetic openpilot stand-in: tiny or bench.")
                               ] = "bench",
-    device: Annotated[str | None, typer.Option(help="torch device [default: cuda if present].")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
     """Training throughput: frames/s, TFLOP/s and MFU per student and adapter; streaming vs in-memory (target
     >= 0.9); the openpilot student feature-cached vs image mode."""

@@ -1,3 +1,20 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """Benchmarks behind `spark-distill bench …`: each prints ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from spark_distill.errors import ConfigError
+
+
+def scratch_dir(workdir: Path | None, prefix: str) -> Path:
+    """A new scratch folder, inside `workdir` when given (which must be an existing, writable folder)."""
+    if workdir is not None and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir}: no such folder; create it or leave --workdir out")
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir}: cannot create a scratch folder there ({e.strerror})") from e

@@ -10,13 +10,13 @@ write) with one worker and one decoder thread, so both run on one core; then 1 v
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 
+from spark_distill.bench import scratch_dir
 from spark_distill.ingest.discover import discover_segments
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.synth.route import SynthConfig, write_route
@@ -42,7 +42,7 @@ def _ingest_seconds(inputs: list[str], out: Path, *, workers: int, decode_thread
 
 def bench_ingest(*, seconds: float = 10.0, route: Path | None = None, workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=workdir))
+    scratch = scratch_dir(workdir, "bench-ingest-")
     try:
         if route is None:
             yield f"synthesizing 2 segments of {seconds:g} s, 1928x1208 road + wide ..."

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from spark_distill import shards
+from spark_distill.bench import scratch_dir
 from spark_distill.label.backends import get_backend, random_inputs
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
@@ -106,7 +106,7 @@ def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: st
                 batch: int = 64, seconds: float = 10.0, workers: int = 8, workdir: Path | None = None
                 ) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-label-", dir=workdir))
+    scratch = scratch_dir(workdir, "bench-label-")
     try:
         if teacher is None:
             teacher = scratch / "teacher"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from spark_distill import shards
+from spark_distill.bench import scratch_dir
 from spark_distill.errors import ConfigError
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.flops import count_flops, first_clips, mfu, peak_tflops
@@ -195,7 +195,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     compiled = use_compile(compile, dev)
     peak = peak_tflops(dev, peak)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=workdir))
+    scratch = scratch_dir(workdir, "bench-train-")
     try:
         cached_note = "given dataset (page cache: as the machine left it)"
         if root is None:

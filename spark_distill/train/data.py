@@ -7,7 +7,8 @@ The pipeline is webdataset's shape, iterator -> iterator stages over tar shards:
 order (seeded by seed and epoch) is split across ranks, then across DataLoader workers; each worker
 reads its frames shard and the matching label shard with one tar iterator each, checks that every
 sample has the same key on both sides (a mismatch names the shard), drops clips of the other split
-(validation is chosen by segment, never by clip), shuffles through a seeded buffer, decodes and
+(validation is chosen by segment — or, in a dataset of one segment, as the segment's last seconds —
+never clip by clip), shuffles through a seeded buffer, decodes and
 batches. Everything is a pure function of (seed, epoch, rank, world, workers, batch): every worker
 yields the same number of batches and the DataLoader takes them round-robin, so batch j of an epoch is
 logical worker j % W's (j // W)-th batch, every rank runs the same number of steps (no DDP hang on
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from spark_distill import shards
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import DatasetError
-from spark_distill.label.plan import frames_binding, plan_segments
+from spark_distill.label.plan import SegmentPlan, frames_binding, plan_segments
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,22 @@ def val_segments(names: list[str], *, fraction: float, seed: int) -> set[str]:
     return chosen - {ranked[-1]}
 
 
+def val_clips(plans: list[SegmentPlan], *, fraction: float, seed: int) -> set[str]:
+    """Keys of the held-out clips: whole segments (`val_segments`) when there are several; in a dataset of one
+    segment, its last `fraction` of clips (at least one, never all): a held-out time range."""
+    if fraction <= 0:
+        return set()
+    if len(plans) == 1:
+        clips = plans[0].clips
+        n = min(len(clips) - 1, max(1, round(fraction * len(clips))))
+        return {c.key for c in clips[len(clips) - n:]} if n > 0 else set()
+    held = val_segments([p.name for p in plans], fraction=fraction, seed=seed)
+    return {c.key for p in plans if p.name in held for c in p.clips}
+
+
 def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float = 0.1, seed: int = 0
                 ) -> tuple[list[ShardPair], dict[str, Any]]:
-    """The labeled shards with the clips of `split` ('train' or 'val'), and the label manifest."""
+    """The labeled shards with the clips of `split` ('train' or 'val'; val may be empty), and the label manifest."""
     fdir = frames_dir(root)
     frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
     ldir = root / "labels" / label_set
@@ -66,8 +80,8 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
     if labels["frames_shards"] != binding[: len(labels["frames_shards"])]:
         raise DatasetError(f"label set {label_set} is bound to another frames dataset; label this one again")
     plans = plan_segments(frames)
-    held_out = val_segments([p.name for p in plans], fraction=val_fraction, seed=seed)
-    wanted = {c.key for p in plans if (p.name in held_out) == (split == "val") for c in p.clips}
+    held_out = val_clips(plans, fraction=val_fraction, seed=seed)
+    wanted = {c.key for p in plans for c in p.clips if (c.key in held_out) == (split == "val")}
     labeled = {s["name"] for s in labels["shards"]}
     pairs = []
     for i, entry in enumerate(frames["shards"]):
@@ -76,8 +90,8 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
         keys = tuple(c.key for p in plans for c in p.clips if c.shard == i and c.key in wanted)
         if keys:
             pairs.append(ShardPair(entry["name"], fdir / entry["name"], ldir / entry["name"], keys))
-    if not pairs:
-        raise DatasetError(f"no labeled {split} clips in {root} with label set {label_set}")
+    if not pairs and split == "train":  # a split without validation clips is empty, not an error
+        raise DatasetError(f"no labeled training clips in {root} with label set {label_set}")
     return pairs, labels
 
 

@@ -26,13 +26,14 @@ from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, s
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
 from spark_distill.train.losses import LossWeights
+from spark_distill.train.sizing import LR, TrainingData, default_adapter, fit_to_data, fit_to_memory, sized_as
 from spark_distill.train.step import COMPILE_MODES, Unroll, loss_step, make_optimizer, optimizer_step, use_compile
 from spark_distill.train.step import freeze_norms as _freeze_norms
 from spark_distill.train.step import make_autocast as _autocast
 from spark_distill.train.students.compact import PRESETS
 
 log = logging.getLogger(__name__)
-ADAPTERS = ("dora", "lora", "none")
+ADAPTERS = ("dora", "lora", "none")  # "auto" resolves to one of them (sizing.default_adapter)
 STUDENTS = (*PRESETS, "openpilot")
 
 
@@ -46,22 +47,23 @@ class TrainConfig:
     runs_dir: Path = Path("runs")
     student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
     student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
-    adapter: str = "dora"
+    adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
     rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
     alpha: float = 32.0
     targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
     train_modules: tuple[str, ...] = ()
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # clips per optimizer step; capped by the clips a loader worker gets, split into
+    # accumulated micro-batches where its activations would not fit in memory (train/sizing.py)
     grad_accum: int = 1
-    lr: float = 1e-4
+    lr: float | None = None  # None: 1e-3 training fully, 5e-4 with adapters (train/sizing.py LR)
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: 10% of the schedule, at most 100 steps
     grad_clip: float = 1.0
     burn_in: int = 5  # frames per clip that only warm the recurrent state (>= the 4-frame image skip)
     val_fraction: float = 0.1
     mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
-    workers: int = 2
+    workers: int = 2  # capped by the training shards this rank reads
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -78,6 +80,8 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
+        if self.adapter == "auto":
+            object.__setattr__(self, "adapter", default_adapter(self.student))
         if self.adapter not in ADAPTERS:
             raise ConfigError(f"unknown --adapter {self.adapter!r}; choose one of {', '.join(ADAPTERS)}")
         if self.student not in STUDENTS and not Path(self.student).exists():
@@ -87,8 +91,10 @@ class TrainConfig:
             raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
-        if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.lr <= 0:
-            raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --lr > 0")
+        if self.lr is None:
+            object.__setattr__(self, "lr", LR[self.adapter])
+        if min(self.epochs, self.batch_size, self.grad_accum, self.rank, self.workers) < 1 or self.lr <= 0:
+            raise ConfigError("--epochs, --batch-size, --grad-accum, --dora-rank and --workers must be >= 1, --lr > 0")
 
 
 @dataclass
@@ -230,6 +236,13 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     clip_len, slices = int(frames_settings["clip_len"]), manifest["output_slices"]
     if cfg.burn_in >= clip_len:
         raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
+    resuming = cfg.resume and latest_checkpoint(ckpt_dir) is not None
+    if resuming:  # the data position counts the run's own batches: keep its sizing
+        cfg = sized_as(cfg, run_dir / "config.yaml")
+    kept = {shards.sanitize_segment(s["name"]): int(s["frames_kept"]) for s in frames_manifest["segments"]}
+    cfg, notes = fit_to_data(cfg, TrainingData(pairs, val_pairs, clip_len, kept, int(manifest["warmup_frames"])))
+    if cfg.val_fraction > 0 and not val_pairs:
+        notes.append("no validation: the dataset has one segment of one clip (no time range to hold out)")
     student, default_targets, arch = build_student(cfg, slices)
     targets = list(cfg.targets or default_targets)
     base_file = run_dir / "student.safetensors"
@@ -237,7 +250,6 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not base_file.exists():  # the base weights the adapters belong to
             save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
-        write_config(run_dir / "config.yaml", cfg)
         spec = {"architecture": arch, "source": cfg.student, "slices": slices, "adapter": cfg.adapter,
                 "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),
                 "labels": cfg.labels, "root": str(Path(cfg.root).resolve()), "clip_len": clip_len}
@@ -273,6 +285,14 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     if device.type == "cuda":
         student.to(memory_format=torch.channels_last)
     unroll = Unroll(student, channels_last=device.type == "cuda")
+    autocast = _autocast(device, cfg.amp)
+    if not cached and not resuming:
+        cfg, more = fit_to_memory(cfg, unroll, clip_len=clip_len, device=device, autocast=autocast)
+        notes += more
+    if main_rank:
+        for note in notes:
+            log.warning("note: %s", note)
+        write_config(run_dir / "config.yaml", cfg)  # resolved: what this run uses
     if use_compile(cfg.compile, device):
         unroll.compile_halves()
     model: nn.Module = unroll
@@ -301,7 +321,6 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                           f"training shards over {cfg.world} rank(s) x {cfg.workers} worker(s); use fewer --workers "
                           "or a smaller --batch-size")
     total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
-    autocast = _autocast(device, cfg.amp)
     result = TrainResult(run_dir, trainable=trainable_fraction(student), feature_cached=cached)
     log.info("feature-cached mode: %s", "on (no image is decoded)" if cached else "off")
     step, epoch, position = 0, 0, 0

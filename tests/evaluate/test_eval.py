@@ -58,7 +58,7 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
     base = dict(root=labeled, labels="set", runs_dir=tmp_path / "runs", batch_size=2, max_steps=3, lr=1e-2,
                 warmup_steps=1, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, rank=4, alpha=8.0,
                 device="cpu", checkpoint_every=100)
-    train(TrainConfig(run="a", student="compact-xs", **base))
+    train(TrainConfig(run="a", student="compact-xs", adapter="dora", **base))
     train(TrainConfig(run="b", student="openpilot", student_onnx=labeled / "teacher", **base))
     export(ExportConfig(source=tmp_path / "runs" / "a", output=tmp_path / "a-onnx"))
     export(ExportConfig(source=tmp_path / "runs" / "b", output=tmp_path / "b-onnx"))

@@ -102,7 +102,7 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
                             "2", "--max-steps", "2", "--workers", "1", "--burn-in", "4", "--val-fraction", "0.5",
                             "--runs-dir", str(tmp_path), "--device", "cpu", "--log-every", "1"])
     assert r.exit_code == 0, r.output
-    logged_metrics = [json.loads(x) for x in (tmp_path / "fromlog-compact-xs-dora" / "metrics.jsonl").read_text()
+    logged_metrics = [json.loads(x) for x in (tmp_path / "fromlog-compact-xs-none" / "metrics.jsonl").read_text()
                       .splitlines()]
     assert all(np.isfinite(x["loss"]) for x in logged_metrics)
     r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "openpilot", "--student-onnx",

@@ -20,9 +20,9 @@ from spark_distill.train.loop import TrainConfig, train
 
 
 def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
-    args = dict(root=root, labels="set", run="r", runs_dir=runs, student="compact-xs", batch_size=2, epochs=2,
-                lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, log_every=1,
-                checkpoint_every=3, rank=4, alpha=8.0, device="cpu")
+    args = dict(root=root, labels="set", run="r", runs_dir=runs, student="compact-xs", adapter="dora", batch_size=2,
+                epochs=2, lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1,
+                log_every=1, checkpoint_every=3, rank=4, alpha=8.0, device="cpu")
     return TrainConfig(**(args | kw))
 
 

@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Training settings that adapt to the dataset, so the defaults fit a first route of one short segment as
+well as a thousand hours. Entries: `fit_to_data(cfg, data)` and `fit_to_memory(cfg, unroll, ...)`, each
+returning (cfg, notes).
+
+Options a user leaves at their defaults are derived here: the adapter and learning rate from the student
+(a built-in student starts from random weights, so it trains fully; adapters fine-tune a trained model),
+the loader's workers and the batch from what the shards can feed, the warm-up mask from how long the
+segments are, the learning-rate warm-up from the steps the data gives, and micro-batches (gradient
+accumulation, the same optimizer steps) where a batch's activations would not fit in memory. Every value
+that differs from what was asked is reported as a one-line note. An error is left only where no training is
+possible at all (fewer training shards than ranks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from spark_distill.errors import ConfigError
+from spark_distill.train.students.compact import PRESETS
+
+if TYPE_CHECKING:
+    from spark_distill.train.data import ShardPair
+    from spark_distill.train.loop import TrainConfig
+
+MAX_WARMUP_STEPS = 100
+MEMORY_SHARE = 0.5  # of the memory free at start-up, for one micro-batch's saved activations
+LR = {"none": 1e-3, "lora": 5e-4, "dora": 5e-4}  # peak AdamW LR: full training from scratch; adapters fine-tune
+
+
+def default_adapter(student: str) -> str:
+    """`none` for a built-in student (random weights: everything must learn), DoRA for a trained model."""
+    return "none" if student in PRESETS else "dora"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the sizing needs to know of the dataset (all cheap: from manifests, nothing decoded)."""
+
+    train: list[ShardPair]
+    val: list[ShardPair]
+    clip_len: int
+    frames_kept: dict[str, int]  # segment (sanitized, as in clip keys) -> frames in the dataset
+    warmup_frames: int
+
+
+def _loss_frames(pairs: list[ShardPair], data: TrainingData, burn_in: int, warmup: int) -> int:
+    """Frames of these clips that carry a loss (after burn-in and the warm-up mask), counted from clip indices;
+    dropped frames only make the true count larger."""
+    total = 0
+    for key in (k for p in pairs for k in p.keys):
+        segment, clip = key.rsplit("--c", 1)
+        start = int(clip) * data.clip_len
+        n = min(data.clip_len, data.frames_kept.get(segment, start + data.clip_len) - start)
+        total += max(0, n - max(burn_in, warmup - start))
+    return total
+
+
+def _probe(cfg: TrainConfig, data: TrainingData, *, workers: int, batch: int) -> Any:
+    """A ClipStream dealt as the run will deal it, to count batches (it reads nothing)."""
+    from spark_distill.train.data import ClipStream
+
+    return ClipStream(data.train, {"warmup_frames": 0, "segments": {}, "output_slices": {"policy": {"plan": [0, 1]}}},
+                      batch=batch, clip_len=data.clip_len, burn_in=cfg.burn_in, seed=cfg.seed, rank=cfg.rank_id,
+                      world=cfg.world, workers=workers)
+
+
+def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list[str]]:
+    """The settings this run uses on this data, and a note for each one that differs from the request."""
+    notes: list[str] = []
+    shards_per_rank = len(data.train) // cfg.world
+    if shards_per_rank < 1:
+        raise ConfigError(f"{len(data.train)} training shard(s) cannot feed {cfg.world} ranks: run on at most "
+                          f"{len(data.train)} GPU(s) or ingest more data")
+    workers = min(cfg.workers, shards_per_rank)
+    if workers < cfg.workers:
+        notes.append(f"--workers {cfg.workers} -> {workers}: each loader worker reads whole shards and this rank "
+                     f"has {shards_per_rank}")
+    per_worker = _probe(cfg, data, workers=workers, batch=1)
+    smallest = min(per_worker.batches_per_worker(e) for e in range(min(cfg.epochs, 50)))
+    batch = max(1, min(cfg.batch_size, smallest))
+    if batch < cfg.batch_size:
+        notes.append(f"--batch-size {cfg.batch_size} -> {batch}: a loader worker gets {smallest} training clips "
+                     "per epoch")
+    mask = cfg.mask_warmup
+    empty = [name for name, split in (("training", data.train), ("validation", data.val))
+             if split and not _loss_frames(split, data, cfg.burn_in, data.warmup_frames)]
+    if mask and empty:
+        mask = False
+        notes.append(f"warm-up mask off: no {empty[0]} frame lies past its segment's first {data.warmup_frames} "
+                     "frames, so the teacher's start-up labels are trained on (longer segments avoid this)")
+    per_epoch = _probe(cfg, data, workers=workers, batch=batch).batches_per_worker(0) * workers // cfg.grad_accum
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(MAX_WARMUP_STEPS, max(1, total // 10))
+    resolved = dataclasses.replace(cfg, workers=workers, batch_size=batch, mask_warmup=mask, warmup_steps=warmup)
+    return resolved, notes
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for this process's tensors: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def activation_bytes(unroll: torch.nn.Module, *, clip_len: int, device: torch.device, autocast: Any) -> int:
+    """Bytes autograd saves for the backward pass of one clip: one forward of a zero clip, counted by
+    saved-tensor hooks (nothing is kept)."""
+    total = 0
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    frames = torch.zeros(1, clip_len, 6, 128, 256, device=device)  # (1, T, 6, 128, 256)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t), autocast():
+        unroll(frames, frames, torch.zeros(1, clip_len, 8, device=device), torch.zeros(1, 2, device=device),
+               torch.zeros(1, clip_len, device=device), torch.ones(1, dtype=torch.bool, device=device))
+    return total
+
+
+def fit_to_memory(cfg: TrainConfig, unroll: torch.nn.Module, *, clip_len: int, device: torch.device, autocast: Any
+                  ) -> tuple[TrainConfig, list[str]]:
+    """Split each batch into accumulated micro-batches when its activations would not fit in memory."""
+    was_training = unroll.training
+    unroll.eval()  # the probe must not move BatchNorm statistics
+    try:
+        per_clip = activation_bytes(unroll, clip_len=clip_len, device=device, autocast=autocast)
+    finally:
+        unroll.train(was_training)
+    free = free_memory(device)
+    fits = max(1, int(MEMORY_SHARE * free // max(per_clip, 1)))
+    if fits >= cfg.batch_size:
+        return cfg, []
+    split = math.ceil(cfg.batch_size / fits)
+    micro = math.ceil(cfg.batch_size / split)
+    note = (f"--batch-size {cfg.batch_size} -> {micro} clips x {split} accumulated micro-batches: a clip's activations "
+            f"take {per_clip / 2**30:.2f} GiB and {free / 2**30:.1f} GiB are free on {device}")
+    return dataclasses.replace(cfg, batch_size=micro, grad_accum=cfg.grad_accum * split), [note]
+
+
+SIZED = ("workers", "batch_size", "grad_accum", "mask_warmup", "warmup_steps")  # what the fits may change
+
+
+def sized_as(cfg: TrainConfig, config_yaml: Path) -> TrainConfig:
+    """`cfg` with the sizing a run recorded in its config.yaml (a resumed run must deal batches as before)."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(config_yaml.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{config_yaml}: unreadable ({e}); cannot resume with the run's own batch sizes") from e
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{config_yaml}: not a run configuration; cannot resume with the run's own batch sizes")
+    return dataclasses.replace(cfg, **{k: recorded[k] for k in SIZED if k in recorded})
