@@ -346,6 +346,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present; cuda:LOCAL_RANK "
                                                     "under torchrun].")] = None,
+    compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's vision "
+                                                           "half and recurrent step (auto: on CUDA).")] = "auto",
 ) -> None:
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
@@ -627,26 +629,38 @@ def bench_label(
 @handles_errors
 def bench_train(
     root: Annotated[Path | None, typer.Argument(help="Dataset root with a label set \\[default: write a synthetic "
-                                                     "one in a scratch folder].")] = None,
+                                                     "one in a scratch folder, sized for the run].")] = None,
     labels: Annotated[str | None, typer.Option(help="Label set of ROOT.")] = None,
-    student_onnx: Annotated[Path | None, typer.Option(help="ONNX pair for the feature-cached measurement (the "
-                                                           "label set's teacher) \\[default: the synthetic one].")
-                            ] = None,
-    student: Annotated[str, typer.Option(help="Built-in student of the adapter and streaming measurements.")
-                       ] = "compact",
-    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
-    steps: Annotated[int, typer.Option(help="Timed optimizer steps per measurement (after 2 warm-up steps).")] = 10,
+    student_onnx: Annotated[Path | None, typer.Option(help="ONNX pair of the openpilot student rows \\[default: a "
+                                                           "synthetic stand-in of --openpilot-size].")] = None,
+    student: Annotated[str, typer.Option(help="Comma-separated built-in students with a DoRA row each; the last "
+                                              "one also gets the eager, LoRA, PEFT, full and streaming rows.")
+                       ] = "compact-xs,compact",
+    batch_size: Annotated[int, typer.Option(help="Clips per step of the adapter, streaming and openpilot rows.")
+                          ] = 128,
+    full_batch_size: Annotated[int, typer.Option(help="Clips per step of the fully trained row (<= --batch-size).")
+                               ] = 32,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 2 warm-up steps).")] = 6,
     dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
-    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming runs.")] = 4,
-    segments: Annotated[int, typer.Option(help="Synthetic segments when no ROOT.")] = 16,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows.")] = 8,
+    segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT \\[default: what the "
+                                                      "streaming row needs].")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,
+    compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's halves "
+                                                           "(auto: on CUDA), as train does.")] = "auto",
+    peak_tflops: Annotated[float | None, typer.Option(help="The device's dense bf16 peak, TFLOP/s, for MFU "
+                                                           "\\[default: known for H100/H200; n/a elsewhere].")] = None,
+    openpilot_size: Annotated[str, typer.Option(help="Size of the synthetic openpilot stand-in: tiny or bench.")
+                              ] = "bench",
     device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present].")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
-    """DoRA vs LoRA vs PEFT step time; streaming vs in-memory batches (target >= 0.9); feature-cached vs images."""
+    """Training throughput: frames/s, TFLOP/s and MFU per student and adapter; streaming vs in-memory (target
+    >= 0.9); the openpilot student feature-cached vs image mode."""
     from spark_distill.bench.train import bench_train as run_bench
 
-    for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, student=student, batch=batch_size,
-                          steps=steps, rank=dora_rank, workers=workers, segments=segments, seconds=seconds,
-                          device=device, workdir=workdir):
+    for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
+                          batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
+                          segments=segments, seconds=seconds, device=device, compile=compile, peak=peak_tflops,
+                          openpilot_size=openpilot_size, workdir=workdir):
         out.print(line, highlight=False, soft_wrap=True)

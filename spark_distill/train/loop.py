@@ -20,15 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spark_distill import contract as C
 from spark_distill import shards
 from spark_distill.errors import ConfigError, TrainError
-from spark_distill.label.outputs import parse_outputs
 from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
-from spark_distill.train.losses import LossWeights, distill_loss
+from spark_distill.train.losses import LossWeights
 from spark_distill.train.sizing import LR, TrainingData, default_adapter, fit_to_data, fit_to_memory, sized_as
+from spark_distill.train.step import COMPILE_MODES, Unroll, loss_step, make_optimizer, optimizer_step, use_compile
+from spark_distill.train.step import freeze_norms as _freeze_norms
+from spark_distill.train.step import make_autocast as _autocast
 from spark_distill.train.students.compact import PRESETS
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, else fp32
+    compile: str = "auto"  # torch.compile the student's two halves; auto: on CUDA (train.step.use_compile)
     rank_id: int = 0
     world: int = 1
     init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
@@ -87,6 +89,8 @@ class TrainConfig:
                               "or give a trained run's folder")
         if (self.student == "openpilot") != (self.student_onnx is not None):
             raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", LR[self.adapter])
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank, self.workers) < 1 or self.lr <= 0:
@@ -114,42 +118,6 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class Unroll(nn.Module):
-    """The student run over a clip from a zero state, as one forward (what DDP wraps)."""
-
-    def __init__(self, student: nn.Module) -> None:
-        super().__init__()
-        self.student = student
-
-    def forward(self, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                v_ego: torch.Tensor, start: torch.Tensor, hidden: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(vision (B, T, Nv) or None, policy (B, T, Np)). With `hidden` (B, T, 512), the teacher's stored
-        vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used."""
-        if hidden is not None:
-            b, t = hidden.shape[:2]
-            state, pol = self.student.initial_state(b, hidden.device), []
-            for i in range(t):
-                p, state = self.student.policy_step(hidden[:, i], desire[:, i], traffic, state, v_ego[:, i])
-                pol.append(p)
-            return None, torch.stack(pol, 1)
-        b, t = road.shape[:2]  # (B, T, 6, 128, 256)
-        state = self.student.initial_state(b, road.device)
-        first = start.view(b, 1, 1, 1).to(road.dtype)  # 1 where the clip starts its segment
-        vis, pol = [], []
-        for i in range(t):
-            if i >= C.TEMPORAL_SKIP:
-                older_road, older_wide = road[:, i - C.TEMPORAL_SKIP], wide[:, i - C.TEMPORAL_SKIP]
-            else:  # before frame t-4 exists: zeros at a segment start (modeld's empty ring), else the clip's first
-                older_road, older_wide = road[:, 0] * (1 - first), wide[:, 0] * (1 - first)
-            img = torch.cat([older_road, road[:, i]], dim=1)
-            big = torch.cat([older_wide, wide[:, i]], dim=1)
-            v, p, state = self.student(img, big, desire[:, i], traffic, state, v_ego[:, i])
-            vis.append(v)
-            pol.append(p)
-        return torch.stack(vis, 1), torch.stack(pol, 1)  # (B, T, Nv), (B, T, Np)
-
-
 def is_run_path(student: str) -> bool:
     """--student names a built-in student or a trained run / checkpoint folder."""
     return student not in STUDENTS and Path(student).exists()
@@ -175,50 +143,6 @@ def build_student(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
         raise ConfigError(f"student {cfg.student}: its output slices differ from label set {cfg.labels}'s; "
                           "label with a teacher of the same layout")
     return student, list(targets), arch
-
-
-def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[str, list[int]]],
-              weights: LossWeights, device: torch.device, autocast: Any) -> tuple[torch.Tensor | None, dict]:
-    """Unroll the student over the batch's clips; the distillation loss on the frames that take one.
-
-    A batch without images (feature-cached) runs the policy on the teacher's stored hidden_state; the
-    vision terms then compare the teacher with itself and carry no gradient."""
-    mask = batch["mask"].to(device)
-    synced = isinstance(model, nn.parallel.DistributedDataParallel)
-    if not mask.any() and not synced:
-        return None, {}
-    teacher_vision = batch["vision"].to(device, non_blocking=True)
-    cached = "road" not in batch
-    hidden = teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float() if cached else None
-    with autocast():
-        v, p = model(*(batch[k].to(device, non_blocking=True) if k in batch else None
-                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
-    if not mask.any():  # under DDP every rank must run backward: a zero loss that still touches every output
-        return sum(x.float().sum() for x in (v, p) if x is not None) * 0.0, {}
-    tv, tp = teacher_vision[mask].float(), batch["policy"].to(device)[mask].float()
-    v = tv if v is None else v.float()[mask]  # (N, Nv), (N, Np): frames that take a loss
-    p = p.float()[mask]
-    student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}
-    teacher = {**parse_outputs(tv, slices["vision"]), **parse_outputs(tp, slices["policy"])}
-    raw = {h: v[..., slice(*slices["vision"][h])] for h in ("lane_lines_prob", "lead_prob") if h in slices["vision"]}
-    gt = ((batch["gt_path"].to(device)[mask], batch["gt_valid"].to(device)[mask]) if "gt_path" in batch else None)
-    loss, terms = distill_loss(student, teacher, weights, student_raw=raw, gt=gt)
-    del v, p, tv, tp, student, teacher
-    return loss, terms
-
-
-def _autocast(device: torch.device, amp: str) -> Any:
-    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return lambda: torch.autocast(device.type, enabled=False)
-
-
-def _freeze_norms(student: nn.Module) -> None:
-    """BatchNorm layers whose parameters are frozen keep their running statistics: eval mode."""
-    for m in student.modules():
-        if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
-            m.eval()
 
 
 @torch.no_grad()
@@ -358,7 +282,9 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         raise ConfigError("--feature-cached on needs a student whose vision half does not train (--student openpilot "
                           "with adapters on its policy only)")
     student.to(device)
-    unroll = Unroll(student)
+    if device.type == "cuda":
+        student.to(memory_format=torch.channels_last)
+    unroll = Unroll(student, channels_last=device.type == "cuda")
     autocast = _autocast(device, cfg.amp)
     if not cached and not resuming:
         cfg, more = fit_to_memory(cfg, unroll, clip_len=clip_len, device=device, autocast=autocast)
@@ -367,13 +293,15 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
         for note in notes:
             log.warning("note: %s", note)
         write_config(run_dir / "config.yaml", cfg)  # resolved: what this run uses
+    if use_compile(cfg.compile, device):
+        unroll.compile_halves()
     model: nn.Module = unroll
     if cfg.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(unroll, device_ids=ids)
     full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     motions = None
     if cfg.loss.gt:
         from spark_distill.train.gt_path import segment_motions
@@ -460,17 +388,13 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
                     (loss / cfg.grad_accum).backward()
                 if position % cfg.grad_accum:
                     continue
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, cfg, total)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                grad_norm = optimizer_step(opt, params, lr=lr_at(step, cfg, total), grad_clip=cfg.grad_clip)
                 step += 1
                 if on_progress is not None and main_rank:
                     on_progress(step, total, None if loss is None else float(loss.detach()))
                 if step % cfg.log_every == 0 and loss is not None:
                     record("train", {"loss": float(loss.detach()), **terms, "lr": opt.param_groups[0]["lr"],
-                                     "grad_norm": grad_norm,
+                                     "grad_norm": float(grad_norm),
                                      "samples_per_s": result.samples / (time.perf_counter() - start)})
                 flag = torch.tensor(float(stop["flag"]), device=device)  # NCCL reduces device tensors only
                 if cfg.world > 1:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,6 +48,9 @@ class LoRALayer(nn.Module):
         # m = ||W0||_row in fp32, so that the wrapped layer equals the base layer at start
         self.magnitude = nn.Parameter(D.weight_norm(w)) if dora else None
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        # norms_once(): the row norm of the current weights held in a buffer, which a compiled graph reads as an input
+        self.register_buffer("step_norm", torch.ones(w.shape[0], device=w.device) if dora else None, persistent=False)
+        self.norm_in_buffer = False
         if isinstance(base, nn.Conv2d) and base.groups != 1:
             raise ConfigError("adapters on grouped convolutions are not supported; exclude them from --targets")
 
@@ -72,7 +77,9 @@ class LoRALayer(nn.Module):
     def _norm(self) -> torch.Tensor:
         """||W0 + s·B·A||_row, computed once per change of W0, A or B: a recurrent student calls the
         layer once per unrolled step, and the weights only change at optimizer steps (in place, which
-        bumps their version counters)."""
+        bumps their version counters). Inside norms_once() it is the buffer filled there."""
+        if self.norm_in_buffer:
+            return self.step_norm
         w, a, b = self.base.weight, self.lora_a, self.lora_b
         key = (w.data_ptr(), w._version, a.data_ptr(), a._version, b.data_ptr(), b._version)
         if self._cache is None or self._cache[0] != key:
@@ -97,6 +104,22 @@ class LoRALayer(nn.Module):
             if b.bias is not None:
                 layer.bias.copy_(b.bias)
         return layer
+
+
+@contextmanager
+def norms_once(model: nn.Module) -> Iterator[None]:
+    """DoRA's row norms of the current weights computed once, now, and read from each layer's `step_norm` buffer
+    by everything run inside: one computation per step however often a recurrent student calls a layer, and
+    no Python-side cache check inside a compiled graph."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALayer) and m.magnitude is not None]
+    for m in layers:
+        m.step_norm.copy_(D.row_norm(w0=m.base.weight, lora_a=m.lora_a, lora_b=m.lora_b, scaling=m.scaling))
+        m.norm_in_buffer = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.norm_in_buffer = False
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:

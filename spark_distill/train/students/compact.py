@@ -104,19 +104,31 @@ class CompactStudent(nn.Module):
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.cfg.hidden, device=device)
 
-    def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                state: torch.Tensor, v_ego: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.vision_proj(torch.cat([self.road(img), self.wide(big_img)], dim=1))  # (B, features)
+    def encode(self, img: torch.Tensor, big_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vision half, stateless per frame (so it runs over any number N of frames in one call):
+        (vision vector (N, Nv), features (N, features), what the recurrent half reads)."""
+        feats = self.vision_proj(torch.cat([self.road(img), self.wide(big_img)], dim=1))  # (N, features)
+        vision = _assemble(self.vision_slices, {n: feats if n == "hidden_state" else self.heads[f"vision_{n}"](feats)
+                                                for n in self.vision_slices}, self.vision_width)
+        return vision, feats
+
+    def recurrent_step(self, feats: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor, state: torch.Tensor,
+                       v_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrent half of one frame: (policy vector (B, Np), next state (B, H))."""
         z = self.policy(torch.cat([feats, desire.to(feats.dtype), traffic.to(feats.dtype)], dim=1))  # (B, hidden)
         xr, xu, xn = self.gru_x(z).chunk(3, dim=1)
         hr, hu, hn = self.gru_h(state).chunk(3, dim=1)
         r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)
         nxt = (1 - u) * torch.tanh(xn + r * hn) + u * state  # (B, hidden)
-        vision = _assemble(self.vision_slices, {n: feats if n == "hidden_state" else self.heads[f"vision_{n}"](feats)
-                                                for n in self.vision_slices}, self.vision_width)
         policy = _assemble(self.policy_slices, {n: self.heads[f"policy_{n}"](nxt) for n in self.policy_slices},
                            self.policy_width)
+        return policy, nxt
+
+    def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
+                state: torch.Tensor, v_ego: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vision, feats = self.encode(img, big_img)
+        policy, nxt = self.recurrent_step(feats, desire, traffic, state, v_ego)
         return vision, policy, nxt
 
 

@@ -57,12 +57,17 @@ class OpenpilotStudent(nn.Module):
         return (feats.reshape(b, self.full, C.FEATURE_LEN), desire.reshape(b, self.full, C.DESIRE_LEN), prev,
                 curv.reshape(b, self.full, 1))
 
+    def encode(self, img: torch.Tensor, big_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vision network, stateless per frame: (vision vector (N, Nv), its hidden_state (N, 512))."""
+        images = {"road": img, "wide": big_img}
+        vision = self.vision(*(images[cam] for cam in self.image_inputs.values())).float()  # (N, Nv)
+        return vision, vision[:, self.hidden]
+
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
                 state: torch.Tensor, v_ego: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = {"road": img, "wide": big_img}
-        vision = self.vision(*(images[cam] for cam in self.image_inputs.values())).float()  # (B, Nv)
-        policy, nxt = self.policy_step(vision[:, self.hidden], desire, traffic, state, v_ego)
+        vision, hidden = self.encode(img, big_img)
+        policy, nxt = self.policy_step(hidden, desire, traffic, state, v_ego)
         return vision, policy, nxt
 
     def policy_step(self, hidden: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor, state: torch.Tensor,
@@ -80,3 +85,5 @@ class OpenpilotStudent(nn.Module):
         if self.curv is not None:  # its own previous desired curvature, as on the car (no gradient through it)
             curv = push(curv, policy[:, self.curv.start:self.curv.start + 1].detach())
         return policy, torch.cat([feats.flatten(1), pulses.flatten(1), prev, curv.flatten(1)], dim=1)
+
+    recurrent_step = policy_step  # the recurrent half, as every student names it (train.step.Unroll)
