@@ -118,12 +118,8 @@ class ClipReaders:
     def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
         self.names = [p.name for p in shard_paths]
         self.shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
-        shm = Path("/dev/shm")
-        room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
-        fd, path = tempfile.mkstemp(prefix="spark-label-slab-", dir=shm if room > 2 * np.prod(self.shape) else None)
-        os.close(fd)
-        self.path = path
-        self.slab = np.memmap(path, np.uint8, "w+", shape=self.shape)
+        self.path, self._drop_slab = _slab_file(int(np.prod(self.shape)))
+        self.slab = np.memmap(self.path, np.uint8, "r+", shape=self.shape)
         self.pinned = _pin(self.slab) if pin else None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
@@ -138,8 +134,8 @@ class ClipReaders:
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
         self.procs = [ctx.Process(target=_reader, name=f"label-reader-{w}", daemon=True,
-                                  args=(path, self.shape, [str(p) for p in shard_paths], self.tasks[w], self.results,
-                                        os.getpid()))
+                                  args=(self.path, self.shape, [str(p) for p in shard_paths], self.tasks[w],
+                                        self.results, os.getpid()))
                       for w in range(workers)]
         try:
             for p in self.procs:
@@ -266,8 +262,25 @@ class ClipReaders:
         if self.pinned is not None:
             self.pinned()
             self.pinned = None
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        if self._drop_slab is not None:
+            self._drop_slab()
+            self._drop_slab = None
+
+
+def _slab_file(nbytes: int) -> tuple[str, Any]:
+    """A file in memory that reader processes open by path, and the function that frees it: a memfd on Linux
+    (no size limit but RAM; /dev/shm is 64 MB in many containers and VMs, and a slab in a disk-backed temp
+    file is throttled by dirty-page writeback), else /dev/shm where it has room, else the temp folder."""
+    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        fd = os.memfd_create("spark-label-slab")
+        os.ftruncate(fd, nbytes)
+        return f"/proc/{os.getpid()}/fd/{fd}", lambda: os.close(fd)
+    shm = Path("/dev/shm")
+    room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
+    fd, path = tempfile.mkstemp(prefix="spark-label-slab-", dir=shm if room > 2 * nbytes else None)
+    os.ftruncate(fd, nbytes)
+    os.close(fd)
+    return path, lambda: os.unlink(path)
 
 
 def _pin(slab: np.ndarray) -> Any:
