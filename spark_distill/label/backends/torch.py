@@ -70,6 +70,18 @@ class _Forward(torch.nn.Module):
             return self.module(*inputs).float()
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """Dynamo counts compilations per code object, and every compiled teacher of a process (vision and policy,
+    each batch size, each backend built) runs `_Forward.forward`: past the default limit of 8 it would
+    silently fall back to eager (seen on an H200 in bench label's second batch size)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.6, and before
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+            return
+
+
 class TorchBackend:
     name = "torch"
 
@@ -105,6 +117,7 @@ class TorchBackend:
         if self.compiled:
             cache = _compile_cache(cache_dir, teacher, self.device, self.precision, batch)
             mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead = inductor's CUDA graphs
+            _allow_recompiles()
             self.runners = {role: torch.compile(_Forward(m, self.device.type, _DTYPES.get(self.precision)), mode=mode,
                                                 dynamic=False) for role, m in self.modules.items()}
         if self.cuda_graphs or self.compiled:  # capture/compile now, as TensorRT builds its engine up front
