@@ -63,6 +63,8 @@ class IngestConfig:
             raise ConfigError(f"--shard-clips must be >= 1, got {self.shard_clips}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.decode_threads < 0:
+            raise ConfigError(f"--decode-threads must be >= 0, got {self.decode_threads}")
         if bad := [c for c in self.cameras if c not in CAMERAS]:
             raise ConfigError(f"unknown camera {bad[0]!r}; choose from {', '.join(CAMERAS)}")
         if "road" not in self.cameras:
