@@ -16,7 +16,9 @@ frame (zstd level 3: ~2.2x; see benchmarks/storage.md). Geometry is untouched by
 
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +42,6 @@ LEAD = (45, 140, 120)
 
 # camera realism (Y in DN of 8-bit limited range); see the module docstring
 NOISE_Y, NOISE_UV = 8.0, 3.0  # sensor noise std, per frame (what survives x265 at crf 28 sets the zstd ratio)
-NOISE_BANK = 5  # noise fields per plane, cycled so consecutive frames never share one
 VIGNETTE = 0.3  # relative luma fall-off in the image corners
 EXPOSURE_SWING = 0.05  # relative exposure drift with distance travelled
 
@@ -62,12 +63,9 @@ class SceneRenderer:
         self.camera = camera
         # shaded at half resolution and upsampled 2x: 4x cheaper; full-resolution detail comes from the noise
         self.grids = [self._rays(camera, 0.5, rpy), self._rays(camera, 0.25, rpy)]
-        w, h = camera.width, camera.height
         self.vignette = _vignette(*self.grids[0]["gx"].shape)
-        rng = np.random.default_rng(seed)
-        self.noise = [_noise_bank(rng, (h, w), NOISE_Y), _noise_bank(rng, (h // 2, w // 2), NOISE_UV),
-                      _noise_bank(rng, (h // 2, w // 2), NOISE_UV)]
-        self.frames = 0  # frames rendered: picks the noise field, so a renderer's output is reproducible
+        self.seed = seed
+        self.frames = 0  # frames rendered: seeds each frame's noise, so a renderer's output is reproducible
 
     @staticmethod
     def _rays(camera: CameraModel, scale: float, rpy: tuple[float, float, float]) -> dict[str, np.ndarray]:
@@ -93,11 +91,12 @@ class SceneRenderer:
         gain = 1.0 + EXPOSURE_SWING * (0.7 * math.sin(pose.distance / 53.0) + 0.3 * math.sin(pose.distance / 17.3))
         luma = self._shade(self.grids[0], pose, channel=0).astype(np.float32)
         luma = 16.0 + (luma - 16.0) * (self.vignette * np.float32(gain))  # exposure, lens fall-off
-        k = self.frames % NOISE_BANK
+        rng = np.random.default_rng((self.seed, self.frames))  # fresh noise every frame, never a repeat
         self.frames += 1
         planes = (_upsample(luma, h, w), _upsample(self._shade(self.grids[1], pose, channel=1), h // 2, w // 2),
                   _upsample(self._shade(self.grids[1], pose, channel=2), h // 2, w // 2))
-        return tuple(_add_noise(p, bank[k]) for p, bank in zip(planes, self.noise, strict=True))  # type: ignore[return-value]
+        return tuple(_add_noise(p, rng, std) for p, std in  # type: ignore[return-value]
+                     zip(planes, (NOISE_Y, NOISE_UV, NOISE_UV), strict=True))
 
     def _shade(self, g: dict[str, np.ndarray], pose: CarPose, *, channel: int) -> np.ndarray:
         gx, gy = g["gx"], g["gy"]
@@ -155,13 +154,17 @@ def _vignette(h: int, w: int) -> np.ndarray:
     return 1.0 - np.float32(VIGNETTE / 2) * (xx * xx + yy * yy)
 
 
-def _noise_bank(rng: np.random.Generator, shape: tuple[int, int], std: float) -> np.ndarray:
-    """NOISE_BANK fields of rounded Gaussian sensor noise, int16 (NOISE_BANK, *shape)."""
-    return np.rint(rng.standard_normal((NOISE_BANK, *shape), dtype=np.float32) * np.float32(std)).astype(np.int16)
+@functools.cache
+def _gaussian_table(std: float) -> np.ndarray:
+    """int16 (256,): Gaussian quantiles at the centres of 256 equal-probability bins, scaled to std `std` and
+    rounded, so a look-up of uniform random bytes gives Gaussian-shaped noise (~5x faster than standard_normal)."""
+    q = np.array([statistics.NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)])
+    return np.rint(q * (std / q.std())).astype(np.int16)
 
 
-def _add_noise(plane: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """plane + noise, saturated to uint8."""
+def _add_noise(plane: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
+    """plane + fresh Gaussian noise of std `std`, saturated to uint8."""
+    words = np.frombuffer(rng.bytes(plane.size), np.uint8).reshape(plane.shape)
     out = plane.astype(np.int16)
-    out += noise
+    out += np.take(_gaussian_table(std), words)
     return np.clip(out, 0, 255, out=out).astype(np.uint8)

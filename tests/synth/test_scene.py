@@ -7,19 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 from spark_distill.modelframe import cameras_for
-from spark_distill.synth.scene import NOISE_BANK, NOISE_Y, VIGNETTE, CarPose, SceneRenderer, _vignette
+from spark_distill.synth.scene import NOISE_Y, VIGNETTE, CarPose, SceneRenderer, _vignette
 
 POSE = CarPose(distance=10.0, lateral=0.2, curvature=0.0, lead_distance=30.0)
 
 
 def test_each_frame_gets_fresh_sensor_noise() -> None:
     renderer = SceneRenderer(cameras_for(1164, 874)[0], (0.0, 0.0, 0.0))
-    frames = [renderer.render(POSE)[0].astype(np.int16) for _ in range(NOISE_BANK + 1)]
-    diff = frames[1] - frames[0]  # same scene, so only the noise differs
-    assert abs(diff.mean()) < 0.2
-    assert abs(diff.std() / np.sqrt(2) - NOISE_Y) < 0.25 * NOISE_Y
-    assert all(not np.array_equal(frames[i], frames[i + 1]) for i in range(NOISE_BANK))
-    np.testing.assert_array_equal(frames[NOISE_BANK], frames[0])  # the bank cycles
+    frames = [renderer.render(POSE)[0].astype(np.int16) for _ in range(6)]
+    for i in range(1, 6):  # same scene, so only the noise differs, and no frame repeats an earlier frame's noise
+        diff = frames[i] - frames[0]
+        assert abs(diff.mean()) < 0.2
+        assert abs(diff.std() / np.sqrt(2) - NOISE_Y) < 0.25 * NOISE_Y
 
 
 def test_renderers_with_one_seed_render_the_same_frames() -> None:
