@@ -155,6 +155,9 @@ def ingest(
                                                          "[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads per video decoder (0 = auto).")] = 0,
+    codec: Annotated[str, typer.Option(help="Camera clip storage: lossless (predictive + zstd) or hevc "
+                                            "(lossy, x265 at --crf; ~13x smaller).")] = "lossless",
+    crf: Annotated[int, typer.Option(help="hevc quality, x265 CRF 0..51 (lower: better, larger).")] = 20,
 ) -> None:
     """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent)."""
     from spark_distill.ingest.run import IngestConfig
@@ -162,7 +165,7 @@ def ingest(
 
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
-                       decode_threads=decode_threads)
+                       decode_threads=decode_threads, codec=codec, crf=crf)
     with progress_bar("ingest") as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {

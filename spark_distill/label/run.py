@@ -37,7 +37,7 @@ from spark_distill.label.plan import ClipRef, SegmentPlan, ShardIndex, frames_bi
 from spark_distill.label.teachers import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
-_CLIP_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst", "meta.json")
+_CLIP_MEMBERS = (*shards.camera_members(), "desire.npy.zst", "traffic.npy.zst", "car.npy.zst", "meta.json")
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
 
 

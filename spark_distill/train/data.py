@@ -173,7 +173,7 @@ class ClipStream(IterableDataset):
         keys, starts = [], []
         for f_raw, l_raw in samples:
             if not self.images:  # never decompress frames the step will not look at
-                f_raw = {k: v for k, v in f_raw.items() if k not in ("road.npy.zst", "wide.npy.zst")}
+                f_raw = {k: v for k, v in f_raw.items() if k not in shards.camera_members()}
             f, lab = shards.decode_sample(f_raw), shards.decode_sample(l_raw)
             n = len(f["meta"]["frame_ids"])
             keys.append(f_raw["__key__"])
