@@ -564,6 +564,29 @@ def bench_ingest(
         out.print(line, highlight=False, soft_wrap=True)
 
 
+@bench_app.command("storage")
+@handles_errors
+def bench_storage(
+    seconds: Annotated[float, typer.Option(help="Length of the synthetic 1928x1208 segment, seconds.")] = 10.0,
+    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of a synthetic one.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher folder for the drift rows [default: a synthetic "
+                                                      "stand-in].")] = None,
+    crf: Annotated[list[int] | None, typer.Option(help="hevc CRF to measure (repeatable) [default: 20 and 28].")
+                   ] = None,
+    backend: Annotated[str, typer.Option(help="Backend of the fp32 reference labels.")] = "onnxruntime",
+    drift: Annotated[bool, typer.Option(help="Measure the teacher drift (ingest + label per setting).")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder [default: a temporary one].")] = None,
+) -> None:
+    """Bytes per frame, speed per core and teacher drift of each camera codec (lossless, hevc at each --crf)."""
+    from spark_distill.bench.storage import bench_storage as run_bench
+
+    if bad := [c for c in crf or () if not 0 <= c <= 51]:
+        raise ConfigError(f"--crf must be in 0..51 (x265), got {bad[0]}")
+    for line in run_bench(seconds=seconds, route=route, teacher=teacher, crfs=tuple(crf or (20, 28)),
+                          backend=backend, drift_check=drift, workdir=workdir):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
 @bench_app.command("label")
 @handles_errors
 def bench_label(

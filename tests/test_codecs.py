@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,39 @@ def test_bad_codec_names_and_members_are_clear_errors() -> None:
         codecs.decode_clip("webp", b"")
     with pytest.raises(DatasetError, match=r"undecodable hevc|no frames"):
         codecs.decode_clip("hevc", b"\x00\x00\x01garbage")
+
+
+def test_the_whole_chain_runs_on_a_lossy_dataset(tici_route, tmp_path: Path) -> None:
+    """ingest --codec hevc, then label, train (stopped and resumed), export, eval and inspect --verify."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+    from spark_distill.export.run import ExportConfig, export
+    from spark_distill.ingest.run import IngestConfig, ingest
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.teacher import write_teacher
+    from spark_distill.train.loop import TrainConfig, train
+
+    route, root = tici_route[0], tmp_path / "ds"
+    cfg = IngestConfig(inputs=(str(route),), out=root, workers=1, clip_len=10, shard_clips=3, codec="hevc", crf=30)
+    assert ingest(cfg).frames_kept == 80
+    manifest = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
+    assert manifest["settings"]["codec"] == "hevc" and manifest["settings"]["crf"] == 30
+    first = next(shards.iter_shard(root / "frames" / manifest["shards"][0]["name"], shards.FRAMES_MEMBERS))
+    assert {"road.hevc", "wide.hevc"} <= set(first) and not set(first) & {"road.npy.zst", "road.y6d.zst"}
+    assert ingest(cfg).segments_already == 2  # a re-run resumes (nothing left to do)
+    with pytest.raises(ConfigError, match="codec='hevc', not 'lossless'"):
+        ingest(IngestConfig(inputs=(str(route),), out=root, workers=1, clip_len=10, shard_clips=3))
+    write_teacher(root / "teacher", seed=1)
+    label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="set"))
+    base = dict(root=root, labels="set", runs_dir=tmp_path / "runs", run="a", student="compact-xs", batch_size=2,
+                max_steps=2, warmup_steps=1, burn_in=2, val_fraction=0.25, mask_warmup=False, workers=1, device="cpu")
+    assert train(TrainConfig(stop_at=1, **base)).interrupted
+    assert train(TrainConfig(resume=True, **base)).steps == 2
+    export(ExportConfig(source=tmp_path / "runs" / "a", output=tmp_path / "onnx", verify_frames=4))
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", str(root), "--labels", "set", "--model", str(tmp_path / "onnx"),
+                            "--out", str(tmp_path / "eval"), "--include-warmup"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["inspect", str(root), "--verify"])
+    assert r.exit_code == 0 and "verified frames: 3 shards, 8 clips" in r.output, r.output
