@@ -22,7 +22,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from spark_distill import __version__
-from spark_distill.errors import SparkDistillError
+from spark_distill.errors import ConfigError, SparkDistillError
 
 
 def _blank_flags(params: list[Any]) -> list[Any]:
@@ -149,7 +149,6 @@ def demo(
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
     from spark_distill.demo import DemoConfig, run_demo
-    from spark_distill.errors import ConfigError
     from spark_distill.train.students.compact import PRESETS
 
     if student not in PRESETS:
@@ -186,6 +185,9 @@ def ingest(
                                                          "\\[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads per video decoder (0 = auto).")] = 0,
+    codec: Annotated[str, typer.Option(help="Camera clip storage: lossless (predictive + zstd) or hevc "
+                                            "(lossy, x265 at --crf; ~13x smaller).")] = "lossless",
+    crf: Annotated[int, typer.Option(help="hevc quality, x265 CRF 0..51 (lower: better, larger).")] = 20,
 ) -> None:
     """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent)."""
     from spark_distill.ingest.run import IngestConfig
@@ -193,7 +195,7 @@ def ingest(
 
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
-                       decode_threads=decode_threads)
+                       decode_threads=decode_threads, codec=codec, crf=crf)
     with progress_bar("ingest") as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {
@@ -594,11 +596,38 @@ def bench_ingest(
     route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones "
                                                     "(a folder with at least 2).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg threads of the extra one-worker run "
+                                                     "(1 skips it).")] = 2,
 ) -> None:
-    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.7), and ingest with 1 and 2 workers."""
+    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.85), and ingest with 1 and 2 workers."""
     from spark_distill.bench.ingest import bench_ingest as run_bench
 
-    for line in run_bench(seconds=seconds, route=route, workdir=workdir):
+    if decode_threads < 1:
+        raise ConfigError(f"--decode-threads must be >= 1, got {decode_threads}")
+    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@bench_app.command("storage")
+@handles_errors
+def bench_storage(
+    seconds: Annotated[float, typer.Option(help="Length of the synthetic 1928x1208 segment, seconds.")] = 10.0,
+    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of a synthetic one.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher folder for the drift rows \\[default: a synthetic "
+                                                      "stand-in].")] = None,
+    crf: Annotated[list[int] | None, typer.Option(help="hevc CRF to measure (repeatable) \\[default: 20 and 28].")
+                   ] = None,
+    backend: Annotated[str, typer.Option(help="Backend of the fp32 reference labels.")] = "onnxruntime",
+    drift: Annotated[bool, typer.Option(help="Measure the teacher drift (ingest + label per setting).")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+) -> None:
+    """Bytes per frame, speed per core and teacher drift of each camera codec (lossless, hevc at each --crf)."""
+    from spark_distill.bench.storage import bench_storage as run_bench
+
+    if bad := [c for c in crf or () if not 0 <= c <= 51]:
+        raise ConfigError(f"--crf must be in 0..51 (x265), got {bad[0]}")
+    for line in run_bench(seconds=seconds, route=route, teacher=teacher, crfs=tuple(crf or (20, 28)),
+                          backend=backend, drift_check=drift, workdir=workdir):
         out.print(line, highlight=False, soft_wrap=True)
 
 

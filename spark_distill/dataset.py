@@ -97,9 +97,9 @@ def verify_frames(root: Path) -> Verification:
         try:
             for raw in shards.iter_shard(path, shards.FRAMES_MEMBERS):
                 count += 1
-                missing = shards.FRAMES_REQUIRED - set(raw)
+                missing = shards.missing_members(raw)
                 if missing:
-                    result.problems.append(f"{entry['name']} {raw['__key__']}: missing {sorted(missing)}")
+                    result.problems.append(f"{entry['name']} {raw['__key__']}: missing {missing}")
                     continue
                 sample = shards.decode_sample(raw)
                 result.problems += [f"{entry['name']} {raw['__key__']}: {p}"

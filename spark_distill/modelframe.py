@@ -17,6 +17,8 @@ packing, for pictures). Sources, all commaai/openpilot:
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ FRAME_SHAPE = (6, MODEL_H // 2, MODEL_W // 2)  # packed frame: 4 Y sub-planes, U
 VIEW_FROM_DEVICE = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 MEDMODEL_INTRINSICS = np.array([[910.0, 0.0, 256.0], [0.0, 910.0, 47.6], [0.0, 0.0, 1.0]])
 SBIGMODEL_INTRINSICS = np.array([[455.0, 0.0, 256.0], [0.0, 455.0, 0.5 * (256 + 47.6)], [0.0, 0.0, 1.0]])
+
+log = logging.getLogger(__name__)
 
 _INTER_BITS = 5
 _INTER_TAB = 1 << _INTER_BITS
@@ -165,15 +169,31 @@ class FrameWarp:
         self.parts = [(sy, *_base_taps(yx, yy, yw, src_w, src_h, sy)), (su, *_base_taps(ux, uy, uvw, uw, uh, su)),
                       (sv, *_base_taps(ux, uy, uvw, uw, uh, sv))]
         self.min_sizes = (src_h * sy, uh * su, uh * sv)
+        self._interleaved = [np.ascontiguousarray(w.T) for _, _, w in self.parts]  # (n, 4): one cache line per pixel
         self.size = (src_w, src_h)
 
     def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Planes as flat uint8 arrays (rows of `strides` bytes) -> [6, 128, 256] uint8."""
+        """Planes as flat uint8 arrays (rows of `strides` bytes) -> [6, 128, 256] uint8.
+
+        Runs the compiled kernel (spark_distill.warpkernel); bit-identical to `reference`."""
+        kernel = _compiled_kernel()
+        if kernel is None:
+            return self.reference(y, u, v)
+        out = np.empty(int(np.prod(FRAME_SHAPE)), dtype=np.uint8)
+        start = 0
+        for plane, (stride, base, _), weights, need in zip((y, u, v), self.parts, self._interleaved,
+                                                           self.min_sizes, strict=True):
+            _check_plane(plane, need)
+            kernel(plane, stride, base, weights, out[start:start + len(base)])
+            start += len(base)
+        return out.reshape(FRAME_SHAPE)
+
+    def reference(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The numpy port of transform.cl (the reference the compiled kernel is tested against)."""
         out = np.empty(int(np.prod(FRAME_SHAPE)), dtype=np.uint8)
         start = 0
         for plane, (stride, base, weight), need in zip((y, u, v), self.parts, self.min_sizes, strict=True):
-            if plane.size < need:
-                raise ValueError(f"plane of {plane.size} bytes is smaller than the warp expects ({need})")
+            _check_plane(plane, need)
             # tap k reads the plane shifted by its offset; np.take is ~1.5x faster than fancy indexing
             acc = np.take(plane, base) * weight[0]  # int32
             acc += np.take(plane[1:], base) * weight[1]
@@ -193,6 +213,24 @@ class FrameWarp:
         if flat.size != ys + 2 * uvs:
             raise ValueError(f"expected an I420 buffer of {ys + 2 * uvs} bytes for {w}x{h}, got {flat.size}")
         return self(flat[:ys], flat[ys:ys + uvs], flat[ys + uvs:])
+
+
+def _check_plane(plane: np.ndarray, need: int) -> None:
+    if plane.dtype != np.uint8 or plane.ndim != 1:
+        raise ValueError(f"planes must be flat uint8 arrays, got {plane.dtype} of shape {plane.shape}")
+    if plane.size < need:
+        raise ValueError(f"plane of {plane.size} bytes is smaller than the warp expects ({need})")
+
+
+@functools.cache
+def _compiled_kernel() -> Callable[..., None] | None:
+    """warpkernel.warp_plane, or None (numpy fallback, one warning) where numba is not installed."""
+    try:
+        from spark_distill.warpkernel import warp_plane
+    except ImportError as e:
+        log.warning("numba unavailable (%s); warping with the slower numpy port", e)
+        return None
+    return warp_plane
 
 
 @functools.lru_cache(maxsize=32)

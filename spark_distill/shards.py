@@ -4,9 +4,12 @@
 
 A dataset is a folder of WebDataset tar shards (`shard-000000.tar`, …) plus `manifest.json`.
 Samples are flat dicts keyed by member extension (`road.npy.zst`, `meta.json`, …) with the
-sample key under `__key__`. Arrays are `.npy` bytes compressed with zstd. Writers go through a
-temporary name, fsync and rename; manifests are rewritten atomically. Main entry points:
-`ShardWriter`, `iter_shard`, `encode_array` / `decode_array`, `write_json_atomic`, `read_manifest`.
+sample key under `__key__`. Arrays are `.npy` bytes compressed with zstd; camera clips may instead
+be stored with a codec of spark_distill.codecs, named by the member's extension (`road.y6d.zst`,
+`road.hevc`), and `decode_sample` decodes every one of them, so no reader special-cases a codec.
+Writers go through a temporary name, fsync and rename; manifests are rewritten atomically. Main
+entry points: `ShardWriter`, `iter_shard`, `encode_array` / `decode_array`, `decode_sample`,
+`camera_members`, `encode_cameras`, `write_json_atomic`, `read_manifest`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from spark_distill import codecs
 from spark_distill.errors import DatasetError
 
 FRAMES_FORMAT = "spark-distill/frames"
@@ -32,10 +36,18 @@ LABELS_FORMAT = "spark-distill/labels"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-# member -> dtype of the stored array (None for JSON); DESIGN.md "Frames dataset"
+CAMERAS = ("road", "wide")
+
+
+def camera_members(cameras: tuple[str, ...] = CAMERAS) -> tuple[str, ...]:
+    """Every member name a camera clip may be stored under (one per codec): what readers ask a sample for."""
+    return tuple(f"{cam}.{ext}" for cam in cameras for ext in codecs.codec_exts())
+
+
+# member -> dtype of the stored array (None for JSON); DESIGN.md "Frames dataset". A sample holds
+# exactly one of the camera members of each camera (see camera_members / encode_cameras).
 FRAMES_MEMBERS: dict[str, str | None] = {
-    "road.npy.zst": "uint8",
-    "wide.npy.zst": "uint8",
+    **dict.fromkeys(camera_members(), "uint8"),
     "desire.npy.zst": "float32",
     "traffic.npy.zst": "float32",
     "car.npy.zst": "float32",
@@ -44,7 +56,7 @@ FRAMES_MEMBERS: dict[str, str | None] = {
     "modelv2.npy.zst": "float32",
     "meta.json": None,
 }
-FRAMES_REQUIRED = frozenset(FRAMES_MEMBERS) - {"modelv2.npy.zst"}
+FRAMES_REQUIRED = frozenset(FRAMES_MEMBERS) - {"modelv2.npy.zst", *camera_members()}  # and one member per camera
 LABEL_MEMBERS: dict[str, str | None] = {"vision.npy.zst": "float16", "policy.npy.zst": "float16"}
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+--c\d{5}$")
@@ -99,6 +111,26 @@ def decode_array(data: bytes) -> np.ndarray:
     count = int(np.prod(shape))
     arr = raw[buf.tell(): buf.tell() + count * dtype.itemsize].view(dtype)
     return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def encode_cameras(clips: dict[str, np.ndarray], *, codec: str, crf: int) -> dict[str, bytes]:
+    """Camera members of a sample: {camera: clip (T, 6, 128, 256) uint8} -> {member name: bytes}."""
+    out = {}
+    for cam, clip in clips.items():
+        ext, data = codecs.encode_clip(clip, codec, crf=crf)
+        out[f"{cam}.{ext}"] = data
+    return out
+
+
+def missing_members(sample: dict[str, Any]) -> list[str]:
+    """Required members a raw frames sample lacks (a camera counts as present under any codec)."""
+    names = set(sample)
+    missing = sorted(FRAMES_REQUIRED - names)
+    for cam in CAMERAS:
+        held = [m for m in camera_members((cam,)) if m in names]
+        if len(held) != 1:
+            missing.append(f"exactly one of {', '.join(camera_members((cam,)))} (has {len(held)})")
+    return missing
 
 
 def encode_json(obj: Any) -> bytes:
@@ -246,12 +278,15 @@ def iter_shard(path: Path, members: dict[str, str | None]) -> Iterator[dict[str,
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A new dict with arrays decoded and JSON parsed; `__key__` kept."""
+    """A new dict with arrays decoded (camera members with their codec) and JSON parsed; `__key__` kept."""
     out: dict[str, Any] = {"__key__": sample["__key__"]}
     for member, data in sample.items():
         if member == "__key__":
             continue
-        if member.endswith(".npy.zst"):
+        name, _, ext = member.partition(".")
+        if name in CAMERAS and ext != codecs.PLAIN_EXT and ext in codecs.codec_exts():
+            out[name] = codecs.decode_clip(ext, data)
+        elif member.endswith(".npy.zst"):
             out[member[: -len(".npy.zst")]] = decode_array(data)
         elif member.endswith(".json"):
             out[member[: -len(".json")]] = json.loads(data)

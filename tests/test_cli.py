@@ -22,7 +22,8 @@ def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "ingest" in result.output and "inspect" in result.output
     for command in (["ingest"], ["inspect"], ["synth-route"], ["synth-teacher"], ["label"], ["train"],
-                    ["bench", "ingest"], ["bench", "label"], ["bench", "train"], ["export"], ["demo"]):
+                    ["bench", "ingest"], ["bench", "storage"], ["bench", "label"], ["bench", "train"], ["export"],
+                    ["demo"]):
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0, command
     assert "--clip-len" in runner.invoke(app, ["ingest", "--help"]).output
@@ -38,6 +39,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such file or directory"),
         (["ingest", str(tmp_path), "--out", str(tmp_path / "o")], "no route segments found"),
         (["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--cameras", "road,rear"], "unknown camera"),
+        (["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--codec", "av2"], "unknown codec 'av2'"),
+        (["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--codec", "hevc", "--crf", "60"], "--crf must"),
+        (["bench", "storage", "--crf", "-1"], "--crf must be in 0..51"),
         (["inspect", str(tmp_path)], "no frames dataset here"),
         (["synth-route", str(tmp_path / "r"), "--fault", "flat-tyre"], "unknown fault 'flat-tyre'"),
         (["export", str(tmp_path), "--output", str(tmp_path / "x")], "not a training run"),

@@ -85,6 +85,44 @@ def test_warp_reads_padded_planes_in_place() -> None:
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("size, big, pad", [((1928, 1208), False, 64), ((1928, 1208), True, 0),
+                                           ((1164, 874), False, 0)])
+def test_compiled_warp_is_bit_identical_to_the_numpy_reference(size: tuple[int, int], big: bool, pad: int) -> None:
+    """Full-size random frames (and padded rows, as decoders give) through the compiled kernel and the numpy port."""
+    w, h = size
+    rng = np.random.default_rng(7)
+    road, wide = cameras_for(w, h)
+    cam = wide if big and wide is not None else road
+    for rpy in ((0.0, 0.03, -0.02), (0.02, -0.06, 0.45)):  # the second pushes part of the frame off the image
+        padded = [np.pad(p, ((0, 0), (0, pad))) for p in _random_planes(rng, w, h)]
+        warp = FrameWarp(get_warp_matrix(rpy, cam.intrinsics, big=big), w, h,
+                         strides=tuple(p.shape[1] for p in padded))
+        flat = [p.ravel() for p in padded]
+        got, want = warp(*flat), warp.reference(*flat)
+        assert got.dtype == np.uint8 and got.shape == (6, 128, 256)
+        np.testing.assert_array_equal(got, want)
+        assert len(np.unique(got)) > 200  # a real warp of noise, not a constant both sides agree on
+
+
+def test_compiled_warp_is_bit_identical_on_extreme_values() -> None:
+    """All-255 and all-0 planes: the rounding and the weight sums at the saturation edges match."""
+    w, h = 1164, 874
+    warp = FrameWarp(get_warp_matrix((0.0, 0.0, 0.1), cameras_for(w, h)[0].intrinsics, big=False), w, h)
+    for value in (0, 1, 254, 255):
+        buf = np.full(w * h * 3 // 2, value, np.uint8)
+        got = warp.warp_i420(buf)
+        np.testing.assert_array_equal(got, warp.reference(buf[:w * h], buf[w * h:w * h * 5 // 4], buf[w * h * 5 // 4:]))
+        assert (got == value).all()
+
+
+def test_warp_rejects_a_short_plane() -> None:
+    w, h = 1164, 874
+    warp = FrameWarp(get_warp_matrix((0.0, 0.0, 0.0), cameras_for(w, h)[0].intrinsics, big=False), w, h)
+    y, u, v = (p.ravel() for p in _random_planes(np.random.default_rng(2), w, h))
+    with pytest.raises(ValueError, match="smaller than the warp expects"):
+        warp(y[:-1], u, v)
+
+
 def test_packing_follows_loadyuv_channel_order() -> None:
     y = np.arange(256 * 512, dtype=np.uint32).reshape(256, 512)
     u = np.full((128, 256), 7)

@@ -21,7 +21,7 @@ from spark_distill.label.plan import ShardIndex, plan_segments
 from spark_distill.onnx_import import cpu_session
 from spark_distill.train.gt_path import SegmentMotion
 
-FRAME_MEMBERS = ("road.npy.zst", "wide.npy.zst", "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
+FRAME_MEMBERS = (*shards.camera_members(), "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
                  "pose.npy.zst", "meta.json")
 
 

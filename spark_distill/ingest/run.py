@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_distill import __version__, shards
+from spark_distill import __version__, codecs, shards
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
@@ -39,7 +39,7 @@ CAMERAS = ("road", "wide")
 LOG_KINDS = ("auto", "rlog", "qlog")
 STAGING = ".staging"
 # settings that change sample contents: a dataset must keep them across runs
-_SHAPE_SETTINGS = ("clip_len", "cameras", "log_kind", "shard_clips")
+_SHAPE_SETTINGS = ("clip_len", "cameras", "log_kind", "shard_clips", "codec", "crf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +55,8 @@ class IngestConfig:
     schema_dir: Path | None = None
     shard_clips: int = 50  # clips per shard: ~1000 frames, a few hundred MB of real video
     decode_threads: int = 0  # FFmpeg threads per decoder; 0 = FFmpeg's choice
+    codec: str = codecs.DEFAULT_CODEC  # camera clip storage: lossless, or hevc (lossy, ~13x smaller)
+    crf: int = codecs.DEFAULT_CRF  # hevc quality (x265 crf: lower is better and larger)
 
     def __post_init__(self) -> None:
         if self.clip_len < 1:
@@ -63,21 +65,28 @@ class IngestConfig:
             raise ConfigError(f"--shard-clips must be >= 1, got {self.shard_clips}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.decode_threads < 0:
+            raise ConfigError(f"--decode-threads must be >= 0, got {self.decode_threads}")
         if bad := [c for c in self.cameras if c not in CAMERAS]:
             raise ConfigError(f"unknown camera {bad[0]!r}; choose from {', '.join(CAMERAS)}")
         if "road" not in self.cameras:
             raise ConfigError("--cameras must include road (the model's main input)")
+        codecs.get_codec(self.codec)
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"--crf must be in 0..51 (x265), got {self.crf}")
         if self.log_kind not in LOG_KINDS:
             raise ConfigError(f"unknown --log {self.log_kind!r}; choose from {', '.join(LOG_KINDS)}")
 
     @property
     def settings(self) -> SegmentSettings:
         return SegmentSettings(self.clip_len, tuple(self.cameras), self.log_kind,
-                               str(self.schema_dir) if self.schema_dir else None, self.decode_threads)
+                               str(self.schema_dir) if self.schema_dir else None, self.decode_threads,
+                               self.codec, self.crf)
 
     def manifest_settings(self) -> dict[str, Any]:
         return {"clip_len": self.clip_len, "cameras": list(self.cameras), "log_kind": self.log_kind,
-                "shard_clips": self.shard_clips}
+                "shard_clips": self.shard_clips, "codec": self.codec,
+                "crf": self.crf if codecs.get_codec(self.codec).lossy else None}
 
 
 @dataclass
@@ -112,6 +121,7 @@ def open_manifest(folder: Path, cfg: IngestConfig) -> dict[str, Any]:
         return _new_manifest(cfg)
     manifest = shards.read_manifest(folder, shards.FRAMES_FORMAT)
     old, new = manifest["settings"], cfg.manifest_settings()
+    old = {"codec": "npy.zst", "crf": None, **old}  # datasets from before --codec stored plain .npy.zst
     for key in _SHAPE_SETTINGS:
         if old.get(key) != new[key]:
             raise ConfigError(f"{folder} was ingested with {key}={old.get(key)!r}, not {new[key]!r}; "

@@ -45,6 +45,8 @@ class SegmentSettings:
     log_kind: str = "auto"
     schema_dir: str | None = None
     decode_threads: int = 0
+    codec: str = "lossless"  # storage of the camera clips (spark_distill.codecs)
+    crf: int = 20  # quality of a lossy codec
 
 
 @dataclass
@@ -127,10 +129,12 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         buffer.append((fid, t, packed_road, packed_wide))
         kept += 1
         if len(buffer) == settings.clip_len:
-            yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None)
+            yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None, codec=settings.codec,
+                               crf=settings.crf)
             clip, buffer = clip + 1, []
     if buffer:
-        yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None)
+        yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None, codec=settings.codec,
+                           crf=settings.crf)
         clip += 1
 
     index = logdata.encode["road"]
@@ -148,7 +152,8 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         raise IngestError(f"{road_path}: no frame could be matched to the log ({report.dropped or 'no frames'})")
 
 
-def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_from_road: bool) -> dict[str, Any]:
+def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_from_road: bool, codec: str,
+                 crf: int) -> dict[str, Any]:
     fids = [f[0] for f in frames]
     times = np.array([f[1] for f in frames], dtype=np.int64)
     arrays = frame_log_arrays(logdata, times)
@@ -168,8 +173,7 @@ def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_fr
     wide = np.stack([f[3] for f in frames])
     return {
         "__key__": shards.clip_key(seg.name, clip),
-        "road.npy.zst": shards.encode_array(road),
-        "wide.npy.zst": shards.encode_array(wide),
+        **shards.encode_cameras({"road": road, "wide": wide}, codec=codec, crf=crf),
         "desire.npy.zst": shards.encode_array(arrays["desire"]),
         "traffic.npy.zst": shards.encode_array(traffic_onehot(bool(arrays["rhd"][0]))),
         "car.npy.zst": shards.encode_array(arrays["car"]),

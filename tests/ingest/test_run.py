@@ -67,10 +67,11 @@ def test_ingest_matches_the_synthetic_drive(tici_route, tmp_path: Path) -> None:
         assert np.isfinite(s["gps"]).all() and s["road"].shape == (len(fids), 6, 128, 256)
     # the calibrated warp puts the horizon at medmodel's principal row 47.6 and sbigmodel's 151.8:
     # sky above it, road below (with the logged pitch of 0.03 rad it would sit ~27 rows off uncalibrated)
-    y_road = samples[0]["road"][0, 0]  # Y sub-plane: row r, column c is model pixel (2c, 2r); left of the lead car
-    assert abs(int(y_road[20, 20]) - SKY[0]) <= 3 and abs(int(y_road[27, 20]) - SKY[0]) > 20
-    y_wide = samples[0]["wide"][0, 0]
-    assert abs(int(y_wide[73, 20]) - SKY[0]) <= 3 and abs(int(y_wide[78, 20]) - SKY[0]) > 20
+    # (means over a few pixels: the rendered frames carry sensor noise, vignetting and a sky gradient)
+    y_road = samples[0]["road"][0, 0].astype(float)  # Y sub-plane: row r, column c is model pixel (2c, 2r)
+    assert abs(y_road[19:22, 15:25].mean() - SKY[0]) <= 25 and abs(y_road[27:30, 15:25].mean() - SKY[0]) > 35
+    y_wide = samples[0]["wide"][0, 0].astype(float)
+    assert abs(y_wide[71:74, 15:25].mean() - SKY[0]) <= 25 and abs(y_wide[78:81, 15:25].mean() - SKY[0]) > 35
 
 
 def test_faults_are_survived_and_recorded(faulty_routes, tmp_path: Path) -> None:

@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Storage codecs of a clip's packed camera frames (T, 6, 128, 256) uint8. Entry points: `encode_clip`,
+`decode_clip`, `CODECS`.
+
+A codec is chosen at ingest (`--codec`) and named by the shard member's extension, so every reader
+decodes whatever a sample carries (shards.decode_sample): `road.npy.zst` (plain .npy + zstd, the
+original format, still read), `road.y6d.zst` (lossless) and `road.hevc` (lossy).
+
+- lossless (`y6d.zst`): each pixel predicted from a neighbour that is already decoded, the residual
+  (mod 256) zstd-compressed as .npy. The 4 Y sub-planes are the polyphase parts of one 512x256 image
+  (loadyuv.cl), so the prediction of ch1/ch2 from ch0 and of ch3 from ch1 is the vertical/horizontal
+  neighbour; ch0, U and V use their left neighbour. 0.77x the bytes of plain zstd on camera-like
+  frames at about the same speed; benchmarks/storage.md has the alternatives measured (ffv1, zstd
+  levels, temporal deltas).
+- hevc: the clip unpacked to 512x256 yuv420p and encoded with x265 (one GOP per clip, so a clip
+  decodes on its own), quality `crf`. Raw HEVC elementary stream; decoded with PyAV.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from spark_distill.errors import ConfigError, DatasetError
+from spark_distill.modelframe import FRAME_SHAPE, MODEL_H, MODEL_W
+
+PLAIN_EXT = "npy.zst"  # the original member format, decoded by shards.decode_array
+
+
+def _predict(clip: np.ndarray) -> np.ndarray:
+    """Residuals of the lossless predictor (T, 6, 128, 256) uint8, mod 256."""
+    r = np.empty_like(clip)
+    for ch in (0, 4, 5):  # left neighbour within the plane (ch0: two Y pixels to the left)
+        r[:, ch, :, 0] = clip[:, ch, :, 0]
+        np.subtract(clip[:, ch, :, 1:], clip[:, ch, :, :-1], out=r[:, ch, :, 1:])
+    np.subtract(clip[:, 1], clip[:, 0], out=r[:, 1])  # odd row from the pixel above
+    np.subtract(clip[:, 2], clip[:, 0], out=r[:, 2])  # odd column from the pixel to the left
+    np.subtract(clip[:, 3], clip[:, 1], out=r[:, 3])
+    return r
+
+
+def _unpredict(r: np.ndarray) -> np.ndarray:
+    """Inverse of _predict."""
+    clip = np.empty_like(r)
+    for ch in (0, 4, 5):
+        np.cumsum(r[:, ch], axis=-1, dtype=np.uint8, out=clip[:, ch])
+    np.add(r[:, 1], clip[:, 0], out=clip[:, 1])
+    np.add(r[:, 2], clip[:, 0], out=clip[:, 2])
+    np.add(r[:, 3], clip[:, 1], out=clip[:, 3])
+    return clip
+
+
+def _encode_lossless(clip: np.ndarray, *, crf: int) -> bytes:
+    from spark_distill.shards import encode_array
+
+    return encode_array(_predict(clip))
+
+
+def _decode_lossless(data: bytes) -> np.ndarray:
+    from spark_distill.shards import decode_array
+
+    r = decode_array(data)
+    if r.dtype != np.uint8 or r.ndim != 4 or r.shape[1:] != FRAME_SHAPE:
+        raise DatasetError(f"lossless camera member holds {r.dtype} {r.shape}, expected uint8 (T, {FRAME_SHAPE})")
+    return _unpredict(r)
+
+
+# one GOP per clip (keyint past any clip length), no B-frames (decode order = display order), one core
+_X265_PARAMS = "log-level=none:keyint=1000:min-keyint=1000:scenecut=0:bframes=0:pools=none:frame-threads=1"
+
+
+def _encode_hevc(clip: np.ndarray, *, crf: int) -> bytes:
+    import av
+
+    from spark_distill.modelframe import unpack_yuv6
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="hevc") as out:
+        stream = out.add_stream("libx265", rate=20)
+        stream.width, stream.height, stream.pix_fmt = MODEL_W, MODEL_H, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": str(crf), "x265-params": _X265_PARAMS}
+        for packed in clip:
+            frame = av.VideoFrame(MODEL_W, MODEL_H, "yuv420p")
+            for plane, data in zip(frame.planes, unpack_yuv6(packed), strict=True):
+                if plane.line_size == data.shape[1]:
+                    plane.update(np.ascontiguousarray(data))
+                else:
+                    rows = np.zeros((plane.height, plane.line_size), np.uint8)
+                    rows[:, : data.shape[1]] = data
+                    plane.update(rows)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def _decode_hevc(data: bytes) -> np.ndarray:
+    import av
+
+    from spark_distill.modelframe import pack_yuv6
+
+    frames = []
+    try:
+        with av.open(io.BytesIO(data), format="hevc") as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # readers run in worker threads/processes already
+            for frame in container.decode(stream):
+                if (frame.width, frame.height, frame.format.name) != (MODEL_W, MODEL_H, "yuv420p"):
+                    raise DatasetError(f"hevc camera member is {frame.width}x{frame.height} {frame.format.name}, "
+                                       f"expected {MODEL_W}x{MODEL_H} yuv420p")
+                yuv = frame.to_ndarray()  # (384, 512): Y rows, then U and V each as 64 rows of 512
+                uv = yuv[MODEL_H:].reshape(2, MODEL_H // 2, MODEL_W // 2)
+                frames.append(pack_yuv6(yuv[:MODEL_H], uv[0], uv[1]))
+    except av.error.FFmpegError as e:
+        raise DatasetError(f"undecodable hevc camera member ({e})") from e
+    if not frames:
+        raise DatasetError("hevc camera member holds no frames")
+    return np.stack(frames)  # (T, 6, 128, 256)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one codec stores a clip: the member extension it is read back by, and its two functions."""
+
+    ext: str
+    lossy: bool
+    encode: Callable[..., bytes]
+    decode: Callable[[bytes], np.ndarray]
+
+
+CODECS: dict[str, Codec] = {
+    "lossless": Codec("y6d.zst", False, _encode_lossless, _decode_lossless),
+    "hevc": Codec("hevc", True, _encode_hevc, _decode_hevc),
+}
+DEFAULT_CODEC = "lossless"
+DEFAULT_CRF = 20  # hevc: ~13x smaller than lossless on camera-like frames; drift in benchmarks/storage.md
+_BY_EXT = {c.ext: c for c in CODECS.values()}
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called `name`; ConfigError listing the known ones otherwise."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ConfigError(f"unknown codec {name!r}; available: {', '.join(sorted(CODECS))}") from None
+
+
+def codec_exts() -> tuple[str, ...]:
+    """Every camera member extension a reader may meet (plain .npy.zst first)."""
+    return (PLAIN_EXT, *_BY_EXT)
+
+
+def encode_clip(clip: np.ndarray, codec: str, *, crf: int = DEFAULT_CRF) -> tuple[str, bytes]:
+    """(member extension, bytes) of a clip (T, 6, 128, 256) uint8 stored with `codec`."""
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[1:] != FRAME_SHAPE:
+        raise ValueError(f"expected a uint8 clip (T, {FRAME_SHAPE}), got {clip.dtype} {clip.shape}")
+    c = get_codec(codec)
+    return c.ext, c.encode(np.ascontiguousarray(clip), crf=crf)
+
+
+def decode_clip(ext: str, data: bytes) -> np.ndarray:
+    """The clip (T, 6, 128, 256) uint8 stored in a camera member of extension `ext` (not plain .npy.zst)."""
+    try:
+        codec = _BY_EXT[ext]
+    except KeyError:
+        raise DatasetError(f"unknown camera member extension {ext!r}; known: {', '.join(codec_exts())}") from None
+    return codec.decode(data)
