@@ -215,6 +215,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
 
     result.tolerance = FP32_TOLERANCE if dtype == torch.float32 else 1e-2
     result.max_diff_random = both([random_feed() for _ in range(4)])
+    n_random = len(ort_feeds)
     clip = _real_clip(t.spec, cfg.verify_frames)
     if clip is not None:
         feeds = []
@@ -229,7 +230,8 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
         result.max_diff_real = both(feeds)
     _check_tolerance(result)
     _consumer_check(cfg, result, {"driving_model.onnx": data},
-                    {"driving_model.onnx": _consumer_feeds(ort_feeds[:4], ort_feeds[4:])}, fp16=dtype == torch.float16)
+                    {"driving_model.onnx": _consumer_feeds(ort_feeds[:n_random], ort_feeds[n_random:])},
+                    fp16=dtype == torch.float16)
     result.latency_ms = _latency_ms(lambda: sess.run(None, {n: example[n] for n in declared}))
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / "driving_model.onnx"
