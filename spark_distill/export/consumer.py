@@ -16,7 +16,7 @@ through tinygrad's `Context`, whatever the environment says, so its figures are 
 machine; the CPU device needs the `clang` compiler on PATH (Debian: `apt-get install clang`).
 
 Cost: the first run of a graph is tinygrad lowering its kernels in Python (the compiled kernels are cached
-in ~/.cache/tinygrad): ~20 s of one core for a compact student with the default optimizer, ~4 s under
+in ~/.cache/tinygrad): ~20-30 s of one core for a compact student with the default optimizer, ~5 s under
 `NOOPT=1` (the test suite's setting: same ops and lowering, kernels left unoptimised); each further input
 costs ~0.3 s.
 """
