@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# clang: tinygrad's CPU device compiles with it (export's tinygrad check, the way openpilot compiles its
+# models, and its tests). Debian's package, installed only where clang is missing; needs root (CI is root).
+if ! command -v clang >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang >/dev/null
+  else
+    echo "note: clang is missing and this is not root: run 'sudo apt-get install clang' for the tinygrad check" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
@@ -14,4 +23,4 @@ $PIP install -q --upgrade pip
 $PIP install -q --no-deps "onnx2torch==1.5.15"
 $PIP install -q -e ".[test]"
 echo "(a pip notice that onnx2torch requires torchvision is expected: onnx2torch is installed without it, see README)"
-.venv/bin/python -c "import torch, av, capnp, webdataset; from spark_distill.onnx_import import load_onnx2torch; load_onnx2torch(); print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__)"
+.venv/bin/python -c "import torch, av, capnp, webdataset, importlib.metadata as m; from spark_distill.onnx_import import load_onnx2torch; load_onnx2torch(); print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__, '| tinygrad', m.version('tinygrad'))"

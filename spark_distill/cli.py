@@ -427,13 +427,17 @@ def export(
                          ] = "fp32",
     verify_frames: Annotated[int, typer.Option(help="Frames of the run's dataset run through torch and ONNX "
                                                     "Runtime on top of random inputs (0: random only).")] = 20,
+    check: Annotated[str, typer.Option(help="Consumer check: run the exported graph(s) in tinygrad, which openpilot "
+                                            "compiles its models with, against ONNX Runtime. tinygrad: required "
+                                            "(exit 2 when not installed); auto: when tinygrad is importable; none: "
+                                            "skip.")] = "auto",
 ) -> None:
     """Merge the adapters into plain layers and write ONNX that openpilot loads; verified against torch."""
     from spark_distill.export.run import ExportConfig
     from spark_distill.export.run import export as run_export
 
     r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
-                                verify_frames=verify_frames))
+                                verify_frames=verify_frames, check=check))
     real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
     print_table(f"export -> {output}", {
         "format": f"{r.format} ({precision}), from step {r.step}",
@@ -442,9 +446,20 @@ def export(
         "max |ORT - torch|, random inputs": f"{r.max_diff_random:.2e} (tolerance {r.tolerance:g})",
         "max |ORT - torch|, dataset frames": real,
         "ONNX Runtime CPU latency": f"{r.latency_ms:.2f} ms/frame",
+        "max |tinygrad - ORT|": _tinygrad_line(r),
         "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
         **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
         **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})
+
+
+def _tinygrad_line(r: Any) -> str:
+    """The consumer check in the export summary: worst output, version and device, or why it was skipped."""
+    t = r.tinygrad
+    if t is None:
+        return f"skipped ({r.tinygrad_skipped})"
+    worst = max(t.max_abs_diff.values(), default=0.0)
+    rel = f", {t.max_rel_diff:.2e} relative" if t.relative else ""
+    return f"{worst:.2e}{rel} (tolerance {t.tolerance:g}; tinygrad {t.version} on {t.device}, {t.feeds} inputs)"
 
 
 @app.command("eval", rich_help_panel="Check and compare")

@@ -4,9 +4,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# tinygrad (export's consumer check) reads these when imported: its CPU device (the check pins it too), and
+# kernels left unoptimised, which makes a graph's first run ~4 s instead of ~20 s (same ops, same lowering).
+os.environ.setdefault("DEV", "CPU:CLANG")
+os.environ.setdefault("NOOPT", "1")
 
 
 @pytest.fixture(scope="session")

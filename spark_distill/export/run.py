@@ -10,9 +10,17 @@ Formats:
 - combined (any student): one graph, inputs img, big_img [1,12,128,256] uint8, desire [1,8],
   traffic_convention [1,2], state [1,H] (+ v_ego [1] for the openpilot student), outputs vision_outputs,
   policy_outputs, state_out; opset 14 by default.
+A combined graph declares v_ego only where the student's policy uses it (the v1 contract's
+lateral_control_params); the exporter drops an unused input, so the graph of a student of a v2 teacher
+(openpilot 0.10's policy: desire_pulse, traffic_convention, features_buffer) has none. Consumers feed
+the inputs a graph declares (graph.input, or input_shapes in the metadata pkl), as openpilot's modeld and
+its ONNX compile step do; so do the checks here and eval.
+
 Verification: ONNX Runtime against the merged torch model on random inputs and on frames of the run's
 own dataset (state carried through a clip on both sides), fp32 tolerance 1e-4 max abs (fp16: 1e-2
-relative to the output scale); a larger difference fails the export and leaves nothing behind.
+relative to the output scale); then the consumer check (`export.consumer`): tinygrad, which openpilot
+compiles its models with, against ONNX Runtime on a few of the same inputs (`check`: auto runs it when
+tinygrad is importable). A larger difference fails the export and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import pickle
 import shutil
 import time
@@ -33,13 +42,18 @@ import torch
 from torch import nn
 
 from spark_distill import shards
-from spark_distill.errors import ConfigError, ExportError, OnnxMismatchError
+from spark_distill.errors import ConfigError, ExportError, MissingDependencyError, OnnxMismatchError
+from spark_distill.export import consumer
 from spark_distill.export import graph as G
 from spark_distill.onnx_import import cpu_session
 from spark_distill.train.restore import TrainedStudent, load_trained
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("auto", "split", "combined")
 PRECISIONS = ("fp32", "fp16")
+CHECKS = ("auto", "tinygrad", "none")
+CONSUMER_FEEDS = 3  # inputs per graph through tinygrad: one random, then dataset frames (~0.3 s each after the first)
 FP32_TOLERANCE = 1e-4
 
 
@@ -51,6 +65,7 @@ class ExportConfig:
     opset: int = 14
     precision: str = "fp32"
     verify_frames: int = 20  # frames of the run's dataset fed through both models (0: random inputs only)
+    check: str = "auto"  # consumer check: tinygrad vs ORT; auto: when tinygrad is importable (else noted, skipped)
 
 
 @dataclass
@@ -67,6 +82,8 @@ class ExportResult:
     written_back: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)
     step: int = 0
+    tinygrad: consumer.TinygradResult | None = None
+    tinygrad_skipped: str | None = None  # why the consumer check did not run (check auto or none)
 
 
 class CombinedModel(nn.Module):
@@ -170,6 +187,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
                           output_names=["vision_outputs", "policy_outputs", "state_out"], opset_version=cfg.opset,
                           dynamo=False, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
+    declared = _declared_inputs(proto, {n: example[n].shape for n in names})
     G.set_property(proto, "output_slices", base64.b64encode(pickle.dumps(student.policy_slices)).decode())
     G.set_property(proto, "vision_output_slices", base64.b64encode(pickle.dumps(student.vision_slices)).decode())
     G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step, "format": "combined",
@@ -178,15 +196,18 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
     data = proto.SerializeToString()
     sess = cpu_session(data)
 
+    ort_feeds: list[dict[str, np.ndarray]] = []  # as ONNX Runtime was fed: the consumer check reuses them
+
     def both(feeds: list[dict[str, np.ndarray]]) -> float:
         """Outputs of torch and ORT over consecutive feeds, each side carrying its own state."""
         diffs, s_ref, s_ort = [], None, None
         for feed in feeds:
             f_ref = dict(feed, state=s_ref if s_ref is not None else feed["state"])
             f_ort = dict(feed, state=s_ort if s_ort is not None else feed["state"])
+            ort_feeds.append(f_ort)
             with torch.no_grad():
                 r = [x.numpy() for x in ref(*(torch.from_numpy(f_ref[n]) for n in names))]
-            o = sess.run(None, f_ort)
+            o = sess.run(None, {n: f_ort[n] for n in declared})
             scale = 1.0 if dtype == torch.float32 else 1.0 + max(float(np.abs(x).max()) for x in r)
             diffs.append(_max_diff(r, o) / scale)
             s_ref, s_ort = r[2], o[2]
@@ -194,6 +215,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
 
     result.tolerance = FP32_TOLERANCE if dtype == torch.float32 else 1e-2
     result.max_diff_random = both([random_feed() for _ in range(4)])
+    n_random = len(ort_feeds)
     clip = _real_clip(t.spec, cfg.verify_frames)
     if clip is not None:
         feeds = []
@@ -207,7 +229,10 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
             feeds.append(feed)
         result.max_diff_real = both(feeds)
     _check_tolerance(result)
-    result.latency_ms = _latency_ms(lambda: sess.run(None, example))
+    _consumer_check(cfg, result, {"driving_model.onnx": data},
+                    {"driving_model.onnx": _consumer_feeds(ort_feeds[:n_random], ort_feeds[n_random:])},
+                    fp16=dtype == torch.float16)
+    result.latency_ms = _latency_ms(lambda: sess.run(None, {n: example[n] for n in declared}))
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / "driving_model.onnx"
     G.check_and_save(proto, path, data)
@@ -216,6 +241,20 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
                                                    student.policy_slices))
     result.files = {"model": path, "metadata": meta}
     result.parameters, result.bytes = G.parameter_count(proto), len(data)
+
+
+def _declared_inputs(proto: Any, expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """The inputs the exported graph declares, checked against the shapes exported under their names.
+
+    The exporter drops an input the graph has no use for (v_ego, when the teacher's policy has no
+    lateral_control_params: openpilot 0.10), so a consumer feeds what the graph declares, as openpilot's
+    modeld does from the metadata's input_shapes. Names are given by position: a dropped input anywhere
+    but last would shift them, which the shape check catches."""
+    declared = G.shapes(proto.graph.input)
+    if any(n not in expected or tuple(expected[n]) != shape for n, shape in declared.items()):
+        raise ExportError(f"exported graph inputs {declared} do not match the model's "
+                          f"{ {n: tuple(s) for n, s in expected.items()} }")
+    return list(declared)
 
 
 def _half_copy(student: nn.Module) -> nn.Module:
@@ -229,6 +268,27 @@ def _check_tolerance(result: ExportResult) -> None:
     if not worst <= result.tolerance:  # NaN fails too
         raise OnnxMismatchError(f"ONNX Runtime differs from the torch model by {worst:.3g} (tolerance "
                                 f"{result.tolerance:g}); nothing was written")
+
+
+def _consumer_feeds(random: list[dict[str, np.ndarray]], real: list[dict[str, np.ndarray]]
+                    ) -> list[dict[str, np.ndarray]]:
+    """What tinygrad runs: one random feed, then dataset frames (else more random feeds), CONSUMER_FEEDS in all."""
+    return random[:1] + real[:CONSUMER_FEEDS - 1] if real else random[:CONSUMER_FEEDS]
+
+
+def _consumer_check(cfg: ExportConfig, result: ExportResult, graphs: dict[str, bytes],
+                    feeds: dict[str, list[dict[str, np.ndarray]]], *, fp16: bool) -> None:
+    """tinygrad against ONNX Runtime (`export.consumer`) as `cfg.check` asks; the outcome goes into `result`."""
+    if cfg.check == "none":
+        result.tinygrad_skipped = "--check none"
+        return
+    try:
+        result.tinygrad = consumer.tinygrad_check(graphs, feeds, fp16=fp16)
+    except MissingDependencyError as e:  # no tinygrad, or its CPU device has no clang: auto notes it and goes on
+        if cfg.check != "auto":
+            raise
+        result.tinygrad_skipped = str(e)
+        log.warning("tinygrad check skipped: %s", e)
 
 
 def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) -> None:
@@ -256,6 +316,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     staged: dict[str, tuple[Any, bytes]] = {}  # half -> (graph, its serialized bytes)
     diffs_random, diffs_real = [], []
     sessions = {}
+    ort_feeds: dict[str, tuple[list, list]] = {}  # graph file -> (random, real) feeds, for the consumer check
     clip = _real_clip(t.spec, cfg.verify_frames)
     for half in ("vision", "policy"):
         src = onnx_dir / f"driving_{half}.onnx"
@@ -278,6 +339,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
             feeds = ([dict(zip(teacher.image_inputs, _image_pair(teacher, clip, i), strict=True))
                       for i in range(len(clip["road"]))] if real else
                      [random_inputs(spec.inputs, 1, seed=k) for k in range(3)])
+            ort_feeds.setdefault(src.name, ([], []))[real].extend(feeds)
             for feed in feeds:
                 with torch.no_grad():
                     r = module(*(torch.from_numpy(feed[n]) for n in spec.inputs)).float().numpy()
@@ -286,6 +348,8 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     result.max_diff_random = max(diffs_random)
     result.max_diff_real = max(diffs_real) if diffs_real else None
     _check_tolerance(result)
+    _consumer_check(cfg, result, {f"driving_{h}.onnx": staged[h][1] for h in staged},
+                    {k: _consumer_feeds(*v) for k, v in ort_feeds.items()}, fp16=False)
     v_feed = random_inputs(teacher.vision.inputs, 1)
     p_feed = random_inputs(teacher.policy.inputs, 1)
     result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed),
@@ -326,6 +390,10 @@ def export(cfg: ExportConfig) -> ExportResult:
         raise ConfigError(f"unknown --precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not 11 <= cfg.opset <= 20:
         raise ConfigError(f"--opset {cfg.opset}: choose 11..20")
+    if cfg.check not in CHECKS:
+        raise ConfigError(f"unknown --check {cfg.check!r}; choose one of {', '.join(CHECKS)}")
+    if cfg.check == "tinygrad":
+        consumer.tinygrad_module()  # a missing tinygrad fails before any work
     t = load_trained(cfg.source)
     fmt = cfg.format if cfg.format != "auto" else (
         "split" if t.spec["architecture"]["kind"] == "openpilot" else "combined")
@@ -338,5 +406,6 @@ def export(cfg: ExportConfig) -> ExportResult:
         "files": {k: v.name for k, v in result.files.items()}, "parameters": result.parameters,
         "max_abs_diff_random": result.max_diff_random, "max_abs_diff_real": result.max_diff_real,
         "tolerance": result.tolerance, "ort_cpu_latency_ms": result.latency_ms, "op_types": result.op_types,
-        "written_back": result.written_back, "copied_unchanged": result.copied})
+        "written_back": result.written_back, "copied_unchanged": result.copied,
+        "tinygrad": result.tinygrad.as_json() if result.tinygrad else {"skipped": result.tinygrad_skipped}})
     return result

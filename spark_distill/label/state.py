@@ -35,8 +35,10 @@ def push(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 
 def desire_pulse(desire: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pulse, new prev): one-hot desire with `none` zeroed, kept only on its rising edge (modeld)."""
-    desire = desire.float().clone()
-    desire[:, 0] = 0.0
+    desire = desire.float()
+    # `none` zeroed by concatenation, not `desire[:, 0] = 0`: that exports as ScatterND, which tinygrad 0.14
+    # (openpilot's ONNX runner) cannot run on this graph ("can't setitem on a tensor with other uses")
+    desire = torch.cat([torch.zeros_like(desire[:, :1]), desire[:, 1:]], dim=1)
     return torch.where(desire - prev > 0.99, desire, torch.zeros_like(desire)), desire
 
 

@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """Export: merged ONNX equals the torch model (both students, both formats), the split export is a drop-in
-teacher (same contract, loads through the teacher loader, labels with it), bad checkpoints are refused."""
+teacher (same contract, loads through the teacher loader, labels with it), bad checkpoints are refused.
+Every format also runs in tinygrad, as openpilot compiles it, against ONNX Runtime (the default check):
+tolerance 1e-4 max abs for fp32 graphs, 1e-2 of the output scale for fp16 weights (measured: <= 5e-6)."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 from onnx import numpy_helper
 
 from spark_distill.errors import ConfigError, TrainError
+from spark_distill.export.consumer import TinygradResult
 from spark_distill.export.run import ExportConfig, export
 from spark_distill.label.metadata import safe_loads
 from spark_distill.label.run import LabelConfig, label
@@ -29,6 +33,17 @@ def _train(root: Path, runs: Path, run: str, **kw) -> Path:
                 rank=4, alpha=8.0, device="cpu", checkpoint_every=100)
     train(TrainConfig(**(args | kw)))
     return runs / run
+
+
+def _agrees_in_tinygrad(t: TinygradResult | None, graphs: list[str], export_json: Path) -> None:
+    """The consumer check ran on every graph's outputs and recorded itself in export.json."""
+    assert t is not None and t.version.startswith("0.14.") and t.device == "CPU:CLANG" and t.feeds >= 3
+    assert sorted({k.split("/")[0] for k in t.max_abs_diff}) == sorted(graphs)
+    if t.relative:
+        assert t.tolerance == 1e-2 and t.max_rel_diff <= 1e-2
+    else:
+        assert t.tolerance == 1e-4 and max(t.max_abs_diff.values()) <= 1e-4
+    assert json.loads(export_json.read_text())["tinygrad"] == json.loads(json.dumps(t.as_json()))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +68,13 @@ def test_compact_combined_fp32_and_fp16(runs: dict[str, Path], tmp_path: Path) -
     assert not any(onnx.external_data_helper.uses_external_data(i) for i in model.graph.initializer)
     meta = json.loads((tmp_path / "fp32" / "export.json").read_text())
     assert meta["step"] == 3 and meta["max_abs_diff_real"] == r.max_diff_real
+    _agrees_in_tinygrad(r.tinygrad, ["driving_model.onnx"], tmp_path / "fp32" / "export.json")
+    assert set(r.tinygrad.max_abs_diff) == {f"driving_model.onnx/{o}" for o in ("vision_outputs", "policy_outputs",
+                                                                               "state_out")}
     half = export(ExportConfig(source=runs["compact"], output=tmp_path / "fp16", precision="fp16", opset=17))
     assert half.tolerance == 1e-2 and half.max_diff_random <= 1e-2
+    _agrees_in_tinygrad(half.tinygrad, ["driving_model.onnx"], tmp_path / "fp16" / "export.json")
+    assert half.tinygrad.relative
     assert half.files["model"].stat().st_size < 0.6 * r.files["model"].stat().st_size  # fp16 weights
 
 
@@ -63,6 +83,7 @@ def test_openpilot_split_is_a_drop_in_teacher(labeled: Path, runs: dict[str, Pat
     r = export(ExportConfig(source=runs["openpilot"], output=out))
     assert r.format == "split" and r.written_back and r.copied == ["driving_vision.onnx"]
     assert r.max_diff_random <= 1e-4 and r.max_diff_real is not None and r.max_diff_real <= 1e-4
+    _agrees_in_tinygrad(r.tinygrad, ["driving_policy.onnx", "driving_vision.onnx"], out / "export.json")
     teacher_dir = labeled / "teacher"
     for half in ("vision", "policy"):
         a, b = onnx.load(str(teacher_dir / f"driving_{half}.onnx")), onnx.load(str(out / f"driving_{half}.onnx"))
@@ -96,7 +117,41 @@ def test_openpilot_combined(runs: dict[str, Path], tmp_path: Path) -> None:
     r = export(ExportConfig(source=runs["openpilot"], output=tmp_path, format="combined"))
     assert r.max_diff_random <= 1e-4 and r.max_diff_real <= 1e-4
     model = onnx.load(str(r.files["model"]))
-    assert [i.name for i in model.graph.input][-1] == "v_ego"
+    assert [i.name for i in model.graph.input][-1] == "v_ego"  # the v1 policy's lateral_control_params use it
+    _agrees_in_tinygrad(r.tinygrad, ["driving_model.onnx"], tmp_path / "export.json")
+
+
+@pytest.fixture(scope="module")
+def v2_run(labeled: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The openpilot student of a teacher with openpilot 0.10's policy contract (no lateral_control_params)."""
+    from spark_distill.synth.teacher import write_teacher
+
+    teacher = tmp_path_factory.mktemp("teacher-v2")
+    write_teacher(teacher, contract="v2", seed=2)
+    label(LabelConfig(root=labeled, teacher=(teacher,), backend="onnxruntime", batch=4, name="v2"))
+    yield _train(labeled, tmp_path_factory.mktemp("runs-v2"), "op2", labels="v2", student="openpilot",
+                 student_onnx=teacher, max_steps=1)
+    shutil.rmtree(labeled / "labels" / "v2")
+
+
+def test_openpilot_combined_without_v_ego(v2_run: Path, tmp_path: Path) -> None:
+    """The graph drops v_ego, which a 0.10 policy has no use for; the checks feed what the graph declares."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+
+    out = tmp_path / "e"
+    res = CliRunner().invoke(app, ["export", str(v2_run), "--output", str(out), "--format", "combined",
+                                   "--check", "tinygrad", "--verify-frames", "4"])
+    assert res.exit_code == 0, res.output
+    assert "max |tinygrad - ORT|" in res.output
+    model = onnx.load(str(out / "driving_model.onnx"))
+    assert [i.name for i in model.graph.input] == ["img", "big_img", "desire", "traffic_convention", "state"]
+    meta = safe_loads((out / "driving_model_metadata.pkl").read_bytes(), source="test")
+    assert list(meta["input_shapes"]) == ["img", "big_img", "desire", "traffic_convention", "state"]
+    record = json.loads((out / "export.json").read_text())
+    assert record["max_abs_diff_real"] <= 1e-4 and record["tinygrad"]["device"] == "CPU:CLANG"
+    assert max(record["tinygrad"]["max_abs_diff"].values()) <= 1e-4 and record["tinygrad"]["feeds"] == 3
 
 
 def test_bad_sources_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
