@@ -189,7 +189,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
     if not students or any(p not in PRESETS for p in students):
-        raise ConfigError(f"--student {','.join(students)}: choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
     if full_batch > batch or min(batch, full_batch, steps, workers) < 1:
         raise ConfigError("--full-batch-size must be <= --batch-size; sizes, --steps and --workers >= 1")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""The training loop: `train(cfg) -> TrainResult`. One readable function over a few helpers
-(build_student, loss_step, lr_at, checkpoints); the teacher is never imported: its outputs come from
-the label set. Multi-process through torch.distributed (DDP; torchrun or an explicit init URL).
+"""The training loop: `train(cfg) -> TrainResult`, a `Recipe` (set-up, one step, evaluate, checkpoint, finish)
+over the step of train/step.py; the teacher is never imported: its outputs come from the label set.
+Multi-process through torch.distributed (DDP; torchrun or an explicit init URL).
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.sizing import LR, TrainingData, default_adapter, fit_to_data, fit_to_memory, sized_as
-from spark_distill.train.step import COMPILE_MODES, Unroll, loss_step, make_optimizer, optimizer_step, use_compile
+from spark_distill.train.step import (
+    COMPILE_MODES,
+    Unroll,
+    loss_step,
+    make_optimizer,
+    on_device,
+    optimizer_step,
+    use_compile,
+)
 from spark_distill.train.step import freeze_norms as _freeze_norms
 from spark_distill.train.step import make_autocast as _autocast
 from spark_distill.train.students.compact import PRESETS
@@ -212,57 +220,309 @@ def loss_curve(run_dir: Path) -> Path | None:
     return out
 
 
-def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
-    """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` after each step."""
-    import torch.distributed as dist
+@dataclass
+class _Data:
+    """What set-up reads from the dataset: the split's shard pairs, the label manifest, the clip layout."""
 
-    own_group = cfg.world > 1 and not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo",
-                                init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
-    main_rank = cfg.rank_id == 0
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # one process per GPU (torchrun): allocations and streams on its own GPU
-    run_dir = cfg.runs_dir / cfg.run
-    ckpt_dir = run_dir / "checkpoints"
-    if run_dir.exists() and not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
-        raise ConfigError(f"run {cfg.run!r} already has checkpoints in {run_dir}; pass --resume or another --run")
-    pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction, seed=cfg.seed)
-    val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
-                 if cfg.val_fraction > 0 else [])
-    frames_manifest = shards.read_manifest(pairs[0].frames.parent, shards.FRAMES_FORMAT)
-    frames_settings = frames_manifest["settings"]
-    clip_len, slices = int(frames_settings["clip_len"]), manifest["output_slices"]
-    if cfg.burn_in >= clip_len:
-        raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
-    resuming = cfg.resume and latest_checkpoint(ckpt_dir) is not None
-    if resuming:  # the data position counts the run's own batches: keep its sizing
-        cfg = sized_as(cfg, run_dir / "config.yaml")
-    kept = {shards.sanitize_segment(s["name"]): int(s["frames_kept"]) for s in frames_manifest["segments"]}
-    cfg, notes = fit_to_data(cfg, TrainingData(pairs, val_pairs, clip_len, kept, int(manifest["warmup_frames"])))
-    if cfg.val_fraction > 0 and not val_pairs:
-        notes.append("no validation: the dataset has one segment of one clip (no time range to hold out)")
-    student, default_targets, arch = build_student(cfg, slices)
-    targets = list(cfg.targets or default_targets)
-    base_file = run_dir / "student.safetensors"
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not base_file.exists():  # the base weights the adapters belong to
-            save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
-        spec = {"architecture": arch, "source": cfg.student, "slices": slices, "adapter": cfg.adapter,
-                "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),
-                "labels": cfg.labels, "root": str(Path(cfg.root).resolve()), "clip_len": clip_len}
-        shards.write_json_atomic(run_dir / "student.json", spec)
-    if base_file.exists():
-        student.load_state_dict(load_file(str(base_file)))
-    if cfg.adapter == "none":
-        for p in student.parameters():
-            p.requires_grad_(True)
-    else:
-        apply_adapters(student, targets=targets, rank=cfg.rank, alpha=cfg.alpha,
-                       dora=cfg.adapter == "dora",
-                       train_modules=list(cfg.train_modules))
+    pairs: list
+    val_pairs: list
+    manifest: dict[str, Any]
+    frames_manifest: dict[str, Any]
+    clip_len: int
+    slices: dict[str, dict[str, list[int]]]
+
+
+class Recipe:
+    """One training run, in the shape of a recipe: set-up (`__init__`: process group, data and its sizing, the
+    student and its adapters, model, optimizer, loaders, resume), `train_step` (one batch: loss, backward,
+    the NaN guard; an optimizer step every --grad-accum batches), `evaluate`, `checkpoint`, and `run`, the
+    epoch loop over them, which ends in `finish`. `train(cfg)` is `Recipe(cfg).run()`."""
+
+    def __init__(self, cfg: TrainConfig, *, on_progress: Any = None) -> None:
+        self.on_progress = on_progress
+        self._setup_process(cfg)
+        data = self._setup_data(cfg)  # self.cfg from here on: sized to the data (and to memory in _setup_model)
+        self._setup_student(data)
+        self._setup_model(data)
+        self._setup_streams(data)
+        self._resume()
+
+    # ---- set-up ----
+    def _setup_process(self, cfg: TrainConfig) -> None:
+        import torch.distributed as dist
+
+        self.cfg = cfg
+        self.own_group = cfg.world > 1 and not dist.is_initialized()
+        if self.own_group:
+            dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo",
+                                    init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
+        self.main_rank = cfg.rank_id == 0
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # one process per GPU (torchrun): allocations and streams on its own
+        self.run_dir = cfg.runs_dir / cfg.run
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.run_dir.exists() and not cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
+            raise ConfigError(f"run {cfg.run!r} already has checkpoints in {self.run_dir}; pass --resume or another "
+                              "--run")
+
+    def _setup_data(self, cfg: TrainConfig) -> _Data:
+        pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction,
+                                      seed=cfg.seed)
+        val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
+                     if cfg.val_fraction > 0 else [])
+        frames_manifest = shards.read_manifest(pairs[0].frames.parent, shards.FRAMES_FORMAT)
+        clip_len = int(frames_manifest["settings"]["clip_len"])
+        if cfg.burn_in >= clip_len:
+            raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
+        self.resuming = cfg.resume and latest_checkpoint(self.ckpt_dir) is not None
+        if self.resuming:  # the data position counts the run's own batches: keep its sizing
+            cfg = sized_as(cfg, self.run_dir / "config.yaml")
+        kept = {shards.sanitize_segment(s["name"]): int(s["frames_kept"]) for s in frames_manifest["segments"]}
+        cfg, self.notes = fit_to_data(cfg, TrainingData(pairs, val_pairs, clip_len, kept,
+                                                        int(manifest["warmup_frames"])))
+        if cfg.val_fraction > 0 and not val_pairs:
+            self.notes.append("no validation: the dataset has one segment of one clip (no time range to hold out)")
+        self.cfg = cfg
+        return _Data(pairs, val_pairs, manifest, frames_manifest, clip_len, manifest["output_slices"])
+
+    def _setup_student(self, data: _Data) -> None:
+        """The student with its base weights and adapters; whether it trains feature-cached."""
+        cfg = self.cfg
+        student, default_targets, arch = build_student(cfg, data.slices)
+        targets = list(cfg.targets or default_targets)
+        base_file = self.run_dir / "student.safetensors"
+        if self.main_rank:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not base_file.exists():  # the base weights the adapters belong to
+                save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
+            spec = {"architecture": arch, "source": cfg.student, "slices": data.slices, "adapter": cfg.adapter,
+                    "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),
+                    "labels": cfg.labels, "root": str(Path(cfg.root).resolve()), "clip_len": data.clip_len}
+            shards.write_json_atomic(self.run_dir / "student.json", spec)
+        if base_file.exists():
+            student.load_state_dict(load_file(str(base_file)))
+        if cfg.adapter == "none":
+            for p in student.parameters():
+                p.requires_grad_(True)
+        else:
+            apply_adapters(student, targets=targets, rank=cfg.rank, alpha=cfg.alpha, dora=cfg.adapter == "dora",
+                           train_modules=list(cfg.train_modules))
+        self.student = student
+        self.cached = feature_cached(cfg, student, data.manifest)
+
+    def _setup_model(self, data: _Data) -> None:
+        """The unrolled student on its device (compiled where --compile says), DDP, the optimizer."""
+        cfg, device, student = self.cfg, self.device, self.student
+        student.to(device)
+        if device.type == "cuda":
+            student.to(memory_format=torch.channels_last)
+        self.unroll = Unroll(student, channels_last=device.type == "cuda")
+        self.autocast = _autocast(device, cfg.amp)
+        if not self.cached and not self.resuming:
+            cfg, more = fit_to_memory(cfg, self.unroll, clip_len=data.clip_len, device=device, autocast=self.autocast)
+            self.notes += more
+            self.cfg = cfg
+        if self.main_rank:
+            for note in self.notes:
+                log.warning("note: %s", note)
+            write_config(self.run_dir / "config.yaml", cfg)  # resolved: what this run uses
+        if use_compile(cfg.compile, device):
+            self.unroll.compile_halves()
+        self.model: nn.Module = self.unroll
+        if cfg.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.unroll, device_ids=ids)
+        self.full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+        self.slices = data.slices
+
+    def _setup_streams(self, data: _Data) -> None:
+        cfg = self.cfg
+        motions = None
+        if cfg.loss.gt:
+            from spark_distill.train.gt_path import segment_motions
+
+            motions = segment_motions(data.pairs[0].frames.parent, [s["name"] for s in data.frames_manifest["shards"]])
+        self.stream = ClipStream(data.pairs, data.manifest, batch=cfg.batch_size, clip_len=data.clip_len,
+                                 burn_in=cfg.burn_in, seed=cfg.seed, rank=cfg.rank_id, world=cfg.world,
+                                 workers=cfg.workers, mask_warmup=cfg.mask_warmup, images=not self.cached,
+                                 motions=motions)
+        val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in data.val_pairs)))
+        self.val_stream = (ClipStream(data.val_pairs, data.manifest, batch=val_batch, clip_len=data.clip_len,
+                                      burn_in=cfg.burn_in, seed=cfg.seed, workers=1, train=False,
+                                      mask_warmup=cfg.mask_warmup, images=not self.cached, motions=motions)
+                           if data.val_pairs else None)
+        micro_per_epoch = len(self.stream)
+        if micro_per_epoch == 0:
+            raise ConfigError(f"some loader worker gets fewer than --batch-size {cfg.batch_size} clips: "
+                              f"{len(data.pairs)} training shards over {cfg.world} rank(s) x {cfg.workers} worker(s); "
+                              "use fewer --workers or a smaller --batch-size")
+        self.total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
+
+    def _resume(self) -> None:
+        """Position (step, epoch, batch) and state of the newest good checkpoint, or a fresh start."""
+        cfg = self.cfg
+        self.result = TrainResult(self.run_dir, trainable=trainable_fraction(self.student),
+                                  feature_cached=self.cached)
+        log.info("feature-cached mode: %s", "on (no image is decoded)" if self.cached else "off")
+        self.step, self.epoch, self.position, self.bad_steps = 0, 0, 0, 0
+        if cfg.resume and (ckpt := latest_checkpoint(self.ckpt_dir)) is not None:
+            tensors, state = load_checkpoint(ckpt)
+            if self.full:
+                self.student.load_state_dict(tensors)
+            else:
+                load_adapter_state(self.student, tensors)
+            self.opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+            self.result.val_before = state.get("val_before")
+            log.info("resumed %s at step %d (epoch %d, batch %d)", cfg.run, self.step, self.epoch, self.position)
+
+    # ---- one step, evaluation, checkpoints, metrics ----
+    def train_step(self, batch: dict[str, Any]) -> bool:
+        """One batch: loss, backward, then the NaN guard (the step's one host sync; under DDP every rank skips
+        together); every --grad-accum batches an optimizer step. True when an optimizer step was taken."""
+        import torch.distributed as dist
+
+        cfg = self.cfg
+        loss, terms = loss_step(self.model, batch, self.slices, cfg.loss, self.device, self.autocast)
+        self.position += 1
+        self.result.samples += len(batch["keys"])
+        if loss is not None:  # backward before the check: the GPU is not left idle while the host looks
+            (loss / cfg.grad_accum).backward()
+        value = None if loss is None else float(loss.detach())
+        finite = value is None or math.isfinite(value)
+        if cfg.world > 1:  # skip together: every rank has run backward (DDP), none steps on a bad gradient
+            ok = torch.tensor(float(finite), device=self.device)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            finite = bool(ok.item())
+        if not finite:
+            self.bad_steps += 1
+            self.opt.zero_grad(set_to_none=True)  # this batch's gradient and what was accumulated with it
+            log.warning("non-finite loss at step %d; step skipped", self.step)
+            if self.bad_steps > 5:
+                raise TrainError(f"loss was not finite for {self.bad_steps} steps in a row at step {self.step}; "
+                                 "lower --lr or check the label set")
+            return False
+        self.bad_steps = 0
+        if self.position % cfg.grad_accum:
+            return False
+        grad_norm = optimizer_step(self.opt, self.params, lr=lr_at(self.step, cfg, self.total),
+                                   grad_clip=cfg.grad_clip)
+        self.step += 1
+        if self.on_progress is not None and self.main_rank:
+            self.on_progress(self.step, self.total, value)
+        if self.step % cfg.log_every == 0 and value is not None:
+            self.record("train", {"loss": value, **terms, "lr": self.opt.param_groups[0]["lr"],
+                                  "grad_norm": float(grad_norm),
+                                  "samples_per_s": self.result.samples / (time.perf_counter() - self.started)})
+        return True
+
+    def evaluate(self) -> float | None:
+        """Validation loss on the main rank (None without validation clips), recorded."""
+        if self.val_stream is None or not self.main_rank:
+            return None
+        loss = evaluate(self.unroll, make_loader(self.val_stream), self.slices, self.cfg.loss, self.device,
+                        self.autocast)
+        if loss is not None:
+            self.record("val", {"loss": loss})
+        return loss
+
+    def checkpoint(self) -> None:
+        """Adapters (or the whole student), optimizer, RNG and loader position; every rank waits for it."""
+        import torch.distributed as dist
+
+        if self.main_rank:
+            save_checkpoint(self.ckpt_dir, self.step,
+                            self.student.state_dict() if self.full else adapter_state_dict(self.student),
+                            {"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": self.step,
+                             "epoch": self.epoch, "position": self.position, "val_before": self.result.val_before})
+        if self.cfg.world > 1:
+            dist.barrier()
+
+    def record(self, split: str, values: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"step": self.step, "split": split, **values}) + "\n")
+            self.metrics.flush()
+        if self.board is not None:
+            for k, v in values.items():
+                self.board.add_scalar(f"{split}/{k}", v, self.step)
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived on any rank (every rank stops at the same step), or --stop-at was reached."""
+        import torch.distributed as dist
+
+        flag = self.stop["flag"]
+        if self.cfg.world > 1:
+            t = torch.tensor(float(flag), device=self.device)  # NCCL reduces device tensors only
+            dist.all_reduce(t)
+            flag = bool(t.item())
+        return flag or self.step == self.cfg.stop_at
+
+    # ---- the loop ----
+    def run(self) -> TrainResult:
+        """Train to the end of the schedule (or a stop request); evaluate before and after; checkpoint along."""
+        cfg = self.cfg
+        self.metrics = (self.run_dir / "metrics.jsonl").open("a") if self.main_rank else None
+        self.board = _tensorboard(self.run_dir) if self.main_rank else None
+        self.stop = {"flag": False}
+        handlers = {s: signal.signal(s, lambda *_: self.stop.__setitem__("flag", True))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.step == 0 and self.main_rank:
+            self.result.val_before = self.evaluate()
+        self.started = time.perf_counter()
+        self.model.train()
+        _freeze_norms(self.student)
+        try:
+            while self.step < self.total and self.epoch < cfg.epochs:
+                if self._epoch():
+                    return self.result
+                if self.step >= self.total:
+                    break
+            self.result.val_after = self.evaluate()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            self.finish()
+        return self.result
+
+    def _epoch(self) -> bool:
+        """The rest of the current epoch; True when the run pauses (signal or --stop-at)."""
+        self.stream.epoch, self.stream.skip = self.epoch, self.position
+        for batch in on_device(make_loader(self.stream, pin_memory=self.device.type == "cuda"), self.device):
+            if not self.train_step(batch):
+                continue
+            pause = self._stop_requested()
+            if pause or self.step % self.cfg.checkpoint_every == 0 or self.step >= self.total:
+                self.checkpoint()
+            if pause:
+                self.result.interrupted = True
+                return True
+            if self.step >= self.total:
+                return False
+        self.epoch, self.position = self.epoch + 1, 0
+        self.checkpoint()
+        return False
+
+    def finish(self) -> None:
+        """Close the metrics, draw the loss curve, leave the process group this run made."""
+        import torch.distributed as dist
+
+        self.result.steps, self.result.seconds = self.step, time.perf_counter() - self.started
+        if self.metrics is not None:
+            self.metrics.close()
+            loss_curve(self.run_dir)
+        if self.board is not None:
+            self.board.close()
+        if self.own_group:
+            dist.destroy_process_group()
+
+
+def feature_cached(cfg: TrainConfig, student: nn.Module, manifest: dict[str, Any]) -> bool:
+    """Whether the run trains from the teacher's stored vision features (--feature-cached; auto: when nothing in
+    the vision network trains and the student has a policy-only step); checks the label set can feed it."""
     vision_trains = any(p.requires_grad for n, p in student.named_parameters() if not n.startswith("policy"))
     if cfg.feature_cached not in ("auto", "on", "off"):
         raise ConfigError(f"--feature-cached must be auto, on or off, not {cfg.feature_cached!r}")
@@ -281,150 +541,9 @@ def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
     if cached and (vision_trains or not hasattr(student, "policy_step")):
         raise ConfigError("--feature-cached on needs a student whose vision half does not train (--student openpilot "
                           "with adapters on its policy only)")
-    student.to(device)
-    if device.type == "cuda":
-        student.to(memory_format=torch.channels_last)
-    unroll = Unroll(student, channels_last=device.type == "cuda")
-    autocast = _autocast(device, cfg.amp)
-    if not cached and not resuming:
-        cfg, more = fit_to_memory(cfg, unroll, clip_len=clip_len, device=device, autocast=autocast)
-        notes += more
-    if main_rank:
-        for note in notes:
-            log.warning("note: %s", note)
-        write_config(run_dir / "config.yaml", cfg)  # resolved: what this run uses
-    if use_compile(cfg.compile, device):
-        unroll.compile_halves()
-    model: nn.Module = unroll
-    if cfg.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(unroll, device_ids=ids)
-    full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
-    motions = None
-    if cfg.loss.gt:
-        from spark_distill.train.gt_path import segment_motions
+    return cached
 
-        motions = segment_motions(pairs[0].frames.parent, [s["name"] for s in frames_manifest["shards"]])
-    stream = ClipStream(pairs, manifest, batch=cfg.batch_size, clip_len=clip_len, burn_in=cfg.burn_in, seed=cfg.seed,
-                        rank=cfg.rank_id, world=cfg.world, workers=cfg.workers, mask_warmup=cfg.mask_warmup,
-                        images=not cached, motions=motions)
-    val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in val_pairs)))
-    val_stream = (ClipStream(val_pairs, manifest, batch=val_batch, clip_len=clip_len, burn_in=cfg.burn_in,
-                             seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup, images=not cached,
-                             motions=motions)
-                  if val_pairs else None)
-    micro_per_epoch = len(stream)
-    if micro_per_epoch == 0:
-        raise ConfigError(f"some loader worker gets fewer than --batch-size {cfg.batch_size} clips: {len(pairs)} "
-                          f"training shards over {cfg.world} rank(s) x {cfg.workers} worker(s); use fewer --workers "
-                          "or a smaller --batch-size")
-    total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
-    result = TrainResult(run_dir, trainable=trainable_fraction(student), feature_cached=cached)
-    log.info("feature-cached mode: %s", "on (no image is decoded)" if cached else "off")
-    step, epoch, position = 0, 0, 0
-    if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        tensors, state = load_checkpoint(ckpt)
-        if full:
-            student.load_state_dict(tensors)
-        else:
-            load_adapter_state(student, tensors)
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        result.val_before = state.get("val_before")
-        log.info("resumed %s at step %d (epoch %d, batch %d)", cfg.run, step, epoch, position)
-    metrics = (run_dir / "metrics.jsonl").open("a") if main_rank else None
-    board = _tensorboard(run_dir) if main_rank else None
 
-    def record(split: str, values: dict[str, float]) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-            metrics.flush()
-        if board is not None:
-            for k, v in values.items():
-                board.add_scalar(f"{split}/{k}", v, step)
-
-    def checkpoint() -> None:
-        if main_rank:
-            save_checkpoint(ckpt_dir, step, student.state_dict() if full else adapter_state_dict(student),
-                            {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
-                             "epoch": epoch, "position": position, "val_before": result.val_before})
-        if cfg.world > 1:
-            dist.barrier()
-
-    stop = {"flag": False}
-    handlers = {s: signal.signal(s, lambda *_: stop.__setitem__("flag", True)) for s in (signal.SIGINT, signal.SIGTERM)}
-    if step == 0 and val_stream is not None and main_rank:
-        result.val_before = evaluate(unroll, make_loader(val_stream), slices, cfg.loss, device, autocast)
-        if result.val_before is not None:
-            record("val", {"loss": result.val_before})
-    start, bad_steps = time.perf_counter(), 0
-    model.train()
-    _freeze_norms(student)
-    try:
-        while step < total and epoch < cfg.epochs:
-            stream.epoch, stream.skip = epoch, position
-            for batch in make_loader(stream, pin_memory=device.type == "cuda"):
-                loss, terms = loss_step(model, batch, slices, cfg.loss, device, autocast)
-                position += 1
-                result.samples += len(batch["keys"])
-                finite = loss is None or bool(torch.isfinite(loss))
-                if cfg.world > 1:  # skip together: a rank that skips backward alone would hang the others
-                    ok = torch.tensor(float(finite), device=device)
-                    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-                    finite = bool(ok.item())
-                if not finite:
-                    bad_steps += 1
-                    opt.zero_grad(set_to_none=True)
-                    log.warning("non-finite loss at step %d; step skipped", step)
-                    if bad_steps > 5:
-                        raise TrainError(f"loss was not finite for {bad_steps} steps in a row at step {step}; "
-                                         "lower --lr or check the label set")
-                    continue
-                bad_steps = 0
-                if loss is not None:
-                    (loss / cfg.grad_accum).backward()
-                if position % cfg.grad_accum:
-                    continue
-                grad_norm = optimizer_step(opt, params, lr=lr_at(step, cfg, total), grad_clip=cfg.grad_clip)
-                step += 1
-                if on_progress is not None and main_rank:
-                    on_progress(step, total, None if loss is None else float(loss.detach()))
-                if step % cfg.log_every == 0 and loss is not None:
-                    record("train", {"loss": float(loss.detach()), **terms, "lr": opt.param_groups[0]["lr"],
-                                     "grad_norm": float(grad_norm),
-                                     "samples_per_s": result.samples / (time.perf_counter() - start)})
-                flag = torch.tensor(float(stop["flag"]), device=device)  # NCCL reduces device tensors only
-                if cfg.world > 1:
-                    dist.all_reduce(flag)  # every rank stops at the same step
-                pause = bool(flag.item()) or step == cfg.stop_at
-                if pause or step % cfg.checkpoint_every == 0 or step >= total:
-                    checkpoint()
-                if pause:
-                    result.interrupted = True
-                    return result
-                if step >= total:
-                    break
-            else:
-                epoch, position = epoch + 1, 0
-                checkpoint()
-                continue
-            break
-        if val_stream is not None and main_rank:
-            result.val_after = evaluate(unroll, make_loader(val_stream), slices, cfg.loss, device, autocast)
-            if result.val_after is not None:
-                record("val", {"loss": result.val_after})
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        result.steps, result.seconds = step, time.perf_counter() - start
-        if metrics is not None:
-            metrics.close()
-            loss_curve(run_dir)
-        if board is not None:
-            board.close()
-        if own_group:
-            dist.destroy_process_group()
-    return result
+def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
+    """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` after each step."""
+    return Recipe(cfg, on_progress=on_progress).run()

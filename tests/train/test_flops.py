@@ -17,6 +17,15 @@ def test_counts_forward_and_backward_matrix_products() -> None:
     assert count_flops(lambda: layer(x.requires_grad_()).sum().backward()) == 3 * 2 * 8 * 64 * 32
 
 
+def test_a_grouped_convolutions_backward_costs_twice_its_forward() -> None:
+    for groups in (1, 16):
+        conv = torch.nn.Conv2d(16, 16, 3, 2, 1, groups=groups)
+        x = torch.randn(2, 16, 8, 8, requires_grad=True)
+        forward = count_flops(lambda conv=conv, x=x: conv(x))
+        assert forward == 2 * 2 * 16 * (16 // groups) * 9 * 4 * 4
+        assert count_flops(lambda conv=conv, x=x: conv(x).sum().backward()) == 3 * forward
+
+
 def test_peak_and_mfu() -> None:
     assert peak_tflops(torch.device("cpu")) is None and mfu(1e12, None) is None
     assert peak_tflops(torch.device("cpu"), 100.0) == 100.0
