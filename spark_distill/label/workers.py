@@ -16,7 +16,8 @@ slot; if the runner waits for a clip that has none while every slot holds a deco
 waiting for, the oldest of those is spilled to private memory, so any number of slots >= 1 is free of
 deadlock. A reader that dies is a LabelError naming the shard it held. Readers ignore SIGINT (the main
 process stops them), die with their parent (PR_SET_PDEATHSIG, and a parent check every second), and
-`close` joins them, terminating or killing any that do not exit within a few seconds.
+`close` joins them, terminating or killing any that do not exit within a few seconds. The slab's file
+is unlinked as soon as every reader has mapped it, so even a killed pass leaves nothing in /dev/shm.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
     child_init()
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
+    results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
     indexes: collections.OrderedDict[int, ShardIndex] = collections.OrderedDict()
     while True:
         try:
@@ -134,6 +136,7 @@ class ClipReaders:
         self.counter = 0
         self.seconds = {"read": 0.0, "decode": 0.0}
         self.spilled = 0
+        self.mapped = 0  # readers that have mapped the slab
         ctx = mp.get_context("spawn")  # safe under torchrun and with CUDA initialised; readers never import torch
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
@@ -174,6 +177,11 @@ class ClipReaders:
 
     def _take(self, answer: tuple) -> None:
         number, clip, read_s, decode_s, error = answer
+        if number == "mapped":
+            self.mapped += 1
+            if self.mapped == len(self.procs):  # every process holds the mapping: no file left behind, even on kill -9
+                self._unlink()
+            return
         ticket = self.tickets.pop(number)
         self.in_hand[ticket.worker].remove(ticket)
         if error is not None:
@@ -266,7 +274,10 @@ class ClipReaders:
         if self.pinned is not None:
             self.pinned()
             self.pinned = None
-        if os.path.exists(self.path):
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
 
