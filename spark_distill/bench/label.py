@@ -21,6 +21,7 @@ import torch
 
 from spark_distill import shards
 from spark_distill.bench import scratch_dir
+from spark_distill.errors import ConfigError
 from spark_distill.label.backends import auto_backend, get_backend, random_inputs
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
@@ -129,6 +130,8 @@ def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: st
                 batch: int = 64, seconds: float = 10.0, workers: int = 8, compile: str = "auto",
                 workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
+    if compile not in ("auto", "on", "off"):
+        raise ConfigError(f"--compile {compile!r}: choose auto, on or off")
     scratch = scratch_dir(workdir, "bench-label-")
     try:
         if teacher is None:

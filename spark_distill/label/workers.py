@@ -16,7 +16,8 @@ slot; if the runner waits for a clip that has none while every slot holds a deco
 waiting for, the oldest of those is spilled to private memory, so any number of slots >= 1 is free of
 deadlock. A reader that dies is a LabelError naming the shard it held. Readers ignore SIGINT (the main
 process stops them), die with their parent (PR_SET_PDEATHSIG, and a parent check every second), and
-`close` joins them, terminating or killing any that do not exit within a few seconds.
+`close` joins them, terminating or killing any that do not exit within a few seconds. The slab's file
+is unlinked as soon as every reader has mapped it, so even a killed pass leaves nothing in /dev/shm.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
     child_init()
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
+    results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
     indexes: collections.OrderedDict[int, ShardIndex] = collections.OrderedDict()
     while True:
         try:
@@ -118,8 +120,12 @@ class ClipReaders:
     def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
         self.names = [p.name for p in shard_paths]
         self.shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
-        self.path, self._drop_slab = _slab_file(int(np.prod(self.shape)))
-        self.slab = np.memmap(self.path, np.uint8, "r+", shape=self.shape)
+        shm = Path("/dev/shm")
+        room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
+        fd, path = tempfile.mkstemp(prefix="spark-label-slab-", dir=shm if room > 2 * np.prod(self.shape) else None)
+        os.close(fd)
+        self.path = path
+        self.slab = np.memmap(path, np.uint8, "w+", shape=self.shape)
         self.pinned = _pin(self.slab) if pin else None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
@@ -130,12 +136,13 @@ class ClipReaders:
         self.counter = 0
         self.seconds = {"read": 0.0, "decode": 0.0}
         self.spilled = 0
+        self.mapped = 0  # readers that have mapped the slab
         ctx = mp.get_context("spawn")  # safe under torchrun and with CUDA initialised; readers never import torch
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
         self.procs = [ctx.Process(target=_reader, name=f"label-reader-{w}", daemon=True,
-                                  args=(self.path, self.shape, [str(p) for p in shard_paths], self.tasks[w],
-                                        self.results, os.getpid()))
+                                  args=(path, self.shape, [str(p) for p in shard_paths], self.tasks[w], self.results,
+                                        os.getpid()))
                       for w in range(workers)]
         try:
             for p in self.procs:
@@ -170,6 +177,11 @@ class ClipReaders:
 
     def _take(self, answer: tuple) -> None:
         number, clip, read_s, decode_s, error = answer
+        if number == "mapped":
+            self.mapped += 1
+            if self.mapped == len(self.procs):  # every process holds the mapping: no file left behind, even on kill -9
+                self._unlink()
+            return
         ticket = self.tickets.pop(number)
         self.in_hand[ticket.worker].remove(ticket)
         if error is not None:
@@ -262,25 +274,11 @@ class ClipReaders:
         if self.pinned is not None:
             self.pinned()
             self.pinned = None
-        if self._drop_slab is not None:
-            self._drop_slab()
-            self._drop_slab = None
+        self._unlink()
 
-
-def _slab_file(nbytes: int) -> tuple[str, Any]:
-    """A file in memory that reader processes open by path, and the function that frees it: a memfd on Linux
-    (no size limit but RAM; /dev/shm is 64 MB in many containers and VMs, and a slab in a disk-backed temp
-    file is throttled by dirty-page writeback), else /dev/shm where it has room, else the temp folder."""
-    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
-        fd = os.memfd_create("spark-label-slab")
-        os.ftruncate(fd, nbytes)
-        return f"/proc/{os.getpid()}/fd/{fd}", lambda: os.close(fd)
-    shm = Path("/dev/shm")
-    room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
-    fd, path = tempfile.mkstemp(prefix="spark-label-slab-", dir=shm if room > 2 * nbytes else None)
-    os.ftruncate(fd, nbytes)
-    os.close(fd)
-    return path, lambda: os.unlink(path)
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def _pin(slab: np.ndarray) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ def test_readers_decode_what_the_shard_index_reads_with_a_single_slot(labeled: P
             assert clip["meta"] == want["meta"]
             readers.release(ticket)
         assert readers.spilled >= 4 and readers.seconds["decode"] > 0
+        deadline = time.monotonic() + 30
+        while readers.mapped < 2 and time.monotonic() < deadline:  # the second reader may have had no task yet
+            readers.poll()
+            time.sleep(0.05)
+        assert readers.mapped == 2 and not os.path.exists(readers.path), "unlinked once both readers mapped it"
         slab = readers.path
     finally:
         readers.close()
