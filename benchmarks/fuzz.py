@@ -71,8 +71,8 @@ def fuzz_target(name: str, corpus: Path, *, start: int, examples: int, seconds: 
                 # died (a crash in C code) or stuck where SIGALRM cannot reach: count it, go on from the next one
                 what = "hang" if child.is_alive() else "crash"
                 child.kill()
-                tally.add(Outcome(name, f"example {current}", what, f"exit code {child.exitcode}"
-                                  if what == "crash" else f"killed after {timeout + 60:g} s"))
+                tally.add(Outcome(name, "(see the example number)", what, f"exit code {child.exitcode}"
+                                  if what == "crash" else f"killed after {timeout + 60:g} s", current or -1))
                 seed = (current if current is not None else seed) + 1
                 break
             last = time.time()
@@ -116,7 +116,7 @@ def main() -> None:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(t.kinds.items()))
             print(f"{name:22s} {t.examples:6d} inputs  ({kinds})  distinct findings: {len(t.findings)}", flush=True)
             for sig, o in t.findings.items():
-                print(f"    {sig}\n      e.g. {o.mutation}", flush=True)
+                print(f"    {sig}\n      e.g. example {o.seed}: {o.mutation}", flush=True)
             total["examples"] += t.examples
             total["findings"] += len(t.findings)
         print(f"total: {total['examples']} inputs over {len(names)} targets in {time.time() - start:.0f} s, "

@@ -70,10 +70,11 @@ def shard_name(index: int) -> str:
 
 
 def encode_array(arr: np.ndarray, *, level: int = _ZSTD_LEVEL) -> bytes:
-    """`.npy` bytes of `arr`, zstd-compressed."""
+    """`.npy` bytes of `arr`, zstd-compressed with a content checksum (a flipped bit in the data is an error
+    when read, not silently different pixels or labels; it costs 4 bytes and no measurable time)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(buf.getvalue())
 
 
 def decode_array(data: bytes) -> np.ndarray:

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -81,6 +82,7 @@ class Outcome:
     mutation: str
     kind: str  # ok | error | traceback | multiline | hang | crash | changed | property
     detail: str = ""
+    seed: int = -1  # the example number that reproduces it
 
     @property
     def finding(self) -> bool:
@@ -88,7 +90,8 @@ class Outcome:
 
     def signature(self) -> str:
         """Findings of the same bug share a signature (exception type and where it was raised)."""
-        return f"{self.target}: {self.kind}: {self.detail.splitlines()[0][:160] if self.detail else ''}"
+        head = self.detail.splitlines()[0][:160] if self.detail else ""
+        return f"{self.target}: {self.kind}: {re.sub(r'[0-9]+', 'N', head)}"
 
 
 # --- targets -------------------------------------------------------------------------------------------------
@@ -237,6 +240,17 @@ def _load_trained(work: Path, victim: Path) -> Any:
     return load_trained(work / "runs" / "r")
 
 
+def _export(work: Path, victim: Path) -> Any:
+    """export of the run (combined ONNX, checked against torch on random inputs and two dataset frames)."""
+    from spark_distill.export.run import ExportConfig, export
+
+    spec = json.loads((work / "runs" / "r" / "student.json").read_bytes()) if victim.name != "student.json" else None
+    if spec is not None:  # the run points at the corpus it was trained on; point it at this copy
+        spec["root"] = str(work / "ds")
+        (work / "runs" / "r" / "student.json").write_text(json.dumps(spec))
+    return export(ExportConfig(source=work / "runs" / "r", output=work / "out", verify_frames=2))
+
+
 _RUN_FILES = ("student.json", "student.safetensors", "checkpoints/step-00000002/meta.json",
               "checkpoints/step-00000002/adapter.safetensors", "checkpoints/step-00000002/state.pt")
 
@@ -275,6 +289,7 @@ def _targets() -> dict[str, Target]:
     ]
     ts += [Target(f"run-{Path(f).name}", f"runs/r/{f}", _run_file, _load_trained, ("runs",), rehash=True)
            for f in _RUN_FILES]
+    ts.append(Target("run-export", "runs/r/student.json", _run_file, _export, ("runs", "ds"), slow=True))
     return {t.name: t for t in ts}
 
 
@@ -288,7 +303,7 @@ def _hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _rehash(work: Path, target: Target, victim: Path) -> None:
+def rehash(work: Path, target: Target, victim: Path) -> None:
     """Record the mutated file's sha256 where a checksum covers it, so the reader gets past that gate."""
     digest = shards.sha256_file(victim)
     if target.victim.startswith("runs/"):
@@ -378,16 +393,17 @@ def run_example(target: Target, corpus: Path, seed: int, *, timeout: float = 30.
             data, what = rng.choice(M.evil_pickles(str(marker)))
             victim.write_bytes(data)
         if target.rehash:
-            _rehash(work, target, victim)
+            rehash(work, target, victim)
         before = _hashes(work)
         outcome = _call(target, work, victim, what, timeout)
+        outcome.seed = seed
         after = _hashes(work)
         changed = [f for f, h in before.items() if f != target.victim and f not in target.may_write
                    and after.get(f) != h]
         if marker.exists():
-            outcome = Outcome(target.name, what, "property", "the metadata pickle ran code")
+            outcome = Outcome(target.name, what, "property", "the metadata pickle ran code", seed)
         elif changed and not outcome.finding:
-            outcome = Outcome(target.name, what, "changed", f"files changed: {changed[:3]}")
+            outcome = Outcome(target.name, what, "changed", f"files changed: {changed[:3]}", seed)
         if outcome.finding and keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             (keep / f"{target.name}-{seed}-{Path(target.victim).name}").write_bytes(data)
