@@ -223,6 +223,10 @@ def _manifest_problem(m: dict[str, Any], fmt: str) -> str | None:
         clip_len = m["settings"].get("clip_len")
         if not _is(clip_len, int) or clip_len < 1:
             return f"settings.clip_len is {clip_len!r}, expected a positive int"
+        partial = m.get("partial")
+        if partial is not None and not (isinstance(partial, dict) and _is(partial.get("segment"), str)
+                                        and _is(partial.get("clips"), int)):
+            return f"partial is {partial!r}, expected null or {{segment, clips}}"
         return _entries_problem(m["segments"], _SEGMENT_ENTRY, "segments")
     if problem := _entries_problem(m["frames_shards"], {"name": str, "sha256": str}, "frames_shards"):
         return problem

@@ -140,10 +140,18 @@ def _decode_video(work: Path, victim: Path) -> int:
 
 
 def _ingest(work: Path, victim: Path) -> Any:
+    """Ingest the damaged segment into the dataset that holds the other: skipped and recorded, or its readable
+    frames appended; the shards already there stay listed as they were (their bytes are checked by the caller)."""
     from spark_distill.ingest.run import IngestConfig, ingest
 
-    return ingest(IngestConfig(inputs=(str(work / "route" / SEGMENTS[1]),), out=work / "ds", workers=1, clip_len=5,
-                               shard_clips=2, cameras=("road",)))
+    before = json.loads((work / "ds" / "frames" / shards.MANIFEST).read_bytes())["shards"]
+    try:
+        return ingest(IngestConfig(inputs=(str(work / "route" / SEGMENTS[1]),), out=work / "ds", workers=1,
+                                   clip_len=5, shard_clips=2, cameras=("road",)))
+    finally:
+        after = json.loads((work / "ds" / "frames" / shards.MANIFEST).read_bytes())["shards"]
+        if after[: len(before)] != before:
+            raise AssertionError("PROPERTY: ingest changed the manifest entries of shards already written")
 
 
 def _read_shard(members: dict[str, str | None]) -> Callable[[Path, Path], int]:

@@ -89,6 +89,7 @@ def test_a_member_that_does_not_decode_names_sample_and_member(corpus: Path) -> 
     (lambda m: {**m, "shards": [{**m["shards"][0], "name": "../../x.tar"}]}, "not a shard name"),
     (lambda m: {**m, "settings": {"clip_len": "5"}}, "clip_len"),
     (lambda m: {k: v for k, v in m.items() if k != "segments"}, "'segments' is None"),
+    (lambda m: {**m, "partial": 1.5}, "partial is 1.5"),  # fuzz run example 203
 ])
 def test_edited_frames_manifest_is_one_dataset_error(corpus: Path, tmp_path: Path, edit, match: str) -> None:
     root = _copy(corpus, tmp_path, "ds") / "ds"
@@ -158,13 +159,17 @@ def test_metadata_slices_of_any_type_are_one_label_error(tmp_path: Path) -> None
 
 
 def test_metadata_pickles_that_ask_for_code_are_refused(corpus: Path, tmp_path: Path) -> None:
+    from spark_distill.label.teachers import load_teacher
+
     work = _copy(corpus, tmp_path, "teacher", "ds")
     marker = tmp_path / "pwned"
     for data, what in M.evil_pickles(str(marker)):
         (work / "teacher" / "driving_policy_metadata.pkl").write_bytes(data)
-        _one_error_line(("label", str(work / "ds"), "--teacher", str(work / "teacher"), "--backend", "onnxruntime"),
-                        "pickle")
+        with pytest.raises(LabelError, match="metadata pickle"):
+            load_teacher([work / "teacher"])
         assert not marker.exists(), what
+    _one_error_line(("label", str(work / "ds"), "--teacher", str(work / "teacher"), "--backend", "onnxruntime"),
+                    "metadata pickle refused")
 
 
 def test_teacher_graph_onnx_runtime_cannot_run_is_one_line(corpus: Path, tmp_path: Path) -> None:
