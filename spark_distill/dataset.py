@@ -57,25 +57,48 @@ class Verification:
     problems: list[str] = field(default_factory=list)
 
 
-def check_frames_sample(s: dict[str, Any], car_columns: int) -> list[str]:
-    """Shape and dtype problems of one decoded frames sample (empty when it is sound)."""
-    meta = s.get("meta", {})
-    t = len(meta.get("frame_ids", []))
+def check_frames_sample(s: dict[str, Any], car_columns: int | None, *, images: bool = True) -> list[str]:
+    """Shape, dtype and meta problems of one decoded frames sample (empty when it is sound). `car_columns`
+    None accepts any width; `images` False skips road and wide (a reader that did not decode them)."""
+    meta = s.get("meta")
+    fids = meta.get("frame_ids") if isinstance(meta, dict) else None
+    if not (isinstance(fids, list) and fids and all(type(f) is int for f in fids)
+            and isinstance(meta.get("segment"), str) and type(meta.get("clip")) is int):
+        return ["meta.json lacks frame_ids (ints), segment or clip"]
+    t = len(fids)
     expect = {
         "road": ((t, *FRAME_SHAPE), np.uint8), "wide": ((t, *FRAME_SHAPE), np.uint8),
         "desire": ((t, 8), np.float32), "traffic": ((2,), np.float32), "car": ((t, car_columns), np.float32),
         "pose": ((t, 12), np.float32), "gps": ((t, 6), np.float64),
     }
+    if not images:
+        del expect["road"], expect["wide"]
     problems = []
     for name, (shape, dtype) in expect.items():
         arr = s.get(name)
+        if car_columns is None and name == "car" and arr is not None and arr.ndim == 2 and arr.shape[1] > 0:
+            shape = (t, arr.shape[1])
         if arr is None:
             problems.append(f"missing {name}")
         elif arr.shape != shape or arr.dtype != dtype:
             problems.append(f"{name} is {arr.dtype}{list(arr.shape)}, expected {np.dtype(dtype)}{list(shape)}")
-    if t == 0:
-        problems.append("meta.json has no frame_ids")
     return problems
+
+
+def check_label_sample(d: dict[str, Any], frames: int, widths: dict[str, int]) -> list[str]:
+    """Problems of one decoded label sample: one float16 row of each model's width per frame."""
+    problems = []
+    for member, width in widths.items():
+        arr = d.get(member)
+        if arr is None or arr.dtype != np.float16 or arr.shape != (frames, width):
+            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+            problems.append(f"{member} is {got}, expected float16[{frames}, {width}]")
+    return problems
+
+
+def label_widths(manifest: dict[str, Any]) -> dict[str, int]:
+    """Width of each model's output vector in a label set (from its output slices)."""
+    return {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
 
 
 def verify_frames(root: Path) -> Verification:
@@ -124,7 +147,7 @@ def verify_labels(root: Path, name: str) -> Verification:
     if manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
         result.problems.append(f"labels/{name} is bound to another frames dataset")
         return result
-    widths = {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
+    widths = label_widths(manifest)
     frames_by_name = {e["name"]: e for e in frames["shards"]}
     for entry in manifest["shards"]:
         path = folder / entry["name"]
@@ -142,14 +165,14 @@ def verify_labels(root: Path, name: str) -> Verification:
             result.problems.append(f"labels/{name}/{entry['name']}: keys differ from the frames shard")
             continue
         for lab, src in zip(labels, source, strict=True):
-            t = len(json.loads(src["meta.json"])["frame_ids"])
-            d = shards.decode_sample(lab)
-            for member, width in (("vision", widths["vision"]), ("policy", widths["policy"])):
-                arr = d.get(member)
-                if arr is None or arr.dtype != np.float16 or arr.shape != (t, width):
-                    got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-                    result.problems.append(f"labels/{name}/{entry['name']} {lab['__key__']}: {member} is {got}, "
-                                           f"expected float16[{t}, {width}]")
+            try:
+                t = len(json.loads(src["meta.json"])["frame_ids"])
+                d = shards.decode_sample(lab)
+            except (DatasetError, KeyError, TypeError, ValueError) as e:
+                result.problems.append(f"labels/{name}/{entry['name']} {e}")
+                continue
+            result.problems += [f"labels/{name}/{entry['name']} {lab['__key__']}: {p}"
+                                for p in check_label_sample(d, t, widths)]
         result.samples += len(labels)
     return result
 

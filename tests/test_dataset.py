@@ -24,7 +24,7 @@ def test_summary_counts(tici_route, tmp_path: Path) -> None:
 
 def test_wrong_shapes_are_reported() -> None:
     t = 3
-    good = {"meta": {"frame_ids": [1, 2, 3]}, "road": np.zeros((t, 6, 128, 256), np.uint8),
+    good = {"meta": {"frame_ids": [1, 2, 3], "segment": "s", "clip": 0}, "road": np.zeros((t, 6, 128, 256), np.uint8),
             "wide": np.zeros((t, 6, 128, 256), np.uint8), "desire": np.zeros((t, 8), np.float32),
             "traffic": np.zeros(2, np.float32), "car": np.zeros((t, 10), np.float32),
             "pose": np.zeros((t, 12), np.float32), "gps": np.zeros((t, 6), np.float64)}

@@ -65,7 +65,7 @@ def test_decode_refuses_pickled_objects() -> None:
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     import zstandard
 
-    with pytest.raises(ValueError):
+    with pytest.raises(DatasetError, match="object arrays are not accepted"):
         shards.decode_array(zstandard.ZstdCompressor().compress(buf.getvalue()))
 
 

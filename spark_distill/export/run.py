@@ -106,8 +106,10 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
     from spark_distill.errors import DatasetError
     from spark_distill.train.data import read_lockstep, shard_pairs
 
-    root = Path(spec.get("root", ""))
-    if frames <= 0 or not (root / "frames" / shards.MANIFEST).exists():
+    if frames <= 0 or not isinstance(spec.get("root"), str) or not isinstance(spec.get("labels"), str):
+        return None  # random inputs only (a run from before these fields, or an edited student.json)
+    root = Path(spec["root"])
+    if not (root / "frames" / shards.MANIFEST).exists():
         return None
     try:
         pairs = None

@@ -183,6 +183,7 @@ _EXTRACTORS = {
         float(e.lateralPlanDEPRECATED.laneChangeDirection.raw)]),
 }
 _ENCODE = {"roadEncodeIdx": "road", "wideRoadEncodeIdx": "wide"}
+_INT64_END = 1 << 63
 
 
 def read_log(path: Path, schema: ModuleType) -> LogData:
@@ -199,18 +200,23 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
             t = ev.logMonoTime
             if which == "modelV2":
                 modelv2[int(ev.modelV2.frameId)] = row_from_message(ev.modelV2)
+            if t >= _INT64_END:  # uint64 on the wire; past int64 it can only be a corrupt event
+                raise ValueError(f"logMonoTime {t} out of range")
             if which in _ENCODE:
                 e = getattr(ev, which)
+                if e.timestampEof >= _INT64_END:
+                    raise ValueError(f"timestampEof {e.timestampEof} out of range")
                 enc[_ENCODE[which]].append((t, e.segmentId, e.frameId, e.timestampEof))
             elif which in _EXTRACTORS:
                 name, row = _EXTRACTORS[which]
+                value = row(ev)  # before appending: a corrupt event that raises here must leave both lists equal
                 times, values = rows.setdefault(name, ([], []))
                 times.append(t)
-                values.append(row(ev))
+                values.append(value)
             elif which == "initData":
                 device_type, version = str(ev.initData.deviceType), ev.initData.version
     except Exception as e:  # pycapnp raises KjException on a truncated or corrupt message
-        warnings.append(f"log truncated or corrupt after {count} events ({str(e).splitlines()[0][:120]})")
+        warnings.append(f"log truncated or corrupt after {count} events ({(str(e).splitlines() or [''])[0][:120]})")
     if count == 0:
         raise CorruptLogError(f"{path}: no readable events")
     streams: dict[str, Stream] = {}

@@ -15,6 +15,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from spark_distill.errors import LabelError
 
 _ALLOWED = {
@@ -51,13 +53,22 @@ def _slices_from(obj: Any, source: str) -> dict[str, slice]:
         raise LabelError(f"{source}: output_slices is {type(obj).__name__}, expected a dict")
     out = {}
     for k, v in obj.items():
-        if isinstance(v, slice):
-            out[str(k)] = slice(int(v.start or 0), int(v.stop))
-        elif isinstance(v, list | tuple) and len(v) == 2:
-            out[str(k)] = slice(int(v[0]), int(v[1]))
-        else:
+        start, stop = (v.start or 0, v.stop) if isinstance(v, slice) else (v if _pair(v) else (None, None))
+        if not (_index(start) and _index(stop) and start <= stop and getattr(v, "step", None) in (None, 1)):
             raise LabelError(f"{source}: output slice {k!r} is {v!r}, expected a slice or [start, stop]")
+        out[str(k)] = slice(int(start), int(stop))
+    if not out:
+        raise LabelError(f"{source}: output_slices is empty")
     return out
+
+
+def _pair(v: Any) -> bool:
+    return isinstance(v, list | tuple) and len(v) == 2
+
+
+def _index(v: Any) -> bool:
+    """A non-negative integer (Python or numpy), not a bool."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
 
 
 def read_output_slices(onnx_path: Path, props: dict[str, str]) -> tuple[dict[str, slice], str]:
@@ -71,9 +82,11 @@ def read_output_slices(onnx_path: Path, props: dict[str, str]) -> tuple[dict[str
         return _slices_from(meta["output_slices"], str(pkl)), pkl.name
     if js.is_file():
         try:
-            meta = json.loads(js.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(js.read_bytes())
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise LabelError(f"{js}: invalid JSON ({e})") from e
+        if not isinstance(meta, dict):
+            raise LabelError(f"{js}: holds a JSON {type(meta).__name__}, expected an object with output_slices")
         return _slices_from(meta.get("output_slices"), str(js)), js.name
     if "output_slices" in props:
         try:

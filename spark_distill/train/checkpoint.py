@@ -49,8 +49,10 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], s
 def _valid(path: Path) -> bool:
     try:
         meta = json.loads((path / "meta.json").read_text())
-        return all(shards.sha256_file(path / n) == h for n, h in meta["sha256"].items())
-    except (OSError, ValueError, KeyError):
+        files = meta["sha256"]
+        return (isinstance(files, dict) and set(files) == {"adapter.safetensors", "state.pt"}
+                and all(shards.sha256_file(path / n) == h for n, h in files.items()))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -67,4 +69,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     """(trainable tensors, state) of a checkpoint folder, verified."""
     if not _valid(path):
         raise TrainError(f"{path}: not a complete checkpoint (missing files or checksum mismatch)")
-    return load_file(str(path / "adapter.safetensors")), torch.load(path / "state.pt", weights_only=True)
+    try:
+        tensors = load_file(str(path / "adapter.safetensors"))
+        state = torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:  # a damaged file: torch.load and safetensors raise many types (zip, pickle, header)
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from e
+    if not isinstance(state, dict) or not set(state) >= _STATE_KEYS or not all(
+            isinstance(state[k], int) and not isinstance(state[k], bool) and state[k] >= 0
+            for k in ("step", "epoch", "position")):
+        raise TrainError(f"{path}: state.pt is not a training state ({', '.join(sorted(_STATE_KEYS))})")
+    return tensors, state
+
+
+_STATE_KEYS = frozenset({"optimizer", "torch_rng", "step", "epoch", "position"})

@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill import shards
 from spark_distill.clips import decode_clip
-from spark_distill.dataset import frames_dir
-from spark_distill.errors import DatasetError
+from spark_distill.dataset import check_frames_sample, check_label_sample, frames_dir, label_widths
+from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.label.plan import SegmentPlan, frames_binding, plan_segments
 
 
@@ -135,6 +135,7 @@ class ClipStream(IterableDataset):
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
         self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
         self.plan = slice(*label_manifest["output_slices"]["policy"]["plan"])  # NaN plan: a frame the log lacks
+        self.widths = label_widths(label_manifest)
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
         self.epoch, self.skip = 0, 0
 
@@ -188,7 +189,11 @@ class ClipStream(IterableDataset):
         keys, starts = [], []
         for f_raw, l_raw in samples:
             f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
-            n = len(f["meta"]["frame_ids"])
+            n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
+            problems = check_frames_sample(f, None, images=self.images) + check_label_sample(lab, n, self.widths)
+            if problems or n > t:
+                raise DatasetError(f"sample {f_raw['__key__']}: {(problems or [f'{n} frames, clips hold {t}'])[0]}; "
+                                   "run spark-distill inspect --verify")
             keys.append(f_raw["__key__"])
             fids = np.asarray(f["meta"]["frame_ids"])
             mask = np.zeros(t, bool)
@@ -216,8 +221,22 @@ class ClipStream(IterableDataset):
         return batch
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose worker errors read as the worker raised them: torch re-raises a worker's exception
+    with the worker's traceback as its message; a SparkDistillError gets its own one-line message back."""
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from super().__iter__()
+        except SparkDistillError as e:
+            lines = str(e).strip().splitlines()
+            if len(lines) < 2:
+                raise
+            raise type(e)(lines[-1].partition(": ")[2] or lines[-1]) from None
+
+
 def make_loader(stream: ClipStream, *, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over the stream's own batches (in order, round-robin over its workers)."""
-    return DataLoader(stream, batch_size=None, num_workers=stream.workers if stream.workers > 1 else 0,
-                      pin_memory=pin_memory, prefetch_factor=2 if stream.workers > 1 else None,
-                      persistent_workers=False)
+    return _Loader(stream, batch_size=None, num_workers=stream.workers if stream.workers > 1 else 0,
+                   pin_memory=pin_memory, prefetch_factor=2 if stream.workers > 1 else None,
+                   persistent_workers=False)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from spark_distill import shards
 from spark_distill.errors import ConfigError
 from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint
 from spark_distill.train.lora import ADAPTER_KEYS, apply_adapters, load_adapter_state, merge_adapters
@@ -76,6 +77,25 @@ def find_run(path: Path) -> tuple[Path, Path]:
     raise ConfigError(f"{path}: not a training run (no {SPEC_FILE}) or checkpoint folder")
 
 
+def _spec_problem(spec: Any) -> str | None:
+    """What is wrong with a parsed student.json (None when load_trained can build from it)."""
+    if not isinstance(spec, dict):
+        return f"holds a JSON {type(spec).__name__}, not an object"
+    arch = spec.get("architecture")
+    if not (isinstance(arch, dict) and ((arch.get("kind") == "compact" and isinstance(arch.get("preset"), str))
+                                        or (arch.get("kind") == "openpilot" and isinstance(arch.get("onnx"), str)))):
+        return f"architecture is {arch!r}, expected a compact preset or an openpilot ONNX folder"
+    if spec.get("adapter") not in ("none", "lora", "dora"):
+        return f"adapter is {spec.get('adapter')!r}, expected none, lora or dora"
+    for key in ("targets", "train_modules"):
+        if not (isinstance(spec.get(key), list) and all(isinstance(t, str) for t in spec[key])):
+            return f"{key} is {spec.get(key)!r}, expected a list of module-name globs"
+    rank, alpha = spec.get("rank"), spec.get("alpha")
+    if type(rank) is not int or rank < 1 or type(alpha) not in (int, float) or not alpha > 0:
+        return f"rank {rank!r} / alpha {alpha!r} are not a positive int / number"
+    return shards.output_slices_problem(spec.get("slices"))
+
+
 def load_trained(path: Path, *, merge: bool = True) -> TrainedStudent:
     """The student of a run or checkpoint, adapters loaded and (by default) merged; CPU, eval mode."""
     run_dir, ckpt = find_run(path)
@@ -84,6 +104,8 @@ def load_trained(path: Path, *, merge: bool = True) -> TrainedStudent:
         base = load_file(str(run_dir / "student.safetensors"))
     except (OSError, ValueError, SafetensorError) as e:
         raise ConfigError(f"{run_dir}: unreadable run files ({e})") from e
+    if problem := _spec_problem(spec):
+        raise ConfigError(f"{run_dir / SPEC_FILE}: {problem}; the file is damaged or was edited by hand")
     student, default_targets = build_architecture(spec["architecture"], spec["slices"])
     try:
         student.load_state_dict(base)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill.errors import ConfigError, MissingDependencyError
+from spark_distill.errors import ConfigError, LabelError, MissingDependencyError
 from spark_distill.label.backends import check_batching
 from spark_distill.label.teachers import Teacher, make_batch_dynamic
 
@@ -34,6 +34,7 @@ class OrtBackend:
             raise ConfigError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch for a GPU")
         self.precision, self.device, self.version = "fp32", torch.device("cpu"), ort.__version__
         self.sessions, self.batched = {}, {}
+        self.paths = {"vision": teacher.vision.path, "policy": teacher.policy.path}
         for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
             dynamic = make_batch_dynamic(model)
             ok = batch == 1 or check_batching(model, dynamic, mf.inputs)
@@ -41,16 +42,25 @@ class OrtBackend:
                 log.warning("%s: the graph does not batch; running it row by row", mf.path.name)
             self.batched[role] = ok
             chosen = dynamic if ok else model
-            self.sessions[role] = ort.InferenceSession(chosen.SerializeToString(), providers=["CPUExecutionProvider"])
+            try:
+                self.sessions[role] = ort.InferenceSession(chosen.SerializeToString(),
+                                                           providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime's own types (Fail, InvalidGraph, NotImplemented, ...)
+                raise LabelError(f"{mf.path}: ONNX Runtime cannot load it ({_first_line(e)})") from e
 
     def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         feeds = {k: v.numpy() for k, v in inputs.items()}
         session = self.sessions[role]
-        if self.batched[role]:
-            out = session.run(None, feeds)[0]
-        else:
-            n = next(iter(feeds.values())).shape[0]
-            out = np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(n)])
+        try:
+            if self.batched[role]:
+                out = session.run(None, feeds)[0]
+            else:
+                n = next(iter(feeds.values())).shape[0]
+                out = np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
+                                      for i in range(n)])
+        except Exception as e:  # inputs the graph does not take (dtype, shape): the teacher does not fit the contract
+            raise LabelError(f"{self.paths[role]}: ONNX Runtime cannot run it on the label pass's inputs "
+                             f"({_first_line(e)})") from e
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -62,3 +72,7 @@ class OrtBackend:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": "cpu", "onnxruntime": self.version,
                 "batched": self.batched}
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
