@@ -110,6 +110,24 @@ def read_lockstep(pair: ShardPair) -> Iterator[tuple[dict, dict]]:
             yield f, lab
 
 
+def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int,
+                shuffle: bool = True) -> list[ShardPair]:
+    """The shards one loader worker of one rank reads in an epoch (the epoch's seeded order, dealt round-robin
+    to ranks, then to workers)."""
+    order = list(pairs)
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order[rank::world][worker::workers]
+
+
+def smallest_share(pairs: list[ShardPair], *, seed: int, epoch: int, world: int, workers: int,
+                   shuffle: bool = True) -> int:
+    """Clips in the smallest share of any worker of any rank this epoch."""
+    return min(sum(len(p.keys) for p in deal_shards(pairs, seed=seed, epoch=epoch, rank=r, world=world, worker=w,
+                                                    workers=workers, shuffle=shuffle))
+               for r in range(world) for w in range(workers))
+
+
 def shuffled(items: Iterator[Any], *, size: int, rng: random.Random) -> Iterator[Any]:
     """A seeded shuffle buffer (webdataset's shuffle stage, deterministic)."""
     buf: list[Any] = []
@@ -140,15 +158,13 @@ class ClipStream(IterableDataset):
         self.epoch, self.skip = 0, 0
 
     def _shards(self, epoch: int, rank: int, worker: int) -> list[ShardPair]:
-        order = list(self.pairs)
-        if self.train:
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order[rank::self.world][worker::self.workers]
+        return deal_shards(self.pairs, seed=self.seed, epoch=epoch, rank=rank, world=self.world, worker=worker,
+                           workers=self.workers, shuffle=self.train)
 
     def batches_per_worker(self, epoch: int) -> int:
         """Equal for every worker of every rank: the smallest share decides."""
-        return min(sum(len(p.keys) for p in self._shards(epoch, r, w)) // self.batch
-                   for r in range(self.world) for w in range(self.workers))
+        return smallest_share(self.pairs, seed=self.seed, epoch=epoch, world=self.world, workers=self.workers,
+                              shuffle=self.train) // self.batch
 
     def __len__(self) -> int:
         return self.batches_per_worker(self.epoch) * self.workers

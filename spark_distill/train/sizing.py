@@ -64,13 +64,10 @@ def _loss_frames(pairs: list[ShardPair], data: TrainingData, burn_in: int, warmu
     return total
 
 
-def _probe(cfg: TrainConfig, data: TrainingData, *, workers: int, batch: int) -> Any:
-    """A ClipStream dealt as the run will deal it, to count batches (it reads nothing)."""
-    from spark_distill.train.data import ClipStream
+def _smallest_share(cfg: TrainConfig, data: TrainingData, *, workers: int, epoch: int) -> int:
+    from spark_distill.train.data import smallest_share
 
-    return ClipStream(data.train, {"warmup_frames": 0, "segments": {}, "output_slices": {"policy": {"plan": [0, 1]}}},
-                      batch=batch, clip_len=data.clip_len, burn_in=cfg.burn_in, seed=cfg.seed, rank=cfg.rank_id,
-                      world=cfg.world, workers=workers)
+    return smallest_share(data.train, seed=cfg.seed, epoch=epoch, world=cfg.world, workers=workers)
 
 
 def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list[str]]:
@@ -84,8 +81,7 @@ def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list
     if workers < cfg.workers:
         notes.append(f"--workers {cfg.workers} -> {workers}: each loader worker reads whole shards and this rank "
                      f"has {shards_per_rank}")
-    per_worker = _probe(cfg, data, workers=workers, batch=1)
-    smallest = min(per_worker.batches_per_worker(e) for e in range(min(cfg.epochs, 50)))
+    smallest = min(_smallest_share(cfg, data, workers=workers, epoch=e) for e in range(min(cfg.epochs, 50)))
     batch = max(1, min(cfg.batch_size, smallest))
     if batch < cfg.batch_size:
         notes.append(f"--batch-size {cfg.batch_size} -> {batch}: a loader worker gets {smallest} training clips "
@@ -97,7 +93,7 @@ def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list
         mask = False
         notes.append(f"warm-up mask off: no {empty[0]} frame lies past its segment's first {data.warmup_frames} "
                      "frames, so the teacher's start-up labels are trained on (longer segments avoid this)")
-    per_epoch = _probe(cfg, data, workers=workers, batch=batch).batches_per_worker(0) * workers // cfg.grad_accum
+    per_epoch = _smallest_share(cfg, data, workers=workers, epoch=0) // batch * workers // cfg.grad_accum
     total = cfg.max_steps or cfg.epochs * per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(MAX_WARMUP_STEPS, max(1, total // 10))
     resolved = dataclasses.replace(cfg, workers=workers, batch_size=batch, mask_warmup=mask, warmup_steps=warmup)
