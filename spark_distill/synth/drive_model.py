@@ -65,41 +65,42 @@ def _scale() -> torch.Tensor:
     return torch.tensor(list(STATE.values()))
 
 
-def _logstd(n: int, value: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((like.shape[0], n), value, dtype=like.dtype)
+def _fill(n: int, value: float, like: torch.Tensor) -> torch.Tensor:
+    """(B, n) filled with value, B taken from `like` (B, ...) as a graph op, so the export batches."""
+    return (like[:, :1] * 0.0 + value).expand(-1, n)
 
 
 def vision_heads(s: torch.Tensor, slices: dict[str, slice]) -> torch.Tensor:
     """openpilot's vision output vector (B, N) from physical scene states s (B, STATE_LEN)."""
-    b = s.shape[0]
     lat, kappa, dist, rate, speed = (s[:, i:i + 1] for i in range(STATE_LEN))
     x = torch.tensor(C.X_IDXS, dtype=s.dtype)[None]  # (1, 33)
     bend = 0.5 * kappa * x * x - lat  # (B, 33): a road-frame line at lateral 0, in the calibrated frame
     lane = torch.round(lat / LANE_WIDTH)  # (B, 1) the lane the car is in (0: the middle one)
-    height = torch.full((b, C.IDX_N), CAMERA_HEIGHT, dtype=s.dtype)
+    height = _fill(C.IDX_N, CAMERA_HEIGHT, s)
     offsets = torch.tensor(LINE_OFFSETS, dtype=s.dtype)[None]  # (1, 4)
     lines = [torch.stack([(lane + j) * LANE_WIDTH + bend, height], -1) for j in LINE_OFFSETS]  # (B, 33, 2) each
     painted = torch.clamp(24.0 * (PAINTED + 0.25 - torch.abs(lane + offsets)), -6.0, 6.0)  # (B, 4) logits
     edges = [torch.stack([e + bend, height], -1) for e in (-ROAD_EDGE, ROAD_EDGE)]
     t = torch.tensor(C.LEAD_T_IDXS, dtype=s.dtype)[None]  # (1, 6)
     lead_y = 0.5 * kappa * dist * dist - lat  # the lead drives in the middle lane
-    lead = torch.stack([torch.clamp(dist + rate * t, min=0.0), lead_y.expand(b, 6), (speed + rate).expand(b, 6),
-                        torch.zeros(b, 6, dtype=s.dtype)], -1).flatten(1)  # (B, 24)
+    lead = torch.stack([torch.clamp(dist + rate * t, min=0.0), lead_y.expand(-1, 6), (speed + rate).expand(-1, 6),
+                        _fill(6, 0.0, s)], -1).flatten(1)  # (B, 24)
     lead_logits = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=s.dtype)
-    lead_hyps = [torch.cat([lead, _logstd(24, LOG_STD["lead"], s), lead_logits[h].expand(b, 3)], 1) for h in (0, 1)]
-    lead_prob = torch.clamp(4.0 * (1.8 - torch.abs(lead_y)), -6.0, 6.0).expand(b, C.LEAD_MHP_SELECTION)
-    zeros = torch.zeros_like(speed)
+    lead_hyps = [torch.cat([lead, _fill(24, LOG_STD["lead"], s), _fill(3, 0.0, s) + lead_logits[h]], 1)
+                 for h in (0, 1)]
+    lead_prob = torch.clamp(4.0 * (1.8 - torch.abs(lead_y)), -6.0, 6.0).expand(-1, C.LEAD_MHP_SELECTION)
+    zeros = speed * 0.0  # not zeros_like: with static input shapes the export folds that to batch 1
     pose = torch.cat([speed, zeros, zeros, zeros, zeros, speed * kappa], 1)
     desire_pred = torch.tensor([4.0] + [0.0] * (C.DESIRE_LEN - 1), dtype=s.dtype).repeat(C.DESIRE_PRED_LEN)
     parts = {
-        "lane_lines": torch.cat([torch.stack(lines, 1).flatten(1), _logstd(4 * 33 * 2, LOG_STD["lane_lines"], s)], 1),
+        "lane_lines": torch.cat([torch.stack(lines, 1).flatten(1), _fill(4 * 33 * 2, LOG_STD["lane_lines"], s)], 1),
         "lane_lines_prob": torch.stack([-painted, painted], -1).flatten(1),
-        "road_edges": torch.cat([torch.stack(edges, 1).flatten(1), _logstd(2 * 33 * 2, LOG_STD["road_edges"], s)], 1),
+        "road_edges": torch.cat([torch.stack(edges, 1).flatten(1), _fill(2 * 33 * 2, LOG_STD["road_edges"], s)], 1),
         "lead": torch.cat(lead_hyps, 1),
         "lead_prob": lead_prob,
-        "desire_pred": desire_pred.expand(b, -1),
-        "pose": torch.cat([pose, _logstd(6, LOG_STD["pose"], s)], 1),
-        "hidden_state": torch.cat([s * _scale(), torch.zeros(b, C.FEATURE_LEN - STATE_LEN, dtype=s.dtype)], 1),
+        "desire_pred": _fill(desire_pred.numel(), 0.0, s) + desire_pred,
+        "pose": torch.cat([pose, _fill(6, LOG_STD["pose"], s)], 1),
+        "hidden_state": torch.cat([s * _scale(), _fill(C.FEATURE_LEN - STATE_LEN, 0.0, s)], 1),
     }
     out = []
     for name, sl in sorted(slices.items(), key=lambda kv: kv[1].start):
@@ -107,10 +108,10 @@ def vision_heads(s: torch.Tensor, slices: dict[str, slice]) -> torch.Tensor:
         if name in parts:
             out.append(parts[name])
         elif name == "meta":
-            out.append(torch.full((b, width), -5.0, dtype=s.dtype))
+            out.append(_fill(width, -5.0, s))
         else:  # wide_from_device_euler, road_transform: zero means, small stds
             half = width // 2
-            out.append(torch.cat([torch.zeros(b, half, dtype=s.dtype), _logstd(width - half, LOG_STD["other"], s)], 1))
+            out.append(torch.cat([_fill(half, 0.0, s), _fill(width - half, LOG_STD["other"], s)], 1))
     return torch.cat(out, 1)
 
 
@@ -179,8 +180,8 @@ class DrivePolicy(nn.Module):
         kappa = hist[:, -1:, 1] / STATE["curvature"]  # (B, 1)
         t = torch.tensor(C.T_IDXS, dtype=hist.dtype)[None]  # (1, 33)
         dist = speed * t
-        zero = torch.zeros_like(dist)
-        cols = [dist, 0.5 * kappa * dist * dist, zero, speed.expand_as(dist), zero, zero, zero, speed * speed * kappa
+        zero = dist * 0.0  # (B, 33); not zeros_like (folded to batch 1 in the export)
+        cols = [dist, 0.5 * kappa * dist * dist, zero, speed + zero, zero, zero, zero, speed * speed * kappa
                 + zero, zero, zero, zero, kappa * dist, zero, zero, speed * kappa + zero]
         return torch.stack(cols, -1)  # (B, 33, 15)
 
@@ -193,11 +194,10 @@ class DrivePolicy(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         plan, r = self.plan(*args)
-        b = r.shape[0]
         n = C.IDX_N * PLAN_COLUMNS
-        hyp = torch.cat([plan.flatten(1), torch.full((b, n), LOG_STD["plan"])], 1)
-        hyps = [torch.cat([hyp, torch.full((b, 1), 3.0 if h == 0 else 0.0)], 1) for h in range(C.PLAN_MHP_N)]
+        hyp = torch.cat([plan.flatten(1), _fill(n, LOG_STD["plan"], r)], 1)
+        hyps = [torch.cat([hyp, _fill(1, 3.0 if h == 0 else 0.0, r)], 1) for h in range(C.PLAN_MHP_N)]
         parts = {"plan": torch.cat(hyps, 1), "desire_state": r[:, n:n + C.DESIRE_LEN],
-                 "desired_curvature": torch.cat([r[:, -1:] * 1e-3, torch.full((b, 1), LOG_STD["desired_curvature"])],
+                 "desired_curvature": torch.cat([r[:, -1:] * 1e-3, _fill(1, LOG_STD["desired_curvature"], r)],
                                                 1)}
         return torch.cat([parts[name] for name, _ in sorted(self.slices.items(), key=lambda kv: kv[1].start)], 1)

@@ -41,6 +41,18 @@ def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, P
     teacher, _, _ = load_teacher([a])
     assert set(teacher.policy.inputs) == {"desire_pulse", "traffic_convention", "features_buffer"}
     assert set(teacher.image_inputs) == {"img", "big_img"}
+    # the graphs batch (the label pass runs B segments in lockstep): no batch-1 constant is baked in
+    import onnx
+    import onnxruntime as ort
+
+    from spark_distill.label.teachers import make_batch_dynamic
+
+    for name in ("driving_vision", "driving_policy"):
+        session = ort.InferenceSession(make_batch_dynamic(onnx.load(a / f"{name}.onnx")).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros((3, *i.shape[1:]), np.uint8 if "uint8" in i.type else np.float32)
+                 for i in session.get_inputs()}
+        assert session.run(None, feeds)[0].shape[0] == 3, name
     report = json.loads((a / "fit.json").read_text())
     assert report["config"] == asdict(_tiny("v2")) and report["source_sha256"] == F.source_digest()
     assert set(report["vision_rms_error_held_out"]) == set(F.STATE)
