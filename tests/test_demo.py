@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spark_distill.cli import app
 
-TEACHER_BOUND_2S = 2.0  # m, the bound tests/synth/test_semantic.py states for a held-out drive
+TEACHER_BOUND_2S = 1.0  # m; measured 0.62 on this held-out segment (seed 0, never fitted on)
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
