@@ -169,6 +169,13 @@ def demo(
         "validation loss": f"{fmt(r.val_before)} -> {fmt(r.val_after)} after {r.steps} steps",
         "export max |ORT - torch|": f"{r.export_max_diff:.2e} (ONNX Runtime {r.export_latency_ms:.2f} ms/frame on CPU)",
         **{k: str(v) for k, v in r.artifacts.items()}})
+    table = Table(title="path error on the held-out segment, m (xy, mean over frames past the 5 s warm-up)",
+                  title_justify="left")
+    for col in ("", "1 s", "2 s", "4 s", "10 s"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, row in r.drive_error.items():
+        table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in row.values()))
+    out.print(table)
 
 
 @app.command(rich_help_panel="Pipeline")
@@ -575,13 +582,15 @@ def synth_route(
     modelv2_teacher: Annotated[Path | None, typer.Option(help="Teacher folder whose outputs over the route's "
                                                               "frames are logged as modelV2 (as a car logs its own "
                                                               "model).")] = None,
+    varied: Annotated[bool, typer.Option("--varied", help="Draw the drive from --seed: speed, curvature, lead, "
+                                                          "lane-change direction and time, calibration.")] = False,
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
     from spark_distill.synth.route import SynthConfig, write_route
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher)
+                      modelv2_teacher=modelv2_teacher, varied=varied)
     for truth in write_route(out_dir, cfg):
         faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
         print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
@@ -595,9 +604,24 @@ def synth_teacher(
                                            "like the real vision model).")] = "tiny",
     contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
                                                "desire_pulse only (openpilot 0.10).")] = "v1",
-    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Weight seed (with --fit: seed of the fit's drives and training).")] = 0,
+    fit: Annotated[bool, typer.Option("--fit", help="Fit a teacher that drives: learn the path driven, lanes, lead "
+                                                    "and desire of varied synthetic drives (a few CPU minutes; "
+                                                    "the package ships the result of the defaults).")] = False,
 ) -> None:
     """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
+    from spark_distill.errors import ConfigError
+
+    if fit:
+        from spark_distill.synth.fit import FitConfig, fit_teacher
+
+        if size != "tiny":
+            raise ConfigError(f"--fit makes a tiny teacher; drop --size {size}")
+        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed))
+        print_table(f"fitted teacher -> {out_dir}", {
+            **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
+            "policy training loss": result.policy_loss})
+        return
     from spark_distill.synth.teacher import write_teacher
 
     for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():

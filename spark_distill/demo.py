@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """`spark-distill demo`: the whole pipeline on a synthetic drive, on CPU, through the same code paths a
-user's real data takes: synthesize a route (two segments, road + wide camera, a lane change) and a tiny
-stand-in teacher -> ingest -> label -> train a compact DoRA student -> export -> verify -> pictures.
-Entry point: `run_demo(DemoConfig, on_stage)` -> DemoReport.
+user's real data takes: synthesize a route (two segments, road + wide camera, a lane change), take the
+shipped stand-in teacher fitted to synthetic drives (`synth.fit`; it never saw this route) -> ingest ->
+label -> train a compact DoRA student -> export -> verify -> eval on the held-out segment (student vs
+teacher vs the path actually driven, per horizon) and pictures. Entry point: `run_demo(DemoConfig, on_stage)`.
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ class DemoReport:
     val_after: float | None = None
     export_max_diff: float = 0.0
     export_latency_ms: float = 0.0
+    drive_error: dict[str, dict[str, float | None]] = field(default_factory=dict)  # who -> horizon (s) -> m
     seconds: float = 0.0
     artifacts: dict[str, Path] = field(default_factory=dict)
 
 
 def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) -> DemoReport:
+    from spark_distill.evaluate.run import EvalConfig, evaluate
     from spark_distill.export.run import ExportConfig, export
     from spark_distill.ingest.run import IngestConfig, ingest
     from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.fit import copy_fitted
     from spark_distill.synth.route import SynthConfig, write_route
-    from spark_distill.synth.teacher import write_teacher
     from spark_distill.train.loop import TrainConfig, train
 
     if not 0.2 <= cfg.minutes <= 30:
@@ -65,8 +68,9 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
 
     on_stage(f"synthesizing a {cfg.minutes:g}-minute drive (2 segments, road + wide camera, a lane change)")
     write_route(out / "route", SynthConfig(segments=2, seconds=seconds))
-    on_stage("writing a tiny stand-in teacher (openpilot's driving_vision/driving_policy contract)")
-    write_teacher(out / "teacher", size="tiny")
+    on_stage("taking the shipped stand-in teacher (openpilot's driving_vision/driving_policy contract, fitted to "
+             "other synthetic drives)")
+    copy_fitted(out / "teacher")
     on_stage("ingest: decode HEVC, warp to the model frame, align logs, write shards")
     ing = ingest(IngestConfig(inputs=(str(out / "route"),), out=out / "dataset", workers=cfg.workers))
     report.frames_ingested, report.ingest_frames_per_s = ing.frames_kept, ing.frames_per_s
@@ -88,13 +92,17 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
     ex = export(ExportConfig(source=out / "runs" / "demo", output=out / "export", check="none"))
     report.export_max_diff = max(ex.max_diff_random, ex.max_diff_real or 0.0)
     report.export_latency_ms = ex.latency_ms
-    on_stage("pictures: loss curve and a validation frame with the teacher's and the student's predictions")
-    picture = _validation_picture(out, ex.files["model"])
+    on_stage("eval: the exported student on the held-out segment as the car runs it, vs the teacher and the "
+             "path actually driven; pictures")
+    ev = evaluate(EvalConfig(root=out / "dataset", labels="teacher", models=(ex.files["model"],), out=out / "eval"))
+    metrics = next(iter(ev.metrics.values()))
+    report.drive_error = drive_table(metrics)
     report.artifacts = {"route": out / "route", "teacher": out / "teacher", "dataset": out / "dataset",
                         "run": out / "runs" / "demo", "export": ex.files["model"],
-                        "loss curve": out / "runs" / "demo" / "loss.png"}
-    if picture is not None:
-        report.artifacts["validation frame"] = picture
+                        "loss curve": out / "runs" / "demo" / "loss.png", "eval": ev.files["metrics"]}
+    for key, name in (("frames", "validation frame"), ("errors", "errors vs horizon")):
+        if key in ev.files:
+            report.artifacts[name] = ev.files[key]
     report.seconds = time.perf_counter() - start
     from spark_distill import shards
 
@@ -102,22 +110,14 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
         "frames_ingested": report.frames_ingested, "label_frames_per_s": report.label_frames_per_s,
         "trainable": list(report.trainable), "steps": report.steps, "val_before": report.val_before,
         "val_after": report.val_after, "export_max_diff": report.export_max_diff, "seconds": report.seconds,
-        "artifacts": {k: str(v) for k, v in report.artifacts.items()}})
+        "drive_error_m": report.drive_error, "artifacts": {k: str(v) for k, v in report.artifacts.items()}})
     return report
 
 
-def _validation_picture(out: Path, onnx_model: Path) -> Path | None:
-    """Held-out frames: the driven path, the teacher's labels and the exported student run as the car would."""
-    import json
-
-    from spark_distill import shards
-    from spark_distill.evaluate.draw import segment_strip
-    from spark_distill.evaluate.rollout import OnnxStep, read_segment
-    from spark_distill.train.data import val_segments
-
-    spec = json.loads((out / "runs" / "demo" / "student.json").read_text())
-    names = [s["name"] for s in shards.read_manifest(out / "dataset" / "frames", shards.FRAMES_FORMAT)["segments"]]
-    held = sorted(val_segments(names, fraction=0.5, seed=0))
-    seg = read_segment(out / "dataset", "teacher", held[0] if held else names[-1])
-    return segment_strip(out / "validation_frames.png", seg, {"student": OnnxStep(onnx_model).rollout(seg)},
-                         spec["slices"])
+def drive_table(metrics: dict) -> dict[str, dict[str, float | None]]:
+    """Rows of the demo's eval table: xy error (m) per horizon of student vs driven, teacher vs driven, student
+    vs teacher, from one model's `evaluate.metrics.compare` result."""
+    drive = metrics.get("drive", {})
+    rows = {"student vs driven path": drive.get("student", {}), "teacher vs driven path": drive.get("teacher", {}),
+            "student vs teacher": metrics.get("plan", {})}
+    return {name: {h: m.get("at", {}).get(h) for h in ("1", "2", "4", "10")} for name, m in rows.items()}

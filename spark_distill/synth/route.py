@@ -56,6 +56,7 @@ class SynthConfig:
     seed: int = 0
     crf: int = 28  # x265 quality
     modelv2_teacher: Path | None = None  # log modelV2 from this teacher run over the route (as a car logs its model)
+    varied: bool = False  # draw the drive (curvature, speed, lead, lane change, calibration) from the seed
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -70,48 +71,101 @@ class SynthConfig:
             raise ConfigError(f"unknown layout {self.layout!r}; choose tools or device")
 
 
+@dataclass(frozen=True)
+class Drive:
+    """The numbers of a drive: speed v0 + dv sin(wv t), road curvature k sin(wk t), a lateral wiggle, the lead
+    car at d0 + dd sin(wd t) in the middle lane, one lane change (direction -1 left, +1 right)."""
+
+    v0: float = 20.0  # m/s
+    dv: float = 5.0
+    wv: float = 0.1  # rad/s
+    k: float = 0.002  # 1/m
+    wk: float = 0.15
+    wiggle: float = 0.3  # m
+    d0: float = 25.0  # m
+    dd: float = 8.0
+    wd: float = 0.3
+    direction: int = -1
+
+
+def varied_drive(rng: np.random.Generator) -> Drive:
+    """A drive drawn from ranges that hold the classic one (Drive()): what the fitted teacher learns from."""
+    return Drive(v0=rng.uniform(14.0, 28.0), dv=rng.uniform(0.0, 5.0), wv=rng.uniform(0.05, 0.15),
+                 k=rng.uniform(0.0, 0.003), wk=rng.uniform(0.05, 0.3), wiggle=rng.uniform(0.0, 0.4),
+                 d0=rng.uniform(15.0, 45.0), dd=rng.uniform(0.0, 10.0), wd=rng.uniform(0.1, 0.5),
+                 direction=int(rng.choice([-1, 1])))
+
+
+def varied_rpy(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Calibration angles (rad) as mounted devices show them: a little roll, a few degrees of pitch and yaw."""
+    return (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05)))
+
+
+def resolved(cfg: SynthConfig) -> tuple[Drive, tuple[float, float, float], float | None]:
+    """(drive, calibration rpy, lane-change start or None for the middle) that `cfg` stands for."""
+    if not cfg.varied:
+        return Drive(), cfg.rpy, cfg.lane_change_at
+    rng = np.random.default_rng([cfg.seed, 17])  # its own stream: the phases below keep cfg.seed's
+    drive, rpy = varied_drive(rng), varied_rpy(rng)
+    return drive, rpy, cfg.lane_change_at
+
+
 class Dynamics:
     """The drive as smooth functions of time t (s from the route start)."""
 
     def __init__(self, cfg: SynthConfig, route_seconds: float) -> None:
         rng = np.random.default_rng(cfg.seed)
         self.phase = rng.uniform(0, 2 * math.pi, size=4)
-        self.lc = cfg.lane_change_at if cfg.lane_change_at is not None else route_seconds / 2
+        self.drive, self.rpy, at = resolved(cfg)
+        if at is None and cfg.varied:  # anywhere that leaves the whole manoeuvre inside the route
+            at = float(rng.uniform(0.15, 0.85) * max(route_seconds - LANE_CHANGE_SECONDS, 0.0))
+        self.lc = at if at is not None else route_seconds / 2
 
     def speed(self, t: float) -> float:
-        return 20.0 + 5.0 * math.sin(0.1 * t + self.phase[0])
+        d = self.drive
+        return d.v0 + d.dv * math.sin(d.wv * t + self.phase[0])
 
     def accel(self, t: float) -> float:
-        return 0.5 * math.cos(0.1 * t + self.phase[0])
+        d = self.drive
+        return d.dv * d.wv * math.cos(d.wv * t + self.phase[0])
 
     def distance(self, t: float) -> float:
-        return 20.0 * t - 50.0 * (math.cos(0.1 * t + self.phase[0]) - math.cos(self.phase[0]))
+        d = self.drive
+        return d.v0 * t - d.dv / d.wv * (math.cos(d.wv * t + self.phase[0]) - math.cos(self.phase[0]))
 
     def curvature(self, t: float) -> float:
-        return 0.002 * math.sin(0.15 * t + self.phase[1])
+        return self.drive.k * math.sin(self.drive.wk * t + self.phase[1])
 
     def lane_change_progress(self, t: float) -> float:
         x = min(max((t - self.lc) / LANE_CHANGE_SECONDS, 0.0), 1.0)
         return x * x * (3 - 2 * x)  # smoothstep
 
     def lateral(self, t: float) -> float:
-        return -LANE_WIDTH * self.lane_change_progress(t) + 0.3 * math.sin(0.4 * t + self.phase[2])
+        d = self.drive
+        return d.direction * LANE_WIDTH * self.lane_change_progress(t) + d.wiggle * math.sin(0.4 * t + self.phase[2])
 
     def lateral_velocity(self, t: float, dt: float = 1e-3) -> float:
         return (self.lateral(t + dt) - self.lateral(t - dt)) / (2 * dt)
 
     def lead_distance(self, t: float) -> float:
-        return 25.0 + 8.0 * math.sin(0.3 * t + self.phase[3])
+        d = self.drive
+        return d.d0 + d.dd * math.sin(d.wd * t + self.phase[3])
+
+    def lead_rate(self, t: float) -> float:
+        """d/dt of the lead distance: the lead's speed relative to ours, m/s."""
+        d = self.drive
+        return d.dd * d.wd * math.cos(d.wd * t + self.phase[3])
 
     def lane_change_state(self, t: float) -> tuple[str, str]:
         """(laneChangeState, laneChangeDirection) as openpilot's DesireHelper would log them."""
         dt = t - self.lc
+        direction = "left" if self.drive.direction < 0 else "right"
         if -PRE_LANE_CHANGE_SECONDS <= dt < 0:
-            return "preLaneChange", "left"
+            return "preLaneChange", direction
         if 0 <= dt < LANE_CHANGE_SECONDS / 2:
-            return "laneChangeStarting", "left"
+            return "laneChangeStarting", direction
         if LANE_CHANGE_SECONDS / 2 <= dt < LANE_CHANGE_SECONDS:
-            return "laneChangeFinishing", "left"
+            return "laneChangeFinishing", direction
         return "off", "none"
 
     def pose(self, t: float) -> CarPose:
@@ -174,9 +228,9 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
     truth = SegmentTruth(name=seg.name, path=seg, has_wide=has_wide, faults=faults)
     frames = round(cfg.seconds * FPS)
     first = n * frames  # route-wide camera frame id
-    renderers = {"road": SceneRenderer(road_cam, cfg.rpy)}
+    renderers = {"road": SceneRenderer(road_cam, dyn.rpy)}
     if has_wide:
-        renderers["wide"] = SceneRenderer(wide_cam, cfg.rpy)
+        renderers["wide"] = SceneRenderer(wide_cam, dyn.rpy)
     encoders = {cam: _encoder(seg / ("fcamera.hevc" if cam == "road" else "ecamera.hevc"), width, height, cfg.crf)
                 for cam in renderers}
     # encoder drops: the camera produced the frame, the encoder never wrote it
@@ -255,7 +309,7 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
             b.steeringRateDeg = 0.0
             b.yawRate = v * dyn.curvature(t)
             b.leftBlinker = state != "off" and direction == "left"
-            b.rightBlinker = False
+            b.rightBlinker = state != "off" and direction == "right"
             b.gasPressed = b.brakePressed = b.standstill = False
 
         events.append(_event(schema, tn, "carState", car))
@@ -284,7 +338,7 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
             events.append(_event(schema, tn + 4_000_000, "gpsLocationExternal", gps))
         if k % 250_000_000 == 0:
             def calib(b):
-                b.rpyCalib = list(cfg.rpy)
+                b.rpyCalib = list(dyn.rpy)
                 b.calStatus = "calibrated"
 
             def dm(b):
@@ -317,6 +371,24 @@ def _corrupt_tail(path: Path, seed: int) -> None:
     cut = int(len(data) * 0.85)
     garbage = np.random.default_rng(seed).integers(0, 256, size=4096, dtype=np.uint8).tobytes()
     path.write_bytes(data[:cut] + garbage)
+
+
+def miscalibrate(segment: Path, error: tuple[float, float, float]) -> None:
+    """Add `error` (rad) to every logged liveCalibration of a written segment: the frames stay as rendered, so
+    ingest warps them with a wrong calibration (a geometry fault the fitted teacher's eval must catch)."""
+    from spark_distill.ingest.logs import read_log_bytes
+
+    schema = load_schema()
+    log_path = next(p for p in segment.iterdir() if p.name.startswith("rlog"))
+    raw, _ = read_log_bytes(log_path)
+    events = []
+    for reader in schema.Event.read_multiple_bytes(raw):
+        ev = reader.as_builder()
+        if ev.which() == "liveCalibration":
+            ev.liveCalibration.rpyCalib = [a + e for a, e in zip(ev.liveCalibration.rpyCalib, error, strict=True)]
+        events.append(ev.to_bytes())
+    fmt = {"rlog": "raw", "rlog.bz2": "bz2", "rlog.zst": "zst"}[log_path.name]
+    _write_log(segment, fmt, b"".join(events), truncated=False)
 
 
 def write_route(out: Path, cfg: SynthConfig) -> list[SegmentTruth]:

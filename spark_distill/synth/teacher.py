@@ -175,6 +175,7 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path, prop
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants (horizons, scales) traced as constants
         torch.onnx.export(module, tuple(inputs.values()), buf, input_names=list(inputs), output_names=["outputs"],
                           opset_version=17, dynamo=False, do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
@@ -186,30 +187,26 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path, prop
     tmp.replace(path)
 
 
-def write_teacher(out: Path, *, size: str = "tiny", contract: str = "v1", seed: int = 0) -> dict[str, Path]:
-    """Write a stand-in teacher pair with metadata into `out`; returns the written paths."""
-    if size not in PRESETS:
-        raise ConfigError(f"unknown teacher size {size!r}; choose one of {', '.join(SIZES)}")
+def contract_slices(contract: str) -> tuple[dict[str, slice], dict[str, slice]]:
+    """(vision, policy) output slices of a contract version."""
     if contract not in CONTRACTS:
         raise ConfigError(f"unknown contract {contract!r}; choose one of {', '.join(CONTRACTS)}")
-    out.mkdir(parents=True, exist_ok=True)
-    preset = PRESETS[size]()
     meta_width = 48 if contract == "v1" else 55
-    vision_slices = C.layout(C.VISION_HEADS, meta_width=meta_width)
-    policy_slices = C.layout(C.POLICY_HEADS_V1 if contract == "v1" else C.POLICY_HEADS_V2)
-    vision = StandInVision(preset, vision_slices)
-    pin = policy_inputs(contract)
-    policy = StandInPolicy(preset, pin, max(s.stop for s in policy_slices.values()))
-    _init(vision, seed)
-    _init(policy, seed + 1)
+    return (C.layout(C.VISION_HEADS, meta_width=meta_width),
+            C.layout(C.POLICY_HEADS_V1 if contract == "v1" else C.POLICY_HEADS_V2))
+
+
+def write_pair(out: Path, vision: nn.Module, policy: nn.Module, *, contract: str, model_name: str) -> dict[str, Path]:
+    """Export a vision/policy module pair with openpilot's metadata (pkl and ONNX property) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    vision_slices, policy_slices = contract_slices(contract)
     vin = {"img": torch.zeros(1, 12, 128, 256, dtype=torch.uint8),
            "big_img": torch.zeros(1, 12, 128, 256, dtype=torch.uint8)}
     paths = {}
     for name, module, inputs, slices in (
         ("driving_vision", vision, vin, vision_slices),
-        ("driving_policy", policy, {k: torch.zeros(s) for k, s in pin.items()}, policy_slices),
+        ("driving_policy", policy, {k: torch.zeros(s) for k, s in policy_inputs(contract).items()}, policy_slices),
     ):
-        model_name = f"stand-in-{size}-{contract}-seed{seed}"
         props = {"output_slices": base64.b64encode(pickle.dumps(slices)).decode(),
                  ("vision_model" if name == "driving_vision" else "policy_model"): model_name}
         onnx_path = out / f"{name}.onnx"
@@ -222,9 +219,24 @@ def write_teacher(out: Path, *, size: str = "tiny", contract: str = "v1", seed: 
             "output_shapes": {"outputs": (1, width)},
         }
         pkl = out / f"{name}_metadata.pkl"
-        pkl.write_bytes(pickle.dumps(metadata))
+        tmp = pkl.with_name(pkl.name + ".tmp")
+        tmp.write_bytes(pickle.dumps(metadata))
+        tmp.replace(pkl)
         paths[name], paths[f"{name}_metadata"] = onnx_path, pkl
     return paths
+
+
+def write_teacher(out: Path, *, size: str = "tiny", contract: str = "v1", seed: int = 0) -> dict[str, Path]:
+    """Write a seeded, randomly initialised stand-in teacher pair with metadata into `out`; returns the paths."""
+    if size not in PRESETS:
+        raise ConfigError(f"unknown teacher size {size!r}; choose one of {', '.join(SIZES)}")
+    vision_slices, policy_slices = contract_slices(contract)
+    preset = PRESETS[size]()
+    vision = StandInVision(preset, vision_slices)
+    policy = StandInPolicy(preset, policy_inputs(contract), max(s.stop for s in policy_slices.values()))
+    _init(vision, seed)
+    _init(policy, seed + 1)
+    return write_pair(out, vision, policy, contract=contract, model_name=f"stand-in-{size}-{contract}-seed{seed}")
 
 
 def gflops_per_frame(size: str) -> float:

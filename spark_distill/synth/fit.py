@@ -1,0 +1,374 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Fit the stand-in teacher (`synth.drive_model`) to what the synthetic generator knows.
+
+Two stages, both seeded and deterministic:
+1. vision: varied synthetic drives (`SynthConfig(varied=True)`: speed, curvature, lead, lane-change
+   direction and time drawn per seed) are rendered by the route writer's own scene renderer straight
+   into the calibrated model frames (the geometry ingest's warp makes of any calibration; 30x cheaper
+   than rendering 1928x1208 cameras, encoding, decoding and warping them); the conv net learns each
+   frame's scene state (lateral position, curvature, lead distance and closing rate, speed) from the
+   2-frame stacks, with photometric augmentation (contrast, brightness, sensor noise, blur) so it holds
+   on HEVC-compressed, ingested frames. Its error on a held-out drive is measured.
+2. policy: drives are simulated without pixels; their scene state, with noise of the size the vision
+   net showed, goes through modeld's own history buffers (`label.state.ModeldState`) exactly as the
+   label pass feeds it, and the MLP learns the path actually driven (`train.gt_path.SegmentMotion`
+   over the drive's pose, the same ground truth eval uses), the desire state and desired curvature.
+Entry point: `fit_teacher(out, FitConfig)` -> FitResult; `spark-distill synth-teacher DIR --fit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spark_distill import contract as C
+from spark_distill import shards
+from spark_distill.errors import ConfigError
+from spark_distill.synth.drive_model import PLAN_COLUMNS, STATE, STATE_LEN, DrivePolicy, DriveVision, ImageNet
+
+log = logging.getLogger(__name__)
+
+LANE_STATES = {"off": 0, "preLaneChange": 1, "laneChangeStarting": 2, "laneChangeFinishing": 3}
+DIRECTIONS = {"none": 0, "left": 1, "right": 2}
+SOURCES = ("fit.py", "drive_model.py")  # the code whose output the shipped pair is (fit.json records its digest)
+SHIPPED = Path(__file__).parent / "fitted"  # package data: <contract>/ holds the pair `fit_teacher(FitConfig())` wrote
+PAIR_FILES = ("driving_vision.onnx", "driving_vision_metadata.pkl", "driving_policy.onnx",
+              "driving_policy_metadata.pkl", "fit.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """What to fit on and for how long. Defaults: the shipped teacher (a few CPU minutes)."""
+
+    contract: str = "v1"
+    seed: int = 0
+    routes: int = 10  # rendered drives the vision net learns from (one more is held out to measure it)
+    seconds: float = 10.0  # per rendered drive: 200 frames
+    vision_steps: int = 700  # ~0.2 CPU-s each, one thread
+    vision_batch: int = 24
+    policy_drives: int = 64  # simulated drives (no pixels) for the policy
+    policy_seconds: float = 30.0
+    policy_steps: int = 2000  # ~8 CPU-ms each
+    policy_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.contract not in ("v1", "v2"):
+            raise ConfigError(f"unknown contract {self.contract!r}; choose v1 or v2")
+        if self.routes < 1 or self.seconds < 2.0 or self.policy_drives < 1 or self.policy_seconds < 1.0:
+            raise ConfigError("fit needs at least 1 route of 2 s and 1 simulated drive of 1 s")
+        if min(self.vision_steps, self.policy_steps, self.vision_batch, self.policy_batch) < 1:
+            raise ConfigError("fit steps and batches must be >= 1")
+
+
+@dataclass
+class FitResult:
+    files: dict[str, Path]
+    vision_error: dict[str, float] = field(default_factory=dict)  # held-out route, RMS per state entry
+    policy_loss: float = 0.0
+
+
+def source_digest() -> str:
+    """sha256 over the fitting code: a shipped pair whose fit.json names another digest is stale."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def copy_fitted(out: Path, contract: str = "v1") -> dict[str, Path]:
+    """Copy the shipped fitted teacher pair (and its fit.json) into `out`."""
+    src = SHIPPED / contract
+    missing = [f for f in PAIR_FILES if not (src / f).exists()]
+    if missing:
+        raise ConfigError(f"no fitted {contract} teacher is shipped ({src / missing[0]} missing); "
+                          f"run `spark-distill synth-teacher DIR --fit --contract {contract}`")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in PAIR_FILES:
+        tmp = out / (name + ".tmp")
+        shutil.copyfile(src / name, tmp)
+        tmp.replace(out / name)
+        files[name] = out / name
+    return files
+
+
+# -- stage 1: vision ------------------------------------------------------------------------------------
+def route_configs(cfg: FitConfig) -> list:
+    """The varied drives of the fit (the last one held out); seeds far from the demo's and the tests'."""
+    from spark_distill.synth.route import SynthConfig
+
+    return [SynthConfig(segments=1, seconds=cfg.seconds, varied=True, seed=10_000 + 100 * cfg.seed + i)
+            for i in range(cfg.routes + 1)]
+
+
+def scene_state(dyn: object, t: np.ndarray) -> np.ndarray:
+    """(len(t), STATE_LEN) physical scene state of a drive at times t (s from the route start)."""
+    fns = (dyn.lateral, dyn.curvature, dyn.lead_distance, dyn.lead_rate, dyn.speed)  # type: ignore[attr-defined]
+    return np.array([[f(float(x)) for f in fns] for x in t], np.float64)
+
+
+@dataclass(frozen=True)
+class ModelFrameCamera:
+    """The model frame itself as a pinhole camera, at twice its resolution (SceneRenderer shades at half)."""
+
+    width: int
+    height: int
+    intrinsics: np.ndarray
+
+
+def model_frame_renderers() -> dict[str, object]:
+    """Renderers that draw the scene straight into the calibrated road (medmodel) and wide (sbigmodel) frames:
+    the geometry ingest's warp produces from any calibration, without encoding, decoding and warping."""
+    from spark_distill.modelframe import MEDMODEL_INTRINSICS, MODEL_H, MODEL_W, SBIGMODEL_INTRINSICS
+    from spark_distill.synth.scene import SceneRenderer
+
+    up = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])  # model pixel centres -> 2x pixel centres
+    with np.errstate(invalid="ignore"):  # rays exactly at the horizon: inf * 0, masked out by the renderer
+        return {cam: SceneRenderer(ModelFrameCamera(2 * MODEL_W, 2 * MODEL_H, up @ k), (0.0, 0.0, 0.0))  # type: ignore
+                for cam, k in (("road", MEDMODEL_INTRINSICS), ("wide", SBIGMODEL_INTRINSICS))}
+
+
+def render_model_frame(renderer: object, pose: object) -> np.ndarray:
+    """One packed model frame [6, 128, 256] uint8: the 2x render averaged over 2x2 pixels."""
+    from spark_distill.modelframe import pack_yuv6
+
+    planes = renderer.render(pose)  # type: ignore[attr-defined]
+    half = [p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2).mean((1, 3)).round().astype(np.uint8) for p in planes]
+    return pack_yuv6(*half)
+
+
+def render_drives(configs: list) -> list[dict[str, np.ndarray]]:
+    """Per drive: road, wide (N, 6, 128, 256) uint8 model frames at 20 Hz and the true state (N, STATE_LEN)."""
+    from spark_distill.synth.route import FPS, Dynamics
+
+    renderers = model_frame_renderers()
+    data = []
+    for rc in configs:
+        dyn = Dynamics(rc, rc.segments * rc.seconds)
+        t = np.arange(round(rc.segments * rc.seconds * FPS)) / FPS
+        poses = [dyn.pose(float(x)) for x in t]
+        data.append({cam: np.stack([render_model_frame(r, pose) for pose in poses]) for cam, r in renderers.items()})
+        data[-1]["state"] = scene_state(dyn, t)
+    return data
+
+
+def _stack(frames: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """(len(rows), 12, 128, 256) uint8: frames row-4 and row, as modeld stacks them."""
+    return torch.from_numpy(np.concatenate([frames[rows - C.TEMPORAL_SKIP], frames[rows]], 1))
+
+
+def _augment(planes: tuple[torch.Tensor, ...], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Photometric augmentation per sample, the same for all of a sample's planes: contrast, brightness; blur
+    and sensor noise on the road planes (the wide ones are read as 16x16 means, where neither shows)."""
+    b = planes[0].shape[0]
+    gain = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3, generator=gen)
+    bias = torch.empty(b, 1, 1, 1).uniform_(-25.0, 25.0, generator=gen)
+    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, 6.0, generator=gen) * math.sqrt(12.0)  # uniform noise, std sigma
+    blur = torch.rand(b, 1, 1, 1, generator=gen) < 0.5  # softer edges, as HEVC at crf 28 leaves them
+    out = []
+    for k, x in enumerate(planes):
+        if k < 2:
+            x = torch.where(blur, F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), x)
+            x = x + (torch.rand(x.shape, generator=gen) - 0.5) * sigma
+        out.append(((x - 128.0) * gain + 128.0 + bias).clamp(0.0, 255.0))
+    return tuple(out)
+
+
+def _batch(data: list[dict[str, np.ndarray]], pick: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    roads, wides, states = [], [], []
+    for r, i in pick:
+        seg = data[r]
+        rows = np.array([i])
+        roads.append(_stack(seg["road"], rows))
+        wides.append(_stack(seg["wide"], rows))
+        states.append(seg["state"][i])
+    scale = np.array(list(STATE.values()))
+    return torch.cat(roads), torch.cat(wides), torch.from_numpy(np.stack(states) * scale).float()
+
+
+def fit_vision(data: list[dict[str, np.ndarray]], *, steps: int, batch: int, seed: int) -> ImageNet:
+    """Train the conv net on (route, frame) samples past the 4-frame stack warm-up."""
+    torch.manual_seed(seed)
+    net = ImageNet()
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    index = np.array([(r, i) for r, seg in enumerate(data) for i in range(C.TEMPORAL_SKIP, len(seg["state"]))])
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    net.train()
+    for step in range(steps):
+        road, wide, target = _batch(data, index[rng.integers(0, len(index), batch)])
+        loss = F.smooth_l1_loss(net.head(*_augment(net.planes(road, wide), gen)), target, beta=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("vision step %d/%d loss %.4f", step + 1, steps, loss.item())
+    return net.eval()
+
+
+@torch.no_grad()
+def vision_error(net: ImageNet, seg: dict[str, np.ndarray]) -> np.ndarray:
+    """RMS error per state entry (physical units) over a route's frames past the stack warm-up."""
+    rows = np.arange(C.TEMPORAL_SKIP, len(seg["state"]))
+    scale = np.array(list(STATE.values()))
+    pred = np.concatenate([net(_stack(seg["road"], r), _stack(seg["wide"], r)).numpy()
+                           for r in np.array_split(rows, max(1, len(rows) // 64))]) / scale
+    return np.sqrt(((pred - seg["state"][rows]) ** 2).mean(0))
+
+
+# -- stage 2: policy ------------------------------------------------------------------------------------
+def simulate(cfg: FitConfig, noise: np.ndarray, *, offset: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Policy inputs (exactly as the label pass builds them) and targets for simulated drives.
+
+    Targets per sample: plan (33, 15) in device-frame units, then desire class, then desired curvature."""
+    from spark_distill.ingest.align import desire_onehot
+    from spark_distill.label.state import ModeldState
+    from spark_distill.synth.route import FPS, Dynamics, SynthConfig
+    from spark_distill.synth.teacher import policy_inputs
+    from spark_distill.train.gt_path import SegmentMotion
+
+    names = list(policy_inputs(cfg.contract))
+    lanes, seconds = cfg.policy_drives, cfg.policy_seconds
+    n = round(seconds * FPS)
+    total = n + round(C.T_IDXS[-1] * FPS) + 2  # the future the last sample's plan looks into
+    rng = np.random.default_rng([cfg.seed, 2, offset])
+    t = np.arange(total) / FPS
+    states, desires, poses, lat_vel, accel = [], [], [], [], []
+    for d in range(lanes):
+        dyn = Dynamics(SynthConfig(segments=1, seconds=seconds, varied=True, seed=20_000 + 1000 * offset + d), seconds)
+        states.append(scene_state(dyn, t))
+        lc = [dyn.lane_change_state(float(x)) for x in t]
+        desires.append(desire_onehot(np.array([[LANE_STATES[s], DIRECTIONS[k]] for s, k in lc], np.float64)))
+        lat_vel.append([dyn.lateral_velocity(float(x)) for x in t])
+        accel.append([dyn.accel(float(x)) for x in t])
+    states, desires = np.stack(states), np.stack(desires)  # (L, total, S), (L, total, 8)
+    lat_vel, accel = np.array(lat_vel), np.array(accel)
+    speed, kappa = states[..., 4], states[..., 1]
+    # livePose as route.py logs it: velocity, angular velocity, acceleration, orientation
+    zero = np.zeros_like(speed)
+    poses = np.stack([speed, lat_vel, zero, zero, zero, speed * kappa, accel, speed**2 * kappa, zero, zero, zero,
+                      zero], -1)
+    # vision's error, correlated over ~1 s as a net's error on similar views is
+    eps = np.zeros((lanes, total, STATE_LEN))
+    step = rng.normal(size=(lanes, total, STATE_LEN)) * noise
+    for i in range(total):
+        eps[:, i] = (0.9 * eps[:, i - 1] + math.sqrt(1 - 0.81) * step[:, i]) if i else step[:, i]
+    seen = states + eps
+    traffic = torch.from_numpy(np.eye(2, dtype=np.float32)[rng.integers(0, 2, lanes)])
+    state = ModeldState(lanes, device=torch.device("cpu"))
+    state.features = torch.zeros(lanes, state.full, STATE_LEN)  # only the scene-state part of hidden_state is read
+    scale = np.array(list(STATE.values()))
+    curv_target = np.concatenate([kappa[:, 4:], kappa[:, -1:].repeat(4, 1)], 1)  # ~0.2 s ahead (lat_delay)
+    feeds: dict[str, list] = {k: [] for k in names}
+    targets = []
+    motions = [SegmentMotion.from_pose(np.arange(total), t, poses[d]) for d in range(lanes)]
+    for i in range(n):
+        state.push_features(torch.from_numpy(seen[:, i] * scale))
+        state.push_desire(torch.from_numpy(desires[:, i]))
+        v = torch.from_numpy(states[:, i, 4]).float()
+        feed = state.policy_inputs(names, traffic, v)
+        state.push_curvature(torch.from_numpy(curv_target[:, i] + 2e-5 * rng.normal(size=lanes)))
+        if i % 2:
+            continue
+        for k in names:
+            x = feed[k]
+            feeds[k].append(x.float().clone())
+        targets.append(_targets(motions, states, accel, lat_vel, desires, curv_target, i))
+    return ({k: torch.cat(v) for k, v in feeds.items()}, torch.from_numpy(np.concatenate(targets)).float())
+
+
+def _targets(motions: list, states: np.ndarray, accel: np.ndarray, lat_vel: np.ndarray, desires: np.ndarray,
+             curv: np.ndarray, i: int) -> np.ndarray:
+    """(lanes, 33*15 + 2) targets of frame i: plan columns, desire class, desired curvature (1/km)."""
+    from spark_distill.synth.route import FPS
+
+    lanes = len(motions)
+    out = np.zeros((lanes, C.IDX_N, PLAN_COLUMNS))
+    at = np.clip(np.rint(i + C.T_IDXS * FPS).astype(int), 0, states.shape[1] - 1)  # nearest frame of each horizon
+    for d, m in enumerate(motions):
+        pos, _ = m.future(np.array([i]))
+        out[d, :, 0:3] = pos[0]
+        out[d, :, 3] = states[d, at, 4]
+        out[d, :, 4] = lat_vel[d, at]
+        out[d, :, 6] = accel[d, at]
+        out[d, :, 7] = states[d, at, 4] ** 2 * states[d, at, 1]
+        out[d, :, 11] = np.interp(i / FPS + C.T_IDXS, m.times, m.heading) - m.heading[i]
+        out[d, :, 14] = states[d, at, 4] * states[d, at, 1]
+    return np.concatenate([out.reshape(lanes, -1), desires[:, i].argmax(-1)[:, None], curv[:, i:i + 1] * 1e3], 1)
+
+
+def fit_policy(policy: DrivePolicy, feeds: dict[str, torch.Tensor], targets: torch.Tensor, *, steps: int,
+               batch: int, seed: int) -> float:
+    """Train the policy MLP on simulated feeds; returns the final training loss."""
+    torch.manual_seed(seed)
+    n = C.IDX_N * PLAN_COLUMNS
+    args = [feeds[k] for k in policy.names]
+    with torch.no_grad():
+        resid = targets[:, :n].reshape(-1, C.IDX_N, PLAN_COLUMNS) - policy.baseline(*args)
+    policy.plan_mean.copy_(resid.mean(0))
+    policy.plan_scale.copy_(resid.std(0).clamp(min=1e-3))
+    norm = ((resid - policy.plan_mean) / policy.plan_scale).flatten(1)
+    desire, curv = targets[:, n].long(), targets[:, n + 1]
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(policy.mlp.parameters(), lr=2e-3, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    loss = torch.zeros(())
+    for step in range(steps):
+        idx = torch.randint(0, len(targets), (batch,), generator=gen)
+        r = policy.raw(*(a[idx] for a in args))
+        loss = (F.mse_loss(r[:, :n], norm[idx]) + 0.1 * F.cross_entropy(r[:, n:n + 8], desire[idx])
+                + F.mse_loss(r[:, -1], curv[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            log.info("policy step %d/%d loss %.4f", step + 1, steps, loss.item())
+    return float(loss.detach())
+
+
+# -- the whole fit ------------------------------------------------------------------------------------
+def fit_teacher(out: Path, cfg: FitConfig) -> FitResult:
+    """Fit and write the teacher pair (+ fit.json) into `out`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums on any machine (and no spinning threads on a busy one)
+    try:
+        return _fit(out, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(out: Path, cfg: FitConfig) -> FitResult:
+    from spark_distill.synth.teacher import contract_slices, policy_inputs, write_pair
+
+    data = render_drives(route_configs(cfg))
+    train, held = (data[:-1], data[-1:]) if len(data) > 1 else (data, data)
+    net = fit_vision(train, steps=cfg.vision_steps, batch=cfg.vision_batch, seed=cfg.seed)
+    err = vision_error(net, held[0])
+    log.info("vision RMS error on the held-out route: %s", dict(zip(STATE, err.round(4), strict=True)))
+    del data, train, held
+    vision_slices, policy_slices = contract_slices(cfg.contract)
+    vision = DriveVision(vision_slices)
+    vision.net = net
+    policy = DrivePolicy(policy_inputs(cfg.contract), policy_slices)
+    feeds, targets = simulate(cfg, np.maximum(err, 0.02 * np.abs(np.array([1.0, 1e-3, 10.0, 1.0, 10.0]))))
+    loss = fit_policy(policy, feeds, targets, steps=cfg.policy_steps, batch=cfg.policy_batch, seed=cfg.seed)
+    files = write_pair(out, vision.eval(), policy.eval(), contract=cfg.contract,
+                       model_name=f"fitted-tiny-{cfg.contract}-seed{cfg.seed}")
+    result = FitResult(files, {k: float(v) for k, v in zip(STATE, err, strict=True)}, loss)
+    shards.write_json_atomic(out / "fit.json", {
+        "config": asdict(cfg), "source_sha256": source_digest(), "vision_rms_error_held_out": result.vision_error,
+        "policy_loss": loss, "files": {p.name: shards.sha256_file(p) for p in files.values()}})
+    files["fit"] = out / "fit.json"
+    return result
