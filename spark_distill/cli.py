@@ -272,16 +272,9 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) 
     """Options from a YAML file where the command line left them at their defaults (CLI wins)."""
     if config is None:
         return values
-    import yaml
+    from spark_distill.train.loop import read_config
 
-    from spark_distill.errors import ConfigError
-
-    try:
-        loaded = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"--config {config}: unreadable ({e})") from e
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {config}: expected a mapping of option names to values")
+    loaded = read_config(config)
     aliases = {"rank": "dora_rank", "alpha": "dora_alpha"}
     out = dict(values)
     for key, value in loaded.items():

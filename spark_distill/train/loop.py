@@ -178,6 +178,19 @@ def write_config(path: Path, cfg: TrainConfig) -> None:
     shards.write_bytes_atomic(path, yaml.safe_dump(plain, sort_keys=False).encode())
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A YAML mapping of option values (what write_config writes, or a user's file); ConfigError otherwise."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return loaded
+
+
 def _tensorboard(run_dir: Path) -> Any:
     """A TensorBoard writer, or None (with a warning) where tensorboard is not installed."""
     try:

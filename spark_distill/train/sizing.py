@@ -155,12 +155,7 @@ SIZED = ("workers", "batch_size", "grad_accum", "mask_warmup", "warmup_steps")  
 
 def sized_as(cfg: TrainConfig, config_yaml: Path) -> TrainConfig:
     """`cfg` with the sizing a run recorded in its config.yaml (a resumed run must deal batches as before)."""
-    import yaml
+    from spark_distill.train.loop import read_config
 
-    try:
-        recorded = yaml.safe_load(config_yaml.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{config_yaml}: unreadable ({e}); cannot resume with the run's own batch sizes") from e
-    if not isinstance(recorded, dict):
-        raise ConfigError(f"{config_yaml}: not a run configuration; cannot resume with the run's own batch sizes")
+    recorded = read_config(config_yaml)
     return dataclasses.replace(cfg, **{k: recorded[k] for k in SIZED if k in recorded})
