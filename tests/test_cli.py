@@ -97,11 +97,13 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     assert "verified labels/v2set: 1 shards, 4 clips" in r.output
     # a label shard that no longer matches its manifest is found
     shard = out / "labels" / "v2set" / "shard-000000.tar"
-    data = bytearray(shard.read_bytes())
+    good = shard.read_bytes()
+    data = bytearray(good)
     data[3000] ^= 0xFF
     shard.write_bytes(bytes(data))
     r = _cli("inspect", str(out), "--verify")
     assert r.returncode == 2 and "labels/v2set/shard-000000.tar: missing or sha256 differs" in r.stderr
+    shard.write_bytes(good)
     # a short training run from the CLI, its summary and loss curve
     r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--student", "compact-xs", "--batch-size", "2",
                             "--max-steps", "3", "--val-fraction", "0.3", "--no-mask-warmup", "--workers", "1",
