@@ -93,10 +93,16 @@ def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list
         mask = False
         notes.append(f"warm-up mask off: no {empty[0]} frame lies past its segment's first {data.warmup_frames} "
                      "frames, so the teacher's start-up labels are trained on (longer segments avoid this)")
-    per_epoch = _smallest_share(cfg, data, workers=workers, epoch=0) // batch * workers // cfg.grad_accum
+    micro_per_epoch = _smallest_share(cfg, data, workers=workers, epoch=0) // batch * workers
+    accum = cfg.grad_accum
+    if micro_per_epoch < accum:
+        accum = max(1, micro_per_epoch)
+        notes.append(f"--grad-accum {cfg.grad_accum} -> {accum}: an epoch holds {micro_per_epoch} batch(es) per rank")
+    per_epoch = micro_per_epoch // accum
     total = cfg.max_steps or cfg.epochs * per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(MAX_WARMUP_STEPS, max(1, total // 10))
-    resolved = dataclasses.replace(cfg, workers=workers, batch_size=batch, mask_warmup=mask, warmup_steps=warmup)
+    resolved = dataclasses.replace(cfg, workers=workers, batch_size=batch, grad_accum=accum, mask_warmup=mask,
+                                   warmup_steps=warmup)
     return resolved, notes
 
 
@@ -144,7 +150,7 @@ def fit_to_memory(cfg: TrainConfig, unroll: torch.nn.Module, *, clip_len: int, d
     if fits >= cfg.batch_size:
         return cfg, []
     split = math.ceil(cfg.batch_size / fits)
-    micro = math.ceil(cfg.batch_size / split)
+    micro = cfg.batch_size // split  # micro x split <= the batch the data was sized for: every step fills up
     note = (f"--batch-size {cfg.batch_size} -> {micro} clips x {split} accumulated micro-batches: a clip's activations "
             f"take {per_clip / 2**30:.2f} GiB and {free / 2**30:.1f} GiB are free on {device}")
     return dataclasses.replace(cfg, batch_size=micro, grad_accum=cfg.grad_accum * split), [note]

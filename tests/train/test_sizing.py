@@ -53,6 +53,8 @@ def test_workers_and_batch_are_capped_by_what_the_shards_feed() -> None:
     cfg, notes = fit_to_data(_cfg(workers=2, batch_size=4), _data([_pair(i, "a", range(10 * i, 10 * i + 10))
                                                                    for i in range(4)]))
     assert (cfg.workers, cfg.batch_size, notes) == (2, 4, []), "what fits is left alone"
+    cfg, notes = fit_to_data(_cfg(batch_size=4, grad_accum=8), _data([_pair(0, "a", range(9))]))
+    assert cfg.grad_accum == 2 and any("--grad-accum 8 -> 2" in n for n in notes), "an epoch must take a step"
     with pytest.raises(ConfigError, match="cannot feed 4 ranks"):
         fit_to_data(_cfg(world=4), _data([_pair(0, "a", range(9))]))
 
@@ -93,7 +95,10 @@ def test_micro_batches_where_activations_do_not_fit(labeled: Path, monkeypatch: 
     per_clip = sizing.activation_bytes(unroll, clip_len=4, device=cpu, autocast=autocast)
     monkeypatch.setattr(sizing, "free_memory", lambda device: int(per_clip * 6.5))  # room for 3 clips
     cfg, notes = fit_to_memory(_cfg(batch_size=8, grad_accum=2), unroll, clip_len=4, device=cpu, autocast=autocast)
-    assert (cfg.batch_size, cfg.grad_accum) == (3, 6) and "8 -> 3 clips x 3 accumulated" in notes[0]
+    assert (cfg.batch_size, cfg.grad_accum) == (2, 6) and "8 -> 2 clips x 3 accumulated" in notes[0]
+    monkeypatch.setattr(sizing, "free_memory", lambda device: int(per_clip * 10.5))  # room for 5 of 9 clips
+    cfg, _ = fit_to_memory(_cfg(batch_size=9), unroll, clip_len=4, device=cpu, autocast=autocast)
+    assert (cfg.batch_size, cfg.grad_accum) == (4, 2), "two micro-batches of 4 fit in the 9 clips a worker has"
     monkeypatch.setattr(sizing, "free_memory", lambda device: per_clip * 100)
     assert fit_to_memory(_cfg(batch_size=8), unroll, clip_len=4, device=cpu, autocast=autocast)[1] == []
 
