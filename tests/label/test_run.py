@@ -230,12 +230,21 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     args = [sys.executable, "-m", "spark_distill", "label", str(root), "--teacher", str(teacher), "--batch", "1",
             "--backend", "onnxruntime", "--name", "k"]
     label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=1, name="ref"))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = root / "labels" / "k" / shards.MANIFEST
+
+    def recorded() -> int:  # shards the manifest lists (the writer process renames a shard before it is recorded)
+        try:
+            return len(json.loads(manifest.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
     deadline = time.monotonic() + 120
-    while not (root / "labels" / "k" / "shard-000001.tar").exists() and time.monotonic() < deadline:
+    while recorded() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _, err = proc.communicate()
+    assert recorded() >= 1, f"the label pass recorded no shard before it was killed: {err[-2000:]}"
     done = len(shards.read_manifest(root / "labels" / "k", shards.LABELS_FORMAT)["shards"])
     assert done < 5, "killed before it finished"
     subprocess.run(args, check=True, capture_output=True)
