@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spark_distill.bench.label import bare_paths, profile_lines, write_bench_frames
+from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, write_bench_frames
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
 from spark_distill.synth.teacher import gflops_per_frame, write_teacher
@@ -61,6 +61,8 @@ def main() -> None:
         print(f"batch {batch:4d}: label pass ({used}) {r.frames_per_s:9.1f} frames/s ({r.frames} frames; "
               f"{time.perf_counter() - start:.0f} s with set-up) | ratio vs {best} {r.frames_per_s / bare[best]:.2f}",
               flush=True)
+        print(f"batch {batch:4d}: labeling loop alone {loop_fps(r):9.1f} frames/s | ratio vs {best} "
+              f"{loop_fps(r) / bare[best]:.2f}", flush=True)
         for line in profile_lines(r.profile):
             print(line, flush=True)
 

@@ -126,6 +126,42 @@ def _decode_array(data: bytes) -> np.ndarray:
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
+def decode_array_into(data: bytes, out: np.ndarray) -> np.ndarray:
+    """Decode an `encode_array` member straight into the leading rows of `out` (C-contiguous; the array's dtype
+    and trailing dimensions must be out's) with no intermediate copy; returns that view of `out`. The frame's
+    content checksum is verified. Raises DatasetError on bytes that are not such an array."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            head = _read_exactly(reader, 10)
+            version = np.lib.format.read_magic(io.BytesIO(head[:8]))
+            if version == (1, 0):
+                head += _read_exactly(reader, int.from_bytes(head[8:10], "little"))
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(head[8:]))
+            else:
+                head += _read_exactly(reader, 2)
+                head += _read_exactly(reader, int.from_bytes(head[8:12], "little"))
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(io.BytesIO(head[8:]))
+            if dtype != out.dtype or fortran or len(shape) != out.ndim or shape[1:] != out.shape[1:] \
+                    or shape[0] > out.shape[0]:
+                raise ValueError(f"a {dtype} array of shape {shape} does not fit {out.dtype} {out.shape}")
+            view = out[: shape[0]]
+            flat, filled = memoryview(view.reshape(-1)).cast("B"), 0
+            while filled < view.nbytes and (n := reader.readinto(flat[filled:])):
+                filled += n
+            if filled != view.nbytes or reader.read(1):  # the last read checks the frame's checksum
+                raise ValueError("the array's size disagrees with its header")
+            return view
+    except (zstandard.ZstdError, ValueError, TypeError, SyntaxError, EOFError, OverflowError, MemoryError) as e:
+        raise DatasetError(f"not a zstd-compressed .npy array ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _read_exactly(reader: Any, n: int) -> bytes:
+    data = reader.read(n)
+    if len(data) != n:
+        raise EOFError("truncated zstd frame")
+    return data
+
+
 def encode_cameras(clips: dict[str, np.ndarray], *, codec: str, crf: int) -> dict[str, bytes]:
     """Camera members of a sample: {camera: clip (T, 6, 128, 256) uint8} -> {member name: bytes}."""
     out = {}

@@ -7,11 +7,14 @@ Main entry point: `LaneRunner.run(work)`. Stages of one step, all B lanes at onc
    dropped are handled by one batched reset and one batched replay of the modeld state (state.py);
 2. inputs: one packed host->device copy of the small per-frame inputs (slot, t, v_ego, traffic, desire);
    frame t of every lane is gathered on the device from its clip slot;
-3. compute: vision, then policy through the modeld state; outputs go into per-lane device buffers;
+3. compute (`_compute`): vision, then policy through the modeld state; outputs go into per-lane device
+   buffers. Every buffer it touches is static, so on CUDA the whole of it is one captured CUDA graph,
+   replayed once per step (the host launches one graph, not hundreds of ops);
 4. staging (host, while the GPU computes): decoded clips from the reader processes (workers.py) go up
-   whole, both cameras in one copy, on a side stream, into the lane's free device slot;
+   whole, both cameras in one copy each, on a side stream, into the lane's free device slot (the copies
+   queued in a step are issued together, with one event);
 5. way out: lanes that finished a clip have their outputs gathered on the device and copied back in
-   one device->host copy per step into page-locked memory; the writer process compresses and writes.
+   one device->host copy per step into page-locked memory; writer processes compress and write.
 Invariants: each lane has two device slots (the clip being labeled, the next one), so a clip boundary
 is a flip, not a wait; the compute stream waits for a slot's copy event before reading it, and a
 copy into a slot waits for the compute enqueued before it (the slot's previous clip); nothing syncs
@@ -22,6 +25,7 @@ the host with the GPU except waiting for a clip's output copy, and only once it 
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ import torch
 
 from spark_distill import contract as C
 from spark_distill.errors import DatasetError
+from spark_distill.graphs import capture
 from spark_distill.label.backends import Backend
 from spark_distill.label.plan import ClipRef, SegmentPlan
 from spark_distill.label.state import ModeldState
@@ -68,13 +73,13 @@ class _Staging:
             self.events[self.k].synchronize()
         return self.k
 
-    def upload(self, values: np.ndarray) -> torch.Tensor:
+    def upload(self, values: np.ndarray, out: torch.Tensor) -> None:
+        """Copy `values` into the device tensor `out` (asynchronously on CUDA)."""
         k = self._slot()
         self.bufs[k].numpy()[...] = values
-        out = self.bufs[k].to(self.device, non_blocking=self.cuda)
+        out.copy_(self.bufs[k], non_blocking=self.cuda)
         if self.cuda:
             self.events[k].record()
-        return out
 
     def index(self, rows: np.ndarray) -> torch.Tensor:
         k = self._slot()
@@ -100,7 +105,8 @@ class LaneRunner:
         self.clips = torch.zeros((2, batch, 2, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
         self.copy_stream = torch.cuda.Stream(dev) if self.cuda else None
         self.slot_ready: dict[tuple[int, int], Any] = {}  # (slot, lane) -> copy event the compute must wait for
-        self.waits: list[Any] = []  # copy events of slots made current since the last step
+        self.flipped: list[tuple[int, int]] = []  # (slot, lane) made current since the last step
+        self.uploads: list[tuple[Ticket, int, int]] = []  # clip copies queued, not yet issued
         self.resets: list[int] = []  # lanes that took a new segment since the last step
         self.host_s: collections.Counter[str] = collections.Counter()  # main-process seconds by stage
         self.gpu_events: list[tuple[Any, Any]] = []  # (start, end) of each step's compute, not yet summed
@@ -115,6 +121,7 @@ class LaneRunner:
         self.length = np.zeros(batch, np.int64)  # frames in each lane's current clip; 0 = idle lane
         self.t = np.zeros(batch, np.int64)
         self.staging = _Staging(batch, 5 + C.DESIRE_LEN, dev)
+        self.inputs = torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev)  # this step's packed inputs (static)
         self.finished: list[tuple[list[tuple[ClipRef, int]], torch.Tensor, torch.Tensor, Any]] = []
         self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
         self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
@@ -126,6 +133,13 @@ class LaneRunner:
         self.hidden = teacher.vision.slices["hidden_state"]
         self.curv = teacher.policy.slices.get("desired_curvature")
         self.cursor = 0  # round-robin position of the staging service
+        self.models = (backend.vision, backend.policy)
+        parts = getattr(backend, "capturable", lambda: None)() if self.cuda else None
+        self.graph = None
+        if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one graph
+            self.models = parts
+            self.graph, _ = capture(self._compute)
+            self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
@@ -163,8 +177,10 @@ class LaneRunner:
         if ticket is None:
             ticket = self.readers.submit(ref)
             lane.pending[0] = (ref, ticket)
-        if not wait and not ticket.done():
-            return False
+        if not ticket.done():
+            if not wait:
+                return False
+            self._flush_uploads()  # before blocking: the queued copies go ahead, and their slots free up
         lane.pending.popleft()
         start = time.perf_counter()
         clip = ticket.result()
@@ -206,24 +222,39 @@ class LaneRunner:
         return True
 
     def _upload(self, ticket: Ticket, s: int, i: int) -> None:
-        """Copy a decoded clip into lane i's slot s: one copy of the reader's slot (both cameras, every frame), on
-        the side stream after the compute already enqueued (which may still read the slot's previous clip)."""
+        """Queue a decoded clip's copy into lane i's slot s (one copy of the reader's slot: both cameras, every
+        frame); `_flush_uploads` issues the queued copies together."""
+        self.readers.claim(ticket)
+        self.uploads.append((ticket, s, i))
+
+    def _flush_uploads(self) -> None:
+        """Issue the queued copies on the side stream, after the compute already enqueued (which may still read
+        the slots' previous clips), with one event for all of them."""
+        if not self.uploads:
+            return
         start = time.perf_counter()
-        src = self.readers.slot_tensor(ticket)  # (2, T, 6, 128, 256), contiguous: frames past n are stale, never read
-        if src is None:  # spilled out of the slab into private memory: (2, n, 6, 128, 256)
-            src = torch.stack([torch.from_numpy(ticket.clip["road"]), torch.from_numpy(ticket.clip["wide"])])
-        dst = self.clips[s, i, :, : src.shape[1]]
+        copies = []
+        for ticket, s, i in self.uploads:
+            src = self.readers.slot_tensor(ticket)  # (2, T, 6, 128, 256): frames past the clip's are stale, never read
+            if src is None:  # spilled out of the slab into private memory: (2, n, 6, 128, 256)
+                src = torch.stack([torch.from_numpy(ticket.clip["road"]), torch.from_numpy(ticket.clip["wide"])])
+            copies.append((self.clips[s, i, :, : src.shape[1]], src))
         if self.cuda:
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.dev))
             with torch.cuda.stream(self.copy_stream):
-                dst.copy_(src, non_blocking=True)
+                for dst, src in copies:
+                    dst.copy_(src, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(self.copy_stream)
-            self.slot_ready[s, i] = event
-            self.readers.release(ticket, event)
         else:
-            dst.copy_(src)
-            self.readers.release(ticket)
+            for dst, src in copies:
+                dst.copy_(src)
+            event = None
+        for ticket, s, i in self.uploads:
+            if event is not None:
+                self.slot_ready[s, i] = event
+            self.readers.release(ticket, event)
+        self.uploads = []
         self.host_s["host->device"] += time.perf_counter() - start
 
     def _flip(self, i: int) -> None:
@@ -231,8 +262,7 @@ class LaneRunner:
         lane = self.lanes[i]
         lane.refs[self.slot[i]] = None
         self.slot[i] = 1 - self.slot[i]
-        if (event := self.slot_ready.pop((int(self.slot[i]), i), None)) is not None:
-            self.waits.append(event)
+        self.flipped.append((int(self.slot[i]), i))
         lane.staged = False
         self.length[i], self.t[i] = self.lengths[self.slot[i], i], 0
 
@@ -242,7 +272,7 @@ class LaneRunner:
         self.readers.poll()  # take every decoded clip once; Ticket.done() then costs nothing
         for _ in range(self.b):
             if budget <= 0:
-                return
+                break
             i = self.cursor = (self.cursor + 1) % self.b
             lane = self.lanes[i]
             if lane is None or lane.staged:
@@ -252,6 +282,7 @@ class LaneRunner:
             elif self.successor[i] is None and self.upcoming and self.upcoming[0][2].done():
                 self.successor[i] = self._new_lane()
                 budget -= self._stage(i, self.successor[i], wait=True)
+        self._flush_uploads()
 
     def _finish_clips(self, done: np.ndarray) -> None:
         """Copy finished clips' outputs to the host in one copy (asynchronous on a GPU) and move the lanes on."""
@@ -305,40 +336,60 @@ class LaneRunner:
         if (gaps > 0).any():  # encoder drops: replay the newest entries, all lanes in one go
             lanes = np.flatnonzero(gaps > 0)
             state.skip_frames(self.staging.index(lanes), gaps[lanes])
+        self._flush_uploads()
+        waits = {id(e): e for e in (self.slot_ready.pop(f, None) for f in self.flipped) if e is not None}
+        self.flipped = []
         if self.cuda:
             stream = torch.cuda.current_stream(self.dev)
-            for event in self.waits:
+            for event in waits.values():
                 stream.wait_event(event)
             while len(self.gpu_events) > 64 and self.gpu_events[0][1].query():  # keep the list short
                 a, b = self.gpu_events.pop(0)
                 self.gpu_busy += a.elapsed_time(b) / 1000
             self.gpu_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
             self.gpu_events[-1][0].record(stream)
-        self.waits = []
-        packed = self.staging.upload(np.concatenate([
+        self.staging.upload(np.concatenate([
             slot[:, None].astype(np.float32), self.t[:, None].astype(np.float32),
             self.v_ego[slot, rows, self.t][:, None], self.traffic[slot, rows], self.desire[slot, rows, self.t]],
-            axis=1))  # (B, 13) on the device
-        s, t = packed[:, 0].long(), packed[:, 1].long()
-        v_ego, traffic, desire = packed[:, 2], packed[:, 3:5], packed[:, 5:]
-        frames = self.clips[s, self.rows, :, t]  # (B, 2, 6, 128, 256): road, wide
-        stacks = state.vision_inputs(frames[:, 0], frames[:, 1])
-        vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
-        vout = self.backend.vision(vin)
-        state.push_features(vout[:, self.hidden])
-        state.push_desire(desire)
-        pout = self.backend.policy(state.policy_inputs(self.policy_names, traffic, v_ego))
-        if self.curv is not None:
-            state.push_curvature(pout[:, self.curv.start])  # the mean of desired_curvature
-        self.out_v[self.rows, t] = vout.to(torch.float16)
-        self.out_p[self.rows, t] = pout.to(torch.float16)
+            axis=1), self.inputs)  # (B, 13) on the device
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._compute()
         self.t[active] += 1
         if self.cuda:
             self.gpu_events[-1][1].record(torch.cuda.current_stream(self.dev))
         self.host_s["compute"] += time.perf_counter() - start
 
+    def _compute(self) -> None:
+        """One frame of every lane from the packed inputs: gather it from the clip slots, push it through modeld's
+        state and both models, store the outputs. Device work only, fixed shapes: captured as one CUDA graph."""
+        state, packed = self.state, self.inputs
+        s, t = packed[:, 0].long(), packed[:, 1].long()
+        v_ego, traffic, desire = packed[:, 2], packed[:, 3:5], packed[:, 5:]
+        frames = self.clips[s, self.rows, :, t]  # (B, 2, 6, 128, 256): road, wide
+        stacks = state.vision_inputs(frames[:, 0], frames[:, 1])
+        vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
+        vision, policy = self.models
+        vout = vision(vin)
+        state.push_features(vout[:, self.hidden])
+        state.push_desire(desire)
+        pout = policy(state.policy_inputs(self.policy_names, traffic, v_ego))
+        if self.curv is not None:
+            state.push_curvature(pout[:, self.curv.start])  # the mean of desired_curvature
+        self.out_v[self.rows, t] = vout.to(torch.float16)
+        self.out_p[self.rows, t] = pout.to(torch.float16)
+
     def run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None = None) -> int:
         """Label every clip of `work` (clips in `bad` shards skipped); returns frames labeled."""
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(5e-4)  # the queue and writer threads must not hold the GIL for 5 ms while a step waits
+        try:
+            return self._run(work, bad, on_progress)
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None) -> int:
         self.queue, self.bad = collections.deque(work), bad
         self.upcoming: collections.deque = collections.deque()
         self.steps = 0
@@ -374,5 +425,6 @@ class LaneRunner:
         else:
             busy = self.host_s["compute"]
         out["busy fraction"] = busy / wall if wall else 0.0
+        out["captured step"] = float(self.graph is not None)
         out["steps"] = float(self.steps)
         return out

@@ -74,18 +74,29 @@ class ShardIndex:
         except (tarfile.TarError, OSError) as e:
             raise DatasetError(f"{path.name}: unreadable shard ({e})") from e
         self.keys = list(self.members)
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd: int | None = os.open(path, os.O_RDONLY)
 
-    def read_raw(self, key: str, wanted: tuple[str, ...]) -> dict[str, Any]:
-        """Member bytes of sample `key` (those of `wanted` it has), plus `__key__`."""
+    def read_raw(self, key: str, wanted: tuple[str, ...], arena: bytearray | None = None) -> dict[str, Any]:
+        """Member bytes of sample `key` (those of `wanted` it has), plus `__key__`. Reopens the file if closed.
+        With `arena`, plain arrays (`.npy.zst`) of over 64 KiB are read into it and returned as memoryviews of it
+        (valid until the next read into the same arena): a reader that reuses its buffer takes no page faults."""
         entry = self.members.get(key)
         if entry is None:
             raise DatasetError(f"{self.path.name}: no sample {key!r} (the frames manifest and shard disagree)")
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
         raw: dict[str, Any] = {"__key__": key}
+        view, used = (memoryview(arena) if arena is not None else None), 0
         for member in wanted:
             if member in entry:
                 offset, size = entry[member]
-                raw[member] = os.pread(self.fd, size, offset)
+                if view is not None and size > 65536 and member.endswith(".npy.zst") and used + size <= len(view):
+                    got = os.preadv(self.fd, [view[used: used + size]], offset)
+                    if got != size:
+                        raise DatasetError(f"{self.path.name}: {key}.{member} is truncated")
+                    raw[member], used = view[used: used + size], used + size
+                else:
+                    raw[member] = os.pread(self.fd, size, offset)
         return raw
 
     def read(self, key: str, wanted: tuple[str, ...]) -> dict[str, Any]:
@@ -93,4 +104,7 @@ class ShardIndex:
         return shards.decode_sample(self.read_raw(key, wanted))
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Close the file (the index stays: a later read reopens it)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

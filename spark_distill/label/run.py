@@ -5,11 +5,12 @@ writes `<root>/labels/<set>/` (same shard names, keys and order as `frames/`). E
 
 B segments advance in lockstep (one lane each, each with its own modeld state, reset at the
 segment's first frame), so the accelerator sees batches of B frames (lanes.py). Reader processes
-read and decompress clips ahead of the lanes into a shared slab (workers.py); a writer process
-compresses and writes each label shard once all its clips are labeled, and the main process then
-rewrites the manifest atomically. Resumable per shard: a rerun skips finished shards and relabels,
-from their first frame, only segments with unfinished clips. An interruption (Ctrl-C, a dead reader)
-stops every worker process, records the shards already written and leaves no partial shard.
+read and decompress clips ahead of the lanes into a shared slab (workers.py); writer processes
+compress and write each label shard once all its clips are labeled, and the main process records
+it in the manifest (rewritten atomically every few seconds and at the end). Resumable per shard: a
+rerun skips finished shards and relabels, from their first frame, only segments with unfinished
+clips. An interruption (Ctrl-C, a dead reader) stops every worker process, records the shards
+already written and leaves no partial shard.
 """
 
 from __future__ import annotations
@@ -118,8 +119,12 @@ def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entr
     manifest["shards"] = sorted(done.values(), key=lambda s: order[s["name"]])
 
 
+WRITERS = 4  # label shard writer processes
+MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
+
+
 class _Writer:
-    """Collects labeled clips per shard; a complete shard goes to the writer process (compress, write, rename),
+    """Collects labeled clips per shard; a complete shard goes to a writer process (compress, write, rename),
     and the main process records it in the manifest once it is on disk (`poll`, `close`)."""
 
     def __init__(self, folder: Path, frames_manifest: dict[str, Any], todo: set[int], manifest: dict[str, Any],
@@ -127,10 +132,12 @@ class _Writer:
         self.folder, self.frames_manifest, self.todo, self.manifest = folder, frames_manifest, todo, manifest
         self.expected = expected
         self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
-        self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=child_init)
+        # a few writer processes: each shard ends in an fsync, and at the end of a pass many shards finish at once
+        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init)
         self.futures: list[cf.Future] = []
         self.written = 0
         self.seconds = 0.0  # in the writer process
+        self.unsaved, self.saved_at = False, -MANIFEST_EVERY_S
 
     def add(self, ref: ClipRef, vision: np.ndarray, policy: np.ndarray) -> None:
         if ref.shard not in self.todo:
@@ -149,9 +156,14 @@ class _Writer:
         while self.futures and (wait or self.futures[0].done()):
             entry, seconds = self.futures.pop(0).result()
             record_shard(self.manifest, self.frames_manifest, entry)
-            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
             self.written += 1
             self.seconds += seconds
+            self.unsaved = True
+        # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
+        # a shard on disk but not yet recorded is only labeled again by a resumed run
+        if self.unsaved and (wait or time.monotonic() - self.saved_at >= MANIFEST_EVERY_S):
+            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+            self.unsaved, self.saved_at = False, time.monotonic()
 
     def close(self, *, ok: bool = True) -> None:
         """Finish (`ok`) or, after a failure or Ctrl-C, record what is already on disk and drop the rest."""
@@ -168,16 +180,41 @@ class _Writer:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _verify_frames(folder: Path, frames_manifest: dict[str, Any], needed: set[int], workers: int) -> set[int]:
-    """Indices of needed frames shards whose sha256 does not match the manifest (reported, never labeled)."""
-    entries = frames_manifest["shards"]
+def _recorded_shards(folder: Path) -> set[str]:
+    """Names of the shards an existing label manifest records (empty where there is none or it is unreadable:
+    `_open_label_manifest` is the one that judges it)."""
+    try:
+        return {e["name"] for e in json.loads((folder / shards.MANIFEST).read_bytes())["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
-    def bad(i: int) -> bool:
-        path = folder / entries[i]["name"]
-        return not path.exists() or shards.sha256_file(path) != entries[i]["sha256"]
 
-    with cf.ThreadPoolExecutor(workers) as pool:
-        return {i for i, b in zip(sorted(needed), pool.map(bad, sorted(needed)), strict=True) if b}
+class _Verifier:
+    """sha256 checks of frames shards in threads (hashlib releases the GIL), started before the teacher is built
+    so that they overlap its compile and capture; `bad(needed)` waits for the needed ones, drops the rest."""
+
+    def __init__(self, folder: Path, frames_manifest: dict[str, Any], shard_ids: set[int], workers: int) -> None:
+        self.folder, self.entries = folder, frames_manifest["shards"]
+        self.pool = cf.ThreadPoolExecutor(workers)
+        self.futures = {i: self.pool.submit(self._bad, i) for i in sorted(shard_ids)}
+
+    def _bad(self, i: int) -> bool:
+        path = self.folder / self.entries[i]["name"]
+        return not path.exists() or shards.sha256_file(path) != self.entries[i]["sha256"]
+
+    def bad(self, needed: set[int]) -> set[int]:
+        """Indices of needed frames shards whose sha256 does not match the manifest (reported, never labeled)."""
+        for i, f in self.futures.items():
+            if i not in needed:
+                f.cancel()
+        try:
+            return {i for i in sorted(needed) if (self.futures[i] if i in self.futures
+                                                  else self.pool.submit(self._bad, i)).result()}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = None) -> LabelResult:
@@ -187,13 +224,21 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     frames_sha = shards.sha256_file(fdir / shards.MANIFEST)
     plans = plan_segments(frames_manifest)
     teacher, vision_model, policy_model = load_teacher(list(cfg.teacher))
-    backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
-                          precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
-                          compile=cfg.compile)
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
+    recorded = _recorded_shards(folder)  # a first look, to check only what is left while the teacher builds
+    verifier = _Verifier(fdir, frames_manifest, {c.shard for p in plans for c in p.clips
+                                                 if frames_manifest["shards"][c.shard]["name"] not in recorded},
+                         cfg.workers)
+    try:
+        backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
+                              precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
+                              compile=cfg.compile)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
+    except BaseException:
+        verifier.close()
+        raise
     for p in folder.glob("*.tmp"):
         p.unlink()
     done_names = {s["name"] for s in manifest["shards"]}
@@ -201,7 +246,9 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     todo = {i for i in all_shards if frames_manifest["shards"][i]["name"] not in done_names}
     result = LabelResult(folder, shards_already=len(all_shards) - len(todo), backend=backend.describe())
     work = [p for p in plans if any(c.shard in todo for c in p.clips)]
-    bad = _verify_frames(fdir, frames_manifest, {c.shard for p in work for c in p.clips}, cfg.workers)
+    start = time.perf_counter()
+    bad = verifier.bad({c.shard for p in work for c in p.clips})
+    verify_s = time.perf_counter() - start  # what the checks took beyond building the teacher
     for i in sorted(bad):
         name_i = frames_manifest["shards"][i]["name"]
         log.warning("frames shard %s fails its sha256 check; skipped, not labeled", name_i)
@@ -222,6 +269,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     try:
         result.frames, result.profile = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, work, bad, writer,
                                                    manifest, total, on_progress)
+        result.profile["set-up: verify frames shards (after the teacher is built) s"] = verify_s
         ok = True
     finally:
         writer.close(ok=ok)
@@ -239,19 +287,21 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path,
                on_progress: Callable[[int, int], None] | None) -> tuple[int, dict[str, float]]:
     """Label `work` with reader processes feeding a LaneRunner; returns frames labeled and the profile."""
     clip_len = int(frames_manifest["settings"]["clip_len"])
+    start = time.perf_counter()
     readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
                           slots=cfg.batch + 2 * cfg.workers, clip_len=clip_len, pin=backend.device.type == "cuda")
     try:
         runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch, clip_len=clip_len,
                             lat_delay=cfg.lat_delay, readers=readers, emit=writer.add,
                             segments_meta=manifest["segments"])
-        start = time.perf_counter()
+        built = time.perf_counter()
         frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - built
         writer.poll(wait=True)
-        profile = runner.profile(time.perf_counter() - start)
+        profile = runner.profile(time.perf_counter() - built)
         profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
-        profile["label pass s"] = wall
+        profile["label pass s"] = wall  # the labeling loop, set-up excluded
+        profile["set-up: start readers, build the step s"] = built - start
         return frames, profile
     finally:
         readers.close()

@@ -10,7 +10,8 @@ Mirrors selfdrive/modeld/modeld.py (split era) and models/commonmodel.cc:
 - desire: one-hot with `none` zeroed, turned into rising-edge pulses, kept at 20 Hz; the policy gets
   the max over each group of 4 (any pulse in each 200 ms bin);
 - prev_desired_curv (v1): the policy's own previous desired curvature, sampled like the features.
-All buffers start at zero (modeld's start-up) and are reset per lane at each segment start. Main
+All buffers start at zero (modeld's start-up) and are reset per lane at each segment start. Every update
+is in place (the buffers keep their addresses), so a step can be captured in a CUDA graph. Main
 entry points: `ModeldState.vision_inputs`, `.push_features`, `.policy_inputs`, `.push_curvature`.
 """
 
@@ -86,8 +87,13 @@ class ModeldState:
         for buf in (*self.images.values(), self.features, self.desire, self.prev_desire, self.curv):
             buf.index_fill_(0, lanes, 0)
 
+    def clear(self) -> None:
+        """Every lane back to modeld's start-up state (all buffers zero)."""
+        self.reset(self.rows)
+        self.newest.zero_()
+
     def _advance_images(self) -> None:
-        self.newest = (self.newest + 1) % (C.TEMPORAL_SKIP + 1)
+        self.newest.add_(1).remainder_(C.TEMPORAL_SKIP + 1)
 
     def vision_inputs(self, road: torch.Tensor, wide: torch.Tensor) -> dict[str, torch.Tensor]:
         """Push this frame of each camera (B, 6, 128, 256) uint8; return the 2-frame stacks (B, 12, 128, 256)."""
@@ -101,12 +107,13 @@ class ModeldState:
         return stacks
 
     def push_features(self, hidden: torch.Tensor) -> None:
-        self.features = push(self.features, hidden.float())
+        self.features.copy_(push(self.features, hidden.float()))
 
     def push_desire(self, desire: torch.Tensor) -> None:
         """desire (B, 8) one-hot for this frame -> a rising-edge pulse into the 20 Hz buffer."""
-        pulse, self.prev_desire = desire_pulse(desire, self.prev_desire)
-        self.desire = push(self.desire, pulse)
+        pulse, prev = desire_pulse(desire, self.prev_desire)
+        self.prev_desire.copy_(prev)
+        self.desire.copy_(push(self.desire, pulse))
 
     def policy_inputs(self, names: list[str], traffic: torch.Tensor, v_ego: torch.Tensor) -> dict[str, torch.Tensor]:
         """The policy's inputs by name, for this frame (after push_features and push_desire)."""
@@ -114,7 +121,7 @@ class ModeldState:
                             v_ego=v_ego, history=self.history, idx=self.sample_idx, lat_delay=self.lat_delay)
 
     def push_curvature(self, curvature: torch.Tensor) -> None:
-        self.curv = push(self.curv, curvature.reshape(-1, 1).float())
+        self.curv.copy_(push(self.curv, curvature.reshape(-1, 1).float()))
 
     def skip_frames(self, lanes: torch.Tensor, counts: np.ndarray) -> None:
         """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the

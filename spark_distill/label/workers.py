@@ -31,6 +31,7 @@ import os
 import queue
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,8 @@ from spark_distill.label.plan import ClipRef, ShardIndex
 
 log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
-_OPEN_SHARDS = 8  # shard indexes a reader keeps open
+_INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding two clips (14 ms, 375 MB shard)
+_OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
 
 
 def child_init() -> None:
@@ -61,7 +63,9 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
     child_init()
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
     results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
-    indexes: collections.OrderedDict[int, ShardIndex] = collections.OrderedDict()
+    indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
+    open_files: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards whose file is open, LRU
+    arena = bytearray()
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -76,18 +80,25 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
             start = time.perf_counter()
             if shard not in indexes:
                 indexes[shard] = ShardIndex(Path(shard_paths[shard]), shards.FRAMES_MEMBERS)
-                if len(indexes) > _OPEN_SHARDS:
-                    indexes.popitem(last=False)[1].close()
-            raw = read_raw(indexes[shard], key, LABEL_PASS_STEMS)
+            open_files[shard] = None
+            open_files.move_to_end(shard)
+            if len(open_files) > _OPEN_SHARDS:
+                indexes[open_files.popitem(last=False)[0]].close()
+            entry = indexes[shard].members.get(key, {})
+            need = sum(size for m, (_, size) in entry.items() if m.endswith(".npy.zst"))
+            if need > len(arena):
+                arena = bytearray(need + (need >> 2))  # reused from clip to clip: read without page faults
+            raw = read_raw(indexes[shard], key, LABEL_PASS_STEMS, arena)
             read = time.perf_counter()
-            clip = decode_clip(raw)
-            for cam, c in (("road", 0), ("wide", 1)):
-                frames = clip.pop(cam)
-                if frames.dtype != np.uint8 or frames.shape[1:] != FRAME or len(frames) > shape[2]:
-                    raise DatasetError(f"{Path(shard_paths[shard]).name}: {key}.{cam} is {frames.dtype} "
-                                       f"{frames.shape}, not uint8 (<= {shape[2]}, {', '.join(map(str, FRAME))})")
-                slab[slot, c, : len(frames)] = frames
-            clip["frames"] = len(frames)
+            try:  # both cameras straight into the slot
+                clip = decode_clip(raw, into={"road": slab[slot, 0], "wide": slab[slot, 1]})
+            except DatasetError as e:
+                raise DatasetError(f"{Path(shard_paths[shard]).name}: {e}") from None
+            if "road" not in clip or "wide" not in clip or len(clip["road"]) != len(clip["wide"]):
+                raise DatasetError(f"{Path(shard_paths[shard]).name}: {key}: needs road and wide frames, "
+                                   "as many of each")
+            clip["frames"] = len(clip.pop("road"))
+            del clip["wide"]
             results.put((ticket, clip, read - start, time.perf_counter() - read, None))
         except Exception as e:  # reported by the main process, which stops the pass
             results.put((ticket, None, 0.0, 0.0, (isinstance(e, DatasetError), str(e))))
@@ -126,10 +137,16 @@ class ClipReaders:
         os.close(fd)
         self.path = path
         self.slab = np.memmap(path, np.uint8, "w+", shape=self.shape)
-        self.pinned = _pin(self.slab) if pin else None
+        self.pinned: Any = None
+        self.pinning = None
+        if pin:  # page-locking GBs takes most of a second: done in a thread (the GIL is released) while readers start
+            self.pinning = threading.Thread(target=lambda: setattr(self, "pinned", _pin(self.slab)), daemon=True)
+            self.pinning.start()
+        self.slot_tensors: list[Any] | None = None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
         self.in_hand: list[collections.deque[Ticket]] = [collections.deque() for _ in range(workers)]
+        self.indexed: list[set[int]] = [set() for _ in range(workers)]  # shards each reader has indexed
         self.held: dict[int, Ticket] = {}  # slot -> decoded clip not yet released
         self.releasing: collections.deque[tuple[Any, int]] = collections.deque()  # (copy event, slot)
         self.tickets: dict[int, Ticket] = {}
@@ -153,9 +170,16 @@ class ClipReaders:
 
     def slot_tensor(self, ticket: Ticket) -> Any:
         """The ticket's slot as a torch tensor (2, clip_len, 6, 128, 256): page-locked when pinned."""
-        import torch
+        if ticket.slot is None:
+            return None
+        if self.slot_tensors is None:
+            import torch
 
-        return torch.from_numpy(self.slab[ticket.slot]) if ticket.slot is not None else None
+            if self.pinning is not None:
+                self.pinning.join()
+
+            self.slot_tensors = [torch.from_numpy(np.asarray(self.slab[k])) for k in range(self.shape[0])]
+        return self.slot_tensors[ticket.slot]
 
     def submit(self, ref: ClipRef) -> Ticket:
         ticket = Ticket(ref, self)
@@ -169,7 +193,10 @@ class ClipReaders:
         while self.waiting and self.free:
             ticket = self.waiting.popleft()
             ticket.slot = self.free.pop()
-            ticket.worker = min(range(len(self.procs)), key=lambda w: len(self.in_hand[w]))
+            shard = ticket.ref.shard  # the least busy reader, preferring one that has already indexed the shard
+            ticket.worker = min(range(len(self.procs)),
+                                key=lambda w: len(self.in_hand[w]) + (0 if shard in self.indexed[w] else _INDEX_COST))
+            self.indexed[ticket.worker].add(shard)
             self.counter += 1
             self.tickets[self.counter] = ticket
             self.in_hand[ticket.worker].append(ticket)
@@ -244,10 +271,15 @@ class ClipReaders:
                 raise LabelError(f"reader process {p.name} died (exit code {p.exitcode}) {where}; "
                                  "nothing was written for its shard: run the same command again to resume")
 
+    def claim(self, ticket: Ticket) -> None:
+        """The ticket's slot is about to be copied from: it is never spilled (until `release`)."""
+        if ticket.slot is not None:
+            self.held.pop(ticket.slot, None)
+
     def release(self, ticket: Ticket, event: Any = None) -> None:
         """The clip is on the device (once `event`, a CUDA event, has passed): its slot may be reused."""
         if ticket.slot is not None:
-            del self.held[ticket.slot]
+            self.held.pop(ticket.slot, None)
             self.releasing.append((event, ticket.slot))
             ticket.slot = None
 
@@ -271,6 +303,8 @@ class ClipReaders:
             q.cancel_join_thread()
             q.close()
         self.procs = []
+        if self.pinning is not None:
+            self.pinning.join()
         if self.pinned is not None:
             self.pinned()
             self.pinned = None
@@ -288,7 +322,7 @@ def _pin(slab: np.ndarray) -> Any:
 
     cudart = torch.cuda.cudart()
     ptr, size = slab.ctypes.data, slab.nbytes
-    err = cudart.cudaHostRegister(ptr, size, 0)
+    err = cudart.cudaHostRegister(ptr, size, 1)  # cudaHostRegisterPortable: page-locked for every device's context
     if int(getattr(err, "value", err)) != 0:
         log.warning("could not page-lock the %d MB clip slab (cudaHostRegister error %s); copies are synchronous",
                     size >> 20, err)

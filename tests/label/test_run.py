@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from spark_distill import shards
 from spark_distill.errors import LabelError
@@ -138,6 +139,23 @@ def test_torch_backend_labels_match_onnxruntime(dataset: Path, teacher: Path) ->
     for k in a:
         np.testing.assert_allclose(a[k][0].astype(np.float32), b[k][0].astype(np.float32), rtol=2e-3, atol=1e-4)
         np.testing.assert_allclose(a[k][1].astype(np.float32), b[k][1].astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_the_captured_step_on_cuda_labels_as_the_reference_loop(dataset: Path, teacher: Path, compile: str) -> None:
+    """On CUDA the whole step (frame gather, modeld state, both models, outputs) replays as one CUDA graph:
+    fp32 (TF32 off), eager and compiled, against the frame-by-frame ONNX Runtime loop."""
+    name = f"cuda-{compile}-{teacher.name}"
+    result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="torch", precision="fp32", batch=3,
+                               compile=compile, name=name))
+    assert result.profile["captured step"] == 1.0 and result.frames == 80 + 38
+    got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher)
+    assert list(got) == list(want)
+    for key, (vision, policy) in want.items():
+        np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
 
 
 def test_rerun_and_resume(dataset: Path, teacher: Path) -> None:

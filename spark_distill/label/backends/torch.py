@@ -3,24 +3,27 @@
 """The teacher's ONNX graphs imported into torch (onnx2torch): fp16/bf16 autocast, channels-last and
 CUDA graphs on a GPU; fp32 on the CPU. Used where TensorRT is absent.
 
-`compile="on"` runs both graphs through `torch.compile` (inductor; on CUDA mode "reduce-overhead", i.e.
-CUDA graphs, instead of the eager capture of `_Graphed`); "auto" compiles on CUDA only (the bench
-stand-in's vision ran 2x faster compiled on an H200; on the CPU the minute of compiling outweighs the
-gain for a dataset of a few thousand frames). Compiled graphs are cached across runs: inductor's own
-cache, and its artifacts saved beside the engines (`cache_dir`) and loaded before compiling.
+`compile="on"` runs both graphs through `torch.compile` (inductor's fused kernels); "auto" compiles on
+CUDA only (the bench stand-in's vision ran 2x faster compiled on an H200; on the CPU the minute of
+compiling outweighs the gain for a dataset of a few thousand frames). Compiled graphs are cached
+across runs: inductor's own cache, and its artifacts saved beside the engines (`cache_dir`) and
+loaded before compiling. On CUDA each graph, compiled or eager, is replayed from a CUDA graph
+captured at the backend's batch (`_Graphed`); `capturable()` hands the plain forwards to a caller
+that captures a larger step itself (the label pass: both models and modeld's state in one graph).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from spark_distill.errors import ConfigError
+from spark_distill.graphs import capture
 from spark_distill.label.backends import check_batching, random_inputs
 from spark_distill.label.teachers import Teacher, make_batch_dynamic
 from spark_distill.onnx_import import onnx_to_torch
@@ -29,35 +32,8 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _Graphed:
-    """One module run through a captured CUDA graph at a fixed batch (inputs copied into static buffers)."""
-
-    def __init__(self, module: torch.nn.Module, example: dict[str, torch.Tensor], autocast: Any) -> None:
-        self.module, self.autocast = module, autocast
-        self.static = {k: v.clone() for k, v in example.items()}
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs requires
-                self._forward()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.out = self._forward()
-
-    def _forward(self) -> torch.Tensor:
-        with self.autocast():
-            return self.module(*self.static.values()).float()
-
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        for k, v in inputs.items():
-            self.static[k].copy_(v, non_blocking=True)
-        self.graph.replay()
-        return self.out
-
-
 class _Forward(torch.nn.Module):
-    """module(*inputs) under the precision's autocast, as float32: what torch.compile compiles."""
+    """module(*inputs) under the precision's autocast, as float32: what runs, compiled or not, captured or not."""
 
     def __init__(self, module: torch.nn.Module, device_type: str, dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -68,6 +44,21 @@ class _Forward(torch.nn.Module):
             return self.module(*inputs).float()
         with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False):
             return self.module(*inputs).float()
+
+
+class _Graphed:
+    """A forward replayed from a CUDA graph captured at a fixed batch (inputs copied into static buffers).
+    Its output is a static buffer too: valid until the next call."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> None:
+        self.static = {k: v.clone() for k, v in example.items()}
+        self.graph, self.out = capture(lambda: forward(*self.static.values()))
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        for k, v in inputs.items():
+            self.static[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.out
 
 
 def _allow_recompiles(limit: int = 64) -> None:
@@ -101,7 +92,7 @@ class TorchBackend:
         if cuda and self.precision == "fp32":  # true fp32: TF32 convolutions are ~1e-3 off ONNX Runtime
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-        self.modules, self.runners = {}, {}
+        self.eager: dict[str, _Forward] = {}
         for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
             dynamic = make_batch_dynamic(model)
             if batch > 1 and not check_batching(model, dynamic, mf.inputs):
@@ -109,49 +100,41 @@ class TorchBackend:
             module = onnx_to_torch(dynamic).eval().to(self.device)
             if cuda and role == "vision":
                 module = module.to(memory_format=torch.channels_last)
-            self.modules[role] = module
+            self.eager[role] = _Forward(module, self.device.type, _DTYPES.get(self.precision))
         self.compiled = compile == "on" or (compile == "auto" and cuda)
         self.cuda_graphs = cuda and cuda_graphs
-        self.inputs = {"vision": teacher.vision.inputs, "policy": teacher.policy.inputs}
+        # at the backend's batch: compiled (inductor's fused kernels, no CUDA graphs of its own, so that the
+        # label pass can capture a whole step, models and modeld state together) or eager
+        self.forwards: dict[str, Callable[..., torch.Tensor]] = dict(self.eager)
+        self.graphs: dict[str, _Graphed] = {}
         cache = None
         if self.compiled:
             cache = _compile_cache(cache_dir, teacher, self.device, self.precision, batch)
-            mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead = inductor's CUDA graphs
             _allow_recompiles()
-            self.runners = {role: torch.compile(_Forward(m, self.device.type, _DTYPES.get(self.precision)), mode=mode,
-                                                dynamic=False) for role, m in self.modules.items()}
-        if self.cuda_graphs or self.compiled:  # capture/compile now, as TensorRT builds its engine up front
+            self.forwards = {role: torch.compile(f, dynamic=False) for role, f in self.eager.items()}
+        if self.cuda_graphs or self.compiled:  # compile and capture now, as TensorRT builds its engine up front
             for role, mf in (("vision", teacher.vision), ("policy", teacher.policy)):
-                example = {k: torch.from_numpy(v).to(self.device) for k, v in random_inputs(mf.inputs, batch).items()}
-                for _ in range(3 if self.compiled else 1):  # reduce-overhead records its graph on the 2nd-3rd call
-                    self._run(role, example if role == "policy" else self._layout(example))
+                example = self._layout({k: torch.from_numpy(v).to(self.device)
+                                        for k, v in random_inputs(mf.inputs, batch).items()})
+                if self.cuda_graphs:
+                    self.graphs[role] = _Graphed(self.forwards[role], example)
+                else:
+                    with torch.no_grad():
+                        self.forwards[role](*example.values())
         if cache is not None and not cache.exists():
             _save_compile_cache(cache)
 
-    def _autocast(self) -> Any:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision], cache_enabled=False)
-
     def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         n = next(iter(inputs.values())).shape[0]
-        if self.compiled and n == self.batch:
-            if self.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with torch.no_grad():
-                out = self.runners[role](*inputs.values())
-            # a CUDA-graph output lives in a pool the next replay (of either graph) may reuse: hand out a copy
-            return out.clone() if self.cuda_graphs else out
-        if self.cuda_graphs and n == self.batch:
-            if role not in self.runners:
-                self.runners[role] = _Graphed(self.modules[role], inputs, self._autocast)
-            return self.runners[role](inputs)
-        with torch.no_grad(), self._autocast():
-            return self.modules[role](*inputs.values()).float()
+        if n == self.batch and role in self.graphs:
+            return self.graphs[role](inputs)
+        with torch.no_grad():  # other batch sizes run eager: a compiled graph is for the backend's batch only
+            return (self.forwards if n == self.batch else self.eager)[role](*inputs.values())
 
     def _layout(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda":
-            return {k: v.contiguous(memory_format=torch.channels_last) for k, v in inputs.items()}
+            return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                    for k, v in inputs.items()}
         return inputs
 
     def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -159,6 +142,14 @@ class TorchBackend:
 
     def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run("policy", inputs)
+
+    def capturable(self) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], ...] | None:
+        """(vision, policy) at the backend's batch as plain forwards a caller may capture inside its own CUDA
+        graph (the label pass captures its whole step), or None where this backend replays no CUDA graphs."""
+        if not self.cuda_graphs:
+            return None
+        vision, policy = self.forwards["vision"], self.forwards["policy"]
+        return (lambda inputs: vision(*self._layout(inputs).values()), lambda inputs: policy(*inputs.values()))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": str(self.device),
@@ -172,7 +163,8 @@ def _compile_cache(cache_dir: Any, teacher: Teacher, device: torch.device, preci
     if cache_dir is None or not hasattr(torch.compiler, "load_cache_artifacts"):
         return None
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    key = hashlib.sha256(f"{teacher.sha256}|{where}|{precision}|{batch}|{torch.__version__}".encode()).hexdigest()
+    what = f"{teacher.sha256}|{where}|{precision}|{batch}|{torch.__version__}|inductor without CUDA graphs"
+    key = hashlib.sha256(what.encode()).hexdigest()
     path = Path(cache_dir) / f"inductor-{key[:16]}.bin"
     if path.exists():
         try:
