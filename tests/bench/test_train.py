@@ -16,7 +16,7 @@ ROW = r"^\s+compact-xs ({}) +(\d+) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+) +(\S+) +
 
 
 def test_bench_train_reports_every_measurement(tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["bench", "train", "--segments", "6", "--seconds", "4", "--steps", "2",
+    r = CliRunner().invoke(app, ["bench", "train", "--segments", "6", "--seconds", "4", "--steps", "1",
                                  "--batch-size", "2", "--full-batch-size", "1", "--workers", "2", "--student",
                                  "compact-xs", "--dora-rank", "4", "--device", "cpu", "--openpilot-size", "tiny",
                                  "--capture", "on", "--workdir", str(tmp_path)])

@@ -167,10 +167,15 @@ def test_captured_step_run_eagerly_equals_the_uncaptured_step(adapter: str) -> N
     assert any(not torch.equal(p, first.get_parameter(n)) for n, p in params.items() if p.requires_grad)
 
 
-def test_nan_guard_and_empty_batches_change_no_weight_and_no_optimizer_state() -> None:
+def test_nan_guard_and_empty_batches_change_no_weight_and_no_optimizer_state(monkeypatch) -> None:
+    from spark_distill.train import dora as D
+
     s = student("dora")
     step = captured(s)
+    calls, real = [], D.row_norm
+    monkeypatch.setattr(D, "row_norm", lambda **kw: calls.append(1) or real(**kw))
     step(batch(5))  # optimizer state exists from here on
+    assert len(calls) == sum(1 for m in s.modules() if isinstance(m, LoRALayer)), "DoRA's row norms once per step"
     before = copy.deepcopy((s.state_dict(), step.opt.state_dict()))
     bad = batch(6)
     bad["vision"][0, 3, 0] = float("nan")  # a frame inside the mask
@@ -222,7 +227,10 @@ def test_capture_setting_and_optimizer_state_across_modes() -> None:
 def test_cuda_graph_step_equals_the_uncaptured_step(adapter: str) -> None:
     """On CUDA (bf16 autocast, channels-last, compiled halves as train() runs them): 5 steps of the captured step
     (2 eager warm-up steps, the capture, 2 replays) move the weights as the uncaptured step does (within bf16's
-    tolerance), and a batch with a NaN label in a loss frame, replayed in the graph, changes no weight."""
+    tolerance), and a batch with a NaN label in a loss frame, replayed in the graph, changes no weight.
+    (*) Trained fully, the weight matrices and kernels are compared: the biases and BatchNorm shifts that a following
+    BatchNorm cancels have rounding-noise gradients, which Adam turns into steps of any size up to the learning rate
+    in either run (on CPU in fp32 they alone make a 0.5% difference; the rest agree to 4e-6)."""
     dev = torch.device("cuda")
     batches = [batch(10 + i, b=4, t=8, device=dev) for i in range(5)]
     runs = []
@@ -258,7 +266,7 @@ def test_cuda_graph_step_equals_the_uncaptured_step(adapter: str) -> None:
                 optimizer_step(opt, params, lr=1e-4, grad_clip=1.0)
                 losses.append(float(loss))
         delta = torch.cat([(p.detach() - start[n]).flatten().float() for n, p in s.named_parameters()
-                           if p.requires_grad])
+                           if p.requires_grad and (adapter == "dora" or p.dim() > 1)])  # (*)
         runs.append((losses, delta))
     (ref_losses, ref_delta), (losses, delta) = runs
     assert ref_delta.norm() > 0
