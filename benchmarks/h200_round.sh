@@ -12,4 +12,4 @@ python3 -m cProfile -o "$out/label.prof" benchmarks/label_gpu.py --segments "${S
 python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(25)" \
   "$out/label.prof" > "$out/label_profile.txt"
 python3 -m spark_distill bench train 2>&1 | tee "$out/train.txt"
-python3 -m pytest -q -m gpu tests/label/test_backends.py -p no:cacheprovider 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+python3 -m pytest -q -m gpu tests/label/test_backends.py tests/train/test_capture.py -p no:cacheprovider 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
