@@ -219,6 +219,13 @@ def test_capture_setting_and_optimizer_state_across_modes() -> None:
     saved = portable_state(step.opt)
     assert isinstance(saved["param_groups"][0]["lr"], float)
     plain.load_state_dict(saved)
+    # the CUDA path's bookkeeping: static inputs made from the first batch, another shape refused (runs uncaptured);
+    # no capture before AdamW's state exists (a capture would allocate it, and every replay reset it)
+    fresh = captured(student("dora"))
+    assert fresh._stage(batch(1)) and set(fresh.static) == set(batch(1)) - {"keys"}
+    assert not fresh._stage(batch(2, b=3))
+    assert not fresh._stage({k: v for k, v in batch(2).items() if not k.startswith("gt")})
+    assert not fresh._state_ready() and step._state_ready()
 
 
 @pytest.mark.gpu
