@@ -18,5 +18,5 @@ if [[ $parts == *" train "* ]]; then
   python3 -m spark_distill bench train ${TRAIN_ARGS:-} 2>&1 | tee "$out/train.txt"
 fi
 if [[ $parts == *" tests "* ]]; then
-  python3 -m pytest -q -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider 2>&1 | tail -25 | tee "$out/gpu_tests.txt"
+  python3 -m pytest -q -m gpu ${GPU_TESTS:-tests/label tests/train/test_capture.py} -p no:cacheprovider 2>&1 | tail -25 | tee "$out/gpu_tests.txt"
 fi

@@ -350,6 +350,11 @@ def train(
                                                     "under torchrun].")] = None,
     compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's vision "
                                                            "half and recurrent step (auto: on CUDA).")] = "auto",
+    capture: Annotated[str, typer.Option("--capture", help="auto, on or off: the whole step (forward, loss, "
+                                                           "backward, AdamW) as one CUDA graph for the fixed batch "
+                                                           "shape (auto: on CUDA in one process; on: also on CPU, "
+                                                           "run eagerly; DDP and --grad-accum > 1 stay uncaptured)."
+                                         )] = "auto",
 ) -> None:
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
@@ -701,7 +706,8 @@ def bench_train(
                           ] = 128,
     full_batch_size: Annotated[int, typer.Option(help="Clips per step of the fully trained row (<= --batch-size).")
                                ] = 32,
-    steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 2 warm-up steps).")] = 6,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 3 warm-up steps: compile, "
+                                            "then capture).")] = 5,
     dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
     workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows.")] = 8,
     segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT \\[default: what the "
@@ -709,6 +715,9 @@ def bench_train(
     seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,
     compile: Annotated[str, typer.Option("--compile", help="auto, on or off: torch.compile the student's halves "
                                                            "(auto: on CUDA), as train does.")] = "auto",
+    capture: Annotated[str, typer.Option("--capture", help="auto, on or off: each row's whole step as one CUDA "
+                                                           "graph (auto: on CUDA), as train does; the compiled, "
+                                                           "uncaptured row stays for comparison.")] = "auto",
     peak_tflops: Annotated[float | None, typer.Option(help="The device's dense bf16 peak, TFLOP/s, for MFU "
                                                            "\\[default: known for H100/H200; n/a elsewhere].")] = None,
     openpilot_size: Annotated[str, typer.Option(help="Size of the synthetic openpilot stand-in: tiny or bench.")
@@ -722,6 +731,6 @@ def bench_train(
 
     for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
                           batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
-                          segments=segments, seconds=seconds, device=device, compile=compile, peak=peak_tflops,
-                          openpilot_size=openpilot_size, workdir=workdir):
+                          segments=segments, seconds=seconds, device=device, compile=compile, capture=capture,
+                          peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir):
         out.print(line, highlight=False, soft_wrap=True)

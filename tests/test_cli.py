@@ -49,6 +49,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["demo", "--minutes", "0.01", "--out", str(tmp_path / "d")], "--minutes 0.01"),
         (["train", str(tmp_path), "--labels", "x", "--student", "nope"], "unknown --student"),
         (["bench", "train", "--student", "openpilot"], "choose compact"),
+        (["train", str(tmp_path), "--labels", "x", "--capture", "graph"], "--capture must be one of auto, on, off"),
+        (["bench", "train", "--capture", "yes"], "--capture must be one of auto, on, off"),
         (["label", str(tmp_path), "--teacher", str(tmp_path), "--compile", "yes"], "--compile 'yes': choose auto"),
         (["bench", "label", "--compile", "maybe"], "--compile 'maybe': choose auto"),
     ):

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """`spark-distill bench train`: the training step as `train()` runs it (batched vision half, compiled halves
-where --compile says, bf16 autocast and channels-last on CUDA, fused AdamW, grad clipping), in one process:
+where --compile says, the whole step captured as one CUDA graph where --capture says, bf16 autocast and
+channels-last on CUDA, fused AdamW, grad clipping), in one process:
 
 1. Students and adapters on the same in-memory batches: each --student with our DoRA, then for the last one
-   our DoRA eager (no compile), our LoRA, PEFT's DoRA, and training fully (--adapter none, its own batch
-   size): ms/step, frames/s, GFLOP per clip (torch.utils.flop_counter), TFLOP/s and MFU.
+   our DoRA compiled but not captured and eager (neither: what each buys), our LoRA, PEFT's DoRA, and
+   training fully (--adapter none, its own batch size): ms/step, frames/s, GFLOP per clip
+   (torch.utils.flop_counter), TFLOP/s and MFU; the `step` column says how each row's step ran.
 2. Streaming: that student's DoRA step fed by the loader (workers, decode, collate) against the same step on
    batches already in memory (target >= 0.9).
 3. The openpilot student from the loader: image mode against feature-cached (the same policy adapters).
@@ -30,6 +32,7 @@ from torch import nn
 from spark_distill import shards
 from spark_distill.bench import scratch_dir
 from spark_distill.errors import ConfigError
+from spark_distill.train.capture import CapturedStep, make_captured_optimizer, set_lr, use_capture
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.flops import count_flops, first_clips, mfu, peak_tflops
 from spark_distill.train.lora import apply_adapters
@@ -46,7 +49,7 @@ from spark_distill.train.step import (
 )
 from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
 
-WARMUP = 2  # untimed steps first: the compile happens in the first
+WARMUP = 3  # untimed steps first: the compile happens in the first; a captured step's capture in the third
 
 
 def _sync(device: torch.device) -> None:
@@ -66,8 +69,9 @@ class Measured:
 class Stepper:
     """The training step on one student (what train() runs per batch, without its bookkeeping)."""
 
-    def __init__(self, student: nn.Module, *, slices: dict, device: torch.device, compiled: bool) -> None:
-        self.student, self.slices, self.device = student, slices, device
+    def __init__(self, student: nn.Module, *, slices: dict, device: torch.device, compiled: bool,
+                 captured: bool = False) -> None:
+        self.student, self.slices, self.device, self.compiled = student, slices, device, compiled
         if device.type == "cuda":
             student.to(memory_format=torch.channels_last)
         student.to(device)
@@ -78,14 +82,34 @@ class Stepper:
         self.model.train()
         freeze_norms(student)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.opt = make_optimizer(self.params, lr=1e-5, weight_decay=0.01, device=device)
         self.autocast, self.weights = make_autocast(device, "auto"), LossWeights()
+        self.captured = None
+        if captured:
+            self.opt = make_captured_optimizer(self.params, lr=1e-5, weight_decay=0.01, device=device)
+            self.captured = CapturedStep(self.model, self.params, self.opt, slices=slices, weights=self.weights,
+                                         autocast=make_autocast(device, "auto", cache=False), grad_clip=1.0,
+                                         device=device)
+        else:
+            self.opt = make_optimizer(self.params, lr=1e-5, weight_decay=0.01, device=device)
 
     def __call__(self, batch: dict) -> None:
+        if self.captured is not None:  # as train() runs it, less its one read of the loss
+            set_lr(self.opt, 1e-5)
+            self.captured(batch)
+            return
         loss, _ = loss_step(self.model, batch, self.slices, self.weights, self.device, self.autocast)
         if loss is not None:
             loss.backward()
         optimizer_step(self.opt, self.params, lr=1e-5, grad_clip=1.0)
+
+    def mode(self) -> str:
+        """How the step ran: captured as one CUDA graph (or the fixed-shape step eagerly, on CPU or after a failed
+        capture), compiled halves, or eager."""
+        parts = ["compiled"] if self.compiled else []
+        if self.captured is not None:
+            parts.append("graph" if self.captured.graphed else "fixed, no graph" if self.captured.failed is None
+                         else "capture failed")
+        return "+".join(parts) or "eager"
 
     def flops_per_clip(self, batch: dict) -> int:
         """FLOPs of one step on the batch's first clip (the eager halves: the same arithmetic)."""
@@ -96,8 +120,12 @@ class Stepper:
             if loss is not None:
                 loss.backward()
 
+        grads = [p.grad for p in self.params]  # a captured step's gradients are the graph's static buffers
+        for p in self.params:
+            p.grad = None
         flops = count_flops(one)
-        self.opt.zero_grad(set_to_none=True)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
         return flops
 
     def timed(self, batches: Iterable[dict], *, steps: int) -> Measured:
@@ -172,20 +200,21 @@ def segments_needed(*, batch: int, steps: int, workers: int, seconds: float, cli
     return math.ceil(1.05 * clips / per_segment) + 1
 
 
-def _row(name: str, batch: int, m: Measured, peak: float | None) -> str:
+def _row(name: str, batch: int, m: Measured, peak: float | None, mode: str) -> str:
     ms = m.seconds / (m.clips / batch) * 1000
     tflops = m.flops_per_clip * m.clips / m.seconds / 1e12
     util = mfu(tflops * 1e12, peak)
     mem = f"{m.peak_gb:7.2f}" if m.peak_gb is not None else "    CPU"
-    return (f"  {name:22s} {batch:5d} {ms:9.1f} {m.frames / m.seconds:10.0f} {m.flops_per_clip / 1e9:10.2f} "
-            f"{tflops:8.3f} {'n/a' if util is None else f'{100 * util:.2f}%':>7s} {mem}")
+    return (f"  {name:26s} {batch:5d} {ms:9.1f} {m.frames / m.seconds:10.0f} {m.flops_per_clip / 1e9:10.2f} "
+            f"{tflops:8.3f} {'n/a' if util is None else f'{100 * util:.2f}%':>7s} {mem}  {mode}")
 
 
 def bench_train(*, root: Path | None = None, labels: str | None = None, student_onnx: Path | None = None,
                 students: tuple[str, ...] = ("compact-xs", "compact"), batch: int = 128, full_batch: int = 32,
-                steps: int = 6, rank: int = 16, workers: int = 8,
+                steps: int = 5, rank: int = 16, workers: int = 8,
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
-                compile: str = "auto", peak: float | None = None, openpilot_size: str = "bench",
+                compile: str = "auto", capture: str = "auto", peak: float | None = None,
+                openpilot_size: str = "bench",
                 workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
     if not students or any(p not in PRESETS for p in students):
@@ -194,6 +223,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         raise ConfigError("--full-batch-size must be <= --batch-size; sizes, --steps and --workers >= 1")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     compiled = use_compile(compile, dev)
+    captured = use_capture(capture, dev)[0]
     peak = peak_tflops(dev, peak)
     scratch = scratch_dir(workdir, "bench-train-")
     try:
@@ -210,7 +240,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         clip_len = int(shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)["settings"]["clip_len"])
         slices = manifest["output_slices"]
         where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-        yield (f"device {where} | torch {torch.__version__} | compile {'on' if compiled else 'off'} | "
+        yield (f"device {where} | torch {torch.__version__} | compile {'on' if compiled else 'off'} | capture "
+               f"{'on' if captured else 'off'} | "
                f"{'bf16 autocast, channels-last' if dev.type == 'cuda' else 'fp32'} | peak "
                f"{'n/a' if peak is None else f'{peak:g} TFLOP/s dense bf16'} | clips of {clip_len} frames | "
                f"{steps} timed steps after {WARMUP}")
@@ -236,28 +267,32 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             try:
                 return run()
             except Exception as e:  # one failed row must not lose the others of a GPU run
-                return f"  {name:22s} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                return f"  {name:26s} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             finally:
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
 
         yield "1. students and adapters, batches in memory:"
-        yield f"  {'row':22s} {'clips':>5s} {'ms/step':>9s} {'frames/s':>10s} {'GFLOP/clip':>10s} {'TFLOP/s':>8s} " \
-              f"{'MFU':>7s} {'peak GB':>7s}"
+        yield f"  {'row':26s} {'clips':>5s} {'ms/step':>9s} {'frames/s':>10s} {'GFLOP/clip':>10s} {'TFLOP/s':>8s} " \
+              f"{'MFU':>7s} {'peak GB':>7s}  step"
         main = students[-1]  # the student of the comparison rows
-        rows: list[tuple[str, Callable[[], nn.Module], int, bool]] = [
-            (f"{p} our DoRA", lambda p=p: _ours(student(p), rank, dora=True), batch, compiled) for p in students]
-        if compiled:
-            rows.append((f"{main} our DoRA eager", lambda: _ours(student(main), rank, dora=True), batch, False))
-        rows.append((f"{main} our LoRA", lambda: _ours(student(main), rank, dora=False), batch, compiled))
+        Row = tuple[str, Callable[[], nn.Module], int, bool, bool]  # name, student, clips, compiled, captured
+        rows: list[Row] = [(f"{p} our DoRA", lambda p=p: _ours(student(p), rank, dora=True), batch, compiled, captured)
+                           for p in students]
+        if captured and compiled:  # the step before capture, for the gain
+            rows.append((f"{main} our DoRA uncaptured", lambda: _ours(student(main), rank, dora=True), batch, True,
+                         False))
+        if compiled or captured:
+            rows.append((f"{main} our DoRA eager", lambda: _ours(student(main), rank, dora=True), batch, False, False))
+        rows.append((f"{main} our LoRA", lambda: _ours(student(main), rank, dora=False), batch, compiled, captured))
         try:
             import peft  # noqa: F401
 
             rows.append((f"{main} PEFT DoRA", lambda: _peft(student(main), DEFAULT_TARGETS, rank, 2.0 * rank, True),
-                         batch, compiled))
+                         batch, compiled, captured))
         except ImportError:
             yield "  peft is not installed: PEFT row skipped"
-        rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled))
+        rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled, captured))
         rates: dict[str, float] = {}
         streamed = "2. streaming: not measured (the DoRA row failed)"
 
@@ -269,17 +304,18 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             return (f"2. streaming ({workers} workers): {rate:8.1f} clips/s; in memory: {rates['in memory']:8.1f} "
                     f"clips/s; ratio {rate / rates['in memory']:.2f} (target >= 0.90)")
 
-        for name, build, size, comp in rows:
+        for name, build, size, comp, capt in rows:
 
-            def run(name: str = name, build: Any = build, size: int = size, comp: bool = comp) -> str:
+            def run(name: str = name, build: Any = build, size: int = size, comp: bool = comp, capt: bool = capt
+                    ) -> str:
                 nonlocal streamed
-                s = Stepper(build(), slices=slices, device=dev, compiled=comp)
+                s = Stepper(build(), slices=slices, device=dev, compiled=comp, captured=capt)
                 m = s.timed(_cycle(held if size == batch else held_full), steps=steps)
                 rates[name] = m.frames / m.seconds
                 if name == f"{main} our DoRA":
                     rates["in memory"] = m.clips / m.seconds
                     streamed = attempt("streaming", lambda: streaming(s))
-                return _row(name, size, m, peak)
+                return _row(name, size, m, peak, s.mode())
 
             yield attempt(name, run)
         dora, lora, theirs = (rates.get(f"{main} {k}") for k in ("our DoRA", "our LoRA", "PEFT DoRA"))
@@ -309,10 +345,11 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 op = OpenpilotStudent.from_onnx([student_onnx])
                 apply_adapters(op, targets=OP_TARGETS, rank=rank, alpha=2.0 * rank)
                 loader = make_loader(stream(images=images), pin_memory=dev.type == "cuda")
-                m = Stepper(op, slices=slices, device=dev, compiled=compiled).timed(iter(loader), steps=steps)
+                s = Stepper(op, slices=slices, device=dev, compiled=compiled, captured=captured)
+                m = s.timed(iter(loader), steps=steps)
                 del loader
                 op_rates[images] = m.clips / m.seconds
-                return _row("image mode" if images else "feature-cached", batch, m, peak)
+                return _row("image mode" if images else "feature-cached", batch, m, peak, s.mode())
 
             yield attempt("image mode" if images else "feature-cached", op_run)
         if len(op_rates) == 2:

@@ -22,6 +22,16 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.errors import ConfigError, TrainError
+from spark_distill.train.capture import (
+    CAPTURE_MODES,
+    CapturedStep,
+    adopt_loaded_state,
+    make_captured_optimizer,
+    optimizer_options,
+    portable_state,
+    set_lr,
+    use_capture,
+)
 from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
@@ -82,6 +92,7 @@ class TrainConfig:
     device: str | None = None
     amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, else fp32
     compile: str = "auto"  # torch.compile the student's two halves; auto: on CUDA (train.step.use_compile)
+    capture: str = "auto"  # the whole step as one CUDA graph; auto: on CUDA in one process (train.capture)
     rank_id: int = 0
     world: int = 1
     init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
@@ -99,6 +110,8 @@ class TrainConfig:
             raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
+        if self.capture not in CAPTURE_MODES:
+            raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", LR[self.adapter])
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank, self.workers) < 1 or self.lr <= 0:
@@ -336,6 +349,8 @@ class Recipe:
             cfg, more = fit_to_memory(cfg, self.unroll, clip_len=data.clip_len, device=device, autocast=self.autocast)
             self.notes += more
             self.cfg = cfg
+        captured, note = use_capture(cfg.capture, device, world=cfg.world, grad_accum=cfg.grad_accum)
+        self.notes += [note] if note else []
         if self.main_rank:
             for note in self.notes:
                 log.warning("note: %s", note)
@@ -348,8 +363,15 @@ class Recipe:
             self.model = nn.parallel.DistributedDataParallel(self.unroll, device_ids=ids)
         self.full = cfg.adapter == "none"  # everything trains: checkpoints hold the whole student, buffers included
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.opt = make_optimizer(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
         self.slices = data.slices
+        self.captured: CapturedStep | None = None
+        if captured:  # the whole step as one function of fixed shapes (one CUDA graph on CUDA)
+            self.opt = make_captured_optimizer(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+            self.captured = CapturedStep(self.unroll, self.params, self.opt, slices=data.slices, weights=cfg.loss,
+                                         autocast=_autocast(device, cfg.amp, cache=False), grad_clip=cfg.grad_clip,
+                                         device=device, strict=cfg.capture == "on")
+        else:
+            self.opt = make_optimizer(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
 
     def _setup_streams(self, data: _Data) -> None:
         cfg = self.cfg
@@ -387,7 +409,10 @@ class Recipe:
                 self.student.load_state_dict(tensors)
             else:
                 load_adapter_state(self.student, tensors)
+            options = optimizer_options(self.opt)
             self.opt.load_state_dict(state["optimizer"])
+            if self.captured is not None:
+                adopt_loaded_state(self.opt, options)
             torch.set_rng_state(state["torch_rng"])
             self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
             self.result.val_before = state.get("val_before")
@@ -400,6 +425,8 @@ class Recipe:
         import torch.distributed as dist
 
         cfg = self.cfg
+        if self.captured is not None:
+            return self._captured_step(batch)
         loss, terms = loss_step(self.model, batch, self.slices, cfg.loss, self.device, self.autocast)
         self.position += 1
         self.result.samples += len(batch["keys"])
@@ -411,27 +438,51 @@ class Recipe:
             ok = torch.tensor(float(finite), device=self.device)
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
             finite = bool(ok.item())
-        if not finite:
-            self.bad_steps += 1
+        if not self._guard(finite):
             self.opt.zero_grad(set_to_none=True)  # this batch's gradient and what was accumulated with it
-            log.warning("non-finite loss at step %d; step skipped", self.step)
-            if self.bad_steps > 5:
-                raise TrainError(f"loss was not finite for {self.bad_steps} steps in a row at step {self.step}; "
-                                 "lower --lr or check the label set")
             return False
-        self.bad_steps = 0
         if self.position % cfg.grad_accum:
             return False
         grad_norm = optimizer_step(self.opt, self.params, lr=lr_at(self.step, cfg, self.total),
                                    grad_clip=cfg.grad_clip)
+        self._stepped(value, terms, grad_norm)
+        return True
+
+    def _captured_step(self, batch: dict[str, Any]) -> bool:
+        """`train_step` as one captured step (train/capture.py): the update is skipped on the device when the loss
+        is not finite; the host then reads the loss (the step's one sync, after all of it is queued)."""
+        set_lr(self.opt, lr_at(self.step, self.cfg, self.total))
+        out = self.captured(batch)
+        self.position += 1
+        self.result.samples += len(batch["keys"])
+        value = float(out.loss) if bool(batch["mask"].any()) else None  # no loss frame: a step without an update
+        if not self._guard(value is None or math.isfinite(value)):
+            return False
+        self._stepped(value, out.terms, out.grad_norm)
+        return True
+
+    def _guard(self, finite: bool) -> bool:
+        """The NaN guard's bookkeeping: False (and a warning; an error after 5 in a row) for a skipped step."""
+        if finite:
+            self.bad_steps = 0
+            return True
+        self.bad_steps += 1
+        log.warning("non-finite loss at step %d; step skipped", self.step)
+        if self.bad_steps > 5:
+            raise TrainError(f"loss was not finite for {self.bad_steps} steps in a row at step {self.step}; "
+                             "lower --lr or check the label set")
+        return False
+
+    def _stepped(self, value: float | None, terms: dict[str, Any], grad_norm: torch.Tensor) -> None:
+        """After an optimizer step: count it, report progress, log the scalars every --log-every steps."""
+        cfg = self.cfg
         self.step += 1
         if self.on_progress is not None and self.main_rank:
             self.on_progress(self.step, self.total, value)
         if self.step % cfg.log_every == 0 and value is not None:
-            self.record("train", {"loss": value, **terms, "lr": self.opt.param_groups[0]["lr"],
-                                  "grad_norm": float(grad_norm),
+            self.record("train", {"loss": value, **{k: float(v) for k, v in terms.items()},
+                                  "lr": float(self.opt.param_groups[0]["lr"]), "grad_norm": float(grad_norm),
                                   "samples_per_s": self.result.samples / (time.perf_counter() - self.started)})
-        return True
 
     def evaluate(self) -> float | None:
         """Validation loss on the main rank (None without validation clips), recorded."""
@@ -450,8 +501,9 @@ class Recipe:
         if self.main_rank:
             save_checkpoint(self.ckpt_dir, self.step,
                             self.student.state_dict() if self.full else adapter_state_dict(self.student),
-                            {"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": self.step,
-                             "epoch": self.epoch, "position": self.position, "val_before": self.result.val_before})
+                            {"optimizer": portable_state(self.opt), "torch_rng": torch.get_rng_state(),
+                             "step": self.step, "epoch": self.epoch, "position": self.position,
+                             "val_before": self.result.val_before})
         if self.cfg.world > 1:
             dist.barrier()
 

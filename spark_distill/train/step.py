@@ -5,7 +5,9 @@
 - `Unroll`: the student over a batch of clips. Its vision half is stateless per frame, so it runs once
   over all B x T frames (one large call instead of T small ones); only the recurrent half steps frame
   by frame. `compile_halves()` compiles both halves (torch.compile: fused kernels, no Python per op).
-- `loss_step`: the distillation loss on the frames that take one, indexed without a host sync.
+- `loss_step`: the distillation loss on the frames that take one, indexed without a host sync;
+  `masked_loss`: the same loss over all B x T frames weighted by the device mask (fixed shapes, no host
+  read at all: what the captured step of train/capture.py runs).
 - `make_optimizer` (AdamW, fused on CUDA) and `optimizer_step` (clip, step, zero; the grad norm stays
   on the device until someone logs it).
 DoRA's row norms are computed once per forward (`lora.norms_once`), outside any compiled graph.
@@ -23,7 +25,7 @@ from spark_distill import contract as C
 from spark_distill.errors import ConfigError
 from spark_distill.label.outputs import parse_outputs
 from spark_distill.train.lora import norms_once
-from spark_distill.train.losses import LossWeights, distill_loss
+from spark_distill.train.losses import LossWeights, loss_terms
 
 COMPILE_MODES = ("auto", "on", "off")
 
@@ -156,22 +158,54 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
         return x.flatten(0, 1).index_select(0, rows)
 
     tv, tp = pick(teacher_vision).float(), pick(batch["policy"].to(device, non_blocking=True)).float()
-    v = tv if v is None else pick(v.float())
-    p = pick(p.float())
+    gt = (pick(batch["gt_path"].to(device)), pick(batch["gt_valid"].to(device))) if "gt_path" in batch else None
+    loss, terms = _compare(None if v is None else pick(v.float()), pick(p.float()), tv, tp, gt, slices, weights)
+    return loss, {k: float(x) for k, x in terms.items()}
+
+
+def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], slices: dict[str, dict[str, list[int]]],
+                weights: LossWeights, autocast: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`loss_step` of fixed shape: the loss over all B x T frames weighted by the 0/1 mask and normalised by its
+    count (clamped >= 1), every tensor of `batch` (mask included) already on the model's device. (loss, frames
+    that took it, {term: value}), all device tensors: nothing here waits for the device. A batch without a loss
+    frame gives a zero loss with zero gradients. The labels of frames outside the mask (which may be NaN in a
+    label set built from a log) are zeroed before use, so they cannot reach the loss or its gradient."""
+    mask = batch["mask"].flatten()
+    frame_w = mask.float()
+
+    def known(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (B*T, ...), zero outside the mask
+        x = x.flatten(0, 1)
+        return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, x.new_zeros(()))
+
+    teacher_vision = batch["vision"]
+    hidden = None if "road" in batch else teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float()
+    with autocast():
+        v, p = model(*(batch.get(k) for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
+    tv, tp = known(teacher_vision).float(), known(batch["policy"]).float()
+    gt = (known(batch["gt_path"]), known(batch["gt_valid"])) if "gt_path" in batch else None
+    loss, terms = _compare(None if v is None else v.float().flatten(0, 1), p.float().flatten(0, 1), tv, tp, gt,
+                           slices, weights, frame_w)
+    return loss, frame_w.sum(), terms
+
+
+def _compare(v: torch.Tensor | None, p: torch.Tensor, tv: torch.Tensor, tp: torch.Tensor,
+             gt: tuple[torch.Tensor, torch.Tensor] | None, slices: dict[str, dict[str, list[int]]],
+             weights: LossWeights, frame_w: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The distillation loss of student outputs (frames, Nv) / (frames, Np) against the teacher's; a student
+    without vision outputs (feature-cached) is compared on the teacher's own vision vector."""
+    v = tv if v is None else v
     student = {**parse_outputs(v, slices["vision"]), **parse_outputs(p, slices["policy"])}
     teacher = {**parse_outputs(tv, slices["vision"]), **parse_outputs(tp, slices["policy"])}
     raw = {h: v[..., slice(*slices["vision"][h])] for h in ("lane_lines_prob", "lead_prob") if h in slices["vision"]}
-    gt = (pick(batch["gt_path"].to(device)), pick(batch["gt_valid"].to(device))) if "gt_path" in batch else None
-    loss, terms = distill_loss(student, teacher, weights, student_raw=raw, gt=gt)
-    del v, p, tv, tp, student, teacher
-    return loss, terms
+    return loss_terms(student, teacher, weights, student_raw=raw, gt=gt, frame_w=frame_w)
 
 
-def make_autocast(device: torch.device, amp: str) -> Callable[[], Any]:
-    """bf16 autocast where asked (or auto on CUDA GPUs that have it), else a disabled one."""
+def make_autocast(device: torch.device, amp: str, *, cache: bool = True) -> Callable[[], Any]:
+    """bf16 autocast where asked (or auto on CUDA GPUs that have it), else a disabled one. `cache=False` for a
+    step captured in a CUDA graph (torch's rule: autocast's weight-cast cache must be off inside a capture)."""
     use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     if use_bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return lambda: torch.autocast(device.type, enabled=False)
 
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""`spark-distill bench train` end to end at a tiny size: every measurement reports a figure."""
+"""`spark-distill bench train` end to end at a tiny size: every measurement reports a figure (the rows with the
+captured step, which runs eagerly on CPU, and the uncaptured one beside them)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,29 @@ from typer.testing import CliRunner
 
 from spark_distill.cli import app
 
-ROW = r"^\s+compact-xs ({}) +(\d+) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+) +(\S+) +CPU$"
+ROW = r"^\s+compact-xs ({}) +(\d+) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+) +(\S+) +CPU +(\S.*)$"
 
 
 def test_bench_train_reports_every_measurement(tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["bench", "train", "--segments", "6", "--seconds", "4", "--steps", "2",
+    r = CliRunner().invoke(app, ["bench", "train", "--segments", "6", "--seconds", "4", "--steps", "1",
                                  "--batch-size", "2", "--full-batch-size", "1", "--workers", "2", "--student",
                                  "compact-xs", "--dora-rank", "4", "--device", "cpu", "--openpilot-size", "tiny",
-                                 "--workdir", str(tmp_path)])
+                                 "--capture", "on", "--workdir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     rows = {m[0]: m[1:] for m in re.findall(ROW.format("our DoRA|our LoRA|PEFT DoRA|full \\(none\\)"), r.output, re.M)}
     assert set(rows) == {"our DoRA", "our LoRA", "PEFT DoRA", "full (none)"}, r.output
-    clips, ms, fps, gflop, _, util = rows["our DoRA"]
+    clips, ms, fps, gflop, _, util, _ = rows["our DoRA"]
     assert clips == "2" and float(ms) > 0 and int(fps) > 0 and util == "n/a", "no MFU without a known peak"
     assert rows["full (none)"][0] == "1"
     # full training runs the backbones' backward too: more work per clip than DoRA on the policy and heads
     assert float(rows["full (none)"][3]) > 1.5 * float(gflop) > 0
-    assert "compile off" in r.output and "eager" not in r.output, "auto: no compile on CPU"
+    assert "compile off | capture on" in r.output
+    assert {v[-1] for v in rows.values()} == {"fixed, no graph"}, "the captured step, eagerly on CPU"
+    assert re.search(ROW.format("our DoRA eager"), r.output, re.M)[8] == "eager", "the uncaptured step for comparison"
     assert re.search(r"streaming \(2 workers\): +[\d.]+ clips/s; in memory: +[\d.]+ clips/s; ratio [\d.]+", r.output)
     assert re.search(r"image mode +[\d.]+ clips/s, feature-cached +[\d.]+ clips/s: [\d.]+x", r.output)
     assert "failed" not in r.output
     assert not list(tmp_path.iterdir()), "the scratch dataset is removed"
     r = CliRunner().invoke(app, ["bench", "train", "--segments", "2", "--seconds", "2", "--steps", "5",
                                  "--workdir", str(tmp_path)])
-    assert r.exit_code == 2 and "needs 7" in r.output
+    assert r.exit_code == 2 and "needs 8" in r.output
