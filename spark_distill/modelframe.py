@@ -172,21 +172,28 @@ class FrameWarp:
         self._interleaved = [np.ascontiguousarray(w.T) for _, _, w in self.parts]  # (n, 4): one cache line per pixel
         self.size = (src_w, src_h)
 
-    def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Planes as flat uint8 arrays (rows of `strides` bytes) -> [6, 128, 256] uint8.
 
-        Runs the compiled kernel (spark_distill.warpkernel); bit-identical to `reference`."""
+        `out`, if given, is filled and returned instead of a new array (ingest warps straight into
+        its clip buffer). Runs the compiled kernel (spark_distill.warpkernel); bit-identical to `reference`."""
         kernel = _compiled_kernel()
+        if out is None:
+            out = np.empty(FRAME_SHAPE, dtype=np.uint8)
+        elif out.shape != FRAME_SHAPE or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {FRAME_SHAPE}, got {out.dtype} "
+                             f"{out.shape}")
         if kernel is None:
-            return self.reference(y, u, v)
-        out = np.empty(int(np.prod(FRAME_SHAPE)), dtype=np.uint8)
+            out[...] = self.reference(y, u, v)
+            return out
+        flat = out.reshape(-1)
         start = 0
         for plane, (stride, base, _), weights, need in zip((y, u, v), self.parts, self._interleaved,
                                                            self.min_sizes, strict=True):
             _check_plane(plane, need)
-            kernel(plane, stride, base, weights, out[start:start + len(base)])
+            kernel(plane, stride, base, weights, flat[start:start + len(base)])
             start += len(base)
-        return out.reshape(FRAME_SHAPE)
+        return out
 
     def reference(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The numpy port of transform.cl (the reference the compiled kernel is tested against)."""
@@ -234,15 +241,14 @@ def _compiled_kernel() -> Callable[..., None] | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_warp(m_key: bytes, src_w: int, src_h: int, strides: tuple[int, int, int] | None) -> FrameWarp:
-    return FrameWarp(np.frombuffer(m_key, dtype=np.float64).reshape(3, 3), src_w, src_h, strides)
-
-
 def warp_for(rpy_calib: tuple[float, float, float], camera: CameraModel, *, big: bool,
              strides: tuple[int, int, int] | None = None) -> FrameWarp:
-    """The (cached) warp of this camera into the medium (road) or small-big (wide) model frame."""
+    """The (cached) warp of this camera into the medium (road) or small-big (wide) model frame.
+
+    Cached by its arguments, so the per-frame call of ingest is a dictionary lookup; a new
+    calibration builds new tables (~20 ms per camera)."""
     m = get_warp_matrix(rpy_calib, camera.intrinsics, big=big)
-    return _cached_warp(m.astype(np.float64).tobytes(), camera.width, camera.height, strides)
+    return FrameWarp(m, camera.width, camera.height, strides)
 
 
 def pack_yuv6(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
