@@ -231,11 +231,18 @@ def _check_plane(plane: np.ndarray, need: int) -> None:
 
 @functools.cache
 def _compiled_kernel() -> Callable[..., None] | None:
-    """warpkernel.warp_plane, or None (numpy fallback, one warning) where numba is not installed."""
+    """warpkernel.warp_plane, or None (numpy fallback, one warning) where numba is not installed or
+    cannot compile it (checked on a 2x2 plane, so a failure shows here and not mid-ingest)."""
     try:
         from spark_distill.warpkernel import warp_plane
-    except ImportError as e:
-        log.warning("numba unavailable (%s); warping with the slower numpy port", e)
+
+        out = np.zeros(1, np.uint8)
+        warp_plane(np.full(4, 7, np.uint8), 2, np.zeros(1, np.intp), np.array([[1 << _COEF_BITS, 0, 0, 0]], np.int32),
+                   out)
+        if out[0] != 7:
+            raise RuntimeError(f"the compiled warp gives {out[0]} on a flat plane of 7")
+    except Exception as e:  # ImportError, or any numba/LLVM compile error: the numpy port still works
+        log.warning("compiled warp unavailable (%s: %s); warping with the slower numpy port", type(e).__name__, e)
         return None
     return warp_plane
 
