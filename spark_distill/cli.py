@@ -625,18 +625,24 @@ def synth_teacher(
 @handles_errors
 def bench_ingest(
     seconds: Annotated[float, typer.Option(help="Length of each synthetic 1928x1208 segment, seconds.")] = 10.0,
-    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones "
-                                                    "(a folder with at least 2).")] = None,
+    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones.")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads of the extra one-worker run "
                                                      "(1 skips it).")] = 2,
+    segments: Annotated[int, typer.Option(help="Segments ingested by each worker count (the route's segments, "
+                                               "repeated under new numbers where it has fewer).")] = 4,
+    workers: Annotated[str, typer.Option(help="Worker counts to compare, comma-separated; speed-up against the "
+                                              "first.")] = "1,2",
 ) -> None:
-    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.85), and ingest with 1 and 2 workers."""
+    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.85), and ingest with 1, 2, ... workers."""
     from spark_distill.bench.ingest import bench_ingest as run_bench
+    from spark_distill.bench.ingest import parse_workers
 
     if decode_threads < 1:
         raise ConfigError(f"--decode-threads must be >= 1, got {decode_threads}")
-    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads):
+    counts = parse_workers(workers)
+    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
+                          segments=segments, workers=counts):
         out.print(line, highlight=False, soft_wrap=True)
 
 

@@ -257,9 +257,9 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
             skip = partial.get("clips", 0) if partial.get("segment") == seg.name else 0
             sink.open_segment, sink.open_clips = seg.name, skip
             with open(staged.staging, "rb") as f:
-                for start, end, frames in staged.spans[skip:]:
-                    f.seek(start)
-                    if len(blocks := f.read(end - start)) != end - start:
+                for begin, end, frames in staged.spans[skip:]:
+                    f.seek(begin)
+                    if len(blocks := f.read(end - begin)) != end - begin:
                         raise IngestError(f"{staged.staging}: staging file cut short (removed while ingesting?)")
                     sink.add(blocks, seg.name, frames)
             staged.staging.unlink()
