@@ -258,9 +258,14 @@ def warp_for(rpy_calib: tuple[float, float, float], camera: CameraModel, *, big:
     return FrameWarp(m, camera.width, camera.height, strides)
 
 
-def pack_yuv6(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Pack a model-frame Y (256, 512), U and V (128, 256) into [6, 128, 256] (loadyuv.cl order)."""
-    return np.stack([y[0::2, 0::2], y[1::2, 0::2], y[0::2, 1::2], y[1::2, 1::2], u, v])
+def pack_yuv6(y: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack a model-frame Y (256, 512), U and V (128, 256) into [6, 128, 256] (loadyuv.cl order), into `out`
+    when given (any views: strided planes are read in place)."""
+    if out is None:
+        out = np.empty((6, *u.shape), dtype=y.dtype)
+    out[0], out[1], out[2], out[3] = y[0::2, 0::2], y[1::2, 0::2], y[0::2, 1::2], y[1::2, 1::2]
+    out[4], out[5] = u, v
+    return out
 
 
 def unpack_yuv6(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
