@@ -721,6 +721,10 @@ def bench_train(
                               ] = "bench",
     device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present].")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+    streaming_only: Annotated[bool, typer.Option("--streaming-only", help="Only the last --student's DoRA row "
+                                                                          "and its streaming row (e.g. to time "
+                                                                          "the loader on a lossy dataset).")
+                              ] = False,
 ) -> None:
     """Training throughput: frames/s, TFLOP/s and MFU per student and adapter; streaming vs in-memory (target
     >= 0.9); the openpilot student feature-cached vs image mode."""
@@ -729,5 +733,5 @@ def bench_train(
     for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
                           batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
                           segments=segments, seconds=seconds, device=device, compile=compile, peak=peak_tflops,
-                          openpilot_size=openpilot_size, workdir=workdir):
+                          openpilot_size=openpilot_size, workdir=workdir, streaming_only=streaming_only):
         out.print(line, highlight=False, soft_wrap=True)
