@@ -630,18 +630,24 @@ def synth_teacher(
 @handles_errors
 def bench_ingest(
     seconds: Annotated[float, typer.Option(help="Length of each synthetic 1928x1208 segment, seconds.")] = 10.0,
-    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones "
-                                                    "(a folder with at least 2).")] = None,
+    route: Annotated[Path | None, typer.Option(help="Benchmark these segments instead of synthetic ones.")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads of the extra one-worker run "
                                                      "(1 skips it).")] = 2,
+    segments: Annotated[int, typer.Option(help="Segments ingested by each worker count (the route's segments, "
+                                               "repeated under new numbers where it has fewer).")] = 4,
+    workers: Annotated[str, typer.Option(help="Worker counts to compare, comma-separated; speed-up against the "
+                                              "first.")] = "1,2",
 ) -> None:
-    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.85), and ingest with 1 and 2 workers."""
+    """Bare PyAV decode vs ingest on one core (ratio, target >= 0.85), and ingest with 1, 2, ... workers."""
     from spark_distill.bench.ingest import bench_ingest as run_bench
+    from spark_distill.bench.ingest import parse_workers
 
     if decode_threads < 1:
         raise ConfigError(f"--decode-threads must be >= 1, got {decode_threads}")
-    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads):
+    counts = parse_workers(workers)
+    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
+                          segments=segments, workers=counts):
         out.print(line, highlight=False, soft_wrap=True)
 
 
@@ -724,6 +730,10 @@ def bench_train(
                               ] = "bench",
     device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present].")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+    streaming_only: Annotated[bool, typer.Option("--streaming-only", help="Only the last --student's DoRA row "
+                                                                          "and its streaming row (e.g. to time "
+                                                                          "the loader on a lossy dataset).")
+                              ] = False,
 ) -> None:
     """Training throughput: frames/s, TFLOP/s and MFU per student and adapter; streaming vs in-memory (target
     >= 0.9); the openpilot student feature-cached vs image mode."""
@@ -732,5 +742,6 @@ def bench_train(
     for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
                           batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
                           segments=segments, seconds=seconds, device=device, compile=compile, capture=capture,
-                          peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir):
+                          peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
+                          streaming_only=streaming_only):
         out.print(line, highlight=False, soft_wrap=True)

@@ -172,21 +172,28 @@ class FrameWarp:
         self._interleaved = [np.ascontiguousarray(w.T) for _, _, w in self.parts]  # (n, 4): one cache line per pixel
         self.size = (src_w, src_h)
 
-    def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Planes as flat uint8 arrays (rows of `strides` bytes) -> [6, 128, 256] uint8.
 
-        Runs the compiled kernel (spark_distill.warpkernel); bit-identical to `reference`."""
+        `out`, if given, is filled and returned instead of a new array (ingest warps straight into
+        its clip buffer). Runs the compiled kernel (spark_distill.warpkernel); bit-identical to `reference`."""
         kernel = _compiled_kernel()
+        if out is None:
+            out = np.empty(FRAME_SHAPE, dtype=np.uint8)
+        elif out.shape != FRAME_SHAPE or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {FRAME_SHAPE}, got {out.dtype} "
+                             f"{out.shape}")
         if kernel is None:
-            return self.reference(y, u, v)
-        out = np.empty(int(np.prod(FRAME_SHAPE)), dtype=np.uint8)
+            out[...] = self.reference(y, u, v)
+            return out
+        flat = out.reshape(-1)
         start = 0
         for plane, (stride, base, _), weights, need in zip((y, u, v), self.parts, self._interleaved,
                                                            self.min_sizes, strict=True):
             _check_plane(plane, need)
-            kernel(plane, stride, base, weights, out[start:start + len(base)])
+            kernel(plane, stride, base, weights, flat[start:start + len(base)])
             start += len(base)
-        return out.reshape(FRAME_SHAPE)
+        return out
 
     def reference(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The numpy port of transform.cl (the reference the compiled kernel is tested against)."""
@@ -224,30 +231,41 @@ def _check_plane(plane: np.ndarray, need: int) -> None:
 
 @functools.cache
 def _compiled_kernel() -> Callable[..., None] | None:
-    """warpkernel.warp_plane, or None (numpy fallback, one warning) where numba is not installed."""
+    """warpkernel.warp_plane, or None (numpy fallback, one warning) where numba is not installed or
+    cannot compile it (checked on a 2x2 plane, so a failure shows here and not mid-ingest)."""
     try:
         from spark_distill.warpkernel import warp_plane
-    except ImportError as e:
-        log.warning("numba unavailable (%s); warping with the slower numpy port", e)
+
+        out = np.zeros(1, np.uint8)
+        warp_plane(np.full(4, 7, np.uint8), 2, np.zeros(1, np.intp), np.array([[1 << _COEF_BITS, 0, 0, 0]], np.int32),
+                   out)
+        if out[0] != 7:
+            raise RuntimeError(f"the compiled warp gives {out[0]} on a flat plane of 7")
+    except Exception as e:  # ImportError, or any numba/LLVM compile error: the numpy port still works
+        log.warning("compiled warp unavailable (%s: %s); warping with the slower numpy port", type(e).__name__, e)
         return None
     return warp_plane
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_warp(m_key: bytes, src_w: int, src_h: int, strides: tuple[int, int, int] | None) -> FrameWarp:
-    return FrameWarp(np.frombuffer(m_key, dtype=np.float64).reshape(3, 3), src_w, src_h, strides)
-
-
 def warp_for(rpy_calib: tuple[float, float, float], camera: CameraModel, *, big: bool,
              strides: tuple[int, int, int] | None = None) -> FrameWarp:
-    """The (cached) warp of this camera into the medium (road) or small-big (wide) model frame."""
+    """The (cached) warp of this camera into the medium (road) or small-big (wide) model frame.
+
+    Cached by its arguments, so the per-frame call of ingest is a dictionary lookup; a new
+    calibration builds new tables (~20 ms per camera)."""
     m = get_warp_matrix(rpy_calib, camera.intrinsics, big=big)
-    return _cached_warp(m.astype(np.float64).tobytes(), camera.width, camera.height, strides)
+    return FrameWarp(m, camera.width, camera.height, strides)
 
 
-def pack_yuv6(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Pack a model-frame Y (256, 512), U and V (128, 256) into [6, 128, 256] (loadyuv.cl order)."""
-    return np.stack([y[0::2, 0::2], y[1::2, 0::2], y[0::2, 1::2], y[1::2, 1::2], u, v])
+def pack_yuv6(y: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack a model-frame Y (256, 512), U and V (128, 256) into [6, 128, 256] (loadyuv.cl order), into `out`
+    when given (any views: strided planes are read in place)."""
+    if out is None:
+        out = np.empty((6, *u.shape), dtype=y.dtype)
+    out[0], out[1], out[2], out[3] = y[0::2, 0::2], y[1::2, 0::2], y[0::2, 1::2], y[1::2, 1::2]
+    out[4], out[5] = u, v
+    return out
 
 
 def unpack_yuv6(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

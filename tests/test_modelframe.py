@@ -115,6 +115,24 @@ def test_compiled_warp_is_bit_identical_on_extreme_values() -> None:
         assert (got == value).all()
 
 
+def test_warp_fills_a_given_array_and_runs_compiled() -> None:
+    """`out=` (ingest warps straight into its clip arrays) gets the same pixels as a fresh array, from the
+    numba kernel (with its prefetch hints), not the numpy fallback; a wrong `out` is refused."""
+    from spark_distill import modelframe
+
+    assert modelframe._compiled_kernel() is not None
+    w, h = 1928, 1208
+    warp = FrameWarp(get_warp_matrix((0.0, 0.03, -0.02), cameras_for(w, h)[0].intrinsics, big=False), w, h)
+    planes = [p.ravel() for p in _random_planes(np.random.default_rng(3), w, h)]
+    clip = np.zeros((2, 6, 128, 256), np.uint8)
+    frame = clip[1]
+    assert warp(*planes, out=frame) is frame
+    np.testing.assert_array_equal(clip[1], warp.reference(*planes))
+    assert not clip[0].any()
+    with pytest.raises(ValueError, match="C-contiguous uint8"):
+        warp(*planes, out=np.zeros((6, 128, 256), np.int16))
+
+
 def test_warp_rejects_a_short_plane() -> None:
     w, h = 1164, 874
     warp = FrameWarp(get_warp_matrix((0.0, 0.0, 0.0), cameras_for(w, h)[0].intrinsics, big=False), w, h)

@@ -51,6 +51,35 @@ def test_shards_are_byte_reproducible(tmp_path: Path) -> None:
     assert digests[0] == digests[1]
 
 
+def test_shards_are_the_bytes_tarfile_writes_and_spans_copy_verbatim(tmp_path: Path) -> None:
+    """The writer's blocks equal tarfile.addfile's (same names, headers, padding, end blocks, record size,
+    also for a name past 100 characters); a span `write` returns, copied with `write_raw`, is that sample."""
+    long_key = "d" * 90 + "--c00001"
+    samples = [_sample("seg--c00000", 1), _sample(long_key, 2)]
+    w = shards.ShardWriter(tmp_path, "mine.tar", MEMBERS)
+    spans = [w.write(s, frames=2) for s in samples]
+    info = w.close()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for s in samples:
+            for member in sorted(k for k in s if k != "__key__"):
+                ti = tarfile.TarInfo(f"{s['__key__']}.{member}")
+                ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(s[member]), 0, 0o444, "spark", "spark"
+                tar.addfile(ti, io.BytesIO(s[member]))
+    data = (tmp_path / "mine.tar").read_bytes()
+    assert data == buf.getvalue() and info.bytes == len(data)
+    assert info.sha256 == shards.sha256_file(tmp_path / info.name)
+    assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] < len(data)
+    copy = shards.ShardWriter(tmp_path, "copy.tar", MEMBERS)
+    copy.write_raw(data[spans[1][0]:spans[1][1]], frames=2)
+    got = list(shards.iter_shard(tmp_path / copy.close().name, MEMBERS))
+    assert got == [samples[1]]
+    scratch = shards.ShardWriter(tmp_path, "scratch.tar", MEMBERS, durable=False)
+    with pytest.raises(DatasetError, match="not whole blocks"):
+        scratch.write_raw(b"x" * 100, frames=1)
+    assert scratch.close().sha256 == ""
+
+
 @settings(max_examples=30, deadline=None)
 @given(arrays(st.sampled_from([np.uint8, np.float16, np.float32, np.float64]), st.tuples(
     st.integers(0, 4), st.integers(1, 5))))

@@ -214,9 +214,10 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 steps: int = 5, rank: int = 16, workers: int = 8,
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
-                openpilot_size: str = "bench",
-                workdir: Path | None = None) -> Iterator[str]:
-    """Run the benchmark; yields report lines."""
+                openpilot_size: str = "bench", workdir: Path | None = None,
+                streaming_only: bool = False) -> Iterator[str]:
+    """Run the benchmark; yields report lines. `streaming_only`: the last student's DoRA row and its
+    streaming row, nothing else."""
     if not students or any(p not in PRESETS for p in students):
         raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
     if full_batch > batch or min(batch, full_batch, steps, workers) < 1:
@@ -278,21 +279,24 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         main = students[-1]  # the student of the comparison rows
         Row = tuple[str, Callable[[], nn.Module], int, bool, bool]  # name, student, clips, compiled, captured
         rows: list[Row] = [(f"{p} our DoRA", lambda p=p: _ours(student(p), rank, dora=True), batch, compiled, captured)
-                           for p in students]
-        if captured and compiled:  # the step before capture, for the gain
-            rows.append((f"{main} our DoRA uncaptured", lambda: _ours(student(main), rank, dora=True), batch, True,
-                         False))
-        if compiled or captured:
-            rows.append((f"{main} our DoRA eager", lambda: _ours(student(main), rank, dora=True), batch, False, False))
-        rows.append((f"{main} our LoRA", lambda: _ours(student(main), rank, dora=False), batch, compiled, captured))
-        try:
-            import peft  # noqa: F401
+                           for p in (students[-1:] if streaming_only else students)]
+        if not streaming_only:
+            if captured and compiled:  # the step before capture, for the gain
+                rows.append((f"{main} our DoRA uncaptured", lambda: _ours(student(main), rank, dora=True), batch,
+                             True, False))
+            if compiled or captured:
+                rows.append((f"{main} our DoRA eager", lambda: _ours(student(main), rank, dora=True), batch, False,
+                             False))
+            rows.append((f"{main} our LoRA", lambda: _ours(student(main), rank, dora=False), batch, compiled,
+                         captured))
+            try:
+                import peft  # noqa: F401
 
-            rows.append((f"{main} PEFT DoRA", lambda: _peft(student(main), DEFAULT_TARGETS, rank, 2.0 * rank, True),
-                         batch, compiled, captured))
-        except ImportError:
-            yield "  peft is not installed: PEFT row skipped"
-        rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled, captured))
+                rows.append((f"{main} PEFT DoRA", lambda: _peft(student(main), DEFAULT_TARGETS, rank, 2.0 * rank,
+                                                                True), batch, compiled, captured))
+            except ImportError:
+                yield "  peft is not installed: PEFT row skipped"
+            rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled, captured))
         rates: dict[str, float] = {}
         streamed = "2. streaming: not measured (the DoRA row failed)"
 
@@ -323,6 +327,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             yield f"  our DoRA step / our LoRA step: {lora / dora:.2f} (target <= 1.30)" + (
                 f"; PEFT DoRA step / our DoRA step: {dora / theirs:.2f}" if theirs else "")
         yield streamed
+        if streaming_only:
+            return
 
         # 3. feature-cached vs image mode (openpilot student), both from the loader
         if student_onnx is None and (scratch / "ds").exists():  # our own dataset: our own stand-in

@@ -9,6 +9,8 @@ through the encode-index events, never by position in the file).
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -62,13 +64,22 @@ def frame_log_arrays(log: LogData, t: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def calibration_at(log: LogData, t: int) -> tuple[float, float, float]:
-    """liveCalibration rpyCalib at time t; zeros before the first message (modeld's start-up value)."""
-    stream = log.streams.get("calibration")
-    if stream is None:
-        return (0.0, 0.0, 0.0)
-    row = stream.at(np.array([t]))[0]
-    return (0.0, 0.0, 0.0) if np.isnan(row[0]) else (float(row[0]), float(row[1]), float(row[2]))
+class CalibrationTrack:
+    """liveCalibration rpyCalib by time, one frame at a time (ingest asks once per frame).
+
+    `at(t)` is the row of the latest message at or before t, zeros before the first one (modeld's
+    start-up value) and where the log has no calibration; the same values as `Stream.at`, without
+    its per-call arrays."""
+
+    def __init__(self, log: LogData) -> None:
+        stream = log.streams.get("calibration")
+        self.times: list[int] = stream.times.tolist() if stream is not None else []
+        rows = stream.values[:, :3].tolist() if stream is not None else []
+        self.rows = [(0.0, 0.0, 0.0) if math.isnan(r[0]) else (float(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+    def at(self, t: int) -> tuple[float, float, float]:
+        i = bisect.bisect_right(self.times, t) - 1
+        return self.rows[i] if i >= 0 else (0.0, 0.0, 0.0)
 
 
 def traffic_onehot(rhd: bool) -> np.ndarray:

@@ -143,6 +143,7 @@ class _StagedSegment:
     report: SegmentReport
     staging: Path | None
     error: str | None = None
+    spans: list[tuple[int, int, int]] = field(default_factory=list)  # per clip: (start, end) in staging, frames
 
 
 def _stage_segment(args: tuple[Segment, SegmentSettings, Path, Any]) -> _StagedSegment:
@@ -150,18 +151,19 @@ def _stage_segment(args: tuple[Segment, SegmentSettings, Path, Any]) -> _StagedS
     seg, settings, staging_dir, progress = args
     report = SegmentReport(seg.name)
     path = staging_dir / f"{seg.number:05d}-{shards.sanitize_segment(seg.name)}.tar"
-    writer = shards.ShardWriter(staging_dir, path.name, shards.FRAMES_MEMBERS)
+    writer = shards.ShardWriter(staging_dir, path.name, shards.FRAMES_MEMBERS, durable=False)
+    spans = []
     try:
         for sample in segment_clips(seg, settings, report):
             frames = _frames_in(sample)
-            writer.write(sample, frames=frames)
+            spans.append((*writer.write(sample, frames=frames), frames))
             if progress is not None:
                 progress.put(frames)
     except IngestError as e:
         writer.abort()
         return _StagedSegment(report, None, str(e))
-    writer.close(durable=False)  # staging is scratch: a rerun rebuilds it, and the shards get hashed
-    return _StagedSegment(report, path)
+    writer.close()  # staging is scratch: a rerun rebuilds it, and the shards get hashed
+    return _StagedSegment(report, path, spans=spans)
 
 
 def _frames_in(sample: dict[str, Any]) -> int:
@@ -179,13 +181,14 @@ class _ShardSink:
         self.open_clips = 0  # clips of open_segment already written into shards (closed or open)
         self.written: list[shards.ShardInfo] = []
 
-    def add(self, sample: dict[str, Any], segment: str, frames: int) -> None:
+    def add(self, blocks: bytes, segment: str, frames: int) -> None:
+        """One sample, as the tar blocks its staging writer wrote (copied, not parsed again)."""
         if self.writer is None:
             name = shards.shard_name(len(self.manifest["shards"]))
             self.writer = shards.ShardWriter(self.folder, name, shards.FRAMES_MEMBERS)
         if segment != self.open_segment:
             self.open_segment, self.open_clips = segment, 0
-        self.writer.write(sample, frames=frames)
+        self.writer.write_raw(blocks, frames=frames)
         self.open_clips += 1
         if self.writer.samples >= self.per_shard:
             self.close_shard()
@@ -253,9 +256,12 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
                 log.warning("%s: %s", seg.name, w)
             skip = partial.get("clips", 0) if partial.get("segment") == seg.name else 0
             sink.open_segment, sink.open_clips = seg.name, skip
-            for i, sample in enumerate(shards.iter_shard(staged.staging, shards.FRAMES_MEMBERS)):
-                if i >= skip:
-                    sink.add(sample, seg.name, _frames_in(sample))
+            with open(staged.staging, "rb") as f:
+                for begin, end, frames in staged.spans[skip:]:
+                    f.seek(begin)
+                    if len(blocks := f.read(end - begin)) != end - begin:
+                        raise IngestError(f"{staged.staging}: staging file cut short (removed while ingesting?)")
+                    sink.add(blocks, seg.name, frames)
             staged.staging.unlink()
             sink.segment_done(staged.report)
             result.segments_done += 1

@@ -20,7 +20,7 @@ import numpy as np
 from spark_distill import shards
 from spark_distill.errors import IngestError
 from spark_distill.ingest.align import (
-    calibration_at,
+    CalibrationTrack,
     frame_log_arrays,
     indexed_frames,
     match_frames,
@@ -29,7 +29,7 @@ from spark_distill.ingest.align import (
 from spark_distill.ingest.discover import Segment
 from spark_distill.ingest.logs import load_schema, read_log
 from spark_distill.ingest.video import VideoReport, decode_i420
-from spark_distill.modelframe import cameras_for, warp_for
+from spark_distill.modelframe import FRAME_SHAPE, cameras_for, warp_for
 from spark_distill.modelv2 import WIDTH as MODELV2_WIDTH
 from spark_distill.modelv2 import split_blocks as split_modelv2_blocks
 
@@ -114,27 +114,35 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         wide_counts: dict[str, int] = {}
         wide = indexed_frames(decode_i420(wide_path, wide_video, threads=settings.decode_threads),
                               logdata.encode["wide"], wide_counts)
-    buffer: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    # frames are warped straight into the clip's arrays, reused from clip to clip (a sample is encoded to
+    # bytes before the next frame is warped)
+    road_clip = np.empty((settings.clip_len, *FRAME_SHAPE), np.uint8)
+    wide_clip = np.empty_like(road_clip)
+    calibration = CalibrationTrack(logdata)
+    stamps: list[tuple[int, int]] = []  # (frameId, time) of the frames in the clip arrays
     clip = kept = 0
     cams = None
     for fid, t, road_frame, wide_frame in match_frames(road, wide, counts):
         if cams is None:
             road_cam, wide_cam = cameras_for(road_video.width, road_video.height)
             cams = (road_cam, wide_cam if wide_frame is not None else road_cam)
-        rpy = calibration_at(logdata, t)
+        rpy = calibration.at(t)
         src_wide = wide_frame if wide_frame is not None else road_frame
-        packed_road = warp_for(rpy, cams[0], big=False, strides=road_frame.strides)(
-            road_frame.y, road_frame.u, road_frame.v)
-        packed_wide = warp_for(rpy, cams[1], big=True, strides=src_wide.strides)(src_wide.y, src_wide.u, src_wide.v)
-        buffer.append((fid, t, packed_road, packed_wide))
+        n = len(stamps)
+        warp_for(rpy, cams[0], big=False, strides=road_frame.strides)(
+            road_frame.y, road_frame.u, road_frame.v, out=road_clip[n])
+        warp_for(rpy, cams[1], big=True, strides=src_wide.strides)(
+            src_wide.y, src_wide.u, src_wide.v, out=wide_clip[n])
+        stamps.append((fid, t))
         kept += 1
-        if len(buffer) == settings.clip_len:
-            yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None, codec=settings.codec,
-                               crf=settings.crf)
-            clip, buffer = clip + 1, []
-    if buffer:
-        yield _clip_sample(seg, clip, buffer, logdata, wide_from_road=wide is None, codec=settings.codec,
-                           crf=settings.crf)
+        if len(stamps) == settings.clip_len:
+            yield _clip_sample(seg, clip, stamps, road_clip, wide_clip, logdata, wide_from_road=wide is None,
+                               codec=settings.codec, crf=settings.crf)
+            clip, stamps = clip + 1, []
+    if stamps:
+        n = len(stamps)
+        yield _clip_sample(seg, clip, stamps, road_clip[:n], wide_clip[:n], logdata, wide_from_road=wide is None,
+                           codec=settings.codec, crf=settings.crf)
         clip += 1
 
     index = logdata.encode["road"]
@@ -152,10 +160,11 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         raise IngestError(f"{road_path}: no frame could be matched to the log ({report.dropped or 'no frames'})")
 
 
-def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_from_road: bool, codec: str,
-                 crf: int) -> dict[str, Any]:
-    fids = [f[0] for f in frames]
-    times = np.array([f[1] for f in frames], dtype=np.int64)
+def _clip_sample(seg: Segment, clip: int, stamps: list[tuple[int, int]], road: np.ndarray, wide: np.ndarray,
+                 logdata: Any, *, wide_from_road: bool, codec: str, crf: int) -> dict[str, Any]:
+    """The encoded sample of one clip: `stamps` (frameId, time) per frame, `road`/`wide` (T, 6, 128, 256)."""
+    fids = [f for f, _ in stamps]
+    times = np.array([t for _, t in stamps], dtype=np.int64)
     arrays = frame_log_arrays(logdata, times)
     flags = ["wide_from_road"] if wide_from_road else []
     if not bool(arrays["calib_valid"][0]):
@@ -169,8 +178,6 @@ def _clip_sample(seg: Segment, clip: int, frames: list, logdata: Any, *, wide_fr
                         "rpy_per_frame": arrays["rpy"].tolist()},
         "flags": flags,
     }
-    road = np.stack([f[2] for f in frames])  # (T, 6, 128, 256) uint8
-    wide = np.stack([f[3] for f in frames])
     return {
         "__key__": shards.clip_key(seg.name, clip),
         **shards.encode_cameras({"road": road, "wide": wide}, codec=codec, crf=crf),

@@ -4,10 +4,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from spark_distill.ingest.align import desire_onehot, indexed_frames, match_frames, traffic_onehot
-from spark_distill.ingest.logs import EncodeIndex
+from spark_distill.ingest.align import (
+    CalibrationTrack,
+    desire_onehot,
+    indexed_frames,
+    match_frames,
+    traffic_onehot,
+)
+from spark_distill.ingest.logs import EncodeIndex, LogData, Stream
 
 
 def test_frames_are_matched_by_encode_index_not_position() -> None:
@@ -41,3 +49,16 @@ def test_desire_follows_openpilot_desire_helper() -> None:
 def test_traffic_convention() -> None:
     assert traffic_onehot(False).tolist() == [1.0, 0.0]
     assert traffic_onehot(True).tolist() == [0.0, 1.0]
+
+
+def test_calibration_is_the_latest_message_at_or_before_each_frame() -> None:
+    nan = np.nan
+    calib = Stream(np.array([100, 200, 300]), np.array([[0.1, 0.2, 0.3, 1], [nan, nan, nan, 0], [0.4, 0.5, 0.6, 1]]))
+    track = CalibrationTrack(LogData(Path("rlog"), {"calibration": calib}, {}))
+    got = [track.at(t) for t in (99, 100, 150, 200, 299, 300, 10**12)]
+    zero, first, last = (0.0, 0.0, 0.0), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    assert got == [zero, first, first, zero, zero, last, last]  # NaN message (not calibrated yet): zeros
+    # the same rows as the array lookup the per-clip log arrays use
+    rows = calib.at(np.array([150, 300]))[:, :3]
+    assert [tuple(r) for r in rows] == [first, last]
+    assert CalibrationTrack(LogData(Path("rlog"), {}, {})).at(5) == zero
