@@ -410,20 +410,33 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def iter_shard(path: Path, members: dict[str, str | None]) -> Iterator[dict[str, Any]]:
+def iter_shard(path: Path, members: dict[str, str | None], *,
+               skip: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """Samples of one shard in order, as `{"__key__": key, member: bytes, …}`.
 
     Only regular-file members named `<key>.<known member>` are accepted; nothing is extracted to
-    disk. A truncated or foreign tar is a DatasetError naming the shard."""
+    disk. A truncated or foreign tar is a DatasetError naming the shard. Members whose stem (name
+    before the first dot, e.g. `road`) is in `skip` are left out and their bytes never read (the
+    shard is then read by seeking past them, not as a stream)."""
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        size = path.stat().st_size
+        with tarfile.open(path, mode="r:" if skip else "r|") as tar:
             for info in tar:
                 if not info.isreg():
                     raise DatasetError(f"{path.name}: unexpected non-file member {info.name!r}")
                 key, _, member = info.name.partition(".")
                 if member not in members or not _KEY_RE.match(key):
                     raise DatasetError(f"{path.name}: unexpected member {info.name!r}")
+                if member.split(".", 1)[0] in skip:
+                    if info.offset_data + info.size > size:  # seeking past a cut would look like the archive's end
+                        raise DatasetError(f"{path.name}: unreadable shard (truncated in {info.name!r})")
+                    if current is not None and current["__key__"] != key:
+                        yield current
+                        current = None
+                    if current is None:
+                        current = {"__key__": key}
+                    continue
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if current is not None and current["__key__"] != key:
                     yield current

@@ -41,6 +41,28 @@ def test_write_then_read_gives_the_same_samples(tmp_path: Path) -> None:
         assert d["meta"] == {"v": i}
 
 
+def test_skipped_members_are_left_out_and_the_rest_read_as_without_skipping(tmp_path: Path) -> None:
+    """Feature-cached training reads frames shards without their camera members (seeking past their bytes)."""
+    w = shards.ShardWriter(tmp_path, "shard-000000.tar", MEMBERS)
+    for i in range(3):
+        w.write(_sample(shards.clip_key("abc|2024-01-01--00-00-00--3", i), i), frames=2)
+    path = tmp_path / w.close().name
+    full = list(shards.iter_shard(path, MEMBERS))
+    lean = list(shards.iter_shard(path, MEMBERS, skip=frozenset({"road"})))
+    assert [{k: v for k, v in f.items() if k != "road.npy.zst"} for f in full] == lean
+    assert all("road.npy.zst" in f for f in full) and len(lean) == 3
+    whole, caught = path.read_bytes(), 0
+    for cut in range(100, len(whole), 300):  # a cut the stream reader reports, the skipping reader reports too
+        path.write_bytes(whole[:cut])
+        try:
+            list(shards.iter_shard(path, MEMBERS))
+        except DatasetError:
+            caught += 1
+            with pytest.raises(DatasetError, match=r"shard-000000\.tar"):
+                list(shards.iter_shard(path, MEMBERS, skip=frozenset({"road"})))
+    assert caught >= 10
+
+
 def test_shards_are_byte_reproducible(tmp_path: Path) -> None:
     digests = []
     for name in ("a", "b"):

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill import shards
-from spark_distill.clips import decode_clip
+from spark_distill.clips import IMAGE_STEMS, decode_clip
 from spark_distill.dataset import check_frames_sample, check_label_sample, frames_dir, label_widths
 from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.label.plan import SegmentPlan, frames_binding, plan_segments
@@ -96,11 +96,12 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
     return pairs, labels
 
 
-def read_lockstep(pair: ShardPair) -> Iterator[tuple[dict, dict]]:
-    """(frames sample, labels sample) of the pair's wanted clips, raw bytes, keys checked on both sides."""
+def read_lockstep(pair: ShardPair, *, images: bool = True) -> Iterator[tuple[dict, dict]]:
+    """(frames sample, labels sample) of the pair's wanted clips, raw bytes, keys checked on both sides.
+    `images=False` (feature-cached training) never reads the camera members' bytes."""
     wanted = set(pair.keys)
     labels = shards.iter_shard(pair.labels, shards.LABEL_MEMBERS)
-    for f in shards.iter_shard(pair.frames, shards.FRAMES_MEMBERS):
+    for f in shards.iter_shard(pair.frames, shards.FRAMES_MEMBERS, skip=frozenset() if images else IMAGE_STEMS):
         lab = next(labels, None)
         if lab is None or lab["__key__"] != f["__key__"]:
             got = "nothing" if lab is None else lab["__key__"]
@@ -180,7 +181,8 @@ class ClipStream(IterableDataset):
         worker = (self.skip + loader_worker) % self.workers
         skip = (self.skip + loader_worker) // self.workers
         rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
-        stream = (s for pair in self._shards(self.epoch, self.rank, worker) for s in read_lockstep(pair))
+        stream = (s for pair in self._shards(self.epoch, self.rank, worker)
+                  for s in read_lockstep(pair, images=self.images))
         if self.train:
             stream = shuffled(stream, size=self.shuffle, rng=rng)
         pending: list[tuple[dict, dict]] = []
