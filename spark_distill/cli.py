@@ -144,7 +144,8 @@ def demo(
                                                         "holds an earlier demo).")] = Path("demo-out"),
     minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 0.6,
     student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
-    steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 40 per minute of drive].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 25 per minute of drive, at least "
+                                                   "16].")] = None,
     device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""

@@ -81,7 +81,7 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
                             device=cfg.device))
     report.label_frames_per_s = lab.frames_per_s
     report.label_backend = f"{lab.backend['name']} {lab.backend['precision']}"
-    steps = cfg.steps or max(20, round(40 * cfg.minutes))
+    steps = cfg.steps or max(16, round(25 * cfg.minutes))
     on_stage(f"train: {cfg.student} student, DoRA rank 8, {steps} steps, one segment held out for validation")
     tr = train(TrainConfig(root=out / "dataset", labels="teacher", run="demo", runs_dir=out / "runs",
                            student=cfg.student, adapter="dora", head_init="label-mean", batch_size=4,
