@@ -318,6 +318,9 @@ def train(
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
                                               "(--student openpilot or a run).")] = "auto",
+    head_init: Annotated[str, typer.Option(help="random, or label-mean: a fresh built-in student's output-head "
+                                                "biases start at the label set's mean output (a short run then "
+                                                "learns the deviation instead of the metres).")] = "random",
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
