@@ -142,13 +142,14 @@ def _csv(value: str) -> tuple[str, ...]:
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (replaced if it "
                                                         "holds an earlier demo).")] = Path("demo-out"),
-    minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 1.0,
+    minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 0.6,
     student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
-    steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 40 per minute of drive].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 25 per minute of drive, at least "
+                                                   "16].")] = None,
     device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
-    from spark_distill.demo import DemoConfig, run_demo
+    from spark_distill.demo import DemoConfig, run_demo, student_teacher_ratio
     from spark_distill.train.students.compact import PRESETS
 
     if student not in PRESETS:
@@ -176,6 +177,9 @@ def demo(
     for name, row in r.drive_error.items():
         table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in row.values()))
     out.print(table)
+    ratio = student_teacher_ratio(r.drive_error)
+    if ratio is not None:
+        out.print(f"student vs teacher on the path driven at 2 s: {ratio:.1f}x the teacher's error", highlight=False)
 
 
 @app.command(rich_help_panel="Pipeline")
@@ -314,6 +318,9 @@ def train(
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
                                               "(--student openpilot or a run).")] = "auto",
+    head_init: Annotated[str, typer.Option(help="random, or label-mean: a fresh built-in student's output-head "
+                                                "biases start at the label set's mean output (a short run then "
+                                                "learns the deviation instead of the metres).")] = "random",
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "

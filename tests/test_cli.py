@@ -48,6 +48,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["export", str(tmp_path), "--output", str(tmp_path / "x"), "--format", "onnx"], "unknown --format"),
         (["demo", "--minutes", "0.01", "--out", str(tmp_path / "d")], "--minutes 0.01"),
         (["train", str(tmp_path), "--labels", "x", "--student", "nope"], "unknown --student"),
+        (["train", str(tmp_path), "--labels", "x", "--head-init", "zero"], "unknown head init 'zero'"),
         (["bench", "train", "--student", "openpilot"], "choose compact"),
         (["train", str(tmp_path), "--labels", "x", "--capture", "graph"], "--capture must be one of auto, on, off"),
         (["bench", "train", "--capture", "yes"], "--capture must be one of auto, on, off"),

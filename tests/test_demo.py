@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from spark_distill.cli import app
 
-TEACHER_BOUND_2S = 1.0  # m; measured 0.62 on this held-out segment (seed 0, never fitted on)
+TEACHER_BOUND_2S = 1.5  # m; measured 0.99 on this held-out segment (the demo's drive, never fitted on)
+STUDENT_FACTOR_2S = 3.0  # student's 2 s error against the path driven / the teacher's; measured 1.1
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
@@ -21,16 +22,22 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     report = json.loads((out / "demo.json").read_text())
     assert report["frames_ingested"] == 480  # 2 segments x 12 s x 20 Hz
-    assert report["val_after"] < 0.9 * report["val_before"], report
+    # heads start at the labels' mean, so validation starts close (8.70 -> 8.30 measured); the drive table below is
+    # the real check of what the student learnt
+    assert report["val_after"] < report["val_before"], report
     assert report["export_max_diff"] <= 1e-4 and report["steps"] == 16
     for name in ("loss curve", "validation frame", "errors vs horizon", "eval", "export"):
         path = Path(report["artifacts"][name])
         assert path.exists() and path.stat().st_size > 1000, name
     assert re.search(r"validation loss\s+│ [\d.]+ -> [\d.]+ after 16 steps", r.output)
-    # the eval table: the shipped teacher drives this held-out segment (seed 0, never fitted on)
+    # the eval table: the shipped teacher drives this held-out segment (never fitted on)
     table = report["drive_error_m"]
     assert set(table) == {"student vs driven path", "teacher vs driven path", "student vs teacher"}
     assert table["teacher vs driven path"]["2"] <= TEACHER_BOUND_2S, table
+    # the demo's student learns to drive too: its head biases start at the labels' mean (a fresh head outputs ~0 m
+    # where the plan reaches 40 m at 2 s) and the held-out segment drives the speeds of the training one
+    assert report["student_over_teacher_2s"] <= STUDENT_FACTOR_2S, table
+    assert "x the teacher's error" in r.output
     assert "teacher vs driven path" in r.output
     # a second run replaces the earlier demo; a folder that is not a demo is refused, untouched
     other = tmp_path / "precious"

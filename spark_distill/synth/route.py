@@ -391,15 +391,28 @@ def miscalibrate(segment: Path, error: tuple[float, float, float]) -> None:
     _write_log(segment, fmt, b"".join(events), truncated=False)
 
 
-def write_route(out: Path, cfg: SynthConfig) -> list[SegmentTruth]:
-    """Write cfg.segments segments under `out`; faults go into the last one."""
+def _write_one(out: Path, cfg: SynthConfig, n: int) -> SegmentTruth:
+    """Segment n of the route (a worker process's task: the drive is rebuilt from cfg, a pure function of it)."""
+    faults = cfg.faults if n == cfg.segments - 1 else ()
+    return write_segment(out, cfg, n, Dynamics(cfg, cfg.segments * cfg.seconds), faults)
+
+
+def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1) -> list[SegmentTruth]:
+    """Write cfg.segments segments under `out`; faults go into the last one. `workers` > 1 renders and encodes
+    segments in that many processes (0: one per core); every segment is the same whatever the count."""
+    import os
+
     out.mkdir(parents=True, exist_ok=True)
-    dyn = Dynamics(cfg, cfg.segments * cfg.seconds)
-    truths = []
-    for n in range(cfg.segments):
-        faults = cfg.faults if n == cfg.segments - 1 else ()
-        truths.append(write_segment(out, cfg, n, dyn, faults))
-        log.info("wrote %s", truths[-1].path)
+    workers = min(cfg.segments, workers or os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            truths = pool.starmap(_write_one, [(out, cfg, n) for n in range(cfg.segments)])
+    else:
+        truths = [_write_one(out, cfg, n) for n in range(cfg.segments)]
+    for t in truths:
+        log.info("wrote %s", t.path)
     if cfg.modelv2_teacher is not None:
         from spark_distill.synth.logged_model import add_logged_model
 

@@ -34,6 +34,7 @@ from spark_distill.train.capture import (
 )
 from spark_distill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+from spark_distill.train.head_init import HEAD_INITS, label_means
 from spark_distill.train.lora import adapter_state_dict, apply_adapters, load_adapter_state, trainable_fraction
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.sizing import LR, TrainingData, default_adapter, fit_to_data, fit_to_memory, sized_as
@@ -66,6 +67,7 @@ class TrainConfig:
     student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
     student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
+    head_init: str = "random"  # label-mean: a fresh built-in student's head biases start at the labels' mean
     rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
     alpha: float = 32.0
     targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
@@ -108,6 +110,8 @@ class TrainConfig:
                               "or give a trained run's folder")
         if (self.student == "openpilot") != (self.student_onnx is not None):
             raise ConfigError("--student openpilot takes --student-onnx DIR (the ONNX pair to fine-tune), and only it")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"unknown head init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.capture not in CAPTURE_MODES:
@@ -321,6 +325,8 @@ class Recipe:
         if self.main_rank:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not base_file.exists():  # the base weights the adapters belong to
+                if cfg.head_init == "label-mean" and arch["kind"] == "compact" and not is_run_path(cfg.student):
+                    student.init_heads(*label_means(data.pairs, data.manifest, data.clip_len))
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
             spec = {"architecture": arch, "source": cfg.student, "slices": data.slices, "adapter": cfg.adapter,
                     "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),

@@ -68,3 +68,16 @@ def test_varied_drives_differ_and_keep_the_classic_one() -> None:
         t = 3.0  # speed and lead rate are the derivatives of distance and lead distance
         assert abs((d.distance(t + 1e-4) - d.distance(t - 1e-4)) / 2e-4 - d.speed(t)) < 1e-3
         assert abs((d.lead_distance(t + 1e-4) - d.lead_distance(t - 1e-4)) / 2e-4 - d.lead_rate(t)) < 1e-3
+
+
+def test_segments_written_in_parallel_are_the_same_bytes(tmp_path) -> None:
+    from spark_distill.synth.route import write_route
+
+    cfg = SynthConfig(segments=2, seconds=1.0, device="eon", faults=("encoder-drops",))
+    write_route(tmp_path / "one", cfg, workers=1)
+    truths = write_route(tmp_path / "two", cfg, workers=2)
+    assert [t.faults for t in truths] == [(), ("encoder-drops",)]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 4
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f

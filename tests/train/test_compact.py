@@ -47,3 +47,21 @@ def test_unrolled_gradients_reach_adapters_through_the_state() -> None:
     outs[-1].pow(2).mean().backward()
     gru_h: LoRALayer = model.gru_h
     assert gru_h.lora_a.grad is not None and gru_h.magnitude.grad.abs().sum() > 0
+
+
+def test_init_heads_starts_every_head_at_the_given_means() -> None:
+    vs, ps = C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V1)
+    model = CompactStudent(compact_xs(), vs, ps)
+    v_mean = torch.linspace(-3, 3, max(s.stop for s in vs.values()))
+    p_mean = torch.linspace(0, 200, max(s.stop for s in ps.values()))
+    model.init_heads(v_mean, p_mean)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.zero_()  # the output is then the bias alone
+    img = torch.randint(0, 255, (1, 12, 128, 256), dtype=torch.uint8)
+    vision, policy, _ = model(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), model.initial_state(1))
+    assert torch.allclose(policy[0], p_mean)
+    hidden = vs["hidden_state"]  # the features themselves, no head
+    keep = torch.ones(len(v_mean), dtype=torch.bool)
+    keep[hidden] = False
+    assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])

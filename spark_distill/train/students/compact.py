@@ -101,6 +101,18 @@ class CompactStudent(nn.Module):
         self.vision_width = max(s.stop for s in vision_slices.values())
         self.policy_width = max(s.stop for s in policy_slices.values())
 
+    @torch.no_grad()
+    def init_heads(self, vision_mean: torch.Tensor, policy_mean: torch.Tensor) -> None:
+        """Start every output head at the given mean output vectors (the label set's, `train.head_init`): each
+        head's bias is its slice of the mean, so a fresh student predicts the average plan, lane lines and lead
+        from step 0 instead of zeros metres away; its weights learn only the deviation from it."""
+        for prefix, slices, mean in (("vision", self.vision_slices, vision_mean), ("policy", self.policy_slices,
+                                                                                   policy_mean)):
+            for name, s in slices.items():
+                if f"{prefix}_{name}" in self.heads:  # hidden_state has none: it is the features themselves
+                    head = self.heads[f"{prefix}_{name}"]
+                    head.bias.copy_(mean[s].to(head.bias.dtype))
+
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.cfg.hidden, device=device)
 
