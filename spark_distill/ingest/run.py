@@ -248,7 +248,8 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
         jobs = [(seg, cfg.settings, staging, queue) for seg in pending]
         for seg, staged in zip(pending, _staged(jobs, workers), strict=True):
             if staged.error is not None:
-                log.warning("skipped %s: %s", seg.name, staged.error)
+                if len(pending) > 1:  # a lone segment's failure is the error raised below: said once
+                    log.warning("skipped %s: %s", seg.name, staged.error)
                 manifest["skipped"].append({"name": seg.name, "reason": staged.error})
                 result.segments_skipped.append({"name": seg.name, "reason": staged.error})
                 continue

@@ -145,7 +145,7 @@ def test_killed_ingest_resumes_to_the_same_shards(tici_route, tmp_path: Path) ->
     assert not list((out / "frames").glob("*.tmp"))
 
 
-def test_bad_segment_is_skipped_and_recorded(tici_route, tmp_path: Path) -> None:
+def test_bad_segment_is_skipped_and_recorded(tici_route, tmp_path: Path, caplog) -> None:
     route, truths, _ = tici_route
     bad = tmp_path / "in" / "2026-01-01--00-00-00--0"
     shutil.copytree(truths[0].path, bad)
@@ -155,8 +155,11 @@ def test_bad_segment_is_skipped_and_recorded(tici_route, tmp_path: Path) -> None
     manifest, _ = read_all(tmp_path / "out")
     assert manifest["skipped"][0]["name"] == "2026-01-01--00-00-00--0"
     assert "no readable events" in manifest["skipped"][0]["reason"]
+    assert "no readable events" in caplog.text, "the skipped segment is reported while the others go on"
+    caplog.clear()
     with pytest.raises(IngestError, match=r"rlog\.bz2: no readable events"):
         ingest(IngestConfig(inputs=(str(bad),), out=tmp_path / "only-bad", workers=1))
+    assert "no readable events" not in caplog.text, "a lone segment's reason is said once, by the error"
 
 
 def test_missing_encode_index_events_are_a_clear_error(tici_route, tmp_path: Path) -> None:
