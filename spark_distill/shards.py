@@ -231,6 +231,56 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
+VERIFIED = ".verified.json"  # shards whose sha256 was checked, with their file's (size, mtime, inode) then
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _verified_records(record: Path) -> dict[str, Any]:
+    try:
+        records = json.loads(record.read_bytes())["shards"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def verified_unchanged(folder: Path, entries: list[dict[str, Any]], records: tuple[Path, ...]) -> set[str]:
+    """Names of the shards of `folder` (manifest entries) whose sha256 a record file says was checked (or
+    computed as they were written) and whose file has not changed since: same size, modification time and
+    inode. A stale, foreign or unreadable record only means a check. Bytes that rot in place are still caught
+    when read: every array member carries a zstd content checksum."""
+    known: dict[str, Any] = {}
+    for record in records:
+        known.update(_verified_records(record))
+    out = set()
+    for e in entries:
+        rec = known.get(e["name"])
+        if isinstance(rec, dict) and rec.get("sha256") == e["sha256"]:
+            try:
+                if rec.get("stamp") == _stamp(folder / e["name"]):
+                    out.add(e["name"])
+            except OSError:
+                continue
+    return out
+
+
+def record_verified(record: Path, folder: Path, entries: list[dict[str, Any]]) -> None:
+    """Remember in `record` that these shards of `folder` (manifest entries: name, sha256) match their sha256 as
+    their files are now (the record file is rewritten only if that adds something)."""
+    records = _verified_records(record)
+    before = json.dumps(records, sort_keys=True)
+    for e in entries:
+        try:
+            records[e["name"]] = {"sha256": e["sha256"], "stamp": _stamp(folder / e["name"])}
+        except OSError:
+            records.pop(e["name"], None)
+    if json.dumps(records, sort_keys=True) != before:
+        write_json_atomic(record, {"version": 1, "shards": records})
+
+
 def read_manifest(folder: Path, fmt: str) -> dict[str, Any]:
     """Read and check `folder/manifest.json` of format `fmt`: the fields every reader relies on are there,
     with the right types (a torn or edited manifest is one DatasetError, not a crash further on)."""

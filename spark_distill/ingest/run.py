@@ -269,6 +269,9 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
             result.frames_kept += staged.report.frames_kept
             result.frames_dropped += staged.report.frames_dropped
         sink.close_shard()
+    # hashed as they were written: label need not read them again to check them while they stay unchanged
+    shards.record_verified(folder / shards.VERIFIED, folder, [{"name": i.name, "sha256": i.sha256}
+                                                             for i in sink.written])
     if result.segments_done == 0 and result.segments_skipped:
         raise IngestError(result.segments_skipped[0]["reason"])
     result.seconds = time.perf_counter() - start

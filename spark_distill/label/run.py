@@ -120,6 +120,7 @@ def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entr
 
 
 WRITERS = 4  # label shard writer processes
+FRAMES_VERIFIED = ".frames-verified.json"  # under labels/: frames shards this dataset's label passes have checked
 MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
 
 
@@ -193,10 +194,16 @@ class _Verifier:
     """sha256 checks of frames shards in threads (hashlib releases the GIL), started before the teacher is built
     so that they overlap its compile and capture; `bad(needed)` waits for the needed ones, drops the rest."""
 
-    def __init__(self, folder: Path, frames_manifest: dict[str, Any], shard_ids: set[int], workers: int) -> None:
-        self.folder, self.entries = folder, frames_manifest["shards"]
+    def __init__(self, folder: Path, frames_manifest: dict[str, Any], shard_ids: set[int], workers: int, *,
+                 record: Path | None) -> None:
+        self.folder, self.entries, self.record = folder, frames_manifest["shards"], record
+        # shards checked before (hashed as ingest wrote them, or by an earlier label pass: its record lives under
+        # labels/, the frames folder is never written) whose files have not changed since are not read again
+        known = shards.verified_unchanged(folder, [self.entries[i] for i in shard_ids],
+                                          (folder / shards.VERIFIED, *([record] if record else [])))
+        self.known = {i for i in shard_ids if self.entries[i]["name"] in known}
         self.pool = cf.ThreadPoolExecutor(workers)
-        self.futures = {i: self.pool.submit(self._bad, i) for i in sorted(shard_ids)}
+        self.futures = {i: self.pool.submit(self._bad, i) for i in sorted(shard_ids - self.known)}
 
     def _bad(self, i: int) -> bool:
         path = self.folder / self.entries[i]["name"]
@@ -208,10 +215,13 @@ class _Verifier:
             if i not in needed:
                 f.cancel()
         try:
-            return {i for i in sorted(needed) if (self.futures[i] if i in self.futures
-                                                  else self.pool.submit(self._bad, i)).result()}
+            checked = {i: (self.futures[i] if i in self.futures else self.pool.submit(self._bad, i)).result()
+                       for i in sorted(needed - self.known)}
         finally:
             self.close()
+        if self.record is not None:
+            shards.record_verified(self.record, self.folder, [self.entries[i] for i, b in checked.items() if not b])
+        return {i for i, b in checked.items() if b}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -229,7 +239,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     recorded = _recorded_shards(folder)  # a first look, to check only what is left while the teacher builds
     verifier = _Verifier(fdir, frames_manifest, {c.shard for p in plans for c in p.clips
                                                  if frames_manifest["shards"][c.shard]["name"] not in recorded},
-                         cfg.workers)
+                         cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
     try:
         backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
                               precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",

@@ -270,7 +270,7 @@ def _run_file(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 def _targets() -> dict[str, Target]:
     seg1 = f"route/{SEGMENTS[1]}"
     frames, labels = f"ds/frames/{SHARD}", f"ds/labels/set/{SHARD}"
-    ds_manifest = ("ds/frames/manifest.json",)
+    ds_manifest = ("ds/frames/manifest.json", "ds/frames/.verified.json")  # what ingest may rewrite
     ts = [
         Target("rlog-zst", f"{seg1}/rlog.zst", M.any_bytes, _read_log, ("route",)),
         Target("rlog-bz2", f"{seg1}/rlog.bz2", M.any_bytes, _read_log, ("route",), prepare=_log_as("bz2")),

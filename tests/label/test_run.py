@@ -212,17 +212,34 @@ def test_tensorrt_backend_through_the_label_pass(dataset: Path, teacher: Path, m
     assert len(fake_tensorrt.BUILDS) == 2 and len(list((dataset / "labels" / ".engines").glob("*.engine"))) >= 2
 
 
-def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Path, tmp_path: Path) -> None:
+def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Path, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """Also: a frames shard is read for its sha256 check once, then trusted while its file is unchanged (size,
+    mtime, inode); ingest's own shards count as checked (hashed as written)."""
     import shutil
 
+    entries = shards.read_manifest(dataset / "frames", shards.FRAMES_FORMAT)["shards"]
+    names = {e["name"] for e in entries}
+    ingested = (dataset / "frames" / shards.VERIFIED,)
+    assert shards.verified_unchanged(dataset / "frames", entries, ingested) == names, "ingest records what it hashed"
     root = tmp_path / "copy"
     shutil.copytree(dataset / "frames", root / "frames")
+    assert shards.verified_unchanged(root / "frames", entries, (root / "frames" / shards.VERIFIED,)) == set(), \
+        "a copy (new inodes) is checked again"
+    hashed: list[str] = []
+    sha256_file = shards.sha256_file
+    monkeypatch.setattr(shards, "sha256_file", lambda p: (hashed.append(Path(p).name), sha256_file(p))[1])
     label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="clean"))
+    assert sorted(n for n in hashed if n.endswith(".tar")) == sorted(names)
     shard = root / "frames" / "shard-000001.tar"
     data = bytearray(shard.read_bytes())
     data[4000] ^= 0xFF
     shard.write_bytes(bytes(data))
+    hashed.clear()
     result = label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="bad"))
+    assert [n for n in hashed if n.endswith(".tar")] == ["shard-000001.tar"], "only the changed file is read"
+    frames_record = (root / "frames" / shards.VERIFIED).read_bytes()
+    assert frames_record == (dataset / "frames" / shards.VERIFIED).read_bytes(), "label never writes into frames/"
     assert result.skipped_shards == ["shard-000001.tar"]
     clean, bad = root / "labels" / "clean", root / "labels" / "bad"
     assert sorted(p.name for p in bad.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000002.tar",
