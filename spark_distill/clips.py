@@ -17,7 +17,7 @@ import numpy as np
 
 from spark_distill import codecs, shards
 from spark_distill.errors import DatasetError
-from spark_distill.label.plan import ShardIndex
+from spark_distill.label.plan import Arena, ShardIndex
 
 IMAGE_STEMS = frozenset({"road", "wide"})
 LABEL_PASS_STEMS = IMAGE_STEMS | {"desire", "traffic", "car", "meta"}  # what the teacher's modeld state reads
@@ -28,13 +28,10 @@ def stem(member: str) -> str:
     return member.split(".", 1)[0]
 
 
-def read_raw(index: ShardIndex, key: str, stems: frozenset[str], arena: bytearray | None = None) -> dict[str, Any]:
+def read_raw(index: ShardIndex, key: str, stems: frozenset[str], arena: Arena | None = None) -> dict[str, Any]:
     """Member bytes of sample `key` whose stem is in `stems`, plus `__key__` (pread; nothing decoded). `arena`: a
     buffer to read the large members into (see ShardIndex.read_raw)."""
-    entry = index.members.get(key)
-    if entry is None:
-        raise DatasetError(f"{index.path.name}: no sample {key!r} (the frames manifest and shard disagree)")
-    return index.read_raw(key, tuple(m for m in entry if stem(m) in stems), arena)
+    return index.read_raw(key, tuple(m for m in index.members.get(key, ()) if stem(m) in stems), arena)
 
 
 def decode_clip(frames: dict[str, Any], labels: dict[str, Any] | None = None, *,

@@ -58,6 +58,19 @@ def plan_segments(manifest: dict[str, Any]) -> list[SegmentPlan]:
     return plans
 
 
+class Arena:
+    """A read buffer reused from read to read (no page faults): `take(n)` gives n bytes of it, in a new, larger
+    buffer when it is too small (views of the old one stay valid)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self.buf):
+            self.buf = bytearray(n + (n >> 2))
+        return memoryview(self.buf)[:n]
+
+
 class ShardIndex:
     """Member offsets of one shard; clips are read with pread, any order, from any thread."""
 
@@ -76,7 +89,7 @@ class ShardIndex:
         self.keys = list(self.members)
         self.fd: int | None = os.open(path, os.O_RDONLY)
 
-    def read_raw(self, key: str, wanted: tuple[str, ...], arena: bytearray | None = None) -> dict[str, Any]:
+    def read_raw(self, key: str, wanted: tuple[str, ...], arena: Arena | None = None) -> dict[str, Any]:
         """Member bytes of sample `key` (those of `wanted` it has), plus `__key__`. Reopens the file if closed.
         With `arena`, plain arrays (`.npy.zst`) of over 64 KiB are read into it and returned as memoryviews of it
         (valid until the next read into the same arena): a reader that reuses its buffer takes no page faults."""
@@ -86,11 +99,13 @@ class ShardIndex:
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDONLY)
         raw: dict[str, Any] = {"__key__": key}
-        view, used = (memoryview(arena) if arena is not None else None), 0
+        into = set() if arena is None else {m for m in wanted
+                                            if m in entry and entry[m][1] > 65536 and m.endswith(".npy.zst")}
+        view, used = (None if arena is None else arena.take(sum(entry[m][1] for m in into))), 0
         for member in wanted:
             if member in entry:
                 offset, size = entry[member]
-                if view is not None and size > 65536 and member.endswith(".npy.zst") and used + size <= len(view):
+                if member in into:
                     got = os.preadv(self.fd, [view[used: used + size]], offset)
                     if got != size:
                         raise DatasetError(f"{self.path.name}: {key}.{member} is truncated")

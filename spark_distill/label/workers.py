@@ -42,7 +42,7 @@ import numpy as np
 from spark_distill import shards
 from spark_distill.clips import LABEL_PASS_STEMS, decode_clip, read_raw
 from spark_distill.errors import DatasetError, LabelError
-from spark_distill.label.plan import ClipRef, ShardIndex
+from spark_distill.label.plan import Arena, ClipRef, ShardIndex
 
 log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
@@ -65,7 +65,7 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
     results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
     open_files: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards whose file is open, LRU
-    arena = bytearray()
+    arena = Arena()  # reused from clip to clip: reads without page faults
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -84,10 +84,6 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
             open_files.move_to_end(shard)
             if len(open_files) > _OPEN_SHARDS:
                 indexes[open_files.popitem(last=False)[0]].close()
-            entry = indexes[shard].members.get(key, {})
-            need = sum(size for m, (_, size) in entry.items() if m.endswith(".npy.zst"))
-            if need > len(arena):
-                arena = bytearray(need + (need >> 2))  # reused from clip to clip: read without page faults
             raw = read_raw(indexes[shard], key, LABEL_PASS_STEMS, arena)
             read = time.perf_counter()
             try:  # both cameras straight into the slot
