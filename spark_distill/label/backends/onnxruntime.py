@@ -69,6 +69,10 @@ class OrtBackend:
     def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run("policy", inputs)
 
+    def capturable(self) -> None:
+        """None: ONNX Runtime runs on the host."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": "cpu", "onnxruntime": self.version,
                 "batched": self.batched}

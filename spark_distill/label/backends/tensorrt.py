@@ -137,6 +137,11 @@ class TensorRTBackend:
     def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.engines["policy"](inputs, self.widths["policy"])
 
+    def capturable(self) -> None:
+        """None: the label pass does not capture a TensorRT engine inside its own CUDA graph (never tried on
+        hardware here: TensorRT is not installable on these machines), so its step stays uncaptured."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": str(self.device), "gpu": self.gpu,
                 "tensorrt": self.trt.__version__, "module": self.trt.__name__, "engines": self.engine_files}

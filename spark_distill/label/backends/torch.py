@@ -8,7 +8,7 @@ CUDA only (the bench stand-in's vision ran 2x faster compiled on an H200; on the
 compiling outweighs the gain for a dataset of a few thousand frames). Compiled graphs are cached
 across runs: inductor's own cache, and its artifacts saved beside the engines (`cache_dir`) and
 loaded before compiling. On CUDA each graph, compiled or eager, is replayed from a CUDA graph
-captured at the backend's batch (`_Graphed`); `capturable()` hands the plain forwards to a caller
+captured at the backend's batch on its first call (`_Graphed`); `capturable()` hands the plain forwards to a caller
 that captures a larger step itself (the label pass: both models and modeld's state in one graph).
 """
 
@@ -112,21 +112,20 @@ class TorchBackend:
             cache = _compile_cache(cache_dir, teacher, self.device, self.precision, batch)
             _allow_recompiles()
             self.forwards = {role: torch.compile(f, dynamic=False) for role, f in self.eager.items()}
-        if self.cuda_graphs or self.compiled:  # compile and capture now, as TensorRT builds its engine up front
+        if self.compiled:  # compile now, as TensorRT builds its engine up front
             for role, mf in (("vision", teacher.vision), ("policy", teacher.policy)):
                 example = self._layout({k: torch.from_numpy(v).to(self.device)
                                         for k, v in random_inputs(mf.inputs, batch).items()})
-                if self.cuda_graphs:
-                    self.graphs[role] = _Graphed(self.forwards[role], example)
-                else:
-                    with torch.no_grad():
-                        self.forwards[role](*example.values())
+                with torch.no_grad():
+                    self.forwards[role](*example.values())
         if cache is not None and not cache.exists():
             _save_compile_cache(cache)
 
     def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         n = next(iter(inputs.values())).shape[0]
-        if n == self.batch and role in self.graphs:
+        if n == self.batch and self.cuda_graphs:
+            if role not in self.graphs:  # captured at first use (the label pass captures its own step instead)
+                self.graphs[role] = _Graphed(self.forwards[role], inputs)
             return self.graphs[role](inputs)
         with torch.no_grad():  # other batch sizes run eager: a compiled graph is for the backend's batch only
             return (self.forwards if n == self.batch else self.eager)[role](*inputs.values())
