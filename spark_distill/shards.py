@@ -105,45 +105,23 @@ def encode_array(arr: np.ndarray, *, level: int = _ZSTD_LEVEL) -> bytes:
 
 def decode_array(data: bytes) -> np.ndarray:
     """Inverse of encode_array; never unpickles. Raises DatasetError on bytes that are not such an array."""
-    try:
-        return _decode_array(data)
-    except (zstandard.ZstdError, ValueError, TypeError, SyntaxError, EOFError, OverflowError, MemoryError) as e:
-        raise DatasetError(f"not a zstd-compressed .npy array ({type(e).__name__}: {_first_line(e)})") from e
+    return _decoded(data, None)
+
+
+def decode_array_into(data: bytes, out: np.ndarray) -> np.ndarray:
+    """Decode an `encode_array` member straight into the leading rows of `out` (C-contiguous; the array's dtype
+    and trailing dimensions must be out's) with no intermediate copy; returns that view of `out`. Raises
+    DatasetError on bytes that are not such an array."""
+    return _decoded(data, out)
 
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [""])[0][:120]
 
 
-def _decode_array(data: bytes) -> np.ndarray:
-    """decode_array's work: decompresses straight into the array's memory."""
-    dctx = zstandard.ZstdDecompressor()
-    size = zstandard.frame_content_size(data)
-    if size < 0:  # no size in the frame header (another writer): decompress, then copy
-        raw = np.frombuffer(bytearray(dctx.decompress(data)), np.uint8)
-    else:
-        raw = np.empty(size, np.uint8)
-        view, filled = memoryview(raw), 0
-        with dctx.stream_reader(data) as reader:
-            while filled < size and (n := reader.readinto(view[filled:])):
-                filled += n
-        if filled != size:
-            raise ValueError("truncated zstd frame")
-    buf = io.BytesIO(raw[:256].tobytes())  # the .npy header sits in the first bytes
-    version = np.lib.format.read_magic(buf)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(buf)
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted")
-    count = int(np.prod(shape))
-    arr = raw[buf.tell(): buf.tell() + count * dtype.itemsize].view(dtype)
-    return arr.reshape(shape, order="F" if fortran else "C")
-
-
-def decode_array_into(data: bytes, out: np.ndarray) -> np.ndarray:
-    """Decode an `encode_array` member straight into the leading rows of `out` (C-contiguous; the array's dtype
-    and trailing dimensions must be out's) with no intermediate copy; returns that view of `out`. The frame's
-    content checksum is verified. Raises DatasetError on bytes that are not such an array."""
+def _decoded(data: bytes, out: np.ndarray | None) -> np.ndarray:
+    """The one decoder: the .npy header read from the zstd stream, then the data decompressed straight into the
+    array's memory (a new array, or the leading rows of `out`); the frame's content checksum is verified."""
     try:
         with zstandard.ZstdDecompressor().stream_reader(data) as reader:
             head = _read_exactly(reader, 10)
@@ -155,16 +133,21 @@ def decode_array_into(data: bytes, out: np.ndarray) -> np.ndarray:
                 head += _read_exactly(reader, 2)
                 head += _read_exactly(reader, int.from_bytes(head[8:12], "little"))
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(io.BytesIO(head[8:]))
-            if dtype != out.dtype or fortran or len(shape) != out.ndim or shape[1:] != out.shape[1:] \
+            if dtype.hasobject:
+                raise ValueError("object arrays are not accepted")
+            if out is None:
+                arr = np.empty(shape, dtype, order="F" if fortran else "C")
+            elif dtype != out.dtype or fortran or len(shape) != out.ndim or shape[1:] != out.shape[1:] \
                     or shape[0] > out.shape[0]:
                 raise ValueError(f"a {dtype} array of shape {shape} does not fit {out.dtype} {out.shape}")
-            view = out[: shape[0]]
-            flat, filled = memoryview(view.reshape(-1)).cast("B"), 0
-            while filled < view.nbytes and (n := reader.readinto(flat[filled:])):
+            else:
+                arr = out[: shape[0]]
+            flat, filled = memoryview(arr.reshape(-1, order="A")).cast("B"), 0  # a view in the array's own order
+            while filled < arr.nbytes and (n := reader.readinto(flat[filled:])):
                 filled += n
-            if filled != view.nbytes or reader.read(1):  # the last read checks the frame's checksum
+            if filled != arr.nbytes or reader.read(1):  # the last read checks the frame's checksum
                 raise ValueError("the array's size disagrees with its header")
-            return view
+            return arr
     except (zstandard.ZstdError, ValueError, TypeError, SyntaxError, EOFError, OverflowError, MemoryError) as e:
         raise DatasetError(f"not a zstd-compressed .npy array ({type(e).__name__}: {_first_line(e)})") from e
 
