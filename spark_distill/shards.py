@@ -77,6 +77,12 @@ def clip_key(segment: str, clip: int) -> str:
     return f"{sanitize_segment(segment)}--c{clip:05d}"
 
 
+def split_clip_key(key: str) -> tuple[str, int]:
+    """Inverse of clip_key: (the sanitized segment, the clip index)."""
+    segment, clip = key.rsplit("--c", 1)
+    return segment, int(clip)
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 

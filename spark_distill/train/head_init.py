@@ -35,7 +35,7 @@ def label_means(pairs: list[ShardPair], manifest: dict[str, Any], clip_len: int,
             if raw["__key__"] not in wanted:
                 continue
             lab = shards.decode_sample(raw)
-            clip = int(raw["__key__"].rsplit("--c", 1)[1])
+            _, clip = shards.split_clip_key(raw["__key__"])
             (late if clip * clip_len >= warmup else early).append((lab["vision"], lab["policy"]))
             if len(late) >= max_clips:
                 break

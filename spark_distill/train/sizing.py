@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from spark_distill import shards
 from spark_distill.errors import ConfigError
 from spark_distill.train.students.compact import PRESETS
 
@@ -57,8 +58,8 @@ def _loss_frames(pairs: list[ShardPair], data: TrainingData, burn_in: int, warmu
     dropped frames only make the true count larger."""
     total = 0
     for key in (k for p in pairs for k in p.keys):
-        segment, clip = key.rsplit("--c", 1)
-        start = int(clip) * data.clip_len
+        segment, clip = shards.split_clip_key(key)
+        start = clip * data.clip_len
         n = min(data.clip_len, data.frames_kept.get(segment, start + data.clip_len) - start)
         total += max(0, n - max(burn_in, warmup - start))
     return total
