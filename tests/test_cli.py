@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from spark_distill import __version__, shards
@@ -85,6 +86,7 @@ def test_ingest_inspect_verify_and_contact_sheet(tici_route, tmp_path: Path) -> 
     assert "shard-000000.tar: sha256 differs" in r.stderr and "error: verification found 1 problem" in r.stderr
 
 
+@pytest.mark.slow
 def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     route, _, _ = tici_route
     out = tmp_path / "ds"
