@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -134,7 +135,8 @@ class _Writer:
         self.expected = expected
         self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
         # a few writer processes: each shard ends in an fsync, and at the end of a pass many shards finish at once
-        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init)
+        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init,
+                                           initargs=(os.getpid(),))
         self.futures: list[cf.Future] = []
         self.written = 0
         self.seconds = 0.0  # in the writer process

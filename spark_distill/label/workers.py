@@ -50,17 +50,21 @@ _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding 
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
 
 
-def child_init() -> None:
-    """Initializer of every worker process: ignore Ctrl-C (the main process stops workers) and die with it."""
+def child_init(parent: int | None = None) -> None:
+    """Initializer of every worker process: ignore Ctrl-C (the main process stops workers) and die with the
+    main process `parent`. A parent killed while this process was still starting (before PR_SET_PDEATHSIG took
+    hold) is seen as a changed parent pid: such an orphan would otherwise wait on its task queue forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], tasks: Any, results: Any,
             parent: int) -> None:
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
-    child_init()
+    child_init(parent)
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
     results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
