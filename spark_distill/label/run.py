@@ -32,13 +32,14 @@ import numpy as np
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
+from spark_distill.children import child_init
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, get_backend
 from spark_distill.label.lanes import LaneRunner
 from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
-from spark_distill.label.workers import ClipReaders, child_init, write_label_shard
+from spark_distill.label.workers import ClipReaders, write_label_shard
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros

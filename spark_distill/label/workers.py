@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
-import signal
 import tempfile
 import threading
 import time
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from spark_distill import shards
+from spark_distill.children import child_init
 from spark_distill.clips import LABEL_PASS_STEMS, decode_clip, read_raw
 from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.plan import Arena, ClipRef, ShardIndex
@@ -48,17 +47,6 @@ log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
 _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding two clips (14 ms, 375 MB shard)
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
-
-
-def child_init(parent: int | None = None) -> None:
-    """Initializer of every worker process: ignore Ctrl-C (the main process stops workers) and die with the
-    main process `parent`. A parent killed while this process was still starting (before PR_SET_PDEATHSIG took
-    hold) is seen as a changed parent pid: such an orphan would otherwise wait on its task queue forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)
 
 
 def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], tasks: Any, results: Any,

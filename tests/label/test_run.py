@@ -19,6 +19,7 @@ from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.synth.teacher import write_teacher
+from tests.procs import children, running
 
 
 @pytest.fixture(scope="module")
@@ -279,14 +280,14 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     deadline = time.monotonic() + 120
     while recorded() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    workers = _children(proc.pid)  # readers, writers (and multiprocessing's resource tracker)
+    workers = children(proc.pid)  # readers, writers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     err_file.seek(0)
     err = err_file.read()
     assert recorded() >= 1, f"the label pass recorded no shard before it was killed: {err[-2000:]}"
     deadline = time.monotonic() + 10  # writers die with it (PR_SET_PDEATHSIG), readers within their 1 s poll
-    while (alive := [p for p in workers if _running(p)]) and time.monotonic() < deadline:
+    while (alive := [p for p in workers if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert workers and not alive, f"worker processes outlived the killed label pass: {workers}, {alive}"
     done = len(shards.read_manifest(root / "labels" / "k", shards.LABELS_FORMAT)["shards"])
@@ -295,27 +296,6 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     got = {p.name: shards.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
     want = {p.name: shards.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
     assert got == want and len(got) == 5
-
-
-def _children(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is `pid` (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _label_rank(rank: int, root: Path, url: str) -> None:
