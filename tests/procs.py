@@ -7,22 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _stat(path: Path) -> list[str] | None:
+    """A /proc/<pid>/stat's fields after the command name (state, parent pid, ...), or None once it is gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def children(pid: int) -> list[int]:
     """Pids of the live processes whose parent is `pid`."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if (f := _stat(p)) and int(f[1]) == pid]
 
 
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return (f := _stat(Path(f"/proc/{pid}/stat"))) is not None and f[0] != "Z"
