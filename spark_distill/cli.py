@@ -344,6 +344,10 @@ def train(
     feature_cached: Annotated[str, typer.Option(help="auto, on or off: train the policy from the teacher's stored "
                                                      "vision features, decoding no image (auto: when nothing in the "
                                                      "vision network trains).")] = "auto",
+    feature_cache: Annotated[str, typer.Option(help="auto, on or off: in feature-cached mode, decode the training "
+                                                    "clips once and hold them in device memory for every epoch "
+                                                    "(auto: when they fit in 40% of the free memory; off: stream "
+                                                    "them from the shards each epoch).")] = "auto",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule \\[default: all epochs].")
                          ] = None,
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
@@ -400,6 +404,7 @@ def train(
         print_table(f"train -> {r.run_dir}", {
             "steps": r.steps, "stopped early (resume with --resume)": r.interrupted,
             "feature-cached (no image decoded)": r.feature_cached,
+            "feature cache (GB in device memory)": "-" if r.feature_cache_gb is None else f"{r.feature_cache_gb:.2f}",
             "trainable parameters": f"{n:,} of {total:,} ({100 * n / max(total, 1):.2f}%)",
             "validation loss before": "-" if r.val_before is None else f"{r.val_before:.4f}",
             "validation loss after": "-" if r.val_after is None else f"{r.val_after:.4f}",
