@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spark_distill.bench.train import Stepper, _cycle, _ours, ensure_dataset, segments_needed
+from spark_distill.bench.train import Stepper, _cycle, _full, _ours, ensure_dataset, segments_needed
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.students.compact import PRESETS, CompactStudent
 
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (tiny sizes)")
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--adapter", default="dora", choices=("dora", "none"), help="none: the student trained fully")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
@@ -64,12 +65,13 @@ def main() -> None:
         print(f"device {where} | torch {torch.__version__} | {n} segments written and labeled in "
               f"{time.perf_counter() - start:.0f} s (page cache)", flush=True)
         vision = {k: slice(*v) for k, v in slices["vision"].items()}
+        adapt = _full if args.adapter == "none" else lambda m: _ours(m, 16, dora=True)
         policy = {k: slice(*v) for k, v in slices["policy"].items()}
         for b in sizes:
             stream = ClipStream(pairs, manifest, batch=b, clip_len=20, burn_in=5, seed=0, mask_warmup=False)
             held = [x for _, x in zip(range(2), make_loader(stream, pin_memory=cuda), strict=False)]
             torch.manual_seed(0)
-            student = _ours(CompactStudent(PRESETS[args.student](), vision, policy), 16, dora=True)
+            student = adapt(CompactStudent(PRESETS[args.student](), vision, policy))
             s = Stepper(student, slices=slices, device=dev, compiled=cuda, captured=True)
             m = s.timed(_cycle(held), steps=args.steps)
             print(f"batch {b:4d}: {1000 * m.seconds / args.steps:8.1f} ms/step {m.frames / m.seconds:9.0f} frames/s "
@@ -79,7 +81,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
         # the profile, at the last size: the same compiled step, uncaptured (kernels launched one by one)
         torch.manual_seed(0)
-        student = _ours(CompactStudent(PRESETS[args.student](), vision, policy), 16, dora=True)
+        student = adapt(CompactStudent(PRESETS[args.student](), vision, policy))
         s = Stepper(student, slices=slices, device=dev, compiled=cuda, captured=False)
         s.timed(_cycle(held), steps=1)
         sync = torch.cuda.synchronize if cuda else (lambda: None)

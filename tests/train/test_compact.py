@@ -4,12 +4,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spark_distill import contract as C
 from spark_distill.label.outputs import parse_outputs
 from spark_distill.train.lora import LoRALayer, apply_adapters, trainable_fraction
-from spark_distill.train.students.compact import DEFAULT_TARGETS, CompactStudent, compact_s, compact_xs
+from spark_distill.train.students.compact import (
+    DEFAULT_TARGETS,
+    CompactStudent,
+    Depthwise,
+    compact_s,
+    compact_xs,
+    shifted_depthwise,
+)
 
 
 def test_outputs_follow_the_teacher_layout_and_parse() -> None:
@@ -65,3 +73,44 @@ def test_init_heads_starts_every_head_at_the_given_means() -> None:
     keep = torch.ones(len(v_mean), dtype=torch.bool)
     keep[hidden] = False
     assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])
+
+
+@pytest.mark.parametrize("stride,channels_last", [(2, False), (2, True), (1, True)])
+def test_shifted_depthwise_is_the_convolution(stride: int, channels_last: bool) -> None:
+    """The compiled-on-CUDA form of the backbones' depthwise layers: values and gradients of the convolution."""
+    torch.manual_seed(0)
+    conv = Depthwise(24, 24, 3, stride, 1, groups=24).double()
+    x = torch.randn(3, 24, 17, 34, dtype=torch.double)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want = conv(x1)
+    got = shifted_depthwise(x2, conv.weight, conv.bias, conv.stride, conv.padding)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    want.backward(g)
+    w_grad = conv.weight.grad.clone()
+    conv.weight.grad = None
+    got.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.weight.grad, w_grad, rtol=1e-12, atol=1e-12)
+    assert isinstance(conv, torch.nn.Conv2d) and conv(x).shape == want.shape, "eager, on a CPU: the convolution"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_backbone_on_cuda_matches_eager() -> None:
+    """Compiled on CUDA the depthwise layers take the shifted form: the vision half's outputs match the eager (cuDNN)
+    student within fp32 rounding."""
+    torch.manual_seed(0)
+    student = CompactStudent(compact_xs(), C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2)).cuda().eval()
+    img = torch.randint(0, 255, (4, 12, 128, 256), dtype=torch.uint8, device="cuda")
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False  # the reference in fp32
+    try:
+        want = student.encode(img, img)
+        got = torch.compile(student.encode, dynamic=False)(img, img)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
