@@ -10,14 +10,7 @@ import torch
 from spark_distill import contract as C
 from spark_distill.label.outputs import parse_outputs
 from spark_distill.train.lora import LoRALayer, apply_adapters, trainable_fraction
-from spark_distill.train.students.compact import (
-    DEFAULT_TARGETS,
-    CompactStudent,
-    Depthwise,
-    compact_s,
-    compact_xs,
-    shifted_depthwise,
-)
+from spark_distill.train.students.compact import DEFAULT_TARGETS, CompactStudent, compact_s, compact_xs
 
 
 def test_outputs_follow_the_teacher_layout_and_parse() -> None:
@@ -73,29 +66,6 @@ def test_init_heads_starts_every_head_at_the_given_means() -> None:
     keep = torch.ones(len(v_mean), dtype=torch.bool)
     keep[hidden] = False
     assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])
-
-
-@pytest.mark.parametrize("stride,channels_last", [(2, False), (2, True), (1, True)])
-def test_shifted_depthwise_is_the_convolution(stride: int, channels_last: bool) -> None:
-    """The compiled-on-CUDA form of the backbones' depthwise layers: values and gradients of the convolution."""
-    torch.manual_seed(0)
-    conv = Depthwise(24, 24, 3, stride, 1, groups=24).double()
-    x = torch.randn(3, 24, 17, 34, dtype=torch.double)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    want = conv(x1)
-    got = shifted_depthwise(x2, conv.weight, conv.bias, conv.stride, conv.padding)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(want)
-    want.backward(g)
-    w_grad = conv.weight.grad.clone()
-    conv.weight.grad = None
-    got.backward(g)
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(conv.weight.grad, w_grad, rtol=1e-12, atol=1e-12)
-    assert isinstance(conv, torch.nn.Conv2d) and conv(x).shape == want.shape, "eager, on a CPU: the convolution"
 
 
 @pytest.mark.gpu

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spark_distill import contract as C
+from spark_distill.depthwise import Depthwise
 
 DEFAULT_TARGETS = ["policy.*", "gru_x", "gru_h", "heads.*"]
 
@@ -42,38 +42,6 @@ def compact_xs() -> CompactConfig:
 
 
 PRESETS = {"compact": compact_s, "compact-xs": compact_xs}
-
-
-def shifted_depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """A depthwise convolution (weight (C, 1, kh, kw)) as kh x kw strided slices of the padded input, each times
-    its per-channel tap: pointwise work that inductor fuses into one kernel with its neighbours."""
-    c, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-    xp = F.pad(x, (pw, pw, ph, ph))
-    taps = weight.to(x.dtype).reshape(c, kh * kw)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] * taps[:, i * kw + j, None, None]
-            out = tap if out is None else out + tap
-    return out if bias is None else out + bias.to(x.dtype)[:, None, None]
-
-
-class Depthwise(nn.Conv2d):
-    """A depthwise nn.Conv2d (same weights, same state-dict keys, exported as a Conv) that, compiled on CUDA and where
-    no gradient flows through it (a frozen backbone: DoRA's default), runs as `shifted_depthwise`: cuDNN's grouped
-    direct kernel for bf16 channels-last ran far below memory bandwidth, 76% of the compact student's DoRA step on
-    an H200 (benchmarks/train.md). With gradients (training fully) the shifted form's backward (nine strided
-    scatter-adds and weight reductions) measured slower than cuDNN's, so it keeps the convolution, as do eager
-    runs, the CPU and ONNX export."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if x.is_cuda and not grads and torch.compiler.is_compiling():
-            return shifted_depthwise(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
 
 
 class _Block(nn.Module):
