@@ -232,7 +232,8 @@ def label(
                                               "available].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
-    workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd).")] = 4,
+    workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd) \\[default: 0 = auto: all cores "
+                                              "but two with a GPU teacher, 2 on the CPU].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "
                                               "off.")] = "auto",
     lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
@@ -334,8 +335,9 @@ def train(
     mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
                                                    "teacher); turned off, with a note, where no frame would be "
                                                    "left.")] = True,
-    workers: Annotated[int, typer.Option(help="DataLoader workers per rank (capped by the training shards a rank "
-                                              "reads).")] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per rank, capped by the training shards a rank "
+                                              "reads \\[default: 0 = auto: all cores of the rank's share but two "
+                                              "on a GPU, 2 on the CPU].")] = 0,
     loss_weights: Annotated[str, typer.Option(help="Loss term weights, e.g. 'plan=1,lanes=0.5' (terms: plan, "
                                                    "plan_prob, lanes, edges, lead, probs, gt; others keep their "
                                                    "defaults: 1, 0.2, 1, 0.5, 0.5, 0.5, 0).")] = "",

@@ -83,7 +83,7 @@ class TrainConfig:
     burn_in: int = 5  # frames per clip that only warm the recurrent state (>= the 4-frame image skip)
     val_fraction: float = 0.1
     mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
-    workers: int = 2  # capped by the training shards this rank reads
+    workers: int = 0  # loader workers per rank, capped by the training shards it reads; 0: auto (train.sizing)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -122,8 +122,9 @@ class TrainConfig:
             raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", LR[self.adapter])
-        if min(self.epochs, self.batch_size, self.grad_accum, self.rank, self.workers) < 1 or self.lr <= 0:
-            raise ConfigError("--epochs, --batch-size, --grad-accum, --dora-rank and --workers must be >= 1, --lr > 0")
+        if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.workers < 0 or self.lr <= 0:
+            raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --workers >= 0 "
+                              "(0: auto), --lr > 0")
 
 
 @dataclass
