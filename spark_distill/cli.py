@@ -697,7 +697,8 @@ def bench_label(
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments in lockstep (inference batch).")] = 64,
     seconds: Annotated[float, typer.Option(help="Length of each of the --batch synthetic segments, s.")] = 10.0,
-    workers: Annotated[int, typer.Option(help="Reader processes of the label pass.")] = 8,
+    workers: Annotated[int, typer.Option(help="Reader processes of the label pass \\[default: 0 = auto, as "
+                                              "label's].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher in the label pass: auto "
                                               "(on a GPU), on or off. Bare inference is measured both ways.")
                        ] = "auto",
@@ -729,7 +730,8 @@ def bench_train(
     steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 3 warm-up steps: compile, "
                                             "then capture).")] = 5,
     dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
-    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows.")] = 8,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows \\[default: "
+                                              "0 = auto, as train's].")] = 0,
     segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT \\[default: what the "
                                                       "streaming row needs].")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,

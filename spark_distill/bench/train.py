@@ -33,6 +33,7 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.bench import scratch_dir
+from spark_distill.children import worker_budget
 from spark_distill.errors import ConfigError
 from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import CapturedStep, make_captured_optimizer, set_lr, use_capture
@@ -214,7 +215,7 @@ def _row(name: str, batch: int, m: Measured, peak: float | None, mode: str) -> s
 
 def bench_train(*, root: Path | None = None, labels: str | None = None, student_onnx: Path | None = None,
                 students: tuple[str, ...] = ("compact-xs", "compact"), batch: int = 128, full_batch: int = 32,
-                steps: int = 5, rank: int = 16, workers: int = 8,
+                steps: int = 5, rank: int = 16, workers: int = 0,
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
                 openpilot_size: str = "bench", workdir: Path | None = None,
@@ -223,9 +224,10 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
     streaming row, nothing else."""
     if not students or any(p not in PRESETS for p in students):
         raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
-    if full_batch > batch or min(batch, full_batch, steps, workers) < 1:
-        raise ConfigError("--full-batch-size must be <= --batch-size; sizes, --steps and --workers >= 1")
+    if full_batch > batch or min(batch, full_batch, steps) < 1 or workers < 0:
+        raise ConfigError("--full-batch-size must be <= --batch-size; sizes and --steps >= 1, --workers >= 0")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    workers = workers or worker_budget(accelerator=dev.type == "cuda")  # 0: auto, as train resolves it
     compiled = use_compile(compile, dev)
     captured = use_capture(capture, dev)[0]
     peak = peak_tflops(dev, peak)
