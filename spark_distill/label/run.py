@@ -67,7 +67,7 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.workers < 0:
-            raise ConfigError("--batch must be >= 1 and --workers >= 0 (0: one per core the pass can use)")
+            raise ConfigError("--batch must be >= 1 and --workers >= 0 (0: auto)")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"--name {self.name!r} is not a usable folder name")
         if self.compile not in ("auto", "on", "off"):

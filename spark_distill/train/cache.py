@@ -73,12 +73,11 @@ def _budget(device: torch.device) -> int:
 
 
 class FeatureCache:
-    """The decoded training clips of a feature-cached stream, one tensor per array on `device` (the mask and the
-    segment-start flags, which the step reads on the host, on the host)."""
+    """The decoded training clips of a feature-cached stream, one tensor per array on `device` (the mask, which the
+    step reads on the host, on the host)."""
 
-    def __init__(self, stream: ClipStream, rows: dict[str, int], arrays: dict[str, torch.Tensor],
-                 starts: torch.Tensor) -> None:
-        self.stream, self.rows, self.arrays, self.starts = stream, rows, arrays, starts
+    def __init__(self, stream: ClipStream, rows: dict[str, int], arrays: dict[str, torch.Tensor]) -> None:
+        self.stream, self.rows, self.arrays = stream, rows, arrays
 
     @property
     def nbytes(self) -> int:
@@ -102,11 +101,10 @@ class FeatureCache:
         loader = make_loader(_Fill(stream, workers), workers=workers)
         rows: dict[str, int] = {}
         arrays: dict[str, torch.Tensor] = {}
-        starts = torch.zeros(total, dtype=torch.bool)
         for chunk in loader:
             if not arrays:  # sized by the first chunk: every clip has the same shapes
-                need = sum(total * v[0].numel() * v.element_size() for k, v in chunk.items()
-                           if isinstance(v, torch.Tensor) and k != "start")
+                need = sum(total * v[0].numel() * v.element_size() for v in chunk.values()
+                           if isinstance(v, torch.Tensor))
                 if need > budget:
                     message = (f"the feature cache needs {need / 1e9:.2f} GB for {total} clips, more than "
                                f"{budget / 1e9:.2f} GB ({SHARE:.0%} of the free memory)")
@@ -116,24 +114,21 @@ class FeatureCache:
                     return None
                 arrays = {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype,
                                          device="cpu" if k in HOST_KEYS else device)
-                          for k, v in chunk.items() if isinstance(v, torch.Tensor) and k != "start"}
-            at = torch.arange(len(rows), len(rows) + len(chunk["keys"]))
+                          for k, v in chunk.items() if isinstance(v, torch.Tensor)}
+            at = slice(len(rows), len(rows) + len(chunk["keys"]))
             for key in chunk["keys"]:
                 rows[key] = len(rows)
             for k, t in arrays.items():
-                t[at.to(t.device)] = chunk[k].to(t.device)
-            starts[at] = chunk["start"]
+                t[at] = chunk[k].to(t.device)
         if len(rows) != total:
             raise ConfigError(f"the feature cache read {len(rows)} clips of {total}")  # a stream/shard mismatch
-        return cls(stream, rows, arrays, starts)
+        return cls(stream, rows, arrays)
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
         """The batches a loader over the stream yields for `epoch` after `skip` batches, gathered in memory."""
         for keys in self.stream.key_batches(epoch, skip):
             idx = torch.tensor([self.rows[k] for k in keys])
-            batch: dict[str, Any] = {}
-            for k, t in self.arrays.items():
-                batch[k] = t.index_select(0, idx.to(t.device, non_blocking=True))
-            batch["start"] = self.starts[idx]
+            on = {t.device: idx.to(t.device) for t in self.arrays.values()}  # the rows, once per device
+            batch: dict[str, Any] = {k: t.index_select(0, on[t.device]) for k, t in self.arrays.items()}
             batch["keys"] = keys
             yield batch

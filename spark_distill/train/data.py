@@ -180,11 +180,8 @@ class ClipStream(IterableDataset):
         # logical worker (skip + d) % W, whose first batch still to come is number (skip + d) // W.
         worker = (self.skip + loader_worker) % self.workers
         skip = (self.skip + loader_worker) // self.workers
-        rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
-        stream = (s for pair in self._shards(self.epoch, self.rank, worker)
-                  for s in read_lockstep(pair, images=self.images))
-        if self.train:
-            stream = shuffled(stream, size=self.shuffle, rng=rng)
+        stream = self._ordered((s for pair in self._shards(self.epoch, self.rank, worker)
+                                for s in read_lockstep(pair, images=self.images)), self.epoch, worker)
         pending: list[tuple[dict, dict]] = []
         done = 0
         if n == 0:  # some worker of some rank has less than a batch this epoch: nobody yields (equal steps)
@@ -199,6 +196,13 @@ class ClipStream(IterableDataset):
             if done >= n:
                 return
 
+    def _ordered(self, items: Iterator[Any], epoch: int, worker: int) -> Iterator[Any]:
+        """A logical worker's clips in the order it batches them: through the seeded shuffle buffer when training
+        (the same order for samples and for their keys alone)."""
+        if not self.train:
+            return items
+        return shuffled(items, size=self.shuffle, rng=random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}"))
+
     def key_batches(self, epoch: int, skip: int = 0) -> Iterator[list[str]]:
         """The keys of the batches that iterating a loader over this stream yields for `epoch` after `skip`
         batches, in the same order (batch j is logical worker j % W's (j // W)-th), computed without reading a
@@ -208,11 +212,8 @@ class ClipStream(IterableDataset):
         for j in range(skip, n * self.workers):
             w = j % self.workers
             if w not in local:
-                rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{w}")
-                keys: Iterator[str] = (k for pair in self._shards(epoch, self.rank, w) for k in pair.keys)
-                if self.train:
-                    keys = shuffled(keys, size=self.shuffle, rng=rng)
-                order = list(keys)
+                order = list(self._ordered((k for pair in self._shards(epoch, self.rank, w) for k in pair.keys),
+                                           epoch, w))
                 local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
             yield local[w][j // self.workers]
 

@@ -22,6 +22,8 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.errors import ConfigError, TrainError
+from spark_distill.train.cache import MODES as CACHE_MODES
+from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import (
     CAPTURE_MODES,
     CapturedStep,
@@ -116,8 +118,8 @@ class TrainConfig:
             raise ConfigError(f"unknown head init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
-        if self.feature_cache not in ("auto", "on", "off"):
-            raise ConfigError(f"--feature-cache must be one of auto, on, off, not {self.feature_cache!r}")
+        if self.feature_cache not in CACHE_MODES:
+            raise ConfigError(f"--feature-cache must be one of {', '.join(CACHE_MODES)}, not {self.feature_cache!r}")
         if self.capture not in CAPTURE_MODES:
             raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if self.lr is None:
@@ -409,8 +411,6 @@ class Recipe:
         self.total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
         self.cache = None
         if self.cached:  # the clips' policy-side arrays, decoded once for every epoch (train/cache.py)
-            from spark_distill.train.cache import FeatureCache
-
             started = time.perf_counter()
             self.cache = FeatureCache.fill(self.stream, device=self.device, mode=cfg.feature_cache,
                                            workers=cfg.workers)
