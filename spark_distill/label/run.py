@@ -133,13 +133,11 @@ class _Writer:
     and the main process records it in the manifest once it is on disk (`poll`, `close`)."""
 
     def __init__(self, folder: Path, frames_manifest: dict[str, Any], todo: set[int], manifest: dict[str, Any],
-                 expected: dict[int, list[str]]) -> None:
+                 expected: dict[int, list[str]], pool: cf.ProcessPoolExecutor) -> None:
         self.folder, self.frames_manifest, self.todo, self.manifest = folder, frames_manifest, todo, manifest
         self.expected = expected
         self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
-        # a few writer processes: each shard ends in an fsync, and at the end of a pass many shards finish at once
-        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init,
-                                           initargs=(os.getpid(),))
+        self.pool = pool  # _Workers' writer processes
         self.futures: list[cf.Future] = []
         self.written = 0
         self.seconds = 0.0  # in the writer process
@@ -173,17 +171,44 @@ class _Writer:
 
     def close(self, *, ok: bool = True) -> None:
         """Finish (`ok`) or, after a failure or Ctrl-C, record what is already on disk and drop the rest."""
+        if ok:
+            self.poll(wait=True)
+        else:
+            for f in self.futures:
+                f.cancel()
+            cf.wait(self.futures)
+            self.futures = [f for f in self.futures if not f.cancelled() and f.exception() is None]
+            self.poll(wait=True)
+
+
+def _ready() -> None:
+    """A writer process's first task: it has started and imported what it needs."""
+
+
+class _Workers:
+    """The pass's worker processes, started before the teacher is built so that their start-up (a spawned
+    interpreter and its imports each, the slab's pages) overlaps it: reader processes feeding the lanes
+    (workers.ClipReaders) and the label shard writers (each shard ends in an fsync, and at the end of a pass
+    many shards finish at once, so there are a few)."""
+
+    def __init__(self, cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any]) -> None:
+        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init,
+                                           initargs=(os.getpid(),))
+        self.readers: ClipReaders | None = None
         try:
-            if ok:
-                self.poll(wait=True)
-            else:
-                for f in self.futures:
-                    f.cancel()
-                cf.wait(self.futures)
-                self.futures = [f for f in self.futures if not f.cancelled() and f.exception() is None]
-                self.poll(wait=True)
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            for _ in range(WRITERS):  # the pool starts a process per task submitted while none is idle
+                self.pool.submit(_ready)
+            self.readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
+                                       slots=cfg.batch + 2 * cfg.workers,
+                                       clip_len=int(frames_manifest["settings"]["clip_len"]), pin=_accelerated(cfg))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.readers is not None:
+            self.readers.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _recorded_shards(folder: Path) -> set[str]:
@@ -207,6 +232,7 @@ class _Verifier:
         known = shards.verified_unchanged(folder, [self.entries[i] for i in shard_ids],
                                           (folder / shards.VERIFIED, *([record] if record else [])))
         self.known = {i for i in shard_ids if self.entries[i]["name"] in known}
+        self.shard_ids = shard_ids
         self.pool = cf.ThreadPoolExecutor(workers)
         self.futures = {i: self.pool.submit(self._bad, i) for i in sorted(shard_ids - self.known)}
 
@@ -256,15 +282,27 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     verifier = _Verifier(fdir, frames_manifest, {c.shard for p in plans for c in p.clips
                                                  if frames_manifest["shards"][c.shard]["name"] not in recorded},
                          cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
+    workers = None
     try:
-        backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
-                              precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
-                              compile=cfg.compile)
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
-    except BaseException:
+        if verifier.shard_ids:  # something left to label: the worker processes start while the teacher builds
+            workers = _Workers(cfg, fdir, frames_manifest)
+        return _label(cfg, fdir, frames_manifest, frames_sha, plans, teacher, vision_model, policy_model, folder,
+                      verifier, workers, on_progress)
+    finally:
         verifier.close()
-        raise
+        if workers is not None:
+            workers.close()
+
+
+def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames_sha: str, plans: list[SegmentPlan],
+           teacher: Teacher, vision_model: Any, policy_model: Any, folder: Path, verifier: _Verifier,
+           workers: _Workers | None, on_progress: Callable[[int, int], None] | None) -> LabelResult:
+    """`label` once the teacher is loaded and the worker processes (if any) are starting."""
+    backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
+                          precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
+                          compile=cfg.compile)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
     for p in folder.glob("*.tmp"):
         p.unlink()
     done_names = {s["name"] for s in manifest["shards"]}
@@ -285,16 +323,21 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     for p in plans:
         for c in p.clips:
             expected[c.shard].append(c.key)
+    if not work and cfg.world == 1:  # a rerun of a finished pass
+        shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+        return result
+    if workers is None:  # the first look at the manifest saw nothing left; the manifest says otherwise
+        workers = _Workers(cfg, fdir, frames_manifest)
     if cfg.world > 1:
-        return _label_ranks(cfg, teacher, backend, fdir, frames_manifest, folder, manifest, work, bad, todo,
+        return _label_ranks(cfg, teacher, backend, workers, frames_manifest, folder, manifest, work, bad, todo,
                             expected, result, on_progress)
     total = sum(frames_manifest["shards"][i]["frames"] for i in {c.shard for p in work for c in p.clips} - bad)
-    writer = _Writer(folder, frames_manifest, todo, manifest, expected)
+    writer = _Writer(folder, frames_manifest, todo, manifest, expected, workers.pool)
     start = time.perf_counter()
     ok = False
     try:
-        result.frames, result.profile = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, work, bad, writer,
-                                                   manifest, total, on_progress)
+        result.frames, result.profile = _run_lanes(cfg, teacher, backend, workers.readers, frames_manifest, work,
+                                                   bad, writer, manifest, total, on_progress)
         result.profile["set-up: verify frames shards (after the teacher is built) s"] = verify_s
         ok = True
     finally:
@@ -308,29 +351,26 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     return result
 
 
-def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path, frames_manifest: dict[str, Any],
-               work: list[SegmentPlan], bad: set[int], writer: _Writer, manifest: dict[str, Any], total: int,
+def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: ClipReaders,
+               frames_manifest: dict[str, Any], work: list[SegmentPlan], bad: set[int], writer: _Writer,
+               manifest: dict[str, Any], total: int,
                on_progress: Callable[[int, int], None] | None) -> tuple[int, dict[str, float]]:
-    """Label `work` with reader processes feeding a LaneRunner; returns frames labeled and the profile."""
-    clip_len = int(frames_manifest["settings"]["clip_len"])
+    """Label `work` with the reader processes feeding a LaneRunner; returns frames labeled and the profile."""
     start = time.perf_counter()
-    readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
-                          slots=cfg.batch + 2 * cfg.workers, clip_len=clip_len, pin=backend.device.type == "cuda")
-    try:
-        runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch, clip_len=clip_len,
-                            lat_delay=cfg.lat_delay, readers=readers, emit=writer.add,
-                            segments_meta=manifest["segments"])
-        built = time.perf_counter()
-        frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
-        wall = time.perf_counter() - built
-        writer.poll(wait=True)
-        profile = runner.profile(time.perf_counter() - built)
-        profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
-        profile["label pass s"] = wall  # the labeling loop, set-up excluded
-        profile["set-up: start readers, build the step s"] = built - start
-        return frames, profile
-    finally:
-        readers.close()
+    runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,
+                        clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
+                        readers=readers, emit=writer.add, segments_meta=manifest["segments"])
+    built = time.perf_counter()
+    frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
+    wall = time.perf_counter() - built
+    writer.poll(wait=True)
+    profile = runner.profile(time.perf_counter() - built)
+    profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
+    profile["label pass s"] = wall  # the labeling loop, set-up excluded
+    profile["set-up: build the step s"] = built - start
+    if readers.ready_s is not None:
+        profile["set-up: readers started and mapped the slab (from their start) s"] = readers.ready_s
+    return frames, profile
 
 
 def assign_segments(work: list[SegmentPlan], frames_manifest: dict[str, Any], world: int) -> list[list[SegmentPlan]]:
@@ -345,8 +385,9 @@ def assign_segments(work: list[SegmentPlan], frames_manifest: dict[str, Any], wo
     return [sorted(ws, key=lambda p: order[p.name]) for ws in out]
 
 
-def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Path, frames_manifest: dict[str, Any],
-                 folder: Path, manifest: dict[str, Any], work: list[SegmentPlan], bad: set[int], todo: set[int],
+def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: _Workers,
+                 frames_manifest: dict[str, Any], folder: Path, manifest: dict[str, Any], work: list[SegmentPlan],
+                 bad: set[int], todo: set[int],
                  expected: dict[int, list[str]], result: LabelResult,
                  on_progress: Callable[[int, int], None] | None) -> LabelResult:
     """One rank of a multi-process label pass: label this rank's segments into part shards under
@@ -369,13 +410,13 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, fdir: Pat
             my_expected[shard] = [k for k in keys if k in my_keys]
         my_todo = {i for i in todo if my_expected.get(i)}
         part_manifest: dict[str, Any] = {"shards": [], "segments": {}}
-        writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected)
+        writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected, workers.pool)
         total = sum(len(p.clips) for p in mine) * int(frames_manifest["settings"]["clip_len"])
         start = time.perf_counter()
         ok = False
         try:
-            result.frames, result.profile = _run_lanes(cfg, teacher, backend, fdir, frames_manifest, mine, bad,
-                                                       writer, part_manifest, total, on_progress)
+            result.frames, result.profile = _run_lanes(cfg, teacher, backend, workers.readers, frames_manifest, mine,
+                                                       bad, writer, part_manifest, total, on_progress)
             ok = True
         finally:
             writer.close(ok=ok)

@@ -277,21 +277,24 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
         except (OSError, ValueError, KeyError):
             return 0
 
+    # killed as soon as its first label shard is on disk (renamed by a writer; the manifest may not list it yet:
+    # a resumed run labels it again): the pass has 7 of its 9 clips left then, so it is killed mid-way whatever
+    # the box's load (waiting for a recorded shard raced the pass's end, whose manifest lists every shard)
     deadline = time.monotonic() + 120
-    while recorded() < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while (not list((root / "labels" / "k").glob("shard-*.tar")) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
     workers = children(proc.pid)  # readers, writers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     err_file.seek(0)
     err = err_file.read()
-    assert recorded() >= 1, f"the label pass recorded no shard before it was killed: {err[-2000:]}"
+    assert list((root / "labels" / "k").glob("shard-*.tar")), f"no label shard before it was killed: {err[-2000:]}"
     deadline = time.monotonic() + 10  # writers die with it (PR_SET_PDEATHSIG), readers within their 1 s poll
     while (alive := [p for p in workers if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert workers and not alive, f"worker processes outlived the killed label pass: {workers}, {alive}"
-    done = len(shards.read_manifest(root / "labels" / "k", shards.LABELS_FORMAT)["shards"])
-    assert done < 5, "killed before it finished"
+    assert recorded() < 5, "killed before it finished"
     subprocess.run(args, check=True, capture_output=True)
     got = {p.name: shards.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
     want = {p.name: shards.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
