@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, write_bench_frames
+from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, step_graph_fps, write_bench_frames
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
 from spark_distill.synth.teacher import gflops_per_frame, write_teacher
@@ -53,6 +53,10 @@ def main() -> None:
             print(f"batch {batch:4d}: bare {path:<20} {fps:9.1f} frames/s "
                   f"(built and measured by {time.perf_counter() - start:.0f} s)", flush=True)
         best = max(bare, key=bare.__getitem__)
+        fps = step_graph_fps(args.backend, t, vm, pm, batch=batch, precision=args.precision, cache_dir=engines)
+        if fps:
+            print(f"batch {batch:4d}: bare whole step graph   {fps:9.1f} frames/s (the label pass's captured step: "
+                  "frame gather, modeld state, both models, outputs; clips already on the device)", flush=True)
         start = time.perf_counter()
         r = label(LabelConfig(root=work / "ds", teacher=(work / "teacher",), backend=args.backend,
                               precision=args.precision, batch=batch, workers=args.workers, compile=args.compile,

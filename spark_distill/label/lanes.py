@@ -17,7 +17,8 @@ Main entry point: `LaneRunner.run(work)`. Stages of one step, all B lanes at onc
    one device->host copy per step into page-locked memory; writer processes compress and write.
 Invariants: each lane has two device slots (the clip being labeled, the next one), so a clip boundary
 is a flip, not a wait; the compute stream waits for a slot's copy event before reading it, and a
-copy into a slot waits for the compute enqueued before it (the slot's previous clip); nothing syncs
+copy into a slot waits only for the compute that last read it (an event recorded when its lane flipped away
+from it), so copies overlap the step in flight instead of queueing behind it; nothing syncs
 the host with the GPU except waiting for a clip's output copy, and only once it has landed.
 `profile()` gives host seconds per stage and the accelerator's busy time (CUDA events).
 """
@@ -73,13 +74,20 @@ class _Staging:
             self.events[self.k].synchronize()
         return self.k
 
-    def upload(self, values: np.ndarray, out: torch.Tensor) -> None:
-        """Copy `values` into the device tensor `out` (asynchronously on CUDA)."""
+    def upload(self, values: np.ndarray, out: torch.Tensor, *, stream: Any = None, after: Any = None) -> Any:
+        """Copy `values` into the device tensor `out` (asynchronously on CUDA: on `stream`, default the current
+        one, once the event `after` has passed); returns the event that marks the copy done (None on the CPU)."""
         k = self._slot()
         self.bufs[k].numpy()[...] = values
-        out.copy_(self.bufs[k], non_blocking=self.cuda)
-        if self.cuda:
+        if not self.cuda:
+            out.copy_(self.bufs[k])
+            return None
+        with torch.cuda.stream(stream or torch.cuda.current_stream(self.device)):
+            if after is not None:
+                torch.cuda.current_stream(self.device).wait_event(after)
+            out.copy_(self.bufs[k], non_blocking=True)
             self.events[k].record()
+        return self.events[k]
 
     def index(self, rows: np.ndarray) -> torch.Tensor:
         k = self._slot()
@@ -105,6 +113,9 @@ class LaneRunner:
         self.clips = torch.zeros((2, batch, 2, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
         self.copy_stream = torch.cuda.Stream(dev) if self.cuda else None
         self.slot_ready: dict[tuple[int, int], Any] = {}  # (slot, lane) -> copy event the compute must wait for
+        self.slot_free: dict[tuple[int, int], Any] = {}  # (slot, lane) -> event after the last compute that read it
+        self.vacated: Any = None  # that event for the flips since the last step
+        self.steps_enqueued = False
         self.flipped: list[tuple[int, int]] = []  # (slot, lane) made current since the last step
         self.uploads: list[tuple[Ticket, int, int]] = []  # clip copies queued, not yet issued
         self.resets: list[int] = []  # lanes that took a new segment since the last step
@@ -121,7 +132,16 @@ class LaneRunner:
         self.length = np.zeros(batch, np.int64)  # frames in each lane's current clip; 0 = idle lane
         self.t = np.zeros(batch, np.int64)
         self.staging = _Staging(batch, 5 + C.DESIRE_LEN, dev)
-        self.inputs = torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev)  # this step's packed inputs (static)
+        # this step's packed inputs (static: the step's graph reads them); on CUDA two buffers, one graph each, so
+        # that the next step's inputs go up on the copy stream while this step runs (H200, batch 256: loop 14,123
+        # vs 13,047 frames/s with one buffer uploaded on the compute stream behind the step; batch 64: 13,408 vs
+        # 13,293)
+        self.double_buffered = self.cuda
+        self.inputs_pair = [torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev)
+                            for _ in range(2 if self.double_buffered else 1)]
+        self.inputs = self.inputs_pair[0]
+        self.inputs_free: list[Any] = [None] * len(self.inputs_pair)  # event after the step that last read each
+        self.parity = 0
         self.finished: list[tuple[list[tuple[ClipRef, int]], torch.Tensor, torch.Tensor, Any]] = []
         self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
         self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
@@ -135,11 +155,18 @@ class LaneRunner:
         self.cursor = 0  # round-robin position of the staging service
         self.models = (backend.vision, backend.policy)
         parts = backend.capturable() if self.cuda else None
-        self.graph = None
+        self.graphs: list[Any] = []
         if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one graph
             self.models = parts
-            self.graph, _ = capture(self._compute)
+            for buf in self.inputs_pair:
+                self.inputs = buf
+                self.graphs.append(capture(self._compute)[0])
             self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
+            if self.double_buffered:  # the first uploads into the buffers wait for the warm-up that read them
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(dev))
+                self.inputs_free = [done] * len(self.inputs_pair)
+        self.graph = self.graphs[0] if self.graphs else None
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
@@ -240,7 +267,14 @@ class LaneRunner:
                 src = torch.stack([torch.from_numpy(ticket.clip["road"]), torch.from_numpy(ticket.clip["wide"])])
             copies.append((self.clips[s, i, :, : src.shape[1]], src))
         if self.cuda:
-            self.copy_stream.wait_stream(torch.cuda.current_stream(self.dev))
+            # each copy waits only for the compute that last read its slot (the slot's previous clip, finished
+            # at a flip): waiting for all compute enqueued so far held every copy until the step in flight had
+            # finished, and the next step's small input copy then queued behind them on the copy engine
+            frees = {id(e): e for e in (self.slot_free.pop((s, i), None) for _, s, i in self.uploads) if e is not None}
+            for event in frees.values():
+                self.copy_stream.wait_event(event)
+            if not self.steps_enqueued:  # before the first step: after the capture's warm-up, which read the slots
+                self.copy_stream.wait_stream(torch.cuda.current_stream(self.dev))
             with torch.cuda.stream(self.copy_stream):
                 for dst, src in copies:
                     dst.copy_(src, non_blocking=True)
@@ -258,8 +292,14 @@ class LaneRunner:
         self.host_s["host->device"] += time.perf_counter() - start
 
     def _flip(self, i: int) -> None:
-        """Make the staged clip current (the next step's compute waits for its copy)."""
+        """Make the staged clip current (the next step's compute waits for its copy); the slot it leaves may be
+        copied into once the compute enqueued so far has run."""
         lane = self.lanes[i]
+        if self.cuda and self.steps_enqueued:
+            if self.vacated is None:  # one event for every lane that flips between two steps
+                self.vacated = torch.cuda.Event()
+                self.vacated.record(torch.cuda.current_stream(self.dev))
+            self.slot_free[int(self.slot[i]), i] = self.vacated
         lane.refs[self.slot[i]] = None
         self.slot[i] = 1 - self.slot[i]
         self.flipped.append((int(self.slot[i]), i))
@@ -325,10 +365,21 @@ class LaneRunner:
 
     # -- the step --------------------------------------------------------------------------------
     def _step(self, active: np.ndarray) -> None:
-        self._flush_uploads()  # timed as host->device, not as compute
-        start = time.perf_counter()
         state, rows = self.state, np.arange(self.b)
         slot = self.slot
+        packed = np.concatenate([
+            slot[:, None].astype(np.float32), self.t[:, None].astype(np.float32),
+            self.v_ego[slot, rows, self.t][:, None], self.traffic[slot, rows], self.desire[slot, rows, self.t]],
+            axis=1)  # (B, 13): this step's small inputs
+        k = self.parity
+        inputs_ready = None
+        if self.graphs and self.double_buffered:  # up on the copy stream, ahead of the clips queued for it
+            start = time.perf_counter()
+            inputs_ready = self.staging.upload(packed, self.inputs_pair[k], stream=self.copy_stream,
+                                               after=self.inputs_free[k])
+            self.host_s["host->device"] += time.perf_counter() - start
+        self._flush_uploads()  # timed as host->device, not as compute
+        start = time.perf_counter()
         gaps = np.where(active, self.gap[slot, rows, self.t], 0)
         resets = sorted(set(self.resets) | set(np.flatnonzero(gaps == RESET).tolist()))
         self.resets = []
@@ -341,21 +392,24 @@ class LaneRunner:
         self.flipped = []
         if self.cuda:
             stream = torch.cuda.current_stream(self.dev)
-            for event in waits.values():
+            for event in (*waits.values(), *([inputs_ready] if inputs_ready is not None else [])):
                 stream.wait_event(event)
             while len(self.gpu_events) > 64 and self.gpu_events[0][1].query():  # keep the list short
                 a, b = self.gpu_events.pop(0)
                 self.gpu_busy += a.elapsed_time(b) / 1000
             self.gpu_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
             self.gpu_events[-1][0].record(stream)
-        self.staging.upload(np.concatenate([
-            slot[:, None].astype(np.float32), self.t[:, None].astype(np.float32),
-            self.v_ego[slot, rows, self.t][:, None], self.traffic[slot, rows], self.desire[slot, rows, self.t]],
-            axis=1), self.inputs)  # (B, 13) on the device
-        if self.graph is not None:
-            self.graph.replay()
+        if inputs_ready is None:
+            self.staging.upload(packed, self.inputs_pair[k])
+        if self.graphs:
+            self.graphs[k].replay()
+            if self.double_buffered:
+                self.inputs_free[k] = torch.cuda.Event()
+                self.inputs_free[k].record(stream)
+                self.parity = 1 - k
         else:
             self._compute()
+        self.steps_enqueued, self.vacated = True, None
         self.t[active] += 1
         if self.cuda:
             self.gpu_events[-1][1].record(torch.cuda.current_stream(self.dev))

@@ -18,3 +18,16 @@ def test_profile_lines_give_ms_per_step_by_stage_and_the_busy_fraction() -> None
         "2.50", "s"]
     assert lines[5].strip() == "step: one CUDA graph per step (frame gather, modeld state, both models, outputs)"
     assert list(profile_lines({"steps": 1.0}))[-1].strip().startswith("step: uncaptured")
+
+
+def test_ratio_lines_put_the_loop_against_bare_and_say_what_end_to_end_adds() -> None:
+    from pathlib import Path
+
+    from spark_distill.bench.label import ratio_lines
+    from spark_distill.label.run import LabelResult
+
+    result = LabelResult(Path("x"), frames=20_000, seconds=2.5, profile={"label pass s": 1.0})  # loop 20k/s, all 8k/s
+    loop, e2e = ratio_lines(result, 25_000.0, "torch compiled")
+    assert loop.split()[-4:] == ["0.80", "(target", ">=", "0.90)"]
+    assert e2e.split()[e2e.split().index("compiled):") + 1] == "0.32"
+    assert "1.50 s of set-up and drain in 2.50 s" in e2e
