@@ -148,13 +148,12 @@ class ClipReaders:
         os.truncate(fd, int(np.prod(self.shape)))
         os.close(fd)
         self.path = path
+        # the readers fill the slab's pages (each its own page tables); this process does not: madvise holds the
+        # GIL for the seconds it takes, and on CUDA page-locking the slab faults every page in anyway
         self.slab = map_slab(path, self.shape, populate=False)
         self.pinned: Any = None
-        # filling the slab's pages (and page-locking them for CUDA) takes most of a second for GBs: done in a
-        # thread (the GIL is released) while the readers start
-        self.preparing = threading.Thread(
-            target=self._prepare, args=(in_memory, pin), daemon=True, name="slab-prepare")
-        self.preparing.start()
+        self.preparing = threading.Thread(target=self._pin, args=(pin,), daemon=True, name="slab-pin")
+        self.preparing.start()  # page-locking GBs takes most of a second: done while the readers start
         self.slot_tensors: list[Any] | None = None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
@@ -182,9 +181,7 @@ class ClipReaders:
             self.close()
             raise
 
-    def _prepare(self, populate: bool, pin: bool) -> None:
-        if populate:
-            _populate(self.slab)
+    def _pin(self, pin: bool) -> None:
         if pin:
             self.pinned = _pin(self.slab)
 
