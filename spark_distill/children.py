@@ -23,6 +23,15 @@ def child_init(parent: int | None = None) -> None:
         os._exit(1)
 
 
+def on_gpu(device: str | None) -> bool:
+    """Whether work asked to run on `device` (None: the default, CUDA where there is one) runs on a GPU."""
+    if device is not None:
+        return device.startswith("cuda")
+    import torch  # here, not at the top: reader processes import this module and never torch
+
+    return torch.cuda.is_available()
+
+
 def worker_budget(*, accelerator: bool, cpu_default: int = 2) -> int:
     """Worker processes a pass starts when --workers is left at 0 (auto). With an accelerator doing the arithmetic:
     every core of this process's share (its CPU affinity, split between torchrun's local ranks) but two, for the

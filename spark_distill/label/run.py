@@ -33,7 +33,7 @@ import numpy as np
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
-from spark_distill.children import child_init, worker_budget
+from spark_distill.children import child_init, on_gpu, worker_budget
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, auto_backend, get_backend
@@ -260,11 +260,8 @@ class _Verifier:
 
 def _accelerated(cfg: LabelConfig) -> bool:
     """Whether the teacher will run on a GPU (what sizes the default number of reader processes)."""
-    import torch
-
     backend = auto_backend() if cfg.backend == "auto" else cfg.backend
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return backend != "onnxruntime" and device.startswith("cuda")
+    return backend != "onnxruntime" and on_gpu(cfg.device)
 
 
 def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = None) -> LabelResult:

@@ -156,3 +156,10 @@ def test_auto_workers_take_the_cores_beside_a_gpu(monkeypatch: pytest.MonkeyPatc
     assert fit_to_data(_cfg(device="cpu", batch_size=4), _data(many))[0].workers == 2
     cfg, notes = fit_to_data(_cfg(device="cuda", batch_size=4), _data(many[:5]))
     assert (cfg.workers, notes) == (5, []), "auto is capped by the shards without a note"
+
+
+def test_on_gpu_reads_the_device_asked_for_and_defaults_to_what_the_machine_has() -> None:
+    from spark_distill.children import on_gpu
+
+    assert on_gpu("cuda") and on_gpu("cuda:1") and not on_gpu("cpu")
+    assert on_gpu(None) == torch.cuda.is_available()
