@@ -127,8 +127,8 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
     be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=cache_dir, compile="auto")
     if be.device.type != "cuda" or be.capturable() is None:
         return None
-    runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None, emit=None,
-                        segments_meta={})
+    runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
+                        out_rows=None, emit=None, segments_meta={})
     if runner.graph is None:
         return None
     for _ in range(3):

@@ -14,7 +14,8 @@ Main entry point: `LaneRunner.run(work)`. Stages of one step, all B lanes at onc
    whole, both cameras in one copy each, on a side stream, into the lane's free device slot (the copies
    queued in a step are issued together, with one event);
 5. way out: lanes that finished a clip have their outputs gathered on the device and copied back in
-   one device->host copy per step into page-locked memory; writer processes compress and write.
+   one device->host copy per step into consecutive rows of the writers' shared output slab (page-locked);
+   once landed, each clip's row goes to the writer process of its shard, which compresses and writes.
 Invariants: each lane has two device slots (the clip being labeled, the next one), so a clip boundary
 is a flip, not a wait; the compute stream waits for a slot's copy event before reading it, and a
 copy into a slot waits only for the compute that last read it (an event recorded when its lane flipped away
@@ -101,10 +102,11 @@ class _Staging:
 
 class LaneRunner:
     def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 readers: ClipReaders, emit: Callable[[ClipRef, np.ndarray, np.ndarray], None],
-                 segments_meta: dict[str, Any]) -> None:
+                 readers: ClipReaders, out_rows: Callable[[int, Callable[[], None]], tuple[int, torch.Tensor]],
+                 emit: Callable[[ClipRef, int, int], None], segments_meta: dict[str, Any]) -> None:
         self.teacher, self.backend, self.b, self.tmax = teacher, backend, batch, clip_len
-        self.readers, self.emit, self.segments_meta = readers, emit, segments_meta
+        self.readers, self.segments_meta = readers, segments_meta
+        self.out_rows, self.emit = out_rows, emit  # k consecutive output rows; a clip landed in a row (row, frames)
         dev = self.dev = backend.device
         self.cuda = dev.type == "cuda"
         self.state = ModeldState(batch, history=teacher.history_len, device=dev, lat_delay=lat_delay)
@@ -142,7 +144,7 @@ class LaneRunner:
         self.inputs = self.inputs_pair[0]
         self.inputs_free: list[Any] = [None] * len(self.inputs_pair)  # event after the step that last read each
         self.parity = 0
-        self.finished: list[tuple[list[tuple[ClipRef, int]], torch.Tensor, torch.Tensor, Any]] = []
+        self.finished: list[tuple[list[tuple[ClipRef, int]], int, Any]] = []  # (clips, first row, copy event)
         self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
         self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
         self.lanes: list[_Lane | None] = [None] * batch
@@ -327,18 +329,16 @@ class LaneRunner:
     def _finish_clips(self, done: np.ndarray) -> None:
         """Copy finished clips' outputs to the host in one copy (asynchronous on a GPU) and move the lanes on."""
         start = time.perf_counter()
+        first, host = self.out_rows(len(done), self._emit_ready)  # (done, T, vision + policy) fp16 slab rows
         idx = self.staging.index(done)
         cuda = self.cuda
         out = torch.cat([self.out_v[idx], self.out_p[idx]], dim=2)  # (done, T, vision + policy) fp16, on the device
-        host = torch.empty(out.shape, dtype=torch.float16, pin_memory=cuda)
         host.copy_(out, non_blocking=cuda)  # enqueued before the next step overwrites the rows
-        vision, policy = host[:, :, : self.out_v.shape[2]], host[:, :, self.out_v.shape[2]:]
         event = torch.cuda.Event() if cuda else None
         if event is not None:
             event.record()
         self.host_s["device->host"] += time.perf_counter() - start
-        self.finished.append(([(self.lanes[i].refs[self.slot[i]], int(self.length[i])) for i in done],
-                              vision, policy, event))
+        self.finished.append(([(self.lanes[i].refs[self.slot[i]], int(self.length[i])) for i in done], first, event))
         for i in done:
             lane = self.lanes[i]
             if lane.staged or lane.pending:
@@ -354,13 +354,12 @@ class LaneRunner:
     def _emit_ready(self, wait: bool = False) -> None:
         """Hand finished clips whose copies have landed to the writer."""
         start = time.perf_counter()
-        while self.finished and (wait or self.finished[0][3] is None or self.finished[0][3].query()):
-            refs, vision, policy, event = self.finished.pop(0)
+        while self.finished and (wait or self.finished[0][2] is None or self.finished[0][2].query()):
+            refs, first, event = self.finished.pop(0)
             if event is not None:
                 event.synchronize()
-            v, p = vision.numpy(), policy.numpy()
             for j, (ref, n) in enumerate(refs):
-                self.emit(ref, v[j, :n].copy(), p[j, :n].copy())
+                self.emit(ref, first + j, n)
         self.host_s["hand-off to the writer"] += time.perf_counter() - start
 
     # -- the step --------------------------------------------------------------------------------

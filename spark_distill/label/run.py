@@ -20,8 +20,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,18 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from spark_distill import __version__, shards
 from spark_distill import contract as C
-from spark_distill.children import child_init, on_gpu, worker_budget
+from spark_distill.children import on_gpu, worker_budget
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, auto_backend, get_backend
 from spark_distill.label.lanes import LaneRunner
 from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
-from spark_distill.label.workers import ClipReaders, write_label_shard
+from spark_distill.label.workers import ClipReaders, LabelWriters
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
@@ -129,78 +125,72 @@ MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsy
 
 
 class _Writer:
-    """Collects labeled clips per shard; a complete shard goes to a writer process (compress, write, rename),
-    and the main process records it in the manifest once it is on disk (`poll`, `close`)."""
+    """Hands labeled clips (rows of the writers' output slab) to the writer processes, which write each shard once
+    it has all its clips; the main process records a shard in the manifest once it is on disk (`poll`, `close`)."""
 
     def __init__(self, folder: Path, frames_manifest: dict[str, Any], todo: set[int], manifest: dict[str, Any],
-                 expected: dict[int, list[str]], pool: cf.ProcessPoolExecutor) -> None:
+                 expected: dict[int, list[str]], writers: LabelWriters) -> None:
         self.folder, self.frames_manifest, self.todo, self.manifest = folder, frames_manifest, todo, manifest
         self.expected = expected
-        self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
-        self.pool = pool  # _Workers' writer processes
-        self.futures: list[cf.Future] = []
+        self.writers = writers  # _Workers' writer processes
         self.written = 0
-        self.seconds = 0.0  # in the writer process
+        self.seconds = 0.0  # in the writer processes
         self.unsaved, self.saved_at = False, -MANIFEST_EVERY_S
 
-    def add(self, ref: ClipRef, vision: np.ndarray, policy: np.ndarray) -> None:
-        if ref.shard not in self.todo:
-            return  # finished in an earlier run
-        got = self.pending[ref.shard]
-        got[ref.key] = (vision, policy)
-        if len(got) == len(self.expected[ref.shard]):
-            clips = self.pending.pop(ref.shard)  # same keys, same order as the frames shard
-            self.futures.append(self.pool.submit(write_label_shard, self.folder,
-                                                 self.frames_manifest["shards"][ref.shard]["name"],
-                                                 [(key, *clips[key]) for key in self.expected[ref.shard]]))
+    def add(self, ref: ClipRef, row: int, frames: int) -> None:
+        if ref.shard not in self.todo:  # finished in an earlier run
+            self.writers.free(row)
+            return
+        self.writers.put(ref.shard, ref.key, row, frames, folder=self.folder,
+                         name=self.frames_manifest["shards"][ref.shard]["name"], keys=self.expected[ref.shard])
         self.poll()
 
     def poll(self, *, wait: bool = False) -> None:
-        """Record the shards the writer has finished (all of them with `wait`); re-raises a writer failure."""
-        while self.futures and (wait or self.futures[0].done()):
-            entry, seconds = self.futures.pop(0).result()
-            record_shard(self.manifest, self.frames_manifest, entry)
-            self.written += 1
-            self.seconds += seconds
-            self.unsaved = True
+        """Record the shards the writers have finished (all of them with `wait`); a writer's failure is raised."""
+        for _, entry, seconds in self.writers.take_written(wait=wait):
+            self._record(entry, seconds)
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
         if self.unsaved and (wait or time.monotonic() - self.saved_at >= MANIFEST_EVERY_S):
             shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
             self.unsaved, self.saved_at = False, time.monotonic()
 
+    def _record(self, entry: dict[str, Any], seconds: float) -> None:
+        record_shard(self.manifest, self.frames_manifest, entry)
+        self.written += 1
+        self.seconds += seconds
+        self.unsaved = True
+
     def close(self, *, ok: bool = True) -> None:
-        """Finish (`ok`) or, after a failure or Ctrl-C, record what is already on disk and drop the rest."""
+        """Finish (`ok`) or, after a failure or Ctrl-C, stop the writers, record what is already on disk and drop
+        the rest (shards still missing clips were never started)."""
         if ok:
             self.poll(wait=True)
-        else:
-            for f in self.futures:
-                f.cancel()
-            cf.wait(self.futures)
-            self.futures = [f for f in self.futures if not f.cancelled() and f.exception() is None]
-            self.poll(wait=True)
-
-
-def _ready() -> None:
-    """A writer process's first task: it has started and imported what it needs."""
+            return
+        self.writers.stop()
+        for _, entry, seconds in self.writers.written:
+            self._record(entry, seconds)
+        self.writers.written = []
+        if self.unsaved:
+            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+            self.unsaved = False
 
 
 class _Workers:
     """The pass's worker processes, started before the teacher is built so that their start-up (a spawned
-    interpreter and its imports each, the slab's pages) overlaps it: reader processes feeding the lanes
-    (workers.ClipReaders) and the label shard writers (each shard ends in an fsync, and at the end of a pass
-    many shards finish at once, so there are a few)."""
+    interpreter and its imports each, the slabs' pages) overlaps it: reader processes feeding the lanes
+    (workers.ClipReaders) and the label shard writers (workers.LabelWriters: each shard ends in an fsync, and at
+    the end of a pass many shards finish at once, so there are a few)."""
 
-    def __init__(self, cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any]) -> None:
-        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init,
-                                           initargs=(os.getpid(),))
+    def __init__(self, cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], teacher: Teacher) -> None:
         self.readers: ClipReaders | None = None
+        clip_len, pin = int(frames_manifest["settings"]["clip_len"]), _accelerated(cfg)
+        # output rows for two batches of finished clips: one with the writers, the next landing
+        self.writers = LabelWriters(workers=WRITERS, rows=2 * cfg.batch + 16, clip_len=clip_len,
+                                    width_v=teacher.vision.width, width_p=teacher.policy.width, pin=pin)
         try:
-            for _ in range(WRITERS):  # the pool starts a process per task submitted while none is idle
-                self.pool.submit(_ready)
             self.readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
-                                       slots=cfg.batch + 2 * cfg.workers,
-                                       clip_len=int(frames_manifest["settings"]["clip_len"]), pin=_accelerated(cfg))
+                                       slots=cfg.batch + 2 * cfg.workers, clip_len=clip_len, pin=pin)
         except BaseException:
             self.close()
             raise
@@ -208,7 +198,7 @@ class _Workers:
     def close(self) -> None:
         if self.readers is not None:
             self.readers.close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writers.close()
 
 
 def _recorded_shards(folder: Path) -> set[str]:
@@ -282,7 +272,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     workers = None
     try:
         if verifier.shard_ids:  # something left to label: the worker processes start while the teacher builds
-            workers = _Workers(cfg, fdir, frames_manifest)
+            workers = _Workers(cfg, fdir, frames_manifest, teacher)
         return _label(cfg, fdir, frames_manifest, frames_sha, plans, teacher, vision_model, policy_model, folder,
                       verifier, workers, on_progress)
     finally:
@@ -324,12 +314,12 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
         shards.write_json_atomic(folder / shards.MANIFEST, manifest)
         return result
     if workers is None:  # the first look at the manifest saw nothing left; the manifest says otherwise
-        workers = _Workers(cfg, fdir, frames_manifest)
+        workers = _Workers(cfg, fdir, frames_manifest, teacher)
     if cfg.world > 1:
         return _label_ranks(cfg, teacher, backend, workers, frames_manifest, folder, manifest, work, bad, todo,
                             expected, result, on_progress)
     total = sum(frames_manifest["shards"][i]["frames"] for i in {c.shard for p in work for c in p.clips} - bad)
-    writer = _Writer(folder, frames_manifest, todo, manifest, expected, workers.pool)
+    writer = _Writer(folder, frames_manifest, todo, manifest, expected, workers.writers)
     start = time.perf_counter()
     ok = False
     try:
@@ -356,7 +346,8 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cl
     start = time.perf_counter()
     runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,
                         clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
-                        readers=readers, emit=writer.add, segments_meta=manifest["segments"])
+                        readers=readers, out_rows=writer.writers.rows, emit=writer.add,
+                        segments_meta=manifest["segments"])
     built = time.perf_counter()
     frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
     wall = time.perf_counter() - built
@@ -407,7 +398,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
             my_expected[shard] = [k for k in keys if k in my_keys]
         my_todo = {i for i in todo if my_expected.get(i)}
         part_manifest: dict[str, Any] = {"shards": [], "segments": {}}
-        writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected, workers.pool)
+        writer = _Writer(parts, frames_manifest, my_todo, part_manifest, my_expected, workers.writers)
         total = sum(len(p.clips) for p in mine) * int(frames_manifest["settings"]["clip_len"])
         start = time.perf_counter()
         ok = False

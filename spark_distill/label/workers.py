@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """The label pass's worker processes: clip readers that decode into one shared slab, and the shard writer.
-Entry points: `ClipReaders` (submit a ClipRef, get a decoded clip) and `write_label_shard`.
+Entry points: `ClipReaders` (submit a ClipRef, get a decoded clip) and `LabelWriters` (hand over a finished
+clip's output row, get written shards).
 
 Readers, stage by stage: the main process `submit`s a ClipRef -> when a slab slot is free the task goes to
 the reader process with the fewest tasks in hand (each reader has its own queue, so the main process
@@ -32,6 +33,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,12 +143,7 @@ class ClipReaders:
     def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
         self.names = [p.name for p in shard_paths]
         self.shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
-        shm = Path("/dev/shm")
-        room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
-        in_memory = room > 2 * np.prod(self.shape)  # else a temporary file on disk (slower, still correct)
-        fd, path = tempfile.mkstemp(prefix="spark-label-slab-", dir=shm if in_memory else None)
-        os.truncate(fd, int(np.prod(self.shape)))
-        os.close(fd)
+        path, in_memory = _slab_file(int(np.prod(self.shape)), "spark-label-slab-")
         self.path = path
         # the readers fill the slab's pages (each its own page tables); this process does not: madvise holds the
         # GIL for the seconds it takes, and on CUDA page-locking the slab faults every page in anyway
@@ -345,16 +342,217 @@ def _pin(slab: np.ndarray) -> Any:
     return lambda: cudart.cudaHostUnregister(ptr)
 
 
-def write_label_shard(folder: Path, name: str, clips: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[dict, float]:
-    """Encode and write one label shard (keys in the given order); returns its ShardInfo JSON and the seconds it
-    took. Runs in the writer process: a shard appears complete (renamed from .tmp) or not at all."""
-    start = time.perf_counter()
-    writer = shards.ShardWriter(folder, name, shards.LABEL_MEMBERS)
-    try:
-        for key, vision, policy in clips:
-            writer.write({"__key__": key, "vision.npy.zst": shards.encode_array(vision),
-                          "policy.npy.zst": shards.encode_array(policy)}, frames=len(vision))
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close().to_json(), time.perf_counter() - start
+def _slab_file(nbytes: int, prefix: str) -> tuple[str, bool]:
+    """A file of `nbytes` for a shared slab: in /dev/shm (tmpfs) when it has room for twice that, else in the
+    temporary folder (slower, still correct); returns its path and whether it is in memory."""
+    shm = Path("/dev/shm")
+    room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
+    in_memory = room > 2 * nbytes
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=shm if in_memory else None)
+    os.truncate(fd, nbytes)
+    os.close(fd)
+    return path, in_memory
+
+
+def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: Any, results: Any,
+                  parent: int) -> None:
+    """A writer process. Tasks: ("open", shard, folder, name, keys) before a shard's first clip; ("clip", shard,
+    key, row, frames): compress the clip's vision and policy outputs from the slab's row, hand the row back, and
+    once the shard has every key write it (in the keys' order, .tmp then rename). Answers on `results`:
+    ("free", row), ("shard", shard, ShardInfo JSON, seconds) or ("error", shard, message)."""
+    child_init(parent)
+    slab = np.memmap(slab_path, np.float16, "r", shape=shape)
+    results.put(("mapped", None))
+    shards_open: dict[int, tuple[Path, str, list[str], dict[str, tuple[bytes, bytes, int]], list[float]]] = {}
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if task is None:
+            break
+        shard = task[1]
+        try:
+            if task[0] == "open":
+                _, _, folder, name, keys = task
+                shards_open[shard] = (Path(folder), name, keys, {}, [0.0])
+                continue
+            _, _, key, row, n = task
+            start = time.perf_counter()
+            encoded = (shards.encode_array(slab[row, :n, :width_v]), shards.encode_array(slab[row, :n, width_v:]), n)
+            results.put(("free", row))
+            folder, name, keys, got, seconds = shards_open[shard]
+            got[key] = encoded
+            if len(got) == len(keys):
+                del shards_open[shard]
+                writer = shards.ShardWriter(folder, name, shards.LABEL_MEMBERS)
+                try:
+                    for k in keys:
+                        vision, policy, frames = got[k]
+                        writer.write({"__key__": k, "vision.npy.zst": vision, "policy.npy.zst": policy}, frames=frames)
+                    info = writer.close().to_json()
+                except BaseException:
+                    writer.abort()
+                    raise
+                results.put(("shard", shard, info, seconds[0] + time.perf_counter() - start))
+            else:
+                seconds[0] += time.perf_counter() - start
+        except Exception as e:  # reported by the main process, which stops the pass
+            results.put(("error", shard, f"{type(e).__name__}: {e}"))
+
+
+class LabelWriters:
+    """`workers` label shard writer processes fed through a shared output slab of `rows` clip rows (fp16 vision and
+    policy outputs side by side): the device->host copy of finished clips lands in consecutive rows (page-locked on
+    CUDA), and only (shard, key, row, frames) travels to the writer that owns the shard (shard % workers), which
+    compresses the clip, hands its row back and writes the shard once it has every clip. The main process never
+    pickles an output array. `poll` takes the answers: freed rows and written shards."""
+
+    def __init__(self, *, workers: int, rows: int, clip_len: int, width_v: int, width_p: int, pin: bool) -> None:
+        self.shape = (rows, clip_len, width_v + width_p)
+        path, _ = _slab_file(int(np.prod(self.shape)) * 2, "spark-label-out-")
+        self.path = path
+        self.slab = np.memmap(path, np.float16, "r+", shape=self.shape)
+        self.tensor: Any = None
+        self.pinned: Any = None
+        self.pinning = threading.Thread(target=self._pin, args=(pin,), daemon=True, name="out-slab-pin")
+        self.pinning.start()
+        self.busy = np.zeros(rows, bool)
+        self.head = 0
+        self.opened: dict[int, int] = {}  # shard -> writer, for shards not yet written
+        self.written: list[tuple[int, dict[str, Any], float]] = []  # answers not yet taken by `take_written`
+        self.mapped = 0
+        self.stopped = False
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_shard_writer, name=f"label-writer-{w}", daemon=True,
+                                  args=(path, self.shape, width_v, self.tasks[w], self.results, os.getpid()))
+                      for w in range(workers)]
+        try:
+            for p in self.procs:
+                p.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _pin(self, pin: bool) -> None:
+        if pin:
+            self.pinned = _pin(self.slab)
+
+    def rows(self, k: int, drain: Callable[[], None] | None = None) -> tuple[int, Any]:
+        """`k` consecutive free rows: the first row's index and the rows as a torch tensor (k, clip_len, width) to
+        copy finished clips into. If they are still taken it waits for the writers to hand them back, calling
+        `drain` meanwhile (the caller hands over clips that have landed, whose rows the writers then free)."""
+        if k > len(self.busy):
+            raise ValueError(f"{k} clips at once, the output slab holds {len(self.busy)}")
+        if self.head + k > len(self.busy):
+            self.head = 0
+        while self.busy[self.head: self.head + k].any():
+            if drain is not None:
+                drain()
+            self.poll(block=True, timeout=0.001)
+        start, self.head = self.head, self.head + k
+        self.busy[start: start + k] = True
+        if self.tensor is None:
+            import torch
+
+            self.pinning.join()
+            self.tensor = torch.from_numpy(np.asarray(self.slab))
+        return start, self.tensor[start: start + k]
+
+    def put(self, shard: int, key: str, row: int, frames: int, *, folder: Path, name: str, keys: list[str]) -> None:
+        """Hand a finished clip (in `row`) to the writer of its shard (`folder`/`name`, whose clips are `keys`)."""
+        w = shard % len(self.procs)
+        if shard not in self.opened:
+            self.opened[shard] = w
+            self.tasks[w].put(("open", shard, str(folder), name, list(keys)))
+        self.tasks[w].put(("clip", shard, key, row, frames))
+
+    def free(self, row: int) -> None:
+        """A row whose clip is not written (its shard was finished by an earlier run)."""
+        self.busy[row] = False
+
+    def poll(self, *, block: bool = False, timeout: float | None = None) -> None:
+        """Take the writers' answers (with `block`, wait for one: for good, or at most `timeout` s); a writer's
+        error or death is a LabelError."""
+        while True:
+            try:
+                answer = self.results.get(timeout=timeout or 0.2) if block else self.results.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return
+                self._check_alive()
+                if timeout is not None:
+                    return
+                continue
+            block = False
+            kind = answer[0]
+            if kind == "free":
+                self.busy[answer[1]] = False
+            elif kind == "shard":
+                self.opened.pop(answer[1], None)
+                self.written.append(answer[1:])
+            elif kind == "error":
+                raise LabelError(f"label shard writer failed on shard {answer[1]}: {answer[2]}")
+            else:
+                self.mapped += 1
+                if self.mapped == len(self.procs):
+                    self._unlink()
+
+    def take_written(self, *, wait: bool = False) -> list[tuple[int, dict[str, Any], float]]:
+        """(shard, ShardInfo JSON, writer seconds) of the shards written since the last call; with `wait`, once
+        every shard handed over has been written."""
+        self.poll()
+        while wait and self.opened:
+            self.poll(block=True)
+        out, self.written = self.written, []
+        return out
+
+    def _check_alive(self) -> None:
+        if self.stopped:
+            return
+        for p in self.procs:
+            if p.exitcode is not None:
+                held = sorted(s for s, w in self.opened.items() if self.procs[w] is p)
+                raise LabelError(f"label writer process {p.name} died (exit code {p.exitcode}) with shards {held} "
+                                 "unwritten; run the same command again to resume")
+
+    def stop(self) -> None:
+        """Let the writers finish the clips already handed over (shards still missing clips are dropped), then
+        stop them; the shards they wrote meanwhile are in `take_written`."""
+        self.stopped = True
+        for q in self.tasks:
+            with contextlib.suppress(OSError, ValueError):
+                q.put(None)
+        deadline = time.monotonic() + 10.0
+        for p in self.procs:
+            if p.pid is not None:
+                p.join(max(0.0, deadline - time.monotonic()))
+        self.poll()
+
+    def close(self) -> None:
+        """Stop the writers (bounded time) and delete the slab; safe to call twice."""
+        self.stop()
+        for p in self.procs:
+            if p.pid is not None and p.exitcode is None:
+                p.terminate()
+                p.join(1.0)
+                if p.exitcode is None:
+                    p.kill()
+                    p.join()
+        for q in (*self.tasks, self.results):
+            q.cancel_join_thread()
+            q.close()
+        self.procs = []
+        self.pinning.join()
+        if self.pinned is not None:
+            self.pinned()
+            self.pinned = None
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
