@@ -33,7 +33,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,20 @@ log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
 _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding two clips (14 ms, 375 MB shard)
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
+
+
+def _tasks(tasks: Any, parent: int) -> Iterator[Any]:
+    """A worker process's tasks in order, until the None that stops it or until its parent is gone."""
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if task is None:
+            return
+        yield task
 
 
 def map_slab(path: str, shape: tuple[int, ...], *, populate: bool) -> np.ndarray:
@@ -72,7 +86,7 @@ def _populate(slab: np.memmap) -> None:
             continue
 
 
-def _reader(slab_path: str, shape: tuple[int, ...], populate: bool, shard_paths: list[str], tasks: Any,
+def _reader(slab_path: str, populate: bool, shape: tuple[int, ...], shard_paths: list[str], tasks: Any,
             results: Any, parent: int) -> None:
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
     child_init(parent)
@@ -82,15 +96,7 @@ def _reader(slab_path: str, shape: tuple[int, ...], populate: bool, shard_paths:
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
     open_files: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards whose file is open, LRU
     arena = Arena()  # reused from clip to clip: reads without page faults
-    while True:
-        try:
-            task = tasks.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:
-                return
-            continue
-        if task is None:
-            break
+    for task in _tasks(tasks, parent):
         ticket, shard, key, slot = task
         try:
             start = time.perf_counter()
@@ -137,39 +143,30 @@ class Ticket:
         return self.owner.wait_for(self)
 
 
-class ClipReaders:
-    """`workers` reader processes decoding clips of `shard_paths` into `slots` slots of a shared slab."""
+class _SlabProcesses:
+    """What the readers and the writers share: a slab file (`_slab_file`) mapped here as `slab`, page-locked in a
+    thread when `pin` (GBs take most of a second: done while the processes start), `workers` spawned processes
+    (`target(slab path, slab in memory, *args, task queue, result queue, parent pid)`, named `name-N`) with a task
+    queue each and one result queue, and their bounded shutdown. The slab's file is unlinked once every process
+    has mapped it (`_mapped`), so even a killed pass leaves nothing in /dev/shm."""
 
-    def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
-        self.names = [p.name for p in shard_paths]
-        self.shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
-        path, in_memory = _slab_file(int(np.prod(self.shape)), "spark-label-slab-")
-        self.path = path
-        # the readers fill the slab's pages (each its own page tables); this process does not: madvise holds the
-        # GIL for the seconds it takes, and on CUDA page-locking the slab faults every page in anyway
-        self.slab = map_slab(path, self.shape, populate=False)
+    STOP_S = 3.0  # how long `close` lets the processes finish before terminating them
+
+    def __init__(self, *, name: str, target: Any, args: tuple, workers: int, nbytes: int, dtype: Any,
+                 shape: tuple[int, ...], pin: bool) -> None:
+        self.shape = shape
+        self.path, self.in_memory = _slab_file(nbytes, f"spark-{name}-")
+        self.slab = np.memmap(self.path, dtype, "r+", shape=shape)
         self.pinned: Any = None
-        self.preparing = threading.Thread(target=self._pin, args=(pin,), daemon=True, name="slab-pin")
-        self.preparing.start()  # page-locking GBs takes most of a second: done while the readers start
-        self.slot_tensors: list[Any] | None = None
-        self.free = list(range(slots))[::-1]
-        self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
-        self.in_hand: list[collections.deque[Ticket]] = [collections.deque() for _ in range(workers)]
-        self.indexed: list[set[int]] = [set() for _ in range(workers)]  # shards each reader has indexed
-        self.held: dict[int, Ticket] = {}  # slot -> decoded clip not yet released
-        self.releasing: collections.deque[tuple[Any, int]] = collections.deque()  # (copy event, slot)
-        self.tickets: dict[int, Ticket] = {}
-        self.counter = 0
-        self.seconds = {"read": 0.0, "decode": 0.0}
-        self.spilled = 0
-        self.mapped = 0  # readers that have mapped the slab
-        self.started, self.ready_s = time.monotonic(), None  # ready_s: until the last reader had mapped it (s)
-        ctx = mp.get_context("spawn")  # safe under torchrun and with CUDA initialised; readers never import torch
+        self.pinning = threading.Thread(target=self._pin, args=(pin,), daemon=True, name=f"{name}-pin")
+        self.pinning.start()
+        self.mapped = 0  # processes that have mapped the slab
+        ctx = mp.get_context("spawn")  # safe under torchrun and with CUDA initialised; they never import torch
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
-        self.procs = [ctx.Process(target=_reader, name=f"label-reader-{w}", daemon=True,
-                                  args=(path, self.shape, in_memory, [str(p) for p in shard_paths], self.tasks[w],
-                                        self.results, os.getpid()))
+        self.procs = [ctx.Process(target=target, name=f"{name}-{w}", daemon=True,
+                                  args=(self.path, self.in_memory, *args, self.tasks[w], self.results,
+                                        os.getpid()))
                       for w in range(workers)]
         try:
             for p in self.procs:
@@ -182,6 +179,71 @@ class ClipReaders:
         if pin:
             self.pinned = _pin(self.slab)
 
+    def _mapped(self) -> None:
+        self.mapped += 1
+        if self.mapped == len(self.procs):  # every process holds the mapping: no file left behind, even on kill -9
+            self._unlink()
+
+    def _stop(self, seconds: float) -> None:
+        """Ask every process to stop once its queued tasks are done; wait at most `seconds` for them."""
+        for q in self.tasks:
+            with contextlib.suppress(OSError, ValueError):
+                q.put(None)
+        deadline = time.monotonic() + seconds
+        for p in self.procs:
+            if p.pid is not None:
+                p.join(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Stop the processes (bounded time: terminated, then killed, if they do not exit) and delete the slab;
+        safe to call twice."""
+        self._stop(self.STOP_S)
+        for p in self.procs:
+            if p.pid is not None and p.exitcode is None:
+                p.terminate()
+                p.join(1.0)
+                if p.exitcode is None:
+                    p.kill()
+                    p.join()
+        for q in (*self.tasks, self.results):
+            q.cancel_join_thread()
+            q.close()
+        self.procs = []
+        self.pinning.join()
+        if self.pinned is not None:
+            self.pinned()
+            self.pinned = None
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class ClipReaders(_SlabProcesses):
+    """`workers` reader processes decoding clips of `shard_paths` into `slots` slots of a shared slab."""
+
+    def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
+        self.names = [p.name for p in shard_paths]
+        self.slot_tensors: list[Any] | None = None
+        self.free = list(range(slots))[::-1]
+        self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
+        self.in_hand: list[collections.deque[Ticket]] = [collections.deque() for _ in range(workers)]
+        self.indexed: list[set[int]] = [set() for _ in range(workers)]  # shards each reader has indexed
+        self.held: dict[int, Ticket] = {}  # slot -> decoded clip not yet released
+        self.releasing: collections.deque[tuple[Any, int]] = collections.deque()  # (copy event, slot)
+        self.tickets: dict[int, Ticket] = {}
+        self.counter = 0
+        self.seconds = {"read": 0.0, "decode": 0.0}
+        self.spilled = 0
+        self.started, self.ready_s = time.monotonic(), None  # ready_s: until the last reader had mapped it (s)
+        shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
+        # the readers fill the slab's pages (each its own page tables); this process does not: madvise holds the
+        # GIL for the seconds it takes, and on CUDA page-locking the slab faults every page in anyway
+        super().__init__(name="label-reader", target=_reader, args=(shape, [str(p) for p in shard_paths]),
+                         workers=workers,
+                         nbytes=int(np.prod(shape)), dtype=np.uint8, shape=shape, pin=pin)
+
     def slot_tensor(self, ticket: Ticket) -> Any:
         """The ticket's slot as a torch tensor (2, clip_len, 6, 128, 256): page-locked when pinned."""
         if ticket.slot is None:
@@ -189,7 +251,7 @@ class ClipReaders:
         if self.slot_tensors is None:
             import torch
 
-            self.preparing.join()
+            self.pinning.join()
             self.slot_tensors = [torch.from_numpy(np.asarray(self.slab[k])) for k in range(self.shape[0])]
         return self.slot_tensors[ticket.slot]
 
@@ -217,10 +279,8 @@ class ClipReaders:
     def _take(self, answer: tuple) -> None:
         number, clip, read_s, decode_s, error = answer
         if number == "mapped":
-            self.mapped += 1
             self.ready_s = max(self.ready_s or 0.0, read_s - self.started)  # read_s: the reader's monotonic clock
-            if self.mapped == len(self.procs):  # every process holds the mapping: no file left behind, even on kill -9
-                self._unlink()
+            self._mapped()
             return
         ticket = self.tickets.pop(number)
         self.in_hand[ticket.worker].remove(ticket)
@@ -296,36 +356,6 @@ class ClipReaders:
             self.releasing.append((event, ticket.slot))
             ticket.slot = None
 
-    def close(self) -> None:
-        """Stop the readers (bounded time) and delete the slab; safe to call twice."""
-        for q in self.tasks:
-            with contextlib.suppress(OSError, ValueError):
-                q.put(None)
-        deadline = time.monotonic() + 3.0
-        for p in self.procs:
-            if p.pid is None:
-                continue
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.exitcode is None:
-                p.terminate()
-                p.join(1.0)
-            if p.exitcode is None:
-                p.kill()
-                p.join()
-        for q in (*self.tasks, self.results):
-            q.cancel_join_thread()
-            q.close()
-        self.procs = []
-        self.preparing.join()
-        if self.pinned is not None:
-            self.pinned()
-            self.pinned = None
-        self._unlink()
-
-    def _unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
 
 def _pin(slab: np.ndarray) -> Any:
     """Page-lock the slab for CUDA (cudaHostRegister), so host->device copies from it are asynchronous;
@@ -354,8 +384,8 @@ def _slab_file(nbytes: int, prefix: str) -> tuple[str, bool]:
     return path, in_memory
 
 
-def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: Any, results: Any,
-                  parent: int) -> None:
+def _shard_writer(slab_path: str, _in_memory: bool, shape: tuple[int, ...], width_v: int, tasks: Any,
+                  results: Any, parent: int) -> None:
     """A writer process. Tasks: ("open", shard, folder, name, keys) before a shard's first clip; ("clip", shard,
     key, row, frames): compress the clip's vision and policy outputs from the slab's row, hand the row back, and
     once the shard has every key write it (in the keys' order, .tmp then rename). Answers on `results`:
@@ -364,15 +394,7 @@ def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: A
     slab = np.memmap(slab_path, np.float16, "r", shape=shape)
     results.put(("mapped", None))
     shards_open: dict[int, tuple[Path, str, list[str], dict[str, tuple[bytes, bytes, int]], list[float]]] = {}
-    while True:
-        try:
-            task = tasks.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:
-                return
-            continue
-        if task is None:
-            break
+    for task in _tasks(tasks, parent):
         shard = task[1]
         try:
             if task[0] == "open":
@@ -403,44 +425,25 @@ def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: A
             results.put(("error", shard, f"{type(e).__name__}: {e}"))
 
 
-class LabelWriters:
+class LabelWriters(_SlabProcesses):
     """`workers` label shard writer processes fed through a shared output slab of `rows` clip rows (fp16 vision and
     policy outputs side by side): the device->host copy of finished clips lands in consecutive rows (page-locked on
     CUDA), and only (shard, key, row, frames) travels to the writer that owns the shard (shard % workers), which
     compresses the clip, hands its row back and writes the shard once it has every clip. The main process never
     pickles an output array. `poll` takes the answers: freed rows and written shards."""
 
+    STOP_S = 10.0  # a writer may be writing a shard
+
     def __init__(self, *, workers: int, rows: int, clip_len: int, width_v: int, width_p: int, pin: bool) -> None:
-        self.shape = (rows, clip_len, width_v + width_p)
-        path, _ = _slab_file(int(np.prod(self.shape)) * 2, "spark-label-out-")
-        self.path = path
-        self.slab = np.memmap(path, np.float16, "r+", shape=self.shape)
         self.tensor: Any = None
-        self.pinned: Any = None
-        self.pinning = threading.Thread(target=self._pin, args=(pin,), daemon=True, name="out-slab-pin")
-        self.pinning.start()
         self.busy = np.zeros(rows, bool)
         self.head = 0
         self.opened: dict[int, int] = {}  # shard -> writer, for shards not yet written
         self.written: list[tuple[int, dict[str, Any], float]] = []  # answers not yet taken by `take_written`
-        self.mapped = 0
         self.stopped = False
-        ctx = mp.get_context("spawn")
-        self.results = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(workers)]
-        self.procs = [ctx.Process(target=_shard_writer, name=f"label-writer-{w}", daemon=True,
-                                  args=(path, self.shape, width_v, self.tasks[w], self.results, os.getpid()))
-                      for w in range(workers)]
-        try:
-            for p in self.procs:
-                p.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def _pin(self, pin: bool) -> None:
-        if pin:
-            self.pinned = _pin(self.slab)
+        shape = (rows, clip_len, width_v + width_p)
+        super().__init__(name="label-writer", target=_shard_writer, args=(shape, width_v), workers=workers,
+                         nbytes=int(np.prod(shape)) * 2, dtype=np.float16, shape=shape, pin=pin)
 
     def rows(self, k: int, drain: Callable[[], None] | None = None) -> tuple[int, Any]:
         """`k` consecutive free rows: the first row's index and the rows as a torch tensor (k, clip_len, width) to
@@ -498,9 +501,7 @@ class LabelWriters:
             elif kind == "error":
                 raise LabelError(f"label shard writer failed on shard {answer[1]}: {answer[2]}")
             else:
-                self.mapped += 1
-                if self.mapped == len(self.procs):
-                    self._unlink()
+                self._mapped()
 
     def take_written(self, *, wait: bool = False) -> list[tuple[int, dict[str, Any], float]]:
         """(shard, ShardInfo JSON, writer seconds) of the shards written since the last call; with `wait`, once
@@ -522,37 +523,7 @@ class LabelWriters:
 
     def stop(self) -> None:
         """Let the writers finish the clips already handed over (shards still missing clips are dropped), then
-        stop them; the shards they wrote meanwhile are in `take_written`."""
+        stop them; the shards they wrote meanwhile are in `written`."""
         self.stopped = True
-        for q in self.tasks:
-            with contextlib.suppress(OSError, ValueError):
-                q.put(None)
-        deadline = time.monotonic() + 10.0
-        for p in self.procs:
-            if p.pid is not None:
-                p.join(max(0.0, deadline - time.monotonic()))
+        self._stop(self.STOP_S)
         self.poll()
-
-    def close(self) -> None:
-        """Stop the writers (bounded time) and delete the slab; safe to call twice."""
-        self.stop()
-        for p in self.procs:
-            if p.pid is not None and p.exitcode is None:
-                p.terminate()
-                p.join(1.0)
-                if p.exitcode is None:
-                    p.kill()
-                    p.join()
-        for q in (*self.tasks, self.results):
-            q.cancel_join_thread()
-            q.close()
-        self.procs = []
-        self.pinning.join()
-        if self.pinned is not None:
-            self.pinned()
-            self.pinned = None
-        self._unlink()
-
-    def _unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
