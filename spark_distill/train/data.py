@@ -296,4 +296,14 @@ def make_loader(stream: IterableDataset, *, pin_memory: bool = False, workers: i
     workers = workers if workers > 1 else 0
     return _Loader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                    prefetch_factor=2 if workers else None, persistent_workers=False,
-                   multiprocessing_context=worker_context() if workers else None)
+                   multiprocessing_context=worker_context() if workers else None,
+                   worker_init_fn=_ignore_ctrl_c if workers else None)
+
+
+def _ignore_ctrl_c(_worker: int) -> None:
+    """Loader workers ignore Ctrl-C: the trainer stops at the end of its step and then shuts them down. A worker
+    that died of the SIGINT sent to the whole process group left the trainer's next batch unreadable (its shared
+    memory handle pointed at the dead worker: FileNotFoundError instead of a checkpoint and exit code 0)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
