@@ -232,7 +232,8 @@ def label(
                                               "available].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
-    workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd).")] = 4,
+    workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd) \\[default: 0 = auto: all cores "
+                                              "but two with a GPU teacher, 2 on the CPU].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "
                                               "off.")] = "auto",
     lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
@@ -334,8 +335,9 @@ def train(
     mask_warmup: Annotated[bool, typer.Option(help="Skip labels of each segment's first 5 s (zero-history "
                                                    "teacher); turned off, with a note, where no frame would be "
                                                    "left.")] = True,
-    workers: Annotated[int, typer.Option(help="DataLoader workers per rank (capped by the training shards a rank "
-                                              "reads).")] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per rank, capped by the training shards a rank "
+                                              "reads \\[default: 0 = auto: all cores of the rank's share but two "
+                                              "on a GPU, 2 on the CPU].")] = 0,
     loss_weights: Annotated[str, typer.Option(help="Loss term weights, e.g. 'plan=1,lanes=0.5' (terms: plan, "
                                                    "plan_prob, lanes, edges, lead, probs, gt; others keep their "
                                                    "defaults: 1, 0.2, 1, 0.5, 0.5, 0.5, 0).")] = "",
@@ -344,6 +346,10 @@ def train(
     feature_cached: Annotated[str, typer.Option(help="auto, on or off: train the policy from the teacher's stored "
                                                      "vision features, decoding no image (auto: when nothing in the "
                                                      "vision network trains).")] = "auto",
+    feature_cache: Annotated[str, typer.Option(help="auto, on or off: in feature-cached mode, decode the training "
+                                                    "clips once and hold them in device memory for every epoch "
+                                                    "(auto: when they fit in 40% of the free memory; off: stream "
+                                                    "them from the shards each epoch).")] = "auto",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule \\[default: all epochs].")
                          ] = None,
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
@@ -400,6 +406,7 @@ def train(
         print_table(f"train -> {r.run_dir}", {
             "steps": r.steps, "stopped early (resume with --resume)": r.interrupted,
             "feature-cached (no image decoded)": r.feature_cached,
+            "feature cache (GB in device memory)": "-" if r.feature_cache_gb is None else f"{r.feature_cache_gb:.2f}",
             "trainable parameters": f"{n:,} of {total:,} ({100 * n / max(total, 1):.2f}%)",
             "validation loss before": "-" if r.val_before is None else f"{r.val_before:.4f}",
             "validation loss after": "-" if r.val_after is None else f"{r.val_after:.4f}",
@@ -691,7 +698,8 @@ def bench_label(
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     batch: Annotated[int, typer.Option(help="Segments in lockstep (inference batch).")] = 64,
     seconds: Annotated[float, typer.Option(help="Length of each of the --batch synthetic segments, s.")] = 10.0,
-    workers: Annotated[int, typer.Option(help="Reader processes of the label pass.")] = 8,
+    workers: Annotated[int, typer.Option(help="Reader processes of the label pass \\[default: 0 = auto, as "
+                                              "label's].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher in the label pass: auto "
                                               "(on a GPU), on or off. Bare inference is measured both ways.")
                        ] = "auto",
@@ -723,7 +731,8 @@ def bench_train(
     steps: Annotated[int, typer.Option(help="Timed optimizer steps per row (after 3 warm-up steps: compile, "
                                             "then capture).")] = 5,
     dora_rank: Annotated[int, typer.Option(help="Adapter rank (alpha = 2 x rank).")] = 16,
-    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows.")] = 8,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the streaming and openpilot rows \\[default: "
+                                              "0 = auto, as train's].")] = 0,
     segments: Annotated[int | None, typer.Option(help="Synthetic segments when no ROOT \\[default: what the "
                                                       "streaming row needs].")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic segment, s.")] = 6.0,

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
@@ -16,6 +17,7 @@ TEACHER_BOUND_2S = 1.5  # m; measured 0.99 on this held-out segment (the demo's 
 STUDENT_FACTOR_2S = 3.0  # student's 2 s error against the path driven / the teacher's; measured 1.1
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     r = CliRunner().invoke(app, ["demo", "--out", str(out), "--minutes", "0.4", "--steps", "16"])

@@ -139,7 +139,7 @@ def profile_lines(profile: dict[str, float]) -> Iterator[str]:
 
 
 def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: str = "auto", precision: str = "auto",
-                batch: int = 64, seconds: float = 10.0, workers: int = 8, compile: str = "auto",
+                batch: int = 64, seconds: float = 10.0, workers: int = 0, compile: str = "auto",
                 workdir: Path | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines."""
     if compile not in ("auto", "on", "off"):

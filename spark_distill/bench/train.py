@@ -10,7 +10,8 @@ channels-last on CUDA, fused AdamW, grad clipping), in one process:
    (torch.utils.flop_counter), TFLOP/s and MFU; the `step` column says how each row's step ran.
 2. Streaming: that student's DoRA step fed by the loader (workers, decode, collate) against the same step on
    batches already in memory (target >= 0.9).
-3. The openpilot student from the loader: image mode against feature-cached (the same policy adapters).
+3. The openpilot student: image mode from the loader against feature-cached from the feature cache (as train()
+   runs each; the same policy adapters).
 Without a dataset it writes one (textured frames, a stand-in teacher, a label pass) in a scratch folder,
 sized for the batches the run needs. A row that fails reports its error and the others still run.
 """
@@ -18,6 +19,7 @@ sized for the batches the run needs. A row that fails reports its error and the 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 import shutil
 import time
@@ -31,7 +33,9 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.bench import scratch_dir
+from spark_distill.children import worker_budget
 from spark_distill.errors import ConfigError
+from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import CapturedStep, make_captured_optimizer, set_lr, use_capture
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.flops import count_flops, first_clips, mfu, peak_tflops
@@ -211,7 +215,7 @@ def _row(name: str, batch: int, m: Measured, peak: float | None, mode: str) -> s
 
 def bench_train(*, root: Path | None = None, labels: str | None = None, student_onnx: Path | None = None,
                 students: tuple[str, ...] = ("compact-xs", "compact"), batch: int = 128, full_batch: int = 32,
-                steps: int = 5, rank: int = 16, workers: int = 8,
+                steps: int = 5, rank: int = 16, workers: int = 0,
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
                 openpilot_size: str = "bench", workdir: Path | None = None,
@@ -220,9 +224,10 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
     streaming row, nothing else."""
     if not students or any(p not in PRESETS for p in students):
         raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
-    if full_batch > batch or min(batch, full_batch, steps, workers) < 1:
-        raise ConfigError("--full-batch-size must be <= --batch-size; sizes, --steps and --workers >= 1")
+    if full_batch > batch or min(batch, full_batch, steps) < 1 or workers < 0:
+        raise ConfigError("--full-batch-size must be <= --batch-size; sizes and --steps >= 1, --workers >= 0")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    workers = workers or worker_budget(accelerator=dev.type == "cuda")  # 0: auto, as train resolves it
     compiled = use_compile(compile, dev)
     captured = use_capture(capture, dev)[0]
     peak = peak_tflops(dev, peak)
@@ -342,7 +347,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         from spark_distill.train.students.openpilot import DEFAULT_TARGETS as OP_TARGETS
         from spark_distill.train.students.openpilot import OpenpilotStudent
 
-        yield f"3. openpilot student ({student_onnx.name}), DoRA r{rank} on its policy, batches from the loader:"
+        yield (f"3. openpilot student ({student_onnx.name}), DoRA r{rank} on its policy; image mode from the loader, "
+               "feature-cached from the feature cache:")
         op_rates: dict[bool, float] = {}
         for images in (True, False):
 
@@ -350,12 +356,24 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 torch.manual_seed(0)
                 op = OpenpilotStudent.from_onnx([student_onnx])
                 apply_adapters(op, targets=OP_TARGETS, rank=rank, alpha=2.0 * rank)
-                loader = make_loader(stream(images=images), pin_memory=dev.type == "cuda")
+                note = ""
+                if images:
+                    batches: Iterable[dict] = make_loader(stream(), pin_memory=dev.type == "cuda")
+                else:  # as train() runs it: the clips decoded once into device memory (train/cache.py)
+                    started = time.perf_counter()
+                    cache = FeatureCache.fill(stream(images=False), device=dev, workers=workers)
+                    if cache is None:
+                        batches = make_loader(stream(images=False), pin_memory=dev.type == "cuda")
+                        note = " (streamed: the cache does not fit)"
+                    else:
+                        batches = (b for e in itertools.count() for b in cache.batches(e))
+                        note = (f" (cache: {len(cache.rows)} clips, {cache.nbytes / 1e9:.2f} GB, filled in "
+                                f"{time.perf_counter() - started:.1f} s)")
                 s = Stepper(op, slices=slices, device=dev, compiled=compiled, captured=captured)
-                m = s.timed(iter(loader), steps=steps)
-                del loader
+                m = s.timed(iter(batches), steps=steps)
+                del batches
                 op_rates[images] = m.clips / m.seconds
-                return _row("image mode" if images else "feature-cached", batch, m, peak, s.mode())
+                return _row("image mode" if images else "feature-cached", batch, m, peak, s.mode()) + note
 
             yield attempt("image mode" if images else "feature-cached", op_run)
         if len(op_rates) == 2:

@@ -22,10 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
 from spark_distill import __version__, codecs, shards
+from spark_distill.children import child_init
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
@@ -219,7 +221,7 @@ def _staged(jobs: list[tuple], workers: int) -> Iterator[_StagedSegment]:
     if workers <= 1:
         yield from map(_stage_segment, jobs)
         return
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=child_init, initargs=(os.getpid(),)) as pool:
         yield from pool.imap(_stage_segment, jobs)
 
 
@@ -288,7 +290,9 @@ def _progress_queue(stack: contextlib.ExitStack, pending: list[Segment], workers
     total = sum(count_packets(p) for s in pending if (p := s.camera_file("road")))
     if workers <= 1:
         return _LocalQueue(on_progress, total)
-    queue = stack.enter_context(mp.get_context("spawn").Manager()).Queue()
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(child_init, (os.getpid(),))
+    queue = stack.enter_context(manager).Queue()
 
     def pump() -> None:
         done = 0

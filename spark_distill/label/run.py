@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -31,13 +33,14 @@ import numpy as np
 
 from spark_distill import __version__, shards
 from spark_distill import contract as C
+from spark_distill.children import child_init, worker_budget
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
-from spark_distill.label.backends import Backend, get_backend
+from spark_distill.label.backends import Backend, auto_backend, get_backend
 from spark_distill.label.lanes import LaneRunner
 from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
-from spark_distill.label.workers import ClipReaders, child_init, write_label_shard
+from spark_distill.label.workers import ClipReaders, write_label_shard
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
@@ -53,7 +56,8 @@ class LabelConfig:
     backend: str = "auto"
     precision: str = "auto"  # fp16 on GPUs, fp32 on the CPU
     batch: int = 8  # segments in lockstep; a GPU wants 64-256, the CPU reference 4-16
-    workers: int = 8  # reader processes (tar reads + zstd decode); a GPU at full speed wants 12+
+    workers: int = 0  # reader processes (tar reads + zstd decode); 0: auto (children.worker_budget: 14 on a 16-core
+    # GPU box, which a GPU at full speed needs; 2 on a CPU, where the teacher needs the cores)
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
     device: str | None = None
@@ -62,8 +66,8 @@ class LabelConfig:
     init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.workers < 1:
-            raise ConfigError("--batch and --workers must be >= 1")
+        if self.batch < 1 or self.workers < 0:
+            raise ConfigError("--batch must be >= 1 and --workers >= 0 (0: one per core the pass can use)")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"--name {self.name!r} is not a usable folder name")
         if self.compile not in ("auto", "on", "off"):
@@ -134,7 +138,8 @@ class _Writer:
         self.expected = expected
         self.pending: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
         # a few writer processes: each shard ends in an fsync, and at the end of a pass many shards finish at once
-        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init)
+        self.pool = cf.ProcessPoolExecutor(WRITERS, mp_context=mp.get_context("spawn"), initializer=child_init,
+                                           initargs=(os.getpid(),))
         self.futures: list[cf.Future] = []
         self.written = 0
         self.seconds = 0.0  # in the writer process
@@ -227,8 +232,19 @@ class _Verifier:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _accelerated(cfg: LabelConfig) -> bool:
+    """Whether the teacher will run on a GPU (what sizes the default number of reader processes)."""
+    import torch
+
+    backend = auto_backend() if cfg.backend == "auto" else cfg.backend
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return backend != "onnxruntime" and device.startswith("cuda")
+
+
 def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = None) -> LabelResult:
     """Run the label pass."""
+    if cfg.workers == 0:
+        cfg = dataclasses.replace(cfg, workers=worker_budget(accelerator=_accelerated(cfg)))
     fdir = frames_dir(cfg.root)
     frames_manifest = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
     frames_sha = shards.sha256_file(fdir / shards.MANIFEST)

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
-import signal
 import tempfile
 import threading
 import time
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from spark_distill import shards
+from spark_distill.children import child_init
 from spark_distill.clips import LABEL_PASS_STEMS, decode_clip, read_raw
 from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.plan import Arena, ClipRef, ShardIndex
@@ -50,17 +49,10 @@ _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding 
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
 
 
-def child_init() -> None:
-    """Initializer of every worker process: ignore Ctrl-C (the main process stops workers) and die with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-
-
 def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], tasks: Any, results: Any,
             parent: int) -> None:
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
-    child_init()
+    child_init(parent)
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
     results.put(("mapped", None, 0.0, 0.0, None))  # the main process unlinks the slab's file once all have it
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)

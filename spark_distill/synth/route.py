@@ -417,7 +417,9 @@ def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1) -> list[Segmen
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        from spark_distill.children import child_init
+
+        with mp.get_context("spawn").Pool(workers, initializer=child_init, initargs=(os.getpid(),)) as pool:
             truths = pool.starmap(_write_one, [(out, cfg, n) for n in range(cfg.segments)])
     else:
         truths = [_write_one(out, cfg, n) for n in range(cfg.segments)]

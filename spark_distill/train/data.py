@@ -199,44 +199,66 @@ class ClipStream(IterableDataset):
             if done >= n:
                 return
 
+    def key_batches(self, epoch: int, skip: int = 0) -> Iterator[list[str]]:
+        """The keys of the batches that iterating a loader over this stream yields for `epoch` after `skip`
+        batches, in the same order (batch j is logical worker j % W's (j // W)-th), computed without reading a
+        shard: what a cache of decoded clips (train/cache.py) replays."""
+        n = self.batches_per_worker(epoch)
+        local: dict[int, list[list[str]]] = {}
+        for j in range(skip, n * self.workers):
+            w = j % self.workers
+            if w not in local:
+                rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{w}")
+                keys: Iterator[str] = (k for pair in self._shards(epoch, self.rank, w) for k in pair.keys)
+                if self.train:
+                    keys = shuffled(keys, size=self.shuffle, rng=rng)
+                order = list(keys)
+                local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
+            yield local[w][j // self.workers]
+
     def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+        return stack_clips([self.clip_arrays(f, lab) for f, lab in samples])
+
+    def clip_arrays(self, f_raw: dict, l_raw: dict) -> dict[str, Any]:
+        """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch)."""
         t = self.clip_len
-        names = ("road", "wide") * self.images + ("desire", "traffic", "v_ego", "pose", "vision", "policy", "mask")
-        names += ("gt_path", "gt_valid") if self.motions is not None else ()
-        out: dict[str, list] = {k: [] for k in names}
-        keys, starts = [], []
-        for f_raw, l_raw in samples:
-            f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
-            n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
-            problems = check_frames_sample(f, None, images=self.images) + check_label_sample(lab, n, self.widths)
-            if problems or n > t:
-                raise DatasetError(f"sample {f_raw['__key__']}: {(problems or [f'{n} frames, clips hold {t}'])[0]}; "
-                                   "run spark-distill inspect --verify")
-            keys.append(f_raw["__key__"])
-            fids = np.asarray(f["meta"]["frame_ids"])
-            mask = np.zeros(t, bool)
-            # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
-            mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
-            mask[: self.burn_in] = False
-            mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
-            arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
-                ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
-                ("policy", lab["policy"])]
-            if self.motions is not None:
-                motion = self.motions[f["meta"]["segment"]]
-                path, valid = motion.future(motion.rows_of(fids))
-                arrays += [("gt_path", path), ("gt_valid", valid)]
-            for name, arr in arrays:
-                padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
-                padded[:n] = arr
-                out[name].append(padded)
-            out["traffic"].append(f["traffic"])
-            out["mask"].append(mask)
-            starts.append(f["meta"]["clip"] == 0)  # its first frame is the segment's: histories start at zero
-        batch = {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
-        batch["start"] = torch.tensor(starts)
-        batch["keys"] = keys  # type: ignore[assignment]
-        return batch
+        f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
+        n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
+        problems = check_frames_sample(f, None, images=self.images) + check_label_sample(lab, n, self.widths)
+        if problems or n > t:
+            raise DatasetError(f"sample {f_raw['__key__']}: {(problems or [f'{n} frames, clips hold {t}'])[0]}; "
+                               "run spark-distill inspect --verify")
+        fids = np.asarray(f["meta"]["frame_ids"])
+        mask = np.zeros(t, bool)
+        # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
+        mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
+        mask[: self.burn_in] = False
+        mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
+        arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
+            ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
+            ("policy", lab["policy"])]
+        if self.motions is not None:
+            motion = self.motions[f["meta"]["segment"]]
+            path, valid = motion.future(motion.rows_of(fids))
+            arrays += [("gt_path", path), ("gt_valid", valid)]
+        out: dict[str, Any] = {}
+        for name, arr in arrays:
+            padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
+            padded[:n] = arr
+            out[name] = padded
+        out["traffic"], out["mask"] = f["traffic"], mask
+        out["start"] = f["meta"]["clip"] == 0  # its first frame is the segment's: histories start at zero
+        out["key"] = f_raw["__key__"]
+        return out
+
+
+def stack_clips(clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of `ClipStream.clip_arrays` clips: one tensor per array name, `start` and `keys`."""
+    names = [k for k in clips[0] if k not in ("start", "key")]
+    batch: dict[str, Any] = {k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in names}
+    batch["start"] = torch.tensor([c["start"] for c in clips])
+    batch["keys"] = [c["key"] for c in clips]
+    return batch
 
 
 class _Loader(DataLoader):
@@ -266,9 +288,11 @@ def worker_context() -> Any:
     return ctx
 
 
-def make_loader(stream: ClipStream, *, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over the stream's own batches (in order, round-robin over its workers)."""
-    workers = stream.workers if stream.workers > 1 else 0
+def make_loader(stream: IterableDataset, *, pin_memory: bool = False, workers: int | None = None) -> DataLoader:
+    """A DataLoader over the stream's own batches (in order, round-robin over its workers; `workers`: that many
+    instead of a ClipStream's own)."""
+    workers = stream.workers if workers is None else workers
+    workers = workers if workers > 1 else 0
     return _Loader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                    prefetch_factor=2 if workers else None, persistent_workers=False,
                    multiprocessing_context=worker_context() if workers else None)

@@ -83,11 +83,13 @@ class TrainConfig:
     burn_in: int = 5  # frames per clip that only warm the recurrent state (>= the 4-frame image skip)
     val_fraction: float = 0.1
     mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
-    workers: int = 2  # capped by the training shards this rank reads
+    workers: int = 0  # loader workers per rank, capped by the training shards it reads; 0: auto (train.sizing)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
     feature_cached: str = "auto"  # auto: on when nothing in the vision network trains (openpilot student)
+    feature_cache: str = "auto"  # feature-cached clips decoded once, held in device memory (train.cache); auto: if
+    # they fit in a share of the free memory
     max_steps: int | None = None  # optimizer steps of the whole schedule [default: epochs of data]
     stop_at: int | None = None  # checkpoint and stop at this step without changing the schedule (resume later)
     resume: bool = False
@@ -114,12 +116,15 @@ class TrainConfig:
             raise ConfigError(f"unknown head init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
+        if self.feature_cache not in ("auto", "on", "off"):
+            raise ConfigError(f"--feature-cache must be one of auto, on, off, not {self.feature_cache!r}")
         if self.capture not in CAPTURE_MODES:
             raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", LR[self.adapter])
-        if min(self.epochs, self.batch_size, self.grad_accum, self.rank, self.workers) < 1 or self.lr <= 0:
-            raise ConfigError("--epochs, --batch-size, --grad-accum, --dora-rank and --workers must be >= 1, --lr > 0")
+        if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.workers < 0 or self.lr <= 0:
+            raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --workers >= 0 "
+                              "(0: auto), --lr > 0")
 
 
 @dataclass
@@ -131,6 +136,7 @@ class TrainResult:
     trainable: tuple[int, int] = (0, 0)
     interrupted: bool = False
     feature_cached: bool = False
+    feature_cache_gb: float | None = None  # device memory the feature cache holds (None: streamed from the shards)
     seconds: float = 0.0
     samples: int = 0
 
@@ -401,12 +407,23 @@ class Recipe:
                               f"{len(data.pairs)} training shards over {cfg.world} rank(s) x {cfg.workers} worker(s); "
                               "use fewer --workers or a smaller --batch-size")
         self.total = cfg.max_steps or cfg.epochs * micro_per_epoch // cfg.grad_accum
+        self.cache = None
+        if self.cached:  # the clips' policy-side arrays, decoded once for every epoch (train/cache.py)
+            from spark_distill.train.cache import FeatureCache
+
+            started = time.perf_counter()
+            self.cache = FeatureCache.fill(self.stream, device=self.device, mode=cfg.feature_cache,
+                                           workers=cfg.workers)
+            if self.cache is not None:
+                log.info("feature cache: %d clips, %.2f GB on %s, filled in %.1f s", len(self.cache.rows),
+                         self.cache.nbytes / 1e9, self.device, time.perf_counter() - started)
 
     def _resume(self) -> None:
         """Position (step, epoch, batch) and state of the newest good checkpoint, or a fresh start."""
         cfg = self.cfg
         self.result = TrainResult(self.run_dir, trainable=trainable_fraction(self.student),
-                                  feature_cached=self.cached)
+                                  feature_cached=self.cached,
+                                  feature_cache_gb=None if self.cache is None else self.cache.nbytes / 1e9)
         log.info("feature-cached mode: %s", "on (no image is decoded)" if self.cached else "off")
         self.step, self.epoch, self.position, self.bad_steps = 0, 0, 0, 0
         if cfg.resume and (ckpt := latest_checkpoint(self.ckpt_dir)) is not None:
@@ -562,7 +579,9 @@ class Recipe:
     def _epoch(self) -> bool:
         """The rest of the current epoch; True when the run pauses (signal or --stop-at)."""
         self.stream.epoch, self.stream.skip = self.epoch, self.position
-        for batch in on_device(make_loader(self.stream, pin_memory=self.device.type == "cuda"), self.device):
+        batches = (self.cache.batches(self.epoch, self.position) if self.cache is not None
+                   else make_loader(self.stream, pin_memory=self.device.type == "cuda"))
+        for batch in on_device(batches, self.device):
             if not self.train_step(batch):
                 continue
             pause = self._stop_requested()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from spark_distill import shards
+from spark_distill.children import worker_budget
 from spark_distill.errors import ConfigError
 from spark_distill.train.students.compact import PRESETS
 
@@ -71,6 +72,11 @@ def _smallest_share(cfg: TrainConfig, data: TrainingData, *, workers: int, epoch
     return smallest_share(data.train, seed=cfg.seed, epoch=epoch, world=cfg.world, workers=workers)
 
 
+def _accelerated(cfg: TrainConfig) -> bool:
+    """Whether the run trains on a GPU (what sizes the default number of loader workers)."""
+    return (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+
+
 def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list[str]]:
     """The settings this run uses on this data, and a note for each one that differs from the request."""
     notes: list[str] = []
@@ -78,7 +84,8 @@ def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list
     if shards_per_rank < 1:
         raise ConfigError(f"{len(data.train)} training shard(s) cannot feed {cfg.world} ranks: run on at most "
                           f"{len(data.train)} GPU(s) or ingest more data")
-    workers = min(cfg.workers, shards_per_rank)
+    asked = cfg.workers or worker_budget(accelerator=_accelerated(cfg))
+    workers = min(asked, shards_per_rank)
     if workers < cfg.workers:
         notes.append(f"--workers {cfg.workers} -> {workers}: each loader worker reads whole shards and this rank "
                      f"has {shards_per_rank}")

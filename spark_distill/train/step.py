@@ -62,9 +62,18 @@ class Unroll(nn.Module):
     def compile_halves(self, *, backend: str = "inductor", mode: str | None = None) -> Unroll:
         """Compile the vision half and the recurrent step (fixed shapes); used in training mode only, so
         evaluation (eval mode, other batch sizes) never waits for a compile."""
-        self._encode = torch.compile(self.student.encode, backend=backend, mode=mode, dynamic=False)
+        self._encode = torch.compile(self._encode_clips, backend=backend, mode=mode, dynamic=False)
         self._step = torch.compile(self.student.recurrent_step, backend=backend, mode=mode, dynamic=False)
         return self
+
+    def _encode_clips(self, road: torch.Tensor, wide: torch.Tensor, start: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vision half over every frame of (B, T) clips: image stacks built here, so that compiled, the stacks'
+        gathers and layout change fuse into the kernels that read them (no B x T x 12-channel copy per camera)."""
+        img, big = frame_pairs(road, start), frame_pairs(wide, start)
+        if self.channels_last:
+            img, big = (x.contiguous(memory_format=torch.channels_last) for x in (img, big))
+        return self.student.encode(img, big)
 
     def forward(self, road: torch.Tensor | None, wide: torch.Tensor | None, desire: torch.Tensor,
                 traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None,
@@ -72,7 +81,7 @@ class Unroll(nn.Module):
         """(vision (B, T, Nv) or None, policy (B, T, Np)). With `hidden` (B, T, 512), the teacher's stored
         vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used."""
         compiled = self.training and self._step is not None
-        encode = self._encode if compiled else self.student.encode
+        encode = self._encode if compiled else self._encode_clips
         step = self._step if compiled else self.student.recurrent_step
         with norms_once(self.student):
             vision = None
@@ -81,10 +90,7 @@ class Unroll(nn.Module):
                 feats = hidden
             else:
                 b, t = road.shape[:2]
-                img, big = frame_pairs(road, start), frame_pairs(wide, start)
-                if self.channels_last:
-                    img, big = (x.contiguous(memory_format=torch.channels_last) for x in (img, big))
-                vision, feats = encode(img, big)  # every frame of every clip in one call
+                vision, feats = encode(road, wide, start)  # every frame of every clip in one call
                 vision, feats = vision.unflatten(0, (b, t)), feats.unflatten(0, (b, t))
             state = self.student.initial_state(b, feats.device)
             if compiled and torch.is_grad_enabled():  # every frame's state then needs a gradient alike: one graph

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
@@ -15,6 +16,7 @@ from spark_distill.cli import app
 ROW = r"^\s+compact-xs ({}) +(\d+) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+) +(\S+) +CPU +(\S.*)$"
 
 
+@pytest.mark.slow
 def test_bench_train_reports_every_measurement(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["bench", "train", "--segments", "6", "--seconds", "4", "--steps", "1",
                                  "--batch-size", "2", "--full-batch-size", "1", "--workers", "2", "--student",

@@ -53,6 +53,7 @@ def runs(labeled: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
             "openpilot": _train(labeled, folder, "op", student="openpilot", student_onnx=labeled / "teacher")}
 
 
+@pytest.mark.slow
 def test_compact_combined_fp32_and_fp16(runs: dict[str, Path], tmp_path: Path) -> None:
     r = export(ExportConfig(source=runs["compact"], output=tmp_path / "fp32"))
     assert r.format == "combined" and r.max_diff_random <= 1e-4 and r.max_diff_real is not None

@@ -21,6 +21,7 @@ from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.synth.route import FRAME_NS, T0_NS, Dynamics
 from spark_distill.synth.scene import SKY
+from tests.procs import children, running
 
 
 def read_all(root: Path) -> tuple[dict, list[dict]]:
@@ -127,7 +128,7 @@ def test_shards_are_identical_for_any_worker_count(tici_route, tmp_path: Path) -
 
 def test_killed_ingest_resumes_to_the_same_shards(tici_route, tmp_path: Path) -> None:
     route, _, _ = tici_route
-    args = ["ingest", str(route), "--workers", "1", "--clip-len", "2", "--shard-clips", "1"]
+    args = ["ingest", str(route), "--workers", "2", "--clip-len", "2", "--shard-clips", "1"]
     ingest(IngestConfig(inputs=(str(route),), out=tmp_path / "ref", workers=1, clip_len=2, shard_clips=1))
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "spark_distill", *args, "--out", str(out)],
@@ -135,8 +136,13 @@ def test_killed_ingest_resumes_to_the_same_shards(tici_route, tmp_path: Path) ->
     deadline = time.monotonic() + 60
     while not (out / "frames" / "shard-000003.tar").exists() and time.monotonic() < deadline:
         time.sleep(0.005)
+    workers = children(proc.pid)  # the segment pool, the progress queue's manager (and the resource tracker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in workers if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers and not alive, f"worker processes outlived the killed ingest: {workers}, {alive}"
     manifest = json.loads((out / "frames" / "manifest.json").read_text())
     assert len(manifest["shards"]) < 40, "the run was killed before it finished"
     subprocess.run([sys.executable, "-m", "spark_distill", *args, "--out", str(out)], check=True,

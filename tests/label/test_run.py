@@ -19,6 +19,7 @@ from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.synth.teacher import write_teacher
+from tests.procs import children, running
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,9 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     args = [sys.executable, "-m", "spark_distill", "label", str(root), "--teacher", str(teacher), "--batch", "1",
             "--backend", "onnxruntime", "--name", "k"]
     label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=1, name="ref"))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe: a worker process outliving the killed pass would hold a pipe open forever
+    err_file = (tmp_path / "stderr").open("w+")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err_file, text=True)
     manifest = root / "labels" / "k" / shards.MANIFEST
 
     def recorded() -> int:  # shards the manifest lists (the writer process renames a shard before it is recorded)
@@ -277,9 +280,16 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     deadline = time.monotonic() + 120
     while recorded() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    workers = children(proc.pid)  # readers, writers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
+    proc.wait()
+    err_file.seek(0)
+    err = err_file.read()
     assert recorded() >= 1, f"the label pass recorded no shard before it was killed: {err[-2000:]}"
+    deadline = time.monotonic() + 10  # writers die with it (PR_SET_PDEATHSIG), readers within their 1 s poll
+    while (alive := [p for p in workers if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers and not alive, f"worker processes outlived the killed label pass: {workers}, {alive}"
     done = len(shards.read_manifest(root / "labels" / "k", shards.LABELS_FORMAT)["shards"])
     assert done < 5, "killed before it finished"
     subprocess.run(args, check=True, capture_output=True)

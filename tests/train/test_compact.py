@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spark_distill import contract as C
@@ -65,3 +66,21 @@ def test_init_heads_starts_every_head_at_the_given_means() -> None:
     keep = torch.ones(len(v_mean), dtype=torch.bool)
     keep[hidden] = False
     assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_backbone_on_cuda_matches_eager() -> None:
+    """Compiled on CUDA the depthwise layers take the shifted form: the vision half's outputs match the eager (cuDNN)
+    student within fp32 rounding."""
+    torch.manual_seed(0)
+    student = CompactStudent(compact_xs(), C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2)).cuda().eval()
+    img = torch.randint(0, 255, (4, 12, 128, 256), dtype=torch.uint8, device="cuda")
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False  # the reference in fp32
+    try:
+        want = student.encode(img, img)
+        got = torch.compile(student.encode, dynamic=False)(img, img)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

@@ -79,6 +79,7 @@ def test_ddp_two_gloo_processes(labeled: Path, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> None:
     """SIGINT to the whole process group (what Ctrl-C does, loader workers included)."""
     import os

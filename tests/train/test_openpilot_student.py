@@ -100,4 +100,5 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
     cfg = TrainConfig(root=root, labels="set", run="fc", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
                       batch_size=1, max_steps=2, warmup_steps=1, burn_in=4, val_fraction=0.5, mask_warmup=False,
                       workers=1, device="cpu", rank=4, alpha=8.0)
-    assert train(cfg).feature_cached
+    result = train(cfg)
+    assert result.feature_cached and result.feature_cache_gb is not None, "the clips came from the feature cache"

@@ -125,10 +125,34 @@ def test_first_run_on_one_short_segment_with_default_options(faulty_routes, tmp_
     r = CliRunner().invoke(app, ["train", str(root), "--labels", "set", "--runs-dir", str(tmp_path / "runs"),
                                  "--max-steps", "2", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    for said in ("--workers 2 -> 1", "--batch-size 32 -> 3", "warm-up mask off"):
+    for said in ("--batch-size 32 -> 3", "warm-up mask off"):
         assert said in r.output, (said, r.output)
+    assert "--workers" not in r.output, "auto workers are fitted to the one shard without a note"
     run = tmp_path / "runs" / "set-compact-none"
+    assert "\nworkers: 1\n" in (run / "config.yaml").read_text(), "the resolved count is what a resume reads"
     import json
 
     val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert len(val) == 2 and all(v["loss"] > 0 for v in val), "validation before and after, on the held-out tail"
+
+
+def test_auto_workers_take_the_cores_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from spark_distill.children import worker_budget
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert worker_budget(accelerator=True) == 14 and worker_budget(accelerator=False) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks share the 16 cores
+    assert worker_budget(accelerator=True) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert worker_budget(accelerator=True) == worker_budget(accelerator=False) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    many = [_pair(i, "a", range(10 * i, 10 * i + 10)) for i in range(20)]
+    cfg, notes = fit_to_data(_cfg(device="cuda", batch_size=4), _data(many))
+    assert (cfg.workers, notes) == (14, []), "--workers 0 (the default) resolves into the run's config"
+    assert fit_to_data(_cfg(device="cpu", batch_size=4), _data(many))[0].workers == 2
+    cfg, notes = fit_to_data(_cfg(device="cuda", batch_size=4), _data(many[:5]))
+    assert (cfg.workers, notes) == (5, []), "auto is capped by the shards without a note"

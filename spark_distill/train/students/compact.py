@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spark_distill import contract as C
+from spark_distill.depthwise import Depthwise
 
 DEFAULT_TARGETS = ["policy.*", "gru_x", "gru_h", "heads.*"]
 
@@ -50,7 +51,7 @@ class _Block(nn.Module):
         super().__init__()
         mid = cin * expand
         self.body = nn.Sequential(nn.Conv2d(cin, mid, 1), nn.BatchNorm2d(mid), nn.SiLU(),
-                                  nn.Conv2d(mid, mid, 3, 2, 1, groups=mid), nn.BatchNorm2d(mid), nn.SiLU(),
+                                  Depthwise(mid, mid, 3, 2, 1, groups=mid), nn.BatchNorm2d(mid), nn.SiLU(),
                                   nn.Conv2d(mid, cout, 1), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Worker processes: how many a pass starts by default (`worker_budget`), and that they never outlive the pass
+that started them (`child_init`: every pool, manager and reader process runs it first)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+
+
+def child_init(parent: int | None = None) -> None:
+    """Ignore Ctrl-C (the main process stops its workers) and die with the main process `parent`, even when it
+    is killed (-9, out of memory): such an orphan would otherwise wait on its task queue forever, holding its
+    memory and the pass's stderr. A parent killed while this process was still starting (before
+    PR_SET_PDEATHSIG took hold) is seen as a changed parent pid."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def worker_budget(*, accelerator: bool, cpu_default: int = 2) -> int:
+    """Worker processes a pass starts when --workers is left at 0 (auto). With an accelerator doing the arithmetic:
+    every core of this process's share (its CPU affinity, split between torchrun's local ranks) but two, for the
+    main process and its writer or pin-memory thread (14 on a 16-core H200 box: what the label pass and the
+    training loader need to keep one GPU fed, benchmarks/label.md and train.md). On a CPU the model needs the
+    cores itself: `cpu_default`, at most the share."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    share = max(1, cores // local)
+    return max(1, share - 2) if accelerator else max(1, min(cpu_default, share))
