@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,8 +59,10 @@ class FitConfig:
     seed: int = 0
     routes: int = 20  # rendered drives the vision net learns from (one more is held out to measure it)
     seconds: float = 10.0  # per rendered drive: 200 frames
-    vision_steps: int = 1000  # ~0.2 CPU-s each, one thread
+    vision_steps: int = 1500  # ~0.2 CPU-s each, one thread
     vision_batch: int = 24
+    ingested: int = 8  # of the rendered drives, also rendered as cameras, HEVC-encoded and ingested (and the held-out)
+    ingested_weight: int = 2  # each ingested drive counts as this many rendered ones in the vision's samples
     policy_drives: int = 64  # simulated drives (no pixels) for the policy
     policy_seconds: float = 30.0
     policy_steps: int = 2000  # ~8 CPU-ms each
@@ -72,6 +75,8 @@ class FitConfig:
             raise ConfigError("fit needs at least 1 route of 2 s and 1 simulated drive of 1 s")
         if min(self.vision_steps, self.policy_steps, self.vision_batch, self.policy_batch) < 1:
             raise ConfigError("fit steps and batches must be >= 1")
+        if self.ingested < 0 or self.ingested_weight < 1:
+            raise ConfigError("fit: ingested drives >= 0, their weight >= 1")
 
 
 @dataclass
@@ -164,6 +169,36 @@ def render_drives(configs: list) -> list[dict[str, np.ndarray]]:
         poses = [dyn.pose(float(x)) for x in t]
         data.append({cam: np.stack([render_model_frame(r, pose) for pose in poses]) for cam, r in renderers.items()})
         data[-1]["state"] = scene_state(dyn, t)
+    return data
+
+
+def ingested_drives(configs: list, work: Path) -> list[dict[str, np.ndarray]]:
+    """`render_drives`' data for drives that go the user's way: camera frames rendered, HEVC-encoded, ingested
+    (decoded and warped with the logged calibration). The geometry is the direct render's (tests/synth/
+    test_semantic.py checks the lane marks to 0.2 px); what differs is appearance, which the net must not read
+    lane width from."""
+    from spark_distill.ingest.run import IngestConfig, ingest
+    from spark_distill.synth.route import FPS, Dynamics, write_route
+
+    data = []
+    for k, rc in enumerate(configs):
+        write_route(work / f"route{k}", rc)
+        ingest(IngestConfig(inputs=(str(work / f"route{k}"),), out=work / f"ds{k}", workers=1))
+        fdir = work / f"ds{k}" / "frames"
+        frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for entry in shards.read_manifest(fdir, shards.FRAMES_FORMAT)["shards"]:
+            for sample in shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS):
+                clip = shards.decode_sample(sample)
+                for j, fid in enumerate(clip["meta"]["frame_ids"]):
+                    frames[int(fid)] = (clip["road"][j], clip["wide"][j])
+        fids = np.arange(max(frames) + 1)
+        if len(frames) != len(fids):
+            raise RuntimeError(f"ingested drive {k} lacks frames")  # a plain synthetic route drops none
+        data.append({"road": np.stack([frames[int(f)][0] for f in fids]),
+                     "wide": np.stack([frames[int(f)][1] for f in fids]),
+                     "state": scene_state(Dynamics(rc, rc.segments * rc.seconds), fids / FPS)})
+        shutil.rmtree(work / f"route{k}")
+        shutil.rmtree(work / f"ds{k}")
     return data
 
 
@@ -358,12 +393,22 @@ def fit_teacher(out: Path, cfg: FitConfig) -> FitResult:
 def _fit(out: Path, cfg: FitConfig) -> FitResult:
     from spark_distill.synth.teacher import contract_slices, policy_inputs, write_pair
 
-    data = render_drives(route_configs(cfg))
+    configs = route_configs(cfg)
+    data = render_drives(configs)
     train, held = (data[:-1], data[-1:]) if len(data) > 1 else (data, data)
+    with tempfile.TemporaryDirectory(prefix="fit-ingest-") as work:  # a few drives the way a user's come in
+        picked = configs[: cfg.ingested] + configs[-1:]
+        real = ingested_drives(picked, Path(work)) if cfg.ingested else []
+    train = train + real[:-1] * cfg.ingested_weight
     net = fit_vision(train, steps=cfg.vision_steps, batch=cfg.vision_batch, seed=cfg.seed)
     err = vision_error(net, held[0])
     log.info("vision RMS error on the held-out route: %s", dict(zip(STATE, err.round(4), strict=True)))
-    del data, train, held
+    if real:
+        err_real = vision_error(net, real[-1])
+        log.info("vision RMS error on the held-out route, ingested: %s",
+                 dict(zip(STATE, err_real.round(4), strict=True)))
+        err = np.maximum(err, err_real)
+    del data, train, held, real
     vision_slices, policy_slices = contract_slices(cfg.contract)
     vision = DriveVision(vision_slices)
     vision.net = net
