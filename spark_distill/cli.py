@@ -595,7 +595,8 @@ def synth_route(
                                                               "frames are logged as modelV2 (as a car logs its own "
                                                               "model).")] = None,
     varied: Annotated[bool, typer.Option("--varied", help="Draw the drive from --seed: speed, curvature, lead, "
-                                                          "lane-change direction and time, calibration.")] = False,
+                                                          "lane-change direction and time, lane width, "
+                                                          "calibration.")] = False,
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
     from spark_distill.synth.route import SynthConfig, write_route

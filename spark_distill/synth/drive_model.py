@@ -4,7 +4,7 @@
 
 Vision: a conv net reads the 2-frame road stack (frame t and its difference to frame t-4) and a pooled
 wide frame and estimates the scene state s = (lateral position on the road, road curvature, lead
-distance, lead closing rate, speed). The heads are openpilot's outputs computed from s with the
+distance, lead closing rate, speed, lane width). The heads are openpilot's outputs computed from s with the
 geometry the synthetic road is built on (lane lines and road edges as parabolas in the calibrated
 frame, the lead in the middle lane); s itself, scaled to O(1), is the start of `hidden_state`, so the
 policy's 5 s `features_buffer` is the history of s. Policy: an MLP from that history, the desire
@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from spark_distill import contract as C
-from spark_distill.synth.scene import CAMERA_HEIGHT, LANE_WIDTH
+from spark_distill.synth.scene import CAMERA_HEIGHT
 
 # scene state: name -> scale that makes it O(1) in hidden_state
-STATE = {"lateral": 1.0, "curvature": 1000.0, "lead_distance": 0.1, "lead_rate": 0.5, "speed": 0.1}
+STATE = {"lateral": 1.0, "curvature": 1000.0, "lead_distance": 0.1, "lead_rate": 0.5, "speed": 0.1, "lane_width": 1.0}
 STATE_LEN = len(STATE)
-ROAD_EDGE = 1.5 * LANE_WIDTH + 0.3  # the asphalt's edge (scene.py paints it 0.3 m past the outer lines)
+EDGE_PAST_LINES = 0.3  # m: scene.py paints the asphalt's edge this far past the outer lines
 LINE_OFFSETS = (-1.5, -0.5, 0.5, 1.5)  # lane lines, in lanes from the ego-lane centre (openpilot's order)
 PAINTED = 1.5  # the scene paints lines out to +-1.5 lanes from the middle lane's centre
 LOG_STD = {"lane_lines": -2.0, "road_edges": -1.5, "lead": -0.5, "pose": -2.0, "other": -3.0, "plan": -1.0,
@@ -72,15 +72,16 @@ def _fill(n: int, value: float, like: torch.Tensor) -> torch.Tensor:
 
 def vision_heads(s: torch.Tensor, slices: dict[str, slice]) -> torch.Tensor:
     """openpilot's vision output vector (B, N) from physical scene states s (B, STATE_LEN)."""
-    lat, kappa, dist, rate, speed = (s[:, i:i + 1] for i in range(STATE_LEN))
+    lat, kappa, dist, rate, speed, width = (s[:, i:i + 1] for i in range(STATE_LEN))
     x = torch.tensor(C.X_IDXS, dtype=s.dtype)[None]  # (1, 33)
     bend = 0.5 * kappa * x * x - lat  # (B, 33): a road-frame line at lateral 0, in the calibrated frame
-    lane = torch.round(lat / LANE_WIDTH)  # (B, 1) the lane the car is in (0: the middle one)
+    lane = torch.round(lat / width)  # (B, 1) the lane the car is in (0: the middle one)
     height = _fill(C.IDX_N, CAMERA_HEIGHT, s)
     offsets = torch.tensor(LINE_OFFSETS, dtype=s.dtype)[None]  # (1, 4)
-    lines = [torch.stack([(lane + j) * LANE_WIDTH + bend, height], -1) for j in LINE_OFFSETS]  # (B, 33, 2) each
+    lines = [torch.stack([(lane + j) * width + bend, height], -1) for j in LINE_OFFSETS]  # (B, 33, 2) each
     painted = torch.clamp(24.0 * (PAINTED + 0.25 - torch.abs(lane + offsets)), -6.0, 6.0)  # (B, 4) logits
-    edges = [torch.stack([e + bend, height], -1) for e in (-ROAD_EDGE, ROAD_EDGE)]
+    edge = PAINTED * width + EDGE_PAST_LINES  # (B, 1) the asphalt's edge right of the middle lane's centre
+    edges = [torch.stack([e + bend, height], -1) for e in (-edge, edge)]
     t = torch.tensor(C.LEAD_T_IDXS, dtype=s.dtype)[None]  # (1, 6)
     lead_y = 0.5 * kappa * dist * dist - lat  # the lead drives in the middle lane
     lead = torch.stack([torch.clamp(dist + rate * t, min=0.0), lead_y.expand(-1, 6), (speed + rate).expand(-1, 6),
@@ -88,7 +89,7 @@ def vision_heads(s: torch.Tensor, slices: dict[str, slice]) -> torch.Tensor:
     lead_logits = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=s.dtype)
     lead_hyps = [torch.cat([lead, _fill(24, LOG_STD["lead"], s), _fill(3, 0.0, s) + lead_logits[h]], 1)
                  for h in (0, 1)]
-    lead_prob = torch.clamp(4.0 * (1.8 - torch.abs(lead_y)), -6.0, 6.0).expand(-1, C.LEAD_MHP_SELECTION)
+    lead_prob = torch.clamp(4.0 * (0.5 * width - 0.05 - torch.abs(lead_y)), -6.0, 6.0).expand(-1, C.LEAD_MHP_SELECTION)
     zeros = speed * 0.0  # not zeros_like: with static input shapes the export folds that to batch 1
     pose = torch.cat([speed, zeros, zeros, zeros, zeros, speed * kappa], 1)
     desire_pred = torch.tensor([4.0] + [0.0] * (C.DESIRE_LEN - 1), dtype=s.dtype).repeat(C.DESIRE_PRED_LEN)

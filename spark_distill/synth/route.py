@@ -11,6 +11,7 @@ frames dropped by the encoder.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -36,6 +37,7 @@ FAULTS = ("truncated-log", "missing-encode-idx", "missing-wide", "corrupt-video-
 LOG_FORMATS = ("bz2", "zst", "raw")
 LANE_CHANGE_SECONDS = 4.0  # laneChangeStarting 2 s + laneChangeFinishing 2 s
 PRE_LANE_CHANGE_SECONDS = 1.0
+LANE_WIDTHS = (3.2, 4.0)  # m, a varied drive's lane width is drawn from this range (city lanes to motorways)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +58,7 @@ class SynthConfig:
     seed: int = 0
     crf: int = 28  # x265 quality
     modelv2_teacher: Path | None = None  # log modelV2 from this teacher run over the route (as a car logs its model)
-    varied: bool = False  # draw the drive (curvature, speed, lead, lane change, calibration) from the seed
+    varied: bool = False  # draw the drive (curvature, speed, lead, lane change, lane width, calibration) from the seed
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -86,6 +88,7 @@ class Drive:
     dd: float = 8.0
     wd: float = 0.3
     direction: int = -1
+    lane_width: float = LANE_WIDTH  # m
 
 
 def varied_drive(rng: np.random.Generator) -> Drive:
@@ -107,6 +110,8 @@ def resolved(cfg: SynthConfig) -> tuple[Drive, tuple[float, float, float], float
         return Drive(), cfg.rpy, cfg.lane_change_at
     rng = np.random.default_rng([cfg.seed, 17])  # its own stream: the phases below keep cfg.seed's
     drive, rpy = varied_drive(rng), varied_rpy(rng)
+    # drawn last, so the numbers above stay what they were before lane widths varied
+    drive = dataclasses.replace(drive, lane_width=float(rng.uniform(*LANE_WIDTHS)))
     return drive, rpy, cfg.lane_change_at
 
 
@@ -142,7 +147,7 @@ class Dynamics:
 
     def lateral(self, t: float) -> float:
         d = self.drive
-        return d.direction * LANE_WIDTH * self.lane_change_progress(t) + d.wiggle * math.sin(0.4 * t + self.phase[2])
+        return d.direction * d.lane_width * self.lane_change_progress(t) + d.wiggle * math.sin(0.4 * t + self.phase[2])
 
     def lateral_velocity(self, t: float, dt: float = 1e-3) -> float:
         return (self.lateral(t + dt) - self.lateral(t - dt)) / (2 * dt)
@@ -169,7 +174,12 @@ class Dynamics:
         return "off", "none"
 
     def pose(self, t: float) -> CarPose:
-        return CarPose(self.distance(t), self.lateral(t), self.curvature(t), self.lead_distance(t))
+        return CarPose(self.distance(t), self.lateral(t), self.curvature(t), self.lead_distance(t),
+                       self.drive.lane_width)
+
+    def lane_width(self, t: float) -> float:
+        """m; constant over a drive (a function of t like the rest of the scene state)."""
+        return self.drive.lane_width
 
 
 @dataclass

@@ -2,7 +2,8 @@
 # Copyright (c) 2026 spark-distill authors
 """A procedural road scene rendered straight to I420 camera frames. Entry point: `SceneRenderer`.
 
-The road is a flat ground plane with three 3.7 m lanes (dashed inner lines, solid edges), grass
+The road is a flat ground plane with three lanes (3.7 m unless the pose says otherwise; dashed inner lines,
+solid edges), grass
 beyond, a sky, and a lead car (a box in the ego lane). Each camera pixel's ray is intersected with
 the ground once per camera; per frame only the car's motion (distance travelled, lateral position,
 road curvature, lead distance) changes, so a frame costs a few vectorised numpy passes.
@@ -25,9 +26,9 @@ import numpy as np
 
 from spark_distill.modelframe import VIEW_FROM_DEVICE, CameraModel, rot_from_euler
 
-LANE_WIDTH = 3.7  # m
+LANE_WIDTH = 3.7  # m, the classic drive's (a varied drive draws its own)
 CAMERA_HEIGHT = 1.22  # m above the road, a typical windshield mount
-LINES = (-1.5 * LANE_WIDTH, -0.5 * LANE_WIDTH, 0.5 * LANE_WIDTH, 1.5 * LANE_WIDTH)  # lateral, road frame
+LINES = (-1.5, -0.5, 0.5, 1.5)  # lateral, in lane widths from the ego-lane centre (road frame)
 LINE_HALF_WIDTH = 0.075  # m
 DASH_PERIOD, DASH_ON = 12.0, 4.0  # m
 LEAD_HALF_WIDTH, LEAD_HEIGHT = 0.9, 1.5  # m
@@ -54,6 +55,7 @@ class CarPose:
     lateral: float  # m, car position right of the ego-lane centre
     curvature: float  # 1/m, road curvature ahead (positive bends right)
     lead_distance: float  # m, distance to the lead car's rear
+    lane_width: float = LANE_WIDTH  # m
 
 
 class SceneRenderer:
@@ -105,7 +107,7 @@ class SceneRenderer:
         along = gx + np.float32(pose.distance)
         out = np.full(gx.shape, SKY[channel], dtype=np.uint8)
         road = g["ground"]
-        on_road = road & (np.abs(lat) < 1.5 * LANE_WIDTH + 0.3)
+        on_road = road & (np.abs(lat) < 1.5 * pose.lane_width + 0.3)
         if channel == 0:  # sky brightens towards the horizon; ground texture moves with the road
             out[:] = np.clip(SKY[0] + 40.0 * np.exp(-8.0 * np.maximum(-g["rz"], 0)) - 20.0, 0, 255).astype(np.uint8)
             fade = np.clip(25.0 / np.maximum(gx, 1.0), 0.0, 1.0)  # far texture blurs out, as through a lens
@@ -117,8 +119,8 @@ class SceneRenderer:
             out[road] = GRASS[channel]
             out[on_road] = ASPHALT[channel]
         dashed = (np.mod(along, DASH_PERIOD) < DASH_ON)
-        for i, line in enumerate(LINES):
-            near = road & (np.abs(lat - line) < LINE_HALF_WIDTH + 0.002 * np.abs(gx))
+        for i, k in enumerate(LINES):
+            near = road & (np.abs(lat - k * pose.lane_width) < LINE_HALF_WIDTH + 0.002 * np.abs(gx))
             edge = i in (0, len(LINES) - 1)
             out[near if edge else near & dashed] = (EDGE_PAINT if edge else PAINT)[channel]
         # lead car: the plane x = lead_distance, a box of the ego lane's width

@@ -20,7 +20,7 @@ from spark_distill.synth import fit as F
 
 def _tiny(contract: str) -> F.FitConfig:
     return F.FitConfig(contract=contract, routes=1, seconds=2.0, vision_steps=2, vision_batch=2, policy_drives=2,
-                       policy_seconds=2.0, policy_steps=2, policy_batch=4)
+                       policy_seconds=2.0, policy_steps=2, policy_batch=4, ingested=1)
 
 
 @pytest.fixture(scope="module")

@@ -53,18 +53,22 @@ def test_config_is_validated() -> None:
 
 
 def test_varied_drives_differ_and_keep_the_classic_one() -> None:
-    from spark_distill.synth.route import Drive, Dynamics
+    from spark_distill.synth.route import LANE_WIDTHS, Drive, Dynamics
 
     classic = Dynamics(SynthConfig(seed=3), 20.0)
     assert classic.drive == Drive() and classic.rpy == SynthConfig().rpy and classic.lc == 10.0
+    assert classic.drive.lane_width == 3.7  # the classic drive's road is unchanged
     drives = [Dynamics(SynthConfig(varied=True, seed=s), 20.0) for s in range(8)]
     assert len({d.drive for d in drives}) == 8 and len({d.rpy for d in drives}) == 8
     assert {d.drive.direction for d in drives} == {-1, 1}
+    widths = [d.drive.lane_width for d in drives]  # lanes of their own width, which a lane change crosses
+    assert all(LANE_WIDTHS[0] <= w <= LANE_WIDTHS[1] for w in widths) and max(widths) - min(widths) > 0.3, widths
     for d in drives:  # the whole lane change fits in the route, and the state names its direction
         assert 0.0 <= d.lc <= 20.0 - 4.0
         state, direction = d.lane_change_state(d.lc + 0.5)
         assert state == "laneChangeStarting" and direction == ("left" if d.drive.direction < 0 else "right")
-        assert abs(d.lateral(d.lc + 4.0) - d.lateral(d.lc) - 3.7 * d.drive.direction) < 1.0
+        assert abs(d.lateral(d.lc + 4.0) - d.lateral(d.lc) - d.drive.lane_width * d.drive.direction) < 1.0
+        assert d.pose(1.0).lane_width == d.lane_width(1.0) == d.drive.lane_width
         t = 3.0  # speed and lead rate are the derivatives of distance and lead distance
         assert abs((d.distance(t + 1e-4) - d.distance(t - 1e-4)) / 2e-4 - d.speed(t)) < 1e-3
         assert abs((d.lead_distance(t + 1e-4) - d.lead_distance(t - 1e-4)) / 2e-4 - d.lead_rate(t)) < 1e-3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from spark_distill.modelframe import cameras_for
-from spark_distill.synth.scene import NOISE_Y, VIGNETTE, CarPose, SceneRenderer, _vignette
+from spark_distill.synth.scene import CAMERA_HEIGHT, NOISE_Y, VIGNETTE, CarPose, SceneRenderer, _vignette
 
 POSE = CarPose(distance=10.0, lateral=0.2, curvature=0.0, lead_distance=30.0)
 
@@ -34,3 +34,26 @@ def test_vignette_darkens_the_corners() -> None:
     assert v[50, 100] == 1.0
     np.testing.assert_allclose([v[0, 0], v[-1, -1], v[0, -1]], 1.0 - VIGNETTE, rtol=1e-6)
     assert 1.0 - VIGNETTE < v[0, 100] < 1.0
+
+
+def test_lines_are_painted_at_the_poses_lane_width() -> None:
+    """Straight road, car centred: each lane line's paint lies where a ground point at k lane widths projects
+    (the inner lines' dashes at 25 m ahead), and nowhere near where another width would put it."""
+    from spark_distill.synth.fit import model_frame_renderers
+
+    renderer = model_frame_renderers()["road"]
+    k = renderer.camera.intrinsics
+    x = 25.0  # m ahead: inside a dash of the inner lines (4 m painted of every 12 m)
+
+    def row_col(y: float) -> tuple[int, int]:  # calibrated frame (x fwd, y right, z down) -> render pixel
+        u, v, w = k @ np.array([y, CAMERA_HEIGHT, x])
+        return round(v / w), round(u / w)
+
+    for width, other in ((3.3, 3.9), (3.9, 3.3)):
+        luma = renderer.render(CarPose(distance=0.0, lateral=0.0, curvature=0.0, lead_distance=300.0,
+                                       lane_width=width))[0].astype(np.float32)
+        for lanes in (-1.5, -0.5, 0.5, 1.5):
+            r, c = row_col(lanes * width)
+            assert luma[r, c - 1:c + 2].mean() > 150, (width, lanes)  # paint (Y 200/180) on asphalt (Y ~88)
+            r, c = row_col(lanes * other)
+            assert luma[r, c - 1:c + 2].mean() < 130, (width, lanes)
