@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from spark_distill.cli import app
 
-TEACHER_BOUND_2S = 1.5  # m; measured 0.99 on this held-out segment (the demo's drive, never fitted on)
-STUDENT_FACTOR_2S = 3.0  # student's 2 s error against the path driven / the teacher's; measured 1.1
+TEACHER_BOUND_2S = 1.5  # m; measured 0.64 on this held-out segment (the demo's drive, never fitted on)
+STUDENT_FACTOR_2S = 3.0  # student's 2 s error against the path driven / the teacher's; measured 1.7
 
 
 @pytest.mark.slow
