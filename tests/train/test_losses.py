@@ -80,7 +80,7 @@ def test_gt_path_term_uses_valid_horizons_and_the_closest_hypothesis() -> None:
     plan = {"hypotheses": hyps, "log_std_hypotheses": log_std}
     got = gt_path_nll(plan, gt, valid)
     expected = (0.5 + 3 * math.log(2.0)) / 3  # winner 1: |0.5| on x, 0 on y, z; + log 2 each; mean of xyz
-    assert abs(float(got) - expected) < 1e-6
+    assert abs(got.item() - expected) < 1e-6
     far = gt_path_nll({"hypotheses": hyps_far, "log_std_hypotheses": log_std}, gt, valid)
     assert abs(float(far) - expected) < 1e-6
     got.backward()
