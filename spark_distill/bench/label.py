@@ -129,14 +129,15 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
         return None
     runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
                         out_rows=None, emit=None, segments_meta={})
-    if runner.graph is None:
+    if not runner.graphs:
         return None
+    graph = runner.graphs[0]
     for _ in range(3):
-        runner.graph.replay()
+        graph.replay()
     torch.cuda.synchronize()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        runner.graph.replay()
+        graph.replay()
         n += 1
         if n % 10 == 0:
             torch.cuda.synchronize()

@@ -138,9 +138,7 @@ class LaneRunner:
         # that the next step's inputs go up on the copy stream while this step runs (H200, batch 256: loop 14,123
         # vs 13,047 frames/s with one buffer uploaded on the compute stream behind the step; batch 64: 13,408 vs
         # 13,293)
-        self.double_buffered = self.cuda
-        self.inputs_pair = [torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev)
-                            for _ in range(2 if self.double_buffered else 1)]
+        self.inputs_pair = [torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev) for _ in range(2 if self.cuda else 1)]
         self.inputs = self.inputs_pair[0]
         self.inputs_free: list[Any] = [None] * len(self.inputs_pair)  # event after the step that last read each
         self.parity = 0
@@ -164,11 +162,9 @@ class LaneRunner:
                 self.inputs = buf
                 self.graphs.append(capture(self._compute)[0])
             self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
-            if self.double_buffered:  # the first uploads into the buffers wait for the warm-up that read them
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream(dev))
-                self.inputs_free = [done] * len(self.inputs_pair)
-        self.graph = self.graphs[0] if self.graphs else None
+            done = torch.cuda.Event()  # the first uploads into the buffers wait for the warm-up that read them
+            done.record(torch.cuda.current_stream(dev))
+            self.inputs_free = [done] * len(self.inputs_pair)
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
@@ -372,7 +368,7 @@ class LaneRunner:
             axis=1)  # (B, 13): this step's small inputs
         k = self.parity
         inputs_ready = None
-        if self.graphs and self.double_buffered:  # up on the copy stream, ahead of the clips queued for it
+        if self.graphs:  # up on the copy stream, ahead of the clips queued for it
             start = time.perf_counter()
             inputs_ready = self.staging.upload(packed, self.inputs_pair[k], stream=self.copy_stream,
                                                after=self.inputs_free[k])
@@ -402,10 +398,9 @@ class LaneRunner:
             self.staging.upload(packed, self.inputs_pair[k])
         if self.graphs:
             self.graphs[k].replay()
-            if self.double_buffered:
-                self.inputs_free[k] = torch.cuda.Event()
-                self.inputs_free[k].record(stream)
-                self.parity = 1 - k
+            self.inputs_free[k] = torch.cuda.Event()
+            self.inputs_free[k].record(stream)
+            self.parity = 1 - k
         else:
             self._compute()
         self.steps_enqueued, self.vacated = True, None
@@ -478,6 +473,6 @@ class LaneRunner:
         else:
             busy = self.host_s["compute"]
         out["busy fraction"] = busy / wall if wall else 0.0
-        out["captured step"] = float(self.graph is not None)
+        out["captured step"] = float(bool(self.graphs))
         out["steps"] = float(self.steps)
         return out

@@ -148,32 +148,22 @@ class _Writer:
     def poll(self, *, wait: bool = False) -> None:
         """Record the shards the writers have finished (all of them with `wait`); a writer's failure is raised."""
         for _, entry, seconds in self.writers.take_written(wait=wait):
-            self._record(entry, seconds)
+            record_shard(self.manifest, self.frames_manifest, entry)
+            self.written += 1
+            self.seconds += seconds
+            self.unsaved = True
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
         if self.unsaved and (wait or time.monotonic() - self.saved_at >= MANIFEST_EVERY_S):
             shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
             self.unsaved, self.saved_at = False, time.monotonic()
 
-    def _record(self, entry: dict[str, Any], seconds: float) -> None:
-        record_shard(self.manifest, self.frames_manifest, entry)
-        self.written += 1
-        self.seconds += seconds
-        self.unsaved = True
-
     def close(self, *, ok: bool = True) -> None:
         """Finish (`ok`) or, after a failure or Ctrl-C, stop the writers, record what is already on disk and drop
         the rest (shards still missing clips were never started)."""
-        if ok:
-            self.poll(wait=True)
-            return
-        self.writers.stop()
-        for _, entry, seconds in self.writers.written:
-            self._record(entry, seconds)
-        self.writers.written = []
-        if self.unsaved:
-            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
-            self.unsaved = False
+        if not ok:
+            self.writers.stop()  # what they still owe is dropped: waiting below takes only what they wrote
+        self.poll(wait=True)
 
 
 class _Workers:

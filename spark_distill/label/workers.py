@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
 _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding two clips (14 ms, 375 MB shard)
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
+_SHM = Path("/dev/shm")  # where slabs live when it has room (tmpfs)
 
 
 def _tasks(tasks: Any, parent: int) -> Iterator[Any]:
@@ -66,14 +67,6 @@ def _tasks(tasks: Any, parent: int) -> Iterator[Any]:
         yield task
 
 
-def map_slab(path: str, shape: tuple[int, ...], *, populate: bool) -> np.ndarray:
-    """The slab file mapped shared and writable; `populate` (a tmpfs slab) fills its page tables now."""
-    slab = np.memmap(path, np.uint8, "r+", shape=shape)
-    if populate:
-        _populate(slab)
-    return slab
-
-
 def _populate(slab: np.memmap) -> None:
     """Fault in every page of the mapping at once (MADV_POPULATE_WRITE, Linux 5.14+): decoding into a slot this
     process had not touched cost ~3 ms of page faults per 7.9 MB clip, against 1.2 ms for the decoding itself.
@@ -86,11 +79,13 @@ def _populate(slab: np.memmap) -> None:
             continue
 
 
-def _reader(slab_path: str, populate: bool, shape: tuple[int, ...], shard_paths: list[str], tasks: Any,
-            results: Any, parent: int) -> None:
+def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], tasks: Any, results: Any,
+            parent: int) -> None:
     """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
     child_init(parent)
-    slab = map_slab(slab_path, shape, populate=populate)
+    slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
+    if Path(slab_path).parent == _SHM:  # a tmpfs slab (else a file on disk: its pages stay the kernel's to fault)
+        _populate(slab)
     # the main process unlinks the slab's file once all have it; the time says when this reader was ready
     results.put(("mapped", None, time.monotonic(), 0.0, None))
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
@@ -146,7 +141,7 @@ class Ticket:
 class _SlabProcesses:
     """What the readers and the writers share: a slab file (`_slab_file`) mapped here as `slab`, page-locked in a
     thread when `pin` (GBs take most of a second: done while the processes start), `workers` spawned processes
-    (`target(slab path, slab in memory, *args, task queue, result queue, parent pid)`, named `name-N`) with a task
+    (`target(slab path, *args, task queue, result queue, parent pid)`, named `name-N`) with a task
     queue each and one result queue, and their bounded shutdown. The slab's file is unlinked once every process
     has mapped it (`_mapped`), so even a killed pass leaves nothing in /dev/shm."""
 
@@ -155,7 +150,7 @@ class _SlabProcesses:
     def __init__(self, *, name: str, target: Any, args: tuple, workers: int, nbytes: int, dtype: Any,
                  shape: tuple[int, ...], pin: bool) -> None:
         self.shape = shape
-        self.path, self.in_memory = _slab_file(nbytes, f"spark-{name}-")
+        self.path = _slab_file(nbytes, f"spark-{name}-")
         self.slab = np.memmap(self.path, dtype, "r+", shape=shape)
         self.pinned: Any = None
         self.pinning = threading.Thread(target=self._pin, args=(pin,), daemon=True, name=f"{name}-pin")
@@ -165,8 +160,7 @@ class _SlabProcesses:
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
         self.procs = [ctx.Process(target=target, name=f"{name}-{w}", daemon=True,
-                                  args=(self.path, self.in_memory, *args, self.tasks[w], self.results,
-                                        os.getpid()))
+                                  args=(self.path, *args, self.tasks[w], self.results, os.getpid()))
                       for w in range(workers)]
         try:
             for p in self.procs:
@@ -366,26 +360,24 @@ def _pin(slab: np.ndarray) -> Any:
     ptr, size = slab.ctypes.data, slab.nbytes
     err = cudart.cudaHostRegister(ptr, size, 1)  # cudaHostRegisterPortable: page-locked for every device's context
     if int(getattr(err, "value", err)) != 0:
-        log.warning("could not page-lock the %d MB clip slab (cudaHostRegister error %s); copies are synchronous",
+        log.warning("could not page-lock a %d MB slab (cudaHostRegister error %s); its copies are synchronous",
                     size >> 20, err)
         return None
     return lambda: cudart.cudaHostUnregister(ptr)
 
 
-def _slab_file(nbytes: int, prefix: str) -> tuple[str, bool]:
+def _slab_file(nbytes: int, prefix: str) -> str:
     """A file of `nbytes` for a shared slab: in /dev/shm (tmpfs) when it has room for twice that, else in the
-    temporary folder (slower, still correct); returns its path and whether it is in memory."""
-    shm = Path("/dev/shm")
-    room = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize if shm.is_dir() else 0
-    in_memory = room > 2 * nbytes
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=shm if in_memory else None)
+    temporary folder (slower, still correct)."""
+    room = os.statvfs(_SHM).f_bavail * os.statvfs(_SHM).f_frsize if _SHM.is_dir() else 0
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=_SHM if room > 2 * nbytes else None)
     os.truncate(fd, nbytes)
     os.close(fd)
-    return path, in_memory
+    return path
 
 
-def _shard_writer(slab_path: str, _in_memory: bool, shape: tuple[int, ...], width_v: int, tasks: Any,
-                  results: Any, parent: int) -> None:
+def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: Any, results: Any,
+                  parent: int) -> None:
     """A writer process. Tasks: ("open", shard, folder, name, keys) before a shard's first clip; ("clip", shard,
     key, row, frames): compress the clip's vision and policy outputs from the slab's row, hand the row back, and
     once the shard has every key write it (in the keys' order, .tmp then rename). Answers on `results`:
@@ -522,8 +514,9 @@ class LabelWriters(_SlabProcesses):
                                  "unwritten; run the same command again to resume")
 
     def stop(self) -> None:
-        """Let the writers finish the clips already handed over (shards still missing clips are dropped), then
-        stop them; the shards they wrote meanwhile are in `written`."""
+        """Let the writers finish the clips already handed over, then stop them: shards still missing clips are
+        dropped, the ones written meanwhile come from `take_written`."""
         self.stopped = True
         self._stop(self.STOP_S)
         self.poll()
+        self.opened.clear()
