@@ -18,15 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, step_graph_fps, write_bench_frames
-from spark_distill.label.run import LabelConfig, label
-from spark_distill.label.teachers import load_teacher
-from spark_distill.synth.teacher import gflops_per_frame, write_teacher
-
 
 def main() -> None:
+    # imported here, not at the top: the label pass's reader processes are spawned and import this script as
+    # their __main__, and torch there cost each of them seconds of start-up (`spark-distill label`'s do not import it)
+    import torch
+
+    from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, step_graph_fps, write_bench_frames
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.label.teachers import load_teacher
+    from spark_distill.synth.teacher import gflops_per_frame, write_teacher
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--segments", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=6.0)

@@ -125,7 +125,7 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
     from spark_distill.label.lanes import LaneRunner
 
     be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=cache_dir, compile="auto")
-    if be.device.type != "cuda" or be.capturable() is None:
+    if be.device.type != "cuda" or be.step_parts() is None:
         return None
     runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
                         out_rows=None, emit=None, segments_meta={})
@@ -169,6 +169,7 @@ def profile_lines(profile: dict[str, float]) -> Iterator[str]:
         if key.endswith("s/step"):
             yield f"  {key[: -len(' s/step')]:<28}{value * 1000:9.2f}"
     yield f"  accelerator busy fraction     {profile.get('busy fraction', 0.0):9.2f}"
+    yield f"  clips spilled out of the slab {profile.get('clips spilled', 0.0):9.0f}"
     for key, value in profile.items():
         if key.startswith("set-up: "):
             yield f"  {key[: -len(' s')]:<44}{value:6.2f} s"

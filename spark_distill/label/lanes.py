@@ -8,8 +8,9 @@ Main entry point: `LaneRunner.run(work)`. Stages of one step, all B lanes at onc
 2. inputs: one packed host->device copy of the small per-frame inputs (slot, t, v_ego, traffic, desire);
    frame t of every lane is gathered on the device from its clip slot;
 3. compute (`_compute`): vision, then policy through the modeld state; outputs go into per-lane device
-   buffers. Every buffer it touches is static, so on CUDA the whole of it is one captured CUDA graph,
-   replayed once per step (the host launches one graph, not hundreds of ops);
+   buffers. Every buffer it touches is static: with a compiling backend the whole step is one inductor
+   program (the gather and the image ring fuse into the vision's first kernels), and on CUDA it is one
+   captured CUDA graph, replayed once per step (the host launches one graph, not hundreds of ops);
 4. staging (host, while the GPU computes): decoded clips from the reader processes (workers.py) go up
    whole, both cameras in one copy each, on a side stream, into the lane's free device slot (the copies
    queued in a step are issued together, with one event);
@@ -139,7 +140,6 @@ class LaneRunner:
         # vs 13,047 frames/s with one buffer uploaded on the compute stream behind the step; batch 64: 13,408 vs
         # 13,293)
         self.inputs_pair = [torch.zeros((batch, 5 + C.DESIRE_LEN), device=dev) for _ in range(2 if self.cuda else 1)]
-        self.inputs = self.inputs_pair[0]
         self.inputs_free: list[Any] = [None] * len(self.inputs_pair)  # event after the step that last read each
         self.parity = 0
         self.finished: list[tuple[list[tuple[ClipRef, int]], int, Any]] = []  # (clips, first row, copy event)
@@ -154,22 +154,35 @@ class LaneRunner:
         self.curv = teacher.policy.slices.get("desired_curvature")
         self.cursor = 0  # round-robin position of the staging service
         self.models = (backend.vision, backend.policy)
-        parts = backend.capturable() if self.cuda else None
+        self.step_fn: Callable[[torch.Tensor], None] = self._compute
+        self.compile_s = 0.0  # compiling the step: part of building the teacher, not of labeling
         self.graphs: list[Any] = []
-        if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one graph
-            self.models = parts
-            for buf in self.inputs_pair:
-                self.inputs = buf
-                self.graphs.append(capture(self._compute)[0])
-            self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
-            done = torch.cuda.Event()  # the first uploads into the buffers wait for the warm-up that read them
-            done.record(torch.cuda.current_stream(dev))
-            self.inputs_free = [done] * len(self.inputs_pair)
+        parts = backend.step_parts()
+        if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one program
+            self.models = (parts.vision, parts.policy)
+            if parts.compile is not None:  # compile now, on zeros
+                self.step_fn = parts.compile(self._compute)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    self.step_fn(self.inputs_pair[0])
+                if self.cuda:
+                    torch.cuda.synchronize(dev)
+                self.compile_s = time.perf_counter() - start
+                self.state.clear()
+            if parts.capture and self.cuda:
+                self.graphs = [capture(lambda buf=buf: self.step_fn(buf))[0] for buf in self.inputs_pair]
+                self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
+                done = torch.cuda.Event()  # the first uploads into the buffers wait for the warm-up that read them
+                done.record(torch.cuda.current_stream(dev))
+                self.inputs_free = [done] * len(self.inputs_pair)
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
-        """Keep the first clips of the next segments in flight, so a lane never waits for one."""
-        while self.queue and len(self.upcoming) < self.b:
+        """Keep the first clips of the next segments in flight, so a lane never waits for one: as many as the
+        readers' slots spare beyond each lane's next clip (run.py sizes the slab at batch + 2 x readers). More held
+        the slots that the lanes' next clips needed (batch 64 on an H200: 64 first clips decoded a segment ahead),
+        and a lane that waited for its clip had a held one spilled to private memory first."""
+        while self.queue and len(self.upcoming) < min(self.b, self.lookahead):
             plan = self.queue.popleft()
             refs = [c for c in plan.clips if c.shard not in self.bad]
             if refs:
@@ -402,17 +415,19 @@ class LaneRunner:
             self.inputs_free[k].record(stream)
             self.parity = 1 - k
         else:
-            self._compute()
+            with torch.no_grad():
+                self.step_fn(self.inputs_pair[k])
         self.steps_enqueued, self.vacated = True, None
         self.t[active] += 1
         if self.cuda:
             self.gpu_events[-1][1].record(torch.cuda.current_stream(self.dev))
         self.host_s["compute"] += time.perf_counter() - start
 
-    def _compute(self) -> None:
-        """One frame of every lane from the packed inputs: gather it from the clip slots, push it through modeld's
-        state and both models, store the outputs. Device work only, fixed shapes: captured as one CUDA graph."""
-        state, packed = self.state, self.inputs
+    def _compute(self, packed: torch.Tensor) -> None:
+        """One frame of every lane from the packed inputs (B, 13): gather it from the clip slots, push it through
+        modeld's state and both models, store the outputs. Device work only, fixed shapes, static buffers: compiled
+        as one program (torch backend, compiled) and captured as one CUDA graph."""
+        state = self.state
         s, t = packed[:, 0].long(), packed[:, 1].long()
         v_ego, traffic, desire = packed[:, 2], packed[:, 3:5], packed[:, 5:]
         frames = self.clips[s, self.rows, :, t]  # (B, 2, 6, 128, 256): road, wide
@@ -439,6 +454,7 @@ class LaneRunner:
 
     def _run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None) -> int:
         self.queue, self.bad = collections.deque(work), bad
+        self.lookahead = max(2, self.readers.slots - self.b)
         self.upcoming: collections.deque = collections.deque()
         self.steps = 0
         self._refill()
@@ -474,5 +490,6 @@ class LaneRunner:
             busy = self.host_s["compute"]
         out["busy fraction"] = busy / wall if wall else 0.0
         out["captured step"] = float(bool(self.graphs))
+        out["clips spilled"] = float(self.readers.spilled)
         out["steps"] = float(self.steps)
         return out

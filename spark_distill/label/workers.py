@@ -219,6 +219,7 @@ class ClipReaders(_SlabProcesses):
 
     def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
         self.names = [p.name for p in shard_paths]
+        self.slots = slots
         self.slot_tensors: list[Any] | None = None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet

@@ -17,7 +17,7 @@ import torch
 from spark_distill import shards
 from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
-from spark_distill.label.run import LabelConfig, label
+from spark_distill.label.run import COMPILE_S, LabelConfig, label
 from spark_distill.synth.teacher import write_teacher
 from tests.procs import children, running
 
@@ -142,6 +142,21 @@ def test_torch_backend_labels_match_onnxruntime(dataset: Path, teacher: Path) ->
         np.testing.assert_allclose(a[k][1].astype(np.float32), b[k][1].astype(np.float32), rtol=2e-3, atol=1e-3)
 
 
+def test_the_compiled_step_labels_as_the_reference_loop(dataset: Path, teacher: Path) -> None:
+    """--compile on (the CUDA default) compiles the whole step, frame gather and modeld state with both models, as
+    one inductor program; on the CPU it runs uncaptured, and labels as the frame-by-frame ONNX Runtime loop."""
+    name = f"cpu-compiled-{teacher.name}"
+    result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="torch", precision="fp32", batch=3,
+                               compile="on", name=name, device="cpu"))
+    assert result.frames == 80 + 38 and result.backend["compiled"] and result.profile["captured step"] == 0.0
+    assert result.profile[COMPILE_S] > 0.0
+    got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher)
+    assert list(got) == list(want)
+    for key, (vision, policy) in want.items():
+        np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("compile", ["off", "on"])
@@ -152,6 +167,7 @@ def test_the_captured_step_on_cuda_labels_as_the_reference_loop(dataset: Path, t
     result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="torch", precision="fp32", batch=3,
                                compile=compile, name=name))
     assert result.profile["captured step"] == 1.0 and result.frames == 80 + 38
+    assert (result.profile[COMPILE_S] > 0.0) == (compile == "on")
     got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher)
     assert list(got) == list(want)
     for key, (vision, policy) in want.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,6 +19,17 @@ import numpy as np
 from spark_distill.errors import ConfigError, MissingDependencyError, UnknownTeacherError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What the label pass needs to run its whole step (frame gather, modeld state, both models, outputs) as one
+    program: the two models as plain forwards it may trace, how to compile the step, whether to capture it."""
+
+    vision: Callable[[dict[str, Any]], Any]
+    policy: Callable[[dict[str, Any]], Any]
+    compile: Callable[[Callable[..., Any]], Callable[..., Any]] | None  # compiles the step; None: it runs eager
+    capture: bool  # replay the step from a CUDA graph
 
 
 class Backend(Protocol):
@@ -29,8 +41,9 @@ class Backend(Protocol):
 
     def policy(self, inputs: dict[str, Any]) -> Any: ...
 
-    def capturable(self) -> tuple[Callable[[dict[str, Any]], Any], ...] | None:
-        """(vision, policy) as plain forwards the label pass may capture in its own CUDA graph, or None."""
+    def step_parts(self) -> StepParts | None:
+        """The models as parts of the label pass's own step (compiled and captured with it), or None where they
+        run as opaque calls (ONNX Runtime, TensorRT)."""
         ...
 
     def describe(self) -> dict[str, Any]: ...

@@ -69,7 +69,7 @@ class OrtBackend:
     def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run("policy", inputs)
 
-    def capturable(self) -> None:
+    def step_parts(self) -> None:
         """None: ONNX Runtime runs on the host."""
         return None
 

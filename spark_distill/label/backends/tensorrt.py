@@ -137,7 +137,7 @@ class TensorRTBackend:
     def policy(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.engines["policy"](inputs, self.widths["policy"])
 
-    def capturable(self) -> None:
+    def step_parts(self) -> None:
         """None: the label pass does not capture a TensorRT engine inside its own CUDA graph (never tried on
         hardware here: TensorRT is not installable on these machines), so its step stays uncaptured."""
         return None
