@@ -129,6 +129,7 @@ class Ticket:
     slot: int | None = None
     worker: int | None = None
     clip: dict[str, Any] | None = None
+    error: Exception | None = None  # reading a prefetched clip failed: raised if the pass asks for it
 
     def done(self) -> bool:
         """Decoded, as of the owner's last `poll` (one poll per step serves every lane)."""
@@ -231,6 +232,7 @@ class ClipReaders(_SlabProcesses):
         self.counter = 0
         self.seconds = {"read": 0.0, "decode": 0.0}
         self.spilled = 0
+        self.prefetched: dict[str, Ticket] = {}  # clip key -> ticket submitted ahead, not yet asked for
         self.started, self.ready_s = time.monotonic(), None  # ready_s: until the last reader had mapped it (s)
         shape = (slots, 2, clip_len, *FRAME)  # slot, camera (road, wide), frame
         # the readers fill the slab's pages (each its own page tables); this process does not: madvise holds the
@@ -250,7 +252,24 @@ class ClipReaders(_SlabProcesses):
             self.slot_tensors = [torch.from_numpy(np.asarray(self.slab[k])) for k in range(self.shape[0])]
         return self.slot_tensors[ticket.slot]
 
+    def prefetch(self, refs: list[ClipRef]) -> None:
+        """Start decoding the clips the pass will ask for first (its lanes' first clips) while the teacher is
+        built; `submit` of one of them then returns its ticket. One never asked for (its shard failed its
+        check, say) keeps its slot only until it is spilled, and an error reading it is raised only if it is
+        asked for."""
+        for ref in refs:
+            if ref.key not in self.prefetched:
+                self.prefetched[ref.key] = self._submit(ref)
+
     def submit(self, ref: ClipRef) -> Ticket:
+        ticket = self.prefetched.pop(ref.key, None)
+        if ticket is not None and ticket.ref == ref:
+            if ticket.error is not None:
+                raise ticket.error
+            return ticket
+        return self._submit(ref)
+
+    def _submit(self, ref: ClipRef) -> Ticket:
         ticket = Ticket(ref, self)
         self.waiting.append(ticket)
         self._dispatch()
@@ -281,8 +300,14 @@ class ClipReaders(_SlabProcesses):
         self.in_hand[ticket.worker].remove(ticket)
         if error is not None:
             is_dataset, message = error
-            raise (DatasetError if is_dataset else LabelError)(
+            exc = (DatasetError if is_dataset else LabelError)(
                 message if is_dataset else f"{self.names[ticket.ref.shard]}: {ticket.ref.key}: {message}")
+            if self.prefetched.get(ticket.ref.key) is not ticket:
+                raise exc
+            ticket.error = exc  # not asked for yet, maybe never
+            self.free.append(ticket.slot)
+            ticket.slot = None
+            return
         self.seconds["read"] += read_s
         self.seconds["decode"] += decode_s
         n = clip.pop("frames")

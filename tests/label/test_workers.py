@@ -73,3 +73,25 @@ def test_decode_clip_keeps_frames_and_labels_of_one_sample(labeled: Path) -> Non
     assert "road" not in clip and clip["policy"].dtype == np.float16 and len(clip["vision"]) == len(clip["desire"])
     with pytest.raises(DatasetError, match="paired with label sample"):
         decode_clip(f, lab[1])
+
+
+def test_prefetched_clips_are_what_submit_returns_and_their_errors_wait_until_asked_for(labeled: Path,
+                                                                                      tmp_path: Path) -> None:
+    paths, refs = _frames(labeled)
+    broken = tmp_path / paths[0].name
+    broken.write_bytes(b"not a tar file " * 100)
+    paths = [broken, *paths[1:]]
+    bad, good = next(r for r in refs if r.shard == 0), next(r for r in refs if r.shard == 1)
+    readers = ClipReaders(paths, workers=1, slots=2, clip_len=10)
+    try:
+        readers.prefetch([bad, good])
+        ticket = readers.prefetched[good.key]
+        assert readers.submit(good) is ticket and good.key not in readers.prefetched
+        assert ticket.result()["__key__"] == good.key  # the bad clip's answer came first: kept, not raised
+        assert readers.prefetched[bad.key].error is not None and len(readers.free) == 1
+        with pytest.raises((DatasetError, LabelError), match="shard-000000"):
+            readers.submit(bad)
+        with pytest.raises((DatasetError, LabelError), match="shard-000000"):  # asked for afresh: raised at once
+            readers.submit(bad).result()
+    finally:
+        readers.close()
