@@ -72,3 +72,9 @@ def test_a_writer_that_dies_is_one_error_naming_its_shards(tmp_path: Path) -> No
     finally:
         writers.close()
     assert not list(tmp_path.glob("shard-7*")), "nothing half-written"
+
+
+def test_a_pass_has_four_writers_or_half_as_many_as_its_readers() -> None:
+    from spark_distill.label.run import writer_count
+
+    assert [writer_count(r) for r in (1, 2, 8, 9, 10, 14, 18)] == [4, 4, 4, 4, 5, 7, 9]
