@@ -142,19 +142,54 @@ def test_torch_backend_labels_match_onnxruntime(dataset: Path, teacher: Path) ->
         np.testing.assert_allclose(a[k][1].astype(np.float32), b[k][1].astype(np.float32), rtol=2e-3, atol=1e-3)
 
 
-def test_the_compiled_step_labels_as_the_reference_loop(dataset: Path, teacher: Path) -> None:
-    """--compile on (the CUDA default) compiles the whole step, frame gather and modeld state with both models, as
-    one inductor program; on the CPU it runs uncaptured, and labels as the frame-by-frame ONNX Runtime loop."""
+def test_compiled_on_the_cpu_the_pass_labels_as_the_reference_loop(dataset: Path, teacher: Path) -> None:
+    """--compile on, on the CPU: the models compiled apart (the whole step as one program only on CUDA)."""
     name = f"cpu-compiled-{teacher.name}"
     result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="torch", precision="fp32", batch=3,
                                compile="on", name=name, device="cpu"))
-    assert result.frames == 80 + 38 and result.backend["compiled"] and result.profile["captured step"] == 0.0
-    assert result.profile[COMPILE_S] > 0.0
+    assert result.frames == 80 + 38 and result.backend["compiled"] and not result.backend["step_compiled"]
+    assert result.profile["captured step"] == 0.0 and result.profile[COMPILE_S] == 0.0
     got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher)
     assert list(got) == list(want)
     for key, (vision, policy) in want.items():
         np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
         np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
+
+
+def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teacher: Path) -> None:
+    """The CUDA default (frame gather, modeld state and both models as one inductor program), run on the CPU: the
+    same outputs and the same modeld state as the step run op by op, over steps that cross a clip boundary."""
+    from spark_distill.label.backends import get_backend
+    from spark_distill.label.lanes import LaneRunner
+    from spark_distill.label.teachers import load_teacher
+
+    t, vm, pm = load_teacher([teacher])
+    runners = []
+    for fuse in (False, True):
+        be = get_backend("torch", t, vm, pm, batch=2, precision="fp32", device="cpu", compile="on", fuse_step=fuse)
+        r = LaneRunner(teacher=t, backend=be, batch=2, clip_len=4, lat_delay=0.2, readers=None, out_rows=None,
+                       emit=None, segments_meta={})
+        assert (r.compile_s > 0) == fuse and not r.graphs
+        r.clips.copy_(torch.randint(0, 255, r.clips.shape, generator=torch.Generator().manual_seed(1),
+                                    dtype=torch.uint8))
+        runners.append(r)
+    for step in range(6):
+        for r in runners:
+            packed = r.inputs_pair[0]
+            packed[:, 0], packed[:, 1], packed[:, 2] = step // 4, step % 4, 10.0 + step  # slot, t, v_ego
+            packed[:, 3:5] = torch.tensor([1.0, 0.0])
+            packed[:, 5:] = 0.0
+            packed[:, 5 + (step // 2) % 3] = 1.0  # desire changes: pulses
+            with torch.no_grad():
+                r.step_fn(packed)
+        eager, fused = runners
+        np.testing.assert_allclose(fused.out_v.float().numpy(), eager.out_v.float().numpy(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(fused.out_p.float().numpy(), eager.out_p.float().numpy(), rtol=1e-3, atol=1e-3)
+        for name in ("features", "desire", "curv", "newest"):
+            np.testing.assert_allclose(getattr(fused.state, name).float().numpy(),
+                                       getattr(eager.state, name).float().numpy(), rtol=1e-4, atol=1e-5)
+        assert torch.equal(fused.state.images["road"], eager.state.images["road"])
+    assert eager.state.features.abs().sum() > 0 and eager.out_p.abs().sum() > 0
 
 
 @pytest.mark.gpu

@@ -93,7 +93,7 @@ class TorchBackend:
 
     def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any, *, batch: int = 32,
                  precision: str = "auto", device: str | None = None, cache_dir: Any = None,
-                 cuda_graphs: bool = True, compile: str = "auto") -> None:
+                 cuda_graphs: bool = True, compile: str = "auto", fuse_step: bool | None = None) -> None:
         if compile not in ("auto", "on", "off"):
             raise ConfigError(f"--compile {compile!r}: choose auto, on or off")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -118,6 +118,10 @@ class TorchBackend:
             self.eager[role] = _Forward(module, self.device.type, _DTYPES.get(self.precision))
         self.compiled = compile == "on" or (compile == "auto" and cuda)
         self.cuda_graphs = cuda and cuda_graphs
+        # compiled: the label pass's whole step as one program on CUDA; on the CPU the models compiled apart (there
+        # inductor's program of the whole step ran ~45% slower: 228-263 vs 446-467 frames/s, tiny stand-in, batch
+        # 8, one core of the 2-core box)
+        self.fuse_step = self.compiled and (cuda if fuse_step is None else fuse_step)
         # at the backend's batch: compiled (inductor's fused kernels, no CUDA graphs of its own, so that a caller
         # can capture a larger program around them) or eager; compiled at the first call
         self.forwards: dict[str, Callable[..., torch.Tensor]] = dict(self.eager)
@@ -158,16 +162,19 @@ class TorchBackend:
         return self._run("policy", inputs)
 
     def step_parts(self) -> StepParts:
-        """The eager forwards for the label pass's step: compiled with it (one inductor program: the frame gather
-        and modeld's image ring fuse into the vision's first kernels; H200, bench stand-in, batch 256: the whole
-        step 21,716 frames/s against 18,233 with the models compiled apart) and captured with it on CUDA."""
-        vision, policy = self.eager["vision"], self.eager["policy"]
+        """The models as parts of the label pass's step, captured with it on CUDA. Compiled on CUDA, they are the
+        eager forwards, compiled with the step as one inductor program (the frame gather and modeld's image ring
+        fuse into the vision's first kernels; H200, bench stand-in, batch 256: the whole step 21,716 frames/s
+        against 18,233 with the models compiled apart); otherwise the backend's own forwards."""
+        forwards = self.eager if self.fuse_step else self.forwards
+        vision, policy = forwards["vision"], forwards["policy"]
         return StepParts(lambda inputs: vision(*self._layout(inputs).values()), lambda inputs: policy(*inputs.values()),
-                         self._compile if self.compiled else None, self.cuda_graphs)
+                         self._compile if self.fuse_step else None, self.cuda_graphs)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": str(self.device),
                 "torch": torch.__version__, "cuda_graphs": self.cuda_graphs, "compiled": self.compiled,
+                "step_compiled": self.fuse_step,
                 "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}
 
 

@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Where the label pass's step spends its time: the step as the pass builds it (torch backend, compiled on CUDA:
+frame gather, modeld state and both models as one inductor program), replayed from its CUDA graph on clips
+already on the device, and with `--profile` the GPU time by kernel of the same step run uncaptured (torch
+profiler). Random clips, modeld state from zeros.
+
+    python benchmarks/step_profile.py --batches 64,256 --profile
+
+On the CPU it times the uncompiled step (there is nothing to capture) unless `--compile on`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    import torch
+
+    from spark_distill.label.backends import get_backend
+    from spark_distill.label.lanes import LaneRunner
+    from spark_distill.label.teachers import load_teacher
+    from spark_distill.synth.teacher import write_teacher
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="bench", help="stand-in teacher size (tiny, bench)")
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--compile", default="auto", help="auto (on CUDA), on, off")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--profile", action="store_true", help="GPU time by kernel of the uncaptured step")
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    work = Path(tempfile.mkdtemp(prefix="step-profile-"))
+    write_teacher(work / "teacher", size=args.size)
+    t, vm, pm = load_teacher([work / "teacher"])
+    for batch in (int(b) for b in args.batches.split(",")):
+        be = get_backend("torch", t, vm, pm, batch=batch, precision="fp16" if cuda else "fp32",
+                         cache_dir=work / "cache", compile=args.compile)
+        runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
+                            out_rows=None, emit=None, segments_meta={})
+        g = torch.Generator().manual_seed(0)
+        runner.clips.copy_(torch.randint(0, 255, runner.clips.shape, generator=g, dtype=torch.uint8))
+        packed = runner.inputs_pair[0]
+        packed[:, 2], packed[:, 3], packed[:, 5] = 20.0, 1.0, 1.0  # v_ego, traffic (RHD off), desire none
+
+        def step(runner: LaneRunner = runner, packed: torch.Tensor = packed) -> None:
+            if runner.graphs:
+                runner.graphs[0].replay()
+            else:
+                with torch.no_grad():
+                    runner.step_fn(packed)
+
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            step()
+            n += 1
+            if cuda and n % 10 == 0:
+                torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
+        fps = n * batch / (time.perf_counter() - start)
+        how = ("captured" if runner.graphs else "uncaptured") + (", compiled" if be.compiled else ", eager")
+        print(f"batch {batch:4d}: whole step ({how}) {fps:10.1f} frames/s; compiling it took {runner.compile_s:.1f} s",
+              flush=True)
+        if args.profile and cuda:
+            from torch.profiler import ProfilerActivity, profile
+
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    runner.step_fn(packed)
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=80))
+
+
+if __name__ == "__main__":
+    main()
