@@ -120,6 +120,9 @@ def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entr
 
 
 WRITERS = 4  # label shard writer processes, at least
+FRAMES_VERIFIED = ".frames-verified.json"  # under labels/: frames shards this dataset's label passes have checked
+MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
+COMPILE_S = "set-up: compile the step (counted with the teacher's build) s"  # profile key, outside end to end
 
 
 def writer_count(readers: int) -> int:
@@ -128,9 +131,6 @@ def writer_count(readers: int) -> int:
     compresses its share and writes (and fsyncs) its shards one by one while the readers sit idle: on the H200
     (14 readers, batch 256, bench set) that drain was ~0.4 s of the pass's 2.4 s with 4 writers."""
     return max(WRITERS, readers // 2)
-
-FRAMES_VERIFIED = ".frames-verified.json"  # under labels/: frames shards this dataset's label passes have checked
-MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
 
 
 class _Writer:
@@ -256,9 +256,6 @@ class _Verifier:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-COMPILE_S = "set-up: compile the step (counted with the teacher's build) s"
 
 
 def _accelerated(cfg: LabelConfig) -> bool:
