@@ -751,6 +751,8 @@ def bench_train(
                                                                           "and its streaming row (e.g. to time "
                                                                           "the loader on a lossy dataset).")
                               ] = False,
+    repeat: Annotated[int, typer.Option(help="Read ROOT's shards this many times over (a small dataset standing "
+                                             "for a large one: every clip is still read and decoded).")] = 1,
 ) -> None:
     """Training throughput: frames/s, TFLOP/s and MFU per student and adapter; streaming vs in-memory (target
     >= 0.9); the openpilot student feature-cached vs image mode."""
@@ -760,5 +762,5 @@ def bench_train(
                           batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
                           segments=segments, seconds=seconds, device=device, compile=compile, capture=capture,
                           peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
-                          streaming_only=streaming_only):
+                          streaming_only=streaming_only, repeat=repeat):
         out.print(line, highlight=False, soft_wrap=True)

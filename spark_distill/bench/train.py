@@ -219,13 +219,15 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
                 openpilot_size: str = "bench", workdir: Path | None = None,
-                streaming_only: bool = False) -> Iterator[str]:
+                streaming_only: bool = False, repeat: int = 1) -> Iterator[str]:
     """Run the benchmark; yields report lines. `streaming_only`: the last student's DoRA row and its
-    streaming row, nothing else."""
+    streaming row, nothing else. `repeat`: the dataset's shards read that many times over (a small dataset
+    standing for a large one: every clip the loader yields is still read and decoded)."""
     if not students or any(p not in PRESETS for p in students):
         raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
-    if full_batch > batch or min(batch, full_batch, steps) < 1 or workers < 0:
-        raise ConfigError("--full-batch-size must be <= --batch-size; sizes and --steps >= 1, --workers >= 0")
+    if full_batch > batch or min(batch, full_batch, steps, repeat) < 1 or workers < 0:
+        raise ConfigError("--full-batch-size must be <= --batch-size; sizes, --steps and --repeat >= 1, "
+                          "--workers >= 0")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = workers or worker_budget(accelerator=dev.type == "cuda")  # 0: auto, as train resolves it
     compiled = use_compile(compile, dev)
@@ -243,6 +245,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         elif labels is None:
             raise ConfigError("--labels is needed with a dataset root")
         pairs, manifest = shard_pairs(root, labels, split="train", val_fraction=0)
+        pairs = pairs * repeat
         clip_len = int(shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)["settings"]["clip_len"])
         slices = manifest["output_slices"]
         where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -251,7 +254,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                f"{'bf16 autocast, channels-last' if dev.type == 'cuda' else 'fp32'} | peak "
                f"{'n/a' if peak is None else f'{peak:g} TFLOP/s dense bf16'} | clips of {clip_len} frames | "
                f"{steps} timed steps after {WARMUP}")
-        yield f"dataset: {cached_note}"
+        yield f"dataset: {cached_note}" + (f"; its shards read {repeat} times over" if repeat > 1 else "")
 
         def stream(images: bool = True, w: int = workers) -> ClipStream:
             return ClipStream(pairs, manifest, batch=batch, clip_len=clip_len, burn_in=min(5, clip_len - 1), seed=0,

@@ -40,3 +40,20 @@ def test_bench_train_reports_every_measurement(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["bench", "train", "--segments", "2", "--seconds", "2", "--steps", "5",
                                  "--workdir", str(tmp_path)])
     assert r.exit_code == 2 and "needs 8" in r.output
+
+
+@pytest.mark.slow
+def test_bench_train_repeat_reads_a_small_dataset_over(tmp_path: Path) -> None:
+    from spark_distill.bench.train import ensure_dataset
+
+    root, labels, _ = ensure_dataset(tmp_path / "scratch", segments=2, seconds=2, clip_len=20)  # 4 clips, 1 shard
+    args = ["bench", "train", str(root), "--labels", labels, "--steps", "1", "--batch-size", "2",
+            "--full-batch-size", "1", "--workers", "2", "--student", "compact-xs", "--dora-rank", "4", "--device",
+            "cpu", "--streaming-only", "--compile", "off", "--capture", "off", "--workdir", str(tmp_path)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "gives 0 batches of 2 clips to 2 workers" in r.output, r.output
+    r = CliRunner().invoke(app, [*args, "--repeat", "3"])  # 3 shards dealt to 2 workers: 2 batches each
+    assert r.exit_code == 0, r.output
+    assert "its shards read 3 times over" in r.output
+    assert re.search(r"streaming \(2 workers\): +[\d.]+ clips/s; in memory: +[\d.]+ clips/s; ratio [\d.]+", r.output)
+    assert CliRunner().invoke(app, [*args, "--repeat", "0"]).exit_code == 2
