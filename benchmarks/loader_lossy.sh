@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The training loader on a lossy (hevc) dataset against the same training step on batches in memory
+# The training loader on a lossy (av1 or hevc) dataset against the same training step on batches in memory
 # (issue 16: keep >= 0.9 of in-memory speed). One command from the repository root, e.g. on the GPU box:
 #
 #   PYTHONPATH=$PWD bash benchmarks/loader_lossy.sh
 #
 # Builds its own dataset: DISTINCT synthetic comma 3X segments of SEG_SECONDS s (realistic frames, written in
-# parallel), ingested with --codec hevc --crf CRF, labeled by the tiny stand-in teacher; then `bench train
+# parallel), ingested with --codec CODEC (default av1) at --crf CRF (default: the codec's), labeled by the tiny
+# stand-in teacher; then `bench train
 # --streaming-only --repeat R` on the compact student (its DoRA step in memory, then fed by the loader) for each
 # loader worker count in WORKERS, the shards read R times over to stand for SEGMENTS segments [default: what
 # bench train needs for BATCH x STEPS with the largest of WORKERS]: every clip is still read and decoded, and
@@ -17,7 +18,8 @@ set -euo pipefail
 PY=${PYTHON:-python3}
 DISTINCT=${DISTINCT:-8}
 SEG_SECONDS=${SEG_SECONDS:-6}
-CRF=${CRF:-20}
+CODEC=${CODEC:-av1}
+CRF=${CRF:-}
 WORKERS=${WORKERS:-"8 14"}
 BATCH=${BATCH:-128}
 STEPS=${STEPS:-6}
@@ -48,8 +50,8 @@ for ((i = 0; i < DISTINCT; i++)); do
   mv "$seg" "$work/route/$prefix--$i"
 done
 
-echo "== ingest --codec hevc --crf $CRF"
-sd ingest "$work/route" --out "$work/ds" --codec hevc --crf "$CRF" --shard-clips "$SHARD_CLIPS"
+echo "== ingest --codec $CODEC ${CRF:+--crf $CRF}"
+sd ingest "$work/route" --out "$work/ds" --codec "$CODEC" ${CRF:+--crf "$CRF"} --shard-clips "$SHARD_CLIPS"
 echo "== label (tiny stand-in teacher)"
 sd synth-teacher "$work/teacher" > /dev/null
 sd label "$work/ds" --teacher "$work/teacher" --name lossy ${DEVICE:+--device "$DEVICE"}

@@ -196,9 +196,11 @@ def ingest(
                                                          "\\[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg threads per video decoder (0 = auto).")] = 0,
-    codec: Annotated[str, typer.Option(help="Camera clip storage: lossless (predictive + zstd) or hevc "
-                                            "(lossy, x265 at --crf; ~13x smaller).")] = "lossless",
-    crf: Annotated[int, typer.Option(help="hevc quality, x265 CRF 0..51 (lower: better, larger).")] = 20,
+    codec: Annotated[str, typer.Option(help="Camera clip storage: lossless (predictive + zstd), hevc (lossy, x265 "
+                                            "at --crf; ~13x smaller) or av1 (lossy, SVT-AV1 at --crf; smaller "
+                                            "than hevc and faster to decode at the same quality).")] = "lossless",
+    crf: Annotated[int | None, typer.Option(help="Lossy quality (lower: better, larger): hevc x265 CRF 0..51, "
+                                                 "av1 SVT-AV1 CRF 0..63 \\[default: hevc 20, av1 30].")] = None,
 ) -> None:
     """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent)."""
     from spark_distill.ingest.run import IngestConfig
@@ -675,16 +677,21 @@ def bench_storage(
                                                       "stand-in].")] = None,
     crf: Annotated[list[int] | None, typer.Option(help="hevc CRF to measure (repeatable) \\[default: 20 and 28].")
                    ] = None,
+    av1_crf: Annotated[list[int] | None, typer.Option(help="av1 CRF to measure (repeatable) \\[default: 30 and "
+                                                           "40].")] = None,
     backend: Annotated[str, typer.Option(help="Backend of the fp32 reference labels.")] = "onnxruntime",
     drift: Annotated[bool, typer.Option(help="Measure the teacher drift (ingest + label per setting).")] = True,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
 ) -> None:
-    """Bytes per frame, speed per core and teacher drift of each camera codec (lossless, hevc at each --crf)."""
+    """Bytes per frame, speed per core and teacher drift of each camera codec (lossless, hevc at each --crf, av1 at
+    each --av1-crf)."""
+    from spark_distill import codecs
     from spark_distill.bench.storage import bench_storage as run_bench
 
-    if bad := [c for c in crf or () if not 0 <= c <= 51]:
-        raise ConfigError(f"--crf must be in 0..51 (x265), got {bad[0]}")
-    for line in run_bench(seconds=seconds, route=route, teacher=teacher, crfs=tuple(crf or (20, 28)),
+    lossy = [("hevc", c) for c in crf or (20, 28)] + [("av1", c) for c in av1_crf or (30, 40)]
+    for name, c in lossy:
+        codecs.resolve_crf(name, c)
+    for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
                           backend=backend, drift_check=drift, workdir=workdir):
         out.print(line, highlight=False, soft_wrap=True)
 

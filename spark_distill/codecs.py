@@ -5,7 +5,7 @@
 
 A codec is chosen at ingest (`--codec`) and named by the shard member's extension, so every reader
 decodes whatever a sample carries (shards.decode_sample): `road.npy.zst` (plain .npy + zstd, the
-original format, still read), `road.y6d.zst` (lossless) and `road.hevc` (lossy).
+original format, still read), `road.y6d.zst` (lossless), `road.hevc` and `road.av1` (lossy).
 
 - lossless (`y6d.zst`): each pixel predicted from a neighbour that is already decoded, the residual
   (mod 256) zstd-compressed as .npy. The 4 Y sub-planes are the polyphase parts of one 512x256 image
@@ -14,12 +14,16 @@ original format, still read), `road.y6d.zst` (lossless) and `road.hevc` (lossy).
   frames at about the same speed; benchmarks/storage.md has the alternatives measured (ffv1, zstd
   levels, temporal deltas).
 - hevc: the clip unpacked to 512x256 yuv420p and encoded with x265 (one GOP per clip, so a clip
-  decodes on its own), quality `crf`. Raw HEVC elementary stream; decoded with PyAV.
+  decodes on its own), quality `crf` (0..51, default 20). Raw HEVC elementary stream; decoded with PyAV.
+- av1: the same with SVT-AV1 (one key frame per clip), quality `crf` (0..63, default 30), as a raw OBU
+  stream decoded by dav1d. On the realistic synthetic frames at the same PSNR it is smaller than hevc and
+  decodes ~1.5x faster (benchmarks/storage.md).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,18 +75,22 @@ def _decode_lossless(data: bytes) -> np.ndarray:
 
 # one GOP per clip (keyint past any clip length), no B-frames (decode order = display order), one core
 _X265_PARAMS = "log-level=none:keyint=1000:min-keyint=1000:scenecut=0:bframes=0:pools=none:frame-threads=1"
+# SVT-AV1: one key frame per clip, one core (ingest runs a process per core); preset 10 encoded ~600-800
+# camera frames per CPU second on the 2-core box, faster than x265 ultrafast (benchmarks/storage.md)
+_SVTAV1_PARAMS = "keyint=1000:lp=1"
 
 
-def _encode_hevc(clip: np.ndarray, *, crf: int) -> bytes:
+def _encode_video(clip: np.ndarray, *, fmt: str, encoder: str, options: dict[str, str]) -> bytes:
+    """The clip unpacked to 512x256 yuv420p and encoded by `encoder` into a raw elementary stream (`fmt`)."""
     import av
 
     from spark_distill.modelframe import unpack_yuv6
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="hevc") as out:
-        stream = out.add_stream("libx265", rate=20)
+    with av.open(buf, "w", format=fmt) as out:
+        stream = out.add_stream(encoder, rate=20)
         stream.width, stream.height, stream.pix_fmt = MODEL_W, MODEL_H, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": str(crf), "x265-params": _X265_PARAMS}
+        stream.options = options
         for packed in clip:
             frame = av.VideoFrame(MODEL_W, MODEL_H, "yuv420p")
             for plane, data in zip(frame.planes, unpack_yuv6(packed), strict=True):
@@ -97,49 +105,72 @@ def _encode_hevc(clip: np.ndarray, *, crf: int) -> bytes:
     return buf.getvalue()
 
 
-def _decode_hevc(data: bytes) -> np.ndarray:
-    """The clip of an hevc member. The training loader runs this for every clip it reads, so: a bare decoder
-    fed by FFmpeg's parser (no container whose stream probing decodes frames twice), and each frame's planes
-    read in place into the packed clip (no intermediate arrays); ~15% less CPU than through av.open."""
+def _decode_video(data: bytes, *, decoder: str, what: str) -> np.ndarray:
+    """The clip of a video member. The training loader runs this for every clip it reads, so: a bare decoder fed
+    by FFmpeg's parser (no container whose stream probing decodes frames twice), and each frame's planes read in
+    place into the packed clip (no intermediate arrays); ~15% less CPU than through av.open (hevc)."""
     import av
 
     frames = []
     try:
-        ctx = av.CodecContext.create("hevc", "r")
+        ctx = av.CodecContext.create(decoder, "r")
         ctx.thread_count = 1  # readers run in worker threads/processes already
         for packet in [*ctx.parse(data), *ctx.parse(None)]:
             frames += ctx.decode(packet)
         frames += ctx.decode(None)
     except av.error.FFmpegError as e:
-        raise DatasetError(f"undecodable hevc camera member ({e})") from e
+        raise DatasetError(f"undecodable {what} camera member ({e})") from e
     if not frames:
-        raise DatasetError("hevc camera member holds no frames")
+        raise DatasetError(f"{what} camera member holds no frames")
     clip = np.empty((len(frames), *FRAME_SHAPE), np.uint8)
     for t, frame in enumerate(frames):
         if (frame.width, frame.height, frame.format.name) != (MODEL_W, MODEL_H, "yuv420p"):
-            raise DatasetError(f"hevc camera member is {frame.width}x{frame.height} {frame.format.name}, "
+            raise DatasetError(f"{what} camera member is {frame.width}x{frame.height} {frame.format.name}, "
                                f"expected {MODEL_W}x{MODEL_H} yuv420p")
         y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes)
         pack_yuv6(y, u, v, out=clip[t])
     return clip
 
 
+def _encode_hevc(clip: np.ndarray, *, crf: int) -> bytes:
+    return _encode_video(clip, fmt="hevc", encoder="libx265",
+                         options={"preset": "ultrafast", "crf": str(crf), "x265-params": _X265_PARAMS})
+
+
+def _decode_hevc(data: bytes) -> np.ndarray:
+    return _decode_video(data, decoder="hevc", what="hevc")
+
+
+def _encode_av1(clip: np.ndarray, *, crf: int) -> bytes:
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at every encoder's start
+    return _encode_video(clip, fmt="obu", encoder="libsvtav1",
+                         options={"preset": "10", "crf": str(crf), "svtav1-params": _SVTAV1_PARAMS})
+
+
+def _decode_av1(data: bytes) -> np.ndarray:
+    return _decode_video(data, decoder="libdav1d", what="av1")
+
+
 @dataclass(frozen=True)
 class Codec:
-    """How one codec stores a clip: the member extension it is read back by, and its two functions."""
+    """How one codec stores a clip: the member extension it is read back by, its two functions and, if lossy, its
+    quality scale (`crf` 0..crf_max, lower is better and larger) and default."""
 
     ext: str
     lossy: bool
     encode: Callable[..., bytes]
     decode: Callable[[bytes], np.ndarray]
+    crf_max: int = 0
+    default_crf: int = 0
+    encoder: str = ""  # for messages
 
 
 CODECS: dict[str, Codec] = {
     "lossless": Codec("y6d.zst", False, _encode_lossless, _decode_lossless),
-    "hevc": Codec("hevc", True, _encode_hevc, _decode_hevc),
+    "hevc": Codec("hevc", True, _encode_hevc, _decode_hevc, crf_max=51, default_crf=20, encoder="x265"),
+    "av1": Codec("av1", True, _encode_av1, _decode_av1, crf_max=63, default_crf=30, encoder="SVT-AV1"),
 }
 DEFAULT_CODEC = "lossless"
-DEFAULT_CRF = 20  # hevc: ~13x smaller than lossless on camera-like frames; drift in benchmarks/storage.md
 _BY_EXT = {c.ext: c for c in CODECS.values()}
 
 
@@ -151,17 +182,31 @@ def get_codec(name: str) -> Codec:
         raise ConfigError(f"unknown codec {name!r}; available: {', '.join(sorted(CODECS))}") from None
 
 
+def resolve_crf(codec: str, crf: int | None) -> int | None:
+    """The quality a lossy `codec` stores at: `crf`, or the codec's default where None (None for a lossless
+    codec); ConfigError where it is outside the codec's scale."""
+    c = get_codec(codec)
+    if not c.lossy:
+        return None
+    if crf is None:
+        return c.default_crf
+    if not 0 <= crf <= c.crf_max:
+        raise ConfigError(f"--crf must be in 0..{c.crf_max} for {codec} ({c.encoder}), got {crf}")
+    return crf
+
+
 def codec_exts() -> tuple[str, ...]:
     """Every camera member extension a reader may meet (plain .npy.zst first)."""
     return (PLAIN_EXT, *_BY_EXT)
 
 
-def encode_clip(clip: np.ndarray, codec: str, *, crf: int = DEFAULT_CRF) -> tuple[str, bytes]:
-    """(member extension, bytes) of a clip (T, 6, 128, 256) uint8 stored with `codec`."""
+def encode_clip(clip: np.ndarray, codec: str, *, crf: int | None = None) -> tuple[str, bytes]:
+    """(member extension, bytes) of a clip (T, 6, 128, 256) uint8 stored with `codec` (a lossy one at `crf`, default
+    the codec's)."""
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[1:] != FRAME_SHAPE:
         raise ValueError(f"expected a uint8 clip (T, {FRAME_SHAPE}), got {clip.dtype} {clip.shape}")
     c = get_codec(codec)
-    return c.ext, c.encode(np.ascontiguousarray(clip), crf=crf)
+    return c.ext, c.encode(np.ascontiguousarray(clip), crf=resolve_crf(codec, crf) or 0)
 
 
 def decode_clip(ext: str, data: bytes) -> np.ndarray:

@@ -165,7 +165,7 @@ def _read_exactly(reader: Any, n: int) -> bytes:
     return data
 
 
-def encode_cameras(clips: dict[str, np.ndarray], *, codec: str, crf: int) -> dict[str, bytes]:
+def encode_cameras(clips: dict[str, np.ndarray], *, codec: str, crf: int | None = None) -> dict[str, bytes]:
     """Camera members of a sample: {camera: clip (T, 6, 128, 256) uint8} -> {member name: bytes}."""
     out = {}
     for cam, clip in clips.items():

@@ -42,11 +42,12 @@ def test_lossless_is_smaller_than_plain_zstd_on_camera_like_frames() -> None:
     assert len(data) < 0.85 * len(shards.encode_array(clip))
 
 
-def test_hevc_round_trip_keeps_frames_and_quality() -> None:
+@pytest.mark.parametrize(("codec", "fine_crf", "coarse_crf"), [("hevc", 18, 35), ("av1", 20, 50)])
+def test_lossy_round_trip_keeps_frames_and_quality(codec: str, fine_crf: int, coarse_crf: int) -> None:
     clip = camera_like_clip(5)
-    ext, fine = codecs.encode_clip(clip, "hevc", crf=18)
-    _, coarse = codecs.encode_clip(clip, "hevc", crf=35)
-    assert ext == "hevc" and len(coarse) < len(fine) < 0.5 * len(shards.encode_array(clip))
+    ext, fine = codecs.encode_clip(clip, codec, crf=fine_crf)
+    _, coarse = codecs.encode_clip(clip, codec, crf=coarse_crf)
+    assert ext == codec and len(coarse) < len(fine) < 0.5 * len(shards.encode_array(clip))
     out = codecs.decode_clip(ext, fine)
     assert out.shape == clip.shape and out.dtype == np.uint8
     mse = np.mean((out.astype(float) - clip) ** 2)
@@ -74,12 +75,51 @@ def test_missing_members_wants_exactly_one_member_per_camera() -> None:
 
 
 def test_bad_codec_names_and_members_are_clear_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown codec 'av2'; available: hevc, lossless"):
+    with pytest.raises(ConfigError, match="unknown codec 'av2'; available: av1, hevc, lossless"):
         codecs.encode_clip(camera_like_clip(1), "av2")
     with pytest.raises(DatasetError, match="unknown camera member extension"):
         codecs.decode_clip("webp", b"")
-    with pytest.raises(DatasetError, match=r"undecodable hevc|no frames"):
+    with pytest.raises(DatasetError, match=r"undecodable hevc|hevc camera member holds no frames"):
         codecs.decode_clip("hevc", b"\x00\x00\x01garbage")
+    with pytest.raises(DatasetError, match=r"undecodable av1|av1 camera member holds no frames"):
+        codecs.decode_clip("av1", b"\x12\x00\x0a\x0bgarbage")
+
+
+def test_each_lossy_codec_has_its_quality_scale_and_default() -> None:
+    from spark_distill.ingest.run import IngestConfig
+
+    assert IngestConfig(inputs=("x",), out=Path("o"), codec="hevc").crf == 20
+    assert IngestConfig(inputs=("x",), out=Path("o"), codec="av1").crf == 30
+    assert IngestConfig(inputs=("x",), out=Path("o"), codec="av1", crf=60).crf == 60
+    assert IngestConfig(inputs=("x",), out=Path("o")).crf is None  # lossless
+    with pytest.raises(ConfigError, match=r"--crf must be in 0\.\.51 for hevc \(x265\), got 60"):
+        IngestConfig(inputs=("x",), out=Path("o"), codec="hevc", crf=60)
+    with pytest.raises(ConfigError, match=r"--crf must be in 0\.\.63 for av1 \(SVT-AV1\), got 64"):
+        IngestConfig(inputs=("x",), out=Path("o"), codec="av1", crf=64)
+
+
+def test_an_av1_dataset_is_ingested_labeled_and_verified(tici_route, tmp_path: Path) -> None:
+    """ingest --codec av1 (default quality), label, inspect --verify: every reader takes the av1 members."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+    from spark_distill.ingest.run import IngestConfig, ingest
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.teacher import write_teacher
+
+    route, root = tici_route[0], tmp_path / "ds"
+    assert ingest(IngestConfig(inputs=(str(route),), out=root, workers=1, clip_len=10, shard_clips=3,
+                               codec="av1")).frames_kept == 80
+    manifest = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
+    assert manifest["settings"]["codec"] == "av1" and manifest["settings"]["crf"] == 30
+    first = next(shards.iter_shard(root / "frames" / manifest["shards"][0]["name"], shards.FRAMES_MEMBERS))
+    assert {"road.av1", "wide.av1"} <= set(first)
+    assert shards.decode_sample(first)["road"].shape == (10, 6, 128, 256)
+    write_teacher(root / "teacher", seed=1)
+    assert label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4,
+                             name="set")).frames == 80
+    r = CliRunner().invoke(app, ["inspect", str(root), "--verify"])
+    assert r.exit_code == 0 and "verified frames: 3 shards, 8 clips" in r.output, r.output
 
 
 def test_the_whole_chain_runs_on_a_lossy_dataset(tici_route, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ class Setting:
     """One codec at one quality."""
 
     codec: str  # a key of codecs.CODECS, or "plain" (the original .npy.zst, zstd level 1)
-    crf: int = codecs.DEFAULT_CRF
+    crf: int = 0  # a lossy codec's quality
 
     @property
     def label(self) -> str:
@@ -118,9 +118,10 @@ def codec_rows(clips: list[dict[str, np.ndarray]], settings: list[Setting], sour
 
 
 def bench_storage(*, seconds: float = 10.0, route: Path | None = None, teacher: Path | None = None,
-                  crfs: tuple[int, ...] = (20, 28), backend: str = "onnxruntime", workdir: Path | None = None,
+                  lossy: tuple[tuple[str, int], ...] = (("hevc", 20), ("hevc", 28), ("av1", 30), ("av1", 40)),
+                  backend: str = "onnxruntime", workdir: Path | None = None,
                   drift_check: bool = True) -> Iterator[str]:
-    """Run the benchmark; yields report lines."""
+    """Run the benchmark; yields report lines. `lossy`: the (codec, crf) settings measured."""
     scratch = scratch_dir(workdir, "bench-storage-")
     try:
         if route is None:
@@ -133,7 +134,7 @@ def bench_storage(*, seconds: float = 10.0, route: Path | None = None, teacher: 
         kept = ingest(IngestConfig(inputs=(str(route),), out=ref, workers=1)).frames_kept
         clips = read_clips(ref)
         yield f"{len(segments)} segment(s), {kept} frames; source HEVC (road + wide) {source / kept / 1e3:.1f} kB/frame"
-        settings = [Setting("plain"), Setting("lossless"), *(Setting("hevc", crf) for crf in crfs)]
+        settings = [Setting("plain"), Setting("lossless"), *(Setting(name, crf) for name, crf in lossy)]
         for _, line in codec_rows(clips, settings, source):
             yield line
         if not drift_check:
@@ -144,11 +145,11 @@ def bench_storage(*, seconds: float = 10.0, route: Path | None = None, teacher: 
             yield "teacher: the synthetic stand-in (pass --teacher for openpilot's: its drift is the one that counts)"
         base = dict(teacher=(teacher,), backend=backend, batch=4, workers=2)
         label(LabelConfig(root=ref, name="ref", **base))
-        for crf in crfs:
-            lossy = scratch / f"hevc{crf}"
-            ingest(IngestConfig(inputs=(str(route),), out=lossy, workers=1, codec="hevc", crf=crf))
-            label(LabelConfig(root=lossy, name="ref", **base))
-            yield f"teacher drift, hevc crf {crf} vs lossless (m):  {_fmt_drift(drift(ref, 'ref', 'ref', lossy))}"
+        for name, crf in lossy:
+            root = scratch / f"{name}{crf}"
+            ingest(IngestConfig(inputs=(str(route),), out=root, workers=1, codec=name, crf=crf))
+            label(LabelConfig(root=root, name="ref", **base))
+            yield f"teacher drift, {name} crf {crf} vs lossless (m):  {_fmt_drift(drift(ref, 'ref', 'ref', root))}"
         yield from _precision_row(ref, base, backend)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

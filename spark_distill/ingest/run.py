@@ -57,8 +57,8 @@ class IngestConfig:
     schema_dir: Path | None = None
     shard_clips: int = 50  # clips per shard: ~1000 frames, a few hundred MB of real video
     decode_threads: int = 0  # FFmpeg threads per decoder; 0 = FFmpeg's choice
-    codec: str = codecs.DEFAULT_CODEC  # camera clip storage: lossless, or hevc (lossy, ~13x smaller)
-    crf: int = codecs.DEFAULT_CRF  # hevc quality (x265 crf: lower is better and larger)
+    codec: str = codecs.DEFAULT_CODEC  # camera clip storage: lossless, or hevc / av1 (lossy, 13-24x smaller)
+    crf: int | None = None  # lossy quality, lower is better and larger [default: the codec's: hevc 20, av1 30]
 
     def __post_init__(self) -> None:
         if self.clip_len < 1:
@@ -73,9 +73,7 @@ class IngestConfig:
             raise ConfigError(f"unknown camera {bad[0]!r}; choose from {', '.join(CAMERAS)}")
         if "road" not in self.cameras:
             raise ConfigError("--cameras must include road (the model's main input)")
-        codecs.get_codec(self.codec)
-        if not 0 <= self.crf <= 51:
-            raise ConfigError(f"--crf must be in 0..51 (x265), got {self.crf}")
+        object.__setattr__(self, "crf", codecs.resolve_crf(self.codec, self.crf))  # the codec's default if None
         if self.log_kind not in LOG_KINDS:
             raise ConfigError(f"unknown --log {self.log_kind!r}; choose from {', '.join(LOG_KINDS)}")
 
@@ -88,7 +86,7 @@ class IngestConfig:
     def manifest_settings(self) -> dict[str, Any]:
         return {"clip_len": self.clip_len, "cameras": list(self.cameras), "log_kind": self.log_kind,
                 "shard_clips": self.shard_clips, "codec": self.codec,
-                "crf": self.crf if codecs.get_codec(self.codec).lossy else None}
+                "crf": self.crf}
 
 
 @dataclass

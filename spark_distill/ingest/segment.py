@@ -46,7 +46,7 @@ class SegmentSettings:
     schema_dir: str | None = None
     decode_threads: int = 0
     codec: str = "lossless"  # storage of the camera clips (spark_distill.codecs)
-    crf: int = 20  # quality of a lossy codec
+    crf: int | None = None  # quality of a lossy codec (None: the codec's default)
 
 
 @dataclass
@@ -161,7 +161,7 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
 
 
 def _clip_sample(seg: Segment, clip: int, stamps: list[tuple[int, int]], road: np.ndarray, wide: np.ndarray,
-                 logdata: Any, *, wide_from_road: bool, codec: str, crf: int) -> dict[str, Any]:
+                 logdata: Any, *, wide_from_road: bool, codec: str, crf: int | None) -> dict[str, Any]:
     """The encoded sample of one clip: `stamps` (frameId, time) per frame, `road`/`wide` (T, 6, 128, 256)."""
     fids = [f for f, _ in stamps]
     times = np.array([t for _, t in stamps], dtype=np.int64)

@@ -13,7 +13,7 @@ from tests.test_codecs import camera_like_clip
 
 def test_codec_rows_report_exact_sizes_and_errors() -> None:
     clips = [{"road": camera_like_clip(3, seed=s), "wide": camera_like_clip(3, seed=s + 9)} for s in (0, 1)]
-    settings = [Setting("plain"), Setting("lossless"), Setting("hevc", 30)]
+    settings = [Setting("plain"), Setting("lossless"), Setting("hevc", 30), Setting("av1", 40)]
     rows = dict(codec_rows(clips, settings, source_bytes=60_000))
     plain = sum(len(shards.encode_array(c[cam])) for c in clips for cam in ("road", "wide"))
     lossless = sum(len(codecs.encode_clip(c[cam], "lossless")[1]) for c in clips for cam in ("road", "wide"))
@@ -21,4 +21,5 @@ def test_codec_rows_report_exact_sizes_and_errors() -> None:
         line = rows[s]
         assert f"{size / 6 / 1e3:8.1f} kB/frame" in line and f"x{size / 60_000:5.2f} of source" in line, line
         assert line.endswith("max |error| 0")
-    assert rows[settings[2]].startswith("hevc crf 30") and int(re.search(r"error\| (\d+)", rows[settings[2]])[1]) > 0
+    for s, name in ((settings[2], "hevc crf 30"), (settings[3], "av1 crf 40")):
+        assert rows[s].startswith(name) and int(re.search(r"error\| (\d+)", rows[s])[1]) > 0, rows[s]

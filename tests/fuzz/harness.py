@@ -51,7 +51,21 @@ def build_corpus(folder: Path) -> Path:
     train(TrainConfig(root=folder / "ds", labels="set", run="r", runs_dir=folder / "runs", student="compact-xs",
                       batch_size=1, workers=1, burn_in=1, mask_warmup=False, max_steps=2, checkpoint_every=1,
                       val_fraction=0.0, rank=2, alpha=4.0, device="cpu"))
+    _write_members(folder)
     return folder
+
+
+def _write_members(folder: Path) -> None:
+    """`members/road.<ext>`: the dataset's first clip stored with each lossy codec (what `--codec` writes)."""
+    from spark_distill import codecs
+
+    raw = next(shards.iter_shard(folder / "ds" / "frames" / SHARD, shards.FRAMES_MEMBERS))
+    clip = shards.decode_sample(raw)["road"]
+    (folder / "members").mkdir()
+    for name, codec in codecs.CODECS.items():
+        if codec.lossy:
+            ext, data = codecs.encode_clip(clip, name)
+            (folder / "members" / f"road.{ext}").write_bytes(data)
 
 
 class Hang(BaseException):
@@ -137,6 +151,20 @@ def _decode_video(work: Path, victim: Path) -> int:
     report = VideoReport(victim)
     frames = sum(1 for _ in decode_i420(victim, report, threads=1))
     return frames
+
+
+def _decode_member(work: Path, victim: Path) -> int:
+    """A lossy camera member (its codec named by the extension, as shards.decode_sample picks it): a clip of
+    packed frames, or a DatasetError."""
+    import numpy as np
+
+    from spark_distill import codecs
+    from spark_distill.modelframe import FRAME_SHAPE
+
+    clip = codecs.decode_clip(victim.name.split(".", 1)[1], victim.read_bytes())
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[1:] != FRAME_SHAPE or not len(clip):
+        raise AssertionError(f"PROPERTY: a camera member decoded to {clip.dtype} {clip.shape}")
+    return len(clip)
 
 
 def _ingest(work: Path, victim: Path) -> Any:
@@ -278,6 +306,8 @@ def _targets() -> dict[str, Target]:
         Target("rlog-ingest", f"{seg1}/rlog.zst", M.any_bytes, _ingest, ("route", "ds"), ds_manifest),
         Target("hevc", f"{seg1}/fcamera.hevc", M.any_bytes, _decode_video, ("route",)),
         Target("hevc-ingest", f"{seg1}/fcamera.hevc", M.any_bytes, _ingest, ("route", "ds"), ds_manifest),
+        Target("member-hevc", "members/road.hevc", M.any_bytes, _decode_member, ("members",)),
+        Target("member-av1", "members/road.av1", M.any_bytes, _decode_member, ("members",)),
         Target("frames-shard", frames, M.shard, _read_shard(shards.FRAMES_MEMBERS), ("ds",)),
         Target("frames-verify", frames, M.shard, _verify, ("ds",)),
         Target("frames-train", frames, M.shard, _train_stream, ("ds",), rehash=True),
