@@ -233,7 +233,8 @@ def label(
     backend: Annotated[str, typer.Option(help="auto, tensorrt, torch or onnxruntime \\[default: fastest "
                                               "available].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
-    batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch).")] = 8,
+    batch: Annotated[int, typer.Option(help="Segments labeled in lockstep (the inference batch; at most the "
+                                            "segments left to label).")] = 8,
     workers: Annotated[int, typer.Option(help="Reader processes (shard reads + zstd) \\[default: 0 = auto: all cores "
                                               "but two with a GPU teacher, 2 on the CPU].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "

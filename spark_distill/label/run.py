@@ -200,12 +200,15 @@ class _Workers:
         self.writers.close()
 
 
-def _first_clips(cfg: LabelConfig, plans: list[SegmentPlan], frames_manifest: dict[str, Any],
-                 recorded: set[str]) -> list[ClipRef]:
-    """The first clip of each segment the lanes will take first (as far as the first look at the label manifest
-    tells): decoded while the teacher is built, where the loop's first step waited for them (H200, batch 256:
-    3.0 ms per step of the 120 steps of the bench set, with the GPU idle)."""
-    work = [p for p in plans if any(frames_manifest["shards"][c.shard]["name"] not in recorded for c in p.clips)]
+def _segments_left(plans: list[SegmentPlan], frames_manifest: dict[str, Any], recorded: set[str]) -> list[SegmentPlan]:
+    """The segments with a clip in a shard the label manifest does not record (as far as a first look tells)."""
+    return [p for p in plans if any(frames_manifest["shards"][c.shard]["name"] not in recorded for c in p.clips)]
+
+
+def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dict[str, Any]) -> list[ClipRef]:
+    """The first clip of each segment of `work` the lanes will take first: decoded while the teacher is built,
+    where the loop's first step waited for them (H200, batch 256: 3.0 ms per step of the 120 steps of the bench
+    set, with the GPU idle)."""
     if cfg.world > 1:
         work = assign_segments(work, frames_manifest, cfg.world)[cfg.rank]
     return [p.clips[0] for p in work[: cfg.batch]]
@@ -276,6 +279,9 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
     recorded = _recorded_shards(folder)  # a first look, to check only what is left while the teacher builds
+    left = _segments_left(plans, frames_manifest, recorded)
+    if 0 < len(left) < cfg.batch:  # fewer segments than lanes: an idle lane costs as much compute as a busy one
+        cfg = dataclasses.replace(cfg, batch=len(left))
     verifier = _Verifier(fdir, frames_manifest, {c.shard for p in plans for c in p.clips
                                                  if frames_manifest["shards"][c.shard]["name"] not in recorded},
                          cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
@@ -283,7 +289,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     try:
         if verifier.shard_ids:  # something left to label: the worker processes start while the teacher builds
             workers = _Workers(cfg, fdir, frames_manifest, teacher)
-            workers.readers.prefetch(_first_clips(cfg, plans, frames_manifest, recorded))
+            workers.readers.prefetch(_first_clips(cfg, left, frames_manifest))
         return _label(cfg, fdir, frames_manifest, frames_sha, plans, teacher, vision_model, policy_model, folder,
                       verifier, workers, on_progress)
     finally:

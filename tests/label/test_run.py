@@ -130,6 +130,18 @@ def test_label_pass_equals_the_reference_loop(dataset: Path, teacher: Path) -> N
     assert manifest["throughput"]["frames_per_s"] > 0 and manifest["backend"]["name"] == "onnxruntime"
 
 
+def test_a_batch_larger_than_the_dataset_runs_one_lane_per_segment(dataset: Path, teacher: Path) -> None:
+    name = f"wide-{teacher.name}"
+    result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=16, name=name))
+    manifest = shards.read_manifest(dataset / "labels" / name, shards.LABELS_FORMAT)
+    assert manifest["batch"] == 3 and manifest["throughput"]["batch"] == 3, "3 segments: 3 lanes, not 16"
+    assert result.frames == 80 + 38 and result.profile["steps"] == 40  # the longest segment's frames
+    got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher)
+    for key, (vision, policy) in want.items():
+        np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
+
+
 def test_torch_backend_labels_match_onnxruntime(dataset: Path, teacher: Path) -> None:
     for backend in ("onnxruntime", "torch"):
         label(LabelConfig(root=dataset, teacher=(teacher,), backend=backend, precision="fp32", batch=3,
