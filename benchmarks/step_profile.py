@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 
 def main() -> None:
     import torch
 
+    from spark_distill.bench.label import rate
     from spark_distill.label.backends import get_backend
     from spark_distill.label.lanes import LaneRunner
     from spark_distill.label.teachers import load_teacher
@@ -54,19 +54,7 @@ def main() -> None:
                 with torch.no_grad():
                     runner.step_fn(packed)
 
-        for _ in range(3):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.seconds:
-            step()
-            n += 1
-            if cuda and n % 10 == 0:
-                torch.cuda.synchronize()
-        if cuda:
-            torch.cuda.synchronize()
-        fps = n * batch / (time.perf_counter() - start)
+        fps = rate(step, runner.dev, batch, seconds=args.seconds)
         how = ("captured" if runner.graphs else "uncaptured") + (", compiled" if be.compiled else ", eager")
         print(f"batch {batch:4d}: whole step ({how}) {fps:10.1f} frames/s; compiling it took {runner.compile_s:.1f} s",
               flush=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,25 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
     return segments * frames
 
 
+def rate(step: Callable[[], Any], device: torch.device, frames_per_step: int, *, seconds: float) -> float:
+    """Frames/s of `step` run back to back for `seconds` after 3 warm-up calls (on CUDA, synced every 10 calls and at
+    the end, so the host does not run ahead of what is timed)."""
+    cuda = device.type == "cuda"
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+        if cuda and n % 10 == 0:
+            torch.cuda.synchronize(device)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return n * frames_per_step / (time.perf_counter() - start)
+
+
 def bare_inference_fps(backend, teacher, batch: int, *, seconds: float = 5.0) -> float:
     """Frames/s of vision + policy on device-resident inputs (the accelerator alone)."""
     dev = backend.device
@@ -89,19 +108,7 @@ def bare_inference_fps(backend, teacher, batch: int, *, seconds: float = 5.0) ->
         backend.vision(vin)
         backend.policy(pin)
 
-    for _ in range(3):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step()
-        n += 1
-        if dev.type == "cuda" and n % 10 == 0:
-            torch.cuda.synchronize(dev)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return n * batch / (time.perf_counter() - start)
+    return rate(step, dev, batch, seconds=seconds)
 
 
 def bare_paths(backend: str, teacher, vision_model, policy_model, *, batch: int, precision: str,
@@ -125,24 +132,13 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
     from spark_distill.label.lanes import LaneRunner
 
     be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=cache_dir, compile="auto")
-    if be.device.type != "cuda" or be.step_parts() is None:
+    if be.device.type != "cuda":
         return None
     runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
                         out_rows=None, emit=None, segments_meta={})
     if not runner.graphs:
         return None
-    graph = runner.graphs[0]
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        graph.replay()
-        n += 1
-        if n % 10 == 0:
-            torch.cuda.synchronize()
-    torch.cuda.synchronize()
-    return n * batch / (time.perf_counter() - start)
+    return rate(runner.graphs[0].replay, be.device, batch, seconds=seconds)
 
 
 def loop_fps(result: Any) -> float:
