@@ -400,7 +400,9 @@ class LaneRunner:
         self.flipped = []
         if self.cuda:
             stream = torch.cuda.current_stream(self.dev)
-            for event in (*waits.values(), *([inputs_ready] if inputs_ready is not None else [])):
+            if inputs_ready is not None:
+                waits[id(inputs_ready)] = inputs_ready
+            for event in waits.values():
                 stream.wait_event(event)
             while len(self.gpu_events) > 64 and self.gpu_events[0][1].query():  # keep the list short
                 a, b = self.gpu_events.pop(0)

@@ -200,9 +200,14 @@ class _Workers:
         self.writers.close()
 
 
-def _segments_left(plans: list[SegmentPlan], frames_manifest: dict[str, Any], recorded: set[str]) -> list[SegmentPlan]:
-    """The segments with a clip in a shard the label manifest does not record (as far as a first look tells)."""
-    return [p for p in plans if any(frames_manifest["shards"][c.shard]["name"] not in recorded for c in p.clips)]
+def _unrecorded(frames_manifest: dict[str, Any], recorded: set[str]) -> set[int]:
+    """The frames shards (indexes) whose label shard is not among `recorded` (names)."""
+    return {i for i, s in enumerate(frames_manifest["shards"]) if s["name"] not in recorded}
+
+
+def _touching(plans: list[SegmentPlan], shard_ids: set[int]) -> list[SegmentPlan]:
+    """The segments with a clip in one of `shard_ids`."""
+    return [p for p in plans if any(c.shard in shard_ids for c in p.clips)]
 
 
 def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dict[str, Any]) -> list[ClipRef]:
@@ -278,12 +283,12 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     teacher, vision_model, policy_model = load_teacher(list(cfg.teacher))
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
-    recorded = _recorded_shards(folder)  # a first look, to check only what is left while the teacher builds
-    left = _segments_left(plans, frames_manifest, recorded)
+    # a first look at what is left, to check only that while the teacher builds
+    left_shards = _unrecorded(frames_manifest, _recorded_shards(folder))
+    left = _touching(plans, left_shards)
     if 0 < len(left) < cfg.batch:  # fewer segments than lanes: an idle lane costs as much compute as a busy one
         cfg = dataclasses.replace(cfg, batch=len(left))
-    verifier = _Verifier(fdir, frames_manifest, {c.shard for p in plans for c in p.clips
-                                                 if frames_manifest["shards"][c.shard]["name"] not in recorded},
+    verifier = _Verifier(fdir, frames_manifest, {c.shard for p in left for c in p.clips} & left_shards,
                          cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
     workers = None
     try:
@@ -309,11 +314,9 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
     for p in folder.glob("*.tmp"):
         p.unlink()
-    done_names = {s["name"] for s in manifest["shards"]}
-    all_shards = range(len(frames_manifest["shards"]))
-    todo = {i for i in all_shards if frames_manifest["shards"][i]["name"] not in done_names}
-    result = LabelResult(folder, shards_already=len(all_shards) - len(todo), backend=backend.describe())
-    work = [p for p in plans if any(c.shard in todo for c in p.clips)]
+    todo = _unrecorded(frames_manifest, {s["name"] for s in manifest["shards"]})
+    result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe())
+    work = _touching(plans, todo)
     start = time.perf_counter()
     bad = verifier.bad({c.shard for p in work for c in p.clips})
     verify_s = time.perf_counter() - start  # what the checks took beyond building the teacher

@@ -220,7 +220,6 @@ class ClipReaders(_SlabProcesses):
 
     def __init__(self, shard_paths: list[Path], *, workers: int, slots: int, clip_len: int, pin: bool = False) -> None:
         self.names = [p.name for p in shard_paths]
-        self.slots = slots
         self.slot_tensors: list[Any] | None = None
         self.free = list(range(slots))[::-1]
         self.waiting: collections.deque[Ticket] = collections.deque()  # submitted, no slot yet
@@ -241,6 +240,10 @@ class ClipReaders(_SlabProcesses):
                          workers=workers,
                          nbytes=int(np.prod(shape)), dtype=np.uint8, shape=shape, pin=pin)
 
+    @property
+    def slots(self) -> int:
+        return self.shape[0]
+
     def slot_tensor(self, ticket: Ticket) -> Any:
         """The ticket's slot as a torch tensor (2, clip_len, 6, 128, 256): page-locked when pinned."""
         if ticket.slot is None:
@@ -249,7 +252,7 @@ class ClipReaders(_SlabProcesses):
             import torch
 
             self.pinning.join()
-            self.slot_tensors = [torch.from_numpy(np.asarray(self.slab[k])) for k in range(self.shape[0])]
+            self.slot_tensors = [torch.from_numpy(np.asarray(self.slab[k])) for k in range(self.slots)]
         return self.slot_tensors[ticket.slot]
 
     def prefetch(self, refs: list[ClipRef]) -> None:
@@ -262,8 +265,8 @@ class ClipReaders(_SlabProcesses):
                 self.prefetched[ref.key] = self._submit(ref)
 
     def submit(self, ref: ClipRef) -> Ticket:
-        ticket = self.prefetched.pop(ref.key, None)
-        if ticket is not None and ticket.ref == ref:
+        ticket = self.prefetched.pop(ref.key, None)  # keys name one clip of the dataset each
+        if ticket is not None:
             if ticket.error is not None:
                 raise ticket.error
             return ticket
