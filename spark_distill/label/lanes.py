@@ -49,6 +49,16 @@ from spark_distill.label.workers import ClipReaders, Ticket
 RESET = -1  # gap marker: restart the lane's history before this frame
 
 
+def reader_slots(batch: int, readers: int, *, accelerated: bool) -> int:
+    """Clip slots of the readers' slab for `batch` lanes: two per reader for the first clips of the segments the
+    lanes take next (LaneRunner._refill), and per lane its next clip, decoded while it waits for its device slot
+    (the clip before it must be labeled first). With an accelerator, a second one per lane: the host runs steps
+    ahead of the GPU, so a next clip's slot frees only once the GPU has reached the lane's clip boundary and
+    copied it, and the reader of the clip after it could not start until then (H200, batch 256: readers had ~10
+    of the 20 steps between boundaries to decode every lane's clip, and the lanes waited at each boundary)."""
+    return (2 if accelerated else 1) * batch + 2 * readers
+
+
 @dataclass
 class _Lane:
     plan: SegmentPlan
@@ -157,6 +167,7 @@ class LaneRunner:
         self.step_fn: Callable[[torch.Tensor], None] = self._compute
         self.compile_s = 0.0  # compiling the step: part of building the teacher, not of labeling
         self.graphs: list[Any] = []
+        self.fill_s = 0.0  # seconds the run waited for its lanes' first clips before the first step
         parts = backend.step_parts()
         if parts is not None:  # the whole step (frame gather, modeld state, both models, outputs) as one program
             self.models = (parts.vision, parts.policy)
@@ -178,10 +189,10 @@ class LaneRunner:
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
-        """Keep the first clips of the next segments in flight, so a lane never waits for one: as many as the
-        readers' slots spare beyond each lane's next clip (run.py sizes the slab at batch + 2 x readers). More held
-        the slots that the lanes' next clips needed (batch 64 on an H200: 64 first clips decoded a segment ahead),
-        and a lane that waited for its clip had a held one spilled to private memory first."""
+        """Keep the first clips of the next segments in flight, so a lane never waits for one: two per reader, the
+        slots the slab holds beyond the lanes' own clips (reader_slots). More held the slots that the lanes' next
+        clips needed (batch 64 on an H200: 64 first clips decoded a segment ahead), and a lane that waited for its
+        clip had a held one spilled to private memory first."""
         while self.queue and len(self.upcoming) < min(self.b, self.lookahead):
             plan = self.queue.popleft()
             refs = [c for c in plan.clips if c.shard not in self.bad]
@@ -456,12 +467,15 @@ class LaneRunner:
 
     def _run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None) -> int:
         self.queue, self.bad = collections.deque(work), bad
-        self.lookahead = max(2, self.readers.slots - self.b)
+        self.lookahead = 2 * len(self.readers.procs)
         self.upcoming: collections.deque = collections.deque()
         self.steps = 0
+        start, waited = time.perf_counter(), self.host_s["wait for readers"]
         self._refill()
         for i in range(self.b):
             self._next_segment(i)
+        self.fill_s = time.perf_counter() - start  # the lanes' first clips: a fixed cost, not a per-step one
+        self.host_s["wait for readers"] = waited
         frames = 0
         while True:
             active = self.length > 0

@@ -33,7 +33,7 @@ from spark_distill.children import on_gpu, worker_budget
 from spark_distill.dataset import frames_dir
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, auto_backend, get_backend
-from spark_distill.label.lanes import LaneRunner
+from spark_distill.label.lanes import LaneRunner, reader_slots
 from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.label.teachers import Teacher, load_teacher
 from spark_distill.label.workers import ClipReaders, LabelWriters
@@ -123,6 +123,7 @@ WRITERS = 4  # label shard writer processes, at least
 FRAMES_VERIFIED = ".frames-verified.json"  # under labels/: frames shards this dataset's label passes have checked
 MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
 COMPILE_S = "set-up: compile the step (counted with the teacher's build) s"  # profile key, outside end to end
+FILL_S = "set-up: the lanes' first clips on the device s"  # profile key: before the loop's first step
 
 
 def writer_count(readers: int) -> int:
@@ -189,7 +190,8 @@ class _Workers:
                                     width_v=teacher.vision.width, width_p=teacher.policy.width, pin=pin)
         try:
             self.readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
-                                       slots=cfg.batch + 2 * cfg.workers, clip_len=clip_len, pin=pin)
+                                       slots=reader_slots(cfg.batch, cfg.workers, accelerated=pin),
+                                       clip_len=clip_len, pin=pin)
         except BaseException:
             self.close()
             raise
@@ -374,7 +376,8 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cl
     writer.poll(wait=True)
     profile = runner.profile(time.perf_counter() - built)
     profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
-    profile["label pass s"] = wall  # the labeling loop, set-up excluded
+    profile["label pass s"] = wall - runner.fill_s  # the labeling loop from its first step: set-up excluded
+    profile[FILL_S] = runner.fill_s
     profile["set-up: build the step s"] = built - start - runner.compile_s
     profile[COMPILE_S] = runner.compile_s
     if readers.ready_s is not None:
