@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on one H200 for benchmarks/label.md, train.md and ingest.md: the label pass against bare inference
 # (batch 64 and 256; cProfile of its main process with PROFILE=1), the training bench, the GPU tests, and the
-# training loader on an hevc dataset (benchmarks/loader_lossy.sh, 14 workers, ~5 min).
+# training loader on a lossy (av1) dataset (benchmarks/loader_lossy.sh, 14 workers, ~3 min).
 # Logs go to $OUT (the device tool's output folder) or /tmp/h200. Parts: PARTS="label train tests lossy"
-# (default: label train tests). Next session's first call (issues 13 and 16, ~9 min):
-#   PARTS="label tests lossy" GPU_TESTS=tests/label/test_run.py bash benchmarks/h200_round.sh
+# (default: label train tests). The label pass and its GPU parity tests (~4.5 min, what benchmarks/label.md's
+# fifth-session runs were):
+#   PARTS="label tests" GPU_TESTS=tests/label/test_run.py bash benchmarks/h200_round.sh
 set -uo pipefail
 out=${OUT:-/tmp/h200}
 mkdir -p "$out"
