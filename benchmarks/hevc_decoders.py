@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 
-def _clips(n: int = 8, crf: int = 20) -> list[bytes]:
-    """20-frame members of a textured moving pattern with sensor-like noise (~6 kB per camera frame at crf 20)."""
+def pattern_clips(n: int = 8, codec: str = "hevc", crf: int | None = None) -> list[bytes]:
+    """20-frame members of a textured moving pattern with sensor-like noise (~6 kB per camera frame at hevc's
+    default crf 20); also benchmarks/nvdec_probe.py's."""
     from spark_distill.codecs import encode_clip
 
     rng = np.random.default_rng(0)
@@ -33,7 +34,7 @@ def _clips(n: int = 8, crf: int = 20) -> list[bytes]:
             planes = [base + rng.normal(0, 4, base.shape) for _ in range(4)]
             planes += [np.full_like(base, 128 + c), np.full_like(base, 120)]
             frames.append(np.clip(np.stack(planes), 0, 255).astype(np.uint8))
-        out.append(encode_clip(np.stack(frames), "hevc", crf=crf)[1])
+        out.append(encode_clip(np.stack(frames), codec, crf=crf)[1])
     return out
 
 
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--processes", default="1,4,14")
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
-    clips = _clips()
+    clips = pattern_clips()
     print(f"members: {np.mean([len(c) for c in clips]) / 1000:.0f} kB per 20-frame camera clip", flush=True)
     ctx = mp.get_context("spawn")
     for kind in args.decoders.split(","):

@@ -5,7 +5,7 @@
     python3 benchmarks/nvdec_probe.py hevc,av1
 
 Needs a CUDA GPU with NVDEC and the `pynvvideocodec` wheel (PyPI; not a dependency of the project). For each
-codec: eight 20-frame 512x256 clips of a textured moving pattern with noise, encoded with `codecs.encode_clip`;
+codec: eight 20-frame 512x256 clips of a textured moving pattern with noise (`hevc_decoders.pattern_clips`);
 then (1) one decoder per codec kept from clip to clip, each clip fed as one packet or as the packets PyAV's
 parser cuts, then an ENDOFSTREAM packet; its frames, packed on the GPU into (T, 6, 128, 256), compared with
 PyAV's decode (`codecs.decode_clip`); (2) camera frames/s with 1..14 threads, one decoder each.
@@ -23,27 +23,11 @@ import time
 import numpy as np
 
 
-def make_clips(codec: str, n: int = 8) -> list[bytes]:
-    from spark_distill import codecs
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:128, 0:256]
-    out = []
-    for c in range(n):
-        frames = []
-        for t in range(20):
-            base = (96 + 60 * np.sin((xx + 3 * t + 17 * c) / 23.0) * np.cos(yy / 17.0)).astype(np.float32)
-            f = np.stack([base + rng.normal(0, 4, base.shape) for _ in range(4)]
-                         + [np.full_like(base, 128 + c), np.full_like(base, 120)])
-            frames.append(np.clip(f, 0, 255).astype(np.uint8))
-        out.append(codecs.encode_clip(np.stack(frames), codec)[1])
-    return out
-
-
 def main() -> None:
     import av
     import PyNvVideoCodec as nvc
     import torch
+    from hevc_decoders import pattern_clips  # this folder: python3 benchmarks/nvdec_probe.py
 
     from spark_distill import codecs
 
@@ -75,7 +59,7 @@ def main() -> None:
         return n
 
     for codec in sys.argv[1].split(",") if len(sys.argv) > 1 else ("hevc", "av1"):
-        clips = make_clips(codec)
+        clips = pattern_clips(codec=codec)
         ref = [codecs.decode_clip(codec, c) for c in clips]
         cid = nvc.cudaVideoCodec.HEVC if codec == "hevc" else nvc.cudaVideoCodec.AV1
         print(f"== {codec}: {len(clips)} clips, {np.mean([len(c) for c in clips]) / 1e3:.0f} kB each", flush=True)
