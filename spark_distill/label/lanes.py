@@ -49,14 +49,17 @@ from spark_distill.label.workers import ClipReaders, Ticket
 RESET = -1  # gap marker: restart the lane's history before this frame
 
 
+AHEAD_PER_READER = 2  # first clips of the segments the lanes take next, decoded ahead (LaneRunner._refill)
+
+
 def reader_slots(batch: int, readers: int, *, accelerated: bool) -> int:
-    """Clip slots of the readers' slab for `batch` lanes: two per reader for the first clips of the segments the
-    lanes take next (LaneRunner._refill), and per lane its next clip, decoded while it waits for its device slot
+    """Clip slots of the readers' slab for `batch` lanes: AHEAD_PER_READER per reader for the first clips of the
+    segments the lanes take next, and per lane its next clip, decoded while it waits for its device slot
     (the clip before it must be labeled first). With an accelerator, a second one per lane: the host runs steps
     ahead of the GPU, so a next clip's slot frees only once the GPU has reached the lane's clip boundary and
     copied it, and the reader of the clip after it could not start until then (H200, batch 256: readers had ~10
     of the 20 steps between boundaries to decode every lane's clip, and the lanes waited at each boundary)."""
-    return (2 if accelerated else 1) * batch + 2 * readers
+    return (2 if accelerated else 1) * batch + AHEAD_PER_READER * readers
 
 
 @dataclass
@@ -189,10 +192,10 @@ class LaneRunner:
 
     # -- segments --------------------------------------------------------------------------------
     def _refill(self) -> None:
-        """Keep the first clips of the next segments in flight, so a lane never waits for one: two per reader, the
-        slots the slab holds beyond the lanes' own clips (reader_slots). More held the slots that the lanes' next
-        clips needed (batch 64 on an H200: 64 first clips decoded a segment ahead), and a lane that waited for its
-        clip had a held one spilled to private memory first."""
+        """Keep the first clips of the next segments in flight, so a lane never waits for one: AHEAD_PER_READER
+        per reader, the slots the slab holds beyond the lanes' own clips (reader_slots). More held the slots that
+        the lanes' next clips needed (batch 64 on an H200: 64 first clips decoded a segment ahead), and a lane that
+        waited for its clip had a held one spilled to private memory first."""
         while self.queue and len(self.upcoming) < min(self.b, self.lookahead):
             plan = self.queue.popleft()
             refs = [c for c in plan.clips if c.shard not in self.bad]
@@ -467,7 +470,7 @@ class LaneRunner:
 
     def _run(self, work: list[SegmentPlan], bad: set[int], on_progress: Callable[[int], None] | None) -> int:
         self.queue, self.bad = collections.deque(work), bad
-        self.lookahead = 2 * len(self.readers.procs)
+        self.lookahead = AHEAD_PER_READER * len(self.readers.procs)  # the slab's slots beyond the lanes' own
         self.upcoming: collections.deque = collections.deque()
         self.steps = 0
         start, waited = time.perf_counter(), self.host_s["wait for readers"]
