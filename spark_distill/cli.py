@@ -177,6 +177,8 @@ def demo(
     for name, row in r.drive_error.items():
         table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in row.values()))
     out.print(table)
+    if any(v is None for row in r.drive_error.values() for v in row.values()):
+        out.print("-: the held-out segment ends before that horizon (no path driven to compare with)", highlight=False)
     ratio = student_teacher_ratio(r.drive_error)
     if ratio is not None:
         out.print(f"student vs teacher on the path driven at 2 s: {ratio:.1f}x the teacher's error", highlight=False)
