@@ -530,11 +530,12 @@ def inspect(
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
 ) -> None:
     """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
-    from spark_distill.dataset import contact_sheet, summarize, verify_frames, verify_labels
+    from spark_distill.dataset import contact_sheet, summarize, summary_rows, verify_frames, verify_labels
     from spark_distill.errors import DatasetError
 
     s = summarize(root)
-    print_table(f"dataset {root}", {k: v for k, v in s.items() if k not in ("root", "settings")})
+    print_table(f"dataset {root}", summary_rows(s))
+    _print_segment_issues(s["segment_issues"])
     if png is not None:
         out.print(f"contact sheet: {contact_sheet(root, png)}")
     if verify:
@@ -546,6 +547,23 @@ def inspect(
             raise DatasetError(f"verification found {len(problems)} problem(s)")
         for what, v in checks:
             out.print(f"verified {what}: {v.shards} shards, {v.samples} clips; hashes, keys, members and shapes match")
+
+
+def _print_segment_issues(issues: list[dict[str, Any]], limit: int = 20) -> None:
+    """inspect's lines for the segments that lost frames, warned or were skipped (the first `limit`)."""
+    if not issues:
+        return
+    out.print("segments with dropped frames, warnings or skipped:", highlight=False)
+    for r in issues[:limit]:
+        if r["dropped"] is None:
+            line = r["why"]
+        else:
+            line = f"{r['kept']:,} frames kept, {r['dropped']:,} dropped" + (f" ({r['why']})" if r["why"] else "")
+        out.print(f"  {r['segment']}: {line}", highlight=False, soft_wrap=True)
+        for w in r["warnings"]:
+            out.print(f"    warning: {w}", highlight=False, soft_wrap=True)
+    if len(issues) > limit:
+        out.print(f"  ... and {len(issues) - limit:,} more (frames/manifest.json lists every one)", highlight=False)
 
 
 @app.command("verify-labels", rich_help_panel="Check and compare")

@@ -28,8 +28,15 @@ def frames_dir(root: Path) -> Path:
     return folder
 
 
+# why ingest dropped a segment's frames (the keys of a manifest segment's "dropped"), in words
+DROP_REASONS = {"encoder_gaps": "never written by the encoder", "unindexed": "without an encode-index entry",
+                "undecoded": "undecodable", "unpaired": "without a wide-camera frame",
+                "wide_only": "wide-camera frames without a road frame (not counted as dropped)"}
+
+
 def summarize(root: Path) -> dict[str, Any]:
-    """Counts from the manifest: segments, clips, frames, hours, bytes, warnings, skipped segments."""
+    """Counts from the manifest: segments, clips, frames, seconds, bytes, warnings, skipped segments, and
+    `segment_issues`: the segments with dropped frames, warnings or skipped."""
     manifest = shards.read_manifest(frames_dir(root), shards.FRAMES_FORMAT)
     frames = sum(s["frames"] for s in manifest["shards"])
     return {
@@ -39,12 +46,47 @@ def summarize(root: Path) -> dict[str, Any]:
         "shards": len(manifest["shards"]),
         "clips": sum(s["samples"] for s in manifest["shards"]),
         "frames": frames,
-        "hours": frames / FPS / 3600,
+        "seconds": frames / FPS,
         "bytes": sum(s["bytes"] for s in manifest["shards"]),
         "frames_dropped": sum(s["frames_dropped"] for s in manifest["segments"]),
         "warnings": sum(len(s["warnings"]) for s in manifest["segments"]),
+        "segment_issues": segment_issues(manifest),
         "settings": manifest["settings"],
         "label_sets": sorted(p.parent.name for p in (root / "labels").glob(f"*/{shards.MANIFEST}")),
+    }
+
+
+def segment_issues(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per segment with dropped frames or warnings, and per skipped segment: name, frames kept, frames dropped,
+    why (in words) and its warnings; skipped segments have kept 0, dropped None and ingest's reason."""
+    rows = []
+    for seg in manifest["segments"]:
+        dropped = seg.get("dropped") if isinstance(seg.get("dropped"), dict) else {}  # older manifests lack it
+        if seg["frames_dropped"] or dropped or seg["warnings"]:
+            why = ", ".join(f"{n} {DROP_REASONS.get(k, str(k).replace('_', ' '))}" for k, n in dropped.items())
+            rows.append({"segment": seg["name"], "kept": seg["frames_kept"], "dropped": seg["frames_dropped"],
+                         "why": why, "warnings": [str(w) for w in seg["warnings"]]})
+    rows += [{"segment": str(s.get("name")), "kept": 0, "dropped": None, "why": f"skipped: {s.get('reason')}",
+              "warnings": []} for s in manifest.get("skipped", []) if isinstance(s, dict)]
+    return rows
+
+
+def summary_rows(s: dict[str, Any]) -> dict[str, str]:
+    """`summarize`'s numbers as `inspect` prints them: durations and sizes in human units."""
+    from spark_distill.units import format_duration, format_size
+
+    issues = s["segment_issues"]
+    dropping = sum(1 for r in issues if r["dropped"])
+    warned = sum(1 for r in issues if r["warnings"])
+    return {
+        "segments": f"{s['segments']:,}" + (f" ({s['skipped']:,} skipped, listed below)" if s["skipped"] else ""),
+        "shards": f"{s['shards']:,}", "clips": f"{s['clips']:,}",
+        "frames": f"{s['frames']:,} ({format_duration(s['seconds'])} at {FPS} Hz)",
+        "size": format_size(s["bytes"]),
+        "frames dropped": f"{s['frames_dropped']:,}" + (f" in {dropping:,} segment(s), listed below" if dropping
+                                                          else ""),
+        "warnings": f"{s['warnings']:,}" + (f" in {warned:,} segment(s), listed below" if warned else ""),
+        "label sets": ", ".join(s["label_sets"]) or "none (run spark-distill label)",
     }
 
 

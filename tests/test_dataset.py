@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from spark_distill import shards
-from spark_distill.dataset import check_frames_sample, summarize, verify_frames
+from spark_distill.dataset import check_frames_sample, segment_issues, summarize, summary_rows, verify_frames
 from spark_distill.ingest.run import IngestConfig, ingest
 
 
@@ -18,8 +18,59 @@ def test_summary_counts(tici_route, tmp_path: Path) -> None:
     ingest(IngestConfig(inputs=(str(route),), out=tmp_path, workers=1))
     s = summarize(tmp_path)
     assert (s["segments"], s["clips"], s["frames"], s["shards"]) == (2, 4, 80, 1)
-    assert abs(s["hours"] - 80 / 20 / 3600) < 1e-9 and s["label_sets"] == []
+    assert s["seconds"] == 4.0 and s["label_sets"] == [] and s["segment_issues"] == []
+    rows = summary_rows(s)
+    assert rows["frames"] == "80 (4.0 s at 20 Hz)" and rows["segments"] == "2" and rows["frames dropped"] == "0"
+    mb = s["bytes"] / 1e6
+    assert rows["size"] == (f"{mb:.1f} MB" if mb >= 10 else f"{mb:.2f} MB") and 1 < mb < 100
+    assert rows["label sets"] == "none (run spark-distill label)"
     assert verify_frames(tmp_path).problems == []
+
+
+def test_segment_issues_name_each_segment_and_why() -> None:
+    manifest = {"segments": [
+        {"name": "a|2026-01-01--00-00-00--0", "frames_kept": 1200, "frames_dropped": 0, "dropped": {}, "warnings": []},
+        {"name": "a|2026-01-01--00-00-00--1", "frames_kept": 1195, "frames_dropped": 5,
+         "dropped": {"encoder_gaps": 2, "unindexed": 3},
+         "warnings": ["no rlog; used the qlog (decimated log streams)"]},
+        {"name": "a|2026-01-01--00-00-00--2", "frames_kept": 1200, "frames_dropped": 0, "dropped": {"wide_only": 4},
+         "warnings": []}],
+        "skipped": [{"name": "a|2026-01-01--00-00-00--3", "reason": "fcamera.hevc: no frames"}]}
+    assert segment_issues(manifest) == [
+        {"segment": "a|2026-01-01--00-00-00--1", "kept": 1195, "dropped": 5,
+         "why": "2 never written by the encoder, 3 without an encode-index entry",
+         "warnings": ["no rlog; used the qlog (decimated log streams)"]},
+        {"segment": "a|2026-01-01--00-00-00--2", "kept": 1200, "dropped": 0,
+         "why": "4 wide-camera frames without a road frame (not counted as dropped)", "warnings": []},
+        {"segment": "a|2026-01-01--00-00-00--3", "kept": 0, "dropped": None, "why": "skipped: fcamera.hevc: no frames",
+         "warnings": []}]
+    s = {"segments": 3, "skipped": 1, "shards": 1200, "clips": 12_000, "frames": 72_000, "seconds": 3600.0 + 125,
+         "bytes": 44_308_480, "frames_dropped": 5, "warnings": 1, "segment_issues": segment_issues(manifest),
+         "label_sets": ["a", "b"]}
+    assert summary_rows(s) == {
+        "segments": "3 (1 skipped, listed below)", "shards": "1,200", "clips": "12,000",
+        "frames": "72,000 (1 h 02 min at 20 Hz)", "size": "44.3 MB",
+        "frames dropped": "5 in 1 segment(s), listed below", "warnings": "1 in 1 segment(s), listed below",
+        "label sets": "a, b"}
+
+
+def test_inspect_lists_the_segments_that_lost_frames(labeled: Path, faulty_routes) -> None:
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+
+    names = {fault: truth.name.replace("_", "|", 1) for fault, (_, truth) in faulty_routes.items()}
+    issues = {r["segment"]: r for r in summarize(labeled)["segment_issues"]}
+    no_wide = "no ecamera.hevc; wide input built from the road camera"  # an older device (eon): road camera only
+    assert issues[names["encoder-drops"]] == {"segment": names["encoder-drops"], "kept": 38, "dropped": 2,
+                                              "why": "2 never written by the encoder", "warnings": [no_wide]}
+    assert issues[names["missing-encode-idx"]]["why"] == "3 without an encode-index entry"
+    assert issues[names["missing-wide"]]["dropped"] == 0 and "ecamera" in issues[names["missing-wide"]]["warnings"][0]
+    r = CliRunner().invoke(app, ["inspect", str(labeled)])
+    assert r.exit_code == 0, r.output
+    assert f"  {names['encoder-drops']}: 38 frames kept, 2 dropped (2 never written by the encoder)\n" in r.output
+    assert f"    warning: {no_wide}" in r.output
+    assert "hours" not in r.output and "bytes" not in r.output
 
 
 def test_wrong_shapes_are_reported() -> None:
