@@ -539,10 +539,14 @@ def inspect(
     if png is not None:
         out.print(f"contact sheet: {contact_sheet(root, png)}")
     if verify:
-        checks = [("frames", verify_frames(root))] + [(f"labels/{n}", verify_labels(root, n)) for n in s["label_sets"]]
+        frames = verify_frames(root)
+        checks = [("frames", frames)] + [(f"labels/{n}", verify_labels(root, n, damaged_frames=frames.damaged))
+                                         for n in s["label_sets"]]
         problems = [p for _, v in checks for p in v.problems]
         for p in problems:
-            console.print(f"  {p}", highlight=False)
+            console.print(f"  {p}", highlight=False, soft_wrap=True)
+        for note in (n for _, v in checks for n in v.notes):
+            console.print(f"  note: {note}", highlight=False, soft_wrap=True)
         if problems:
             raise DatasetError(f"verification found {len(problems)} problem(s)")
         for what, v in checks:

@@ -84,3 +84,51 @@ def test_wrong_shapes_are_reported() -> None:
     problems = check_frames_sample(bad, 10)
     assert len(problems) == 2 and "road is uint8[3, 6, 128, 255]" in problems[0] and "gps" in problems[1]
     assert set(shards.FRAMES_MEMBERS) - {"modelv2.npy.zst", *shards.camera_members()} == shards.FRAMES_REQUIRED
+
+
+def test_verify_names_a_damaged_file_alone_with_its_next_step(tici_route, tmp_path: Path) -> None:
+    """A truncated frames shard is the one problem, naming its segments and how to get it back (re-ingest into a
+    new --out and copy it: tried here); its intact label shard is checked on its own, not blamed."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+    from spark_distill.dataset import verify_labels
+    from spark_distill.label.run import LabelConfig, label
+    from spark_distill.synth.teacher import write_teacher
+
+    route, truths, _ = tici_route
+    root = tmp_path / "ds"
+    ingest(IngestConfig(inputs=(str(route),), out=root, workers=1, shard_clips=2))  # 2 shards, a segment each
+    write_teacher(tmp_path / "teacher", seed=1)
+    label(LabelConfig(root=root, teacher=(tmp_path / "teacher",), backend="onnxruntime", batch=2, name="set"))
+    shard = root / "frames" / "shard-000001.tar"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+    second = truths[1].name.replace("_", "|", 1)
+    frames = verify_frames(root)
+    assert frames.damaged == {"shard-000001.tar"} and len(frames.problems) == 1
+    assert frames.problems[0].startswith(f"frames/shard-000001.tar: sha256 differs from the manifest (damaged or "
+                                         f"modified); it holds clips of {second}. Next: restore it from a copy, or "
+                                         "re-run the ingest command(s)")
+    for damaged in (frames.damaged, None):  # told by verify_frames, or finding it unreadable itself
+        labels = verify_labels(root, "set", damaged_frames=damaged)
+        assert labels.problems == [] and labels.shards == 2 and labels.samples == 4
+        assert len(labels.notes) == 1 and labels.notes[0].startswith(
+            "labels/set/shard-000001.tar: checked on its own (sha256, members, dtypes, widths): intact; not compared "
+            "with its frames: frames/shard-000001.tar is ")
+    r = CliRunner().invoke(app, ["inspect", str(root), "--verify"])
+    assert r.exit_code == 2 and "verification found 1 problem(s)" in r.output
+    assert "unreadable" not in r.output and "note: labels/set/shard-000001.tar: checked on its own" in r.output
+    # the next step works: the same ingest into a new --out writes the shard again, byte for byte
+    ingest(IngestConfig(inputs=(str(route),), out=tmp_path / "again", workers=1, shard_clips=2))
+    shard.write_bytes((tmp_path / "again" / "frames" / "shard-000001.tar").read_bytes())
+    assert verify_frames(root).problems == [] and verify_labels(root, "set").problems == []
+    # a damaged label shard: its own line, with the label command that writes it again
+    lab = root / "labels" / "set" / "shard-000000.tar"
+    lab.write_bytes(lab.read_bytes()[:-1024])
+    problems = verify_labels(root, "set").problems
+    digest = shards.read_manifest(root / "labels" / "set", shards.LABELS_FORMAT)["teacher"]["sha256"][:8]
+    assert problems == ["labels/set/shard-000000.tar: sha256 differs from the manifest (damaged or modified). Next: "
+                        f"re-run `spark-distill label {root} --teacher TEACHER --name set --backend onnxruntime "
+                        f"--precision fp32` (TEACHER: the folder of teacher 'teacher', sha256 {digest}...): it labels "
+                        "this shard again"]
