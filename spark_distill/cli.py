@@ -625,7 +625,8 @@ def synth_route(
                                                           "lane-change direction and time, lane width, "
                                                           "calibration.")] = False,
 ) -> None:
-    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
+    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
+    derived from the options, so drives of other seeds ingest into one dataset."""
     from spark_distill.synth.route import SynthConfig, write_route
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
