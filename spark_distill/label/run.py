@@ -222,17 +222,18 @@ def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dic
     return [p.clips[0] for p in work[: cfg.batch]]
 
 
-def _recorded_shards(folder: Path) -> tuple[set[str], set[str]]:
+def _recorded_shards(folder: Path, *, record: bool) -> tuple[set[str], set[str]]:
     """(names of the shards an existing label manifest records, those of them whose file is there and matches its
     sha256); empty where there is no manifest or it is unreadable: `_open_label_manifest` is the one that judges
-    it. A recorded shard that is missing or damaged is labeled again."""
+    it. A recorded shard that is missing or damaged is labeled again. `record`: remember the shards found intact
+    (one rank of several writes the record)."""
     try:
         entries = json.loads((folder / shards.MANIFEST).read_bytes())["shards"]
         recorded = {e["name"] for e in entries}
     except (OSError, ValueError, KeyError, TypeError):
         return set(), set()
-    intact = shards.intact_shards(folder, entries)
-    for name in sorted(recorded - intact):
+    intact = shards.intact_shards(folder, entries, record=record)
+    for name in sorted(recorded - intact) if record else ():
         log.warning("label shard %s is missing or fails its sha256 check; labeling it again", name)
     return recorded, intact
 
@@ -293,7 +294,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
     # a first look at what is left, to check only that while the teacher builds
-    _, intact = _recorded_shards(folder)
+    _, intact = _recorded_shards(folder, record=cfg.rank == 0)
     left_shards = _unrecorded(frames_manifest, intact)
     left = _touching(plans, left_shards)
     if 0 < len(left) < cfg.batch:  # fewer segments than lanes: an idle lane costs as much compute as a busy one
