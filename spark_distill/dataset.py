@@ -2,7 +2,9 @@
 # Copyright (c) 2026 spark-distill authors
 """Looking at a dataset: summary, full verification, and a contact sheet of what the model sees.
 
-Main entry points: `summarize(root)`, `verify_frames(root)`, `contact_sheet(root, png)`.
+Main entry points: `summarize(root)` (and `summary_rows`: its numbers in human units, with `segment_issues`),
+`verify_frames(root)` and `verify_labels(root, name)` (one problem line per damaged file, with the next step),
+`contact_sheet(root, png)`.
 """
 
 from __future__ import annotations
