@@ -177,6 +177,8 @@ def demo(
     for name, row in r.drive_error.items():
         table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in row.values()))
     out.print(table)
+    if any(v is None for row in r.drive_error.values() for v in row.values()):
+        out.print("-: the held-out segment ends before that horizon (no path driven to compare with)", highlight=False)
     ratio = student_teacher_ratio(r.drive_error)
     if ratio is not None:
         out.print(f"student vs teacher on the path driven at 2 s: {ratio:.1f}x the teacher's error", highlight=False)
@@ -528,22 +530,44 @@ def inspect(
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
 ) -> None:
     """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
-    from spark_distill.dataset import contact_sheet, summarize, verify_frames, verify_labels
+    from spark_distill.dataset import contact_sheet, summarize, summary_rows, verify_frames, verify_labels
     from spark_distill.errors import DatasetError
 
     s = summarize(root)
-    print_table(f"dataset {root}", {k: v for k, v in s.items() if k not in ("root", "settings")})
+    print_table(f"dataset {root}", summary_rows(s))
+    _print_segment_issues(s["segment_issues"])
     if png is not None:
         out.print(f"contact sheet: {contact_sheet(root, png)}")
     if verify:
-        checks = [("frames", verify_frames(root))] + [(f"labels/{n}", verify_labels(root, n)) for n in s["label_sets"]]
+        frames = verify_frames(root)
+        checks = [("frames", frames)] + [(f"labels/{n}", verify_labels(root, n, damaged_frames=frames.damaged))
+                                         for n in s["label_sets"]]
         problems = [p for _, v in checks for p in v.problems]
         for p in problems:
-            console.print(f"  {p}", highlight=False)
+            console.print(f"  {p}", highlight=False, soft_wrap=True)
+        for note in (n for _, v in checks for n in v.notes):
+            console.print(f"  note: {note}", highlight=False, soft_wrap=True)
         if problems:
             raise DatasetError(f"verification found {len(problems)} problem(s)")
         for what, v in checks:
             out.print(f"verified {what}: {v.shards} shards, {v.samples} clips; hashes, keys, members and shapes match")
+
+
+def _print_segment_issues(issues: list[dict[str, Any]], limit: int = 20) -> None:
+    """inspect's lines for the segments that lost frames, warned or were skipped (the first `limit`)."""
+    if not issues:
+        return
+    out.print("segments with dropped frames, warnings or skipped:", highlight=False)
+    for r in issues[:limit]:
+        if r["dropped"] is None:
+            line = r["why"]
+        else:
+            line = f"{r['kept']:,} frames kept, {r['dropped']:,} dropped" + (f" ({r['why']})" if r["why"] else "")
+        out.print(f"  {r['segment']}: {line}", highlight=False, soft_wrap=True)
+        for w in r["warnings"]:
+            out.print(f"    warning: {w}", highlight=False, soft_wrap=True)
+    if len(issues) > limit:
+        out.print(f"  ... and {len(issues) - limit:,} more (frames/manifest.json lists every one)", highlight=False)
 
 
 @app.command("verify-labels", rich_help_panel="Check and compare")
@@ -601,7 +625,8 @@ def synth_route(
                                                           "lane-change direction and time, lane width, "
                                                           "calibration.")] = False,
 ) -> None:
-    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car."""
+    """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
+    derived from the options, so drives of other seeds ingest into one dataset."""
     from spark_distill.synth.route import SynthConfig, write_route
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,

@@ -2,7 +2,9 @@
 # Copyright (c) 2026 spark-distill authors
 """Looking at a dataset: summary, full verification, and a contact sheet of what the model sees.
 
-Main entry points: `summarize(root)`, `verify_frames(root)`, `contact_sheet(root, png)`.
+Main entry points: `summarize(root)` (and `summary_rows`: its numbers in human units, with `segment_issues`),
+`verify_frames(root)` and `verify_labels(root, name)` (one problem line per damaged file, with the next step),
+`contact_sheet(root, png)`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ def frames_dir(root: Path) -> Path:
     return folder
 
 
+# why ingest dropped a segment's frames (the keys of a manifest segment's "dropped"), in words
+DROP_REASONS = {"encoder_gaps": "never written by the encoder", "unindexed": "without an encode-index entry",
+                "undecoded": "undecodable", "unpaired": "without a wide-camera frame",
+                "wide_only": "wide-camera frames without a road frame (not counted as dropped)"}
+
+
 def summarize(root: Path) -> dict[str, Any]:
-    """Counts from the manifest: segments, clips, frames, hours, bytes, warnings, skipped segments."""
+    """Counts from the manifest: segments, clips, frames, seconds, bytes, warnings, skipped segments, and
+    `segment_issues`: the segments with dropped frames, warnings or skipped."""
     manifest = shards.read_manifest(frames_dir(root), shards.FRAMES_FORMAT)
     frames = sum(s["frames"] for s in manifest["shards"])
     return {
@@ -39,22 +48,61 @@ def summarize(root: Path) -> dict[str, Any]:
         "shards": len(manifest["shards"]),
         "clips": sum(s["samples"] for s in manifest["shards"]),
         "frames": frames,
-        "hours": frames / FPS / 3600,
+        "seconds": frames / FPS,
         "bytes": sum(s["bytes"] for s in manifest["shards"]),
         "frames_dropped": sum(s["frames_dropped"] for s in manifest["segments"]),
         "warnings": sum(len(s["warnings"]) for s in manifest["segments"]),
+        "segment_issues": segment_issues(manifest),
         "settings": manifest["settings"],
         "label_sets": sorted(p.parent.name for p in (root / "labels").glob(f"*/{shards.MANIFEST}")),
     }
 
 
+def segment_issues(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per segment with dropped frames or warnings, and per skipped segment: name, frames kept, frames dropped,
+    why (in words) and its warnings; skipped segments have kept 0, dropped None and ingest's reason."""
+    rows = []
+    for seg in manifest["segments"]:
+        dropped = seg.get("dropped") if isinstance(seg.get("dropped"), dict) else {}  # older manifests lack it
+        if seg["frames_dropped"] or dropped or seg["warnings"]:
+            why = ", ".join(f"{n} {DROP_REASONS.get(k, str(k).replace('_', ' '))}" for k, n in dropped.items())
+            rows.append({"segment": seg["name"], "kept": seg["frames_kept"], "dropped": seg["frames_dropped"],
+                         "why": why, "warnings": [str(w) for w in seg["warnings"]]})
+    rows += [{"segment": str(s.get("name")), "kept": 0, "dropped": None, "why": f"skipped: {s.get('reason')}",
+              "warnings": []} for s in manifest.get("skipped", []) if isinstance(s, dict)]
+    return rows
+
+
+def summary_rows(s: dict[str, Any]) -> dict[str, str]:
+    """`summarize`'s numbers as `inspect` prints them: durations and sizes in human units."""
+    from spark_distill.units import format_duration, format_size
+
+    issues = s["segment_issues"]
+    dropping = sum(1 for r in issues if r["dropped"])
+    warned = sum(1 for r in issues if r["warnings"])
+    return {
+        "segments": f"{s['segments']:,}" + (f" ({s['skipped']:,} skipped, listed below)" if s["skipped"] else ""),
+        "shards": f"{s['shards']:,}", "clips": f"{s['clips']:,}",
+        "frames": f"{s['frames']:,} ({format_duration(s['seconds'])} at {FPS} Hz)",
+        "size": format_size(s["bytes"]),
+        "frames dropped": f"{s['frames_dropped']:,}" + (f" in {dropping:,} segment(s), listed below" if dropping
+                                                          else ""),
+        "warnings": f"{s['warnings']:,}" + (f" in {warned:,} segment(s), listed below" if warned else ""),
+        "label sets": ", ".join(s["label_sets"]) or "none (run spark-distill label)",
+    }
+
+
 @dataclass
 class Verification:
-    """Problems found by verify_frames, one line each."""
+    """What verify_frames or verify_labels found: one problem line per damaged file (what is wrong, then the next
+    step), and notes on intact files that could not be checked in full (a label shard whose frames shard is
+    damaged is not blamed for it)."""
 
     shards: int = 0
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    damaged: set[str] = field(default_factory=set)  # names of the shards with a problem
 
 
 def check_frames_sample(s: dict[str, Any], car_columns: int | None, *, images: bool = True) -> list[str]:
@@ -101,43 +149,116 @@ def label_widths(manifest: dict[str, Any]) -> dict[str, int]:
     return {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
 
 
+def _first(issues: list[str], limit: int = 3) -> str:
+    return "; ".join(issues[:limit]) + (f" (and {len(issues) - limit} more)" if len(issues) > limit else "")
+
+
+def _own_words(e: Exception, shard: str) -> str:
+    """A shard reader's message without the shard's name in front (the problem line names it already)."""
+    return str(e).removeprefix(f"{shard}: ")
+
+
+def segments_by_shard(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """Frames shard name -> the segments with clips in it (empty where the manifest is incomplete)."""
+    from spark_distill.label.plan import plan_segments
+
+    try:
+        plans = plan_segments(manifest)
+    except DatasetError:
+        return {}
+    names = [s["name"] for s in manifest["shards"]]
+    held: dict[str, list[str]] = {}
+    for plan in plans:
+        for i in dict.fromkeys(c.shard for c in plan.clips):
+            held.setdefault(names[i], []).append(plan.name)
+    return held
+
+
+def frames_next_step(shard: str, segments: list[str]) -> str:
+    """What to do about a damaged frames shard: it cannot be rewritten in place, but ingest writes it again."""
+    named = ", ".join(segments[:5]) + (f" and {len(segments) - 5} more" if len(segments) > 5 else "")
+    return ((f"it holds clips of {named}. " if segments else "")
+            + "Next: restore it from a copy, or re-run the ingest command(s) that built this dataset, in the same "
+              f"order, with a new --out and copy that frames/{shard} here (ingest is deterministic: the same inputs "
+              "give the same shard, and the label sets stay valid)")
+
+
+def _frames_shard_issues(path: Path, entry: dict[str, Any], car_columns: int, result: Verification) -> list[str]:
+    if not path.exists():
+        return ["missing"]
+    if shards.sha256_file(path) != entry["sha256"]:
+        return ["sha256 differs from the manifest (damaged or modified)"]
+    issues, count = [], 0
+    try:
+        for raw in shards.iter_shard(path, shards.FRAMES_MEMBERS):
+            count += 1
+            missing = shards.missing_members(raw)
+            if missing:
+                issues.append(f"{raw['__key__']}: missing {missing}")
+                continue
+            sample = shards.decode_sample(raw)
+            issues += [f"{raw['__key__']}: {p}" for p in check_frames_sample(sample, car_columns)]
+    except DatasetError as e:
+        issues.append(_own_words(e, path.name))
+    result.samples += count
+    if count != entry["samples"]:
+        issues.append(f"{count} samples, manifest says {entry['samples']}")
+    return issues
+
+
 def verify_frames(root: Path) -> Verification:
-    """Re-hash every shard against the manifest, then decode every sample and check it."""
+    """Re-hash every shard against the manifest, then decode every sample and check it; a damaged shard is one
+    problem line naming the segments it holds and the next step."""
     folder = frames_dir(root)
     manifest = shards.read_manifest(folder, shards.FRAMES_FORMAT)
     result = Verification()
-    ncar = len(manifest["car_columns"])
+    held = segments_by_shard(manifest)
     for entry in manifest["shards"]:
-        path = folder / entry["name"]
         result.shards += 1
-        if not path.exists():
-            result.problems.append(f"{entry['name']}: missing")
-            continue
-        if shards.sha256_file(path) != entry["sha256"]:
-            result.problems.append(f"{entry['name']}: sha256 differs from the manifest (corrupt or modified)")
-            continue
-        count = 0
-        try:
-            for raw in shards.iter_shard(path, shards.FRAMES_MEMBERS):
-                count += 1
-                missing = shards.missing_members(raw)
-                if missing:
-                    result.problems.append(f"{entry['name']} {raw['__key__']}: missing {missing}")
-                    continue
-                sample = shards.decode_sample(raw)
-                result.problems += [f"{entry['name']} {raw['__key__']}: {p}"
-                                    for p in check_frames_sample(sample, ncar)]
-        except DatasetError as e:
-            result.problems.append(str(e))
-        result.samples += count
-        if count != entry["samples"]:
-            result.problems.append(f"{entry['name']}: {count} samples, manifest says {entry['samples']}")
+        issues = _frames_shard_issues(folder / entry["name"], entry, len(manifest["car_columns"]), result)
+        if issues:
+            result.damaged.add(entry["name"])
+            result.problems.append(f"frames/{entry['name']}: {_first(issues)}; "
+                                   f"{frames_next_step(entry['name'], held.get(entry['name'], []))}")
     return result
 
 
-def verify_labels(root: Path, name: str) -> Verification:
+def relabel_step(root: Path, name: str, manifest: dict[str, Any]) -> str:
+    """The command that writes a missing or damaged shard of label set `name` again (a rerun labels just the
+    shards that are not there intact)."""
+    if manifest.get("source") == "log":
+        return f"Next: re-run `spark-distill label {root} --from-log --name {name}`: it writes this shard again"
+    teacher = manifest["teacher"]
+    return (f"Next: re-run `spark-distill label {root} --teacher TEACHER --name {name} --backend "
+            f"{manifest['backend'].get('name')} --precision {manifest['precision']}` (TEACHER: the folder of teacher "
+            f"{teacher.get('name')!r}, sha256 {str(teacher.get('sha256'))[:8]}...): it labels this shard again")
+
+
+def _frames_counterpart(fdir: Path, entry: dict[str, Any] | None, damaged: set[str] | None
+                        ) -> tuple[list[dict[str, Any]] | None, str]:
+    """(the frames shard's samples without their images, or None and why it cannot be compared)."""
+    if entry is None:
+        return None, "the frames manifest lists no such shard"
+    if damaged is not None and entry["name"] in damaged:
+        return None, f"frames/{entry['name']} is damaged (its own line says what to do)"
+    try:
+        return list(shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS,
+                                      skip=frozenset(shards.CAMERAS))), ""
+    except DatasetError as e:
+        return None, f"frames/{entry['name']} is unreadable ({_own_words(e, entry['name'])}; its own line says more)"
+
+
+def _clip_frames(sample: dict[str, Any]) -> int | None:
+    try:
+        return len(json.loads(sample["meta.json"])["frame_ids"])
+    except (KeyError, TypeError, ValueError):
+        return None  # the frames shard's problem, reported with it
+
+
+def verify_labels(root: Path, name: str, *, damaged_frames: set[str] | None = None) -> Verification:
     """Check label set `name` against its manifest and its frames: binding, sha256, keys in the same order,
-    one float16 row per frame of the matching width."""
+    one float16 row per frame of the matching width. A label shard whose frames shard is damaged
+    (`damaged_frames`, from verify_frames, or unreadable) is checked on its own and noted, not blamed."""
     folder = root / "labels" / name
     manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
     fdir = frames_dir(root)
@@ -145,36 +266,54 @@ def verify_labels(root: Path, name: str) -> Verification:
     result = Verification()
     binding = [{"name": s["name"], "sha256": s["sha256"]} for s in frames["shards"]]
     if manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
-        result.problems.append(f"labels/{name} is bound to another frames dataset")
+        result.problems.append(f"labels/{name} is bound to another frames dataset. Next: label this one under a new "
+                               f"--name (spark-distill label {root} --teacher TEACHER --name NEW)")
         return result
     widths = label_widths(manifest)
     frames_by_name = {e["name"]: e for e in frames["shards"]}
     for entry in manifest["shards"]:
-        path = folder / entry["name"]
+        where, path = f"labels/{name}/{entry['name']}", folder / entry["name"]
         result.shards += 1
-        if not path.exists() or shards.sha256_file(path) != entry["sha256"]:
-            result.problems.append(f"labels/{name}/{entry['name']}: missing or sha256 differs from the manifest")
-            continue
-        try:
-            labels = list(shards.iter_shard(path, shards.LABEL_MEMBERS))
-            source = list(shards.iter_shard(fdir / frames_by_name[entry["name"]]["name"], shards.FRAMES_MEMBERS))
-        except (DatasetError, KeyError) as e:
-            result.problems.append(f"labels/{name}/{entry['name']}: {e}")
-            continue
-        if [x["__key__"] for x in labels] != [x["__key__"] for x in source]:
-            result.problems.append(f"labels/{name}/{entry['name']}: keys differ from the frames shard")
-            continue
-        for lab, src in zip(labels, source, strict=True):
-            try:
-                t = len(json.loads(src["meta.json"])["frame_ids"])
-                d = shards.decode_sample(lab)
-            except (DatasetError, KeyError, TypeError, ValueError) as e:
-                result.problems.append(f"labels/{name}/{entry['name']} {e}")
-                continue
-            result.problems += [f"labels/{name}/{entry['name']} {lab['__key__']}: {p}"
-                                for p in check_label_sample(d, t, widths)]
-        result.samples += len(labels)
+        issues = _label_shard_issues(path, entry, widths, result, fdir, frames_by_name.get(entry["name"]),
+                                     damaged_frames, where)
+        if issues:
+            result.damaged.add(entry["name"])
+            result.problems.append(f"{where}: {_first(issues)}. {relabel_step(root, name, manifest)}")
     return result
+
+
+def _label_shard_issues(path: Path, entry: dict[str, Any], widths: dict[str, int], result: Verification,
+                        fdir: Path, frames_entry: dict[str, Any] | None, damaged_frames: set[str] | None,
+                        where: str) -> list[str]:
+    if not path.exists():
+        return ["missing"]
+    if shards.sha256_file(path) != entry["sha256"]:
+        return ["sha256 differs from the manifest (damaged or modified)"]
+    try:
+        labels = list(shards.iter_shard(path, shards.LABEL_MEMBERS))
+    except DatasetError as e:
+        return [_own_words(e, path.name)]
+    result.samples += len(labels)
+    source, why = _frames_counterpart(fdir, frames_entry, damaged_frames)
+    if source is None:
+        result.notes.append(f"{where}: checked on its own (sha256, members, dtypes, widths): intact; not compared "
+                            f"with its frames: {why}")
+        counts: list[int | None] = [None] * len(labels)
+    elif [x["__key__"] for x in labels] != [x["__key__"] for x in source]:
+        return ["keys differ from the frames shard"]
+    else:
+        counts = [_clip_frames(src) for src in source]
+    issues = []
+    for lab, frames in zip(labels, counts, strict=True):
+        try:
+            d = shards.decode_sample(lab)
+        except (DatasetError, KeyError, TypeError, ValueError) as e:
+            issues.append(f"{lab['__key__']}: {e}")
+            continue
+        if frames is None:  # no frames to count: the rows of its own first array
+            frames = next((len(a) for m in widths if getattr(a := d.get(m), "ndim", 0) >= 1), 0)
+        issues += [f"{lab['__key__']}: {p}" for p in check_label_sample(d, frames, widths)]
+    return issues
 
 
 def contact_sheet(root: Path, png: Path, *, clips: int = 4) -> Path:

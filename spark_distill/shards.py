@@ -270,6 +270,21 @@ def record_verified(record: Path, folder: Path, entries: list[dict[str, Any]]) -
         write_json_atomic(record, {"version": 1, "shards": records})
 
 
+def intact_shards(folder: Path, entries: list[dict[str, Any]], *, record: bool = True) -> set[str]:
+    """Names of the shards of `folder` (manifest entries: name, sha256) whose file is there and matches its
+    sha256. A file is hashed once and remembered in `folder/.verified.json` (see `verified_unchanged`; `record`
+    False: not written, for all processes of a pass but one), so a resumed pass reads only the files that changed
+    since: a damaged or missing one is then written again."""
+    entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+               and isinstance(e.get("sha256"), str) and "/" not in e["name"]]
+    known = verified_unchanged(folder, entries, (folder / VERIFIED,))
+    fresh = [e for e in entries if e["name"] not in known and (folder / e["name"]).is_file()
+             and sha256_file(folder / e["name"]) == e["sha256"]]
+    if fresh and record:
+        record_verified(folder / VERIFIED, folder, fresh)
+    return known | {e["name"] for e in fresh}
+
+
 def read_manifest(folder: Path, fmt: str) -> dict[str, Any]:
     """Read and check `folder/manifest.json` of format `fmt`: the fields every reader relies on are there,
     with the right types (a torn or edited manifest is one DatasetError, not a crash further on)."""

@@ -53,6 +53,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+TEST_DONGLE = "0123456789abcdef"  # the shared routes' dongle id (given: a synthetic route's default is derived)
+
+
 @pytest.fixture(scope="session")
 def tici_route(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, object]:
     """Two 2-second comma 3X segments (road + wide, rlog.bz2) with a lane change across them (written once per
@@ -61,7 +64,10 @@ def tici_route(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, ob
     def build(out: Path) -> tuple[Path, list, object]:
         from spark_distill.synth.route import SynthConfig, write_route  # PyAV: imported only where routes are made
 
-        cfg = SynthConfig(segments=2, seconds=2.0, device="tici", lane_change_at=1.5)
+        # named as before synthetic names were derived from the options: tests count clips per shard and the
+        # validation split, which follow the segments' names
+        cfg = SynthConfig(segments=2, seconds=2.0, device="tici", lane_change_at=1.5, dongle=TEST_DONGLE,
+                          start="2026-11-26--12-00-00")
         return out, write_route(out, cfg), cfg
 
     return built_once(tmp_path_factory, "tici", build)
@@ -81,7 +87,7 @@ def faulty_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[P
             device = "tici" if fault == "missing-wide" else "eon"
             fmt = ("zst", "raw", "bz2")[i % 3]
             cfg = SynthConfig(segments=1, seconds=2.0, device=device, log_format=fmt, faults=(fault,), seed=i,
-                              start=f"2026-11-2{i}--10-00-00")
+                              dongle=TEST_DONGLE, start=f"2026-11-2{i}--10-00-00")
             out = folder / fault
             routes[fault] = (out, write_route(out, cfg)[0])
         return routes

@@ -107,7 +107,8 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     data[3000] ^= 0xFF
     shard.write_bytes(bytes(data))
     r = _cli("inspect", str(out), "--verify")
-    assert r.returncode == 2 and "labels/v2set/shard-000000.tar: missing or sha256 differs" in r.stderr
+    assert r.returncode == 2 and "labels/v2set/shard-000000.tar: sha256 differs from the manifest" in r.stderr
+    assert f"Next: re-run `spark-distill label {out} --teacher TEACHER --name v2set" in r.stderr
     shard.write_bytes(good)
     # a short training run from the CLI, its summary and loss curve
     r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--student", "compact-xs", "--batch-size", "2",

@@ -61,6 +61,8 @@ def draw_overlay(ax: Any, road: np.ndarray, overlays: list[tuple[str, dict[str, 
         for line, prob in zip(pred.get("lanes", []), pred.get("lane_probs", []), strict=False):
             px, ok = project(line)
             ax.plot(px[ok, 0], px[ok, 1], "--", color=colour, lw=1.2, alpha=float(np.clip(0.25 + prob, 0, 1)))
+        if "lanes" in pred:  # one legend entry for the four lines, at full strength (each is drawn as probable)
+            ax.plot([], [], "--", color=colour, lw=1.2, label=f"{label} lane lines (fainter: less probable)")
     ax.set_xlim(0, MODEL_W)
     ax.set_ylim(MODEL_H, 0)
     ax.axis("off")

@@ -12,7 +12,9 @@ Main entry point: `compare(student_vision, student_policy, teacher_vision, teach
   probability; lead-probability calibration: mean |p_student - p_teacher| and Brier score against the
   teacher's decision (p > 0.5);
 - desire_state: agreement of the most probable desire;
-- drive (with `gt`, the path actually driven from `pose.npy`): xy error per T_IDXS over valid horizons.
+- drive (with `gt`, the path actually driven from `pose.npy`): xy error per T_IDXS over valid horizons;
+  horizons past the end of every segment have no value (None, and no `at` value either) and
+  `longest_horizon_s` says how far the drive reaches.
 """
 
 from __future__ import annotations
@@ -34,10 +36,19 @@ def _weighted(err: np.ndarray, w: np.ndarray | None, axis: tuple[int, ...]) -> n
 
 
 def horizon_summary(per_h: np.ndarray, idxs: np.ndarray, at: tuple[float, ...]) -> dict[str, Any]:
+    """Mean over the horizons with a value, the value at each of `at` (interpolated between horizons; None
+    outside the horizons that have one: a segment too short for 4 s has no 4 s error, not its last one
+    repeated), and every horizon's value (None where there is none)."""
     finite = np.isfinite(per_h)
+    covered = idxs[finite]
+
+    def value_at(t: float) -> float | None:
+        if not finite.any() or not covered[0] - 1e-9 <= t <= covered[-1] + 1e-9:
+            return None
+        return float(np.interp(t, covered, per_h[finite]))
+
     return {"mean": float(per_h[finite].mean()) if finite.any() else None,
-            "at": {f"{t:g}": (float(np.interp(t, idxs[finite], per_h[finite])) if finite.any() else None)
-                   for t in at},
+            "at": {f"{t:g}": value_at(t) for t in at},
             "per_horizon": [None if not np.isfinite(v) else round(float(v), 6) for v in per_h]}
 
 
@@ -70,6 +81,8 @@ def compare(student_vision: np.ndarray, student_policy: np.ndarray, teacher_visi
                 per_h = np.where(w.sum(0) > 0, (e * w).sum(0) / np.maximum(w.sum(0), 1), np.nan)
                 drive[who] = horizon_summary(per_h, C.T_IDXS, REPORT_SECONDS)
             drive["frames_with_future"] = int(valid.any(1).sum())
+            reached = np.flatnonzero(valid.any(0))
+            drive["longest_horizon_s"] = float(C.T_IDXS[reached[-1]]) if len(reached) else None
             out["drive"] = drive
     line_w = np.asarray(t["lane_lines_prob"]).reshape(-1, C.NUM_LANE_LINES, 2)[..., 1] if "lane_lines_prob" in t \
         else None
@@ -111,4 +124,5 @@ def headline(m: dict[str, Any]) -> dict[str, float | None]:
             "lead prob |diff|": m.get("lead", {}).get("prob_abs_diff"),
             "desire agreement": m.get("desire_state_agreement"),
             "driven path ADE (m)": drive.get("student", {}).get("mean"),
-            "teacher vs driven ADE (m)": drive.get("teacher", {}).get("mean")}
+            "teacher vs driven ADE (m)": drive.get("teacher", {}).get("mean"),
+            "driven path known up to (s)": drive.get("longest_horizon_s")}

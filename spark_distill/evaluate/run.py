@@ -169,6 +169,44 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     return result
 
 
+def errors_figure(metrics: dict[str, dict[str, Any]]) -> Any:
+    """The matplotlib figure of errors_vs_horizon.png: per model, error against the teacher's plan, the path
+    driven (with the teacher's own, dashed) and the teacher's lane lines, per horizon; a horizon without a
+    value (past the end of every segment) is not drawn."""
+    import matplotlib.pyplot as plt
+
+    from spark_distill import contract as C
+
+    panels = [("plan", "plan vs teacher (m)", C.T_IDXS, "horizon (s)"),
+              ("drive", "plan vs driven path (m)", C.T_IDXS, "horizon (s)"),
+              ("lane_lines", "lane lines vs teacher (m)", C.X_IDXS, "distance ahead (m)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for ax, (key, title, idxs, xlabel) in zip(axes, panels, strict=True):
+        for name, m in metrics.items():
+            entry = m.get(key)
+            if key == "drive" and entry is not None:
+                entry = entry["student"]
+            if entry is not None:
+                y = np.array([np.nan if v is None else v for v in entry["per_horizon"]])
+                ax.plot(idxs, y, "o-", ms=3, label=name)
+        if key == "drive":
+            first = next(iter(metrics.values())).get("drive")
+            if first is not None:
+                y = np.array([np.nan if v is None else v for v in first["teacher"]["per_horizon"]])
+                ax.plot(idxs, y, "k--", label="teacher")
+                reach = first.get("longest_horizon_s")
+                if reach is not None and reach < idxs[-1]:
+                    title += f"; the drive reaches {reach:.1f} s"
+        ax.set_xlim(0, float(idxs[-1]) * 1.03)  # every panel spans its horizons: a line stops where data does
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[str, Path]:
     try:
         import matplotlib
@@ -177,32 +215,10 @@ def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spark_distill import contract as C
     from spark_distill.evaluate.draw import segment_strip
 
     files = {}
-    panels = [("plan", "plan vs teacher (m)", C.T_IDXS, "horizon (s)"),
-              ("drive", "plan vs driven path (m)", C.T_IDXS, "horizon (s)"),
-              ("lane_lines", "lane lines vs teacher (m)", C.X_IDXS, "distance ahead (m)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for ax, (key, title, idxs, xlabel) in zip(axes, panels, strict=True):
-        for name, m in result.metrics.items():
-            entry = m.get(key)
-            if key == "drive" and entry is not None:
-                entry = entry["student"]
-            if entry is not None:
-                y = np.array([np.nan if v is None else v for v in entry["per_horizon"]])
-                ax.plot(idxs, y, "o-", ms=3, label=name)
-        if key == "drive":
-            first = next(iter(result.metrics.values())).get("drive")
-            if first is not None:
-                y = np.array([np.nan if v is None else v for v in first["teacher"]["per_horizon"]])
-                ax.plot(idxs, y, "k--", label="teacher")
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = errors_figure(result.metrics)
     files["errors"] = out / "errors_vs_horizon.png"
     fig.savefig(files["errors"], dpi=100)
     plt.close(fig)

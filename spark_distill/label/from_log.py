@@ -66,7 +66,7 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
                     "output_slices": log_slices(), "available_heads": list(M.LOGGED_HEADS), "backend": {"name": "log"},
                     "precision": "fp16", "warmup_frames": 0, "segments": {}, "shards": [], "skipped_shards": []}
     slices = manifest["output_slices"]
-    done = {s["name"] for s in manifest["shards"]}
+    done = shards.intact_shards(folder, manifest["shards"])  # a missing or damaged shard is written again
     for entry in frames["shards"]:
         if entry["name"] in done:
             continue

@@ -8,7 +8,8 @@ segment's first frame), so the accelerator sees batches of B frames (lanes.py). 
 read and decompress clips ahead of the lanes into a shared slab (workers.py); writer processes
 compress and write each label shard once all its clips are labeled, and the main process records
 it in the manifest (rewritten atomically every few seconds and at the end). Resumable per shard: a
-rerun skips finished shards and relabels, from their first frame, only segments with unfinished
+rerun skips finished shards (recorded in the manifest and matching their sha256: a missing or damaged one is
+labeled again) and relabels, from their first frame, only segments with unfinished
 clips. An interruption (Ctrl-C, a dead reader) stops every worker process, records the shards
 already written and leaves no partial shard.
 """
@@ -221,13 +222,20 @@ def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dic
     return [p.clips[0] for p in work[: cfg.batch]]
 
 
-def _recorded_shards(folder: Path) -> set[str]:
-    """Names of the shards an existing label manifest records (empty where there is none or it is unreadable:
-    `_open_label_manifest` is the one that judges it)."""
+def _recorded_shards(folder: Path, *, record: bool) -> tuple[set[str], set[str]]:
+    """(names of the shards an existing label manifest records, those of them whose file is there and matches its
+    sha256); empty where there is no manifest or it is unreadable: `_open_label_manifest` is the one that judges
+    it. A recorded shard that is missing or damaged is labeled again. `record`: remember the shards found intact
+    (one rank of several writes the record)."""
     try:
-        return {e["name"] for e in json.loads((folder / shards.MANIFEST).read_bytes())["shards"]}
+        entries = json.loads((folder / shards.MANIFEST).read_bytes())["shards"]
+        recorded = {e["name"] for e in entries}
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return set(), set()
+    intact = shards.intact_shards(folder, entries, record=record)
+    for name in sorted(recorded - intact) if record else ():
+        log.warning("label shard %s is missing or fails its sha256 check; labeling it again", name)
+    return recorded, intact
 
 
 class _Verifier:
@@ -286,7 +294,8 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
     # a first look at what is left, to check only that while the teacher builds
-    left_shards = _unrecorded(frames_manifest, _recorded_shards(folder))
+    _, intact = _recorded_shards(folder, record=cfg.rank == 0)
+    left_shards = _unrecorded(frames_manifest, intact)
     left = _touching(plans, left_shards)
     if 0 < len(left) < cfg.batch:  # fewer segments than lanes: an idle lane costs as much compute as a busy one
         cfg = dataclasses.replace(cfg, batch=len(left))
@@ -298,7 +307,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
             workers = _Workers(cfg, fdir, frames_manifest, teacher)
             workers.readers.prefetch(_first_clips(cfg, left, frames_manifest))
         return _label(cfg, fdir, frames_manifest, frames_sha, plans, teacher, vision_model, policy_model, folder,
-                      verifier, workers, on_progress)
+                      verifier, workers, on_progress, intact=intact)
     finally:
         verifier.close()
         if workers is not None:
@@ -307,8 +316,10 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
 
 def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames_sha: str, plans: list[SegmentPlan],
            teacher: Teacher, vision_model: Any, policy_model: Any, folder: Path, verifier: _Verifier,
-           workers: _Workers | None, on_progress: Callable[[int, int], None] | None) -> LabelResult:
-    """`label` once the teacher is loaded and the worker processes (if any) are starting."""
+           workers: _Workers | None, on_progress: Callable[[int, int], None] | None, *,
+           intact: set[str]) -> LabelResult:
+    """`label` once the teacher is loaded and the worker processes (if any) are starting; `intact`: the recorded
+    label shards whose file matches its sha256 (the others are labeled again)."""
     backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
                           precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
                           compile=cfg.compile)
@@ -316,7 +327,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
     for p in folder.glob("*.tmp"):
         p.unlink()
-    todo = _unrecorded(frames_manifest, {s["name"] for s in manifest["shards"]})
+    todo = _unrecorded(frames_manifest, {s["name"] for s in manifest["shards"]} & intact)
     result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe())
     work = _touching(plans, todo)
     start = time.perf_counter()

@@ -5,15 +5,20 @@
 Main entry point: `write_route(out, SynthConfig(...))`, which returns what was written (including
 the ground truth per camera frame, for tests). Faults a real drive shows can be injected into the
 last segment: a truncated log, missing encode-index events, no wide camera, a corrupt HEVC tail,
-frames dropped by the encoder.
+frames dropped by the encoder. A route is named (dongle id, start) from the options that shape it
+(`route_name`), unless the config names it.
 """
 
 from __future__ import annotations
 
 import bz2
 import dataclasses
+import datetime
+import hashlib
+import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +56,10 @@ class SynthConfig:
     lane_change_at: float | None = None  # s from route start; None: the middle of the route
     rhd: bool = False  # right-hand drive (driverMonitoringState.isRHD)
     rpy: tuple[float, float, float] = (0.0, 0.03, -0.02)  # liveCalibration.rpyCalib, rad
-    dongle: str = "0123456789abcdef"
-    start: str = "2026-11-26--12-00-00"
+    # the route's name; None: derived from the options that shape the drive (`route_name`), so drives made with other
+    # seeds or options can be ingested into one dataset, and the same options always give the same name
+    dongle: str | None = None  # 16 hex digits
+    start: str | None = None  # YYYY-MM-DD--HH-MM-SS
     layout: str = "tools"  # tools: <dongle>_<start>--<n>; device: <start>--<n>
     faults: tuple[str, ...] = ()  # injected into the last segment
     seed: int = 0
@@ -71,6 +78,29 @@ class SynthConfig:
             raise ConfigError("need at least 1 segment of at least 1 s")
         if self.layout not in ("tools", "device"):
             raise ConfigError(f"unknown layout {self.layout!r}; choose tools or device")
+        if self.dongle is not None and not re.fullmatch(r"[0-9a-f]{16}", self.dongle):
+            raise ConfigError(f"dongle {self.dongle!r}: a dongle id is 16 lowercase hex digits")
+        if self.start is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}--\d{2}-\d{2}-\d{2}", self.start):
+            raise ConfigError(f"start {self.start!r}: write it as YYYY-MM-DD--HH-MM-SS")
+
+
+def route_name(cfg: SynthConfig) -> tuple[str, str]:
+    """(dongle id, start) of a synthetic route: those `cfg` gives, else derived from a digest of every option that
+    changes what is written (seed, varied, device, faults, segments, seconds, lane change, calibration, log format,
+    quality, the logged teacher's files; not the folder layout). Two drives that differ never share a segment name;
+    the same options give the same name on every run."""
+    teacher = None
+    if cfg.modelv2_teacher is not None:
+        files = sorted(cfg.modelv2_teacher.glob("*.onnx")) if cfg.modelv2_teacher.is_dir() else []
+        teacher = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] or str(cfg.modelv2_teacher)
+    options = {"segments": cfg.segments, "seconds": float(cfg.seconds), "device": cfg.device,
+               "log_format": cfg.log_format, "rhd": cfg.rhd, "rpy": [float(a) for a in cfg.rpy],
+               "lane_change_at": None if cfg.lane_change_at is None else float(cfg.lane_change_at),
+               "faults": sorted(set(cfg.faults)), "seed": cfg.seed, "crf": cfg.crf, "varied": cfg.varied,
+               "modelv2_teacher": teacher, "dongle": cfg.dongle, "start": cfg.start}
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    start = datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=int(digest[16:28], 16) % (365 * 86400))
+    return cfg.dongle or digest[:16], cfg.start or start.strftime("%Y-%m-%d--%H-%M-%S")
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,8 @@ class SegmentTruth:
 
 
 def segment_dir_name(cfg: SynthConfig, n: int) -> str:
-    return f"{cfg.dongle}_{cfg.start}--{n}" if cfg.layout == "tools" else f"{cfg.start}--{n}"
+    dongle, start = route_name(cfg)
+    return f"{dongle}_{start}--{n}" if cfg.layout == "tools" else f"{start}--{n}"
 
 
 def _encoder(path: Path, width: int, height: int, crf: int) -> tuple[av.container.OutputContainer, av.VideoStream]:
@@ -252,7 +283,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
     def init(b):
         b.deviceType = "neo" if cfg.device == "eon" else cfg.device
         b.version = "0.10.1-synth"
-        b.dongleId = cfg.dongle
+        b.dongleId = route_name(cfg)[0]
 
     events.append(_event(schema, t_start - 1_000_000, "initData", init))
     segment_ids = dict.fromkeys(renderers, 0)

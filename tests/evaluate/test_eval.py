@@ -52,6 +52,10 @@ def test_metrics_by_hand() -> None:
     assert drive["teacher"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert drive["student"]["mean"] == pytest.approx(1.0, abs=1e-5)
     assert drive["student"]["per_horizon"][12] is None and drive["frames_with_future"] == 6
+    # horizons past the last one with a value have none (not the last value repeated): 12 horizons reach 1.18 s
+    assert drive["longest_horizon_s"] == pytest.approx(C.T_IDXS[11]) == pytest.approx(1.1816, abs=1e-4)
+    assert drive["student"]["at"] == {"1": pytest.approx(1.0, abs=1e-5), "2": None, "4": None, "10": None}
+    assert drive["teacher"]["at"]["2"] is None and json.loads(json.dumps(drive))["student"]["at"]["10"] is None
 
 
 def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path) -> None:

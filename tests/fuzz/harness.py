@@ -42,7 +42,8 @@ def build_corpus(folder: Path) -> Path:
     from spark_distill.synth.teacher import write_teacher
     from spark_distill.train.loop import TrainConfig, train
 
-    write_route(folder / "route", SynthConfig(segments=2, seconds=1.0, device="eon", log_format="zst"))
+    write_route(folder / "route", SynthConfig(segments=2, seconds=1.0, device="eon", log_format="zst",
+                                              dongle="0123456789abcdef", start="2026-11-26--12-00-00"))  # SEGMENTS
     ingest(IngestConfig(inputs=(str(folder / "route" / SEGMENTS[0]),), out=folder / "ds", workers=1, clip_len=5,
                         shard_clips=2, cameras=("road",)))
     write_teacher(folder / "teacher", seed=1)

@@ -98,6 +98,10 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
     a, z = blocks["position"]
     np.testing.assert_allclose(rows[:, a:z], logged_rows[:, a:z], rtol=2e-3, atol=2e-3)  # float16 storage
     assert label_from_log(logged, "fromlog")["shards"] == m["shards"], "a rerun changes nothing"
+    shard = logged / "labels" / "fromlog" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:2048])  # damaged on disk: a rerun writes it again
+    assert label_from_log(logged, "fromlog")["shards"] == m["shards"]
+    assert shards.sha256_file(shard) == m["shards"][0]["sha256"]
     r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "compact-xs", "--batch-size",
                             "2", "--max-steps", "2", "--workers", "1", "--burn-in", "4", "--val-fraction", "0.5",
                             "--runs-dir", str(tmp_path), "--device", "cpu", "--log-every", "1"])

@@ -17,6 +17,7 @@ import torch
 from spark_distill import shards
 from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
+from spark_distill.label.plan import plan_segments
 from spark_distill.label.run import COMPILE_S, LabelConfig, label
 from spark_distill.synth.teacher import write_teacher
 from tests.procs import children, running
@@ -239,6 +240,18 @@ def test_rerun_and_resume(dataset: Path, teacher: Path) -> None:
     resumed = label(cfg)
     assert resumed.shards_written == 1 and resumed.frames == 40
     assert {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
+    # recorded shards damaged on disk (the first cut short, the second deleted; the manifest still lists both):
+    # the rerun writes just those again, from the first frames of the segments with clips in them
+    first, second = folder / "shard-000000.tar", folder / "shard-000001.tar"
+    first.write_bytes(first.read_bytes()[:4096])
+    second.unlink()
+    frames = shards.read_manifest(dataset / "frames", shards.FRAMES_FORMAT)
+    touched = {p.name for p in plan_segments(frames) if {c.shard for c in p.clips} & {0, 1}}
+    healed = label(cfg)
+    assert (healed.shards_written, healed.shards_already) == (2, 3) and len(touched) == 2
+    assert healed.frames == sum(s["frames_kept"] for s in frames["segments"] if s["name"] in touched) == 78
+    assert {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
+    assert label(cfg).frames == 0, "intact again: nothing left"
 
 
 def test_label_set_is_bound_to_its_frames_and_teacher(dataset: Path, teacher: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import av
@@ -50,6 +51,50 @@ def test_config_is_validated() -> None:
         SynthConfig(device="pixel")
     with pytest.raises(ConfigError, match="unknown log format"):
         SynthConfig(log_format="gz")
+    with pytest.raises(ConfigError, match="16 lowercase hex digits"):
+        SynthConfig(dongle="0123456789ABCDEF")
+    with pytest.raises(ConfigError, match="YYYY-MM-DD--HH-MM-SS"):
+        SynthConfig(start="2026-11-26 12:00:00")
+
+
+def test_route_names_follow_the_options() -> None:
+    from spark_distill.synth.route import route_name, segment_dir_name
+
+    base = route_name(SynthConfig(varied=True, seed=11))
+    assert base == ("21cf2f0c9ec0237e", "2026-09-20--05-06-12")  # the same options: the same name, on every run
+    assert route_name(SynthConfig(varied=True, seed=11, seconds=10, faults=())) == base  # 10 s is 10.0 s
+    others = [SynthConfig(varied=True, seed=23), SynthConfig(seed=11), SynthConfig(varied=True, seed=11, device="eon"),
+              SynthConfig(varied=True, seed=11, faults=("encoder-drops",)),
+              SynthConfig(varied=True, seed=11, segments=3)]
+    names = [route_name(c) for c in others]
+    assert len({d for d, _ in [base, *names]}) == 6 and len({s for _, s in [base, *names]}) == 6  # each part differs
+    faults = ("encoder-drops", "missing-encode-idx")
+    assert route_name(SynthConfig(faults=faults)) == route_name(SynthConfig(faults=faults[::-1]))
+    given = SynthConfig(dongle="0123456789abcdef", start="2026-11-26--12-00-00")
+    assert segment_dir_name(given, 3) == "0123456789abcdef_2026-11-26--12-00-00--3"
+    assert segment_dir_name(dataclasses.replace(given, layout="device"), 0) == "2026-11-26--12-00-00--0"
+    assert route_name(SynthConfig(dongle="0123456789abcdef"))[0] == "0123456789abcdef"
+
+
+def test_drives_of_two_seeds_ingest_into_one_dataset(tmp_path) -> None:
+    """The issue's steps: two varied drives of other seeds, made from the command line, ingested together."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+    from spark_distill.dataset import summarize
+
+    runner = CliRunner()
+    made = {}
+    for route, seed in (("train", "11"), ("held", "23"), ("again", "11")):
+        r = runner.invoke(app, ["synth-route", str(tmp_path / route), "--varied", "--seed", seed, "--segments", "1",
+                                "--seconds", "1", "--device", "eon"])
+        assert r.exit_code == 0, r.output
+        made[route] = sorted(p.name for p in (tmp_path / route).iterdir())
+    assert made["again"] == made["train"] != made["held"]  # the same drive keeps its name
+    r = runner.invoke(app, ["ingest", str(tmp_path / "train"), str(tmp_path / "held"), "--out", str(tmp_path / "ds"),
+                            "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert summarize(tmp_path / "ds")["segments"] == 2
 
 
 def test_varied_drives_differ_and_keep_the_classic_one() -> None:
