@@ -258,6 +258,7 @@ def label(
             "shards": len(m["shards"]), "frames": sum(s["frames"] for s in m["shards"]),
             "heads from the log": ", ".join(m["available_heads"]),
             "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
+        _next_train(root, m["name"])
         return
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
@@ -274,6 +275,15 @@ def label(
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
         "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
         "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
+    _next_train(root, r.folder.name)
+
+
+def _next_train(root: Path, label_set: str) -> None:
+    """The command that trains on a label set just written: what a user types next."""
+    import shlex
+
+    out.print(f"next: spark-distill train {shlex.quote(str(root))} --labels {shlex.quote(label_set)}",
+              highlight=False, soft_wrap=True)
 
 
 def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:

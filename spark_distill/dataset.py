@@ -8,6 +8,7 @@ Main entry points: `summarize(root)`, `verify_frames(root)`, `contact_sheet(root
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,23 @@ def frames_dir(root: Path) -> Path:
     if not (folder / shards.MANIFEST).exists():
         raise DatasetError(f"{root}: no frames dataset here (no frames/{shards.MANIFEST}); run spark-distill ingest")
     return folder
+
+
+def label_sets(root: Path) -> list[str]:
+    """Names of the label sets under ROOT/labels (folders with a manifest), sorted."""
+    return sorted(p.parent.name for p in (root / "labels").glob(f"*/{shards.MANIFEST}"))
+
+
+def label_set_dir(root: Path, name: str) -> Path:
+    """ROOT/labels/<name>, or a DatasetError naming the sets that exist (or saying to run label first)."""
+    folder = root / "labels" / name
+    if (folder / shards.MANIFEST).exists():
+        return folder
+    existing = label_sets(root)
+    if existing:
+        raise DatasetError(f"no label set {name!r} in {root / 'labels'}; label sets there: {', '.join(existing)}")
+    raise DatasetError(f"{root} has no label set yet; make one with "
+                       f"`spark-distill label {shlex.quote(str(root))} --teacher DIR` (or --from-log)")
 
 
 def summarize(root: Path) -> dict[str, Any]:

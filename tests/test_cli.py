@@ -97,6 +97,7 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                             "--backend", "onnxruntime", "--name", "v2set"])
     assert r.exit_code == 0, r.output
     assert "frames labeled" in r.output and "80" in r.output
+    assert r.stdout.splitlines()[-1] == f"next: spark-distill train {out} --labels v2set", "label says what comes next"
     r = runner.invoke(app, ["inspect", str(out), "--verify"])
     assert r.exit_code == 0, r.output
     assert "verified labels/v2set: 1 shards, 4 clips" in r.output
@@ -133,7 +134,7 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                           (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),
                           (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
                            "unknown backend 'openvino'"),
-                          (["train", str(out), "--labels", "nope"], "not found"),
+                          (["train", str(out), "--labels", "nope"], "no label set 'nope' in "),
                           (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter"),
                           (["train", str(out), "--labels", "v2set", "--loss-weights", "speed=1"], "--loss-weights")):
         r = _cli(*args)

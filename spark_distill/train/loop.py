@@ -300,9 +300,6 @@ class Recipe:
             torch.cuda.set_device(self.device)  # one process per GPU (torchrun): allocations and streams on its own
         self.run_dir = cfg.runs_dir / cfg.run
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if self.run_dir.exists() and not cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
-            raise ConfigError(f"run {cfg.run!r} already has checkpoints in {self.run_dir}; pass --resume or another "
-                              "--run")
 
     def _setup_data(self, cfg: TrainConfig) -> _Data:
         pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction,
@@ -313,6 +310,10 @@ class Recipe:
         clip_len = int(frames_manifest["settings"]["clip_len"])
         if cfg.burn_in >= clip_len:
             raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
+        # after the dataset and label set checks: a missing label set is the problem to name, not an earlier run
+        if self.run_dir.exists() and not cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
+            raise ConfigError(f"run {cfg.run!r} already has checkpoints in {self.run_dir}; pass --resume or another "
+                              "--run")
         self.resuming = cfg.resume and latest_checkpoint(self.ckpt_dir) is not None
         if self.resuming:  # the data position counts the run's own batches: keep its sizing
             cfg = sized_as(cfg, self.run_dir / "config.yaml")
