@@ -23,24 +23,29 @@ from typer.core import TyperCommand, TyperGroup
 
 from spark_distill import __version__
 from spark_distill.errors import ConfigError, SparkDistillError
+from spark_distill.notes import NOTES
 
 
-def _blank_flags(params: list[Any]) -> list[Any]:
-    """typer shows flags (and --help) a `<bool>` value they do not take: give them an empty metavar."""
+def _tidy_params(params: list[Any]) -> list[Any]:
+    """typer shows flags (and --help) a `<bool>` value they do not take: give them an empty metavar. An option
+    whose help says its default in words (`\\[default: one per CPU core]`) shows only that one, not also typer's
+    `[default: 0]`."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        if "[default:" in (getattr(p, "help", None) or ""):
+            p.show_default = False
     return params
 
 
 class _Command(TyperCommand):
     def get_params(self, ctx: Any) -> list[Any]:
-        return _blank_flags(super().get_params(ctx))
+        return _tidy_params(super().get_params(ctx))
 
 
 class _Group(TyperGroup):
     def get_params(self, ctx: Any) -> list[Any]:
-        return _blank_flags(super().get_params(ctx))
+        return _tidy_params(super().get_params(ctx))
 
 
 class _Typer(typer.Typer):
@@ -84,7 +89,21 @@ def main(
     """spark-distill: openpilot route logs -> labeled shards -> DoRA-tuned student -> ONNX."""
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_time=False, show_path=False)], force=True)
+                        handlers=_log_handlers(), force=True)
+
+
+def _is_note(record: logging.LogRecord) -> bool:
+    return record.name == NOTES.name
+
+
+def _log_handlers() -> list[logging.Handler]:
+    """Logs on stderr above any progress bar: warnings (and INFO with -v) with their level, notes as `note: ...`."""
+    logs = RichHandler(console=console, show_time=False, show_path=False)
+    logs.addFilter(lambda record: not _is_note(record))
+    notes = RichHandler(console=console, show_time=False, show_level=False, show_path=False)
+    notes.setFormatter(logging.Formatter("note: %(message)s"))
+    notes.addFilter(_is_note)
+    return [logs, notes]
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -315,8 +334,10 @@ def train(
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
-    student: Annotated[str, typer.Option(help="compact or compact-xs (built in), or openpilot (fine-tune the ONNX "
-                                              "pair given by --student-onnx).")] = "compact",
+    student: Annotated[str, typer.Option(help="compact or compact-xs (built in); openpilot (fine-tune the ONNX pair "
+                                              "given by --student-onnx); or a trained run to continue from: "
+                                              "runs/<run> (its newest good checkpoint) or one checkpoint folder "
+                                              "runs/<run>/checkpoints/step-N.")] = "compact",
     student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
                                                            "(+ metadata) for --student openpilot.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ \\[default: "

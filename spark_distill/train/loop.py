@@ -22,6 +22,7 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.errors import ConfigError, TrainError
+from spark_distill.notes import note
 from spark_distill.train.cache import MODES as CACHE_MODES
 from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import (
@@ -364,11 +365,11 @@ class Recipe:
             cfg, more = fit_to_memory(cfg, self.unroll, clip_len=data.clip_len, device=device, autocast=self.autocast)
             self.notes += more
             self.cfg = cfg
-        captured, note = use_capture(cfg.capture, device, world=cfg.world, grad_accum=cfg.grad_accum)
-        self.notes += [note] if note else []
+        captured, overruled = use_capture(cfg.capture, device, world=cfg.world, grad_accum=cfg.grad_accum)
+        self.notes += [overruled] if overruled else []
         if self.main_rank:
-            for note in self.notes:
-                log.warning("note: %s", note)
+            for line in self.notes:
+                note(line)
             write_config(self.run_dir / "config.yaml", cfg)  # resolved: what this run uses
         if use_compile(cfg.compile, device):
             self.unroll.compile_halves()
