@@ -528,7 +528,7 @@ class Recipe:
                             self.student.state_dict() if self.full else adapter_state_dict(self.student),
                             {"optimizer": portable_state(self.opt), "torch_rng": torch.get_rng_state(),
                              "step": self.step, "epoch": self.epoch, "position": self.position,
-                             "val_before": self.result.val_before})
+                             "val_before": self.result.val_before}, whole=self.full)
         if self.cfg.world > 1:
             dist.barrier()
 
