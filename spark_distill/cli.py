@@ -353,9 +353,10 @@ def train(
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
                                               "(--student openpilot or a run).")] = "auto",
-    head_init: Annotated[str, typer.Option(help="random, or label-mean: a fresh built-in student's output-head "
-                                                "biases start at the label set's mean output (a short run then "
-                                                "learns the deviation instead of the metres).")] = "random",
+    head_init: Annotated[str, typer.Option(help="label-mean: a fresh built-in student's output-head biases start at "
+                                                "the label set's mean output (a short run then learns the deviation "
+                                                "instead of the metres); random: PyTorch's init. A trained student "
+                                                "(openpilot, a run) keeps its heads.")] = "label-mean",
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
@@ -389,7 +390,9 @@ def train(
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
                        ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its newest good checkpoint.")] = False,
-    log_every: Annotated[int, typer.Option(help="Optimizer steps between logged training scalars.")] = 10,
+    log_every: Annotated[int | None, typer.Option(help="Optimizer steps between logged training scalars "
+                                                       "\\[default: every step up to 40 steps, then about 20-40 "
+                                                       "points over the run].")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints (one is also written at "
                                                        "each epoch end and at the end).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
@@ -647,31 +650,45 @@ def synth_route(
 @handles_errors
 def synth_teacher(
     out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
+    weights: Annotated[str | None, typer.Option(help="fitted: the shipped teacher that drives (synth/fitted/"
+                                                     "<contract>, what --fit makes with its defaults); random: seeded "
+                                                     "random weights whose outputs mean nothing (tests, timing) "
+                                                     "\\[default: fitted; random with --size bench, --seed, or a "
+                                                     "contract with no shipped fit (v2)].")] = None,
     size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
-                                           "like the real vision model).")] = "tiny",
+                                           "like the real vision model; random weights).")] = "tiny",
     contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
                                                "desire_pulse only (openpilot 0.10).")] = "v1",
-    seed: Annotated[int, typer.Option(help="Weight seed (with --fit: seed of the fit's drives and training).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of random weights (with --fit: of the fit's drives and "
+                                                  "training) \\[default: 0].")] = None,
     fit: Annotated[bool, typer.Option("--fit", help="Fit a teacher that drives: learn the path driven, lanes, lead "
                                                     "and desire of varied synthetic drives (a few CPU minutes; "
                                                     "the package ships the result of the defaults).")] = False,
 ) -> None:
-    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
+    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata): by default
+    the shipped one fitted to drive."""
     from spark_distill.errors import ConfigError
 
     if fit:
         from spark_distill.synth.fit import FitConfig, fit_teacher
 
-        if size != "tiny":
-            raise ConfigError(f"--fit makes a tiny teacher; drop --size {size}")
-        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed))
+        if size != "tiny" or weights is not None:
+            raise ConfigError("--fit makes a tiny teacher with fitted weights; drop --size and --weights")
+        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed or 0))
         print_table(f"fitted teacher -> {out_dir}", {
             **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
             "policy training loss": result.policy_loss})
         return
-    from spark_distill.synth.teacher import write_teacher
+    from spark_distill.synth.stand_in import write_stand_in
 
-    for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
+    written = write_stand_in(out_dir, weights=weights, size=size, contract=contract, seed=seed)
+    if written.note:
+        console.print(f"note: {written.note}", highlight=False, soft_wrap=True)
+    out.print(f"wrote the fitted {contract} teacher, which drives (the shipped result of --fit) -> {out_dir}"
+              if written.weights == "fitted" else
+              f"wrote a {size} {contract} teacher with random weights (seed {seed or 0}; its outputs mean nothing) "
+              f"-> {out_dir}", highlight=False, soft_wrap=True)
+    for path in written.files.values():
         print(path)
 
 

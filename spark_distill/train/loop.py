@@ -70,7 +70,8 @@ class TrainConfig:
     student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
     student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
-    head_init: str = "random"  # label-mean: a fresh built-in student's head biases start at the labels' mean
+    head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at
+    # their PyTorch init; a short run then spends its steps walking the biases out from 0 m); trained students ignore it
     rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
     alpha: float = 32.0
     targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
@@ -88,7 +89,8 @@ class TrainConfig:
     mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
     workers: int = 0  # loader workers per rank, capped by the training shards it reads; 0: auto (train.sizing)
     seed: int = 0
-    log_every: int = 10
+    log_every: int | None = None  # None: about LOG_POINTS logged points over the schedule, every step of a short
+    # run (train/sizing.py), so that any run's loss.png shows a curve
     checkpoint_every: int = 200
     feature_cached: str = "auto"  # auto: on when nothing in the vision network trains (openpilot student)
     feature_cache: str = "auto"  # feature-cached clips decoded once, held in device memory (train.cache); auto: if
@@ -128,6 +130,8 @@ class TrainConfig:
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.workers < 0 or self.lr <= 0:
             raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --workers >= 0 "
                               "(0: auto), --lr > 0")
+        if self.log_every is not None and self.log_every < 1:
+            raise ConfigError(f"--log-every must be >= 1, got {self.log_every}")
 
 
 @dataclass
@@ -227,6 +231,18 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def plot_losses(ax: Any, rows: list[dict[str, Any]]) -> list[str]:
+    """Draw each split's loss of metrics.jsonl rows as points joined by lines (a split with one point is drawn
+    too); returns the splits drawn, the only ones that get a legend entry."""
+    drawn = []
+    for split, marker in (("train", "."), ("val", "o")):
+        pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, linestyle="-", label=split)
+            drawn.append(split)
+    return drawn
+
+
 def loss_curve(run_dir: Path) -> Path | None:
     """PNG of train and validation loss from metrics.jsonl (None where matplotlib is missing or no point exists)."""
     try:
@@ -244,14 +260,12 @@ def loss_curve(run_dir: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for split, style in (("train", "-"), ("val", "o-")):
-        pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=split)
+    drawn = plot_losses(ax, rows)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("distillation loss")
     ax.set_title(run_dir.name)
-    ax.legend()
+    if drawn:
+        ax.legend()
     ax.grid(alpha=0.3)
     out = run_dir / "loss.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
