@@ -106,11 +106,6 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def shipped_fit(contract: str) -> bool:
-    """Whether the package ships a fitted teacher pair of this contract."""
-    return all((SHIPPED / contract / f).exists() for f in PAIR_FILES)
-
-
 def copy_fitted(out: Path, contract: str = "v1") -> dict[str, Path]:
     """Copy the shipped fitted teacher pair (and its fit.json) into `out`."""
     src = SHIPPED / contract

@@ -25,11 +25,18 @@ class StandIn:
     note: str | None = None  # why a default turned into random weights
 
 
+def shipped_fit(contract: str) -> bool:
+    """Whether the package ships a fitted teacher pair of this contract (synth/fitted/<contract>/)."""
+    from spark_distill.synth.fit import PAIR_FILES, SHIPPED  # not fit.py itself: its digest pins the shipped pair
+
+    return all((SHIPPED / contract / f).exists() for f in PAIR_FILES)
+
+
 def write_stand_in(out: Path, *, weights: str | None = None, size: str = "tiny", contract: str = "v1",
                    seed: int | None = None) -> StandIn:
     """Write the fitted pair (`weights="fitted"`, the default where one is shipped) or a random-weight teacher of
     `seed` (default 0) into `out`."""
-    from spark_distill.synth.fit import copy_fitted, shipped_fit
+    from spark_distill.synth.fit import copy_fitted
     from spark_distill.synth.teacher import write_teacher
 
     if weights is not None and weights not in WEIGHTS:
