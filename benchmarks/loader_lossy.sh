@@ -53,7 +53,7 @@ done
 echo "== ingest --codec $CODEC ${CRF:+--crf $CRF}"
 sd ingest "$work/route" --out "$work/ds" --codec "$CODEC" ${CRF:+--crf "$CRF"} --shard-clips "$SHARD_CLIPS"
 echo "== label (tiny stand-in teacher)"
-sd synth-teacher "$work/teacher" > /dev/null
+sd synth-teacher "$work/teacher" --weights random > /dev/null
 sd label "$work/ds" --teacher "$work/teacher" --name lossy ${DEVICE:+--device "$DEVICE"}
 du -sh "$work/ds/frames"
 echo "dataset ready after $(( $(date +%s) - start )) s"

@@ -23,24 +23,29 @@ from typer.core import TyperCommand, TyperGroup
 
 from spark_distill import __version__
 from spark_distill.errors import ConfigError, SparkDistillError
+from spark_distill.notes import NOTES
 
 
-def _blank_flags(params: list[Any]) -> list[Any]:
-    """typer shows flags (and --help) a `<bool>` value they do not take: give them an empty metavar."""
+def _tidy_params(params: list[Any]) -> list[Any]:
+    """typer shows flags (and --help) a `<bool>` value they do not take: give them an empty metavar. An option
+    whose help says its default in words (`\\[default: one per CPU core]`) shows only that one, not also typer's
+    `[default: 0]`."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        if "[default:" in (getattr(p, "help", None) or ""):
+            p.show_default = False
     return params
 
 
 class _Command(TyperCommand):
     def get_params(self, ctx: Any) -> list[Any]:
-        return _blank_flags(super().get_params(ctx))
+        return _tidy_params(super().get_params(ctx))
 
 
 class _Group(TyperGroup):
     def get_params(self, ctx: Any) -> list[Any]:
-        return _blank_flags(super().get_params(ctx))
+        return _tidy_params(super().get_params(ctx))
 
 
 class _Typer(typer.Typer):
@@ -84,7 +89,21 @@ def main(
     """spark-distill: openpilot route logs -> labeled shards -> DoRA-tuned student -> ONNX."""
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_time=False, show_path=False)], force=True)
+                        handlers=_log_handlers(), force=True)
+
+
+def _is_note(record: logging.LogRecord) -> bool:
+    return record.name == NOTES.name
+
+
+def _log_handlers() -> list[logging.Handler]:
+    """Logs on stderr above any progress bar: warnings (and INFO with -v) with their level, notes as `note: ...`."""
+    logs = RichHandler(console=console, show_time=False, show_path=False)
+    logs.addFilter(lambda record: not _is_note(record))
+    notes = RichHandler(console=console, show_time=False, show_level=False, show_path=False)
+    notes.setFormatter(logging.Formatter("note: %(message)s"))
+    notes.addFilter(_is_note)
+    return [logs, notes]
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -260,6 +279,7 @@ def label(
             "shards": len(m["shards"]), "frames": sum(s["frames"] for s in m["shards"]),
             "heads from the log": ", ".join(m["available_heads"]),
             "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
+        _next_train(root, m["name"])
         return
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
@@ -276,6 +296,15 @@ def label(
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
         "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
         "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
+    _next_train(root, r.folder.name)
+
+
+def _next_train(root: Path, label_set: str) -> None:
+    """The command that trains on a label set just written: what a user types next."""
+    import shlex
+
+    out.print(f"next: spark-distill train {shlex.quote(str(root))} --labels {shlex.quote(label_set)}",
+              highlight=False, soft_wrap=True)
 
 
 def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:
@@ -307,8 +336,10 @@ def train(
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
-    student: Annotated[str, typer.Option(help="compact or compact-xs (built in), or openpilot (fine-tune the ONNX "
-                                              "pair given by --student-onnx).")] = "compact",
+    student: Annotated[str, typer.Option(help="compact or compact-xs (built in); openpilot (fine-tune the ONNX pair "
+                                              "given by --student-onnx); or a trained run to continue from: "
+                                              "runs/<run> (its newest good checkpoint) or one checkpoint folder "
+                                              "runs/<run>/checkpoints/step-N.")] = "compact",
     student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
                                                            "(+ metadata) for --student openpilot.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ \\[default: "
@@ -324,9 +355,10 @@ def train(
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
                                               "(--student openpilot or a run).")] = "auto",
-    head_init: Annotated[str, typer.Option(help="random, or label-mean: a fresh built-in student's output-head "
-                                                "biases start at the label set's mean output (a short run then "
-                                                "learns the deviation instead of the metres).")] = "random",
+    head_init: Annotated[str, typer.Option(help="label-mean: a fresh built-in student's output-head biases start at "
+                                                "the label set's mean output (a short run then learns the deviation "
+                                                "instead of the metres); random: PyTorch's init. A trained student "
+                                                "(openpilot, a run) keeps its heads.")] = "label-mean",
     dora_rank: Annotated[int, typer.Option(help="Adapter rank.")] = 16,
     dora_alpha: Annotated[float, typer.Option(help="Adapter alpha (scale = alpha / rank).")] = 32.0,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module-name globs to adapt "
@@ -360,7 +392,9 @@ def train(
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
                        ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its newest good checkpoint.")] = False,
-    log_every: Annotated[int, typer.Option(help="Optimizer steps between logged training scalars.")] = 10,
+    log_every: Annotated[int | None, typer.Option(help="Optimizer steps between logged training scalars "
+                                                       "\\[default: every step up to 40 steps, then about 20-40 "
+                                                       "points over the run].")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints (one is also written at "
                                                        "each epoch end and at the end).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the student, the split and the data order.")] = 0,
@@ -641,31 +675,45 @@ def synth_route(
 @handles_errors
 def synth_teacher(
     out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
+    weights: Annotated[str | None, typer.Option(help="fitted: the shipped teacher that drives (synth/fitted/"
+                                                     "<contract>, what --fit makes with its defaults); random: seeded "
+                                                     "random weights whose outputs mean nothing (tests, timing) "
+                                                     "\\[default: fitted; random with --size bench, --seed, or a "
+                                                     "contract with no shipped fit (v2)].")] = None,
     size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
-                                           "like the real vision model).")] = "tiny",
+                                           "like the real vision model; random weights).")] = "tiny",
     contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
                                                "desire_pulse only (openpilot 0.10).")] = "v1",
-    seed: Annotated[int, typer.Option(help="Weight seed (with --fit: seed of the fit's drives and training).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of random weights (with --fit: of the fit's drives and "
+                                                  "training) \\[default: 0].")] = None,
     fit: Annotated[bool, typer.Option("--fit", help="Fit a teacher that drives: learn the path driven, lanes, lead "
                                                     "and desire of varied synthetic drives (a few CPU minutes; "
                                                     "the package ships the result of the defaults).")] = False,
 ) -> None:
-    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata)."""
+    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata): by default
+    the shipped one fitted to drive."""
     from spark_distill.errors import ConfigError
 
     if fit:
         from spark_distill.synth.fit import FitConfig, fit_teacher
 
-        if size != "tiny":
-            raise ConfigError(f"--fit makes a tiny teacher; drop --size {size}")
-        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed))
+        if size != "tiny" or weights is not None:
+            raise ConfigError("--fit makes a tiny teacher with fitted weights; drop --size and --weights")
+        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed or 0))
         print_table(f"fitted teacher -> {out_dir}", {
             **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
             "policy training loss": result.policy_loss})
         return
-    from spark_distill.synth.teacher import write_teacher
+    from spark_distill.synth.stand_in import write_stand_in
 
-    for path in write_teacher(out_dir, size=size, contract=contract, seed=seed).values():
+    written = write_stand_in(out_dir, weights=weights, size=size, contract=contract, seed=seed)
+    if written.note:
+        console.print(f"note: {written.note}", highlight=False, soft_wrap=True)
+    out.print(f"wrote the fitted {contract} teacher, which drives (the shipped result of --fit) -> {out_dir}"
+              if written.weights == "fitted" else
+              f"wrote a {size} {contract} teacher with random weights (seed {seed or 0}; its outputs mean nothing) "
+              f"-> {out_dir}", highlight=False, soft_wrap=True)
+    for path in written.files.values():
         print(path)
 
 

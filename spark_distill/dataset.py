@@ -10,6 +10,7 @@ Main entry points: `summarize(root)` (and `summary_rows`: its numbers in human u
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ DROP_REASONS = {"encoder_gaps": "never written by the encoder", "unindexed": "wi
                 "wide_only": "wide-camera frames without a road frame (not counted as dropped)"}
 
 
+def label_sets(root: Path) -> list[str]:
+    """Names of the label sets under ROOT/labels (folders with a manifest), sorted."""
+    return sorted(p.parent.name for p in (root / "labels").glob(f"*/{shards.MANIFEST}"))
+
+
+def label_set_dir(root: Path, name: str) -> Path:
+    """ROOT/labels/<name>, or a DatasetError naming the sets that exist (or saying to run label first)."""
+    folder = root / "labels" / name
+    if (folder / shards.MANIFEST).exists():
+        return folder
+    existing = label_sets(root)
+    if existing:
+        raise DatasetError(f"no label set {name!r} in {root / 'labels'}; label sets there: {', '.join(existing)}")
+    raise DatasetError(f"{root} has no label set yet; make one with "
+                       f"`spark-distill label {shlex.quote(str(root))} --teacher DIR` (or --from-log)")
+
+
 def summarize(root: Path) -> dict[str, Any]:
     """Counts from the manifest: segments, clips, frames, seconds, bytes, warnings, skipped segments, and
     `segment_issues`: the segments with dropped frames, warnings or skipped."""
@@ -54,7 +72,7 @@ def summarize(root: Path) -> dict[str, Any]:
         "warnings": sum(len(s["warnings"]) for s in manifest["segments"]),
         "segment_issues": segment_issues(manifest),
         "settings": manifest["settings"],
-        "label_sets": sorted(p.parent.name for p in (root / "labels").glob(f"*/{shards.MANIFEST}")),
+        "label_sets": label_sets(root),
     }
 
 

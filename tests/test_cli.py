@@ -97,6 +97,7 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                             "--backend", "onnxruntime", "--name", "v2set"])
     assert r.exit_code == 0, r.output
     assert "frames labeled" in r.output and "80" in r.output
+    assert r.stdout.splitlines()[-1] == f"next: spark-distill train {out} --labels v2set", "label says what comes next"
     r = runner.invoke(app, ["inspect", str(out), "--verify"])
     assert r.exit_code == 0, r.output
     assert "verified labels/v2set: 1 shards, 4 clips" in r.output
@@ -134,7 +135,7 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                           (["label", str(tmp_path), "--teacher", str(tmp_path / "teacher")], "no frames dataset"),
                           (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
                            "unknown backend 'openvino'"),
-                          (["train", str(out), "--labels", "nope"], "not found"),
+                          (["train", str(out), "--labels", "nope"], "no label set 'nope' in "),
                           (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter"),
                           (["train", str(out), "--labels", "v2set", "--loss-weights", "speed=1"], "--loss-weights")):
         r = _cli(*args)
@@ -159,3 +160,114 @@ def test_help_texts_read_whole() -> None:
         assert Text.from_markup(text).plain == text.replace("\\[", "["), (name, text)
     r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
     assert "[default: the student's: compact policy.*" in r.output and "<bool>" not in r.output
+
+
+def _commands() -> Iterator[tuple[list[str], object]]:
+    """(argv to the command, click command) of every command and bench subcommand."""
+    import typer.main
+
+    def walk(cmd, path: list[str]) -> Iterator[tuple[list[str], object]]:
+        subs = getattr(cmd, "commands", {})
+        if not subs:
+            yield path, cmd
+        for name, sub in subs.items():
+            yield from walk(sub, [*path, name])
+
+    yield from walk(typer.main.get_command(app), [])
+
+
+def test_help_shows_one_default_per_option_and_every_accepted_form() -> None:
+    commands = list(_commands())
+    assert len(commands) >= 14 and ["bench", "train"] in [c for c, _ in commands]
+    twice = []
+    for argv, _ in commands:
+        r = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "2000"})  # one line per option
+        assert r.exit_code == 0, argv
+        twice += [(argv, line.strip()) for line in r.output.splitlines() if line.count("[default:") > 1]
+    assert not twice, twice
+    r = runner.invoke(app, ["ingest", "--help"], env={"COLUMNS": "2000"})
+    workers = next(line for line in r.output.splitlines() if "--workers" in line)
+    assert "[default: one per CPU core]" in workers and "[default: 0]" not in workers
+    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "2000"}).output
+    student = next(line for line in train_help.splitlines() if "--student " in line)
+    assert "runs/<run>" in student and "runs/<run>/checkpoints/step-N" in student
+    head_init = next(line for line in train_help.splitlines() if "--head-init" in line)
+    assert "[default: label-mean]" in head_init
+
+
+def _run_with_a_checkpoint(runs: Path, name: str) -> None:
+    import torch
+
+    from spark_distill.train.checkpoint import save_checkpoint
+
+    save_checkpoint(runs / name / "checkpoints", 1, {"w": torch.zeros(1)},
+                    {"optimizer": {}, "torch_rng": None, "step": 1, "epoch": 0, "position": 1})
+
+
+def test_train_names_a_missing_label_set_before_an_existing_run(labeled: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _run_with_a_checkpoint(runs, "set-compact-none")  # what `train ROOT --labels set` would write to
+    nolab = tmp_path / "nolab"  # the same frames, no label set
+    (nolab / "frames").mkdir(parents=True)
+    (nolab / "frames" / shards.MANIFEST).write_bytes((labeled / "frames" / shards.MANIFEST).read_bytes())
+    for args, message in (
+        ([str(nolab), "--labels", "set"], f"error: {nolab} has no label set yet; make one with "
+                                          f"`spark-distill label {nolab} --teacher DIR` (or --from-log)"),
+        ([str(labeled), "--labels", "nosuchset"], f"error: no label set 'nosuchset' in {labeled / 'labels'}; "
+                                                  "label sets there: set"),
+        ([str(labeled), "--labels", "set"], "error: run 'set-compact-none' already has checkpoints in"),
+    ):
+        r = runner.invoke(app, ["train", *args, "--runs-dir", str(runs), "--device", "cpu"])
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), (args, r.stderr)
+
+
+def test_synth_teacher_writes_the_fitted_teacher_unless_asked_for_random(tmp_path: Path) -> None:
+    import hashlib
+
+    from spark_distill.synth.fit import SHIPPED
+
+    shipped = json.loads((SHIPPED / "v1" / "fit.json").read_text())["files"]
+    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "fitted")])
+    assert r.exit_code == 0 and r.stdout.startswith("wrote the fitted v1 teacher, which drives"), r.output
+    for name, digest in shipped.items():
+        assert hashlib.sha256((tmp_path / "fitted" / name).read_bytes()).hexdigest() == digest, name
+    assert (tmp_path / "fitted" / "fit.json").exists()
+    for args, seed in ((["--weights", "random"], 0), (["--seed", "3"], 3)):
+        r = runner.invoke(app, ["synth-teacher", str(tmp_path / f"random{seed}"), *args])
+        assert r.exit_code == 0, r.output
+        assert r.stdout.startswith(f"wrote a tiny v1 teacher with random weights (seed {seed};"), r.output
+        assert not (tmp_path / f"random{seed}" / "fit.json").exists()
+        vision = (tmp_path / f"random{seed}" / "driving_vision.onnx").read_bytes()
+        assert hashlib.sha256(vision).hexdigest() != shipped["driving_vision.onnx"]
+    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "v2"), "--contract", "v2"])  # no fitted v2 is shipped
+    assert r.exit_code == 0 and r.stderr.startswith("note: no fitted v2 teacher is shipped: random weights"), r.output
+    assert "with random weights (seed 0;" in r.stdout
+    for args, message in ((["--weights", "fitted", "--size", "bench"], "the fitted teacher is tiny"),
+                          (["--weights", "fitted", "--seed", "2"], "--seed seeds random weights or a fit"),
+                          (["--weights", "fitted", "--contract", "v2"], "no fitted v2 teacher is shipped"),
+                          (["--weights", "trained"], "--weights 'trained': choose fitted or random"),
+                          (["--fit", "--weights", "random"], "--fit makes a tiny teacher")):
+        r = runner.invoke(app, ["synth-teacher", str(tmp_path / "bad"), *args])
+        assert r.exit_code == 2 and r.stderr.startswith(f"error: {message}"), (args, r.output)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_notes_print_as_notes_and_warnings_as_warnings() -> None:
+    import logging
+
+    from spark_distill import cli
+
+    handlers = cli._log_handlers()
+    records = [logging.LogRecord("spark_distill.notes", logging.INFO, __file__, 1, "--batch-size 32 -> 8: a loader "
+                                 "worker gets 8 training clips per epoch", None, None),
+               logging.LogRecord("spark_distill.train.loop", logging.WARNING, __file__, 1, "non-finite loss", None,
+                                 None)]
+    with cli.console.capture() as captured:
+        for record in records:
+            for h in handlers:
+                if h.filter(record):
+                    h.handle(record)
+    lines = [line.rstrip() for line in captured.get().splitlines() if line.strip()]
+    assert lines[0] == "note: --batch-size 32 -> 8: a loader worker gets 8 training clips per epoch", lines
+    assert lines[1].startswith("WARNING") and "non-finite loss" in lines[1] and len(lines) == 2, lines

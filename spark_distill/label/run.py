@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import logging
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -276,6 +277,14 @@ class _Verifier:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def nothing_labeled(root: Path, bad: int) -> str:
+    """The one line of a label pass whose every frames shard failed its sha256 check."""
+    every = "the frames shard" if bad == 1 else f"every frames shard ({bad})"
+    return (f"{every} failed its sha256 check (changed on disk since ingest): nothing was labeled and no label set "
+            f"written; `spark-distill inspect {shlex.quote(str(root))} --verify` names the damaged shards; ingest "
+            "their routes again into a new --out and label that")
+
+
 def _accelerated(cfg: LabelConfig) -> bool:
     """Whether the teacher will run on a GPU (what sizes the default number of reader processes)."""
     backend = auto_backend() if cfg.backend == "auto" else cfg.backend
@@ -323,6 +332,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     backend = get_backend(cfg.backend, teacher, vision_model, policy_model, batch=cfg.batch,
                           precision=cfg.precision, device=cfg.device, cache_dir=cfg.root / "labels" / ".engines",
                           compile=cfg.compile)
+    fresh = not (folder / shards.MANIFEST).exists()  # no earlier pass recorded anything in this set
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _open_label_manifest(folder, teacher, backend, frames_manifest, frames_sha, cfg)
     for p in folder.glob("*.tmp"):
@@ -333,12 +343,16 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     start = time.perf_counter()
     bad = verifier.bad({c.shard for p in work for c in p.clips})
     verify_s = time.perf_counter() - start  # what the checks took beyond building the teacher
+    todo -= bad
+    if bad and not todo and not manifest["shards"]:  # nothing to label: leave no empty set for train to refuse
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise LabelError(nothing_labeled(cfg.root, len(bad)))
     for i in sorted(bad):
         name_i = frames_manifest["shards"][i]["name"]
         log.warning("frames shard %s fails its sha256 check; skipped, not labeled", name_i)
         result.skipped_shards.append(name_i)
     manifest["skipped_shards"] = result.skipped_shards
-    todo -= bad
     expected: dict[int, list[str]] = collections.defaultdict(list)
     for p in plans:
         for c in p.clips:

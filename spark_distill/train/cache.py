@@ -18,7 +18,6 @@ stream yields for (epoch, skip), so training, exact mid-epoch resume and DDP's e
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -27,10 +26,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from spark_distill.errors import ConfigError
+from spark_distill.notes import note
 from spark_distill.train.data import ClipStream, ShardPair, make_loader, read_lockstep, stack_clips
 from spark_distill.train.step import HOST_KEYS
-
-log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 SHARE = 0.4  # of the device's free memory (the host's available memory on a CPU) that auto may take
@@ -110,7 +108,7 @@ class FeatureCache:
                                f"{budget / 1e9:.2f} GB ({SHARE:.0%} of the free memory)")
                     if mode == "on":
                         raise ConfigError(message + "; use --feature-cache auto or off")
-                    log.warning("note: %s: streaming from the shards instead", message)
+                    note(f"{message}: streaming from the shards instead")
                     return None
                 arrays = {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype,
                                          device="cpu" if k in HOST_KEYS else device)

@@ -2,9 +2,12 @@
 # Copyright (c) 2026 spark-distill authors
 """Checkpoints: written atomically, verified on load, with a fall-back to the previous good one.
 
-A checkpoint is a folder `step-NNNNNNNN/` holding `adapter.safetensors` (the trainable tensors),
-`state.pt` (optimizer, scaler, RNG states, loader position; plain tensors and containers, loadable with
-`weights_only=True`) and `meta.json` (step, sha256 of both files). It is written under a temporary
+A checkpoint is a folder `step-NNNNNNNN/` holding the trainable tensors, named for what they hold:
+`weights.safetensors` (the whole student, when every parameter trains: `--adapter none`) or
+`adapter.safetensors` (the adapters, and any modules trained fully beside them); `state.pt` (optimizer,
+scaler, RNG states, loader position; plain tensors and containers, loadable with `weights_only=True`) and
+`meta.json` (step, sha256 of both files). Runs written before the whole student got its own name keep it in
+`adapter.safetensors`: `meta.json` names the file, and either name loads. It is written under a temporary
 name and renamed, so a half-written checkpoint is never seen as one; a torn or edited one fails its
 checksum and the previous one is used. Entry points: `save_checkpoint`, `latest_checkpoint`, `load_checkpoint`.
 """
@@ -27,16 +30,24 @@ log = logging.getLogger(__name__)
 KEEP = 3  # checkpoints kept; older ones are deleted after a new one lands
 
 
-def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
-    """Write checkpoint `step` into `folder` atomically; prune to the newest KEEP."""
+WEIGHTS = "weights.safetensors"  # the whole student (every parameter and buffer trains: --adapter none)
+ADAPTER = "adapter.safetensors"  # adapters, and modules trained fully beside them (also old runs' whole students)
+STATE = "state.pt"
+
+
+def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], *,
+                    whole: bool = False) -> Path:
+    """Write checkpoint `step` into `folder` atomically (the tensors as WEIGHTS when they are the `whole`
+    student, else ADAPTER); prune to the newest KEEP."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    meta = {"step": step, "sha256": {n: shards.sha256_file(tmp / n) for n in ("adapter.safetensors", "state.pt")}}
+    name = WEIGHTS if whole else ADAPTER
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
+    torch.save(state, tmp / STATE)
+    meta = {"step": step, "sha256": {n: shards.sha256_file(tmp / n) for n in (name, STATE)}}
     shards.write_json_atomic(tmp / "meta.json", meta)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -46,14 +57,21 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], s
     return final
 
 
-def _valid(path: Path) -> bool:
+def _tensor_file(path: Path) -> str | None:
+    """The name of the checkpoint's tensor file (WEIGHTS or ADAPTER) when both its files pass their checksums."""
     try:
         meta = json.loads((path / "meta.json").read_text())
         files = meta["sha256"]
-        return (isinstance(files, dict) and set(files) == {"adapter.safetensors", "state.pt"}
-                and all(shards.sha256_file(path / n) == h for n, h in files.items()))
+        if not isinstance(files, dict):
+            return None
+        name = next((n for n in (WEIGHTS, ADAPTER) if set(files) == {n, STATE}), None)
+        return name if name and all(shards.sha256_file(path / n) == h for n, h in files.items()) else None
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+
+
+def _valid(path: Path) -> bool:
+    return _tensor_file(path) is not None
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -67,11 +85,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(trainable tensors, state) of a checkpoint folder, verified."""
-    if not _valid(path):
+    name = _tensor_file(path)
+    if name is None:
         raise TrainError(f"{path}: not a complete checkpoint (missing files or checksum mismatch)")
     try:
-        tensors = load_file(str(path / "adapter.safetensors"))
-        state = torch.load(path / "state.pt", weights_only=True)
+        tensors = load_file(str(path / name))
+        state = torch.load(path / STATE, weights_only=True)
     except Exception as e:  # a damaged file: torch.load and safetensors raise many types (zip, pickle, header)
         first = (str(e).splitlines() or [""])[0][:120]
         raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from e

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill import shards
 from spark_distill.clips import IMAGE_STEMS, decode_clip
-from spark_distill.dataset import check_frames_sample, check_label_sample, frames_dir, label_widths
+from spark_distill.dataset import check_frames_sample, check_label_sample, frames_dir, label_set_dir, label_widths
 from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.label.plan import SegmentPlan, frames_binding, plan_segments
 
@@ -75,7 +75,7 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
     """The labeled shards with the clips of `split` ('train' or 'val'; val may be empty), and the label manifest."""
     fdir = frames_dir(root)
     frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
-    ldir = root / "labels" / label_set
+    ldir = label_set_dir(root, label_set)
     labels = shards.read_manifest(ldir, shards.LABELS_FORMAT)
     binding = frames_binding(frames)
     if labels["frames_shards"] != binding[: len(labels["frames_shards"])]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from spark_distill import shards
 from spark_distill.errors import ConfigError, TrainError
+from spark_distill.notes import note
 from spark_distill.train.cache import MODES as CACHE_MODES
 from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import (
@@ -69,7 +70,8 @@ class TrainConfig:
     student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
     student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
-    head_init: str = "random"  # label-mean: a fresh built-in student's head biases start at the labels' mean
+    head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at
+    # their PyTorch init; a short run then spends its steps walking the biases out from 0 m); trained students ignore it
     rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
     alpha: float = 32.0
     targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
@@ -87,7 +89,8 @@ class TrainConfig:
     mask_warmup: bool = True  # drop labels from each segment's first 5 s (zero-history teacher outputs)
     workers: int = 0  # loader workers per rank, capped by the training shards it reads; 0: auto (train.sizing)
     seed: int = 0
-    log_every: int = 10
+    log_every: int | None = None  # None: about LOG_POINTS logged points over the schedule, every step of a short
+    # run (train/sizing.py), so that any run's loss.png shows a curve
     checkpoint_every: int = 200
     feature_cached: str = "auto"  # auto: on when nothing in the vision network trains (openpilot student)
     feature_cache: str = "auto"  # feature-cached clips decoded once, held in device memory (train.cache); auto: if
@@ -127,6 +130,8 @@ class TrainConfig:
         if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.workers < 0 or self.lr <= 0:
             raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --workers >= 0 "
                               "(0: auto), --lr > 0")
+        if self.log_every is not None and self.log_every < 1:
+            raise ConfigError(f"--log-every must be >= 1, got {self.log_every}")
 
 
 @dataclass
@@ -226,6 +231,18 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def plot_losses(ax: Any, rows: list[dict[str, Any]]) -> list[str]:
+    """Draw each split's loss of metrics.jsonl rows as points joined by lines (a split with one point is drawn
+    too); returns the splits drawn, the only ones that get a legend entry."""
+    drawn = []
+    for split, marker in (("train", "."), ("val", "o")):
+        pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, linestyle="-", label=split)
+            drawn.append(split)
+    return drawn
+
+
 def loss_curve(run_dir: Path) -> Path | None:
     """PNG of train and validation loss from metrics.jsonl (None where matplotlib is missing or no point exists)."""
     try:
@@ -243,14 +260,12 @@ def loss_curve(run_dir: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for split, style in (("train", "-"), ("val", "o-")):
-        pts = [(r["step"], r["loss"]) for r in rows if r["split"] == split]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=split)
+    drawn = plot_losses(ax, rows)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("distillation loss")
     ax.set_title(run_dir.name)
-    ax.legend()
+    if drawn:
+        ax.legend()
     ax.grid(alpha=0.3)
     out = run_dir / "loss.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -300,9 +315,6 @@ class Recipe:
             torch.cuda.set_device(self.device)  # one process per GPU (torchrun): allocations and streams on its own
         self.run_dir = cfg.runs_dir / cfg.run
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if self.run_dir.exists() and not cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
-            raise ConfigError(f"run {cfg.run!r} already has checkpoints in {self.run_dir}; pass --resume or another "
-                              "--run")
 
     def _setup_data(self, cfg: TrainConfig) -> _Data:
         pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction,
@@ -313,6 +325,10 @@ class Recipe:
         clip_len = int(frames_manifest["settings"]["clip_len"])
         if cfg.burn_in >= clip_len:
             raise ConfigError(f"--burn-in {cfg.burn_in} leaves no frame of a {clip_len}-frame clip to learn from")
+        # after the dataset and label set checks: a missing label set is the problem to name, not an earlier run
+        if self.run_dir.exists() and not cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
+            raise ConfigError(f"run {cfg.run!r} already has checkpoints in {self.run_dir}; pass --resume or another "
+                              "--run")
         self.resuming = cfg.resume and latest_checkpoint(self.ckpt_dir) is not None
         if self.resuming:  # the data position counts the run's own batches: keep its sizing
             cfg = sized_as(cfg, self.run_dir / "config.yaml")
@@ -363,11 +379,11 @@ class Recipe:
             cfg, more = fit_to_memory(cfg, self.unroll, clip_len=data.clip_len, device=device, autocast=self.autocast)
             self.notes += more
             self.cfg = cfg
-        captured, note = use_capture(cfg.capture, device, world=cfg.world, grad_accum=cfg.grad_accum)
-        self.notes += [note] if note else []
+        captured, overruled = use_capture(cfg.capture, device, world=cfg.world, grad_accum=cfg.grad_accum)
+        self.notes += [overruled] if overruled else []
         if self.main_rank:
-            for note in self.notes:
-                log.warning("note: %s", note)
+            for line in self.notes:
+                note(line)
             write_config(self.run_dir / "config.yaml", cfg)  # resolved: what this run uses
         if use_compile(cfg.compile, device):
             self.unroll.compile_halves()
@@ -526,7 +542,7 @@ class Recipe:
                             self.student.state_dict() if self.full else adapter_state_dict(self.student),
                             {"optimizer": portable_state(self.opt), "torch_rng": torch.get_rng_state(),
                              "step": self.step, "epoch": self.epoch, "position": self.position,
-                             "val_before": self.result.val_before})
+                             "val_before": self.result.val_before}, whole=self.full)
         if self.cfg.world > 1:
             dist.barrier()
 

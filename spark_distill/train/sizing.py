@@ -7,8 +7,9 @@ returning (cfg, notes).
 Options a user leaves at their defaults are derived here: the adapter and learning rate from the student
 (a built-in student starts from random weights, so it trains fully; adapters fine-tune a trained model),
 the loader's workers and the batch from what the shards can feed, the warm-up mask from how long the
-segments are, the learning-rate warm-up from the steps the data gives, and micro-batches (gradient
-accumulation, the same optimizer steps) where a batch's activations would not fit in memory. Every value
+segments are, the learning-rate warm-up and the logging cadence from the steps the data gives, and
+micro-batches (gradient accumulation, the same optimizer steps) where a batch's activations would not fit in
+memory. Every value
 that differs from what was asked is reported as a one-line note. An error is left only where no training is
 possible at all (fewer training shards than ranks).
 """
@@ -35,7 +36,14 @@ if TYPE_CHECKING:
 
 MAX_WARMUP_STEPS = 100
 MEMORY_SHARE = 0.5  # of the memory free at start-up, for one micro-batch's saved activations
+LOG_POINTS = 40  # logged training points of a run whose --log-every is left at its default
 LR = {"none": 1e-3, "lora": 5e-4, "dora": 5e-4}  # peak AdamW LR: full training from scratch; adapters fine-tune
+
+
+def log_cadence(total: int) -> int:
+    """Optimizer steps between logged training points: every step up to LOG_POINTS steps, then about
+    LOG_POINTS/2..LOG_POINTS points over the schedule (a 10-step run's loss curve has 10 points, not 1)."""
+    return max(1, math.ceil(total / LOG_POINTS))
 
 
 def default_adapter(student: str) -> str:
@@ -104,8 +112,9 @@ def fit_to_data(cfg: TrainConfig, data: TrainingData) -> tuple[TrainConfig, list
     per_epoch = micro_per_epoch // accum
     total = cfg.max_steps or cfg.epochs * per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(MAX_WARMUP_STEPS, max(1, total // 10))
+    log_every = cfg.log_every or log_cadence(total)
     resolved = dataclasses.replace(cfg, workers=workers, batch_size=batch, grad_accum=accum, mask_warmup=mask,
-                                   warmup_steps=warmup)
+                                   warmup_steps=warmup, log_every=log_every)
     return resolved, notes
 
 

@@ -289,7 +289,7 @@ def _export(work: Path, victim: Path) -> Any:
 
 
 _RUN_FILES = ("student.json", "student.safetensors", "checkpoints/step-00000002/meta.json",
-              "checkpoints/step-00000002/adapter.safetensors", "checkpoints/step-00000002/state.pt")
+              "checkpoints/step-00000002/weights.safetensors", "checkpoints/step-00000002/state.pt")
 
 
 def _run_file(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -347,7 +347,7 @@ def rehash(work: Path, target: Target, victim: Path) -> None:
     digest = shards.sha256_file(victim)
     if target.victim.startswith("runs/"):
         meta_path = victim.parent / "meta.json"
-        if victim.name in ("adapter.safetensors", "state.pt"):
+        if victim.name in ("weights.safetensors", "adapter.safetensors", "state.pt"):
             meta = json.loads(meta_path.read_text())
             meta["sha256"][victim.name] = digest
             meta_path.write_text(json.dumps(meta))

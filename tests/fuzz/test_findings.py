@@ -200,7 +200,7 @@ def test_damaged_state_that_passes_its_checksum_is_a_train_error(corpus: Path, t
     work = _copy(corpus, tmp_path, "runs")
     ckpt = work / "runs" / "r" / "checkpoints" / "step-00000002"
     for name, data in (("state.pt", b"PK\x03\x04" + bytes(100)), ("state.pt", pickle.dumps([1, 2], protocol=2)),
-                       ("adapter.safetensors", b"\x08" + bytes(7) + b"{}")):
+                       ("weights.safetensors", b"\x08" + bytes(7) + b"{}")):
         (ckpt / name).write_bytes(data)
         rehash(work, TARGETS[f"run-{name}"], ckpt / name)
         with pytest.raises(TrainError, match=r"unreadable checkpoint|not a training state"):

@@ -102,6 +102,8 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
     shard.write_bytes(shard.read_bytes()[:2048])  # damaged on disk: a rerun writes it again
     assert label_from_log(logged, "fromlog")["shards"] == m["shards"]
     assert shards.sha256_file(shard) == m["shards"][0]["sha256"]
+    r = runner.invoke(app, ["label", str(logged), "--from-log", "--name", "fromlog"])
+    assert r.exit_code == 0 and r.stdout.splitlines()[-1] == f"next: spark-distill train {logged} --labels fromlog"
     r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "compact-xs", "--batch-size",
                             "2", "--max-steps", "2", "--workers", "1", "--burn-in", "4", "--val-fraction", "0.5",
                             "--runs-dir", str(tmp_path), "--device", "cpu", "--log-every", "1"])
@@ -109,6 +111,12 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
     logged_metrics = [json.loads(x) for x in (tmp_path / "fromlog-compact-xs-none" / "metrics.jsonl").read_text()
                       .splitlines()]
     assert all(np.isfinite(x["loss"]) for x in logged_metrics)
+    # the default head init takes each head's mean over the values the log has (its other heads are NaN)
+    from safetensors.torch import load_file
+
+    base = load_file(str(tmp_path / "fromlog-compact-xs-none" / "student.safetensors"))
+    plan = base["heads.policy_plan.bias"]
+    assert bool(plan.isfinite().all()) and plan.abs().max() > 1.0, "the logged plan's mean, metres from zero"
     r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "openpilot", "--student-onnx",
                             str(logged.parent / "t1"), "--feature-cached", "on", "--runs-dir", str(tmp_path)])
     assert r.exit_code == 2

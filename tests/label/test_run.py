@@ -330,6 +330,33 @@ def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Pa
     assert any(seg["resets"] for seg in manifest["segments"].values())
 
 
+def test_a_pass_whose_every_frames_shard_fails_its_checksum_exits_2_and_leaves_no_label_set(
+        dataset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset / "frames", root / "frames")
+    write_teacher(tmp_path / "t", seed=3)
+    shard_names = sorted(p.name for p in (root / "frames").glob("shard-*.tar"))
+    for name in shard_names:
+        data = bytearray((root / "frames" / name).read_bytes())
+        data[4000] ^= 0xFF
+        (root / "frames" / name).write_bytes(bytes(data))
+    with pytest.raises(LabelError, match=rf"^every frames shard \({len(shard_names)}\) failed its sha256 check"):
+        label(LabelConfig(root=root, teacher=(tmp_path / "t",), backend="onnxruntime", batch=2, name="c1"))
+    assert not (root / "labels" / "c1").exists(), "no empty label set for train to refuse later"
+    r = CliRunner().invoke(app, ["label", str(root), "--teacher", str(tmp_path / "t"), "--name", "c2", "--backend",
+                                 "onnxruntime"])
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(errors) == 1, r.output  # the error alone: no warning per shard before it
+    assert errors[0].startswith(f"error: every frames shard ({len(shard_names)}) failed its sha256 check") and \
+        f"spark-distill inspect {root} --verify" in errors[0] and "ingest" in errors[0], errors
+    assert "next:" not in r.output and not (root / "labels" / "c2").exists()
+    assert sorted(p.name for p in (root / "labels").iterdir() if not p.name.startswith(".")) == []
+
+
 def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Path, tmp_path: Path) -> None:
     import shutil
     import signal

@@ -161,3 +161,86 @@ def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_pat
         assert all(p.grad is not None for p in student.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_a_fresh_run_with_defaults_logs_every_step_starts_at_the_label_mean_and_notes_its_sizing(
+        labeled: Path, tmp_path: Path, caplog) -> None:
+    """What a newcomer's first short run gets from the defaults: head biases at the label set's mean, a logged
+    point per step (a curve in loss.png), sizing changes as notes (not warnings), and whole-student
+    checkpoints named weights.safetensors that a run written with the old name still loads like."""
+    import dataclasses
+    import logging
+
+    import yaml
+
+    from spark_distill.train.data import shard_pairs
+    from spark_distill.train.head_init import label_means
+    from spark_distill.train.restore import load_trained
+
+    caplog.set_level(logging.INFO)
+    cfg = TrainConfig(root=labeled, labels="set", run="d", runs_dir=tmp_path, student="compact-xs", batch_size=2,
+                      max_steps=3, burn_in=4, workers=1, val_fraction=0.25, device="cpu")
+    assert cfg.head_init == "label-mean" and cfg.log_every is None and cfg.adapter == "none"
+    result = train(cfg)
+    run = tmp_path / "d"
+    # the heads start at the label set's mean outputs (of the training split)
+    pairs, manifest = shard_pairs(labeled, "set", split="train", val_fraction=0.25, seed=0)
+    _, policy_mean = label_means(pairs, manifest, 10)
+    base = load_file(str(run / "student.safetensors"))
+    plan = slice(*manifest["output_slices"]["policy"]["plan"])
+    torch.testing.assert_close(base["heads.policy_plan.bias"], policy_mean[plan])
+    assert policy_mean[plan].abs().max() > 1.0, "the plan's mean is metres away from a fresh head's ~0"
+    # a 3-step run logs every step
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in logged if x["split"] == "train"] == [1, 2, 3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["log_every"] == 1
+    assert (run / "loss.png").stat().st_size > 10_000
+    # a default the data cannot keep (the warm-up mask of 2 s segments) is a note, never a warning
+    notes = [r for r in caplog.records if r.name == "spark_distill.notes"]
+    assert any(r.getMessage().startswith("warm-up mask off: ") for r in notes), [r.getMessage() for r in notes]
+    assert all(r.levelno == logging.INFO for r in notes)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "warm-up mask" in r.getMessage()]
+    # the whole student is stored as weights.safetensors; a run that stored it as adapter.safetensors still loads
+    ckpt = latest_checkpoint(run / "checkpoints")
+    assert ckpt.name == "step-00000003" and result.steps == 3
+    assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "state.pt", "weights.safetensors"]
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    for step in (old / "checkpoints").glob("step-*"):
+        (step / "weights.safetensors").rename(step / "adapter.safetensors")
+        meta = json.loads((step / "meta.json").read_text())
+        meta["sha256"]["adapter.safetensors"] = meta["sha256"].pop("weights.safetensors")
+        (step / "meta.json").write_text(json.dumps(meta))
+    new_student, old_student = load_trained(run).student.state_dict(), load_trained(old).student.state_dict()
+    assert new_student.keys() == old_student.keys()
+    for k in new_student:
+        assert torch.equal(new_student[k], old_student[k]), k
+    resumed = train(dataclasses.replace(cfg, run="old", max_steps=4, resume=True))
+    assert resumed.steps == 4, "a run written with the old name resumes"
+
+
+def test_loss_curve_draws_a_lone_point_and_lists_only_what_it_draws() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spark_distill.train.loop import plot_losses
+
+    fig, ax = plt.subplots()
+    try:
+        assert plot_losses(ax, [{"step": 10, "split": "train", "loss": 0.5}]) == ["train"]
+        (line,) = ax.get_lines()
+        assert line.get_marker() not in ("None", "", " ", None) and list(line.get_xdata()) == [10]
+        ax.legend()
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train"]
+    finally:
+        plt.close(fig)
+
+
+def test_log_cadence_gives_a_short_run_every_step_and_a_long_one_20_to_40_points() -> None:
+    from spark_distill.train.sizing import log_cadence
+
+    assert [log_cadence(n) for n in (1, 10, 40, 41, 80, 81, 1000)] == [1, 1, 1, 2, 2, 3, 25]
+    for total in range(41, 20_000, 37):
+        assert 20 <= total // log_cadence(total) <= 40, total

@@ -12,7 +12,6 @@ PyPI without NVIDIA's index, so CI checks this logic with a small fake of that A
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from spark_distill import shards
 from spark_distill.errors import ConfigError, LabelError, MissingDependencyError
 from spark_distill.label.backends import check_batching, tensorrt_module
 from spark_distill.label.teachers import Teacher, make_batch_dynamic
-
-log = logging.getLogger(__name__)
+from spark_distill.notes import note
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -102,8 +100,8 @@ class TensorRTBackend:
         path = self.cache_dir / f"{role}-{key.hexdigest()[:20]}.engine"
         if path.exists():
             return path.read_bytes(), path
-        log.warning("building a TensorRT %s engine for %s (batch %d, %s); cached for later runs",
-                    self.precision, role, batch, self.gpu)
+        note(f"building a TensorRT {self.precision} engine for {role} (batch {batch}, {self.gpu}); cached for later "
+             "runs")
         builder = trt.Builder(self.logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, self.logger)
