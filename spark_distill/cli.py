@@ -9,19 +9,19 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from spark_distill import __version__
+from spark_distill import __version__, progress
 from spark_distill.errors import ConfigError, SparkDistillError
 
 
@@ -99,6 +99,8 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except progress.Noticed:  # what happens next was said when Ctrl-C came
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
             console.print("interrupted; completed work is kept and a re-run resumes", highlight=False)
             raise typer.Exit(130) from None
@@ -106,22 +108,49 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[..., None]]:
-    """A rich progress bar (rate, ETA) fed by on_progress(done, total[, note]); silent when not on a terminal."""
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not console.is_terminal, transient=False)
-    task = progress.add_task(description, total=None, rate="")
+def progress_bar(description: str, unit: str = "frames", *, stages: bool = False, on_interrupt: str | None = None,
+                 show: bool = True) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """The progress display of a long command (spark_distill.progress), fed by on_progress(done, total[, note]): a
+    live bar on a terminal, else a plain line on stderr every $SPARK_DISTILL_PROGRESS_EVERY seconds (15; 0: none)
+    and at the end. Ctrl-C prints `on_interrupt` at once. `show=False` (ranks but the first): no display."""
+    if not show:
+        return contextlib.nullcontext(_ignore)
+    every = os.environ.get(progress.EVERY_ENV, "")
+    try:
+        seconds = float(every) if every else progress.EVERY
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{progress.EVERY_ENV}={every!r}: give seconds between progress lines (0: none)")
+    return progress.show(console, description, unit=unit, stages=stages, every=seconds, on_interrupt=on_interrupt)
 
-    def update(done: int, total: int, note: str = "") -> None:
-        elapsed = progress.tasks[task].elapsed or 0.0
-        rate = (f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else "") + (f"  {note}" if note else "")
-        progress.update(task, completed=done, total=max(total, done), rate=rate)
 
-    with progress:
-        yield update
+def _ignore(*_: Any) -> None:
+    """on_progress of a process that shows none."""
+
+
+# what a Ctrl-C does, said at once (train's own, during its steps, comes from train/loop.py)
+INGEST_STOP = "stopping; complete shards are kept and the same command resumes"
+LABEL_STOP = "stopping; complete label shards are kept and the same command resumes"
+TRAIN_STOP = "stopping; checkpoints written so far are kept and a re-run with --resume continues"
+NOT_KEPT = "stopping; {what} is written only at the end: run the command again"
+
+
+def _train_report(update: Callable[..., None], clips_per_step: int) -> Callable[[int, int, float | None], None]:
+    """train's on_progress(step, total, loss) on the display, with the loss and the clips/s since the end of the
+    first step (its compiling left out)."""
+    marks: list[tuple[int, float]] = []  # (step, time): the report before the first step, then the first step's
+
+    def report(step: int, total: int, loss: float | None) -> None:
+        now = time.perf_counter()
+        if len(marks) < 2:
+            marks.append((step, now))
+        rate = ""
+        if len(marks) == 2 and step > marks[1][0] and now > marks[1][1]:
+            rate = f"{clips_per_step * (step - marks[1][0]) / (now - marks[1][1]):,.1f} clips/s"
+        update(step, total, "  ".join(t for t in (rate, "" if loss is None else f"loss {loss:.4f}") if t))
+
+    return report
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:
@@ -209,7 +238,7 @@ def ingest(
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
                        decode_threads=decode_threads, codec=codec, crf=crf)
-    with progress_bar("ingest") as update:
+    with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {
         "segments ingested": r.segments_done, "segments already present": r.segments_already,
@@ -266,7 +295,7 @@ def label(
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
                       batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device, rank=rank,
                       world=world, init_method="env://" if world > 1 else None)
-    with progress_bar("label") as update:
+    with progress_bar("label", on_interrupt=LABEL_STOP, show=rank == 0) as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
     if rank != 0:
         return
@@ -394,16 +423,8 @@ def train(
     cfg = TrainConfig(**fields)
     if not cfg.run:  # named after the resolved adapter
         cfg = dataclasses.replace(cfg, run=f"{labels}-{Path(cfg.student).name}-{cfg.adapter}")
-    with progress_bar("train", unit="steps") as update:
-        clips_per_step = cfg.batch_size * cfg.grad_accum * cfg.world
-
-        def report(step: int, total: int, loss: float | None) -> None:
-            elapsed = time.perf_counter() - started
-            update(step, total, f"{clips_per_step * step / elapsed:,.1f} clips/s" + (
-                f"  loss {loss:.4f}" if loss is not None else ""))
-
-        started = time.perf_counter()
-        r = run_train(cfg, on_progress=report)
+    with progress_bar("train", unit="steps", on_interrupt=TRAIN_STOP, show=rank == 0) as update:
+        r = run_train(cfg, on_progress=_train_report(update, cfg.batch_size * cfg.grad_accum * cfg.world))
     if rank == 0:
         n, total = r.trainable
         print_table(f"train -> {r.run_dir}", {
