@@ -133,7 +133,16 @@ def _ignore(*_: Any) -> None:
 INGEST_STOP = "stopping; complete shards are kept and the same command resumes"
 LABEL_STOP = "stopping; complete label shards are kept and the same command resumes"
 TRAIN_STOP = "stopping; checkpoints written so far are kept and a re-run with --resume continues"
-NOT_KEPT = "stopping; {what} is written only at the end: run the command again"
+EVAL_STOP = "stopping; eval writes metrics.json and its plots at its end: run it again"
+EXPORT_STOP = "stopping; export writes its files once they are verified: run it again for a complete folder"
+SYNTH_STOP = "stopping; the segment being written is incomplete: run the command again"
+FIT_STOP = "stopping; the fitted teacher is written only at the end of the fit"
+BENCH_STOP = "stopping the benchmark; its scratch folder is removed"
+
+
+def _bench_progress(description: str) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """A benchmark's display: its measurements as they start (no rate or ETA: they differ in length)."""
+    return progress_bar(description, unit="measurements", stages=True, on_interrupt=BENCH_STOP)
 
 
 def _train_report(update: Callable[..., None], clips_per_step: int) -> Callable[[int, int, float | None], None]:
@@ -479,8 +488,9 @@ def export(
     from spark_distill.export.run import ExportConfig
     from spark_distill.export.run import export as run_export
 
-    r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
-                                verify_frames=verify_frames, check=check))
+    with progress_bar("export", unit="stages", stages=True, on_interrupt=EXPORT_STOP) as update:
+        r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
+                                    verify_frames=verify_frames, check=check), on_progress=update)
     real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
     print_table(f"export -> {output}", {
         "format": f"{r.format} ({precision}), from step {r.step}",
@@ -524,8 +534,10 @@ def eval_command(
     from spark_distill.evaluate.metrics import headline
     from spark_distill.evaluate.run import EvalConfig, evaluate
 
-    r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
-                            segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device))
+    with progress_bar("eval", unit="segments", on_interrupt=EVAL_STOP) as update:
+        r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
+                                segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device),
+                     on_progress=update)
     frames = next(iter(r.metrics.values()))["frames"]
     table = Table(title=f"eval on {len(r.segments)} segment(s), {frames} frames, against labels/{labels}",
                   title_justify="left")
@@ -628,7 +640,9 @@ def synth_route(
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
                       modelv2_teacher=modelv2_teacher, varied=varied)
-    for truth in write_route(out_dir, cfg):
+    with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
+        truths = write_route(out_dir, cfg, on_progress=update)
+    for truth in truths:
         faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
         print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
 
@@ -654,7 +668,8 @@ def synth_teacher(
 
         if size != "tiny":
             raise ConfigError(f"--fit makes a tiny teacher; drop --size {size}")
-        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed))
+        with progress_bar("synth-teacher --fit", unit="", on_interrupt=FIT_STOP) as update:
+            result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed), on_progress=update)
         print_table(f"fitted teacher -> {out_dir}", {
             **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
             "policy training loss": result.policy_loss})
@@ -685,9 +700,10 @@ def bench_ingest(
     if decode_threads < 1:
         raise ConfigError(f"--decode-threads must be >= 1, got {decode_threads}")
     counts = parse_workers(workers)
-    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
-                          segments=segments, workers=counts):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench ingest") as update:
+        for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
+                              segments=segments, workers=counts, on_progress=update):
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 @bench_app.command("storage")
@@ -713,9 +729,10 @@ def bench_storage(
     lossy = [("hevc", c) for c in crf or (20, 28)] + [("av1", c) for c in av1_crf or (30, 40)]
     for name, c in lossy:
         codecs.resolve_crf(name, c)
-    for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
-                          backend=backend, drift_check=drift, workdir=workdir):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench storage") as update:
+        for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
+                              backend=backend, drift_check=drift, workdir=workdir, on_progress=update):
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 @bench_app.command("label")
@@ -737,9 +754,11 @@ def bench_label(
     """Label pass vs bare inference of the same teacher, backend, precision and batch (target >= 0.9)."""
     from spark_distill.bench.label import bench_label as run_bench
 
-    for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
-                          seconds=seconds, workers=workers, compile=compile, workdir=workdir):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench label") as update:
+        for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
+                              seconds=seconds, workers=workers, compile=compile, workdir=workdir,
+                              on_progress=update):
+            out.print(line, highlight=False, soft_wrap=True)
 
 
 @bench_app.command("train")
@@ -787,9 +806,10 @@ def bench_train(
     >= 0.9); the openpilot student feature-cached vs image mode."""
     from spark_distill.bench.train import bench_train as run_bench
 
-    for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
-                          batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
-                          segments=segments, seconds=seconds, device=device, compile=compile, capture=capture,
-                          peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
-                          streaming_only=streaming_only, repeat=repeat):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench train") as update:
+        for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
+                              batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank,
+                              workers=workers, segments=segments, seconds=seconds, device=device, compile=compile,
+                              capture=capture, peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
+                              streaming_only=streaming_only, repeat=repeat, on_progress=update):
+            out.print(line, highlight=False, soft_wrap=True)

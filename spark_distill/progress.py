@@ -1,17 +1,21 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""The command line's progress display, one for every long command: `show(console, description, ...)` yields
-the `on_progress(done, total[, note])` callback the stages take.
+"""Progress: how a pass reports it, and how the command line shows it.
+
+Passes take `on_progress(done, total, note="")`; a pass made of named steps of unequal length (export, a
+benchmark, the teacher fit) counts them with `Stages`. The command line's display, one for every long command,
+is `show(console, description, ...)`, which yields that callback.
 
 On a terminal it is a live rich bar: done/total, rate, elapsed time, ETA and the stage's note. Anywhere else
 (output piped or logged) it prints a plain line on the console every `every` seconds while the command runs
 (rate, done/total, ETA; "starting" until the first report) and one when it ends, so a long piped run is
 never silent. A total of 0 or None is unknown: the bar pulses and the line gives the count alone.
-`stages=True` is for a command that reports steps of unequal length (export, a benchmark): no rate or ETA.
+`stages=True` is for a command that reports steps of unequal length: no rate or ETA.
 
 `on_interrupt`: a Ctrl-C inside the block prints this at once (what happens next), then stops the command
 with `Noticed`, a KeyboardInterrupt that says the notice was given. Code inside may install its own SIGINT
 handler for its own part (training stops after the current step); the block restores this one after it.
+rich is imported only by the display.
 """
 
 from __future__ import annotations
@@ -24,15 +28,33 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EVERY_ENV = "SPARK_DISTILL_PROGRESS_EVERY"  # seconds between plain lines when not on a terminal (0: none)
 EVERY = 15.0  # a 6-minute run gets ~24 lines; a run shorter than this one line, at its end
 WINDOW_S = 30.0  # rate over the last 30 s: set-up and a slow first step (compiling) fade out of it
 SAMPLE_S = 0.25  # at most four samples a second are kept, however often a stage reports
+
+
+class Stages:
+    """Progress of a pass made of named steps of unequal length: `stages(note)` as each begins reports
+    on_progress(steps done, total, note); `end()` reports all done. `total` may be corrected on the way (a step
+    that turns out to be needed)."""
+
+    def __init__(self, on_progress: Callable[[int, int, str], None] | None, total: int) -> None:
+        self.on_progress, self.total, self.done = on_progress, total, -1
+
+    def __call__(self, note: str) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, max(self.total, self.done + 1), note)
+
+    def end(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.total, self.total, "")
 
 
 class Noticed(KeyboardInterrupt):
@@ -57,6 +79,7 @@ class Meter:
         self.unit = unit
         self.started = time.monotonic() if now is None else now
         self.done, self.total, self.note = 0, None, ""
+        self.reported_total: int | None = None
         self.reports = 0
         self.window: deque[tuple[float, int]] = deque()
         self.lock = threading.Lock()
@@ -65,12 +88,13 @@ class Meter:
         now = time.monotonic() if now is None else now
         total = total or None
         with self.lock:
-            if done < self.done or total != self.total:  # a new stage, or a new estimate: a new rate
+            if done < self.done or total != self.reported_total:  # a new stage, or a new estimate: a new rate
                 self.window.clear()
+            self.reported_total = total
             self.done, self.total, self.note = done, None if total is None else max(total, done), note
             self.reports += 1
-            if self.window and now - self.window[-1][0] < SAMPLE_S:
-                self.window[-1] = (now, done)
+            if len(self.window) >= 2 and now - self.window[-2][0] < SAMPLE_S:
+                self.window[-1] = (now, done)  # the newest sample moves; the ones before stay SAMPLE_S apart
             else:
                 self.window.append((now, done))
             while len(self.window) > 2 and self.window[1][0] < now - WINDOW_S:
@@ -115,7 +139,8 @@ class Meter:
         """The plain line at the end: what was done in how long, at what average rate."""
         now = time.monotonic() if now is None else now
         seconds = now - self.started
-        rate = "" if stages or seconds <= 0 or not self.done else f" ({number(self.done / seconds)} {self.unit}/s)"
+        rate = ("" if stages or not self.unit or seconds <= 0 or not self.done  # unitless: steps of several stages
+                else f" ({number(self.done / seconds)} {self.unit}/s)")
         return f"{description}: {self.count()} in {clock(seconds)}{rate}" + (f", {self.note}" if self.note else "")
 
 
@@ -140,11 +165,16 @@ def show(console: Console, description: str, *, unit: str = "frames", stages: bo
 
 @contextlib.contextmanager
 def _bar(console: Console, description: str, meter: Meter, stages: bool) -> Iterator[Callable[..., None]]:
-    data = {"markup": False, "highlighter": None}
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}", **data),
-                        TextColumn("{task.fields[rate]}", **data), TimeElapsedColumn(),
-                        TextColumn("{task.fields[eta]}", **data), TextColumn("{task.fields[note]}", **data),
-                        console=console, transient=False,
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    def text(field: str) -> TextColumn:  # kept whole on one line: on a narrow terminal the bar gives way first
+        return TextColumn(f"{{task.fields[{field}]}}", markup=False, highlighter=None,
+                          table_column=Column(no_wrap=True, overflow="ellipsis"))
+
+    progress = Progress(TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)), BarColumn(),
+                        text("count"), text("rate"), TimeElapsedColumn(table_column=Column(no_wrap=True)), text("eta"),
+                        text("note"), console=console, transient=False,
                         redirect_stdout=sys.stdout.isatty())  # stdout to a file stays there, not on the terminal
     task = progress.add_task(description, total=None, count=meter.count(), rate="", eta="", note="")
 
@@ -156,7 +186,12 @@ def _bar(console: Console, description: str, meter: Meter, stages: bool) -> Iter
                         eta="" if stages or eta is None else f"ETA {clock(eta)}", note=note)
 
     with progress:
-        yield update
+        try:
+            yield update
+        except Exception:
+            if not meter.reports:  # failed before its first report: an empty bar above the error says nothing
+                progress.live.transient = True
+            raise
 
 
 @contextlib.contextmanager

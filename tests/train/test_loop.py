@@ -81,26 +81,38 @@ def test_ddp_two_gloo_processes(labeled: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> None:
-    """SIGINT to the whole process group (what Ctrl-C does, loader workers included)."""
+    """SIGINT to the whole process group (what Ctrl-C does, loader workers included): the run says at once that
+    it stops after the current step (piped: stderr is not a terminal), then checkpoints and exits 0."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     args = [sys.executable, "-m", "spark_distill", "train", str(labeled), "--labels", "set", "--student", "compact-xs",
             "--batch-size", "1", "--max-steps", "100000", "--val-fraction", "0", "--no-mask-warmup",
             "--workers", "2", "--runs-dir", str(tmp_path), "--run", "c", "--device", "cpu", "--burn-in", "4"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+    said: list[tuple[float, str]] = []  # (when, stderr line)
+    reader = threading.Thread(target=lambda: said.extend((time.monotonic(), line) for line in proc.stderr))
+    reader.start()
     metrics = tmp_path / "c" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.1)
+    sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join()
+    err = "".join(line for _, line in said)
     assert proc.returncode == 0, err
     ckpt = latest_checkpoint(tmp_path / "c" / "checkpoints")
     assert ckpt is not None and "stopped early" in out
+    notice = [t for t, line in said if "Ctrl-C: stopping after the current step" in line]
+    assert notice and notice[0] - sent < 10, err  # at once, not when the step and its checkpoint are done
+    assert "re-run with --resume" in " ".join(err.split())
 
 
 def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_path: Path) -> None:
