@@ -563,8 +563,10 @@ class Recipe:
         if self.stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if not self.stop["flag"] and self.main_rank:
-            log.warning("%s: stopping after the current step (Ctrl-C again stops at once); a re-run with --resume "
-                        "continues", "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
+            ctrl_c = signum == signal.SIGINT
+            log.warning("%s: stopping after the current step%s; a re-run with --resume continues",
+                        "Ctrl-C" if ctrl_c else signal.Signals(signum).name,
+                        " (Ctrl-C again stops at once)" if ctrl_c else "")
         self.stop["flag"] = True
 
     # ---- the loop ----
@@ -593,6 +595,7 @@ class Recipe:
                 if self.step >= self.total:
                     break
             self.result.val_after = self.evaluate()
+            self.result.interrupted = self.stop["flag"]  # during the last validation: a re-run validates again
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,32 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> 
     notice = [t for t, line in said if "Ctrl-C: stopping after the current step" in line]
     assert notice and notice[0] - sent < 10, err  # at once, not when the step and its checkpoint are done
     assert "re-run with --resume" in " ".join(err.split())
+
+
+def test_ctrl_c_during_the_first_validation_and_twice(labeled: Path, tmp_path: Path) -> None:
+    """Ctrl-C before the first step (train reports step 0 just before its first validation): the validation is cut
+    short and not recorded, no step is taken, nothing is checkpointed; Ctrl-C twice stops at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at(step_to_stop: int, times: int) -> Callable[[int, int, float | None], None]:
+        def report(step: int, total: int, loss: float | None) -> None:
+            for _ in range(times if step == step_to_stop else 0):
+                signal.raise_signal(signal.SIGINT)
+        return report
+
+    r = train(_cfg(labeled, tmp_path, max_steps=3), on_progress=ctrl_c_at(0, 1))
+    assert r.interrupted and r.steps == 0 and r.val_before is None
+    assert latest_checkpoint(tmp_path / "r" / "checkpoints") is None and signal.getsignal(signal.SIGINT) is before
+    again = train(_cfg(labeled, tmp_path, max_steps=3))  # nothing was checkpointed: the same command starts over
+    assert again.steps == 3 and again.val_before is not None and not again.interrupted
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(labeled, tmp_path, run="twice", max_steps=6), on_progress=ctrl_c_at(2, 2))
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_path: Path) -> None:
