@@ -145,6 +145,12 @@ def _bench_progress(description: str) -> contextlib.AbstractContextManager[Calla
     return progress_bar(description, unit="measurements", stages=True, on_interrupt=BENCH_STOP)
 
 
+def _result_line(line: str) -> None:
+    """A result line printed while the progress display runs: on stdout, unless stdout is the terminal the live
+    bar is drawn on (another console writing there would cut through the bar): then above the bar."""
+    (console if out.is_terminal and progress.live(console) else out).print(line, highlight=False, soft_wrap=True)
+
+
 def _train_report(update: Callable[..., None], clips_per_step: int) -> Callable[[int, int, float | None], None]:
     """train's on_progress(step, total, loss) on the display, with the loss and the clips/s since the end of the
     first step (its compiling left out)."""
@@ -703,7 +709,7 @@ def bench_ingest(
     with _bench_progress("bench ingest") as update:
         for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
                               segments=segments, workers=counts, on_progress=update):
-            out.print(line, highlight=False, soft_wrap=True)
+            _result_line(line)
 
 
 @bench_app.command("storage")
@@ -732,7 +738,7 @@ def bench_storage(
     with _bench_progress("bench storage") as update:
         for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
                               backend=backend, drift_check=drift, workdir=workdir, on_progress=update):
-            out.print(line, highlight=False, soft_wrap=True)
+            _result_line(line)
 
 
 @bench_app.command("label")
@@ -758,7 +764,7 @@ def bench_label(
         for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
                               seconds=seconds, workers=workers, compile=compile, workdir=workdir,
                               on_progress=update):
-            out.print(line, highlight=False, soft_wrap=True)
+            _result_line(line)
 
 
 @bench_app.command("train")
@@ -812,4 +818,4 @@ def bench_train(
                               workers=workers, segments=segments, seconds=seconds, device=device, compile=compile,
                               capture=capture, peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
                               streaming_only=streaming_only, repeat=repeat, on_progress=update):
-            out.print(line, highlight=False, soft_wrap=True)
+            _result_line(line)
