@@ -117,8 +117,8 @@ def test_progress_interval_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_command_chain_in_a_terminal(tmp_path: Path) -> None:
-    """synth-route -> ingest -> label -> train -> eval -> export in a pseudo-terminal: each draws its live bar
-    to the end and exits 0 (piped, as the other tests run the commands, the bar is never drawn)."""
+    """synth-route -> ingest (and bench ingest) -> label -> train -> eval -> export in a pseudo-terminal: each
+    draws its live bar to the end and exits 0 (piped, as the other tests run the commands, no bar is drawn)."""
     from spark_distill.synth.teacher import write_teacher
 
     root, runs = tmp_path / "ds", tmp_path / "runs"
@@ -128,6 +128,8 @@ def test_command_chain_in_a_terminal(tmp_path: Path) -> None:
          "40/40 frames"),
         (["ingest", str(tmp_path / "route"), "--out", str(root), "--clip-len", "10", "--workers", "1"],
          "40/40 frames"),
+        (["bench", "ingest", "--route", str(tmp_path / "route"), "--segments", "1", "--workers", "1",
+          "--decode-threads", "1", "--workdir", str(tmp_path)], "4/4 measurements"),
         (["label", str(root), "--teacher", str(tmp_path / "teacher"), "--name", "set", "--backend", "onnxruntime",
           "--batch", "1", "--workers", "1"], "40/40 frames"),
         (["train", str(root), "--labels", "set", "--student", "compact-xs", "--max-steps", "2", "--batch-size", "1",
@@ -142,5 +144,9 @@ def test_command_chain_in_a_terminal(tmp_path: Path) -> None:
         code, text = run_in_pty(args)
         shown = screen(text)
         assert code == 0 and "Traceback" not in text, (args, shown)
-        bar = next((line for line in shown.splitlines() if BAR in line and done in line), None)
-        assert bar is not None and bar.startswith(args[0]), (args, shown)
+        lines = shown.splitlines()
+        bar = next((line for line in lines if BAR in line and done in line), None)
+        assert bar is not None and bar.startswith(" ".join(args[:2]) if args[0] == "bench" else args[0]), (args, shown)
+        if args[0] == "bench":  # its results, printed while the bar is live, go above it, each on its own line
+            for start in ("segment: ", "bare PyAV decode", "ratio ingest / bare decode, wall:", "   1 worker(s):"):
+                assert any(line.startswith(start) for line in lines), (start, shown)
