@@ -129,9 +129,9 @@ class Meter:
         if not self.reports:
             return f"{description}: starting, {elapsed}"
         parts = [self.count() + (f" ({100 * self.done / self.total:.0f}%)" if self.total else "")]
-        eta = None if stages else self.eta()
-        parts += [] if stages or not self.rate_text() else [self.rate_text()]
-        parts += [] if eta is None else [f"ETA {clock(eta)}"]
+        if not stages:
+            rate, eta = self.rate_text(), self.eta()
+            parts += ([rate] if rate else []) + ([f"ETA {clock(eta)}"] if eta is not None else [])
         parts.append(elapsed)
         return f"{description}: " + ", ".join(parts + ([self.note] if self.note else []))
 
