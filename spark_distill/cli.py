@@ -9,19 +9,19 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from spark_distill import __version__
+from spark_distill import __version__, progress
 from spark_distill.errors import ConfigError, SparkDistillError
 from spark_distill.notes import NOTES
 
@@ -118,6 +118,8 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except progress.Noticed:  # what happens next was said when Ctrl-C came
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
             console.print("interrupted; completed work is kept and a re-run resumes", highlight=False)
             raise typer.Exit(130) from None
@@ -125,22 +127,64 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[..., None]]:
-    """A rich progress bar (rate, ETA) fed by on_progress(done, total[, note]); silent when not on a terminal."""
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not console.is_terminal, transient=False)
-    task = progress.add_task(description, total=None, rate="")
+def progress_bar(description: str, unit: str = "frames", *, stages: bool = False, on_interrupt: str | None = None,
+                 show: bool = True) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """The progress display of a long command (spark_distill.progress), fed by on_progress(done, total[, note]): a
+    live bar on a terminal, else a plain line on stderr every $SPARK_DISTILL_PROGRESS_EVERY seconds (15; 0: none)
+    and at the end. Ctrl-C prints `on_interrupt` at once. `show=False` (ranks but the first): no display."""
+    if not show:
+        return contextlib.nullcontext(_ignore)
+    every = os.environ.get(progress.EVERY_ENV, "")
+    try:
+        seconds = float(every) if every else progress.EVERY
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{progress.EVERY_ENV}={every!r}: give seconds between progress lines (0: none)")
+    return progress.show(console, description, unit=unit, stages=stages, every=seconds, on_interrupt=on_interrupt)
 
-    def update(done: int, total: int, note: str = "") -> None:
-        elapsed = progress.tasks[task].elapsed or 0.0
-        rate = (f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else "") + (f"  {note}" if note else "")
-        progress.update(task, completed=done, total=max(total, done), rate=rate)
 
-    with progress:
-        yield update
+def _ignore(*_: Any) -> None:
+    """on_progress of a process that shows none."""
+
+
+# what a Ctrl-C does, said at once (train's own, during its steps, comes from train/loop.py)
+INGEST_STOP = "stopping; complete shards are kept and the same command resumes"
+LABEL_STOP = "stopping; complete label shards are kept and the same command resumes"
+TRAIN_STOP = "stopping; checkpoints written so far are kept and a re-run with --resume continues"
+EVAL_STOP = "stopping; eval writes metrics.json and its plots at its end: run it again"
+EXPORT_STOP = "stopping; export writes its files once they are verified: run it again for a complete folder"
+SYNTH_STOP = "stopping; the segment being written is incomplete: run the command again"
+FIT_STOP = "stopping; the fitted teacher is written only at the end of the fit"
+BENCH_STOP = "stopping the benchmark; its scratch folder is removed"
+
+
+def _bench_progress(description: str) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """A benchmark's display: its measurements as they start (no rate or ETA: they differ in length)."""
+    return progress_bar(description, unit="measurements", stages=True, on_interrupt=BENCH_STOP)
+
+
+def _result_line(line: str) -> None:
+    """A result line printed while the progress display runs: on stdout, unless stdout is the terminal the live
+    bar is drawn on (another console writing there would cut through the bar): then above the bar."""
+    (console if out.is_terminal and progress.live(console) else out).print(line, highlight=False, soft_wrap=True)
+
+
+def _train_report(update: Callable[..., None], clips_per_step: int) -> Callable[[int, int, float | None], None]:
+    """train's on_progress(step, total, loss) on the display, with the loss and the clips/s since the end of the
+    first step (its compiling left out)."""
+    marks: list[tuple[int, float]] = []  # (step, time): the report before the first step, then the first step's
+
+    def report(step: int, total: int, loss: float | None) -> None:
+        now = time.perf_counter()
+        if len(marks) < 2:
+            marks.append((step, now))
+        rate = ""
+        if len(marks) == 2 and step > marks[1][0] and now > marks[1][1]:
+            rate = f"{clips_per_step * (step - marks[1][0]) / (now - marks[1][1]):,.1f} clips/s"
+        update(step, total, "  ".join(t for t in (rate, "" if loss is None else f"loss {loss:.4f}") if t))
+
+    return report
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:
@@ -230,7 +274,7 @@ def ingest(
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
                        decode_threads=decode_threads, codec=codec, crf=crf)
-    with progress_bar("ingest") as update:
+    with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {
         "segments ingested": r.segments_done, "segments already present": r.segments_already,
@@ -288,7 +332,7 @@ def label(
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
                       batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device, rank=rank,
                       world=world, init_method="env://" if world > 1 else None)
-    with progress_bar("label") as update:
+    with progress_bar("label", on_interrupt=LABEL_STOP, show=rank == 0) as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
     if rank != 0:
         return
@@ -430,16 +474,8 @@ def train(
     cfg = TrainConfig(**fields)
     if not cfg.run:  # named after the resolved adapter
         cfg = dataclasses.replace(cfg, run=f"{labels}-{Path(cfg.student).name}-{cfg.adapter}")
-    with progress_bar("train", unit="steps") as update:
-        clips_per_step = cfg.batch_size * cfg.grad_accum * cfg.world
-
-        def report(step: int, total: int, loss: float | None) -> None:
-            elapsed = time.perf_counter() - started
-            update(step, total, f"{clips_per_step * step / elapsed:,.1f} clips/s" + (
-                f"  loss {loss:.4f}" if loss is not None else ""))
-
-        started = time.perf_counter()
-        r = run_train(cfg, on_progress=report)
+    with progress_bar("train", unit="steps", on_interrupt=TRAIN_STOP, show=rank == 0) as update:
+        r = run_train(cfg, on_progress=_train_report(update, cfg.batch_size * cfg.grad_accum * cfg.world))
     if rank == 0:
         n, total = r.trainable
         print_table(f"train -> {r.run_dir}", {
@@ -494,8 +530,9 @@ def export(
     from spark_distill.export.run import ExportConfig
     from spark_distill.export.run import export as run_export
 
-    r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
-                                verify_frames=verify_frames, check=check))
+    with progress_bar("export", unit="stages", stages=True, on_interrupt=EXPORT_STOP) as update:
+        r = run_export(ExportConfig(source=source, output=output, format=format, opset=opset, precision=precision,
+                                    verify_frames=verify_frames, check=check), on_progress=update)
     real = "-" if r.max_diff_real is None else f"{r.max_diff_real:.2e}"
     print_table(f"export -> {output}", {
         "format": f"{r.format} ({precision}), from step {r.step}",
@@ -539,8 +576,10 @@ def eval_command(
     from spark_distill.evaluate.metrics import headline
     from spark_distill.evaluate.run import EvalConfig, evaluate
 
-    r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
-                            segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device))
+    with progress_bar("eval", unit="segments", on_interrupt=EVAL_STOP) as update:
+        r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
+                                segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device),
+                     on_progress=update)
     frames = next(iter(r.metrics.values()))["frames"]
     table = Table(title=f"eval on {len(r.segments)} segment(s), {frames} frames, against labels/{labels}",
                   title_justify="left")
@@ -666,7 +705,9 @@ def synth_route(
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
                       modelv2_teacher=modelv2_teacher, varied=varied)
-    for truth in write_route(out_dir, cfg):
+    with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
+        truths = write_route(out_dir, cfg, on_progress=update)
+    for truth in truths:
         faults = f"  faults: {', '.join(truth.faults)}" if truth.faults else ""
         print(f"{truth.path}  {len(truth.frame_ids)} frames{faults}")
 
@@ -699,7 +740,8 @@ def synth_teacher(
 
         if size != "tiny" or weights is not None:
             raise ConfigError("--fit makes a tiny teacher with fitted weights; drop --size and --weights")
-        result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed or 0))
+        with progress_bar("synth-teacher --fit", unit="", on_interrupt=FIT_STOP) as update:
+            result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed or 0), on_progress=update)
         print_table(f"fitted teacher -> {out_dir}", {
             **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
             "policy training loss": result.policy_loss})
@@ -737,9 +779,10 @@ def bench_ingest(
     if decode_threads < 1:
         raise ConfigError(f"--decode-threads must be >= 1, got {decode_threads}")
     counts = parse_workers(workers)
-    for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
-                          segments=segments, workers=counts):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench ingest") as update:
+        for line in run_bench(seconds=seconds, route=route, workdir=workdir, decode_threads=decode_threads,
+                              segments=segments, workers=counts, on_progress=update):
+            _result_line(line)
 
 
 @bench_app.command("storage")
@@ -765,9 +808,10 @@ def bench_storage(
     lossy = [("hevc", c) for c in crf or (20, 28)] + [("av1", c) for c in av1_crf or (30, 40)]
     for name, c in lossy:
         codecs.resolve_crf(name, c)
-    for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
-                          backend=backend, drift_check=drift, workdir=workdir):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench storage") as update:
+        for line in run_bench(seconds=seconds, route=route, teacher=teacher, lossy=tuple(lossy),
+                              backend=backend, drift_check=drift, workdir=workdir, on_progress=update):
+            _result_line(line)
 
 
 @bench_app.command("label")
@@ -789,9 +833,11 @@ def bench_label(
     """Label pass vs bare inference of the same teacher, backend, precision and batch (target >= 0.9)."""
     from spark_distill.bench.label import bench_label as run_bench
 
-    for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
-                          seconds=seconds, workers=workers, compile=compile, workdir=workdir):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench label") as update:
+        for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
+                              seconds=seconds, workers=workers, compile=compile, workdir=workdir,
+                              on_progress=update):
+            _result_line(line)
 
 
 @bench_app.command("train")
@@ -839,9 +885,10 @@ def bench_train(
     >= 0.9); the openpilot student feature-cached vs image mode."""
     from spark_distill.bench.train import bench_train as run_bench
 
-    for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
-                          batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank, workers=workers,
-                          segments=segments, seconds=seconds, device=device, compile=compile, capture=capture,
-                          peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
-                          streaming_only=streaming_only, repeat=repeat):
-        out.print(line, highlight=False, soft_wrap=True)
+    with _bench_progress("bench train") as update:
+        for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
+                              batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank,
+                              workers=workers, segments=segments, seconds=seconds, device=device, compile=compile,
+                              capture=capture, peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
+                              streaming_only=streaming_only, repeat=repeat, on_progress=update):
+            _result_line(line)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import av
@@ -25,6 +25,7 @@ from spark_distill.bench import scratch_dir
 from spark_distill.errors import ConfigError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.run import IngestConfig, ingest
+from spark_distill.progress import Stages
 from spark_distill.synth.route import SynthConfig, write_route
 
 TARGET_RATIO = 0.85
@@ -81,22 +82,28 @@ def parse_workers(text: str) -> list[int]:
 
 
 def bench_ingest(*, seconds: float = 10.0, route: Path | None = None, workdir: Path | None = None,
-                 decode_threads: int = 2, segments: int = 4, workers: Sequence[int] = (1, 2)) -> Iterator[str]:
-    """Run the benchmark; yields report lines."""
+                 decode_threads: int = 2, segments: int = 4, workers: Sequence[int] = (1, 2),
+                 on_progress: Callable[[int, int, str], None] | None = None) -> Iterator[str]:
+    """Run the benchmark; yields report lines. `on_progress(measurements done, total, the one now)`."""
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")
+    step = Stages(on_progress, (route is None) + 3 + (decode_threads != 1) + len(workers))
     scratch = scratch_dir(workdir, "bench-ingest-")
     try:
         if route is None:
             n = min(2, segments)
+            step(f"synthesizing {n} segment(s)")
             yield f"synthesizing {n} segment(s) of {seconds:g} s, 1928x1208 road + wide ..."
             write_route(scratch / "route", SynthConfig(segments=n, seconds=seconds, device="tici"))
             route = scratch / "route"
         found = discover_segments([str(route)])
         first = found[0]
         cams = [p for p in (first.camera_file("road"), first.camera_file("wide")) if p]
+        step("warm-up ingest")
         _ingest_seconds([str(first.path)], scratch / "warm", workers=1, decode_threads=1)  # JIT, caches
+        step("bare PyAV decode")
         base_s, base_cpu = bare_decode_seconds(cams)
+        step("ingest, 1 worker")
         one_s, one_cpu, frames = _ingest_seconds([str(first.path)], scratch / "ds1", workers=1, decode_threads=1)
         with av.open(str(cams[0]), format="hevc") as c:
             decoded = sum(1 for _ in c.decode(video=0))
@@ -107,6 +114,7 @@ def bench_ingest(*, seconds: float = 10.0, route: Path | None = None, workdir: P
         yield f"ratio ingest / bare decode, wall:    {ingest_fps / bare_fps:8.2f}  (target >= {TARGET_RATIO})"
         yield f"ratio ingest / bare decode, CPU:     {base_cpu / decoded * frames / one_cpu:8.2f}"
         if decode_threads != 1:
+            step(f"ingest, 1 worker, {decode_threads} decode threads")
             s, _, f = _ingest_seconds([str(first.path)], scratch / "dt", workers=1, decode_threads=decode_threads)
             yield f"ingest, 1 worker, {decode_threads} decode threads:  {f / s:8.1f} frames/s"
         inputs = [str(p) for p in replicate_segments(found, segments, scratch / "replicas")]
@@ -114,10 +122,12 @@ def bench_ingest(*, seconds: float = 10.0, route: Path | None = None, workdir: P
         yield f"ingest of {segments} segment(s){repeated}, 1 decode thread per worker:"
         first_s = None
         for count in workers:
+            step(f"ingest of {segments} segment(s), {count} worker(s)")
             s, _, f = _ingest_seconds(inputs, scratch / f"w{count}", workers=count, decode_threads=1)
             first_s = first_s or s
             target = f"  (target >= {TARGET_SPEEDUP} with 2)" if count == 2 and workers[0] == 1 else ""
             yield (f"  {count:2d} worker(s): {f / s:8.1f} frames/s  {s:6.1f} s  speed-up {first_s / s:.2f}x"
                    f" vs {workers[0]}{target}")
+        step.end()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -26,6 +26,7 @@ from spark_distill.errors import ConfigError
 from spark_distill.label.backends import auto_backend, get_backend, random_inputs
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.label.teachers import load_teacher
+from spark_distill.progress import Stages
 from spark_distill.synth.teacher import write_teacher
 
 
@@ -176,15 +177,19 @@ def profile_lines(profile: dict[str, float]) -> Iterator[str]:
 
 def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: str = "auto", precision: str = "auto",
                 batch: int = 64, seconds: float = 10.0, workers: int = 0, compile: str = "auto",
-                workdir: Path | None = None) -> Iterator[str]:
-    """Run the benchmark; yields report lines."""
+                workdir: Path | None = None,
+                on_progress: Callable[[int, int, str], None] | None = None) -> Iterator[str]:
+    """Run the benchmark; yields report lines. `on_progress(measurements done, total, the one now)`."""
     if compile not in ("auto", "on", "off"):
         raise ConfigError(f"--compile {compile!r}: choose auto, on or off")
+    step = Stages(on_progress, (teacher is None) + 3)  # + the bare step graph, on a GPU
     scratch = scratch_dir(workdir, "bench-label-")
     try:
         if teacher is None:
+            step("writing the stand-in teacher")
             teacher = scratch / "teacher"
             write_teacher(teacher, size=size)
+        step(f"writing {batch} segments of frames")
         frames = write_bench_frames(scratch / "ds", segments=batch, seconds=seconds)
         t, vm, pm = load_teacher([teacher])
         name = auto_backend() if backend == "auto" else backend
@@ -193,15 +198,20 @@ def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: st
         on_gpu = probe.device.type == "cuda"
         yield f"teacher {t.name} ({size}), backend {name} {probe.precision} on {where}, batch {batch}"
         del probe
+        step.total += on_gpu
+        step("bare inference")
         bare = dict(bare_paths(name, t, vm, pm, batch=batch, precision=precision,
                                cache_dir=scratch / "ds" / "labels" / ".engines"))
         for path, fps in bare.items():
             yield f"bare inference, {path + ' (device-resident inputs)':<35}{fps:10.1f} frames/s"
         best = max(bare, key=bare.__getitem__)
-        step = on_gpu and step_graph_fps(name, t, vm, pm, batch=batch, precision=precision,
-                                         cache_dir=scratch / "ds" / "labels" / ".engines")
-        if step:
-            yield f"bare whole step graph (modeld state + both models): {step:10.1f} frames/s"
+        if on_gpu:
+            step("bare whole step graph")
+        graph_fps = on_gpu and step_graph_fps(name, t, vm, pm, batch=batch, precision=precision,
+                                              cache_dir=scratch / "ds" / "labels" / ".engines")
+        if graph_fps:
+            yield f"bare whole step graph (modeld state + both models): {graph_fps:10.1f} frames/s"
+        step("label pass")
         result = label(LabelConfig(root=scratch / "ds", teacher=(teacher,), backend=name, precision=precision,
                                    batch=batch, workers=workers, compile=compile))
         used = "compiled" if result.backend.get("compiled") else "eager"
@@ -209,5 +219,6 @@ def bench_label(*, teacher: Path | None = None, size: str = "bench", backend: st
         yield f"labeling loop alone (set-up excluded):{'':<9}{loop_fps(result):10.1f} frames/s"
         yield from profile_lines(result.profile)
         yield from ratio_lines(result, bare[best], best)
+        step.end()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

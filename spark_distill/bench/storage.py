@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from spark_distill.evaluate.metrics import compare
 from spark_distill.ingest.discover import discover_segments
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import LabelConfig, label
+from spark_distill.progress import Stages
 from spark_distill.synth.route import SynthConfig, write_route
 from spark_distill.synth.teacher import write_teacher
 
@@ -120,37 +121,49 @@ def codec_rows(clips: list[dict[str, np.ndarray]], settings: list[Setting], sour
 def bench_storage(*, seconds: float = 10.0, route: Path | None = None, teacher: Path | None = None,
                   lossy: tuple[tuple[str, int], ...] = (("hevc", 20), ("hevc", 28), ("av1", 30), ("av1", 40)),
                   backend: str = "onnxruntime", workdir: Path | None = None,
-                  drift_check: bool = True) -> Iterator[str]:
-    """Run the benchmark; yields report lines. `lossy`: the (codec, crf) settings measured."""
+                  drift_check: bool = True,
+                  on_progress: Callable[[int, int, str], None] | None = None) -> Iterator[str]:
+    """Run the benchmark; yields report lines. `lossy`: the (codec, crf) settings measured. `on_progress(
+    measurements done, total, the one now)`."""
+    settings = [Setting("plain"), Setting("lossless"), *(Setting(name, crf) for name, crf in lossy)]
+    step = Stages(on_progress, (route is None) + 1 + len(settings) + drift_check * (len(lossy) + 2))
     scratch = scratch_dir(workdir, "bench-storage-")
     try:
         if route is None:
+            step("synthesizing 1 segment")
             yield f"synthesizing 1 segment of {seconds:g} s, 1928x1208 road + wide ..."
             write_route(scratch / "route", SynthConfig(segments=1, seconds=seconds, device="tici"))
             route = scratch / "route"
         segments = discover_segments([str(route)])
         source = sum(p.stat().st_size for s in segments for cam in shards.CAMERAS if (p := s.camera_file(cam)))
         ref = scratch / "lossless"
+        step("ingest, lossless")
         kept = ingest(IngestConfig(inputs=(str(route),), out=ref, workers=1)).frames_kept
         clips = read_clips(ref)
         yield f"{len(segments)} segment(s), {kept} frames; source HEVC (road + wide) {source / kept / 1e3:.1f} kB/frame"
-        settings = [Setting("plain"), Setting("lossless"), *(Setting(name, crf) for name, crf in lossy)]
-        for _, line in codec_rows(clips, settings, source):
-            yield line
+        for setting in settings:
+            step(f"encoding and decoding: {setting.label}")
+            for _, line in codec_rows(clips, [setting], source):
+                yield line
         if not drift_check:
+            step.end()
             return
         if teacher is None:
             teacher = scratch / "teacher"
             write_teacher(teacher, seed=1)
             yield "teacher: the synthetic stand-in (pass --teacher for openpilot's: its drift is the one that counts)"
         base = dict(teacher=(teacher,), backend=backend, batch=4, workers=2)
+        step("labeling the lossless frames")
         label(LabelConfig(root=ref, name="ref", **base))
         for name, crf in lossy:
+            step(f"ingest and label, {name} crf {crf}")
             root = scratch / f"{name}{crf}"
             ingest(IngestConfig(inputs=(str(route),), out=root, workers=1, codec=name, crf=crf))
             label(LabelConfig(root=root, name="ref", **base))
             yield f"teacher drift, {name} crf {crf} vs lossless (m):  {_fmt_drift(drift(ref, 'ref', 'ref', root))}"
+        step("labeling with the torch backend")
         yield from _precision_row(ref, base, backend)
+        step.end()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -35,6 +35,7 @@ from spark_distill import shards
 from spark_distill.bench import scratch_dir
 from spark_distill.children import worker_budget
 from spark_distill.errors import ConfigError
+from spark_distill.progress import Stages
 from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import CapturedStep, make_captured_optimizer, set_lr, use_capture
 from spark_distill.train.data import ClipStream, make_loader, shard_pairs
@@ -219,10 +220,12 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
                 openpilot_size: str = "bench", workdir: Path | None = None,
-                streaming_only: bool = False, repeat: int = 1) -> Iterator[str]:
+                streaming_only: bool = False, repeat: int = 1,
+                on_progress: Callable[[int, int, str], None] | None = None) -> Iterator[str]:
     """Run the benchmark; yields report lines. `streaming_only`: the last student's DoRA row and its
     streaming row, nothing else. `repeat`: the dataset's shards read that many times over (a small dataset
-    standing for a large one: every clip the loader yields is still read and decoded)."""
+    standing for a large one: every clip the loader yields is still read and decoded). `on_progress(rows
+    done, rows, the row now)`."""
     if not students or any(p not in PRESETS for p in students):
         raise ConfigError(f"--student {','.join(students)}: choose {' or '.join(PRESETS)} (comma-separated for both)")
     if full_batch > batch or min(batch, full_batch, steps, repeat) < 1 or workers < 0:
@@ -233,10 +236,12 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
     compiled = use_compile(compile, dev)
     captured = use_capture(capture, dev)[0]
     peak = peak_tflops(dev, peak)
+    step = Stages(on_progress, 1 + (root is None))  # the rows are counted once they are known
     scratch = scratch_dir(workdir, "bench-train-")
     try:
         cached_note = "given dataset (page cache: as the machine left it)"
         if root is None:
+            step("writing and labeling the synthetic dataset")
             n = segments or segments_needed(batch=batch, steps=steps, workers=workers, seconds=seconds, clip_len=20)
             started = time.perf_counter()
             root, labels, _ = ensure_dataset(scratch, segments=n, seconds=seconds, clip_len=20)
@@ -305,6 +310,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             except ImportError:
                 yield "  peft is not installed: PEFT row skipped"
             rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled, captured))
+        op_rows = 0 if streaming_only or (student_onnx is None and not (scratch / "ds").exists()) else 2
+        step.total = step.done + 1 + len(rows) + op_rows
         rates: dict[str, float] = {}
         streamed = "2. streaming: not measured (the DoRA row failed)"
 
@@ -329,6 +336,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                     streamed = attempt("streaming", lambda: streaming(s))
                 return _row(name, size, m, peak, s.mode())
 
+            step(name + (" (and streaming)" if name == f"{main} our DoRA" else ""))
             yield attempt(name, run)
         dora, lora, theirs = (rates.get(f"{main} {k}") for k in ("our DoRA", "our LoRA", "PEFT DoRA"))
         if dora and lora:
@@ -336,6 +344,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 f"; PEFT DoRA step / our DoRA step: {dora / theirs:.2f}" if theirs else "")
         yield streamed
         if streaming_only:
+            step.end()
             return
 
         # 3. feature-cached vs image mode (openpilot student), both from the loader
@@ -346,6 +355,7 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             write_teacher(student_onnx, size=openpilot_size)
         if student_onnx is None:
             yield "3. feature-cached: skipped (give --student-onnx, the ONNX pair the label set came from)"
+            step.end()
             return
         from spark_distill.train.students.openpilot import DEFAULT_TARGETS as OP_TARGETS
         from spark_distill.train.students.openpilot import OpenpilotStudent
@@ -378,9 +388,11 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
                 op_rates[images] = m.clips / m.seconds
                 return _row("image mode" if images else "feature-cached", batch, m, peak, s.mode()) + note
 
+            step("openpilot student, " + ("image mode" if images else "feature-cached"))
             yield attempt("image mode" if images else "feature-cached", op_run)
         if len(op_rates) == 2:
             yield (f"  openpilot student: image mode {op_rates[True]:8.1f} clips/s, feature-cached "
                    f"{op_rates[False]:8.1f} clips/s: {op_rates[False] / op_rates[True]:.1f}x (target >= 10)")
+        step.end()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -13,6 +13,7 @@ unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def _choose_segments(cfg: EvalConfig, names: list[str]) -> list[str]:
     return names
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
+def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | None = None) -> EvalResult:
+    """Score every model on the chosen segments; `on_progress(segments_done, segments, segment_now)` before each
+    segment and once at the end."""
+    report = on_progress or (lambda done, total, note: None)
     if not cfg.runs and not cfg.models:
         raise ConfigError("give at least one --run or --model to evaluate")
     labels = shards.read_manifest(cfg.root / "labels" / cfg.labels, shards.LABELS_FORMAT)
@@ -133,7 +137,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-    for seg_name in chosen:
+    for i, seg_name in enumerate(chosen):
+        report(i, len(chosen), seg_name)
         seg = read_segment(cfg.root, cfg.labels, seg_name)
         keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
         if not keep.any():
@@ -151,6 +156,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         gt_valid.append(valid)
         if picture is None:
             picture = (seg, per_model)
+    report(len(chosen), len(chosen), "")
     if not kept_segments:
         raise ConfigError(f"no frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
                           "pass --include-warmup for short segments")

@@ -33,6 +33,7 @@ import pickle
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from spark_distill.errors import ConfigError, ExportError, MissingDependencyErro
 from spark_distill.export import consumer
 from spark_distill.export import graph as G
 from spark_distill.onnx_import import cpu_session
+from spark_distill.progress import Stages
 from spark_distill.train.restore import TrainedStudent, load_trained
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ PRECISIONS = ("fp32", "fp16")
 CHECKS = ("auto", "tinygrad", "none")
 CONSUMER_FEEDS = 3  # inputs per graph through tinygrad: one random, then dataset frames (~0.3 s each after the first)
 FP32_TOLERANCE = 1e-4
+STAGES = 5  # progress steps of both formats: merge; the graph or the vision half; verify or the policy half; tinygrad;
+# latency and writing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,7 +160,7 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
                                                                                                        strict=True))
 
 
-def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) -> None:
+def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, stage: Stages) -> None:
     import onnx
 
     student = t.student
@@ -182,6 +186,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
         return feed
 
     example = random_feed()
+    stage("writing the ONNX graph")
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,6 +221,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
         return max(diffs)
 
     result.tolerance = FP32_TOLERANCE if dtype == torch.float32 else 1e-2
+    stage("ONNX Runtime vs torch")
     result.max_diff_random = both([random_feed() for _ in range(4)])
     n_random = len(ort_feeds)
     clip = _real_clip(t.spec, cfg.verify_frames)
@@ -231,9 +237,11 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult)
             feeds.append(feed)
         result.max_diff_real = both(feeds)
     _check_tolerance(result)
+    stage("tinygrad vs ONNX Runtime")
     _consumer_check(cfg, result, {"driving_model.onnx": data},
                     {"driving_model.onnx": _consumer_feeds(ort_feeds[:n_random], ort_feeds[n_random:])},
                     fp16=dtype == torch.float16)
+    stage("latency, writing the files")
     result.latency_ms = _latency_ms(lambda: sess.run(None, {n: example[n] for n in declared}))
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / "driving_model.onnx"
@@ -293,7 +301,7 @@ def _consumer_check(cfg: ExportConfig, result: ExportResult, graphs: dict[str, b
         log.warning("tinygrad check skipped: %s", e)
 
 
-def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) -> None:
+def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, stage: Stages) -> None:
     import onnx
 
     from spark_distill.label.backends import random_inputs
@@ -321,6 +329,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     ort_feeds: dict[str, tuple[list, list]] = {}  # graph file -> (random, real) feeds, for the consumer check
     clip = _real_clip(t.spec, cfg.verify_frames)
     for half in ("vision", "policy"):
+        stage(f"{half} graph: trained tensors written back, ONNX Runtime vs torch")
         src = onnx_dir / f"driving_{half}.onnx"
         proto = onnx.load(str(src))
         if changes[half]:
@@ -350,8 +359,10 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult) ->
     result.max_diff_random = max(diffs_random)
     result.max_diff_real = max(diffs_real) if diffs_real else None
     _check_tolerance(result)
+    stage("tinygrad vs ONNX Runtime")
     _consumer_check(cfg, result, {f"driving_{h}.onnx": staged[h][1] for h in staged},
                     {k: _consumer_feeds(*v) for k, v in ort_feeds.items()}, fp16=False)
+    stage("latency, writing the files")
     v_feed = random_inputs(teacher.vision.inputs, 1)
     p_feed = random_inputs(teacher.policy.inputs, 1)
     result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed),
@@ -384,8 +395,9 @@ def _image_pair(teacher: Any, clip: dict[str, np.ndarray], i: int) -> list[np.nd
     return [img if cam == "road" else big for cam in teacher.image_inputs.values()]
 
 
-def export(cfg: ExportConfig) -> ExportResult:
-    """Merge, export, verify; returns what was written and measured."""
+def export(cfg: ExportConfig, *, on_progress: Callable[[int, int, str], None] | None = None) -> ExportResult:
+    """Merge, export, verify; returns what was written and measured. `on_progress(stages_done, STAGES, stage)`
+    as each stage begins and once at the end."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"unknown --format {cfg.format!r}; choose one of {', '.join(FORMATS)}")
     if cfg.precision not in PRECISIONS:
@@ -396,12 +408,14 @@ def export(cfg: ExportConfig) -> ExportResult:
         raise ConfigError(f"unknown --check {cfg.check!r}; choose one of {', '.join(CHECKS)}")
     if cfg.check == "tinygrad":
         consumer.tinygrad_module()  # a missing tinygrad fails before any work
+    stage = Stages(on_progress, STAGES)
+    stage("merging the adapters")
     t = load_trained(cfg.source)
     fmt = cfg.format if cfg.format != "auto" else (
         "split" if t.spec["architecture"]["kind"] == "openpilot" else "combined")
     result = ExportResult(format=fmt, step=t.step)
     with torch.no_grad():
-        (_export_split if fmt == "split" else _export_combined)(t, cfg, result)
+        (_export_split if fmt == "split" else _export_combined)(t, cfg, result, stage)
     shards.write_json_atomic(cfg.output / "export.json", {
         "source": str(t.run_dir), "checkpoint": str(t.checkpoint), "step": t.step,
         "format": fmt, "precision": cfg.precision, "opset": cfg.opset if fmt == "combined" else None,
@@ -410,4 +424,5 @@ def export(cfg: ExportConfig) -> ExportResult:
         "tolerance": result.tolerance, "ort_cpu_latency_ms": result.latency_ms, "op_types": result.op_types,
         "written_back": result.written_back, "copied_unchanged": result.copied,
         "tinygrad": result.tinygrad.as_json() if result.tinygrad else {"skipped": result.tinygrad_skipped}})
+    stage.end()
     return result

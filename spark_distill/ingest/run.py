@@ -286,6 +286,7 @@ def _progress_queue(stack: contextlib.ExitStack, pending: list[Segment], workers
     if on_progress is None:
         return None
     total = sum(count_packets(p) for s in pending if (p := s.camera_file("road")))
+    on_progress(0, total)
     if workers <= 1:
         return _LocalQueue(on_progress, total)
     manager = SyncManager(ctx=mp.get_context("spawn"))

@@ -396,6 +396,8 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cl
                         readers=readers, out_rows=writer.writers.rows, emit=writer.add,
                         segments_meta=manifest["segments"])
     built = time.perf_counter()
+    if on_progress is not None:
+        on_progress(0, total)
     frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
     wall = time.perf_counter() - built
     writer.poll(wait=True)

@@ -21,11 +21,13 @@ Entry point: `fit_teacher(out, FitConfig)` -> FitResult; `spark-distill synth-te
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,8 @@ NOISE_FLOOR = {"lateral": 0.02, "curvature": 2e-5, "lead_distance": 0.2, "lead_r
 # curvature it reads (1e-4 1/m is 0.1 m at 2 s at 22 m/s), far more than with lead or speed errors of their size
 VISION_LOSS_WEIGHT = {"lateral": 1.0, "curvature": 4.0, "lead_distance": 0.5, "lead_rate": 0.5, "speed": 0.5,
                       "lane_width": 1.0}
+FIT_STAGES = ("rendering drives", "rendering, encoding and ingesting drives", "vision net steps",
+              "simulating the policy's drives", "policy net steps")
 SHIPPED = Path(__file__).parent / "fitted"  # package data: <contract>/ holds the pair `fit_teacher(FitConfig())` wrote
 PAIR_FILES = ("driving_vision.onnx", "driving_vision_metadata.pkl", "driving_policy.onnx",
               "driving_policy_metadata.pkl", "fit.json")
@@ -169,8 +173,9 @@ def render_model_frame(renderer: object, pose: object) -> np.ndarray:
     return pack_yuv6(*half)
 
 
-def render_drives(configs: list) -> list[dict[str, np.ndarray]]:
-    """Per drive: road, wide (N, 6, 128, 256) uint8 model frames at 20 Hz and the true state (N, STATE_LEN)."""
+def render_drives(configs: list, on_done: Callable[[int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per drive: road, wide (N, 6, 128, 256) uint8 model frames at 20 Hz and the true state (N, STATE_LEN);
+    `on_done(drives done)` after each."""
     from spark_distill.synth.route import FPS, Dynamics
 
     renderers = model_frame_renderers()
@@ -181,10 +186,13 @@ def render_drives(configs: list) -> list[dict[str, np.ndarray]]:
         poses = [dyn.pose(float(x)) for x in t]
         data.append({cam: np.stack([render_model_frame(r, pose) for pose in poses]) for cam, r in renderers.items()})
         data[-1]["state"] = scene_state(dyn, t)
+        if on_done is not None:
+            on_done(len(data))
     return data
 
 
-def ingested_drives(configs: list, work: Path) -> list[dict[str, np.ndarray]]:
+def ingested_drives(configs: list, work: Path, on_done: Callable[[int], None] | None = None
+                    ) -> list[dict[str, np.ndarray]]:
     """`render_drives`' data for drives that go the user's way: camera frames rendered, HEVC-encoded, ingested
     (decoded and warped with the logged calibration). The geometry is the direct render's (tests/synth/
     test_semantic.py checks the lane marks to 0.2 px); what differs is appearance, which the net must not read
@@ -211,6 +219,8 @@ def ingested_drives(configs: list, work: Path) -> list[dict[str, np.ndarray]]:
                      "state": scene_state(Dynamics(rc, rc.segments * rc.seconds), fids / FPS)})
         shutil.rmtree(work / f"route{k}")
         shutil.rmtree(work / f"ds{k}")
+        if on_done is not None:
+            on_done(len(data))
     return data
 
 
@@ -248,7 +258,8 @@ def _batch(data: list[dict[str, np.ndarray]], pick: np.ndarray) -> tuple[torch.T
     return torch.cat(roads), torch.cat(wides), torch.from_numpy(np.stack(states) * scale).float()
 
 
-def fit_vision(data: list[dict[str, np.ndarray]], *, steps: int, batch: int, seed: int) -> ImageNet:
+def fit_vision(data: list[dict[str, np.ndarray]], *, steps: int, batch: int, seed: int,
+               on_done: Callable[[int], None] | None = None) -> ImageNet:
     """Train the conv net on (route, frame) samples past the 4-frame stack warm-up."""
     torch.manual_seed(seed)
     net = ImageNet()
@@ -269,6 +280,8 @@ def fit_vision(data: list[dict[str, np.ndarray]], *, steps: int, batch: int, see
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             log.info("vision step %d/%d loss %.4f", step + 1, steps, loss.item())
+        if on_done is not None:
+            on_done(step + 1)
     return net.eval()
 
 
@@ -364,7 +377,7 @@ def _targets(motions: list, states: np.ndarray, accel: np.ndarray, lat_vel: np.n
 
 
 def fit_policy(policy: DrivePolicy, feeds: dict[str, torch.Tensor], targets: torch.Tensor, *, steps: int,
-               batch: int, seed: int) -> float:
+               batch: int, seed: int, on_done: Callable[[int], None] | None = None) -> float:
     """Train the policy MLP on simulated feeds; returns the final training loss."""
     torch.manual_seed(seed)
     n = C.IDX_N * PLAN_COLUMNS
@@ -390,31 +403,49 @@ def fit_policy(policy: DrivePolicy, feeds: dict[str, torch.Tensor], targets: tor
         sched.step()
         if step % 250 == 0 or step == steps - 1:
             log.info("policy step %d/%d loss %.4f", step + 1, steps, loss.item())
+        if on_done is not None:
+            on_done(step + 1)
     return float(loss.detach())
 
 
 # -- the whole fit ------------------------------------------------------------------------------------
-def fit_teacher(out: Path, cfg: FitConfig) -> FitResult:
-    """Fit and write the teacher pair (+ fit.json) into `out`."""
+def fit_teacher(out: Path, cfg: FitConfig, *, on_progress: Callable[[int, int, str], None] | None = None
+                ) -> FitResult:
+    """Fit and write the teacher pair (+ fit.json) into `out`. `on_progress(done, total, stage)` through each of
+    the fit's FIT_STAGES, counted in its own units (drives, steps)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same float sums on any machine (and no spinning threads on a busy one)
     try:
-        return _fit(out, cfg)
+        return _fit(out, cfg, on_progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(out: Path, cfg: FitConfig) -> FitResult:
+def _stage(on_progress: Callable[[int, int, str], None] | None, k: int, total: int) -> Callable[[int], None] | None:
+    """Stage k's on_done(count) for on_progress (reported at 0 at once), or None."""
+    if on_progress is None:
+        return None
+    note = f"{FIT_STAGES[k]} ({k + 1}/{len(FIT_STAGES)})"
+    on_progress(0, total, note)
+    return functools.partial(_report, on_progress, total, note)
+
+
+def _report(on_progress: Callable[[int, int, str], None], total: int, note: str, done: int) -> None:
+    on_progress(done, total, note)
+
+
+def _fit(out: Path, cfg: FitConfig, on_progress: Callable[[int, int, str], None] | None = None) -> FitResult:
     from spark_distill.synth.teacher import contract_slices, policy_inputs, write_pair
 
     configs = route_configs(cfg)
-    data = render_drives(configs)
+    data = render_drives(configs, _stage(on_progress, 0, len(configs)))
     train, held = (data[:-1], data[-1:]) if len(data) > 1 else (data, data)
     with tempfile.TemporaryDirectory(prefix="fit-ingest-") as work:  # a few drives the way a user's come in
         picked = configs[: cfg.ingested] + configs[-1:]
-        real = ingested_drives(picked, Path(work)) if cfg.ingested else []
+        real = ingested_drives(picked, Path(work), _stage(on_progress, 1, len(picked))) if cfg.ingested else []
     train = train + real[:-1] * cfg.ingested_weight
-    net = fit_vision(train, steps=cfg.vision_steps, batch=cfg.vision_batch, seed=cfg.seed)
+    net = fit_vision(train, steps=cfg.vision_steps, batch=cfg.vision_batch, seed=cfg.seed,
+                     on_done=_stage(on_progress, 2, cfg.vision_steps))
     err = vision_error(net, held[0])
     log.info("vision RMS error on the held-out route: %s", dict(zip(STATE, err.round(4), strict=True)))
     if real:
@@ -427,8 +458,12 @@ def _fit(out: Path, cfg: FitConfig) -> FitResult:
     vision = DriveVision(vision_slices)
     vision.net = net
     policy = DrivePolicy(policy_inputs(cfg.contract), policy_slices)
+    simulated = _stage(on_progress, 3, 1)
     feeds, targets = simulate(cfg, np.maximum(err, [NOISE_FLOOR[k] for k in STATE]))
-    loss = fit_policy(policy, feeds, targets, steps=cfg.policy_steps, batch=cfg.policy_batch, seed=cfg.seed)
+    if simulated is not None:
+        simulated(1)
+    loss = fit_policy(policy, feeds, targets, steps=cfg.policy_steps, batch=cfg.policy_batch, seed=cfg.seed,
+                      on_done=_stage(on_progress, 4, cfg.policy_steps))
     files = write_pair(out, vision.eval(), policy.eval(), contract=cfg.contract,
                        model_name=f"fitted-tiny-{cfg.contract}-seed{cfg.seed}")
     result = FitResult(files, {k: float(v) for k, v in zip(STATE, err, strict=True)}, loss)

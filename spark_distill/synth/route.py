@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -258,8 +259,9 @@ def _event(schema, t: int, which: str, fill: Callable[[object], None] | None = N
     return t, ev.to_bytes()
 
 
-def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tuple[str, ...] = ()) -> SegmentTruth:
-    """Write segment n of the route into out/<segment dir> and return its truth."""
+def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tuple[str, ...] = (), *,
+                  on_frame: Callable[[], None] | None = None) -> SegmentTruth:
+    """Write segment n of the route into out/<segment dir> and return its truth; `on_frame()` after each frame."""
     schema = load_schema()
     width, height = DEVICES[cfg.device]
     road_cam, wide_cam = CAMERAS[(width, height)]
@@ -322,6 +324,8 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
 
             which = "roadEncodeIdx" if cam == "road" else "wideRoadEncodeIdx"
             events.append(_event(schema, eof + 5_000_000, which, enc))
+        if on_frame is not None:
+            on_frame()
     for container, stream in encoders.values():
         for packet in stream.encode():
             container.mux(packet)
@@ -432,32 +436,52 @@ def miscalibrate(segment: Path, error: tuple[float, float, float]) -> None:
     _write_log(segment, fmt, b"".join(events), truncated=False)
 
 
-def _write_one(out: Path, cfg: SynthConfig, n: int) -> SegmentTruth:
+def _write_one(out: Path, cfg: SynthConfig, n: int, on_frame: Callable[[], None] | None = None) -> SegmentTruth:
     """Segment n of the route (a worker process's task: the drive is rebuilt from cfg, a pure function of it)."""
     faults = cfg.faults if n == cfg.segments - 1 else ()
-    return write_segment(out, cfg, n, Dynamics(cfg, cfg.segments * cfg.seconds), faults)
+    return write_segment(out, cfg, n, Dynamics(cfg, cfg.segments * cfg.seconds), faults, on_frame=on_frame)
 
 
-def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1) -> list[SegmentTruth]:
+def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1,
+                on_progress: Callable[[int, int, str], None] | None = None) -> list[SegmentTruth]:
     """Write cfg.segments segments under `out`; faults go into the last one. `workers` > 1 renders and encodes
-    segments in that many processes (0: one per core); every segment is the same whatever the count."""
+    segments in that many processes (0: one per core); every segment is the same whatever the count.
+    `on_progress(frames_written, frames, note)`: after each frame (each segment with workers)."""
     import os
 
     out.mkdir(parents=True, exist_ok=True)
     workers = min(cfg.segments, workers or os.cpu_count() or 1)
+    per_segment = round(cfg.seconds * FPS)
+    total, done = cfg.segments * per_segment, [0]
+
+    def frame_written() -> None:
+        done[0] += 1
+        if on_progress is not None:
+            on_progress(done[0], total, "")
+
+    if on_progress is not None:
+        on_progress(0, total, "")
     if workers > 1:
         import multiprocessing as mp
 
         from spark_distill.children import child_init
 
         with mp.get_context("spawn").Pool(workers, initializer=child_init, initargs=(os.getpid(),)) as pool:
-            truths = pool.starmap(_write_one, [(out, cfg, n) for n in range(cfg.segments)])
+            truths = []
+            for truth in pool.imap(functools.partial(_write_one, out, cfg), range(cfg.segments)):
+                truths.append(truth)
+                done[0] += per_segment - 1
+                frame_written()
     else:
-        truths = [_write_one(out, cfg, n) for n in range(cfg.segments)]
+        truths = [_write_one(out, cfg, n, frame_written) for n in range(cfg.segments)]
     for t in truths:
         log.info("wrote %s", t.path)
     if cfg.modelv2_teacher is not None:
         from spark_distill.synth.logged_model import add_logged_model
 
+        if on_progress is not None:
+            on_progress(total, total, "logging the teacher's outputs as modelV2")
         add_logged_model(out, truths, cfg, cfg.modelv2_teacher)
+        if on_progress is not None:
+            on_progress(total, total, "")
     return truths

@@ -7,6 +7,7 @@ Multi-process through torch.distributed (DDP; torchrun or an explicit init URL).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -524,11 +525,14 @@ class Recipe:
                                   "samples_per_s": self.result.samples / (time.perf_counter() - self.started)})
 
     def evaluate(self) -> float | None:
-        """Validation loss on the main rank (None without validation clips), recorded."""
+        """Validation loss on the main rank (None without validation clips, or when a stop request cut the pass
+        short: a part of the clips is no validation loss), recorded."""
         if self.val_stream is None or not self.main_rank:
             return None
-        loss = evaluate(self.unroll, make_loader(self.val_stream), self.slices, self.cfg.loss, self.device,
-                        self.autocast)
+        batches = itertools.takewhile(lambda _: not self.stop["flag"], make_loader(self.val_stream))
+        loss = evaluate(self.unroll, batches, self.slices, self.cfg.loss, self.device, self.autocast)
+        if self.stop["flag"]:
+            return None
         if loss is not None:
             self.record("val", {"loss": loss})
         return loss
@@ -554,8 +558,8 @@ class Recipe:
             for k, v in values.items():
                 self.board.add_scalar(f"{split}/{k}", v, self.step)
 
-    def _stop_requested(self) -> bool:
-        """A signal arrived on any rank (every rank stops at the same step), or --stop-at was reached."""
+    def _signalled(self) -> bool:
+        """A stop signal arrived on any rank (every rank stops at the same step)."""
         import torch.distributed as dist
 
         flag = self.stop["flag"]
@@ -563,7 +567,23 @@ class Recipe:
             t = torch.tensor(float(flag), device=self.device)  # NCCL reduces device tensors only
             dist.all_reduce(t)
             flag = bool(t.item())
-        return flag or self.step == self.cfg.stop_at
+        return flag
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived on any rank, or --stop-at was reached."""
+        return self._signalled() or self.step == self.cfg.stop_at
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT or SIGTERM: stop after the current step and its checkpoint, said at once (the step and the
+        checkpoint may take a while); a second Ctrl-C stops at once (the newest checkpoint stays)."""
+        if self.stop["flag"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.stop["flag"] and self.main_rank:
+            ctrl_c = signum == signal.SIGINT
+            log.warning("%s: stopping after the current step%s; a re-run with --resume continues",
+                        "Ctrl-C" if ctrl_c else signal.Signals(signum).name,
+                        " (Ctrl-C again stops at once)" if ctrl_c else "")
+        self.stop["flag"] = True
 
     # ---- the loop ----
     def run(self) -> TrainResult:
@@ -572,20 +592,26 @@ class Recipe:
         self.metrics = (self.run_dir / "metrics.jsonl").open("a") if self.main_rank else None
         self.board = _tensorboard(self.run_dir) if self.main_rank else None
         self.stop = {"flag": False}
-        handlers = {s: signal.signal(s, lambda *_: self.stop.__setitem__("flag", True))
-                    for s in (signal.SIGINT, signal.SIGTERM)}
-        if self.step == 0 and self.main_rank:
-            self.result.val_before = self.evaluate()
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.on_progress is not None and self.main_rank:
+            self.on_progress(self.step, self.total, None)  # the schedule's length, before the first validation
         self.started = time.perf_counter()
-        self.model.train()
-        _freeze_norms(self.student)
         try:
+            if self.step == 0 and self.main_rank:
+                self.result.val_before = self.evaluate()
+            self.started = time.perf_counter()
+            self.model.train()
+            _freeze_norms(self.student)
+            if self._signalled():  # during the first validation: nothing trained, nothing to checkpoint
+                self.result.interrupted = True
+                return self.result
             while self.step < self.total and self.epoch < cfg.epochs:
                 if self._epoch():
                     return self.result
                 if self.step >= self.total:
                     break
             self.result.val_after = self.evaluate()
+            self.result.interrupted = self.stop["flag"]  # during the last validation: a re-run validates again
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -651,5 +677,6 @@ def feature_cached(cfg: TrainConfig, student: nn.Module, manifest: dict[str, Any
 
 
 def train(cfg: TrainConfig, *, on_progress: Any = None) -> TrainResult:
-    """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` after each step."""
+    """Run (or resume) a training run; returns its summary. `on_progress(step, total, loss)` once before the first
+    step (loss None) and after each step."""
     return Recipe(cfg, on_progress=on_progress).run()

@@ -27,7 +27,11 @@ def test_replicas_are_distinct_segments_with_the_same_files(tici_route, tmp_path
 
 def test_bench_reports_the_ratio_and_each_worker_count(tici_route, tmp_path: Path) -> None:
     route, _, _ = tici_route
-    lines = list(bench_ingest(route=route, workdir=tmp_path, decode_threads=1, segments=3, workers=[1]))
+    seen: list[tuple[int, int, str]] = []
+    lines = list(bench_ingest(route=route, workdir=tmp_path, decode_threads=1, segments=3, workers=[1],
+                              on_progress=lambda *a: seen.append(a)))
+    assert seen == [(0, 4, "warm-up ingest"), (1, 4, "bare PyAV decode"), (2, 4, "ingest, 1 worker"),
+                    (3, 4, "ingest of 3 segment(s), 1 worker(s)"), (4, 4, "")]
     text = "\n".join(lines)
     assert "(40 frames, cameras: fcamera.hevc, ecamera.hevc)" in text
     ratio = float(re.search(r"ratio ingest / bare decode, CPU: +([\d.]+)", text)[1])

@@ -36,6 +36,8 @@ def test_bench_train_reports_every_measurement(tmp_path: Path) -> None:
     assert re.search(r"streaming \(2 workers\): +[\d.]+ clips/s; in memory: +[\d.]+ clips/s; ratio [\d.]+", r.output)
     assert re.search(r"image mode +[\d.]+ clips/s, feature-cached +[\d.]+ clips/s: [\d.]+x", r.output)
     assert "failed" not in r.output
+    # piped, the progress ends in one line: the dataset, 5 rows above (DoRA with its streaming run), openpilot's 2
+    assert re.search(r"^bench train: 8/8 measurements in \d:\d\d:\d\d$", r.output, re.M), r.output
     assert not list(tmp_path.iterdir()), "the scratch dataset is removed"
     r = CliRunner().invoke(app, ["bench", "train", "--segments", "2", "--seconds", "2", "--steps", "5",
                                  "--workdir", str(tmp_path)])

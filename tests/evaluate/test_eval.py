@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,23 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
                 device="cpu", checkpoint_every=100)
     train(TrainConfig(run="a", student="compact-xs", adapter="dora", **base))
     train(TrainConfig(run="b", student="openpilot", student_onnx=labeled / "teacher", **base))
-    export(ExportConfig(source=tmp_path / "runs" / "a", output=tmp_path / "a-onnx", check="none"))
-    export(ExportConfig(source=tmp_path / "runs" / "b", output=tmp_path / "b-onnx", check="none"))
+    stages: dict[str, list[tuple[int, int, str]]] = {"a": [], "b": []}
+    for run in stages:
+        export(ExportConfig(source=tmp_path / "runs" / run, output=tmp_path / f"{run}-onnx", check="none"),
+               on_progress=lambda *a, run=run: stages[run].append(a))
+    # export's progress: each stage as it begins, then all done; the same count for both formats
+    assert [n for _, _, n in stages["a"]] == ["merging the adapters", "writing the ONNX graph", "ONNX Runtime vs torch",
+                                              "tinygrad vs ONNX Runtime", "latency, writing the files", ""]
+    assert [n.split(":")[0] for _, _, n in stages["b"]][1:3] == ["vision graph", "policy graph"]
+    assert [(d, t) for d, t, _ in stages["b"]] == [(k, 5) for k in range(6)] == [(d, t) for d, t, _ in stages["a"]]
     out = tmp_path / "eval"
     r = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
                                  "--model", str(tmp_path / "a-onnx"), "--run", str(tmp_path / "runs" / "b"),
                                  "--model", str(tmp_path / "b-onnx"), "--include-warmup", "--out", str(out)])
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
+    n = len(m["segments"])
+    assert re.search(rf"^eval: {n}/{n} segments in \d:\d\d:\d\d", r.output, re.M), r.output  # piped: a line
     models = m["models"]
     assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split)"]
     assert m["segments"], "the runs' validation segments"

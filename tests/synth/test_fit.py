@@ -23,13 +23,26 @@ def _tiny(contract: str) -> F.FitConfig:
                        policy_seconds=2.0, policy_steps=2, policy_batch=4, ingested=1)
 
 
+PROGRESS: list[tuple[int, int, str]] = []  # what the second tiny fit reported
+
+
 @pytest.fixture(scope="module")
 def fitted_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The tiny fit (two 2 s drives, the second held out), twice."""
+    """The tiny fit (two 2 s drives, the second held out), twice: the second reports its progress."""
     base = tmp_path_factory.mktemp("fit")
-    for k in ("a", "b"):
-        F.fit_teacher(base / k, _tiny("v2"))
+    F.fit_teacher(base / "a", _tiny("v2"))
+    F.fit_teacher(base / "b", _tiny("v2"), on_progress=lambda *a: PROGRESS.append(a))
     return base / "a", base / "b"
+
+
+def test_fit_reports_each_stage_from_zero_to_its_end(fitted_twice: tuple[Path, Path]) -> None:
+    ends = {note: (done, total) for done, total, note in PROGRESS}  # the last report of each stage
+    assert list(ends) == [f"{name} ({k + 1}/5)" for k, name in enumerate(F.FIT_STAGES)]
+    assert list(ends.values()) == [(2, 2), (2, 2), (2, 2), (1, 1), (2, 2)]  # drives, drives, steps, -, steps
+    firsts: dict[str, int] = {}
+    for done, _, note in PROGRESS:
+        firsts.setdefault(note, done)
+    assert set(firsts.values()) == {0}  # each stage is shown at once, before its first drive or step ends
 
 
 def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, Path]) -> None:

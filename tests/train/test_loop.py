@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,26 +82,67 @@ def test_ddp_two_gloo_processes(labeled: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_cleanly(labeled: Path, tmp_path: Path) -> None:
-    """SIGINT to the whole process group (what Ctrl-C does, loader workers included)."""
+    """SIGINT to the whole process group (what Ctrl-C does, loader workers included): the run says at once that
+    it stops after the current step (piped: stderr is not a terminal), then checkpoints and exits 0."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     args = [sys.executable, "-m", "spark_distill", "train", str(labeled), "--labels", "set", "--student", "compact-xs",
             "--batch-size", "1", "--max-steps", "100000", "--val-fraction", "0", "--no-mask-warmup",
             "--workers", "2", "--runs-dir", str(tmp_path), "--run", "c", "--device", "cpu", "--burn-in", "4"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+    said: list[tuple[float, str]] = []  # (when, stderr line)
+    reader = threading.Thread(target=lambda: said.extend((time.monotonic(), line) for line in proc.stderr))
+    reader.start()
     metrics = tmp_path / "c" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.1)
+    sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join()
+    err = "".join(line for _, line in said)
     assert proc.returncode == 0, err
     ckpt = latest_checkpoint(tmp_path / "c" / "checkpoints")
     assert ckpt is not None and "stopped early" in out
+    notice = [t for t, line in said if "Ctrl-C: stopping after the current step" in line]
+    assert notice and notice[0] - sent < 10, err  # at once, not when the step and its checkpoint are done
+    assert "re-run with --resume" in " ".join(err.split())
+
+
+def test_ctrl_c_during_the_first_validation_and_twice(labeled: Path, tmp_path: Path) -> None:
+    """Ctrl-C before the first step (train reports step 0 just before its first validation): the validation is cut
+    short and not recorded, no step is taken, nothing is checkpointed; Ctrl-C twice stops at once."""
+    import gc
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at(step_to_stop: int, times: int) -> Callable[[int, int, float | None], None]:
+        def report(step: int, total: int, loss: float | None) -> None:
+            for _ in range(times if step == step_to_stop else 0):
+                signal.raise_signal(signal.SIGINT)
+        return report
+
+    r = train(_cfg(labeled, tmp_path, max_steps=3), on_progress=ctrl_c_at(0, 1))
+    assert r.interrupted and r.steps == 0 and r.val_before is None
+    assert latest_checkpoint(tmp_path / "r" / "checkpoints") is None and signal.getsignal(signal.SIGINT) is before
+    again = train(_cfg(labeled, tmp_path, max_steps=3))  # nothing was checkpointed: the same command starts over
+    assert again.steps == 3 and again.val_before is not None and not again.interrupted
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(_cfg(labeled, tmp_path, run="twice", max_steps=6), on_progress=ctrl_c_at(2, 2))
+    assert signal.getsignal(signal.SIGINT) is before
+    del stopped  # its traceback holds the run's loader: its worker is stopped here, not at some later collection
+    gc.collect()
 
 
 def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_path: Path) -> None:
