@@ -580,9 +580,9 @@ class Recipe:
             raise KeyboardInterrupt
         if not self.stop["flag"] and self.main_rank:
             ctrl_c = signum == signal.SIGINT
-            log.warning("%s: stopping after the current step%s; a re-run with --resume continues",
-                        "Ctrl-C" if ctrl_c else signal.Signals(signum).name,
-                        " (Ctrl-C again stops at once)" if ctrl_c else "")
+            who = "Ctrl-C" if ctrl_c else signal.Signals(signum).name
+            again = " (Ctrl-C again stops at once)" if ctrl_c else ""
+            note(f"{who}: stopping after the current step{again}; a re-run with --resume continues")
         self.stop["flag"] = True
 
     # ---- the loop ----
