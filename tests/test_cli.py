@@ -136,6 +136,8 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                           (["label", str(out), "--teacher", str(tmp_path / "teacher"), "--backend", "openvino"],
                            "unknown backend 'openvino'"),
                           (["train", str(out), "--labels", "nope"], "no label set 'nope' in "),
+                          (["eval", str(out), "--labels", "nope", "--run", str(tmp_path)], "no label set 'nope' in "),
+                          (["verify-labels", str(out), "--labels", "nope"], "no label set 'nope' in "),
                           (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter"),
                           (["train", str(out), "--labels", "v2set", "--loss-weights", "speed=1"], "--loss-weights")):
         r = _cli(*args)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from spark_distill import shards
+from spark_distill.dataset import frames_dir, label_set_dir
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
@@ -125,9 +126,9 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     report = on_progress or (lambda done, total, note: None)
     if not cfg.runs and not cfg.models:
         raise ConfigError("give at least one --run or --model to evaluate")
-    labels = shards.read_manifest(cfg.root / "labels" / cfg.labels, shards.LABELS_FORMAT)
+    names = [s["name"] for s in shards.read_manifest(frames_dir(cfg.root), shards.FRAMES_FORMAT)["segments"]]
+    labels = shards.read_manifest(label_set_dir(cfg.root, cfg.labels), shards.LABELS_FORMAT)
     slices = labels["output_slices"]
-    names = [s["name"] for s in shards.read_manifest(cfg.root / "frames", shards.FRAMES_FORMAT)["segments"]]
     chosen = _choose_segments(cfg, names)
     runners = [_model_runner(Path(p), cfg.device) for p in (*cfg.runs, *cfg.models)]
     if len({n for n, _ in runners}) != len(runners):

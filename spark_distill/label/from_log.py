@@ -24,7 +24,7 @@ import numpy as np
 from spark_distill import __version__, shards
 from spark_distill import contract as C
 from spark_distill import modelv2 as M
-from spark_distill.dataset import frames_dir
+from spark_distill.dataset import frames_dir, label_set_dir
 from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.metadata import slices_to_json
 from spark_distill.label.plan import ShardIndex, frames_binding, plan_segments
@@ -102,7 +102,7 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
     """Teacher labels vs the logged modelV2, per field (and per horizon for plan blocks)."""
     fdir = frames_dir(root)
     frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
-    labels = shards.read_manifest(root / "labels" / label_set, shards.LABELS_FORMAT)
+    labels = shards.read_manifest(label_set_dir(root, label_set), shards.LABELS_FORMAT)
     if labels.get("source") == "log":
         raise LabelError(f"label set {label_set} was built from the log itself; compare a teacher label set")
     slices = labels["output_slices"]
