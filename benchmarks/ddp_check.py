@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from spark_distill.train.loop import TrainConfig, train
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import train
 
 
 def main() -> None:

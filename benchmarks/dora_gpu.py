@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from spark_distill.train.lora import apply_adapters
+from spark_distill.models.lora import apply_adapters
 
 TARGETS = ["inp", "mlp.*", "gru_x", "gru_h", "plan", "lanes"]
 

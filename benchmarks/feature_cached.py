@@ -11,7 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from spark_distill.train.loop import TrainConfig, train
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import train
 
 
 def main() -> None:

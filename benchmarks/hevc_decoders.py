@@ -22,7 +22,7 @@ import numpy as np
 def pattern_clips(n: int = 8, codec: str = "hevc", crf: int | None = None) -> list[bytes]:
     """20-frame members of a textured moving pattern with sensor-like noise (~6 kB per camera frame at hevc's
     default crf 20); also benchmarks/nvdec_probe.py's."""
-    from spark_distill.codecs import encode_clip
+    from spark_distill.data.codecs import encode_clip
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:128, 0:256]

@@ -26,7 +26,7 @@ def main() -> None:
 
     from spark_distill.bench.label import bare_paths, loop_fps, profile_lines, step_graph_fps, write_bench_frames
     from spark_distill.label.run import LabelConfig, label
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.openpilot.teachers import load_teacher
     from spark_distill.synth.teacher import gflops_per_frame, write_teacher
 
     ap = argparse.ArgumentParser()

@@ -29,7 +29,7 @@ def main() -> None:
     import torch
     from hevc_decoders import pattern_clips  # this folder: python3 benchmarks/nvdec_probe.py
 
-    from spark_distill import codecs
+    from spark_distill.data import codecs
 
     torch.zeros(1, device="cuda")
     handle = ctypes.c_void_p()

@@ -23,7 +23,7 @@ def main() -> None:
     from spark_distill.bench.label import rate
     from spark_distill.label.backends import get_backend
     from spark_distill.label.lanes import LaneRunner
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.openpilot.teachers import load_teacher
     from spark_distill.synth.teacher import write_teacher
 
     ap = argparse.ArgumentParser()

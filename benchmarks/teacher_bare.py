@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from spark_distill.bench.label import bare_inference_fps
-from spark_distill.label.backends import get_backend, random_inputs
-from spark_distill.label.teachers import load_teacher, make_batch_dynamic
-from spark_distill.onnx_import import cpu_session
+from spark_distill.label.backends import get_backend
+from spark_distill.openpilot.onnx_import import cpu_session
+from spark_distill.openpilot.teachers import load_teacher, make_batch_dynamic, random_inputs
 from spark_distill.synth.teacher import write_teacher
 
 

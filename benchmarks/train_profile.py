@@ -25,8 +25,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from spark_distill.bench.train import Stepper, _cycle, _full, _ours, ensure_dataset, segments_needed
-from spark_distill.train.data import ClipStream, make_loader, shard_pairs
-from spark_distill.train.students.compact import PRESETS, CompactStudent
+from spark_distill.data.pairs import shard_pairs
+from spark_distill.models.compact import PRESETS, CompactStudent
+from spark_distill.train.loader import ClipStream, make_loader
 
 FAMILIES = (("inductor fused", r"^triton_"),  # first: their names list the ops they fused (conv, copy, ...)
             ("convolution", r"conv|cudnn|implicit|depthwise|winograd|fprop|dgrad|wgrad|sm90_xmma"),

@@ -23,4 +23,4 @@ $PIP install -q --upgrade pip
 $PIP install -q --no-deps "onnx2torch==1.5.15"
 $PIP install -q -e ".[test]"
 echo "(a pip notice that onnx2torch requires torchvision is expected: onnx2torch is installed without it, see docs/install.md)"
-.venv/bin/python -c "import torch, av, capnp, webdataset, importlib.metadata as m; from spark_distill.onnx_import import load_onnx2torch; load_onnx2torch(); print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__, '| tinygrad', m.version('tinygrad'))"
+.venv/bin/python -c "import torch, av, capnp, webdataset, importlib.metadata as m; from spark_distill.openpilot.onnx_import import load_onnx2torch; load_onnx2torch(); print('spark-distill environment ready: torch', torch.__version__, '| av', av.__version__, '| tinygrad', m.version('tinygrad'))"

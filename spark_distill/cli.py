@@ -213,7 +213,7 @@ def demo(
 ) -> None:
     """The whole pipeline on a synthetic drive with stand-in models, on CPU, in a few minutes."""
     from spark_distill.demo import DemoConfig, run_demo, student_teacher_ratio
-    from spark_distill.train.students.compact import PRESETS
+    from spark_distill.models.compact import PRESETS
 
     if student not in PRESETS:
         raise ConfigError(f"--student {student!r}: the demo distils {' or '.join(PRESETS)}")
@@ -355,7 +355,7 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) 
     """Options from a YAML file where the command line left them at their defaults (CLI wins)."""
     if config is None:
         return values
-    from spark_distill.train.loop import read_config
+    from spark_distill.train.config import read_config
 
     loaded = read_config(config)
     aliases = {"rank": "dora_rank", "alpha": "dora_alpha"}
@@ -455,7 +455,7 @@ def train(
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
     from spark_distill.errors import ConfigError
-    from spark_distill.train.loop import TrainConfig
+    from spark_distill.train.config import TrainConfig
     from spark_distill.train.loop import train as run_train
     from spark_distill.train.losses import LossWeights
 
@@ -603,7 +603,7 @@ def inspect(
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
 ) -> None:
     """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
-    from spark_distill.dataset import contact_sheet, summarize, summary_rows, verify_frames, verify_labels
+    from spark_distill.data.dataset import contact_sheet, summarize, summary_rows, verify_frames, verify_labels
     from spark_distill.errors import DatasetError
 
     s = summarize(root)
@@ -802,8 +802,8 @@ def bench_storage(
 ) -> None:
     """Bytes per frame, speed per core and teacher drift of each camera codec (lossless, hevc at each --crf, av1 at
     each --av1-crf)."""
-    from spark_distill import codecs
     from spark_distill.bench.storage import bench_storage as run_bench
+    from spark_distill.data import codecs
 
     lossy = [("hevc", c) for c in crf or (20, 28)] + [("av1", c) for c in av1_crf or (30, 40)]
     for name, c in lossy:

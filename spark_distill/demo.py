@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_distill.data import files
 from spark_distill.errors import ConfigError
 
 
@@ -53,7 +54,8 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
     from spark_distill.label.run import LabelConfig, label
     from spark_distill.synth.fit import copy_fitted
     from spark_distill.synth.route import SynthConfig, write_route
-    from spark_distill.train.loop import TrainConfig, train
+    from spark_distill.train.config import TrainConfig
+    from spark_distill.train.loop import train
 
     if not 0.2 <= cfg.minutes <= 30:
         raise ConfigError(f"--minutes {cfg.minutes}: choose 0.2..30 (each of the two segments needs > 5 s of "
@@ -107,9 +109,8 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
         if key in ev.files:
             report.artifacts[name] = ev.files[key]
     report.seconds = time.perf_counter() - start
-    from spark_distill import shards
 
-    shards.write_json_atomic(out / "demo.json", {
+    files.write_json_atomic(out / "demo.json", {
         "frames_ingested": report.frames_ingested, "label_frames_per_s": report.label_frames_per_s,
         "trainable": list(report.trainable), "steps": report.steps, "val_before": report.val_before,
         "val_after": report.val_after, "export_max_diff": report.export_max_diff, "seconds": report.seconds,
@@ -132,7 +133,7 @@ def mirrored_seed(seconds: float, tolerance: float = 0.05) -> int:
     seconds + warm-up / 2, so the frames of one segment past the teacher's warm-up see exactly the speeds of the
     other's (one accelerating, one braking). A student trained on one segment is then evaluated on speeds it
     saw, not extrapolated to a faster or slower stretch of road."""
-    from spark_distill import contract as C
+    from spark_distill.openpilot import contract as C
     from spark_distill.synth.route import FPS, Dynamics, SynthConfig
 
     centre = seconds + C.FULL_HISTORY_BUFFER_LEN / FPS / 2

@@ -53,3 +53,8 @@ class ExportError(SparkDistillError):
 
 class OnnxMismatchError(ExportError):
     """The exported ONNX disagrees with the torch model."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut at `limit` characters: what a one-line error quotes."""
+    return (str(e).splitlines() or [""])[0][:limit]

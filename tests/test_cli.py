@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spark_distill import __version__, shards
+from spark_distill import __version__
 from spark_distill.cli import app
+from spark_distill.data import shards
 
 runner = CliRunner()
 
@@ -200,7 +201,7 @@ def test_help_shows_one_default_per_option_and_every_accepted_form() -> None:
 def _run_with_a_checkpoint(runs: Path, name: str) -> None:
     import torch
 
-    from spark_distill.train.checkpoint import save_checkpoint
+    from spark_distill.models.checkpoint import save_checkpoint
 
     save_checkpoint(runs / name / "checkpoints", 1, {"w": torch.zeros(1)},
                     {"optimizer": {}, "torch_rng": None, "step": 1, "epoch": 0, "position": 1})

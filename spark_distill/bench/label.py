@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill import shards
 from spark_distill.bench import scratch_dir
+from spark_distill.data import arrays, files, shards
 from spark_distill.errors import ConfigError
-from spark_distill.label.backends import auto_backend, get_backend, random_inputs
+from spark_distill.label.backends import auto_backend, get_backend
 from spark_distill.label.run import LabelConfig, label
-from spark_distill.label.teachers import load_teacher
+from spark_distill.openpilot.teachers import load_teacher, random_inputs
 from spark_distill.progress import Stages
 from spark_distill.synth.teacher import write_teacher
 
@@ -60,12 +60,12 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
             car = np.full((t, 10), 20.0, np.float32)
             meta = {"segment": name, "clip": clips, "frame_ids": list(range(fid, fid + t)),
                     "timestamps_ns": [0] * t, "calibration": {"rpy": [0, 0, 0], "valid": True}, "flags": []}
-            writer.write({"__key__": shards.clip_key(name, clips), "road.npy.zst": shards.encode_array(road),
-                          "wide.npy.zst": shards.encode_array(wide), "desire.npy.zst": shards.encode_array(desire),
-                          "traffic.npy.zst": shards.encode_array(np.array([1, 0], np.float32)),
-                          "car.npy.zst": shards.encode_array(car),
-                          "pose.npy.zst": shards.encode_array(np.zeros((t, 12), np.float32)),
-                          "gps.npy.zst": shards.encode_array(np.zeros((t, 6))),
+            writer.write({"__key__": shards.clip_key(name, clips), "road.npy.zst": arrays.encode_array(road),
+                          "wide.npy.zst": arrays.encode_array(wide), "desire.npy.zst": arrays.encode_array(desire),
+                          "traffic.npy.zst": arrays.encode_array(np.array([1, 0], np.float32)),
+                          "car.npy.zst": arrays.encode_array(car),
+                          "pose.npy.zst": arrays.encode_array(np.zeros((t, 12), np.float32)),
+                          "gps.npy.zst": arrays.encode_array(np.zeros((t, 6))),
                           "meta.json": json.dumps(meta).encode()}, frames=t)
             fid += t
             clips += 1
@@ -76,7 +76,7 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
                                      "frames_dropped": 0, "clips": clips, "dropped": {}, "warnings": []})
     if writer is not None:
         manifest["shards"].append(writer.close().to_json())
-    shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+    files.write_json_atomic(folder / shards.MANIFEST, manifest)
     return segments * frames
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spark_distill import codecs, shards
 from spark_distill.bench import scratch_dir
+from spark_distill.data import arrays, codecs, shards
 from spark_distill.evaluate.metrics import compare
 from spark_distill.ingest.discover import discover_segments
 from spark_distill.ingest.run import IngestConfig, ingest
@@ -51,12 +51,12 @@ class Setting:
 
 def _encode(clip: np.ndarray, s: Setting) -> tuple[str, bytes]:
     if s.codec == "plain":
-        return codecs.PLAIN_EXT, shards.encode_array(clip)
+        return codecs.PLAIN_EXT, arrays.encode_array(clip)
     return codecs.encode_clip(clip, s.codec, crf=s.crf)
 
 
 def _decode(ext: str, data: bytes) -> np.ndarray:
-    return shards.decode_array(data) if ext == codecs.PLAIN_EXT else codecs.decode_clip(ext, data)
+    return arrays.decode_array(data) if ext == codecs.PLAIN_EXT else codecs.decode_clip(ext, data)
 
 
 def read_clips(root: Path) -> list[dict[str, np.ndarray]]:

@@ -31,16 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from spark_distill import shards
 from spark_distill.bench import scratch_dir
-from spark_distill.children import worker_budget
+from spark_distill.data import shards
+from spark_distill.data.pairs import shard_pairs
 from spark_distill.errors import ConfigError
+from spark_distill.models.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
+from spark_distill.models.lora import apply_adapters
+from spark_distill.processes import worker_budget
 from spark_distill.progress import Stages
 from spark_distill.train.cache import FeatureCache
 from spark_distill.train.capture import CapturedStep, make_captured_optimizer, set_lr, use_capture
-from spark_distill.train.data import ClipStream, make_loader, shard_pairs
 from spark_distill.train.flops import count_flops, first_clips, mfu, peak_tflops
-from spark_distill.train.lora import apply_adapters
+from spark_distill.train.loader import ClipStream, make_loader
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.step import (
     Unroll,
@@ -52,7 +54,6 @@ from spark_distill.train.step import (
     optimizer_step,
     use_compile,
 )
-from spark_distill.train.students.compact import DEFAULT_TARGETS, PRESETS, CompactStudent
 
 WARMUP = 3  # untimed steps first: the compile happens in the first; a captured step's capture in the third
 
@@ -357,8 +358,8 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
             yield "3. feature-cached: skipped (give --student-onnx, the ONNX pair the label set came from)"
             step.end()
             return
-        from spark_distill.train.students.openpilot import DEFAULT_TARGETS as OP_TARGETS
-        from spark_distill.train.students.openpilot import OpenpilotStudent
+        from spark_distill.models.openpilot import DEFAULT_TARGETS as OP_TARGETS
+        from spark_distill.models.openpilot import OpenpilotStudent
 
         yield (f"3. openpilot student ({student_onnx.name}), DoRA r{rank} on its policy; image mode from the loader, "
                "feature-cached from the feature cache:")

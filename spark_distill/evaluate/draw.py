@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import contract as C
-from spark_distill.label.outputs import parse_outputs
-from spark_distill.modelframe import MEDMODEL_INTRINSICS, MODEL_H, MODEL_W, yuv6_to_rgb
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.modelframe import MEDMODEL_INTRINSICS, MODEL_H, MODEL_W, yuv6_to_rgb
+from spark_distill.openpilot.outputs import parse_outputs
 
 CAMERA_HEIGHT = 1.22  # m, openpilot's HEIGHT_INIT
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import contract as C
-from spark_distill.label.outputs import parse_outputs
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
 
 REPORT_SECONDS = (1.0, 2.0, 4.0, 10.0)
 

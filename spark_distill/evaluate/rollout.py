@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spark_distill import contract as C
-from spark_distill import shards
+from spark_distill.data import shards
+from spark_distill.data.gt_path import SegmentMotion
+from spark_distill.data.index import ShardIndex, plan_segments
 from spark_distill.errors import DatasetError
-from spark_distill.label.plan import ShardIndex, plan_segments
-from spark_distill.onnx_import import cpu_session
-from spark_distill.train.gt_path import SegmentMotion
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.onnx_import import cpu_session
 
 FRAME_MEMBERS = (*shards.camera_members(), "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
                  "pose.npy.zst", "meta.json")

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill import shards
-from spark_distill.dataset import frames_dir, label_set_dir
+from spark_distill.data import files, shards
+from spark_distill.data.dataset import frames_dir, label_set_dir
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
-from spark_distill.onnx_import import cpu_session
+from spark_distill.openpilot.onnx_import import cpu_session
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +64,7 @@ class _OrtGraph(nn.Module):
 
 def _split_student(folder: Path) -> nn.Module:
     """The exported pair as an openpilot student whose two graphs run in ONNX Runtime."""
-    from spark_distill.train.students.openpilot import OpenpilotStudent
+    from spark_distill.models.openpilot import OpenpilotStudent
 
     student = OpenpilotStudent.from_onnx([folder])
     student.vision = _OrtGraph(folder / "driving_vision.onnx")
@@ -85,7 +85,7 @@ def _source_run(path: Path) -> Path | None:
 
 def _model_runner(path: Path, device: str) -> tuple[str, Any]:
     """(display name, segment -> (vision, policy)) for a run, a checkpoint, or an export."""
-    from spark_distill.train.restore import load_trained
+    from spark_distill.models.restore import load_trained
 
     if (path / "student.json").exists() or (path / "meta.json").exists():
         t = load_trained(path)
@@ -110,7 +110,7 @@ def _choose_segments(cfg: EvalConfig, names: list[str]) -> list[str]:
         return list(cfg.segments)
     import yaml
 
-    from spark_distill.train.data import val_segments
+    from spark_distill.data.pairs import val_segments
 
     for src in filter(None, (_source_run(p) for p in (*cfg.runs, *cfg.models))):
         conf = yaml.safe_load((src / "config.yaml").read_text())
@@ -168,7 +168,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])
         result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    shards.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,
+    files.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,
                                                         "segments": kept_segments, "warmup_frames": warmup,
                                                         "models": result.metrics})
     result.files["metrics"] = cfg.out / "metrics.json"
@@ -182,7 +182,7 @@ def errors_figure(metrics: dict[str, dict[str, Any]]) -> Any:
     value (past the end of every segment) is not drawn."""
     import matplotlib.pyplot as plt
 
-    from spark_distill import contract as C
+    from spark_distill.openpilot import contract as C
 
     panels = [("plan", "plan vs teacher (m)", C.T_IDXS, "horizon (s)"),
               ("drive", "plan vs driven path (m)", C.T_IDXS, "horizon (s)"),

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill.errors import ExportError, MissingDependencyError, OnnxMismatchError
-from spark_distill.onnx_import import cpu_session
+from spark_distill.errors import ExportError, MissingDependencyError, OnnxMismatchError, first_line
+from spark_distill.openpilot.onnx_import import cpu_session
 
 DEVICE = "CPU:CLANG"  # tinygrad's CPU device with its clang renderer: deterministic, no accelerator needed
 REQUIREMENT = "tinygrad>=0.14,<0.15"  # 0.14 moved device choice to DEV=...; earlier releases read CPU=1
@@ -58,6 +58,10 @@ class TinygradResult:
                 "tolerance": self.tolerance, "tolerance_is_relative": self.relative}
 
 
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e, 10_000)}"
+
+
 def tinygrad_module() -> Any:
     """`tinygrad`, or MissingDependencyError naming the install."""
     try:
@@ -65,9 +69,6 @@ def tinygrad_module() -> Any:
     except ImportError as e:
         raise MissingDependencyError(f"--check tinygrad needs tinygrad: {INSTALL_HINT}") from e
 
-
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
 def _run_tinygrad(name: str, data: bytes, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
@@ -80,7 +81,7 @@ def _run_tinygrad(name: str, data: bytes, feeds: list[dict[str, np.ndarray]]) ->
         try:
             Tensor([1.0]).realize()  # opens the device: the CPU device compiles its helpers with clang here
         except Exception as e:  # FileNotFoundError for clang, or tinygrad's own errors for a broken toolchain
-            raise MissingDependencyError(f"tinygrad's {DEVICE} device does not start ({_first_line(e)}); "
+            raise MissingDependencyError(f"tinygrad's {DEVICE} device does not start ({_why(e)}); "
                                          f"{CLANG_HINT}") from e
         # imported here: the module makes Tensors when imported, which outside the pinned device would make
         # tinygrad probe every accelerator it knows and pick one
@@ -93,10 +94,10 @@ def _run_tinygrad(name: str, data: bytes, feeds: list[dict[str, np.ndarray]]) ->
                 got = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feed.items()})
                 outs.append([got[out].numpy() for out in runner.graph_outputs])
         except FileNotFoundError as e:  # clang gone since the device opened (its helpers came from tinygrad's cache)
-            raise MissingDependencyError(f"tinygrad's {DEVICE} device cannot compile ({_first_line(e)}); "
+            raise MissingDependencyError(f"tinygrad's {DEVICE} device cannot compile ({_why(e)}); "
                                          f"{CLANG_HINT}") from e
         except Exception as e:  # an op tinygrad lacks (NotImplementedError) or cannot lower (RuntimeError, ...)
-            raise ExportError(f"tinygrad cannot run {name} as openpilot would ({_first_line(e)}); nothing was "
+            raise ExportError(f"tinygrad cannot run {name} as openpilot would ({_why(e)}); nothing was "
                               "written (--check none skips this check)") from e
         return outs
 

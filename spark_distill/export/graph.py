@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import shards
+from spark_distill.data import files
 from spark_distill.errors import ExportError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -103,4 +103,4 @@ def check_and_save(model: Any, path: Path, data: bytes | None = None) -> None:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path.name}: the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from e
-    shards.write_bytes_atomic(path, data)
+    files.write_bytes_atomic(path, data)

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill import shards
+from spark_distill.data import files, shards
 from spark_distill.errors import ConfigError, ExportError, MissingDependencyError, OnnxMismatchError
 from spark_distill.export import consumer
 from spark_distill.export import graph as G
-from spark_distill.onnx_import import cpu_session
+from spark_distill.models.restore import TrainedStudent, load_trained
+from spark_distill.openpilot.onnx_import import cpu_session
 from spark_distill.progress import Stages
-from spark_distill.train.restore import TrainedStudent, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class CombinedModel(nn.Module):
 
 def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | None:
     """The first clip of the run's validation split (else training split): road, wide, desire, traffic, v_ego."""
+    from spark_distill.data.pairs import read_lockstep, shard_pairs
     from spark_distill.errors import DatasetError
-    from spark_distill.train.data import read_lockstep, shard_pairs
 
     if frames <= 0 or not isinstance(spec.get("root"), str) or not isinstance(spec.get("labels"), str):
         return None  # random inputs only (a run from before these fields, or an edited student.json)
@@ -136,7 +136,7 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
 
 def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
     """The 2-frame image stacks of frame i, as training builds them (train.loop.Unroll)."""
-    from spark_distill import contract as C
+    from spark_distill.openpilot import contract as C
 
     out = []
     for cam in ("road", "wide"):
@@ -247,7 +247,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
     path = cfg.output / "driving_model.onnx"
     G.check_and_save(proto, path, data)
     meta = cfg.output / "driving_model_metadata.pkl"
-    shards.write_bytes_atomic(meta, G.metadata_pkl(proto, "policy_model", f"spark-distill-{t.run_dir.name}",
+    files.write_bytes_atomic(meta, G.metadata_pkl(proto, "policy_model", f"spark-distill-{t.run_dir.name}",
                                                    student.policy_slices))
     result.files = {"model": path, "metadata": meta}
     result.parameters, result.bytes = G.parameter_count(proto), len(data)
@@ -304,7 +304,7 @@ def _consumer_check(cfg: ExportConfig, result: ExportResult, graphs: dict[str, b
 def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, stage: Stages) -> None:
     import onnx
 
-    from spark_distill.label.backends import random_inputs
+    from spark_distill.openpilot.teachers import random_inputs
 
     if t.spec["architecture"]["kind"] != "openpilot":
         raise ConfigError("--format split is openpilot's two-model contract: it needs the openpilot student (its "
@@ -379,7 +379,7 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, st
         slices = (teacher.vision if half == "vision" else teacher.policy).slices
         name = _model_name(proto, key, t)
         pkl = cfg.output / f"driving_{half}_metadata.pkl"
-        shards.write_bytes_atomic(pkl, G.metadata_pkl(proto, key, name, slices))
+        files.write_bytes_atomic(pkl, G.metadata_pkl(proto, key, name, slices))
         result.files[half], result.files[f"{half}_metadata"] = path, pkl
         result.parameters += G.parameter_count(proto)
         result.bytes += len(data)
@@ -416,7 +416,7 @@ def export(cfg: ExportConfig, *, on_progress: Callable[[int, int, str], None] | 
     result = ExportResult(format=fmt, step=t.step)
     with torch.no_grad():
         (_export_split if fmt == "split" else _export_combined)(t, cfg, result, stage)
-    shards.write_json_atomic(cfg.output / "export.json", {
+    files.write_json_atomic(cfg.output / "export.json", {
         "source": str(t.run_dir), "checkpoint": str(t.checkpoint), "step": t.step,
         "format": fmt, "precision": cfg.precision, "opset": cfg.opset if fmt == "combined" else None,
         "files": {k: v.name for k, v in result.files.items()}, "parameters": result.parameters,

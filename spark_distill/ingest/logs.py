@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 
 from spark_distill.errors import CorruptLogError, IngestError, MissingDependencyError
-from spark_distill.modelv2 import row_from_message
+from spark_distill.openpilot.modelv2 import row_from_message
 
 log = logging.getLogger(__name__)
 

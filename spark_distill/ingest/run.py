@@ -26,14 +26,15 @@ from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
-from spark_distill import __version__, codecs, shards
-from spark_distill.children import child_init
+from spark_distill import __version__
+from spark_distill.data import codecs, files, shards
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
 from spark_distill.ingest.segment import SegmentReport, SegmentSettings, segment_clips
 from spark_distill.ingest.video import count_packets
-from spark_distill.modelv2 import columns as modelv2_columns
+from spark_distill.openpilot.modelv2 import columns as modelv2_columns
+from spark_distill.processes import child_init
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class _ShardSink:
         self.finished = []
         self.manifest["partial"] = ({"segment": self.open_segment, "clips": self.open_clips}
                                     if self.open_segment else None)
-        shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+        files.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
 
 
 def _staged(jobs: list[tuple], workers: int) -> Iterator[_StagedSegment]:

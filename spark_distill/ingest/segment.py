@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import shards
+from spark_distill.data import arrays, shards
 from spark_distill.errors import IngestError
 from spark_distill.ingest.align import (
     CalibrationTrack,
@@ -29,9 +29,9 @@ from spark_distill.ingest.align import (
 from spark_distill.ingest.discover import Segment
 from spark_distill.ingest.logs import load_schema, read_log
 from spark_distill.ingest.video import VideoReport, decode_i420
-from spark_distill.modelframe import FRAME_SHAPE, cameras_for, warp_for
-from spark_distill.modelv2 import WIDTH as MODELV2_WIDTH
-from spark_distill.modelv2 import split_blocks as split_modelv2_blocks
+from spark_distill.openpilot.modelframe import FRAME_SHAPE, cameras_for, warp_for
+from spark_distill.openpilot.modelv2 import WIDTH as MODELV2_WIDTH
+from spark_distill.openpilot.modelv2 import split_blocks as split_modelv2_blocks
 
 log = logging.getLogger(__name__)
 
@@ -165,28 +165,28 @@ def _clip_sample(seg: Segment, clip: int, stamps: list[tuple[int, int]], road: n
     """The encoded sample of one clip: `stamps` (frameId, time) per frame, `road`/`wide` (T, 6, 128, 256)."""
     fids = [f for f, _ in stamps]
     times = np.array([t for _, t in stamps], dtype=np.int64)
-    arrays = frame_log_arrays(logdata, times)
+    logged = frame_log_arrays(logdata, times)
     flags = ["wide_from_road"] if wide_from_road else []
-    if not bool(arrays["calib_valid"][0]):
+    if not bool(logged["calib_valid"][0]):
         flags.append("calibration_invalid")
     if np.any(np.diff(fids) != 1):
         flags.append("frame_gap")
     meta = {
         "segment": seg.name, "clip": clip, "frame_ids": fids, "timestamps_ns": times.tolist(),
         "cameras": {"road": "fcamera.hevc", "wide": "fcamera.hevc" if wide_from_road else "ecamera.hevc"},
-        "calibration": {"rpy": arrays["rpy"][0].tolist(), "valid": bool(arrays["calib_valid"][0]),
-                        "rpy_per_frame": arrays["rpy"].tolist()},
+        "calibration": {"rpy": logged["rpy"][0].tolist(), "valid": bool(logged["calib_valid"][0]),
+                        "rpy_per_frame": logged["rpy"].tolist()},
         "flags": flags,
     }
     return {
         "__key__": shards.clip_key(seg.name, clip),
         **shards.encode_cameras({"road": road, "wide": wide}, codec=codec, crf=crf),
-        "desire.npy.zst": shards.encode_array(arrays["desire"]),
-        "traffic.npy.zst": shards.encode_array(traffic_onehot(bool(arrays["rhd"][0]))),
-        "car.npy.zst": shards.encode_array(arrays["car"]),
-        "pose.npy.zst": shards.encode_array(arrays["pose"]),
-        "gps.npy.zst": shards.encode_array(arrays["gps"].astype(np.float64)),
-        **({"modelv2.npy.zst": shards.encode_array(_modelv2_rows(logdata.modelv2, fids))} if logdata.modelv2 else {}),
+        "desire.npy.zst": arrays.encode_array(logged["desire"]),
+        "traffic.npy.zst": arrays.encode_array(traffic_onehot(bool(logged["rhd"][0]))),
+        "car.npy.zst": arrays.encode_array(logged["car"]),
+        "pose.npy.zst": arrays.encode_array(logged["pose"]),
+        "gps.npy.zst": arrays.encode_array(logged["gps"].astype(np.float64)),
+        **({"modelv2.npy.zst": arrays.encode_array(_modelv2_rows(logdata.modelv2, fids))} if logdata.modelv2 else {}),
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
     }
 

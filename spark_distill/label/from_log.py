@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import __version__, shards
-from spark_distill import contract as C
-from spark_distill import modelv2 as M
-from spark_distill.dataset import frames_dir, label_set_dir
+from spark_distill import __version__
+from spark_distill.data import arrays, files, shards
+from spark_distill.data.dataset import frames_dir, label_set_dir
+from spark_distill.data.index import ShardIndex, frames_binding, plan_segments
 from spark_distill.errors import DatasetError, LabelError
-from spark_distill.label.metadata import slices_to_json
-from spark_distill.label.plan import ShardIndex, frames_binding, plan_segments
 from spark_distill.label.run import record_shard
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot import modelv2 as M
+from spark_distill.openpilot.metadata import slices_to_json
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
@@ -50,7 +51,7 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
     folder = root / "labels" / name
     folder.mkdir(parents=True, exist_ok=True)
     binding = frames_binding(frames)
-    frames_sha = shards.sha256_file(fdir / shards.MANIFEST)
+    frames_sha = files.sha256_file(fdir / shards.MANIFEST)
     if (folder / shards.MANIFEST).exists():
         manifest = shards.read_manifest(folder, shards.LABELS_FORMAT)
         if manifest.get("source") != "log" or manifest["frames_shards"] != binding[: len(manifest["frames_shards"])]:
@@ -75,19 +76,19 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
             for sample in shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS):
                 meta = json.loads(sample["meta.json"])
                 n = len(meta["frame_ids"])
-                rows = (shards.decode_array(sample["modelv2.npy.zst"]) if "modelv2.npy.zst" in sample
+                rows = (arrays.decode_array(sample["modelv2.npy.zst"]) if "modelv2.npy.zst" in sample
                         else np.full((n, M.WIDTH), np.nan, np.float32))
                 vision, policy = M.outputs_from_rows(rows, slices)
                 manifest["segments"].setdefault(meta["segment"], {"first_frame_id": meta["frame_ids"][0]})
-                writer.write({"__key__": sample["__key__"], "vision.npy.zst": shards.encode_array(
-                    vision.astype(np.float16)), "policy.npy.zst": shards.encode_array(policy.astype(np.float16))},
+                writer.write({"__key__": sample["__key__"], "vision.npy.zst": arrays.encode_array(
+                    vision.astype(np.float16)), "policy.npy.zst": arrays.encode_array(policy.astype(np.float16))},
                     frames=n)
         except BaseException:
             writer.abort()
             raise
         record_shard(manifest, frames, writer.close().to_json())
-        shards.write_json_atomic(folder / shards.MANIFEST, manifest)
-    shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+        files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    files.write_json_atomic(folder / shards.MANIFEST, manifest)
     return manifest
 
 
@@ -120,8 +121,8 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
                     continue
                 rows = f["modelv2"]
                 have = np.isfinite(rows[:, 0])
-                mine = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
-                                           shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
+                mine = M.rows_from_outputs(arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                                           arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
                 ours.append(mine[have])
                 logged.append(rows[have])
         finally:

@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill import contract as C
+from spark_distill.cuda_graphs import capture
+from spark_distill.data.index import ClipRef, SegmentPlan
 from spark_distill.errors import DatasetError
-from spark_distill.graphs import capture
 from spark_distill.label.backends import Backend
-from spark_distill.label.plan import ClipRef, SegmentPlan
-from spark_distill.label.state import ModeldState
-from spark_distill.label.teachers import Teacher
 from spark_distill.label.workers import ClipReaders, Ticket
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.state import ModeldState
+from spark_distill.openpilot.teachers import Teacher
 
 RESET = -1  # gap marker: restart the lane's history before this frame
 

@@ -29,16 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_distill import __version__, shards
-from spark_distill import contract as C
-from spark_distill.children import on_gpu, worker_budget
-from spark_distill.dataset import frames_dir
+from spark_distill import __version__
+from spark_distill.data import arrays, files, shards
+from spark_distill.data.dataset import frames_dir
+from spark_distill.data.index import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, auto_backend, get_backend
 from spark_distill.label.lanes import LaneRunner, reader_slots
-from spark_distill.label.plan import ClipRef, SegmentPlan, frames_binding, plan_segments
-from spark_distill.label.teachers import Teacher, load_teacher
 from spark_distill.label.workers import ClipReaders, LabelWriters
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.teachers import Teacher, load_teacher
+from spark_distill.processes import on_gpu, worker_budget
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
@@ -167,7 +168,7 @@ class _Writer:
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
         if self.unsaved and (wait or time.monotonic() - self.saved_at >= MANIFEST_EVERY_S):
-            shards.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+            files.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
             self.unsaved, self.saved_at = False, time.monotonic()
 
     def close(self, *, ok: bool = True) -> None:
@@ -257,7 +258,7 @@ class _Verifier:
 
     def _bad(self, i: int) -> bool:
         path = self.folder / self.entries[i]["name"]
-        return not path.exists() or shards.sha256_file(path) != self.entries[i]["sha256"]
+        return not path.exists() or files.sha256_file(path) != self.entries[i]["sha256"]
 
     def bad(self, needed: set[int]) -> set[int]:
         """Indices of needed frames shards whose sha256 does not match the manifest (reported, never labeled)."""
@@ -297,7 +298,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
         cfg = dataclasses.replace(cfg, workers=worker_budget(accelerator=_accelerated(cfg)))
     fdir = frames_dir(cfg.root)
     frames_manifest = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
-    frames_sha = shards.sha256_file(fdir / shards.MANIFEST)
+    frames_sha = files.sha256_file(fdir / shards.MANIFEST)
     plans = plan_segments(frames_manifest)
     teacher, vision_model, policy_model = load_teacher(list(cfg.teacher))
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
@@ -358,7 +359,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
         for c in p.clips:
             expected[c.shard].append(c.key)
     if not work and cfg.world == 1:  # a rerun of a finished pass
-        shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+        files.write_json_atomic(folder / shards.MANIFEST, manifest)
         return result
     if workers is None:  # the first look at the manifest saw nothing left; the manifest says otherwise
         workers = _Workers(cfg, fdir, frames_manifest, teacher)
@@ -381,7 +382,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     if result.frames:
         manifest["throughput"] = {"frames": result.frames, "seconds": round(result.seconds, 3),
                                   "frames_per_s": round(result.frames_per_s, 1), "batch": cfg.batch}
-    shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+    files.write_json_atomic(folder / shards.MANIFEST, manifest)
     return result
 
 
@@ -460,7 +461,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
         finally:
             writer.close(ok=ok)
         seconds = time.perf_counter() - start - result.profile.get(COMPILE_S, 0.0)
-        shards.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
+        files.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
                                                        "seconds": seconds})
         dist.barrier()
         if cfg.rank == 0:
@@ -475,7 +476,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
                 manifest["throughput"] = {"frames": frames, "seconds": round(seconds, 3),
                                           "frames_per_s": round(frames / seconds, 1), "batch": cfg.batch,
                                           "ranks": cfg.world}
-            shards.write_json_atomic(folder / shards.MANIFEST, manifest)
+            files.write_json_atomic(folder / shards.MANIFEST, manifest)
             shutil.rmtree(folder / ".parts")
         dist.barrier()
         return result
@@ -503,7 +504,7 @@ def _assemble(folder: Path, frames_manifest: dict[str, Any], manifest: dict[str,
             for key in expected[i]:
                 s = samples[key]
                 writer.write({"__key__": key, **{m: s[m] for m in shards.LABEL_MEMBERS}},
-                             frames=len(shards.decode_array(s["policy.npy.zst"])))
+                             frames=len(arrays.decode_array(s["policy.npy.zst"])))
         except BaseException:
             writer.abort()
             raise

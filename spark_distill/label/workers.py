@@ -40,11 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill import shards
-from spark_distill.children import child_init
-from spark_distill.clips import LABEL_PASS_STEMS, decode_clip, read_raw
+from spark_distill.data import arrays, shards
+from spark_distill.data.clips import LABEL_PASS_STEMS, decode_clip, read_raw
+from spark_distill.data.index import Arena, ClipRef, ShardIndex
 from spark_distill.errors import DatasetError, LabelError
-from spark_distill.label.plan import Arena, ClipRef, ShardIndex
+from spark_distill.processes import child_init
 
 log = logging.getLogger(__name__)
 FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 packed in 6 planes)
@@ -424,7 +424,7 @@ def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: A
                 continue
             _, _, key, row, n = task
             start = time.perf_counter()
-            encoded = (shards.encode_array(slab[row, :n, :width_v]), shards.encode_array(slab[row, :n, width_v:]), n)
+            encoded = (arrays.encode_array(slab[row, :n, :width_v]), arrays.encode_array(slab[row, :n, width_v:]), n)
             results.put(("free", row))
             folder, name, keys, got, seconds = shards_open[shard]
             got[key] = encoded

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill import contract as C
+from spark_distill.openpilot import contract as C
 from spark_distill.synth.scene import CAMERA_HEIGHT
 
 # scene state: name -> scale that makes it O(1) in hidden_state

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spark_distill import contract as C
-from spark_distill import shards
+from spark_distill.data import files, shards
 from spark_distill.errors import ConfigError
+from spark_distill.openpilot import contract as C
 from spark_distill.synth.drive_model import PLAN_COLUMNS, STATE, STATE_LEN, DrivePolicy, DriveVision, ImageNet
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class ModelFrameCamera:
 def model_frame_renderers() -> dict[str, object]:
     """Renderers that draw the scene straight into the calibrated road (medmodel) and wide (sbigmodel) frames:
     the geometry ingest's warp produces from any calibration, without encoding, decoding and warping."""
-    from spark_distill.modelframe import MEDMODEL_INTRINSICS, MODEL_H, MODEL_W, SBIGMODEL_INTRINSICS
+    from spark_distill.openpilot.modelframe import MEDMODEL_INTRINSICS, MODEL_H, MODEL_W, SBIGMODEL_INTRINSICS
     from spark_distill.synth.scene import SceneRenderer
 
     up = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])  # model pixel centres -> 2x pixel centres
@@ -166,7 +166,7 @@ def model_frame_renderers() -> dict[str, object]:
 
 def render_model_frame(renderer: object, pose: object) -> np.ndarray:
     """One packed model frame [6, 128, 256] uint8: the 2x render averaged over 2x2 pixels."""
-    from spark_distill.modelframe import pack_yuv6
+    from spark_distill.openpilot.modelframe import pack_yuv6
 
     planes = renderer.render(pose)  # type: ignore[attr-defined]
     half = [p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2).mean((1, 3)).round().astype(np.uint8) for p in planes]
@@ -300,11 +300,11 @@ def simulate(cfg: FitConfig, noise: np.ndarray, *, offset: int = 0) -> tuple[dic
     """Policy inputs (exactly as the label pass builds them) and targets for simulated drives.
 
     Targets per sample: plan (33, 15) in device-frame units, then desire class, then desired curvature."""
+    from spark_distill.data.gt_path import SegmentMotion
     from spark_distill.ingest.align import desire_onehot
-    from spark_distill.label.state import ModeldState
+    from spark_distill.openpilot.state import ModeldState
     from spark_distill.synth.route import FPS, Dynamics, SynthConfig
     from spark_distill.synth.teacher import policy_inputs
-    from spark_distill.train.gt_path import SegmentMotion
 
     names = list(policy_inputs(cfg.contract))
     lanes, seconds = cfg.policy_drives, cfg.policy_seconds
@@ -464,11 +464,11 @@ def _fit(out: Path, cfg: FitConfig, on_progress: Callable[[int, int, str], None]
         simulated(1)
     loss = fit_policy(policy, feeds, targets, steps=cfg.policy_steps, batch=cfg.policy_batch, seed=cfg.seed,
                       on_done=_stage(on_progress, 4, cfg.policy_steps))
-    files = write_pair(out, vision.eval(), policy.eval(), contract=cfg.contract,
-                       model_name=f"fitted-tiny-{cfg.contract}-seed{cfg.seed}")
-    result = FitResult(files, {k: float(v) for k, v in zip(STATE, err, strict=True)}, loss)
-    shards.write_json_atomic(out / "fit.json", {
+    written = write_pair(out, vision.eval(), policy.eval(), contract=cfg.contract,
+                         model_name=f"fitted-tiny-{cfg.contract}-seed{cfg.seed}")
+    result = FitResult(written, {k: float(v) for k, v in zip(STATE, err, strict=True)}, loss)
+    files.write_json_atomic(out / "fit.json", {
         "config": asdict(cfg), "source_sha256": source_digest(), "vision_rms_error_held_out": result.vision_error,
-        "policy_loss": loss, "files": {p.name: shards.sha256_file(p) for p in files.values()}})
-    files["fit"] = out / "fit.json"
+        "policy_loss": loss, "files": {p.name: files.sha256_file(p) for p in written.values()}})
+    written["fit"] = out / "fit.json"
     return result

@@ -12,10 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from spark_distill import modelv2 as M
-from spark_distill import shards
+from spark_distill.data import shards
 from spark_distill.errors import ConfigError
-from spark_distill.ingest.logs import read_log_bytes
+from spark_distill.ingest.logs import load_schema, read_log_bytes
+from spark_distill.openpilot import modelv2 as M
+from spark_distill.synth.rlog import event, write_log
 
 EXECUTION_TIME_S = 0.025  # what a comma 3X's modelExecutionTime looks like
 
@@ -24,7 +25,6 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
     from spark_distill.evaluate.rollout import read_segment
     from spark_distill.ingest.run import IngestConfig, ingest
     from spark_distill.label.run import LabelConfig, label
-    from spark_distill.synth.route import _event, _write_log, load_schema
 
     if "truncated-log" in cfg.faults:  # type: ignore[attr-defined]
         raise ConfigError("a truncated log cannot take appended modelV2 messages; drop --fault truncated-log")
@@ -49,10 +49,10 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
                     b.frameId, b.timestampEof = fid, t_ns
                     M.fill_message(b, row)
 
-                events.append(_event(schema, int(t_ns) + int(EXECUTION_TIME_S * 1e9), "modelV2", fill)[1])
+                events.append(event(schema, int(t_ns) + int(EXECUTION_TIME_S * 1e9), "modelV2", fill)[1])
             log_path = next(p for p in truth.path.iterdir() if p.name.startswith("rlog"))
             raw, _ = read_log_bytes(log_path)
             fmt = {"rlog": "raw", "rlog.bz2": "bz2", "rlog.zst": "zst"}[log_path.name]
-            _write_log(truth.path, fmt, raw + b"".join(events), truncated=False)
+            write_log(truth.path, fmt, raw + b"".join(events), truncated=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

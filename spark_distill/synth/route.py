@@ -11,7 +11,6 @@ frames dropped by the encoder. A route is named (dongle id, start) from the opti
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
 import datetime
 import functools
@@ -26,11 +25,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-import zstandard
 
 from spark_distill.errors import ConfigError
 from spark_distill.ingest.logs import load_schema
-from spark_distill.modelframe import CAMERAS
+from spark_distill.openpilot.modelframe import CAMERAS
+from spark_distill.synth.logged_model import add_logged_model
+from spark_distill.synth.rlog import event, write_log
 from spark_distill.synth.scene import LANE_WIDTH, CarPose, SceneRenderer
 
 log = logging.getLogger(__name__)
@@ -251,14 +251,6 @@ def _video_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
     return frame
 
 
-def _event(schema, t: int, which: str, fill: Callable[[object], None] | None = None) -> bytes:
-    ev = schema.Event.new_message(logMonoTime=t, valid=True)
-    body = ev.init(which)
-    if fill is not None:
-        fill(body)
-    return t, ev.to_bytes()
-
-
 def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tuple[str, ...] = (), *,
                   on_frame: Callable[[], None] | None = None) -> SegmentTruth:
     """Write segment n of the route into out/<segment dir> and return its truth; `on_frame()` after each frame."""
@@ -287,7 +279,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
         b.version = "0.10.1-synth"
         b.dongleId = route_name(cfg)[0]
 
-    events.append(_event(schema, t_start - 1_000_000, "initData", init))
+    events.append(event(schema, t_start - 1_000_000, "initData", init))
     segment_ids = dict.fromkeys(renderers, 0)
     for i in range(frames):
         fid = first + i
@@ -306,7 +298,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
                 b.frameId, b.timestampSof, b.timestampEof = fid, sof, eof
                 b.sensor = "ox03c10" if cfg.device == "tici" else "unknown"
 
-            events.append(_event(schema, eof + 1_000_000, state, cam_state))
+            events.append(event(schema, eof + 1_000_000, state, cam_state))
             if fid in dropped:
                 continue
             container, stream = encoders[cam]
@@ -323,7 +315,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
                 b.encodeId, b.timestampSof, b.timestampEof, b.type = fid, sof, eof, "fullHEVC"
 
             which = "roadEncodeIdx" if cam == "road" else "wideRoadEncodeIdx"
-            events.append(_event(schema, eof + 5_000_000, which, enc))
+            events.append(event(schema, eof + 5_000_000, which, enc))
         if on_frame is not None:
             on_frame()
     for container, stream in encoders.values():
@@ -332,7 +324,7 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
         container.close()
     events += _state_events(schema, cfg, dyn, t_start, frames)
     events.sort(key=lambda e: e[0])
-    _write_log(seg, cfg.log_format, b"".join(b for _, b in events), truncated="truncated-log" in faults)
+    write_log(seg, cfg.log_format, b"".join(b for _, b in events), truncated="truncated-log" in faults)
     if "corrupt-video-tail" in faults:
         _corrupt_tail(seg / "fcamera.hevc", cfg.seed)
     return truth
@@ -357,7 +349,7 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
             b.rightBlinker = state != "off" and direction == "right"
             b.gasPressed = b.brakePressed = b.standstill = False
 
-        events.append(_event(schema, tn, "carState", car))
+        events.append(event(schema, tn, "carState", car))
         if k % 50_000_000 == 0:
             def pose(b, t=t):
                 v, kappa = dyn.speed(t), dyn.curvature(t)
@@ -372,15 +364,15 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
             def dmd(b, state=state, direction=direction):
                 b.meta.laneChangeState, b.meta.laneChangeDirection = state, direction
 
-            events.append(_event(schema, tn + 1_000_000, "livePose", pose))
-            events.append(_event(schema, tn + 2_000_000, "drivingModelData", dmd))
+            events.append(event(schema, tn + 1_000_000, "livePose", pose))
+            events.append(event(schema, tn + 2_000_000, "drivingModelData", dmd))
         if k % 100_000_000 == 0:
             def gps(b, t=t):
                 b.latitude = 37.0 + dyn.distance(t) / 111_000.0
                 b.longitude, b.altitude = -122.0, 10.0
                 b.speed, b.bearingDeg, b.horizontalAccuracy = dyn.speed(t), 0.0, 3.0
 
-            events.append(_event(schema, tn + 4_000_000, "gpsLocationExternal", gps))
+            events.append(event(schema, tn + 4_000_000, "gpsLocationExternal", gps))
         if k % 250_000_000 == 0:
             def calib(b):
                 b.rpyCalib = list(dyn.rpy)
@@ -389,26 +381,9 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
             def dm(b):
                 b.isRHD = cfg.rhd
 
-            events.append(_event(schema, tn + 5_000_000, "liveCalibration", calib))
-            events.append(_event(schema, tn + 6_000_000, "driverMonitoringState", dm))
+            events.append(event(schema, tn + 5_000_000, "liveCalibration", calib))
+            events.append(event(schema, tn + 6_000_000, "driverMonitoringState", dm))
     return events
-
-
-def _write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool) -> None:
-    """Compress in 16 kB pieces, as a logger streaming to disk does (zstd blocks flushed, bz2 streams
-    concatenated), so a truncated file keeps its complete pieces."""
-    pieces = [raw[i:i + (1 << 14)] for i in range(0, len(raw), 1 << 14)]
-    if fmt == "zst":
-        cobj = zstandard.ZstdCompressor(level=10).compressobj()
-        data = b"".join(cobj.compress(p) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) for p in pieces)
-        data += cobj.flush()
-    elif fmt == "bz2":
-        data = b"".join(bz2.compress(p, 9) for p in pieces)
-    else:
-        data = raw
-    if truncated:  # the device lost power mid-write
-        data = data[: int(len(data) * 0.7)]
-    (seg / ("rlog" if fmt == "raw" else f"rlog.{fmt}")).write_bytes(data)
 
 
 def _corrupt_tail(path: Path, seed: int) -> None:
@@ -433,7 +408,7 @@ def miscalibrate(segment: Path, error: tuple[float, float, float]) -> None:
             ev.liveCalibration.rpyCalib = [a + e for a, e in zip(ev.liveCalibration.rpyCalib, error, strict=True)]
         events.append(ev.to_bytes())
     fmt = {"rlog": "raw", "rlog.bz2": "bz2", "rlog.zst": "zst"}[log_path.name]
-    _write_log(segment, fmt, b"".join(events), truncated=False)
+    write_log(segment, fmt, b"".join(events), truncated=False)
 
 
 def _write_one(out: Path, cfg: SynthConfig, n: int, on_frame: Callable[[], None] | None = None) -> SegmentTruth:
@@ -464,7 +439,7 @@ def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1,
     if workers > 1:
         import multiprocessing as mp
 
-        from spark_distill.children import child_init
+        from spark_distill.processes import child_init
 
         with mp.get_context("spawn").Pool(workers, initializer=child_init, initargs=(os.getpid(),)) as pool:
             truths = []
@@ -477,7 +452,6 @@ def write_route(out: Path, cfg: SynthConfig, *, workers: int = 1,
     for t in truths:
         log.info("wrote %s", t.path)
     if cfg.modelv2_teacher is not None:
-        from spark_distill.synth.logged_model import add_logged_model
 
         if on_progress is not None:
             on_progress(total, total, "logging the teacher's outputs as modelV2")

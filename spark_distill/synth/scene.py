@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_distill.modelframe import VIEW_FROM_DEVICE, CameraModel, rot_from_euler
+from spark_distill.openpilot.modelframe import VIEW_FROM_DEVICE, CameraModel, rot_from_euler
 
 LANE_WIDTH = 3.7  # m, the classic drive's (a varied drive draws its own)
 CAMERA_HEIGHT = 1.22  # m above the road, a typical windshield mount

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill import contract as C
 from spark_distill.errors import ConfigError
+from spark_distill.openpilot import contract as C
 
 SIZES = ("tiny", "bench")
 CONTRACTS = ("v1", "v2")

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import ConfigError
 from spark_distill.notes import note
-from spark_distill.train.data import ClipStream, ShardPair, make_loader, read_lockstep, stack_clips
+from spark_distill.train.loader import ClipStream, make_loader, stack_clips
 from spark_distill.train.step import HOST_KEYS
 
 MODES = ("auto", "on", "off")

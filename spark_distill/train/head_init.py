@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill import shards
-from spark_distill.train.data import ShardPair
+from spark_distill.data import shards
+from spark_distill.data.pairs import ShardPair
 
 HEAD_INITS = ("random", "label-mean")
 

@@ -21,34 +21,26 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from spark_distill import shards
-from spark_distill.children import on_gpu, worker_budget
+from spark_distill.data import shards
+from spark_distill.data.pairs import ShardPair
 from spark_distill.errors import ConfigError
-from spark_distill.train.students.compact import PRESETS
-
-if TYPE_CHECKING:
-    from spark_distill.train.data import ShardPair
-    from spark_distill.train.loop import TrainConfig
+from spark_distill.processes import on_gpu, worker_budget
+from spark_distill.train.config import TrainConfig, read_config
+from spark_distill.train.loader import smallest_share
 
 MAX_WARMUP_STEPS = 100
 MEMORY_SHARE = 0.5  # of the memory free at start-up, for one micro-batch's saved activations
 LOG_POINTS = 40  # logged training points of a run whose --log-every is left at its default
-LR = {"none": 1e-3, "lora": 5e-4, "dora": 5e-4}  # peak AdamW LR: full training from scratch; adapters fine-tune
 
 
 def log_cadence(total: int) -> int:
     """Optimizer steps between logged training points: every step up to LOG_POINTS steps, then about
     LOG_POINTS/2..LOG_POINTS points over the schedule (a 10-step run's loss curve has 10 points, not 1)."""
     return max(1, math.ceil(total / LOG_POINTS))
-
-
-def default_adapter(student: str) -> str:
-    """`none` for a built-in student (random weights: everything must learn), DoRA for a trained model."""
-    return "none" if student in PRESETS else "dora"
 
 
 @dataclass(frozen=True)
@@ -75,8 +67,6 @@ def _loss_frames(pairs: list[ShardPair], data: TrainingData, burn_in: int, warmu
 
 
 def _smallest_share(cfg: TrainConfig, data: TrainingData, *, workers: int, epoch: int) -> int:
-    from spark_distill.train.data import smallest_share
-
     return smallest_share(data.train, seed=cfg.seed, epoch=epoch, world=cfg.world, workers=workers)
 
 
@@ -173,7 +163,5 @@ SIZED = ("workers", "batch_size", "grad_accum", "mask_warmup", "warmup_steps")  
 
 def sized_as(cfg: TrainConfig, config_yaml: Path) -> TrainConfig:
     """`cfg` with the sizing a run recorded in its config.yaml (a resumed run must deal batches as before)."""
-    from spark_distill.train.loop import read_config
-
     recorded = read_config(config_yaml)
     return dataclasses.replace(cfg, **{k: recorded[k] for k in SIZED if k in recorded})

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spark_distill import contract as C
 from spark_distill.errors import ConfigError
-from spark_distill.label.outputs import parse_outputs
-from spark_distill.train.lora import norms_once
+from spark_distill.models.lora import norms_once
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
 from spark_distill.train.losses import LossWeights, loss_terms
 
 COMPILE_MODES = ("auto", "on", "off")

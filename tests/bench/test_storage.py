@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 
-from spark_distill import codecs, shards
 from spark_distill.bench.storage import Setting, codec_rows
-from tests.test_codecs import camera_like_clip
+from spark_distill.data import arrays, codecs
+from tests.data.test_codecs import camera_like_clip
 
 
 def test_codec_rows_report_exact_sizes_and_errors() -> None:
     clips = [{"road": camera_like_clip(3, seed=s), "wide": camera_like_clip(3, seed=s + 9)} for s in (0, 1)]
     settings = [Setting("plain"), Setting("lossless"), Setting("hevc", 30), Setting("av1", 40)]
     rows = dict(codec_rows(clips, settings, source_bytes=60_000))
-    plain = sum(len(shards.encode_array(c[cam])) for c in clips for cam in ("road", "wide"))
+    plain = sum(len(arrays.encode_array(c[cam])) for c in clips for cam in ("road", "wide"))
     lossless = sum(len(codecs.encode_clip(c[cam], "lossless")[1]) for c in clips for cam in ("road", "wide"))
     for s, size in ((settings[0], plain), (settings[1], lossless)):
         line = rows[s]

@@ -11,10 +11,10 @@ import matplotlib
 import numpy as np
 import pytest
 
-from spark_distill import contract as C
 from spark_distill.evaluate.draw import CAMERA_HEIGHT, draw_overlay
 from spark_distill.evaluate.run import errors_figure
-from spark_distill.modelframe import FRAME_SHAPE
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.modelframe import FRAME_SHAPE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spark_distill import contract as C
 from spark_distill.cli import app
 from spark_distill.evaluate.metrics import compare, plan_xy
 from spark_distill.export.run import ExportConfig, export
-from spark_distill.label.outputs import parse_outputs
-from spark_distill.train.loop import TrainConfig, train
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import train
 
 SLICES = {"vision": {k: [s.start, s.stop] for k, s in C.layout(C.VISION_HEADS, meta_width=48).items()},
           "policy": {k: [s.start, s.stop] for k, s in C.layout(C.POLICY_HEADS_V1).items()}}

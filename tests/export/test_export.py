@@ -18,13 +18,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from spark_distill.data import arrays
 from spark_distill.errors import ConfigError, TrainError
 from spark_distill.export.consumer import TinygradResult
 from spark_distill.export.run import ExportConfig, export
-from spark_distill.label.metadata import safe_loads
 from spark_distill.label.run import LabelConfig, label
-from spark_distill.label.teachers import load_teacher
-from spark_distill.train.loop import TrainConfig, train
+from spark_distill.openpilot.metadata import safe_loads
+from spark_distill.openpilot.teachers import load_teacher
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import train
 
 
 def _train(root: Path, runs: Path, run: str, **kw) -> Path:
@@ -103,13 +105,13 @@ def test_openpilot_split_is_a_drop_in_teacher(labeled: Path, runs: dict[str, Pat
     load_teacher([out])  # the same loader the label pass uses
     # round trip: the exported pair labels the dataset; vision outputs equal the teacher's, policy outputs moved
     label(LabelConfig(root=labeled, teacher=(out,), backend="onnxruntime", batch=4, name="exported"))
-    from spark_distill import shards
+    from spark_distill.data import shards
 
     first = sorted((labeled / "labels" / "set").glob("shard-*.tar"))[0].name
     a = next(shards.iter_shard(labeled / "labels" / "set" / first, shards.LABEL_MEMBERS))
     b = next(shards.iter_shard(labeled / "labels" / "exported" / first, shards.LABEL_MEMBERS))
-    va, vb = shards.decode_array(a["vision.npy.zst"]), shards.decode_array(b["vision.npy.zst"])
-    pa, pb = shards.decode_array(a["policy.npy.zst"]), shards.decode_array(b["policy.npy.zst"])
+    va, vb = arrays.decode_array(a["vision.npy.zst"]), arrays.decode_array(b["vision.npy.zst"])
+    pa, pb = arrays.decode_array(a["policy.npy.zst"]), arrays.decode_array(b["policy.npy.zst"])
     assert np.array_equal(va, vb) and not np.array_equal(pa, pb)
     shutil.rmtree(labeled / "labels" / "exported")
 

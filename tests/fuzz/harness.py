@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_distill import shards
+from spark_distill.data import files, shards
 from spark_distill.errors import SparkDistillError
 from tests.fuzz import mutate as M
 
@@ -40,7 +40,8 @@ def build_corpus(folder: Path) -> Path:
     from spark_distill.label.run import LabelConfig, label
     from spark_distill.synth.route import SynthConfig, write_route
     from spark_distill.synth.teacher import write_teacher
-    from spark_distill.train.loop import TrainConfig, train
+    from spark_distill.train.config import TrainConfig
+    from spark_distill.train.loop import train
 
     write_route(folder / "route", SynthConfig(segments=2, seconds=1.0, device="eon", log_format="zst",
                                               dongle="0123456789abcdef", start="2026-11-26--12-00-00"))  # SEGMENTS
@@ -58,7 +59,7 @@ def build_corpus(folder: Path) -> Path:
 
 def _write_members(folder: Path) -> None:
     """`members/road.<ext>`: the dataset's first clip stored with each lossy codec (what `--codec` writes)."""
-    from spark_distill import codecs
+    from spark_distill.data import codecs
 
     raw = next(shards.iter_shard(folder / "ds" / "frames" / SHARD, shards.FRAMES_MEMBERS))
     clip = shards.decode_sample(raw)["road"]
@@ -159,8 +160,8 @@ def _decode_member(work: Path, victim: Path) -> int:
     packed frames, or a DatasetError."""
     import numpy as np
 
-    from spark_distill import codecs
-    from spark_distill.modelframe import FRAME_SHAPE
+    from spark_distill.data import codecs
+    from spark_distill.openpilot.modelframe import FRAME_SHAPE
 
     clip = codecs.decode_clip(victim.name.split(".", 1)[1], victim.read_bytes())
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[1:] != FRAME_SHAPE or not len(clip):
@@ -185,7 +186,7 @@ def _ingest(work: Path, victim: Path) -> Any:
 
 def _read_shard(members: dict[str, str | None]) -> Callable[[Path, Path], int]:
     def call(work: Path, victim: Path) -> int:
-        from spark_distill.dataset import check_frames_sample
+        from spark_distill.data.dataset import check_frames_sample
 
         n = 0
         for raw in shards.iter_shard(victim, members):
@@ -200,7 +201,7 @@ def _read_shard(members: dict[str, str | None]) -> Callable[[Path, Path], int]:
 
 def _verify(work: Path, victim: Path) -> Any:
     """inspect --verify's checks: they report problems, never raise on a bad shard; a changed shard is found."""
-    from spark_distill.dataset import verify_frames, verify_labels
+    from spark_distill.data.dataset import verify_frames, verify_labels
 
     problems = verify_frames(work / "ds").problems + verify_labels(work / "ds", "set").problems
     if not problems:
@@ -210,7 +211,8 @@ def _verify(work: Path, victim: Path) -> Any:
 
 def _train_stream(work: Path, victim: Path) -> int:
     """The training loader over every labeled clip (both splits, in shard order)."""
-    from spark_distill.train.data import ClipStream, shard_pairs
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.train.loader import ClipStream
 
     pairs, manifest = shard_pairs(work / "ds", "set", split="train", val_fraction=0.0)
     stream = ClipStream(pairs, manifest, batch=1, clip_len=5, burn_in=1, seed=0, workers=1, train=False)
@@ -225,7 +227,7 @@ def _label(work: Path, victim: Path) -> Any:
     r = label(LabelConfig(root=work / "ds", teacher=(work / "teacher",), backend="onnxruntime", batch=1, workers=1,
                           name="fuzz"))
     manifest = shards.read_manifest(work / "ds" / "frames", shards.FRAMES_FORMAT)
-    if victim.name not in [s["name"] for s in manifest["shards"] if s["sha256"] == shards.sha256_file(victim)]:
+    if victim.name not in [s["name"] for s in manifest["shards"] if s["sha256"] == files.sha256_file(victim)]:
         labeled = {s["name"] for s in shards.read_manifest(r.folder, shards.LABELS_FORMAT)["shards"]}
         if r.skipped_shards != [victim.name] or labeled != {s["name"] for s in manifest["shards"]} - {victim.name}:
             raise AssertionError(f"PROPERTY: skipped {r.skipped_shards}, labeled {sorted(labeled)}")
@@ -235,8 +237,8 @@ def _label(work: Path, victim: Path) -> Any:
 def _manifest_readers(work: Path, victim: Path) -> None:
     """Everything that reads a manifest without running a model: inspect (summary, --verify), the label
     planner, the training loader's set-up and one clip."""
-    from spark_distill.dataset import summarize, verify_frames, verify_labels
-    from spark_distill.label.plan import plan_segments
+    from spark_distill.data.dataset import summarize, verify_frames, verify_labels
+    from spark_distill.data.index import plan_segments
 
     root = work / "ds"
     summarize(root)
@@ -250,8 +252,8 @@ def _teacher(work: Path, victim: Path) -> Any:
     """Load the teacher as the label pass does and run one frame through both graphs (ONNX Runtime)."""
     import torch
 
-    from spark_distill.label.backends import get_backend, random_inputs
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.label.backends import get_backend
+    from spark_distill.openpilot.teachers import load_teacher, random_inputs
 
     teacher, vision, policy = load_teacher([work / "teacher"])
     backend = get_backend("onnxruntime", teacher, vision, policy, batch=1)
@@ -272,7 +274,7 @@ def _metadata_as_json(work: Path) -> None:
 
 
 def _load_trained(work: Path, victim: Path) -> Any:
-    from spark_distill.train.restore import load_trained
+    from spark_distill.models.restore import load_trained
 
     return load_trained(work / "runs" / "r")
 
@@ -344,7 +346,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 def rehash(work: Path, target: Target, victim: Path) -> None:
     """Record the mutated file's sha256 where a checksum covers it, so the reader gets past that gate."""
-    digest = shards.sha256_file(victim)
+    digest = files.sha256_file(victim)
     if target.victim.startswith("runs/"):
         meta_path = victim.parent / "meta.json"
         if victim.name in ("weights.safetensors", "adapter.safetensors", "state.pt"):

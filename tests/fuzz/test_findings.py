@@ -15,8 +15,8 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from spark_distill import shards
 from spark_distill.cli import app
+from spark_distill.data import shards
 from spark_distill.errors import ConfigError, DatasetError, LabelError, TrainError
 from tests.fuzz import mutate as M
 from tests.fuzz.harness import SEGMENTS, SHARD, TARGETS, rehash, run_example
@@ -114,7 +114,8 @@ def test_label_manifest_with_broken_output_slices_is_one_dataset_error(corpus: P
 
 
 def test_training_loader_refuses_a_sample_missing_a_member(corpus: Path, tmp_path: Path) -> None:
-    from spark_distill.train.data import ClipStream, shard_pairs
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.train.loader import ClipStream
 
     work = _copy(corpus, tmp_path, "ds")
     victim = work / "ds" / "frames" / SHARD
@@ -129,7 +130,8 @@ def test_training_loader_refuses_a_sample_missing_a_member(corpus: Path, tmp_pat
 
 def test_a_loader_worker_error_is_one_line(corpus: Path, tmp_path: Path) -> None:
     """torch re-raises a DataLoader worker's exception with the worker's traceback as its message."""
-    from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.train.loader import ClipStream, make_loader
 
     work = _copy(corpus, tmp_path, "ds")
     victim = work / "ds" / "labels" / "set" / SHARD
@@ -146,7 +148,7 @@ def test_a_loader_worker_error_is_one_line(corpus: Path, tmp_path: Path) -> None
 # --- teacher metadata and ONNX --------------------------------------------------------------------------------
 
 def test_metadata_slices_of_any_type_are_one_label_error(tmp_path: Path) -> None:
-    from spark_distill.label.metadata import read_output_slices
+    from spark_distill.openpilot.metadata import read_output_slices
 
     onnx_path = tmp_path / "driving_policy.onnx"
     js = tmp_path / "driving_policy_metadata.json"
@@ -160,7 +162,7 @@ def test_metadata_slices_of_any_type_are_one_label_error(tmp_path: Path) -> None
 
 
 def test_metadata_pickles_that_ask_for_code_are_refused(corpus: Path, tmp_path: Path) -> None:
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.openpilot.teachers import load_teacher
 
     work = _copy(corpus, tmp_path, "teacher", "ds")
     marker = tmp_path / "pwned"
@@ -187,7 +189,7 @@ def test_teacher_graph_onnx_runtime_cannot_run_is_one_line(corpus: Path, tmp_pat
 # --- checkpoints and student.json ------------------------------------------------------------------------------
 
 def test_checkpoint_meta_of_the_wrong_shape_falls_back_to_the_previous_one(corpus: Path, tmp_path: Path) -> None:
-    from spark_distill.train.restore import load_trained
+    from spark_distill.models.restore import load_trained
 
     run = _copy(corpus, tmp_path, "runs") / "runs" / "r"
     (run / "checkpoints" / "step-00000002" / "meta.json").write_text('{"step": 2, "sha256": 5}')
@@ -195,7 +197,7 @@ def test_checkpoint_meta_of_the_wrong_shape_falls_back_to_the_previous_one(corpu
 
 
 def test_damaged_state_that_passes_its_checksum_is_a_train_error(corpus: Path, tmp_path: Path) -> None:
-    from spark_distill.train.checkpoint import load_checkpoint
+    from spark_distill.models.checkpoint import load_checkpoint
 
     work = _copy(corpus, tmp_path, "runs")
     ckpt = work / "runs" / "r" / "checkpoints" / "step-00000002"
@@ -212,7 +214,7 @@ def test_damaged_state_that_passes_its_checksum_is_a_train_error(corpus: Path, t
 @pytest.mark.parametrize(("key", "value"), [("rank", {}), ("train_modules", None), ("slices", {"vision": {}}),
                                             ("architecture", {"kind": "compact"}), ("adapter", "x")])
 def test_edited_student_json_is_one_config_error(corpus: Path, tmp_path: Path, key: str, value: object) -> None:
-    from spark_distill.train.restore import load_trained
+    from spark_distill.models.restore import load_trained
 
     run = _copy(corpus, tmp_path, "runs") / "runs" / "r"
     spec = json.loads((run / "student.json").read_text())

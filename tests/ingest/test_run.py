@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_distill import shards
+from spark_distill.data import files, shards
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.synth.route import FRAME_NS, T0_NS, Dynamics
@@ -33,7 +33,7 @@ def read_all(root: Path) -> tuple[dict, list[dict]]:
 
 
 def shard_digests(root: Path) -> list[tuple[str, str]]:
-    return sorted((p.name, shards.sha256_file(p)) for p in (root / "frames").glob("shard-*.tar"))
+    return sorted((p.name, files.sha256_file(p)) for p in (root / "frames").glob("shard-*.tar"))
 
 
 def test_ingest_matches_the_synthetic_drive(tici_route, tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_ingest_matches_the_synthetic_drive(tici_route, tmp_path: Path) -> None:
     assert 0 < result.seconds < 600 and result.frames_per_s > 0.1
     assert [s["name"] for s in manifest["segments"]] == [t.name.replace("_", "|", 1) for t in truths]
     assert [s["samples"] for s in manifest["shards"]] == [4, 2]
-    assert all(e["sha256"] == shards.sha256_file(tmp_path / "frames" / e["name"]) for e in manifest["shards"])
+    assert all(e["sha256"] == files.sha256_file(tmp_path / "frames" / e["name"]) for e in manifest["shards"])
     # clips of 15, 15, 10 per segment, keys in order
     assert [len(s["meta"]["frame_ids"]) for s in samples] == [15, 15, 10] * 2
     assert samples[3]["__key__"] == "0123456789abcdef_2026-11-26--12-00-00--1--c00000"

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from spark_distill.errors import ConfigError, UnknownTeacherError
-from spark_distill.label.backends import get_backend, random_inputs
-from spark_distill.label.teachers import load_teacher, make_batch_dynamic
+from spark_distill.label.backends import get_backend
+from spark_distill.openpilot.teachers import load_teacher, make_batch_dynamic, random_inputs
 from spark_distill.synth.teacher import write_teacher
 
 from . import fake_tensorrt
@@ -111,7 +111,7 @@ def test_batch_one_graphs_with_reshapes_are_made_batchable(tmp_path: Path) -> No
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    from spark_distill.label.backends import check_batching
+    from spark_distill.openpilot.teachers import check_batching
 
     inputs = {"x": ((1, 2, 3), "float32")}
     assert not check_batching(model, _relaxed(model), inputs), "without the rewrite rows mix"

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spark_distill import contract as C
-from spark_distill import modelv2 as M
-from spark_distill import shards
 from spark_distill.cli import app
+from spark_distill.data import arrays, files, shards
 from spark_distill.label.from_log import label_from_log, verify_labels
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot import modelv2 as M
 
 runner = CliRunner()
 SLICES = {"vision": {k: [s.start, s.stop] for k, s in C.layout(C.VISION_HEADS, meta_width=48).items()},
@@ -62,13 +62,13 @@ def test_ingest_stores_the_logged_model_per_frame(logged: Path) -> None:
     for seg in frames["segments"]:
         assert seg["logged_model"]["messages"] == 40 and seg["logged_model"]["mean_model_execution_time_s"] > 0
     sample = next(shards.iter_shard(logged / "frames" / "shard-000000.tar", shards.FRAMES_MEMBERS))
-    rows = shards.decode_array(sample["modelv2.npy.zst"])
+    rows = arrays.decode_array(sample["modelv2.npy.zst"])
     assert rows.shape == (10, M.WIDTH) and np.isfinite(rows).all()
     # the logged rows are what modeld would have filled from the teacher's outputs of these frames
     lab = next(shards.iter_shard(logged / "labels" / "t1" / "shard-000000.tar", shards.LABEL_MEMBERS))
     slices = shards.read_manifest(logged / "labels" / "t1", shards.LABELS_FORMAT)["output_slices"]
-    mine = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
-                               shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
+    mine = M.rows_from_outputs(arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                               arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
     blocks = {b: (a, z) for b, a, z in M.columns()}
     keep = slice(0, blocks["model_execution_time"][0])
     np.testing.assert_allclose(mine[:, keep], rows[:, keep], rtol=1e-6, atol=1e-6)
@@ -91,9 +91,9 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
     assert m["source"] == "log" and m["warmup_frames"] == 0 and "plan" in m["available_heads"]
     lab = next(shards.iter_shard(logged / "labels" / "fromlog" / "shard-000000.tar", shards.LABEL_MEMBERS))
     frames = next(shards.iter_shard(logged / "frames" / "shard-000000.tar", shards.FRAMES_MEMBERS))
-    rows = M.rows_from_outputs(shards.decode_array(lab["vision.npy.zst"]).astype(np.float32),
-                               shards.decode_array(lab["policy.npy.zst"]).astype(np.float32), m["output_slices"])
-    logged_rows = shards.decode_array(frames["modelv2.npy.zst"])
+    rows = M.rows_from_outputs(arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32),
+                               arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32), m["output_slices"])
+    logged_rows = arrays.decode_array(frames["modelv2.npy.zst"])
     blocks = {b: (a, z) for b, a, z in M.columns()}
     a, z = blocks["position"]
     np.testing.assert_allclose(rows[:, a:z], logged_rows[:, a:z], rtol=2e-3, atol=2e-3)  # float16 storage
@@ -101,7 +101,7 @@ def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) 
     shard = logged / "labels" / "fromlog" / "shard-000000.tar"
     shard.write_bytes(shard.read_bytes()[:2048])  # damaged on disk: a rerun writes it again
     assert label_from_log(logged, "fromlog")["shards"] == m["shards"]
-    assert shards.sha256_file(shard) == m["shards"][0]["sha256"]
+    assert files.sha256_file(shard) == m["shards"][0]["sha256"]
     r = runner.invoke(app, ["label", str(logged), "--from-log", "--name", "fromlog"])
     assert r.exit_code == 0 and r.stdout.splitlines()[-1] == f"next: spark-distill train {logged} --labels fromlog"
     r = runner.invoke(app, ["train", str(logged), "--labels", "fromlog", "--student", "compact-xs", "--batch-size",

@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from spark_distill import shards
+from spark_distill.data import files, shards
+from spark_distill.data.index import plan_segments
 from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
-from spark_distill.label.plan import plan_segments
 from spark_distill.label.run import COMPILE_S, LabelConfig, label
 from spark_distill.synth.teacher import write_teacher
 from tests.procs import children, running
@@ -124,7 +124,7 @@ def test_label_pass_equals_the_reference_loop(dataset: Path, teacher: Path) -> N
         np.testing.assert_allclose(got[key][0].astype(np.float32), vision, rtol=2e-3, atol=1e-4, err_msg=key)
         np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
     manifest = shards.read_manifest(dataset / "labels" / f"ort-{teacher.name}", shards.LABELS_FORMAT)
-    frames_sha = shards.sha256_file(dataset / "frames" / shards.MANIFEST)
+    frames_sha = files.sha256_file(dataset / "frames" / shards.MANIFEST)
     assert manifest["frames_manifest_sha256"] == frames_sha and manifest["warmup_frames"] == 100
     assert manifest["output_slices"]["vision"]["hidden_state"][1] - manifest["output_slices"]["vision"][
         "hidden_state"][0] == 512
@@ -174,7 +174,7 @@ def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teac
     same outputs and the same modeld state as the step run op by op, over steps that cross a clip boundary."""
     from spark_distill.label.backends import get_backend
     from spark_distill.label.lanes import LaneRunner
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.openpilot.teachers import load_teacher
 
     t, vm, pm = load_teacher([teacher])
     runners = []
@@ -227,19 +227,19 @@ def test_rerun_and_resume(dataset: Path, teacher: Path) -> None:
     cfg = LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=f"resume-{teacher.name}")
     label(cfg)
     folder = dataset / "labels" / f"resume-{teacher.name}"
-    digests = {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")}
+    digests = {p.name: files.sha256_file(p) for p in folder.glob("shard-*.tar")}
     again = label(cfg)
     assert again.frames == 0 and again.shards_already == 5
     # lose the last shard (as if killed before writing it): the rerun relabels only its segment (40 frames)
     manifest = json.loads((folder / "manifest.json").read_text())
     lost = [manifest["shards"][4]["name"]]
     manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in lost]
-    shards.write_json_atomic(folder / "manifest.json", manifest)
+    files.write_json_atomic(folder / "manifest.json", manifest)
     for name in lost:
         (folder / name).unlink()
     resumed = label(cfg)
     assert resumed.shards_written == 1 and resumed.frames == 40
-    assert {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
+    assert {p.name: files.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
     # recorded shards damaged on disk (the first cut short, the second deleted; the manifest still lists both):
     # the rerun writes just those again, from the first frames of the segments with clips in them
     first, second = folder / "shard-000000.tar", folder / "shard-000001.tar"
@@ -250,7 +250,7 @@ def test_rerun_and_resume(dataset: Path, teacher: Path) -> None:
     healed = label(cfg)
     assert (healed.shards_written, healed.shards_already) == (2, 3) and len(touched) == 2
     assert healed.frames == sum(s["frames_kept"] for s in frames["segments"] if s["name"] in touched) == 78
-    assert {p.name: shards.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
+    assert {p.name: files.sha256_file(p) for p in folder.glob("shard-*.tar")} == digests
     assert label(cfg).frames == 0, "intact again: nothing left"
 
 
@@ -262,7 +262,7 @@ def test_label_set_is_bound_to_its_frames_and_teacher(dataset: Path, teacher: Pa
         label(LabelConfig(root=dataset, teacher=(other,), backend="onnxruntime", name=f"bound-{teacher.name}"))
     manifest = json.loads((dataset / "labels" / f"bound-{teacher.name}" / "manifest.json").read_text())
     manifest["frames_shards"][0]["sha256"] = "0" * 64
-    shards.write_json_atomic(dataset / "labels" / f"bound-{teacher.name}" / "manifest.json", manifest)
+    files.write_json_atomic(dataset / "labels" / f"bound-{teacher.name}" / "manifest.json", manifest)
     with pytest.raises(LabelError, match="bound to another frames dataset"):
         label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", name=f"bound-{teacher.name}"))
 
@@ -304,8 +304,8 @@ def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Pa
     assert shards.verified_unchanged(root / "frames", entries, (root / "frames" / shards.VERIFIED,)) == set(), \
         "a copy (new inodes) is checked again"
     hashed: list[str] = []
-    sha256_file = shards.sha256_file
-    monkeypatch.setattr(shards, "sha256_file", lambda p: (hashed.append(Path(p).name), sha256_file(p))[1])
+    sha256_file = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: (hashed.append(Path(p).name), sha256_file(p))[1])
     label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="clean"))
     assert sorted(n for n in hashed if n.endswith(".tar")) == sorted(names)
     shard = root / "frames" / "shard-000001.tar"
@@ -324,7 +324,7 @@ def test_corrupt_frames_shard_is_reported_and_skipped(dataset: Path, teacher: Pa
     # shards whose segments never touch the bad one are unchanged; the segment that lost its first clip
     # restarts its history at the next clip, as at a segment start (recorded in the manifest)
     for name in ("shard-000000.tar", "shard-000003.tar", "shard-000004.tar"):
-        assert shards.sha256_file(bad / name) == shards.sha256_file(clean / name)
+        assert files.sha256_file(bad / name) == files.sha256_file(clean / name)
     manifest = shards.read_manifest(bad, shards.LABELS_FORMAT)
     assert manifest["skipped_shards"] == ["shard-000001.tar"]
     assert any(seg["resets"] for seg in manifest["segments"].values())
@@ -399,8 +399,8 @@ def test_killed_label_pass_resumes_to_the_same_shards(dataset: Path, teacher: Pa
     assert workers and not alive, f"worker processes outlived the killed label pass: {workers}, {alive}"
     assert recorded() < 5, "killed before it finished"
     subprocess.run(args, check=True, capture_output=True)
-    got = {p.name: shards.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
-    want = {p.name: shards.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
+    got = {p.name: files.sha256_file(p) for p in (root / "labels" / "k").glob("shard-*.tar")}
+    want = {p.name: files.sha256_file(p) for p in (root / "labels" / "ref").glob("shard-*.tar")}
     assert got == want and len(got) == 5
 
 
@@ -417,7 +417,7 @@ def test_two_ranks_split_segments_and_write_the_same_shards(labeled: Path) -> No
 
     import torch.multiprocessing as mp
 
-    from spark_distill.label.plan import plan_segments
+    from spark_distill.data.index import plan_segments
     from spark_distill.label.run import assign_segments
 
     frames = shards.read_manifest(labeled / "frames", shards.FRAMES_FORMAT)

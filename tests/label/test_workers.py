@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_distill import shards
-from spark_distill.clips import decode_clip
+from spark_distill.data import shards
+from spark_distill.data.clips import decode_clip
+from spark_distill.data.index import ShardIndex, plan_segments
 from spark_distill.errors import DatasetError, LabelError
-from spark_distill.label.plan import ShardIndex, plan_segments
 from spark_distill.label.workers import ClipReaders
 
 

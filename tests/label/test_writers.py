@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_distill import shards
+from spark_distill.data import arrays, shards
 from spark_distill.errors import LabelError
 from spark_distill.label.workers import LabelWriters
 
@@ -49,8 +49,8 @@ def test_shards_from_slab_rows_equal_shards_of_the_arrays_and_rows_are_reused(tm
     for shard, ks in keys.items():
         want = shards.ShardWriter(tmp_path / "want", f"shard-{shard}.tar", shards.LABEL_MEMBERS)
         for k in ks:
-            want.write({"__key__": k, "vision.npy.zst": shards.encode_array(clips[k][:, :WV]),
-                        "policy.npy.zst": shards.encode_array(clips[k][:, WV:])}, frames=len(clips[k]))
+            want.write({"__key__": k, "vision.npy.zst": arrays.encode_array(clips[k][:, :WV]),
+                        "policy.npy.zst": arrays.encode_array(clips[k][:, WV:])}, frames=len(clips[k]))
         want.close()
         got = tmp_path / "out" / f"shard-{shard}.tar"
         assert got.read_bytes() == (tmp_path / "want" / f"shard-{shard}.tar").read_bytes()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_distill import shards
+from spark_distill.data import files
 from spark_distill.errors import ConfigError
 from spark_distill.synth import fit as F
 
@@ -46,11 +46,11 @@ def test_fit_reports_each_stage_from_zero_to_its_end(fitted_twice: tuple[Path, P
 
 
 def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, Path]) -> None:
-    from spark_distill.label.teachers import load_teacher
+    from spark_distill.openpilot.teachers import load_teacher
 
     a, b = fitted_twice
     for name in ("driving_vision.onnx", "driving_policy.onnx"):
-        assert shards.sha256_file(a / name) == shards.sha256_file(b / name), name
+        assert files.sha256_file(a / name) == files.sha256_file(b / name), name
     teacher, _, _ = load_teacher([a])
     assert set(teacher.policy.inputs) == {"desire_pulse", "traffic_convention", "features_buffer"}
     assert set(teacher.image_inputs) == {"img", "big_img"}
@@ -58,7 +58,7 @@ def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, P
     import onnx
     import onnxruntime as ort
 
-    from spark_distill.label.teachers import make_batch_dynamic
+    from spark_distill.openpilot.teachers import make_batch_dynamic
 
     for name in ("driving_vision", "driving_policy"):
         session = ort.InferenceSession(make_batch_dynamic(onnx.load(a / f"{name}.onnx")).SerializeToString(),
@@ -80,7 +80,7 @@ def test_shipped_pair_is_what_the_fit_code_writes(contract: str) -> None:
     assert report["source_sha256"] == F.source_digest(), "fitting code changed since the pair was fitted: refit"
     assert report["config"] == asdict(F.FitConfig(contract=contract))
     for name, digest in report["files"].items():
-        assert shards.sha256_file(folder / name) == digest, name
+        assert files.sha256_file(folder / name) == digest, name
     assert sum((folder / n).stat().st_size for n in F.PAIR_FILES) < 8 << 20  # package data stays small
 
 

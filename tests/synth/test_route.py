@@ -81,7 +81,7 @@ def test_drives_of_two_seeds_ingest_into_one_dataset(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from spark_distill.cli import app
-    from spark_distill.dataset import summarize
+    from spark_distill.data.dataset import summarize
 
     runner = CliRunner()
     made = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spark_distill.modelframe import cameras_for
+from spark_distill.openpilot.modelframe import cameras_for
 from spark_distill.synth.scene import CAMERA_HEIGHT, NOISE_Y, VIGNETTE, CarPose, SceneRenderer, _vignette
 
 POSE = CarPose(distance=10.0, lateral=0.2, curvature=0.0, lead_distance=30.0)

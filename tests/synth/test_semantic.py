@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from spark_distill import contract as C
-from spark_distill import shards
+from spark_distill.data import shards
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import read_segment
-from spark_distill.label.outputs import parse_outputs
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
 
 # Bounds, m; errors are means over the frames from 1 s on (the policy is fitted from cold history buffers, so it
 # needs no 5 s warm-up). Measured with the shipped pair on this drive (3.29 m lanes): path 0.08 / 0.26 / 1.53 m,
@@ -110,7 +110,7 @@ def _painted_marks_offset(root: Path) -> tuple[float, int]:
     """Median |x difference| (px) between the lane marks of ingested road frames and the same instants rendered
     straight into the model frame (the fit's renderer: the geometry it trains the teacher on), and how many
     marks were compared."""
-    from spark_distill.modelframe import unpack_yuv6
+    from spark_distill.openpilot.modelframe import unpack_yuv6
     from spark_distill.synth.fit import model_frame_renderers, render_model_frame
     from spark_distill.synth.route import FPS, Dynamics, SynthConfig
 

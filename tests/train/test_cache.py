@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from spark_distill.data.pairs import shard_pairs
 from spark_distill.errors import ConfigError
 from spark_distill.train.cache import FeatureCache
-from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+from spark_distill.train.loader import ClipStream, make_loader
 
 CPU = torch.device("cpu")
 
@@ -49,8 +50,8 @@ def test_cached_batches_are_the_streamed_batches(labeled: Path, workers: int, ra
 
 
 def test_driven_path_targets_are_cached_too(labeled: Path) -> None:
-    from spark_distill import shards
-    from spark_distill.train.gt_path import segment_motions
+    from spark_distill.data import shards
+    from spark_distill.data.gt_path import segment_motions
 
     fdir = labeled / "frames"
     names = [s["name"] for s in shards.read_manifest(fdir, shards.FRAMES_FORMAT)["shards"]]

@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from spark_distill import contract as C
 from spark_distill.errors import ConfigError
+from spark_distill.models.compact import DEFAULT_TARGETS, CompactStudent, compact_xs
+from spark_distill.models.lora import LoRALayer, apply_adapters
+from spark_distill.openpilot import contract as C
 from spark_distill.train.capture import (
     CapturedStep,
     adopt_loaded_state,
@@ -24,7 +26,6 @@ from spark_distill.train.capture import (
     set_lr,
     use_capture,
 )
-from spark_distill.train.lora import LoRALayer, apply_adapters
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.step import (
     Unroll,
@@ -35,7 +36,6 @@ from spark_distill.train.step import (
     masked_loss,
     optimizer_step,
 )
-from spark_distill.train.students.compact import DEFAULT_TARGETS, CompactStudent, compact_xs
 
 VISION, POLICY = C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2)
 SLICES = {"vision": {k: [s.start, s.stop] for k, s in VISION.items()},
@@ -168,7 +168,7 @@ def test_captured_step_run_eagerly_equals_the_uncaptured_step(adapter: str) -> N
 
 
 def test_nan_guard_and_empty_batches_change_no_weight_and_no_optimizer_state(monkeypatch) -> None:
-    from spark_distill.train import dora as D
+    from spark_distill.models import dora as D
 
     s = student("dora")
     step = captured(s)
@@ -291,8 +291,9 @@ def test_training_with_the_captured_step_resumes_exactly(labeled, tmp_path) -> N
 
     from safetensors.torch import load_file
 
-    from spark_distill.train.checkpoint import latest_checkpoint
-    from spark_distill.train.loop import TrainConfig, train
+    from spark_distill.models.checkpoint import latest_checkpoint
+    from spark_distill.train.config import TrainConfig
+    from spark_distill.train.loop import train
 
     def cfg(runs, **kw) -> TrainConfig:
         return TrainConfig(root=labeled, labels="set", run="r", runs_dir=runs, student="compact-xs", adapter="dora",

@@ -17,8 +17,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from spark_distill.errors import ConfigError
-from spark_distill.train.checkpoint import latest_checkpoint
-from spark_distill.train.loop import TrainConfig, train
+from spark_distill.models.checkpoint import latest_checkpoint
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import train
 
 
 def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
@@ -148,8 +149,8 @@ def test_ctrl_c_during_the_first_validation_and_twice(labeled: Path, tmp_path: P
 
 
 def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_path: Path) -> None:
-    from spark_distill.train.lora import LoRALayer
-    from spark_distill.train.restore import load_trained
+    from spark_distill.models.lora import LoRALayer
+    from spark_distill.models.restore import load_trained
 
     first = train(_cfg(labeled, tmp_path, max_steps=6))
     adapted = load_trained(tmp_path / "r", merge=False)
@@ -178,10 +179,11 @@ def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_pat
     import torch.distributed as dist
     from torch import nn
 
-    from spark_distill.train.data import ClipStream, make_loader, shard_pairs
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.models.compact import PRESETS, CompactStudent
+    from spark_distill.train.loader import ClipStream, make_loader
     from spark_distill.train.loop import Unroll, _autocast, loss_step
     from spark_distill.train.losses import LossWeights
-    from spark_distill.train.students.compact import PRESETS, CompactStudent
 
     pairs, manifest = shard_pairs(labeled, "set", split="train", val_fraction=0)
     batch = next(iter(make_loader(ClipStream(pairs, manifest, batch=2, clip_len=10, burn_in=4, seed=0))))
@@ -217,9 +219,9 @@ def test_a_fresh_run_with_defaults_logs_every_step_starts_at_the_label_mean_and_
 
     import yaml
 
-    from spark_distill.train.data import shard_pairs
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.models.restore import load_trained
     from spark_distill.train.head_init import label_means
-    from spark_distill.train.restore import load_trained
 
     caplog.set_level(logging.INFO)
     cfg = TrainConfig(root=labeled, labels="set", run="d", runs_dir=tmp_path, student="compact-xs", batch_size=2,

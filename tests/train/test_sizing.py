@@ -12,12 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
+from spark_distill.data.index import ClipRef, SegmentPlan
+from spark_distill.data.pairs import ShardPair, val_clips
 from spark_distill.errors import ConfigError
-from spark_distill.label.plan import ClipRef, SegmentPlan
+from spark_distill.models.restore import build_architecture
 from spark_distill.train import sizing
-from spark_distill.train.data import ShardPair, val_clips
-from spark_distill.train.loop import TrainConfig, Unroll, _autocast
-from spark_distill.train.restore import build_architecture
+from spark_distill.train.config import TrainConfig
+from spark_distill.train.loop import Unroll, _autocast
 from spark_distill.train.sizing import TrainingData, fit_to_data, fit_to_memory, sized_as
 
 
@@ -79,7 +80,7 @@ def test_warmup_steps_and_learning_rate_follow_the_schedule_and_adapter() -> Non
 
 
 def test_micro_batches_where_activations_do_not_fit(labeled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spark_distill import shards
+    from spark_distill.data import shards
 
     slices = shards.read_manifest(labeled / "labels" / "set", shards.LABELS_FORMAT)["output_slices"]
     student, _ = build_architecture({"kind": "compact", "preset": "compact-xs"}, slices)
@@ -139,7 +140,7 @@ def test_first_run_on_one_short_segment_with_default_options(faulty_routes, tmp_
 def test_auto_workers_take_the_cores_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from spark_distill.children import worker_budget
+    from spark_distill.processes import worker_budget
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -159,7 +160,7 @@ def test_auto_workers_take_the_cores_beside_a_gpu(monkeypatch: pytest.MonkeyPatc
 
 
 def test_on_gpu_reads_the_device_asked_for_and_defaults_to_what_the_machine_has() -> None:
-    from spark_distill.children import on_gpu
+    from spark_distill.processes import on_gpu
 
     assert on_gpu("cuda") and on_gpu("cuda:1") and not on_gpu("cpu")
     assert on_gpu(None) == torch.cuda.is_available()

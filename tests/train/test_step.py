@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from spark_distill import contract as C
 from spark_distill.errors import ConfigError
-from spark_distill.train.lora import LoRALayer, apply_adapters
+from spark_distill.models.compact import DEFAULT_TARGETS, CompactStudent, compact_xs
+from spark_distill.models.lora import LoRALayer, apply_adapters
+from spark_distill.openpilot import contract as C
 from spark_distill.train.step import Unroll, frame_pairs, use_compile
-from spark_distill.train.students.compact import DEFAULT_TARGETS, CompactStudent, compact_xs
 
 
 def frame_by_frame(student: nn.Module, road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor,
@@ -87,7 +87,7 @@ def test_vision_over_all_frames_equals_the_frame_by_frame_unroll() -> None:
 
 
 def test_compiled_halves_equal_eager_and_norms_are_computed_once_per_step(monkeypatch) -> None:
-    from spark_distill.train import dora as D
+    from spark_distill.models import dora as D
 
     student = dora_student()
     inputs = clips(b=1, t=5, seed=1)

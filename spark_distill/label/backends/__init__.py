@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-
-from spark_distill.errors import ConfigError, MissingDependencyError, UnknownTeacherError
+from spark_distill.errors import ConfigError, UnknownTeacherError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -96,32 +94,3 @@ def get_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
     elif compile_ == "on":
         raise ConfigError(f"--compile on applies to the torch backend, not {name}")
     return BACKENDS[name](*args, **kwargs)
-
-
-def random_inputs(inputs: dict[str, tuple[tuple[int, ...], str]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the graph's shapes with batch `batch` (for parity and batching checks)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, (shape, dtype) in inputs.items():
-        full = (batch, *shape[1:])
-        out[name] = (rng.integers(0, 256, size=full, dtype=np.uint8) if dtype == "uint8"
-                     else rng.standard_normal(full).astype(dtype))
-    return out
-
-
-def check_batching(static_model: Any, dynamic_model: Any, inputs: dict[str, tuple[tuple[int, ...], str]],
-                   *, batch: int = 3) -> bool:
-    """Whether the batch-dynamic graph gives, per row, what the batch-1 graph gives (ONNX Runtime, CPU)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise MissingDependencyError("pip install onnxruntime") from e
-    feeds = random_inputs(inputs, batch)
-    try:
-        dyn = ort.InferenceSession(dynamic_model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = dyn.run(None, feeds)[0]
-    except Exception:
-        return False
-    ref = ort.InferenceSession(static_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = np.concatenate([ref.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(batch)])
-    return got.shape == want.shape and np.allclose(got, want, rtol=1e-4, atol=1e-5)

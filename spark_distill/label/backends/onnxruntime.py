@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill.errors import ConfigError, LabelError, MissingDependencyError
-from spark_distill.label.backends import check_batching
-from spark_distill.label.teachers import Teacher, make_batch_dynamic
+from spark_distill.errors import ConfigError, LabelError, MissingDependencyError, first_line
+from spark_distill.openpilot.teachers import Teacher, check_batching, make_batch_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class OrtBackend:
                 self.sessions[role] = ort.InferenceSession(chosen.SerializeToString(),
                                                            providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime's own types (Fail, InvalidGraph, NotImplemented, ...)
-                raise LabelError(f"{mf.path}: ONNX Runtime cannot load it ({_first_line(e)})") from e
+                raise LabelError(f"{mf.path}: ONNX Runtime cannot load it ({first_line(e)})") from e
 
     def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         feeds = {k: v.numpy() for k, v in inputs.items()}
@@ -60,7 +59,7 @@ class OrtBackend:
                                       for i in range(n)])
         except Exception as e:  # inputs the graph does not take (dtype, shape): the teacher does not fit the contract
             raise LabelError(f"{self.paths[role]}: ONNX Runtime cannot run it on the label pass's inputs "
-                             f"({_first_line(e)})") from e
+                             f"({first_line(e)})") from e
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -78,5 +77,3 @@ class OrtBackend:
                 "batched": self.batched}
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [""])[0][:200]

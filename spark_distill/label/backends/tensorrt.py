@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from spark_distill import shards
+from spark_distill.data import files
 from spark_distill.errors import ConfigError, LabelError, MissingDependencyError
-from spark_distill.label.backends import check_batching, tensorrt_module
-from spark_distill.label.teachers import Teacher, make_batch_dynamic
+from spark_distill.label.backends import tensorrt_module
 from spark_distill.notes import note
+from spark_distill.openpilot.teachers import Teacher, check_batching, make_batch_dynamic
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -125,8 +125,8 @@ class TensorRTBackend:
         if serialized is None:
             raise LabelError(f"TensorRT failed to build the {role} engine (see the TensorRT log above)")
         data = bytes(serialized)
-        shards.write_bytes_atomic(path, data)
-        shards.write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
+        files.write_bytes_atomic(path, data)
+        files.write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
         return data, path
 
     def vision(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
+from spark_distill.cuda_graphs import capture
 from spark_distill.errors import ConfigError
-from spark_distill.graphs import capture
-from spark_distill.label.backends import StepParts, check_batching
-from spark_distill.label.teachers import Teacher, make_batch_dynamic
-from spark_distill.onnx_import import onnx_to_torch
+from spark_distill.label.backends import StepParts
+from spark_distill.openpilot.onnx_import import onnx_to_torch
+from spark_distill.openpilot.teachers import Teacher, check_batching, make_batch_dynamic
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -202,7 +202,7 @@ def _save_compile_cache(path: Path) -> None:
         log.warning("could not save the compile cache (%s)", e)
         return
     if saved is not None:
-        from spark_distill.shards import write_bytes_atomic
+        from spark_distill.data.files import write_bytes_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, saved[0])

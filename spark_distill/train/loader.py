@@ -1,0 +1,232 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Streaming frames and labels in lockstep, for training. Entry points: `ClipStream` (an IterableDataset
+of batches) and `make_loader(stream, workers)`.
+
+The pipeline is webdataset's shape, iterator -> iterator stages over tar shards: the epoch's shard
+order (seeded by seed and epoch) is split across ranks, then across DataLoader workers; each worker
+reads its frames shard and the matching label shard with one tar iterator each, checks that every
+sample has the same key on both sides (a mismatch names the shard), drops clips of the other split
+(validation is chosen by segment — or, in a dataset of one segment, as the segment's last seconds —
+never clip by clip), shuffles through a seeded buffer, decodes and
+batches. Everything is a pure function of (seed, epoch, rank, world, workers, batch): every worker
+yields the same number of batches and the DataLoader takes them round-robin, so batch j of an epoch is
+logical worker j % W's (j // W)-th batch, every rank runs the same number of steps (no DDP hang on
+uneven shards), and resuming at batch p re-deals the logical workers and has each skip its share of p
+batches before decoding — the resumed run sees exactly the samples the uninterrupted one would have.
+Each clip is seen at most once per epoch; the remainder of each worker's share (fewer than `batch`
+clips) is dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from spark_distill.data.clips import decode_clip
+from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths
+from spark_distill.data.pairs import ShardPair, read_lockstep
+from spark_distill.errors import DatasetError, SparkDistillError
+
+
+def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int,
+                shuffle: bool = True) -> list[ShardPair]:
+    """The shards one loader worker of one rank reads in an epoch (the epoch's seeded order, dealt round-robin
+    to ranks, then to workers)."""
+    order = list(pairs)
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order[rank::world][worker::workers]
+
+
+def smallest_share(pairs: list[ShardPair], *, seed: int, epoch: int, world: int, workers: int,
+                   shuffle: bool = True) -> int:
+    """Clips in the smallest share of any worker of any rank this epoch."""
+    return min(sum(len(p.keys) for p in deal_shards(pairs, seed=seed, epoch=epoch, rank=r, world=world, worker=w,
+                                                    workers=workers, shuffle=shuffle))
+               for r in range(world) for w in range(workers))
+
+
+def shuffled(items: Iterator[Any], *, size: int, rng: random.Random) -> Iterator[Any]:
+    """A seeded shuffle buffer (webdataset's shuffle stage, deterministic)."""
+    buf: list[Any] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf.pop(rng.randrange(len(buf)))
+    while buf:
+        yield buf.pop(rng.randrange(len(buf)))
+
+
+class ClipStream(IterableDataset):
+    """Batches of clips for one rank and one epoch; set `epoch` and `skip` (batches) before iterating."""
+
+    def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
+                 burn_in: int, seed: int, rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
+                 train: bool = True, mask_warmup: bool = True, images: bool = True,
+                 motions: dict[str, Any] | None = None) -> None:
+        self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
+        self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
+        self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
+        # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
+        self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
+        self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
+        self.plan = slice(*label_manifest["output_slices"]["policy"]["plan"])  # NaN plan: a frame the log lacks
+        self.widths = label_widths(label_manifest)
+        self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
+        self.epoch, self.skip = 0, 0
+
+    def _shards(self, epoch: int, rank: int, worker: int) -> list[ShardPair]:
+        return deal_shards(self.pairs, seed=self.seed, epoch=epoch, rank=rank, world=self.world, worker=worker,
+                           workers=self.workers, shuffle=self.train)
+
+    def batches_per_worker(self, epoch: int) -> int:
+        """Equal for every worker of every rank: the smallest share decides."""
+        return smallest_share(self.pairs, seed=self.seed, epoch=epoch, world=self.world, workers=self.workers,
+                              shuffle=self.train) // self.batch
+
+    def __len__(self) -> int:
+        return self.batches_per_worker(self.epoch) * self.workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        loader_worker = info.id if info is not None else 0
+        if (info.num_workers if info is not None else 1) != self.workers:
+            raise DatasetError("ClipStream was built for a different number of DataLoader workers")
+        n = self.batches_per_worker(self.epoch)
+        # The DataLoader always starts with its worker 0, so after `skip` batches its worker d plays the role of
+        # logical worker (skip + d) % W, whose first batch still to come is number (skip + d) // W.
+        worker = (self.skip + loader_worker) % self.workers
+        skip = (self.skip + loader_worker) // self.workers
+        stream = self._ordered((s for pair in self._shards(self.epoch, self.rank, worker)
+                                for s in read_lockstep(pair, images=self.images)), self.epoch, worker)
+        pending: list[tuple[dict, dict]] = []
+        done = 0
+        if n == 0:  # some worker of some rank has less than a batch this epoch: nobody yields (equal steps)
+            return
+        for sample in stream:
+            pending.append(sample)
+            if len(pending) < self.batch:
+                continue
+            if done >= skip:
+                yield self._collate(pending)
+            pending, done = [], done + 1
+            if done >= n:
+                return
+
+    def _ordered(self, items: Iterator[Any], epoch: int, worker: int) -> Iterator[Any]:
+        """A logical worker's clips in the order it batches them: through the seeded shuffle buffer when training
+        (the same order for samples and for their keys alone)."""
+        if not self.train:
+            return items
+        return shuffled(items, size=self.shuffle, rng=random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}"))
+
+    def key_batches(self, epoch: int, skip: int = 0) -> Iterator[list[str]]:
+        """The keys of the batches that iterating a loader over this stream yields for `epoch` after `skip`
+        batches, in the same order (batch j is logical worker j % W's (j // W)-th), computed without reading a
+        shard: what a cache of decoded clips (train/cache.py) replays."""
+        n = self.batches_per_worker(epoch)
+        local: dict[int, list[list[str]]] = {}
+        for j in range(skip, n * self.workers):
+            w = j % self.workers
+            if w not in local:
+                order = list(self._ordered((k for pair in self._shards(epoch, self.rank, w) for k in pair.keys),
+                                           epoch, w))
+                local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
+            yield local[w][j // self.workers]
+
+    def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+        return stack_clips([self.clip_arrays(f, lab) for f, lab in samples])
+
+    def clip_arrays(self, f_raw: dict, l_raw: dict) -> dict[str, Any]:
+        """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch)."""
+        t = self.clip_len
+        f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
+        n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
+        problems = check_frames_sample(f, None, images=self.images) + check_label_sample(lab, n, self.widths)
+        if problems or n > t:
+            raise DatasetError(f"sample {f_raw['__key__']}: {(problems or [f'{n} frames, clips hold {t}'])[0]}; "
+                               "run spark-distill inspect --verify")
+        fids = np.asarray(f["meta"]["frame_ids"])
+        mask = np.zeros(t, bool)
+        # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
+        mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
+        mask[: self.burn_in] = False
+        mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
+        arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
+            ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
+            ("policy", lab["policy"])]
+        if self.motions is not None:
+            motion = self.motions[f["meta"]["segment"]]
+            path, valid = motion.future(motion.rows_of(fids))
+            arrays += [("gt_path", path), ("gt_valid", valid)]
+        out: dict[str, Any] = {}
+        for name, arr in arrays:
+            padded = np.zeros((t, *arr.shape[1:]), arr.dtype)
+            padded[:n] = arr
+            out[name] = padded
+        out["traffic"], out["mask"] = f["traffic"], mask
+        out["start"] = f["meta"]["clip"] == 0  # its first frame is the segment's: histories start at zero
+        out["key"] = f_raw["__key__"]
+        return out
+
+
+def stack_clips(clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of `ClipStream.clip_arrays` clips: one tensor per array name, `start` and `keys`."""
+    names = [k for k in clips[0] if k not in ("start", "key")]
+    batch: dict[str, Any] = {k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in names}
+    batch["start"] = torch.tensor([c["start"] for c in clips])
+    batch["keys"] = [c["key"] for c in clips]
+    return batch
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker errors read as the worker raised them: torch re-raises a worker's exception
+    with the worker's traceback as its message; a SparkDistillError gets its own one-line message back."""
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from super().__iter__()
+        except SparkDistillError as e:
+            lines = str(e).strip().splitlines()
+            if len(lines) < 2:
+                raise
+            raise type(e)(lines[-1].partition(": ")[2] or lines[-1]) from None
+
+
+def worker_context() -> Any:
+    """Where loader workers start: forked from a single-threaded fork server, not from the training process.
+    A fork of the training process copies locks that its other threads (TensorBoard's event writer, the progress
+    display, gloo, the pin-memory thread) may hold at that instant; a worker that then needs one waits forever,
+    and the DataLoader with it. The server imports torch and this module once; each epoch's workers fork from it
+    (~0.1 s, as cheap as forking the trainer) with nothing but the stream pickled to them."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", __name__])
+    return ctx
+
+
+def make_loader(stream: IterableDataset, *, pin_memory: bool = False, workers: int | None = None) -> DataLoader:
+    """A DataLoader over the stream's own batches (in order, round-robin over its workers; `workers`: that many
+    instead of a ClipStream's own)."""
+    workers = stream.workers if workers is None else workers
+    workers = workers if workers > 1 else 0
+    return _Loader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                   prefetch_factor=2 if workers else None, persistent_workers=False,
+                   multiprocessing_context=worker_context() if workers else None,
+                   worker_init_fn=_ignore_ctrl_c if workers else None)
+
+
+def _ignore_ctrl_c(_worker: int) -> None:
+    """Loader workers ignore Ctrl-C: the trainer stops at the end of its step and then shuts them down. A worker
+    that died of the SIGINT sent to the whole process group left the trainer's next batch unreadable (its shared
+    memory handle pointed at the dead worker: FileNotFoundError instead of a checkpoint and exit code 0)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

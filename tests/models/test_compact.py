@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The compact student: the teacher's output layouts, DoRA on its default targets, unrolled gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spark_distill.models.compact import DEFAULT_TARGETS, CompactStudent, compact_s, compact_xs
+from spark_distill.models.lora import LoRALayer, apply_adapters, trainable_fraction
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
+
+
+def test_outputs_follow_the_teacher_layout_and_parse() -> None:
+    vs, ps = C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V1)
+    model = CompactStudent(compact_xs(), vs, ps)
+    img = torch.randint(0, 255, (2, 12, 128, 256), dtype=torch.uint8)
+    vision, policy, state = model(img, img, torch.zeros(2, 8), torch.tensor([[1.0, 0.0]] * 2),
+                                  model.initial_state(2))
+    assert vision.shape == (2, max(s.stop for s in vs.values())) and policy.shape == (2, 4965)
+    assert state.shape == (2, 128)
+    parsed = parse_outputs(policy, ps)
+    assert parsed["plan"]["hypotheses"].shape == (2, 5, 33, 15)
+    assert parse_outputs(vision, vs)["lane_lines"]["mean"].shape == (2, 4, 33, 2)
+
+
+def test_dora_on_default_targets_trains_a_small_fraction() -> None:
+    model = CompactStudent(compact_s(), C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2))
+    wrapped = apply_adapters(model, targets=DEFAULT_TARGETS, rank=16, alpha=32.0)
+    assert {"gru_x", "gru_h", "policy.0", "heads.policy_plan"} <= set(wrapped)
+    assert not any(n.startswith(("road", "wide")) for n in wrapped), "the backbone is not a default target"
+    n, total = trainable_fraction(model)
+    print(f"compact_s, DoRA r16 on {len(wrapped)} modules: {n} of {total} parameters ({100 * n / total:.2f}%)")
+    assert 0 < n / total < 0.1
+
+
+def test_unrolled_gradients_reach_adapters_through_the_state() -> None:
+    model = CompactStudent(compact_xs(), C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2))
+    apply_adapters(model, targets=["gru_h"], rank=2, alpha=4.0)
+    state = model.initial_state(1)
+    img = torch.randint(0, 255, (1, 12, 128, 256), dtype=torch.uint8)
+    outs = []
+    for _ in range(3):
+        _, policy, state = model(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), state)
+        outs.append(policy)
+    outs[-1].pow(2).mean().backward()
+    gru_h: LoRALayer = model.gru_h
+    assert gru_h.lora_a.grad is not None and gru_h.magnitude.grad.abs().sum() > 0
+
+
+def test_init_heads_starts_every_head_at_the_given_means() -> None:
+    vs, ps = C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V1)
+    model = CompactStudent(compact_xs(), vs, ps)
+    v_mean = torch.linspace(-3, 3, max(s.stop for s in vs.values()))
+    p_mean = torch.linspace(0, 200, max(s.stop for s in ps.values()))
+    model.init_heads(v_mean, p_mean)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.zero_()  # the output is then the bias alone
+    img = torch.randint(0, 255, (1, 12, 128, 256), dtype=torch.uint8)
+    vision, policy, _ = model(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), model.initial_state(1))
+    assert torch.allclose(policy[0], p_mean)
+    hidden = vs["hidden_state"]  # the features themselves, no head
+    keep = torch.ones(len(v_mean), dtype=torch.bool)
+    keep[hidden] = False
+    assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_backbone_on_cuda_matches_eager() -> None:
+    """Compiled on CUDA the depthwise layers take the shifted form: the vision half's outputs match the eager (cuDNN)
+    student within fp32 rounding."""
+    torch.manual_seed(0)
+    student = CompactStudent(compact_xs(), C.layout(C.VISION_HEADS), C.layout(C.POLICY_HEADS_V2)).cuda().eval()
+    img = torch.randint(0, 255, (4, 12, 128, 256), dtype=torch.uint8, device="cuda")
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False  # the reference in fp32
+    try:
+        want = student.encode(img, img)
+        got = torch.compile(student.encode, dynamic=False)(img, img)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
