@@ -43,7 +43,7 @@ def camera_members(cameras: tuple[str, ...] = CAMERAS) -> tuple[str, ...]:
     return tuple(f"{cam}.{ext}" for cam in cameras for ext in codecs.codec_exts())
 
 
-# member -> dtype of the stored array (None for JSON); DESIGN.md "Frames dataset". A sample holds
+# member -> dtype of the stored array (None for JSON); docs/formats.md, "Members of a frames sample". A sample holds
 # exactly one of the camera members of each camera (see camera_members / encode_cameras).
 FRAMES_MEMBERS: dict[str, str | None] = {
     **dict.fromkeys(camera_members(), "uint8"),
