@@ -9,7 +9,8 @@ be stored with a codec of data/codecs.py, named by the member's extension (`road
 `road.hevc`), and `decode_sample` decodes every one of them, so no reader special-cases a codec.
 Arrays are encoded by data/arrays.py; writers go through a temporary name, fsync and rename (data/files.py);
 manifests are rewritten atomically. Main entry points: `ShardWriter`, `iter_shard`, `decode_sample`,
-`camera_members`, `encode_cameras`, `read_manifest`.
+`camera_members`, `encode_cameras`, `read_manifest`. The formats, member by member and field by field:
+docs/formats.md.
 """
 
 from __future__ import annotations

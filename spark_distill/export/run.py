@@ -20,7 +20,8 @@ Verification: ONNX Runtime against the merged torch model on random inputs and o
 own dataset (state carried through a clip on both sides), fp32 tolerance 1e-4 max abs (fp16: 1e-2
 relative to the output scale); then the consumer check (`export.consumer`): tinygrad, which openpilot
 compiles its models with, against ONNX Runtime on a few of the same inputs (`check`: auto runs it when
-tinygrad is importable). A larger difference fails the export and leaves nothing behind.
+tinygrad is importable). A larger difference fails the export and leaves nothing behind. The files written,
+export.json among them: docs/formats.md, "Exports".
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 """One segment -> clip samples: decode, match, warp, pack, sample the log, encode members.
 
 Main entry point: `segment_clips(segment, settings, report)`, a generator of encoded samples ready
-for a ShardWriter; `report` collects what was kept, dropped and skipped.
+for a ShardWriter; `report` collects what was kept, dropped and skipped. The sample's members and
+meta.json: docs/formats.md, "Frames dataset".
 """
 
 from __future__ import annotations
