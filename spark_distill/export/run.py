@@ -136,7 +136,7 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
 
 
 def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 2-frame image stacks of frame i, as training builds them (train.loop.Unroll)."""
+    """The 2-frame image stacks of frame i, as training builds them (train.step.Unroll)."""
     from spark_distill.openpilot import contract as C
 
     out = []

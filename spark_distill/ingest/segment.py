@@ -46,7 +46,7 @@ class SegmentSettings:
     log_kind: str = "auto"
     schema_dir: str | None = None
     decode_threads: int = 0
-    codec: str = "lossless"  # storage of the camera clips (spark_distill.codecs)
+    codec: str = "lossless"  # storage of the camera clips (data/codecs.py)
     crf: int | None = None  # quality of a lossy codec (None: the codec's default)
 
 
