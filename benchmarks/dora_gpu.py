@@ -4,9 +4,10 @@
 
     python benchmarks/dora_gpu.py --batch 256 --unroll 10 --rank 16
 
-The stack follows ANCHORS.md's PEFT measurement: a d=1024 MLP with GRU-style projections (input and
-hidden, 3*d each) unrolled over 10 steps, plan (4955) and lane (528) heads, bf16 autocast, AdamW on
-the adapter parameters only, no dropout. All four variants run in this process on the same weights.
+The stack follows a PEFT measurement made before this project (benchmarks/dora.md): a d=1024 MLP with
+GRU-style projections (input and hidden, 3*d each) unrolled over 10 steps, plan (4955) and lane (528) heads,
+bf16 autocast, AdamW on the adapter parameters only, no dropout. All four variants run in this process on the
+same weights.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """The `spark-distill` command line: options -> config -> stage.run. The only place that catches
-SparkDistillError: it prints `error: <message>` on stderr and exits 2 (bad input) or 1 (runtime)."""
+SparkDistillError: it prints `error: <message>` on stderr and exits 2 (bad input) or 1 (runtime). What every
+command does alike (output streams, progress, notes, Ctrl-C, exit codes): docs/conventions.md."""
 
 from __future__ import annotations
 

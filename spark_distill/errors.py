@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""Exceptions. Only cli.py catches SparkDistillError; each message is one line naming the fix."""
+"""Exceptions. Only cli.py catches SparkDistillError; each message is one line naming the fix (exit codes and
+when to warn or note instead: docs/conventions.md)."""
 
 
 class SparkDistillError(Exception):

@@ -3,6 +3,7 @@
 """Notes: a setting the tool chose or changed for the data at hand (a batch sized to the clips, a mode turned
 off), which a user should see but which is not a problem. They go to one logger, `spark_distill.notes`, at
 INFO; the command line prints them as `note: ...` lines, apart from warnings. Entry point: `note(message)`.
+Notes, warnings and errors: docs/conventions.md.
 """
 
 from __future__ import annotations

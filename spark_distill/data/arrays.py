@@ -2,7 +2,7 @@
 # Copyright (c) 2026 spark-distill authors
 """Arrays as shard members: `.npy` bytes in a zstd frame with a content checksum (`encode_array`), read back
 without a copy and without ever unpickling (`decode_array`, `decode_array_into`). Every array member of a frames
-or label shard, and every reader of one, goes through here."""
+or label shard, and every reader of one, goes through here (docs/formats.md, "Array members")."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ original format, still read), `road.y6d.zst` (lossless), `road.hevc` and `road.a
 - av1: the same with SVT-AV1 (one key frame per clip), quality `crf` (0..63, default 30), as a raw OBU
   stream decoded by dav1d. On the realistic synthetic frames at the same PSNR it is smaller than hevc and
   decodes ~1.5x faster (benchmarks/storage.md).
+The members as stored: docs/formats.md, "Camera members".
 """
 
 from __future__ import annotations

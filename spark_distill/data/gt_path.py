@@ -33,7 +33,7 @@ class SegmentMotion:
 
     @classmethod
     def from_pose(cls, frame_ids: np.ndarray, times_s: np.ndarray, pose: np.ndarray) -> SegmentMotion:
-        """Integrate pose rows (velocity xyz, angular velocity xyz, ... per DESIGN.md) at `times_s`."""
+        """Integrate pose rows (velocity xyz, angular velocity xyz, ...: docs/formats.md, "Columns") at `times_s`."""
         times = np.asarray(times_s, np.float64)
         pose = np.asarray(pose, np.float64)
         ok = np.isfinite(pose[:, :6]).all(1) & np.concatenate([[True], np.diff(times) > 0])

@@ -9,7 +9,8 @@ be stored with a codec of data/codecs.py, named by the member's extension (`road
 `road.hevc`), and `decode_sample` decodes every one of them, so no reader special-cases a codec.
 Arrays are encoded by data/arrays.py; writers go through a temporary name, fsync and rename (data/files.py);
 manifests are rewritten atomically. Main entry points: `ShardWriter`, `iter_shard`, `decode_sample`,
-`camera_members`, `encode_cameras`, `read_manifest`.
+`camera_members`, `encode_cameras`, `read_manifest`. The formats, member by member and field by field:
+docs/formats.md.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def camera_members(cameras: tuple[str, ...] = CAMERAS) -> tuple[str, ...]:
     return tuple(f"{cam}.{ext}" for cam in cameras for ext in codecs.codec_exts())
 
 
-# member -> dtype of the stored array (None for JSON); DESIGN.md "Frames dataset". A sample holds
+# member -> dtype of the stored array (None for JSON); docs/formats.md, "Members of a frames sample". A sample holds
 # exactly one of the camera members of each camera (see camera_members / encode_cameras).
 FRAMES_MEMBERS: dict[str, str | None] = {
     **dict.fromkeys(camera_members(), "uint8"),

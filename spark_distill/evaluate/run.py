@@ -7,7 +7,8 @@ its merged checkpoint in torch, an export through ONNX Runtime (combined: `drivi
 the drop-in pair, with openpilot's history buffers kept by the same code the openpilot student uses).
 Segments: `--segments`, else the validation split of the first run (or of the run an export came from),
 else every segment. Frames inside each segment's teacher warm-up (zero-history labels) are left out
-unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`.
+unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
+docs/formats.md, "Eval output".
 """
 
 from __future__ import annotations

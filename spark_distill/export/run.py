@@ -20,7 +20,8 @@ Verification: ONNX Runtime against the merged torch model on random inputs and o
 own dataset (state carried through a clip on both sides), fp32 tolerance 1e-4 max abs (fp16: 1e-2
 relative to the output scale); then the consumer check (`export.consumer`): tinygrad, which openpilot
 compiles its models with, against ONNX Runtime on a few of the same inputs (`check`: auto runs it when
-tinygrad is importable). A larger difference fails the export and leaves nothing behind.
+tinygrad is importable). A larger difference fails the export and leaves nothing behind. The files written,
+export.json among them: docs/formats.md, "Exports".
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
 
 
 def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 2-frame image stacks of frame i, as training builds them (train.loop.Unroll)."""
+    """The 2-frame image stacks of frame i, as training builds them (train.step.Unroll)."""
     from spark_distill.openpilot import contract as C
 
     out = []

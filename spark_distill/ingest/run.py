@@ -7,7 +7,7 @@ copies them, in segment order, into shards of `shard_clips` clips. A shard is wr
 temporary name and renamed; the manifest is rewritten atomically after each shard and says which
 segments are complete and how many clips of the next one are already in shards. So an ingest
 killed at any moment and run again produces exactly the shards of an uninterrupted run, and a
-re-run on the same inputs changes nothing.
+re-run on the same inputs changes nothing. The manifest's fields: docs/formats.md, "frames/manifest.json".
 """
 
 from __future__ import annotations

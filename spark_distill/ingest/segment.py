@@ -3,7 +3,8 @@
 """One segment -> clip samples: decode, match, warp, pack, sample the log, encode members.
 
 Main entry point: `segment_clips(segment, settings, report)`, a generator of encoded samples ready
-for a ShardWriter; `report` collects what was kept, dropped and skipped.
+for a ShardWriter; `report` collects what was kept, dropped and skipped. The sample's members and
+meta.json: docs/formats.md, "Frames dataset".
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SegmentSettings:
     log_kind: str = "auto"
     schema_dir: str | None = None
     decode_threads: int = 0
-    codec: str = "lossless"  # storage of the camera clips (spark_distill.codecs)
+    codec: str = "lossless"  # storage of the camera clips (data/codecs.py)
     crf: int | None = None  # quality of a lossy codec (None: the codec's default)
 
 

@@ -10,6 +10,7 @@ scaler, RNG states, loader position; plain tensors and containers, loadable with
 `adapter.safetensors`: `meta.json` names the file, and either name loads. It is written under a temporary
 name and renamed, so a half-written checkpoint is never seen as one; a torn or edited one fails its
 checksum and the previous one is used. Entry points: `save_checkpoint`, `latest_checkpoint`, `load_checkpoint`.
+The files: docs/formats.md, "Checkpoints".
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ explicit recurrent state, so fine-tuning openpilot's model uses the same trainin
 student. Main entry point: `OpenpilotStudent.from_onnx(paths)`.
 
 The state is one flat tensor per lane: [features (100 x 512) | desire pulses (100 x 8) | previous desire
-(8) | previous curvature (100)], advanced exactly as modeld advances its buffers (label/state.py).
+(8) | previous curvature (100)], advanced exactly as modeld advances its buffers (openpilot/state.py).
 """
 
 from __future__ import annotations

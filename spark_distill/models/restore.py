@@ -6,7 +6,8 @@ A run folder holds `student.json` (what to build: the architecture and the outpu
 `student.safetensors` (the base weights the adapters belong to), `config.yaml` and `checkpoints/`.
 `load_trained(path)` accepts a run folder (its newest good checkpoint) or one checkpoint folder and
 returns the student with its adapters merged into plain layers (export, eval, `train --student RUN`);
-`build_architecture(spec)` builds the untrained network that a spec names.
+`build_architecture(spec)` builds the untrained network that a spec names. The run folder's files:
+docs/formats.md, "Run folders".
 """
 
 from __future__ import annotations

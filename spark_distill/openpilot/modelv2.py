@@ -10,7 +10,7 @@ writer, `label --from-log` and `verify-labels` cannot drift apart:
   X_IDXS with the first horizon's std, laneLineProbs = sigmoid(raw[1::2]), leadsV3 per selection,
   meta.desireState);
 - `fill_message(b, row)`: row -> a ModelDataV2 builder (the synthetic route writer);
-- `outputs_from_rows(rows, slices)`: rows -> raw vectors that `label.outputs.parse_outputs` turns back
+- `outputs_from_rows(rows, slices)`: rows -> raw vectors that `openpilot.outputs.parse_outputs` turns back
   into the logged values (NaN in the heads the log does not carry: `LOGGED_HEADS` names those it does).
 """
 

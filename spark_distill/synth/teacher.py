@@ -14,8 +14,9 @@ Outputs: one flat float32 vector `outputs` [1, N] each.
 Sizes: `tiny` for tests (a plain conv trunk, ~0.05 GFLOPs per frame); `bench` is built like the real
 vision model: two EfficientNet-B2-shaped trunks (MBConv blocks: 1x1 expand, 3x3 depthwise, 1x1
 project; B2's widths and depths, no squeeze-excitation) on the 12x128x256 inputs, 1.68 GFLOPs per
-frame. Source of the estimate: ANCHORS.md's vision-sized CNN (two EfficientNet-B2 trunks, 1.81
-GFLOPs/frame), the shape of openpilot's supercombo backbone (an EfficientNet). Depthwise blocks
+frame. Source of the estimate: a vision-sized CNN measured on an H100 before this project (two
+EfficientNet-B2 trunks on the same inputs, 1.81 GFLOPs/frame; benchmarks/label.md), the shape of openpilot's
+supercombo backbone (an EfficientNet). Depthwise blocks
 matter: per FLOP they run several times slower on GPUs than plain 3x3 convolutions, so a plain
 trunk of the same FLOPs would flatter every throughput figure.
 """
