@@ -160,10 +160,10 @@ class _Writer:
 
     def poll(self, *, wait: bool = False) -> None:
         """Record the shards the writers have finished (all of them with `wait`); a writer's failure is raised."""
-        for _, entry, seconds in self.writers.take_written(wait=wait):
-            record_shard(self.manifest, self.frames_manifest, entry)
+        for shard in self.writers.take_written(wait=wait):
+            record_shard(self.manifest, self.frames_manifest, shard.info)
             self.written += 1
-            self.seconds += seconds
+            self.seconds += shard.seconds
             self.unsaved = True
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
