@@ -143,7 +143,7 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
 
 def loop_fps(result: Any) -> float:
     """Frames/s of a LabelResult's labeling loop from its first step, without the set-up (reader start-up, step
-    capture, the lanes' first clips)."""
+    capture, the rows' first clips)."""
     loop = result.profile.get("label pass s", 0.0)
     return result.frames / loop if loop else 0.0
 
