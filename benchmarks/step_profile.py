@@ -22,7 +22,7 @@ def main() -> None:
 
     from spark_distill.bench.label import rate
     from spark_distill.label.backends import get_backend
-    from spark_distill.label.lanes import LaneRunner
+    from spark_distill.label.step import LabelStep
     from spark_distill.openpilot.teachers import load_teacher
     from spark_distill.synth.teacher import write_teacher
 
@@ -40,30 +40,29 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         be = get_backend("torch", t, vm, pm, batch=batch, precision="fp16" if cuda else "fp32",
                          cache_dir=work / "cache", compile=args.compile)
-        runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
-                            out_rows=None, emit=None, segments_meta={})
+        label_step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2)
         g = torch.Generator().manual_seed(0)
-        runner.clips.copy_(torch.randint(0, 255, runner.clips.shape, generator=g, dtype=torch.uint8))
-        packed = runner.inputs_pair[0]
+        label_step.clips.copy_(torch.randint(0, 255, label_step.clips.shape, generator=g, dtype=torch.uint8))
+        packed = label_step.inputs_pair[0]
         packed[:, 2], packed[:, 3], packed[:, 5] = 20.0, 1.0, 1.0  # v_ego, traffic (RHD off), desire none
 
-        def step(runner: LaneRunner = runner, packed: torch.Tensor = packed) -> None:
-            if runner.graphs:
-                runner.graphs[0].replay()
+        def one_step(label_step: LabelStep = label_step, packed: torch.Tensor = packed) -> None:
+            if label_step.graphs:
+                label_step.graphs[0].replay()
             else:
                 with torch.no_grad():
-                    runner.step_fn(packed)
+                    label_step.step_fn(packed)
 
-        fps = rate(step, runner.dev, batch, seconds=args.seconds)
-        how = ("captured" if runner.graphs else "uncaptured") + (", compiled" if be.compiled else ", eager")
-        print(f"batch {batch:4d}: whole step ({how}) {fps:10.1f} frames/s; compiling it took {runner.compile_s:.1f} s",
-              flush=True)
+        fps = rate(one_step, label_step.device, batch, seconds=args.seconds)
+        how = ("captured" if label_step.graphs else "uncaptured") + (", compiled" if be.compiled else ", eager")
+        print(f"batch {batch:4d}: whole step ({how}) {fps:10.1f} frames/s; "
+              f"compiling it took {label_step.compile_s:.1f} s", flush=True)
         if args.profile and cuda:
             from torch.profiler import ProfilerActivity, profile
 
             with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
-                    runner.step_fn(packed)
+                    label_step.step_fn(packed)
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=80))
 

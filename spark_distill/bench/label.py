@@ -130,21 +130,20 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
     """Frames/s of the label pass's whole captured step (frame gather, modeld state, both models, outputs)
     replayed back to back on clips already on the device: no readers, no copies. None where the step is not
     captured (the CPU, ONNX Runtime, TensorRT)."""
-    from spark_distill.label.lanes import LaneRunner
+    from spark_distill.label.step import LabelStep
 
     be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=cache_dir, compile="auto")
     if be.device.type != "cuda":
         return None
-    runner = LaneRunner(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2, readers=None,
-                        out_rows=None, emit=None, segments_meta={})
-    if not runner.graphs:
+    step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2)
+    if not step.graphs:
         return None
-    return rate(runner.graphs[0].replay, be.device, batch, seconds=seconds)
+    return rate(step.graphs[0].replay, be.device, batch, seconds=seconds)
 
 
 def loop_fps(result: Any) -> float:
     """Frames/s of a LabelResult's labeling loop from its first step, without the set-up (reader start-up, step
-    capture, the lanes' first clips)."""
+    capture, the rows' first clips)."""
     loop = result.profile.get("label pass s", 0.0)
     return result.frames / loop if loop else 0.0
 

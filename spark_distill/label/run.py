@@ -3,9 +3,9 @@
 """The label pass: the teacher runs once over every frame, exactly as modeld runs on the car, and
 writes `<root>/labels/<set>/` (same shard names, keys and order as `frames/`). Entry: `label(cfg)`.
 
-B segments advance in lockstep (one lane each, each with its own modeld state, reset at the
-segment's first frame), so the accelerator sees batches of B frames (lanes.py). Reader processes
-read and decompress clips ahead of the lanes into a shared slab (workers.py); writer processes
+B segments advance in lockstep (one batch row each, each with its own modeld state, reset at the
+segment's first frame), so the accelerator sees batches of B frames (loop.py). Reader processes
+read and decompress clips ahead of the rows into a shared slab (workers.py); writer processes
 compress and write each label shard once all its clips are labeled, and the main process records
 it in the manifest (rewritten atomically every few seconds and at the end). Resumable per shard: a
 rerun skips finished shards (recorded in the manifest and matching their sha256: a missing or damaged one is
@@ -35,7 +35,8 @@ from spark_distill.data.dataset import frames_dir
 from spark_distill.data.index import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.errors import ConfigError, LabelError
 from spark_distill.label.backends import Backend, auto_backend, get_backend
-from spark_distill.label.lanes import LaneRunner, reader_slots
+from spark_distill.label.loop import LabelLoop
+from spark_distill.label.schedule import reader_slots
 from spark_distill.label.workers import ClipReaders, LabelWriters
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.teachers import Teacher, load_teacher
@@ -82,7 +83,7 @@ class LabelResult:
     shards_already: int = 0
     skipped_shards: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
-    profile: dict[str, float] = field(default_factory=dict)  # LaneRunner.profile: seconds per step by stage
+    profile: dict[str, float] = field(default_factory=dict)  # LabelLoop.report: seconds per step by stage
 
     @property
     def frames_per_s(self) -> float:
@@ -126,12 +127,12 @@ WRITERS = 4  # label shard writer processes, at least
 FRAMES_VERIFIED = ".frames-verified.json"  # under labels/: frames shards this dataset's label passes have checked
 MANIFEST_EVERY_S = 2.0  # label manifest rewrites while labeling (each is an fsync on the main process)
 COMPILE_S = "set-up: compile the step (counted with the teacher's build) s"  # profile key, outside end to end
-FILL_S = "set-up: the lanes' first clips on the device s"  # profile key: before the loop's first step
+FILL_S = "set-up: the lanes' first clips on the device s"  # profile key (the rows' first clips; the bench prints it)
 
 
 def writer_count(readers: int) -> int:
     """Label shard writers for a pass with `readers` reader processes: at least WRITERS, and half as many as the
-    readers where there are more. At a pass's end every lane's last clip finishes at once and each writer
+    readers where there are more. At a pass's end every row's last clip finishes at once and each writer
     compresses its share and writes (and fsyncs) its shards one by one while the readers sit idle: on the H200
     (14 readers, batch 256, bench set) that drain was ~0.4 s of the pass's 2.4 s with 4 writers."""
     return max(WRITERS, readers // 2)
@@ -160,10 +161,10 @@ class _Writer:
 
     def poll(self, *, wait: bool = False) -> None:
         """Record the shards the writers have finished (all of them with `wait`); a writer's failure is raised."""
-        for _, entry, seconds in self.writers.take_written(wait=wait):
-            record_shard(self.manifest, self.frames_manifest, entry)
+        for shard in self.writers.take_written(wait=wait):
+            record_shard(self.manifest, self.frames_manifest, shard.info)
             self.written += 1
-            self.seconds += seconds
+            self.seconds += shard.seconds
             self.unsaved = True
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
@@ -181,7 +182,7 @@ class _Writer:
 
 class _Workers:
     """The pass's worker processes, started before the teacher is built so that their start-up (a spawned
-    interpreter and its imports each, the slabs' pages) overlaps it: reader processes feeding the lanes
+    interpreter and its imports each, the slabs' pages) overlaps it: reader processes feeding the rows
     (workers.ClipReaders) and the label shard writers (workers.LabelWriters: each shard ends in an fsync, and at
     the end of a pass many shards finish at once, so there are a few)."""
 
@@ -216,7 +217,7 @@ def _touching(plans: list[SegmentPlan], shard_ids: set[int]) -> list[SegmentPlan
 
 
 def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dict[str, Any]) -> list[ClipRef]:
-    """The first clip of each segment of `work` the lanes will take first: decoded while the teacher is built,
+    """The first clip of each segment of `work` the rows will take first: decoded while the teacher is built,
     where the loop's first step waited for them (H200, batch 256: 3.0 ms per step of the 120 steps of the bench
     set, with the GPU idle)."""
     if cfg.world > 1:
@@ -307,7 +308,7 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     _, intact = _recorded_shards(folder, record=cfg.rank == 0)
     left_shards = _unrecorded(frames_manifest, intact)
     left = _touching(plans, left_shards)
-    if 0 < len(left) < cfg.batch:  # fewer segments than lanes: an idle lane costs as much compute as a busy one
+    if 0 < len(left) < cfg.batch:  # fewer segments than rows: an idle row costs as much compute as a busy one
         cfg = dataclasses.replace(cfg, batch=len(left))
     verifier = _Verifier(fdir, frames_manifest, {c.shard for p in left for c in p.clips} & left_shards,
                          cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
@@ -371,7 +372,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     start = time.perf_counter()
     ok = False
     try:
-        result.frames, result.profile = _run_lanes(cfg, teacher, backend, workers.readers, frames_manifest, work,
+        result.frames, result.profile = _run_loop(cfg, teacher, backend, workers.readers, frames_manifest, work,
                                                    bad, writer, manifest, total, on_progress)
         result.profile["set-up: verify frames shards (after the teacher is built) s"] = verify_s
         ok = True
@@ -386,13 +387,13 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     return result
 
 
-def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: ClipReaders,
+def _run_loop(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: ClipReaders,
                frames_manifest: dict[str, Any], work: list[SegmentPlan], bad: set[int], writer: _Writer,
                manifest: dict[str, Any], total: int,
                on_progress: Callable[[int, int], None] | None) -> tuple[int, dict[str, float]]:
-    """Label `work` with the reader processes feeding a LaneRunner; returns frames labeled and the profile."""
+    """Label `work` with the reader processes feeding a LabelLoop; returns frames labeled and the profile."""
     start = time.perf_counter()
-    runner = LaneRunner(teacher=teacher, backend=backend, batch=cfg.batch,
+    runner = LabelLoop(teacher=teacher, backend=backend, batch=cfg.batch,
                         clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
                         readers=readers, out_rows=writer.writers.rows, emit=writer.add,
                         segments_meta=manifest["segments"])
@@ -402,12 +403,12 @@ def _run_lanes(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cl
     frames = runner.run(work, bad, None if on_progress is None else lambda n: on_progress(n, total))
     wall = time.perf_counter() - built
     writer.poll(wait=True)
-    profile = runner.profile(time.perf_counter() - built)
+    profile = runner.report(time.perf_counter() - built)
     profile["writer process s/step"] = writer.seconds / max(1.0, profile["steps"])
-    profile["label pass s"] = wall - runner.fill_s  # the labeling loop from its first step: set-up excluded
-    profile[FILL_S] = runner.fill_s
-    profile["set-up: build the step s"] = built - start - runner.compile_s
-    profile[COMPILE_S] = runner.compile_s
+    profile["label pass s"] = wall - runner.profile.fill_s  # the labeling loop from its first step: set-up excluded
+    profile[FILL_S] = runner.profile.fill_s
+    profile["set-up: build the step s"] = built - start - runner.step.compile_s
+    profile[COMPILE_S] = runner.step.compile_s
     if readers.ready_s is not None:
         profile["set-up: readers started and mapped the slab (from their start) s"] = readers.ready_s
     return frames, profile
@@ -455,7 +456,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
         start = time.perf_counter()
         ok = False
         try:
-            result.frames, result.profile = _run_lanes(cfg, teacher, backend, workers.readers, frames_manifest, mine,
+            result.frames, result.profile = _run_loop(cfg, teacher, backend, workers.readers, frames_manifest, mine,
                                                        bad, writer, part_manifest, total, on_progress)
             ok = True
         finally:

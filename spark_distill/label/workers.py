@@ -12,6 +12,10 @@ slot -> it answers on the one result queue with the small arrays (desire, car, t
 read/decode seconds -> the main process copies the slot to the device and `release`s it (on CUDA once
 the copy's event has passed; the slab is page-locked there, so that copy is asynchronous).
 
+Messages: one NamedTuple per kind (ReadClip, ReaderMapped, ClipDecoded, ClipFailed for the readers; OpenShard,
+WriteClip, WriterMapped, RowFree, ShardWritten, WriteFailed for the writers), dispatched on their type; a message
+of any other type is an error.
+
 Invariants: a slot belongs to one clip from dispatch to release. Tasks wait in the main process for a
 slot; if the runner waits for a clip that has none while every slot holds a decoded clip it is not
 waiting for, the oldest of those is spilled to private memory, so any number of slots >= 1 is free of
@@ -36,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -51,6 +55,87 @@ FRAME = (6, 128, 256)  # one camera frame as the vision model takes it (YUV420 p
 _INDEX_COST = 2  # a shard's tar index costs a reader about as much as decoding two clips (14 ms, 375 MB shard)
 _OPEN_SHARDS = 8  # shard files a reader keeps open (the indexes of all stay)
 _SHM = Path("/dev/shm")  # where slabs live when it has room (tmpfs)
+
+
+# Messages between the main process and its workers (a task queue per worker, one result queue): one type per kind,
+# dispatched on the type; a message of any other type is an error. None on a task queue stops the worker.
+class ReadClip(NamedTuple):
+    """Main -> reader: decode clip `key` of shard `shard` into the slab's slot `slot`; `number` names the task."""
+
+    number: int
+    shard: int
+    key: str
+    slot: int
+
+
+class ReaderMapped(NamedTuple):
+    """Reader -> main: this reader has mapped the slab (the main process unlinks its file once all have);
+    `at`: the reader's time.monotonic() then."""
+
+    at: float
+
+
+class ClipDecoded(NamedTuple):
+    """Reader -> main: task `number` is in its slot; `clip`: its small arrays (desire, car, traffic, meta) and its
+    frame count ("frames"); seconds spent reading and decoding it."""
+
+    number: int
+    clip: dict[str, Any]
+    read_s: float
+    decode_s: float
+
+
+class ClipFailed(NamedTuple):
+    """Reader -> main: task `number` failed; `bad_data`: a DatasetError (the message names the shard), else any other
+    exception (the main process names the shard and key)."""
+
+    number: int
+    bad_data: bool
+    message: str
+
+
+class OpenShard(NamedTuple):
+    """Main -> writer: the clips of label shard `shard` (written as `folder`/`name`, its clips `keys` in that order)
+    follow."""
+
+    shard: int
+    folder: str
+    name: str
+    keys: list[str]
+
+
+class WriteClip(NamedTuple):
+    """Main -> writer: clip `key` of shard `shard` is in the output slab's row `row` (its first `frames` frames)."""
+
+    shard: int
+    key: str
+    row: int
+    frames: int
+
+
+class WriterMapped(NamedTuple):
+    """Writer -> main: this writer has mapped the slab."""
+
+
+class RowFree(NamedTuple):
+    """Writer -> main: the output slab's row `row` is read (compressed): it may take another clip."""
+
+    row: int
+
+
+class ShardWritten(NamedTuple):
+    """Writer -> main: label shard `shard` is on disk; `info`: its ShardInfo JSON; `seconds` the writer spent on it."""
+
+    shard: int
+    info: dict[str, Any]
+    seconds: float
+
+
+class WriteFailed(NamedTuple):
+    """Writer -> main: writing shard `shard` failed (None: a task the writer could not read)."""
+
+    shard: int | None
+    message: str
 
 
 def _tasks(tasks: Any, parent: int) -> Iterator[Any]:
@@ -81,18 +166,20 @@ def _populate(slab: np.memmap) -> None:
 
 def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], tasks: Any, results: Any,
             parent: int) -> None:
-    """A reader process: tasks (ticket, shard, key, slot) in, (ticket, small arrays, read s, decode s, error) out."""
+    """A reader process: ReadClip tasks in, ClipDecoded or ClipFailed out (ReaderMapped first)."""
     child_init(parent)
     slab = np.memmap(slab_path, np.uint8, "r+", shape=shape)
     if Path(slab_path).parent == _SHM:  # a tmpfs slab (else a file on disk: its pages stay the kernel's to fault)
         _populate(slab)
     # the main process unlinks the slab's file once all have it; the time says when this reader was ready
-    results.put(("mapped", None, time.monotonic(), 0.0, None))
+    results.put(ReaderMapped(time.monotonic()))
     indexes: dict[int, ShardIndex] = {}  # every shard's member offsets, parsed once (a tar header walk)
     open_files: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards whose file is open, LRU
     arena = Arena()  # reused from clip to clip: reads without page faults
     for task in _tasks(tasks, parent):
-        ticket, shard, key, slot = task
+        if not isinstance(task, ReadClip):
+            raise TypeError(f"a reader process got {task!r}, not a ReadClip")
+        number, shard, key, slot = task
         try:
             start = time.perf_counter()
             if shard not in indexes:
@@ -112,9 +199,9 @@ def _reader(slab_path: str, shape: tuple[int, ...], shard_paths: list[str], task
                                    "as many of each")
             clip["frames"] = len(clip.pop("road"))
             del clip["wide"]
-            results.put((ticket, clip, read - start, time.perf_counter() - read, None))
+            results.put(ClipDecoded(number, clip, read - start, time.perf_counter() - read))
         except Exception as e:  # reported by the main process, which stops the pass
-            results.put((ticket, None, 0.0, 0.0, (isinstance(e, DatasetError), str(e))))
+            results.put(ClipFailed(number, isinstance(e, DatasetError), str(e)))
     for index in indexes.values():
         index.close()
 
@@ -132,7 +219,7 @@ class Ticket:
     error: Exception | None = None  # reading a prefetched clip failed: raised if the pass asks for it
 
     def done(self) -> bool:
-        """Decoded, as of the owner's last `poll` (one poll per step serves every lane)."""
+        """Decoded, as of the owner's last `poll` (one poll per step serves every row)."""
         return self.clip is not None
 
     def result(self) -> dict[str, Any]:
@@ -256,7 +343,7 @@ class ClipReaders(_SlabProcesses):
         return self.slot_tensors[ticket.slot]
 
     def prefetch(self, refs: list[ClipRef]) -> None:
-        """Start decoding the clips the pass will ask for first (its lanes' first clips) while the teacher is
+        """Start decoding the clips the pass will ask for first (its rows' first clips) while the teacher is
         built; `submit` of one of them then returns its ticket. One never asked for (its shard failed its
         check, say) keeps its slot only until it is spilled, and an error reading it is raised only if it is
         asked for."""
@@ -291,28 +378,38 @@ class ClipReaders(_SlabProcesses):
             self.counter += 1
             self.tickets[self.counter] = ticket
             self.in_hand[ticket.worker].append(ticket)
-            self.tasks[ticket.worker].put((self.counter, ticket.ref.shard, ticket.ref.key, ticket.slot))
+            self.tasks[ticket.worker].put(ReadClip(self.counter, ticket.ref.shard, ticket.ref.key, ticket.slot))
 
-    def _take(self, answer: tuple) -> None:
-        number, clip, read_s, decode_s, error = answer
-        if number == "mapped":
-            self.ready_s = max(self.ready_s or 0.0, read_s - self.started)  # read_s: the reader's monotonic clock
-            self._mapped()
-            return
-        ticket = self.tickets.pop(number)
+    def _take(self, answer: ReaderMapped | ClipDecoded | ClipFailed) -> None:
+        match answer:
+            case ReaderMapped(at):
+                self.ready_s = max(self.ready_s or 0.0, at - self.started)  # at: the reader's monotonic clock
+                self._mapped()
+            case ClipDecoded():
+                self._decoded(answer)
+            case ClipFailed():
+                self._failed(answer)
+            case _:
+                raise TypeError(f"unexpected message from a reader process: {answer!r}")
+
+    def _failed(self, answer: ClipFailed) -> None:
+        ticket = self.tickets.pop(answer.number)
         self.in_hand[ticket.worker].remove(ticket)
-        if error is not None:
-            is_dataset, message = error
-            exc = (DatasetError if is_dataset else LabelError)(
-                message if is_dataset else f"{self.names[ticket.ref.shard]}: {ticket.ref.key}: {message}")
-            if self.prefetched.get(ticket.ref.key) is not ticket:
-                raise exc
-            ticket.error = exc  # not asked for yet, maybe never
-            self.free.append(ticket.slot)
-            ticket.slot = None
-            return
-        self.seconds["read"] += read_s
-        self.seconds["decode"] += decode_s
+        message = answer.message
+        exc = (DatasetError if answer.bad_data else LabelError)(
+            message if answer.bad_data else f"{self.names[ticket.ref.shard]}: {ticket.ref.key}: {message}")
+        if self.prefetched.get(ticket.ref.key) is not ticket:
+            raise exc
+        ticket.error = exc  # not asked for yet, maybe never
+        self.free.append(ticket.slot)
+        ticket.slot = None
+
+    def _decoded(self, answer: ClipDecoded) -> None:
+        ticket = self.tickets.pop(answer.number)
+        self.in_hand[ticket.worker].remove(ticket)
+        self.seconds["read"] += answer.read_s
+        self.seconds["decode"] += answer.decode_s
+        clip = answer.clip
         n = clip.pop("frames")
         clip["road"], clip["wide"] = self.slab[ticket.slot, 0, :n], self.slab[ticket.slot, 1, :n]
         ticket.clip = clip
@@ -405,45 +502,53 @@ def _slab_file(nbytes: int, prefix: str) -> str:
     return path
 
 
+_OpenShards = dict[int, tuple[Path, str, list[str], dict[str, tuple[bytes, bytes, int]], list[float]]]
+
+
 def _shard_writer(slab_path: str, shape: tuple[int, ...], width_v: int, tasks: Any, results: Any,
                   parent: int) -> None:
-    """A writer process. Tasks: ("open", shard, folder, name, keys) before a shard's first clip; ("clip", shard,
-    key, row, frames): compress the clip's vision and policy outputs from the slab's row, hand the row back, and
-    once the shard has every key write it (in the keys' order, .tmp then rename). Answers on `results`:
-    ("free", row), ("shard", shard, ShardInfo JSON, seconds) or ("error", shard, message)."""
+    """A writer process. Tasks: OpenShard before a shard's first clip; WriteClip: compress the clip's vision and
+    policy outputs from the slab's row, hand the row back, and once the shard has every key write it (in the keys'
+    order, .tmp then rename). Answers on `results`: RowFree, ShardWritten or WriteFailed (WriterMapped first)."""
     child_init(parent)
     slab = np.memmap(slab_path, np.float16, "r", shape=shape)
-    results.put(("mapped", None))
-    shards_open: dict[int, tuple[Path, str, list[str], dict[str, tuple[bytes, bytes, int]], list[float]]] = {}
+    results.put(WriterMapped())
+    shards_open: _OpenShards = {}  # shard -> (folder, name, keys, encoded clips, writer seconds)
     for task in _tasks(tasks, parent):
-        shard = task[1]
         try:
-            if task[0] == "open":
-                _, _, folder, name, keys = task
-                shards_open[shard] = (Path(folder), name, keys, {}, [0.0])
-                continue
-            _, _, key, row, n = task
-            start = time.perf_counter()
-            encoded = (arrays.encode_array(slab[row, :n, :width_v]), arrays.encode_array(slab[row, :n, width_v:]), n)
-            results.put(("free", row))
-            folder, name, keys, got, seconds = shards_open[shard]
-            got[key] = encoded
-            if len(got) == len(keys):
-                del shards_open[shard]
-                writer = shards.ShardWriter(folder, name, shards.LABEL_MEMBERS)
-                try:
-                    for k in keys:
-                        vision, policy, frames = got[k]
-                        writer.write({"__key__": k, "vision.npy.zst": vision, "policy.npy.zst": policy}, frames=frames)
-                    info = writer.close().to_json()
-                except BaseException:
-                    writer.abort()
-                    raise
-                results.put(("shard", shard, info, seconds[0] + time.perf_counter() - start))
-            else:
-                seconds[0] += time.perf_counter() - start
+            match task:
+                case OpenShard(shard, folder, name, keys):
+                    shards_open[shard] = (Path(folder), name, keys, {}, [0.0])
+                case WriteClip():
+                    _write_clip(task, slab, width_v, shards_open, results)
+                case _:
+                    raise TypeError(f"a writer process got {task!r}, not an OpenShard or a WriteClip")
         except Exception as e:  # reported by the main process, which stops the pass
-            results.put(("error", shard, f"{type(e).__name__}: {e}"))
+            results.put(WriteFailed(getattr(task, "shard", None), f"{type(e).__name__}: {e}"))
+
+
+def _write_clip(task: WriteClip, slab: np.ndarray, width_v: int, shards_open: _OpenShards, results: Any) -> None:
+    """Compress a clip from its slab row, hand the row back, and write its shard once the shard has every clip."""
+    shard, key, row, n = task
+    start = time.perf_counter()
+    encoded = (arrays.encode_array(slab[row, :n, :width_v]), arrays.encode_array(slab[row, :n, width_v:]), n)
+    results.put(RowFree(row))
+    folder, name, keys, got, seconds = shards_open[shard]
+    got[key] = encoded
+    if len(got) != len(keys):
+        seconds[0] += time.perf_counter() - start
+        return
+    del shards_open[shard]
+    writer = shards.ShardWriter(folder, name, shards.LABEL_MEMBERS)
+    try:
+        for k in keys:
+            vision, policy, frames = got[k]
+            writer.write({"__key__": k, "vision.npy.zst": vision, "policy.npy.zst": policy}, frames=frames)
+        info = writer.close().to_json()
+    except BaseException:
+        writer.abort()
+        raise
+    results.put(ShardWritten(shard, info, seconds[0] + time.perf_counter() - start))
 
 
 class LabelWriters(_SlabProcesses):
@@ -460,7 +565,7 @@ class LabelWriters(_SlabProcesses):
         self.busy = np.zeros(rows, bool)
         self.head = 0
         self.opened: dict[int, int] = {}  # shard -> writer, for shards not yet written
-        self.written: list[tuple[int, dict[str, Any], float]] = []  # answers not yet taken by `take_written`
+        self.written: list[ShardWritten] = []  # answers not yet taken by `take_written`
         self.stopped = False
         shape = (rows, clip_len, width_v + width_p)
         super().__init__(name="label-writer", target=_shard_writer, args=(shape, width_v), workers=workers,
@@ -492,8 +597,8 @@ class LabelWriters(_SlabProcesses):
         w = shard % len(self.procs)
         if shard not in self.opened:
             self.opened[shard] = w
-            self.tasks[w].put(("open", shard, str(folder), name, list(keys)))
-        self.tasks[w].put(("clip", shard, key, row, frames))
+            self.tasks[w].put(OpenShard(shard, str(folder), name, list(keys)))
+        self.tasks[w].put(WriteClip(shard, key, row, frames))
 
     def free(self, row: int) -> None:
         """A row whose clip is not written (its shard was finished by an earlier run)."""
@@ -513,20 +618,24 @@ class LabelWriters(_SlabProcesses):
                     return
                 continue
             block = False
-            kind = answer[0]
-            if kind == "free":
-                self.busy[answer[1]] = False
-            elif kind == "shard":
-                self.opened.pop(answer[1], None)
-                self.written.append(answer[1:])
-            elif kind == "error":
-                raise LabelError(f"label shard writer failed on shard {answer[1]}: {answer[2]}")
-            else:
-                self._mapped()
+            self._take(answer)
 
-    def take_written(self, *, wait: bool = False) -> list[tuple[int, dict[str, Any], float]]:
-        """(shard, ShardInfo JSON, writer seconds) of the shards written since the last call; with `wait`, once
-        every shard handed over has been written."""
+    def _take(self, answer: WriterMapped | RowFree | ShardWritten | WriteFailed) -> None:
+        match answer:
+            case RowFree(row):
+                self.busy[row] = False
+            case ShardWritten(shard):
+                self.opened.pop(shard, None)
+                self.written.append(answer)
+            case WriteFailed(shard, message):
+                raise LabelError(f"label shard writer failed on shard {shard}: {message}")
+            case WriterMapped():
+                self._mapped()
+            case _:
+                raise TypeError(f"unexpected message from a label shard writer process: {answer!r}")
+
+    def take_written(self, *, wait: bool = False) -> list[ShardWritten]:
+        """The shards written since the last call; with `wait`, once every shard handed over has been written."""
         self.poll()
         while wait and self.opened:
             self.poll(block=True)

@@ -173,15 +173,14 @@ def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teac
     """The CUDA default (frame gather, modeld state and both models as one inductor program), run on the CPU: the
     same outputs and the same modeld state as the step run op by op, over steps that cross a clip boundary."""
     from spark_distill.label.backends import get_backend
-    from spark_distill.label.lanes import LaneRunner
+    from spark_distill.label.step import LabelStep
     from spark_distill.openpilot.teachers import load_teacher
 
     t, vm, pm = load_teacher([teacher])
     runners = []
     for fuse in (False, True):
         be = get_backend("torch", t, vm, pm, batch=2, precision="fp32", device="cpu", compile="on", fuse_step=fuse)
-        r = LaneRunner(teacher=t, backend=be, batch=2, clip_len=4, lat_delay=0.2, readers=None, out_rows=None,
-                       emit=None, segments_meta={})
+        r = LabelStep(teacher=t, backend=be, batch=2, clip_len=4, lat_delay=0.2)
         assert (r.compile_s > 0) == fuse and not r.graphs
         r.clips.copy_(torch.randint(0, 255, r.clips.shape, generator=torch.Generator().manual_seed(1),
                                     dtype=torch.uint8))

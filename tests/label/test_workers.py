@@ -40,6 +40,8 @@ def test_readers_decode_what_the_shard_index_reads_with_a_single_slot(labeled: P
             assert clip["meta"] == want["meta"]
             readers.release(ticket)
         assert readers.spilled >= 4 and readers.seconds["decode"] > 0
+        with pytest.raises(TypeError, match="unexpected message from a reader process"):
+            readers._take(("mapped", None, 0.0, 0.0, None))  # a tuple is no message, whatever it holds
         deadline = time.monotonic() + 30
         while readers.mapped < 2 and time.monotonic() < deadline:  # the second reader may have had no task yet
             readers.poll()

@@ -16,7 +16,7 @@ import torch
 
 from spark_distill.data import arrays, shards
 from spark_distill.errors import LabelError
-from spark_distill.label.workers import LabelWriters
+from spark_distill.label.workers import LabelWriters, RowFree, WriteClip
 
 CLIP_LEN, WV, WP = 5, 3, 4
 
@@ -72,6 +72,25 @@ def test_a_writer_that_dies_is_one_error_naming_its_shards(tmp_path: Path) -> No
     finally:
         writers.close()
     assert not list(tmp_path.glob("shard-7*")), "nothing half-written"
+
+
+def test_a_message_of_an_unknown_kind_is_an_error_both_ways(tmp_path: Path) -> None:
+    writers = LabelWriters(workers=1, rows=2, clip_len=CLIP_LEN, width_v=WV, width_p=WP, pin=False)
+    try:
+        with pytest.raises(TypeError, match="unexpected message from a label shard writer"):
+            writers._take(("free", 0))  # a tuple is no message, whatever it holds
+        writers._take(RowFree(0))
+        writers.tasks[0].put(("clip", 7, "a--c00000", 0, CLIP_LEN))
+        writers.tasks[0].put(WriteClip(7, "a--c00000", 0, CLIP_LEN))  # its shard was never opened
+        deadline = time.monotonic() + 30
+        with pytest.raises(LabelError, match=r"failed on shard None: TypeError: a writer process got \('clip'"):
+            while time.monotonic() < deadline:
+                writers.poll(block=True, timeout=0.05)
+        with pytest.raises(LabelError, match=r"failed on shard 7: KeyError"):
+            while time.monotonic() < deadline:
+                writers.poll(block=True, timeout=0.05)
+    finally:
+        writers.close()
 
 
 def test_a_pass_has_four_writers_or_half_as_many_as_its_readers() -> None:

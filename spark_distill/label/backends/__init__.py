@@ -2,7 +2,7 @@
 # Copyright (c) 2026 spark-distill authors
 """Inference backends behind one interface, chosen by name. Entry point: `get_backend(name, ...)`.
 
-A backend runs the teacher's two graphs on batches of B lanes: `vision(inputs)` and
+A backend runs the teacher's two graphs on batches of B rows: `vision(inputs)` and
 `policy(inputs)` take dicts of torch tensors on `backend.device` and return float32 [B, N] tensors
 there (valid until the next call). Adding a backend is one file plus one line in BACKENDS.
 """
