@@ -207,8 +207,8 @@ class Recipe:
         self.own_group = cfg.world > 1 and not dist.is_initialized()
         if self.own_group:
             dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo",
-                                    init_method=cfg.init_method, rank=cfg.rank_id, world_size=cfg.world)
-        self.main_rank = cfg.rank_id == 0
+                                    init_method=cfg.init_method, rank=cfg.process_rank, world_size=cfg.world)
+        self.main_rank = cfg.process_rank == 0
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # one process per GPU (torchrun): allocations and streams on its own
@@ -252,8 +252,9 @@ class Recipe:
                     student.init_heads(*label_means(data.pairs, data.manifest, data.clip_len))
                 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(base_file))
             spec = {"architecture": arch, "source": cfg.student, "slices": data.slices, "adapter": cfg.adapter,
-                    "targets": targets, "rank": cfg.rank, "alpha": cfg.alpha, "train_modules": list(cfg.train_modules),
-                    "labels": cfg.labels, "root": str(Path(cfg.root).resolve()), "clip_len": data.clip_len}
+                    "targets": targets, "rank": cfg.adapter_rank, "alpha": cfg.adapter_alpha,
+                    "train_modules": list(cfg.train_modules), "labels": cfg.labels,
+                    "root": str(Path(cfg.root).resolve()), "clip_len": data.clip_len}
             files.write_json_atomic(self.run_dir / "student.json", spec)
         if base_file.exists():
             student.load_state_dict(load_file(str(base_file)))
@@ -261,8 +262,8 @@ class Recipe:
             for p in student.parameters():
                 p.requires_grad_(True)
         else:
-            apply_adapters(student, targets=targets, rank=cfg.rank, alpha=cfg.alpha, dora=cfg.adapter == "dora",
-                           train_modules=list(cfg.train_modules))
+            apply_adapters(student, targets=targets, rank=cfg.adapter_rank, alpha=cfg.adapter_alpha,
+                           dora=cfg.adapter == "dora", train_modules=list(cfg.train_modules))
         self.student = student
         self.cached = feature_cached(cfg, student, data.manifest)
 
@@ -310,7 +311,7 @@ class Recipe:
 
             motions = segment_motions(data.pairs[0].frames.parent, [s["name"] for s in data.frames_manifest["shards"]])
         self.stream = ClipStream(data.pairs, data.manifest, batch=cfg.batch_size, clip_len=data.clip_len,
-                                 burn_in=cfg.burn_in, seed=cfg.seed, rank=cfg.rank_id, world=cfg.world,
+                                 burn_in=cfg.burn_in, seed=cfg.seed, process_rank=cfg.process_rank, world=cfg.world,
                                  workers=cfg.workers, mask_warmup=cfg.mask_warmup, images=not self.cached,
                                  motions=motions)
         val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in data.val_pairs)))

@@ -70,7 +70,7 @@ def test_fine_tuning_the_openpilot_student_runs_and_checkpoints(labeled, tmp_pat
     root, teacher = labeled
     cfg = TrainConfig(root=root, labels="set", run="op", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
                       batch_size=1, max_steps=2, lr=1e-4, warmup_steps=1, burn_in=4, val_fraction=0.5,
-                      mask_warmup=False, workers=1, log_every=1, device="cpu", rank=4, alpha=8.0)
+                      mask_warmup=False, workers=1, log_every=1, device="cpu", adapter_rank=4, adapter_alpha=8.0)
     result = train(cfg)
     assert result.steps == 2 and result.val_before is not None and np.isfinite(result.val_after)
     assert latest_checkpoint(tmp_path / "op" / "checkpoints") is not None
@@ -102,6 +102,6 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
     assert abs(losses[True] - losses[False]) <= 1e-3 * abs(losses[True]) + 1e-3, losses
     cfg = TrainConfig(root=root, labels="set", run="fc", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
                       batch_size=1, max_steps=2, warmup_steps=1, burn_in=4, val_fraction=0.5, mask_warmup=False,
-                      workers=1, device="cpu", rank=4, alpha=8.0)
+                      workers=1, device="cpu", adapter_rank=4, adapter_alpha=8.0)
     result = train(cfg)
     assert result.feature_cached and result.feature_cache_gb is not None, "the clips came from the feature cache"

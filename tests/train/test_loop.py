@@ -25,7 +25,7 @@ from spark_distill.train.loop import train
 def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
     args = dict(root=root, labels="set", run="r", runs_dir=runs, student="compact-xs", adapter="dora", batch_size=2,
                 epochs=2, lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1,
-                log_every=1, checkpoint_every=3, rank=4, alpha=8.0, device="cpu")
+                log_every=1, checkpoint_every=3, adapter_rank=4, adapter_alpha=8.0, device="cpu")
     return TrainConfig(**(args | kw))
 
 
@@ -65,7 +65,7 @@ def test_torn_checkpoint_falls_back_to_the_previous(labeled: Path, tmp_path: Pat
 
 
 def _ddp_worker(rank: int, root: Path, runs: Path, url: str, out: Path) -> None:
-    result = train(_cfg(root, runs, max_steps=3, rank_id=rank, world=2, init_method=url, val_fraction=0.25))
+    result = train(_cfg(root, runs, max_steps=3, process_rank=rank, world=2, init_method=url, val_fraction=0.25))
     torch.save({"steps": result.steps}, out / f"rank{rank}.pt")
 
 
