@@ -18,7 +18,7 @@ from spark_distill.models.lora import apply_adapters
 from spark_distill.models.openpilot import DEFAULT_TARGETS, OpenpilotStudent
 from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.loader import ClipStream, make_loader
-from spark_distill.train.loop import Unroll
+from spark_distill.train.step import Unroll
 
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
@@ -80,8 +80,9 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
     """With the vision half frozen, the teacher's stored hidden_state is what the student's own vision computes:
     the policy loss is the same without decoding a single image."""
     from spark_distill.train.config import TrainConfig
-    from spark_distill.train.loop import loss_step, train
+    from spark_distill.train.loop import train
     from spark_distill.train.losses import LossWeights
+    from spark_distill.train.step import loss_step
 
     root, teacher = labeled
     pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
