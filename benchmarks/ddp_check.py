@@ -36,7 +36,7 @@ def main() -> None:
     cfg = TrainConfig(root=args.root, labels=args.labels, run=f"world{args.world}", runs_dir=args.runs,
                       student="compact", batch_size=args.batch, epochs=1000, max_steps=args.steps, lr=1e-3,
                       warmup_steps=5, burn_in=4, val_fraction=0.34, mask_warmup=False, workers=1, log_every=5,
-                      checkpoint_every=1000, device=device, rank_id=rank, world=args.world,
+                      checkpoint_every=1000, device=device, process_rank=rank, world=args.world,
                       init_method="env://" if args.world > 1 else None)
     r = train(cfg)
     if rank == 0:

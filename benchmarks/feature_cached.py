@@ -29,8 +29,8 @@ def main() -> None:
     for mode in ("off", "on"):
         cfg = TrainConfig(root=args.root, labels=args.labels, run=mode, runs_dir=runs, student="openpilot",
                           student_onnx=args.student_onnx, batch_size=args.batch, max_steps=args.steps, epochs=1000,
-                          warmup_steps=2, burn_in=4, val_fraction=0, mask_warmup=False, workers=1, rank=16,
-                          alpha=32.0, device=args.device, feature_cached=mode, checkpoint_every=10**6)
+                          warmup_steps=2, burn_in=4, val_fraction=0, mask_warmup=False, workers=1, adapter_rank=16,
+                          adapter_alpha=32.0, device=args.device, feature_cached=mode, checkpoint_every=10**6)
         r = train(cfg)
         rates[mode] = r.samples / r.seconds
         print(f"feature-cached {mode:3s}: {r.steps} steps, {rates[mode]:8.1f} clips/s", flush=True)

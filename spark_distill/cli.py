@@ -331,8 +331,8 @@ def label(
 
     world, rank, device = _torchrun(device)
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
-                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device, rank=rank,
-                      world=world, init_method="env://" if world > 1 else None)
+                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device,
+                      process_rank=rank, world=world, init_method="env://" if world > 1 else None)
     with progress_bar("label", on_interrupt=LABEL_STOP, show=rank == 0) as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
     if rank != 0:
@@ -359,7 +359,7 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) 
     from spark_distill.train.config import read_config
 
     loaded = read_config(config)
-    aliases = {"rank": "dora_rank", "alpha": "dora_alpha"}
+    aliases = {"adapter_rank": "dora_rank", "adapter_alpha": "dora_alpha"}
     out = dict(values)
     for key, value in loaded.items():
         name = aliases.get(key, key).replace("-", "_")
@@ -461,8 +461,8 @@ def train(
     from spark_distill.train.losses import LossWeights
 
     o = _with_yaml(ctx, config, options)
-    world, rank, o["device"] = _torchrun(o["device"])
-    fields = {{"dora_rank": "rank", "dora_alpha": "alpha"}.get(k, k): v for k, v in o.items()
+    world, process_rank, o["device"] = _torchrun(o["device"])
+    fields = {{"dora_rank": "adapter_rank", "dora_alpha": "adapter_alpha"}.get(k, k): v for k, v in o.items()
               if k not in ("loss_weights", "gt_weight")}
     try:
         fields["loss"] = LossWeights.parse(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
@@ -471,13 +471,13 @@ def train(
     fields.update(root=root, labels=labels, run=o["run"] or "",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
-                  rank_id=rank, world=world, init_method="env://" if world > 1 else None)
+                  process_rank=process_rank, world=world, init_method="env://" if world > 1 else None)
     cfg = TrainConfig(**fields)
     if not cfg.run:  # named after the resolved adapter
         cfg = dataclasses.replace(cfg, run=f"{labels}-{Path(cfg.student).name}-{cfg.adapter}")
-    with progress_bar("train", unit="steps", on_interrupt=TRAIN_STOP, show=rank == 0) as update:
+    with progress_bar("train", unit="steps", on_interrupt=TRAIN_STOP, show=process_rank == 0) as update:
         r = run_train(cfg, on_progress=_train_report(update, cfg.batch_size * cfg.grad_accum * cfg.world))
-    if rank == 0:
+    if process_rank == 0:
         n, total = r.trainable
         print_table(f"train -> {r.run_dir}", {
             "steps": r.steps, "stopped early (resume with --resume)": r.interrupted,
@@ -888,7 +888,7 @@ def bench_train(
 
     with _bench_progress("bench train") as update:
         for line in run_bench(root=root, labels=labels, student_onnx=student_onnx, students=_csv(student),
-                              batch=batch_size, full_batch=full_batch_size, steps=steps, rank=dora_rank,
+                              batch=batch_size, full_batch=full_batch_size, steps=steps, adapter_rank=dora_rank,
                               workers=workers, segments=segments, seconds=seconds, device=device, compile=compile,
                               capture=capture, peak=peak_tflops, openpilot_size=openpilot_size, workdir=workdir,
                               streaming_only=streaming_only, repeat=repeat, on_progress=update):

@@ -87,9 +87,9 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
     on_stage(f"train: {cfg.student} student, DoRA rank 8, {steps} steps, one segment held out for validation")
     tr = train(TrainConfig(root=out / "dataset", labels="teacher", run="demo", runs_dir=out / "runs",
                            student=cfg.student, adapter="dora", head_init="label-mean", batch_size=4,
-                           max_steps=steps, epochs=10_000, lr=3e-3,
-                           warmup_steps=max(1, steps // 10), rank=8, alpha=16.0, burn_in=5, val_fraction=0.5,
-                           workers=1, log_every=max(1, steps // 20), checkpoint_every=10**6, device=cfg.device))
+                           max_steps=steps, epochs=10_000, lr=3e-3, warmup_steps=max(1, steps // 10),
+                           adapter_rank=8, adapter_alpha=16.0, burn_in=5, val_fraction=0.5, workers=1,
+                           log_every=max(1, steps // 20), checkpoint_every=10**6, device=cfg.device))
     report.trainable, report.steps = tr.trainable, tr.steps
     report.val_before, report.val_after = tr.val_before, tr.val_after
     on_stage("export: merge the adapters, write ONNX, check ONNX Runtime against torch")

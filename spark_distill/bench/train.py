@@ -217,7 +217,7 @@ def _row(name: str, batch: int, m: Measured, peak: float | None, mode: str) -> s
 
 def bench_train(*, root: Path | None = None, labels: str | None = None, student_onnx: Path | None = None,
                 students: tuple[str, ...] = ("compact-xs", "compact"), batch: int = 128, full_batch: int = 32,
-                steps: int = 5, rank: int = 16, workers: int = 0,
+                steps: int = 5, adapter_rank: int = 16, workers: int = 0,
                 segments: int | None = None, seconds: float = 6.0, device: str | None = None,
                 compile: str = "auto", capture: str = "auto", peak: float | None = None,
                 openpilot_size: str = "bench", workdir: Path | None = None,
@@ -292,22 +292,23 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
               f"{'MFU':>7s} {'peak GB':>7s}  step"
         main = students[-1]  # the student of the comparison rows
         Row = tuple[str, Callable[[], nn.Module], int, bool, bool]  # name, student, clips, compiled, captured
-        rows: list[Row] = [(f"{p} our DoRA", lambda p=p: _ours(student(p), rank, dora=True), batch, compiled, captured)
+
+        def ours(preset: str, dora: bool = True) -> nn.Module:
+            return _ours(student(preset), adapter_rank, dora=dora)
+
+        rows: list[Row] = [(f"{p} our DoRA", lambda p=p: ours(p), batch, compiled, captured)
                            for p in (students[-1:] if streaming_only else students)]
         if not streaming_only:
             if captured and compiled:  # the step before capture, for the gain
-                rows.append((f"{main} our DoRA uncaptured", lambda: _ours(student(main), rank, dora=True), batch,
-                             True, False))
+                rows.append((f"{main} our DoRA uncaptured", lambda: ours(main), batch, True, False))
             if compiled or captured:
-                rows.append((f"{main} our DoRA eager", lambda: _ours(student(main), rank, dora=True), batch, False,
-                             False))
-            rows.append((f"{main} our LoRA", lambda: _ours(student(main), rank, dora=False), batch, compiled,
-                         captured))
+                rows.append((f"{main} our DoRA eager", lambda: ours(main), batch, False, False))
+            rows.append((f"{main} our LoRA", lambda: ours(main, dora=False), batch, compiled, captured))
             try:
                 import peft  # noqa: F401
 
-                rows.append((f"{main} PEFT DoRA", lambda: _peft(student(main), DEFAULT_TARGETS, rank, 2.0 * rank,
-                                                                True), batch, compiled, captured))
+                rows.append((f"{main} PEFT DoRA", lambda: _peft(student(main), DEFAULT_TARGETS, adapter_rank,
+                                                                2.0 * adapter_rank, True), batch, compiled, captured))
             except ImportError:
                 yield "  peft is not installed: PEFT row skipped"
             rows.append((f"{main} full (none)", lambda: _full(student(main)), full_batch, compiled, captured))
@@ -361,15 +362,15 @@ def bench_train(*, root: Path | None = None, labels: str | None = None, student_
         from spark_distill.models.openpilot import DEFAULT_TARGETS as OP_TARGETS
         from spark_distill.models.openpilot import OpenpilotStudent
 
-        yield (f"3. openpilot student ({student_onnx.name}), DoRA r{rank} on its policy; image mode from the loader, "
-               "feature-cached from the feature cache:")
+        yield (f"3. openpilot student ({student_onnx.name}), DoRA r{adapter_rank} on its policy; image mode from the "
+               "loader, feature-cached from the feature cache:")
         op_rates: dict[bool, float] = {}
         for images in (True, False):
 
             def op_run(images: bool = images) -> str:
                 torch.manual_seed(0)
                 op = OpenpilotStudent.from_onnx([student_onnx])
-                apply_adapters(op, targets=OP_TARGETS, rank=rank, alpha=2.0 * rank)
+                apply_adapters(op, targets=OP_TARGETS, rank=adapter_rank, alpha=2.0 * adapter_rank)
                 note = ""
                 if images:
                     batches: Iterable[dict] = make_loader(stream(), pin_memory=dev.type == "cuda")

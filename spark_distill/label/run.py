@@ -61,7 +61,7 @@ class LabelConfig:
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
     device: str | None = None
-    rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
+    process_rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
     world: int = 1
     init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
 
@@ -221,7 +221,7 @@ def _first_clips(cfg: LabelConfig, work: list[SegmentPlan], frames_manifest: dic
     where the loop's first step waited for them (H200, batch 256: 3.0 ms per step of the 120 steps of the bench
     set, with the GPU idle)."""
     if cfg.world > 1:
-        work = assign_segments(work, frames_manifest, cfg.world)[cfg.rank]
+        work = assign_segments(work, frames_manifest, cfg.world)[cfg.process_rank]
     return [p.clips[0] for p in work[: cfg.batch]]
 
 
@@ -305,13 +305,13 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
     name = cfg.name or f"{teacher.name}-{teacher.sha256[:8]}"
     folder = cfg.root / "labels" / name
     # a first look at what is left, to check only that while the teacher builds
-    _, intact = _recorded_shards(folder, record=cfg.rank == 0)
+    _, intact = _recorded_shards(folder, record=cfg.process_rank == 0)
     left_shards = _unrecorded(frames_manifest, intact)
     left = _touching(plans, left_shards)
     if 0 < len(left) < cfg.batch:  # fewer segments than rows: an idle row costs as much compute as a busy one
         cfg = dataclasses.replace(cfg, batch=len(left))
     verifier = _Verifier(fdir, frames_manifest, {c.shard for p in left for c in p.clips} & left_shards,
-                         cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.rank == 0 else None)
+                         cfg.workers, record=cfg.root / "labels" / FRAMES_VERIFIED if cfg.process_rank == 0 else None)
     workers = None
     try:
         if verifier.shard_ids:  # something left to label: the worker processes start while the teacher builds
@@ -438,10 +438,10 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
 
     own_group = not dist.is_initialized()
     if own_group:
-        dist.init_process_group("gloo", init_method=cfg.init_method, rank=cfg.rank, world_size=cfg.world)
+        dist.init_process_group("gloo", init_method=cfg.init_method, rank=cfg.process_rank, world_size=cfg.world)
     try:
-        mine = assign_segments(work, frames_manifest, cfg.world)[cfg.rank]
-        parts = folder / ".parts" / f"rank-{cfg.rank}"
+        mine = assign_segments(work, frames_manifest, cfg.world)[cfg.process_rank]
+        parts = folder / ".parts" / f"rank-{cfg.process_rank}"
         if parts.exists():
             shutil.rmtree(parts)  # left by an interrupted run: recomputed
         parts.mkdir(parents=True)
@@ -465,7 +465,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
         files.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
                                                        "seconds": seconds})
         dist.barrier()
-        if cfg.rank == 0:
+        if cfg.process_rank == 0:
             result.shards_written = _assemble(folder, frames_manifest, manifest, todo, expected, cfg.world)
             ranks = [json.loads((folder / ".parts" / f"rank-{r}" / "rank.json").read_text())
                      for r in range(cfg.world)]

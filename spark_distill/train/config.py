@@ -44,8 +44,8 @@ class TrainConfig:
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
     head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at
     # their PyTorch init; a short run then spends its steps walking the biases out from 0 m); trained students ignore it
-    rank: int = 16  # >32 rarely helps DoRA on heads and projections (the DoRA paper's rank sweeps)
-    alpha: float = 32.0
+    adapter_rank: int = 16  # --dora-rank; >32 rarely helps DoRA on heads and projections (the DoRA paper's sweeps)
+    adapter_alpha: float = 32.0  # --dora-alpha; the adapters' scale is alpha / rank
     targets: tuple[str, ...] | None = None  # module-name globs; None: the student's defaults
     train_modules: tuple[str, ...] = ()
     epochs: int = 10
@@ -74,7 +74,7 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, else fp32
     compile: str = "auto"  # torch.compile the student's two halves; auto: on CUDA (train.step.use_compile)
     capture: str = "auto"  # the whole step as one CUDA graph; auto: on CUDA in one process (train.capture)
-    rank_id: int = 0
+    process_rank: int = 0  # this process among `world` (torch.distributed's rank; RANK under torchrun)
     world: int = 1
     init_method: str | None = None  # torch.distributed init URL when world > 1 ("env://" under torchrun)
     loss: LossWeights = field(default_factory=LossWeights)
@@ -99,7 +99,8 @@ class TrainConfig:
             raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", LR[self.adapter])
-        if min(self.epochs, self.batch_size, self.grad_accum, self.rank) < 1 or self.workers < 0 or self.lr <= 0:
+        if (min(self.epochs, self.batch_size, self.grad_accum, self.adapter_rank) < 1 or self.workers < 0
+                or self.lr <= 0):
             raise ConfigError("--epochs, --batch-size, --grad-accum and --dora-rank must be >= 1, --workers >= 0 "
                               "(0: auto), --lr > 0")
         if self.log_every is not None and self.log_every < 1:
@@ -114,8 +115,13 @@ def write_config(path: Path, cfg: TrainConfig) -> None:
     files.write_bytes_atomic(path, yaml.safe_dump(plain, sort_keys=False).encode())
 
 
+RENAMED = {"rank": "adapter_rank", "alpha": "adapter_alpha", "rank_id": "process_rank"}  # config.yaml keys of
+# runs written before the adapter's rank and the process's rank got names of their own: read as the new keys
+
+
 def read_config(path: Path) -> dict[str, Any]:
-    """A YAML mapping of option values (what write_config writes, or a user's file); ConfigError otherwise."""
+    """A YAML mapping of option values (what write_config writes, or a user's file; a key of RENAMED is read as its
+    new name); ConfigError otherwise."""
     import yaml
 
     try:
@@ -124,4 +130,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: unreadable ({e})") from e
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
+    for old, new in RENAMED.items():
+        if old in loaded:
+            loaded.setdefault(new, loaded.pop(old))
     return loaded

@@ -9,7 +9,7 @@ reads its frames shard and the matching label shard with one tar iterator each, 
 sample has the same key on both sides (a mismatch names the shard), drops clips of the other split
 (validation is chosen by segment — or, in a dataset of one segment, as the segment's last seconds —
 never clip by clip), shuffles through a seeded buffer, decodes and
-batches. Everything is a pure function of (seed, epoch, rank, world, workers, batch): every worker
+batches. Everything is a pure function of (seed, epoch, process_rank, world, workers, batch): every worker
 yields the same number of batches and the DataLoader takes them round-robin, so batch j of an epoch is
 logical worker j % W's (j // W)-th batch, every rank runs the same number of steps (no DDP hang on
 uneven shards), and resuming at batch p re-deals the logical workers and has each skip its share of p
@@ -34,21 +34,21 @@ from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import DatasetError, SparkDistillError
 
 
-def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int,
-                shuffle: bool = True) -> list[ShardPair]:
+def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, process_rank: int, world: int, worker: int,
+                workers: int, shuffle: bool = True) -> list[ShardPair]:
     """The shards one loader worker of one rank reads in an epoch (the epoch's seeded order, dealt round-robin
     to ranks, then to workers)."""
     order = list(pairs)
     if shuffle:
         random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order[rank::world][worker::workers]
+    return order[process_rank::world][worker::workers]
 
 
 def smallest_share(pairs: list[ShardPair], *, seed: int, epoch: int, world: int, workers: int,
                    shuffle: bool = True) -> int:
     """Clips in the smallest share of any worker of any rank this epoch."""
-    return min(sum(len(p.keys) for p in deal_shards(pairs, seed=seed, epoch=epoch, rank=r, world=world, worker=w,
-                                                    workers=workers, shuffle=shuffle))
+    return min(sum(len(p.keys) for p in deal_shards(pairs, seed=seed, epoch=epoch, process_rank=r, world=world,
+                                                    worker=w, workers=workers, shuffle=shuffle))
                for r in range(world) for w in range(workers))
 
 
@@ -67,11 +67,11 @@ class ClipStream(IterableDataset):
     """Batches of clips for one rank and one epoch; set `epoch` and `skip` (batches) before iterating."""
 
     def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
-                 burn_in: int, seed: int, rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
+                 burn_in: int, seed: int, process_rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
                  train: bool = True, mask_warmup: bool = True, images: bool = True,
                  motions: dict[str, Any] | None = None) -> None:
         self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
-        self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
+        self.seed, self.process_rank, self.world, self.workers = seed, process_rank, world, workers
         self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
         # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
@@ -81,9 +81,9 @@ class ClipStream(IterableDataset):
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
         self.epoch, self.skip = 0, 0
 
-    def _shards(self, epoch: int, rank: int, worker: int) -> list[ShardPair]:
-        return deal_shards(self.pairs, seed=self.seed, epoch=epoch, rank=rank, world=self.world, worker=worker,
-                           workers=self.workers, shuffle=self.train)
+    def _shards(self, epoch: int, process_rank: int, worker: int) -> list[ShardPair]:
+        return deal_shards(self.pairs, seed=self.seed, epoch=epoch, process_rank=process_rank, world=self.world,
+                           worker=worker, workers=self.workers, shuffle=self.train)
 
     def batches_per_worker(self, epoch: int) -> int:
         """Equal for every worker of every rank: the smallest share decides."""
@@ -103,7 +103,7 @@ class ClipStream(IterableDataset):
         # logical worker (skip + d) % W, whose first batch still to come is number (skip + d) // W.
         worker = (self.skip + loader_worker) % self.workers
         skip = (self.skip + loader_worker) // self.workers
-        stream = self._ordered((s for pair in self._shards(self.epoch, self.rank, worker)
+        stream = self._ordered((s for pair in self._shards(self.epoch, self.process_rank, worker)
                                 for s in read_lockstep(pair, images=self.images)), self.epoch, worker)
         pending: list[tuple[dict, dict]] = []
         done = 0
@@ -124,7 +124,8 @@ class ClipStream(IterableDataset):
         (the same order for samples and for their keys alone)."""
         if not self.train:
             return items
-        return shuffled(items, size=self.shuffle, rng=random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}"))
+        rng = random.Random(f"{self.seed}:{epoch}:{self.process_rank}:{worker}")
+        return shuffled(items, size=self.shuffle, rng=rng)
 
     def key_batches(self, epoch: int, skip: int = 0) -> Iterator[list[str]]:
         """The keys of the batches that iterating a loader over this stream yields for `epoch` after `skip`
@@ -135,7 +136,7 @@ class ClipStream(IterableDataset):
         for j in range(skip, n * self.workers):
             w = j % self.workers
             if w not in local:
-                order = list(self._ordered((k for pair in self._shards(epoch, self.rank, w) for k in pair.keys),
+                order = list(self._ordered((k for pair in self._shards(epoch, self.process_rank, w) for k in pair.keys),
                                            epoch, w))
                 local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
             yield local[w][j // self.workers]

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """Training settings that adapt to the dataset, so the defaults fit a first route of one short segment as
-well as a thousand hours. Entries: `fit_to_data(cfg, data)` and `fit_to_memory(cfg, unroll, ...)`, each
-returning (cfg, notes).
+well as a thousand hours. Entry: `resolve(cfg, data, recorded=..., memory=...) -> (cfg, notes)`, called once
+in set-up (train/setup.py); it runs `sized_as` (a resumed run), `fit_to_data` and `fit_to_memory` (with what
+`measure_memory` probed on the built student).
 
 Options a user leaves at their defaults are derived here: the adapter and learning rate from the student
 (a built-in student starts from random weights, so it trains fully; adapters fine-tune a trained model),
@@ -138,23 +139,35 @@ def activation_bytes(unroll: torch.nn.Module, *, clip_len: int, device: torch.de
     return total
 
 
-def fit_to_memory(cfg: TrainConfig, unroll: torch.nn.Module, *, clip_len: int, device: torch.device, autocast: Any
-                  ) -> tuple[TrainConfig, list[str]]:
-    """Split each batch into accumulated micro-batches when its activations would not fit in memory."""
+@dataclass(frozen=True)
+class Memory:
+    """What the memory fit needs to know: the bytes one clip's activations take and the bytes free on the device."""
+
+    per_clip: int
+    free: int
+    device: torch.device
+
+
+def measure_memory(unroll: torch.nn.Module, *, clip_len: int, device: torch.device, autocast: Any) -> Memory:
+    """One clip's activations (an eval-mode probe: BatchNorm statistics stay) and the memory free now."""
     was_training = unroll.training
-    unroll.eval()  # the probe must not move BatchNorm statistics
+    unroll.eval()
     try:
         per_clip = activation_bytes(unroll, clip_len=clip_len, device=device, autocast=autocast)
     finally:
         unroll.train(was_training)
-    free = free_memory(device)
-    fits = max(1, int(MEMORY_SHARE * free // max(per_clip, 1)))
+    return Memory(per_clip, free_memory(device), device)
+
+
+def fit_to_memory(cfg: TrainConfig, memory: Memory) -> tuple[TrainConfig, list[str]]:
+    """Split each batch into accumulated micro-batches when its activations would not fit in memory."""
+    fits = max(1, int(MEMORY_SHARE * memory.free // max(memory.per_clip, 1)))
     if fits >= cfg.batch_size:
         return cfg, []
     split = math.ceil(cfg.batch_size / fits)
     micro = cfg.batch_size // split  # micro x split <= the batch the data was sized for: every step fills up
     note = (f"--batch-size {cfg.batch_size} -> {micro} clips x {split} accumulated micro-batches: a clip's activations "
-            f"take {per_clip / 2**30:.2f} GiB and {free / 2**30:.1f} GiB are free on {device}")
+            f"take {memory.per_clip / 2**30:.2f} GiB and {memory.free / 2**30:.1f} GiB are free on {memory.device}")
     return dataclasses.replace(cfg, batch_size=micro, grad_accum=cfg.grad_accum * split), [note]
 
 
@@ -165,3 +178,19 @@ def sized_as(cfg: TrainConfig, config_yaml: Path) -> TrainConfig:
     """`cfg` with the sizing a run recorded in its config.yaml (a resumed run must deal batches as before)."""
     recorded = read_config(config_yaml)
     return dataclasses.replace(cfg, **{k: recorded[k] for k in SIZED if k in recorded})
+
+
+def resolve(cfg: TrainConfig, data: TrainingData, *, recorded: Path | None = None, memory: Memory | None = None
+            ) -> tuple[TrainConfig, list[str]]:
+    """The settings this run uses, resolved once before anything is built: a resumed run's recorded sizing
+    (`recorded`: its config.yaml), fitted to the data, then to the memory (`memory`: None skips that fit), and
+    a note for each value that differs from the request."""
+    if recorded is not None:  # the data position counts the run's own batches: keep its sizing
+        cfg = sized_as(cfg, recorded)
+    cfg, notes = fit_to_data(cfg, data)
+    if cfg.val_fraction > 0 and not data.val:
+        notes.append("no validation: the dataset has one segment of one clip (no time range to hold out)")
+    if memory is not None:
+        cfg, more = fit_to_memory(cfg, memory)
+        notes += more
+    return cfg, notes

@@ -62,8 +62,8 @@ def test_metrics_by_hand() -> None:
 
 def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path) -> None:
     base = dict(root=labeled, labels="set", runs_dir=tmp_path / "runs", batch_size=2, max_steps=3, lr=1e-2,
-                warmup_steps=1, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, rank=4, alpha=8.0,
-                device="cpu", checkpoint_every=100)
+                warmup_steps=1, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1, adapter_rank=4,
+                adapter_alpha=8.0, device="cpu", checkpoint_every=100)
     train(TrainConfig(run="a", student="compact-xs", adapter="dora", **base))
     train(TrainConfig(run="b", student="openpilot", student_onnx=labeled / "teacher", **base))
     stages: dict[str, list[tuple[int, int, str]]] = {"a": [], "b": []}

@@ -32,7 +32,7 @@ from spark_distill.train.loop import train
 def _train(root: Path, runs: Path, run: str, **kw) -> Path:
     args = dict(root=root, labels="set", run=run, runs_dir=runs, student="compact-xs", adapter="dora", batch_size=2,
                 max_steps=3, lr=1e-2, warmup_steps=1, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1,
-                rank=4, alpha=8.0, device="cpu", checkpoint_every=100)
+                adapter_rank=4, adapter_alpha=8.0, device="cpu", checkpoint_every=100)
     train(TrainConfig(**(args | kw)))
     return runs / run
 

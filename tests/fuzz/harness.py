@@ -52,7 +52,7 @@ def build_corpus(folder: Path) -> Path:
                       name="set"))
     train(TrainConfig(root=folder / "ds", labels="set", run="r", runs_dir=folder / "runs", student="compact-xs",
                       batch_size=1, workers=1, burn_in=1, mask_warmup=False, max_steps=2, checkpoint_every=1,
-                      val_fraction=0.0, rank=2, alpha=4.0, device="cpu"))
+                      val_fraction=0.0, adapter_rank=2, adapter_alpha=4.0, device="cpu"))
     _write_members(folder)
     return folder
 

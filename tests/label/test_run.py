@@ -407,7 +407,7 @@ def _label_rank(rank: int, root: Path, url: str) -> None:
     from spark_distill.label.run import LabelConfig, label
 
     label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=4, name="two",
-                      rank=rank, world=2, init_method=url))
+                      process_rank=rank, world=2, init_method=url))
 
 
 def test_two_ranks_split_segments_and_write_the_same_shards(labeled: Path) -> None:

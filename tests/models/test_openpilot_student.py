@@ -18,7 +18,7 @@ from spark_distill.models.lora import apply_adapters
 from spark_distill.models.openpilot import DEFAULT_TARGETS, OpenpilotStudent
 from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.loader import ClipStream, make_loader
-from spark_distill.train.loop import Unroll
+from spark_distill.train.step import Unroll
 
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
@@ -70,7 +70,7 @@ def test_fine_tuning_the_openpilot_student_runs_and_checkpoints(labeled, tmp_pat
     root, teacher = labeled
     cfg = TrainConfig(root=root, labels="set", run="op", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
                       batch_size=1, max_steps=2, lr=1e-4, warmup_steps=1, burn_in=4, val_fraction=0.5,
-                      mask_warmup=False, workers=1, log_every=1, device="cpu", rank=4, alpha=8.0)
+                      mask_warmup=False, workers=1, log_every=1, device="cpu", adapter_rank=4, adapter_alpha=8.0)
     result = train(cfg)
     assert result.steps == 2 and result.val_before is not None and np.isfinite(result.val_after)
     assert latest_checkpoint(tmp_path / "op" / "checkpoints") is not None
@@ -80,8 +80,9 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
     """With the vision half frozen, the teacher's stored hidden_state is what the student's own vision computes:
     the policy loss is the same without decoding a single image."""
     from spark_distill.train.config import TrainConfig
-    from spark_distill.train.loop import loss_step, train
+    from spark_distill.train.loop import train
     from spark_distill.train.losses import LossWeights
+    from spark_distill.train.step import loss_step
 
     root, teacher = labeled
     pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
@@ -102,6 +103,6 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
     assert abs(losses[True] - losses[False]) <= 1e-3 * abs(losses[True]) + 1e-3, losses
     cfg = TrainConfig(root=root, labels="set", run="fc", runs_dir=tmp_path, student="openpilot", student_onnx=teacher,
                       batch_size=1, max_steps=2, warmup_steps=1, burn_in=4, val_fraction=0.5, mask_warmup=False,
-                      workers=1, device="cpu", rank=4, alpha=8.0)
+                      workers=1, device="cpu", adapter_rank=4, adapter_alpha=8.0)
     result = train(cfg)
     assert result.feature_cached and result.feature_cache_gb is not None, "the clips came from the feature cache"

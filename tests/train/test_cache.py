@@ -40,7 +40,7 @@ def _assert_same(cached: list[dict], streamed: list[dict]) -> None:
 
 @pytest.mark.parametrize("workers,rank,world", [(1, 0, 1), (2, 0, 1), (2, 1, 2)])
 def test_cached_batches_are_the_streamed_batches(labeled: Path, workers: int, rank: int, world: int) -> None:
-    stream = _stream(labeled, workers=workers, rank=rank, world=world)
+    stream = _stream(labeled, workers=workers, process_rank=rank, world=world)
     cache = FeatureCache.fill(stream, device=CPU, workers=2)
     assert cache is not None and len(cache.rows) == sum(len(p.keys) for p in stream.pairs)
     assert "road" not in cache.arrays and cache.arrays["mask"].device == CPU

@@ -298,8 +298,8 @@ def test_training_with_the_captured_step_resumes_exactly(labeled, tmp_path) -> N
     def cfg(runs, **kw) -> TrainConfig:
         return TrainConfig(root=labeled, labels="set", run="r", runs_dir=runs, student="compact-xs", adapter="dora",
                            batch_size=2, epochs=2, lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0,
-                           mask_warmup=False, workers=1, log_every=1, rank=4, alpha=8.0, device="cpu", capture="on",
-                           max_steps=3, **kw)
+                           mask_warmup=False, workers=1, log_every=1, adapter_rank=4, adapter_alpha=8.0, device="cpu",
+                           capture="on", max_steps=3, **kw)
 
     straight = train(cfg(tmp_path / "a"))
     assert train(cfg(tmp_path / "b", stop_at=1)).steps == 1

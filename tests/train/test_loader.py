@@ -61,7 +61,7 @@ def test_epochs_reshuffle_and_resume_is_exact(labeled: Path) -> None:
 
 
 def test_ranks_get_equal_batches_and_disjoint_clips(labeled: Path) -> None:
-    a, b = _stream(labeled, rank=0, world=2), _stream(labeled, rank=1, world=2)
+    a, b = _stream(labeled, process_rank=0, world=2), _stream(labeled, process_rank=1, world=2)
     ka, kb = _keys(a), _keys(b)
     assert len(ka) == len(kb) > 0 and not set(ka) & set(kb)
 
@@ -89,7 +89,7 @@ def test_an_epoch_where_some_worker_lacks_a_batch_yields_nothing_anywhere(labele
     batch = max(shares)  # the larger share holds exactly one batch, the smaller none
     counts = []
     for rank in range(2):
-        stream = ClipStream(pairs, manifest, batch=batch, clip_len=10, burn_in=4, seed=0, rank=rank, world=2)
+        stream = ClipStream(pairs, manifest, batch=batch, clip_len=10, burn_in=4, seed=0, process_rank=rank, world=2)
         assert len(stream) == 0
         counts.append(sum(1 for _ in make_loader(stream)))
     assert counts == [0, 0]

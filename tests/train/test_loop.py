@@ -25,7 +25,7 @@ from spark_distill.train.loop import train
 def _cfg(root: Path, runs: Path, **kw) -> TrainConfig:
     args = dict(root=root, labels="set", run="r", runs_dir=runs, student="compact-xs", adapter="dora", batch_size=2,
                 epochs=2, lr=3e-3, warmup_steps=2, burn_in=4, val_fraction=0.25, mask_warmup=False, workers=1,
-                log_every=1, checkpoint_every=3, rank=4, alpha=8.0, device="cpu")
+                log_every=1, checkpoint_every=3, adapter_rank=4, adapter_alpha=8.0, device="cpu")
     return TrainConfig(**(args | kw))
 
 
@@ -65,7 +65,7 @@ def test_torn_checkpoint_falls_back_to_the_previous(labeled: Path, tmp_path: Pat
 
 
 def _ddp_worker(rank: int, root: Path, runs: Path, url: str, out: Path) -> None:
-    result = train(_cfg(root, runs, max_steps=3, rank_id=rank, world=2, init_method=url, val_fraction=0.25))
+    result = train(_cfg(root, runs, max_steps=3, process_rank=rank, world=2, init_method=url, val_fraction=0.25))
     torch.save({"steps": result.steps}, out / f"rank{rank}.pt")
 
 
@@ -182,8 +182,8 @@ def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_pat
     from spark_distill.data.pairs import shard_pairs
     from spark_distill.models.compact import PRESETS, CompactStudent
     from spark_distill.train.loader import ClipStream, make_loader
-    from spark_distill.train.loop import Unroll, _autocast, loss_step
     from spark_distill.train.losses import LossWeights
+    from spark_distill.train.step import Unroll, loss_step, make_autocast
 
     pairs, manifest = shard_pairs(labeled, "set", split="train", val_fraction=0)
     batch = next(iter(make_loader(ClipStream(pairs, manifest, batch=2, clip_len=10, burn_in=4, seed=0))))
@@ -192,8 +192,8 @@ def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_pat
     student = CompactStudent(PRESETS["compact-xs"](), {k: slice(*v) for k, v in slices["vision"].items()},
                              {k: slice(*v) for k, v in slices["policy"].items()})
     plain = Unroll(student)
-    assert loss_step(plain, batch, slices, LossWeights(), torch.device("cpu"), _autocast(torch.device("cpu"), "fp32")
-                     )[0] is None
+    assert loss_step(plain, batch, slices, LossWeights(), torch.device("cpu"),
+                     make_autocast(torch.device("cpu"), "fp32"))[0] is None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -201,7 +201,7 @@ def test_fully_masked_batch_still_runs_backward_under_ddp(labeled: Path, tmp_pat
     try:
         ddp = nn.parallel.DistributedDataParallel(plain)
         loss, _ = loss_step(ddp, batch, slices, LossWeights(), torch.device("cpu"),
-                            _autocast(torch.device("cpu"), "fp32"))
+                            make_autocast(torch.device("cpu"), "fp32"))
         assert loss is not None and loss.item() == 0.0 and loss.requires_grad
         loss.backward()  # reaches the all-reduce hooks
         assert all(p.grad is not None for p in student.parameters())

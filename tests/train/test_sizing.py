@@ -18,8 +18,8 @@ from spark_distill.errors import ConfigError
 from spark_distill.models.restore import build_architecture
 from spark_distill.train import sizing
 from spark_distill.train.config import TrainConfig
-from spark_distill.train.loop import Unroll, _autocast
-from spark_distill.train.sizing import TrainingData, fit_to_data, fit_to_memory, sized_as
+from spark_distill.train.sizing import TrainingData, fit_to_data, fit_to_memory, measure_memory, sized_as
+from spark_distill.train.step import Unroll, make_autocast
 
 
 def _pair(shard: int, segment: str, clips: range) -> ShardPair:
@@ -85,7 +85,7 @@ def test_micro_batches_where_activations_do_not_fit(labeled: Path, monkeypatch: 
     slices = shards.read_manifest(labeled / "labels" / "set", shards.LABELS_FORMAT)["output_slices"]
     student, _ = build_architecture({"kind": "compact", "preset": "compact-xs"}, slices)
     unroll, cpu = Unroll(student), torch.device("cpu")
-    autocast = _autocast(cpu, "auto")
+    autocast = make_autocast(cpu, "auto")
     frozen = sizing.activation_bytes(unroll, clip_len=4, device=cpu, autocast=autocast)
     for p in student.parameters():
         p.requires_grad_(False)
@@ -95,13 +95,15 @@ def test_micro_batches_where_activations_do_not_fit(labeled: Path, monkeypatch: 
         p.requires_grad_(True)
     per_clip = sizing.activation_bytes(unroll, clip_len=4, device=cpu, autocast=autocast)
     monkeypatch.setattr(sizing, "free_memory", lambda device: int(per_clip * 6.5))  # room for 3 clips
-    cfg, notes = fit_to_memory(_cfg(batch_size=8, grad_accum=2), unroll, clip_len=4, device=cpu, autocast=autocast)
+    memory = measure_memory(unroll, clip_len=4, device=cpu, autocast=autocast)
+    assert memory.free == int(per_clip * 6.5) and memory.per_clip > 0
+    cfg, notes = fit_to_memory(_cfg(batch_size=8, grad_accum=2), memory)
     assert (cfg.batch_size, cfg.grad_accum) == (2, 6) and "8 -> 2 clips x 3 accumulated" in notes[0]
     monkeypatch.setattr(sizing, "free_memory", lambda device: int(per_clip * 10.5))  # room for 5 of 9 clips
-    cfg, _ = fit_to_memory(_cfg(batch_size=9), unroll, clip_len=4, device=cpu, autocast=autocast)
+    cfg, _ = fit_to_memory(_cfg(batch_size=9), measure_memory(unroll, clip_len=4, device=cpu, autocast=autocast))
     assert (cfg.batch_size, cfg.grad_accum) == (4, 2), "two micro-batches of 4 fit in the 9 clips a worker has"
     monkeypatch.setattr(sizing, "free_memory", lambda device: per_clip * 100)
-    assert fit_to_memory(_cfg(batch_size=8), unroll, clip_len=4, device=cpu, autocast=autocast)[1] == []
+    assert fit_to_memory(_cfg(batch_size=8), measure_memory(unroll, clip_len=4, device=cpu, autocast=autocast))[1] == []
 
 
 def test_resume_keeps_the_recorded_sizing(tmp_path: Path) -> None:
