@@ -56,7 +56,7 @@ class LabelConfig:
     backend: str = "auto"
     precision: str = "auto"  # fp16 on GPUs, fp32 on the CPU
     batch: int = 8  # segments in lockstep; a GPU wants 64-256, the CPU reference 4-16
-    workers: int = 0  # reader processes (tar reads + zstd decode); 0: auto (children.worker_budget: 14 on a 16-core
+    workers: int = 0  # reader processes (tar reads + zstd decode); 0: auto (processes.worker_budget: 14 on a 16-core
     # GPU box, which a GPU at full speed needs; 2 on a CPU, where the teacher needs the cores)
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
     lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car

@@ -6,7 +6,8 @@ onnx2torch imports torchvision at import time, but uses it only for the NonMaxSu
 RoIAlign converters, which openpilot's driving models do not contain. torchvision pins torch
 builds tightly (pip swaps a CPU torch for a multi-GB CUDA one to satisfy it), so spark-distill
 installs onnx2torch without it. Where torchvision is missing or broken, a placeholder module is
-registered for the import only; converting a graph that does use those ops is a clear error.
+registered while onnx2torch is imported (and removed after: other libraries probing for torchvision see it
+absent); converting a graph that does use those ops is a clear error.
 """
 
 from __future__ import annotations
@@ -48,12 +49,18 @@ def load_onnx2torch() -> types.ModuleType:
     """The onnx2torch module, importable with or without a working torchvision."""
     if "onnx2torch" in sys.modules:
         return sys.modules["onnx2torch"]
-    if not _torchvision_usable():
+    placeholder = not _torchvision_usable()
+    if placeholder:
         _placeholder_torchvision()
     try:
         return importlib.import_module("onnx2torch")
     except ImportError as e:
         raise MissingDependencyError("onnx2torch is missing: pip install --no-deps onnx2torch") from e
+    finally:
+        if placeholder:  # onnx2torch keeps its references; to everyone else torchvision stays absent (peft and
+            # transformers probe for it with importlib.util.find_spec, which fails on a module without a spec)
+            sys.modules.pop("torchvision", None)
+            sys.modules.pop("torchvision.ops", None)
 
 
 def onnx_to_torch(model: Any) -> Any:

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""openpilot modeld's recurrent inputs, for B segments advancing in lockstep (one lane each).
+"""openpilot modeld's recurrent inputs, for B segments advancing in lockstep (one batch row each).
 
 Mirrors selfdrive/modeld/modeld.py (split era) and models/commonmodel.cc:
 - images: a 20 Hz ring of TEMPORAL_SKIP + 1 frames per camera; the model sees [oldest, newest]
@@ -10,7 +10,7 @@ Mirrors selfdrive/modeld/modeld.py (split era) and models/commonmodel.cc:
 - desire: one-hot with `none` zeroed, turned into rising-edge pulses, kept at 20 Hz; the policy gets
   the max over each group of 4 (any pulse in each 200 ms bin);
 - prev_desired_curv (v1): the policy's own previous desired curvature, sampled like the features.
-All buffers start at zero (modeld's start-up) and are reset per lane at each segment start. Every update
+All buffers start at zero (modeld's start-up) and are reset per row at each segment start. Every update
 is in place (the buffers keep their addresses), so a step can be captured in a CUDA graph. Main
 entry points: `ModeldState.vision_inputs`, `.push_features`, `.policy_inputs`, `.push_curvature`.
 """
@@ -65,30 +65,30 @@ def policy_feeds(names: list[str], *, features: torch.Tensor, desire: torch.Tens
 
 
 class ModeldState:
-    def __init__(self, lanes: int, *, history: int = C.INPUT_HISTORY_BUFFER_LEN, device: torch.device,
+    def __init__(self, rows: int, *, history: int = C.INPUT_HISTORY_BUFFER_LEN, device: torch.device,
                  lat_delay: float = 0.2) -> None:
-        self.lanes, self.history, self.device, self.lat_delay = lanes, history, device, lat_delay
+        self.history, self.device, self.lat_delay = history, device, lat_delay
         full = history * C.TEMPORAL_SKIP
         self.full = full
         z = dict(device=device)
-        # image rings (written in place: shifting 5 frames per lane per step is the largest copy there is)
-        self.images = {cam: torch.zeros(lanes, C.TEMPORAL_SKIP + 1, 6, 128, 256, dtype=torch.uint8, **z)
+        # image rings (written in place: shifting 5 frames per row per step is the largest copy there is)
+        self.images = {cam: torch.zeros(rows, C.TEMPORAL_SKIP + 1, 6, 128, 256, dtype=torch.uint8, **z)
                        for cam in ("road", "wide")}
-        self.newest = torch.zeros(lanes, dtype=torch.long, device=device)  # ring slot of each lane's newest frame
-        self.rows = torch.arange(lanes, device=device)
-        self.features = torch.zeros(lanes, full, C.FEATURE_LEN, **z)
-        self.desire = torch.zeros(lanes, full, C.DESIRE_LEN, **z)
-        self.prev_desire = torch.zeros(lanes, C.DESIRE_LEN, **z)
-        self.curv = torch.zeros(lanes, full, 1, **z)
+        self.newest = torch.zeros(rows, dtype=torch.long, device=device)  # ring slot of each row's newest frame
+        self.rows = torch.arange(rows, device=device)
+        self.features = torch.zeros(rows, full, C.FEATURE_LEN, **z)
+        self.desire = torch.zeros(rows, full, C.DESIRE_LEN, **z)
+        self.prev_desire = torch.zeros(rows, C.DESIRE_LEN, **z)
+        self.curv = torch.zeros(rows, full, 1, **z)
         self.sample_idx = sample_indices(history, device)
 
-    def reset(self, lanes: torch.Tensor) -> None:
-        """A new segment starts in `lanes` (a (k,) index tensor on the device): every history back to zeros."""
+    def reset(self, rows: torch.Tensor) -> None:
+        """A new segment starts in `rows` (a (k,) index tensor on the device): every history back to zeros."""
         for buf in (*self.images.values(), self.features, self.desire, self.prev_desire, self.curv):
-            buf.index_fill_(0, lanes, 0)
+            buf.index_fill_(0, rows, 0)
 
     def clear(self) -> None:
-        """Every lane back to modeld's start-up state (all buffers zero)."""
+        """Every row back to modeld's start-up state (all buffers zero)."""
         self.reset(self.rows)
         self.newest.zero_()
 
@@ -123,13 +123,13 @@ class ModeldState:
     def push_curvature(self, curvature: torch.Tensor) -> None:
         self.curv.copy_(push(self.curv, curvature.reshape(-1, 1).float()))
 
-    def skip_frames(self, lanes: torch.Tensor, counts: np.ndarray) -> None:
+    def skip_frames(self, which: torch.Tensor, counts: np.ndarray) -> None:
         """Frames the log saw but the video lacks (encoder drops): keep 20 Hz timing by repeating the
-        newest entry of every buffer `counts[j]` times in lane `lanes[j]`, with no desire pulse (all lanes
+        newest entry of every buffer `counts[j]` times in row `which[j]`, with no desire pulse (all rows
         in one batched update per repeated frame)."""
         slots = C.TEMPORAL_SKIP + 1
         for k in range(int(counts.max(initial=0))):
-            rows = lanes if (counts > k).all() else lanes[torch.from_numpy(np.flatnonzero(counts > k)).to(lanes.device)]
+            rows = which if (counts > k).all() else which[torch.from_numpy(np.flatnonzero(counts > k)).to(which.device)]
             prev = self.newest[rows]
             nxt = (prev + 1) % slots
             self.newest[rows] = nxt

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""Distillation losses on parsed model outputs (`label.outputs.parse_outputs`), teacher -> student.
+"""Distillation losses on parsed model outputs (`openpilot.outputs.parse_outputs`), teacher -> student.
 
 Main entry point: `distill_loss(student, teacher, weights)` -> (total, {term: value}). Terms:
 - plan: Laplacian NLL with winner-takes-all over the student's hypotheses against the teacher's most
@@ -10,7 +10,7 @@ Main entry point: `distill_loss(student, teacher, weights)` -> (total, {term: va
 - lead: Huber on the lead trajectories, weighted by the teacher's lead probabilities;
 - probs: binary cross-entropy of the student's lane-line and lead probabilities to the teacher's;
 - gt (off by default): Laplacian NLL, winner-takes-all, of the student's plan positions against the
-  future path actually driven (`train.gt_path`), on the horizons the log covers.
+  future path actually driven (`data.gt_path`), on the horizons the log covers.
 Every term is a mean over its elements, so weights are comparable; a term whose head either side
 lacks is skipped. Log-stds are clamped before exp, so the loss stays finite in fp16/bf16.
 
