@@ -258,6 +258,8 @@ def ingest(
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
                                               "from the road camera).")] = "road,wide",
     log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
+    camera_source: Annotated[str, typer.Option(help="Road video: auto (fcamera.hevc, else the qcamera.ts a device "
+                                                    "uploads by default), fcamera or qcamera.")] = "auto",
     schema_dir: Annotated[Path | None, typer.Option(help="Folder with a newer cereal log.capnp "
                                                          "\\[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
@@ -274,7 +276,7 @@ def ingest(
 
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
-                       decode_threads=decode_threads, codec=codec, crf=crf)
+                       decode_threads=decode_threads, codec=codec, crf=crf, camera_source=camera_source)
     with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {
@@ -698,6 +700,10 @@ def synth_route(
     varied: Annotated[bool, typer.Option("--varied", help="Draw the drive from --seed: speed, curvature, lead, "
                                                           "lane-change direction and time, lane width, "
                                                           "calibration.")] = False,
+    upload: Annotated[str, typer.Option(help="What the device uploaded: full (rlog, fcamera.hevc, ecamera.hevc) "
+                                             "or qlog (qlog decimated as a device keeps it, qcamera.ts: H.264 "
+                                             "526x330 on tici, 480x360 on eon; what a device uploads by "
+                                             "default).")] = "full",
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
     derived from the options, so drives of other seeds ingest into one dataset."""
@@ -705,7 +711,7 @@ def synth_route(
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher, varied=varied)
+                      modelv2_teacher=modelv2_teacher, varied=varied, upload=upload)
     with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
         truths = write_route(out_dir, cfg, on_progress=update)
     for truth in truths:
