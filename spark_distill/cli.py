@@ -322,11 +322,20 @@ def label(
         from spark_distill.label.from_log import label_from_log
 
         m = label_from_log(root, name or "logged")
+        share = m["labelled_frames"] / max(m["frames"], 1)
+        qlog = " (a qlog keeps 1 modelV2 in 40)" if "qlog" in m["logs"] else ""
         print_table(f"label --from-log -> {root / 'labels' / m['name']}", {
-            "shards": len(m["shards"]), "frames": sum(s["frames"] for s in m["shards"]),
+            "shards": len(m["shards"]), "frames": m["frames"],
+            "frames with a logged output": f"{m['labelled_frames']:,} ({share:.1%}){qlog}; the rest absent",
             "heads from the log": ", ".join(m["available_heads"]),
             "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
-        _next_train(root, m["name"])
+        from spark_distill.data.pairs import MIN_LABELLED_FRAMES
+
+        if m["labelled_frames"] < MIN_LABELLED_FRAMES:
+            out.print(f"too few frames with a logged output to train on (at least {MIN_LABELLED_FRAMES}); label "
+                      "with a teacher: spark-distill label ROOT --teacher DIR", highlight=False, soft_wrap=True)
+        else:
+            _next_train(root, m["name"])
         return
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
@@ -593,6 +602,11 @@ def eval_command(
     for key in next(iter(rows.values())):
         table.add_row(key, *("-" if rows[n][key] is None else f"{rows[n][key]:.3f}" for n in r.metrics))
     out.print(table)
+    gt = r.ground_truth
+    if gt.get("qlog_segments"):
+        out.print(f"note: the driven path of {gt['qlog_segments']} of {len(r.segments)} segment(s) comes from a qlog "
+                  f"(decimated ego motion from {', '.join(gt['pose_sources'])}): drive errors are coarser",
+                  highlight=False, soft_wrap=True)
     for k, v in r.files.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True)
 
