@@ -331,7 +331,7 @@ def label(
             "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
         from spark_distill.data.pairs import MIN_LABELLED_FRAMES
 
-        if m["labelled_frames"] < MIN_LABELLED_FRAMES:
+        if m["labelled_frames"] < min(MIN_LABELLED_FRAMES, m["frames"]):
             out.print(f"too few frames with a logged output to train on (at least {MIN_LABELLED_FRAMES}); label "
                       "with a teacher: spark-distill label ROOT --teacher DIR", highlight=False, soft_wrap=True)
         else:

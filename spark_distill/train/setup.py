@@ -184,7 +184,7 @@ def read_data(cfg: TrainConfig) -> RunData:
     val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
                  if cfg.val_fraction > 0 else [])
     labelled = manifest.get("labelled_frames")  # a label set from a log: frames with a logged model output
-    if labelled is not None and labelled < MIN_LABELLED_FRAMES:
+    if labelled is not None and labelled < min(MIN_LABELLED_FRAMES, manifest.get("frames", 0)):
         raise ConfigError(f"label set {cfg.labels}: only {labelled} of {manifest.get('frames', '?')} frames have a "
                           f"logged model output (a qlog keeps 1 in 40), too few to train on (at least "
                           f"{MIN_LABELLED_FRAMES}); label with a teacher instead (spark-distill label --teacher DIR)")
