@@ -56,6 +56,15 @@ def _merged(log: LogData, *names: str) -> Stream | None:
     return Stream(times[order], np.concatenate([s.values for s in found])[order])
 
 
+def _lane_change_stream(log: LogData) -> Stream | None:
+    """Lane-change state and direction: drivingModelData and modelV2 carry the same modeld state (merged by time);
+    lateralPlan (older releases) where it is denser, as in their qlogs (4 Hz against modelV2's 1 in 40)."""
+    modeld, planner = _merged(log, "lane_change", "lane_change_v2"), log.streams.get("lane_change_lp")
+    if modeld is None or (planner is not None and len(planner.times) > len(modeld.times)):
+        return planner
+    return modeld
+
+
 def _sample(stream: Stream | None, t: np.ndarray, width: int) -> np.ndarray:
     return stream.at(t) if stream is not None else np.full((len(t), width), np.nan)
 
@@ -66,8 +75,7 @@ def frame_log_arrays(log: LogData, t: np.ndarray) -> dict[str, np.ndarray]:
     value (NaN rows); `known` says per frame which streams had one (docs/formats.md, "meta.json")."""
     calib = _sample(log.streams.get("calibration"), t, 4)
     rhd = _sample(log.streams.get("rhd"), t, 1)[:, 0]
-    # drivingModelData and modelV2 carry the same modeld state: merged; lateralPlan (older releases) only without them
-    lane_change = _sample(_merged(log, "lane_change", "lane_change_v2") or _first(log, "lane_change_lp"), t, 2)
+    lane_change = _sample(_lane_change_stream(log), t, 2)
     car = _sample(log.streams.get("car"), t, 10).astype(np.float32)
     pose = _sample(_first(log, *POSE_SOURCES), t, 12).astype(np.float32)
     gps = _sample(_first(log, "gps", "gps_internal"), t, 6)

@@ -98,6 +98,7 @@ def test_frames_before_a_streams_first_message_are_marked(tmp_path: Path) -> Non
         [s["meta"]["known"]["pose"] for s in samples]).sum()) < 40
 
 
+@pytest.mark.slow
 def test_qlog_route_end_to_end(tmp_path: Path) -> None:
     """synth-route --upload qlog -> ingest -> label (a teacher; and --from-log, 1 frame in 40) -> train -> eval,
     each with its default options where a 4-second drive allows (training: a few steps of the smallest student)."""
