@@ -68,8 +68,9 @@ CAMERAS: dict[tuple[int, int], tuple[CameraModel, CameraModel | None]] = {
 
 # qcamera.ts, the small H.264 copy of the road camera a device uploads by default: its frame size -> the device.
 # openpilot system/loggerd/loggerd.h, qcam encoder info: 526x330 on QCOM2 (comma 3/3X, "keep pixel count the same?"),
-# 480x360 otherwise (EON / comma two); MAIN_FPS (20). The encoder scales the whole road frame to that size (no crop),
-# so the qcamera is the road camera with its intrinsics scaled by width and height separately (`scaled_camera`).
+# 480x360 otherwise (EON / comma two); MAIN_FPS (20). The encoder scales the whole road frame to that size, no crop
+# (system/loggerd/encoder/ffmpeg_encoder.cc: libyuv::I420Scale from in_width x in_height to the frame's size), so the
+# qcamera is the road camera with its intrinsics scaled by width and height separately (`scaled_camera`).
 QCAMERA_SIZES = {(526, 330): "tici", (480, 360): "eon"}
 _SENSOR_ROAD_SIZE = {"os04c10": (1344, 760)}  # roadCameraState.sensor -> full-resolution size; others 1928x1208
 
