@@ -25,7 +25,9 @@ UPLOADS = ("full", "qlog")  # full: rlog + fcamera.hevc (+ ecamera.hevc); qlog: 
 QCAMERA_FILE = "qcamera.ts"
 QCAMERA_BITRATE = 256_000  # bit/s, loggerd's qcam bitrate in the releases of the 526x330 era
 # cereal/services.py qlog decimation: keep 1 in n messages of each service; services not listed keep all
-# (encode indices and initData: 1). Where a service's decimation changed between releases the current one is used.
+# (encode indices and initData: 1). Where a service's decimation changed between releases the current one is used,
+# except modelV2: 1 in 40 as in the releases up to ~0.9.7 (the FrogPilot 0.9.7 qlog: 29 in 61.6 s); copies of
+# newer services.py (0.10-era forks) keep no modelV2 in the qlog at all, only drivingModelData (1 in 10).
 QLOG_DECIMATION = {"carState": 10, "livePose": 4, "liveLocationKalman": 5, "cameraOdometry": 5,
                    "liveCalibration": 4, "drivingModelData": 10, "modelV2": 40, "gpsLocationExternal": 10,
                    "driverMonitoringState": 10, "roadCameraState": 20, "wideRoadCameraState": 20}
