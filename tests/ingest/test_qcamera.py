@@ -141,3 +141,36 @@ def test_qlog_route_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["ground_truth"]["logs"] == ["qlog"] and metrics["ground_truth"]["pose_sources"] == ["livePose"]
     assert metrics["models"]["r"]["drive"]["frames_with_future"] > 0
+
+
+def test_an_older_forks_log_ingests(tmp_path: Path) -> None:
+    """A log as an older release or a fork writes it: the pose as liveLocationKalman (no livePose), and services
+    the schema does not know. It ingests; the pose columns are the same numbers from the other source."""
+    from tests.ingest.test_logs import _unknown_event
+
+    seg = _route(tmp_path / "q")
+    ingest(IngestConfig(inputs=(str(seg),), out=tmp_path / "before", workers=1))
+    schema = load_schema()
+    raw, _ = read_log_bytes(seg / "qlog.bz2")
+    events = []
+    for ev in schema.Event.read_multiple_bytes(raw):
+        if ev.which() == "livePose":
+            old = schema.Event.new_message(logMonoTime=ev.logMonoTime, valid=True)
+            k = old.init("liveLocationKalmanDEPRECATED")
+            for name in ("velocityDevice", "angularVelocityDevice", "accelerationDevice", "orientationNED"):
+                src, dst = getattr(ev.livePose, name), getattr(k, name)
+                dst.value, dst.valid = [src.x, src.y, src.z], src.valid
+            events.append(old.to_bytes())
+            events.append(_unknown_event(schema, ev.logMonoTime + 1))  # a fork's own service beside it
+        else:
+            events.append(ev.as_builder().to_bytes())
+    write_log(seg, "bz2", b"".join(events), truncated=False, name="qlog")
+    ingest(IngestConfig(inputs=(str(seg),), out=tmp_path / "after", workers=1))
+    (before, a), (after, b) = read_all(tmp_path / "before"), read_all(tmp_path / "after")
+    entry = after["segments"][0]
+    assert entry["pose_source"] == "liveLocationKalman" and entry["frames_kept"] == before["segments"][0][
+        "frames_kept"] == 40
+    assert any("events of types this schema does not know were skipped" in w for w in entry["warnings"])
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x["pose"], y["pose"], rtol=1e-6)
+        np.testing.assert_array_equal(x["road"], y["road"])
