@@ -258,6 +258,8 @@ def ingest(
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
                                               "from the road camera).")] = "road,wide",
     log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
+    camera_source: Annotated[str, typer.Option(help="Road video: auto (fcamera.hevc, else the qcamera.ts a device "
+                                                    "uploads by default), fcamera or qcamera.")] = "auto",
     schema_dir: Annotated[Path | None, typer.Option(help="Folder with a newer cereal log.capnp "
                                                          "\\[default: openpilot-logging's].")] = None,
     shard_clips: Annotated[int, typer.Option(help="Clips per shard.")] = 50,
@@ -274,7 +276,7 @@ def ingest(
 
     cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
-                       decode_threads=decode_threads, codec=codec, crf=crf)
+                       decode_threads=decode_threads, codec=codec, crf=crf, camera_source=camera_source)
     with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
         r = run_ingest(cfg, on_progress=update)
     print_table(f"ingest -> {out_root / 'frames'}", {
@@ -320,11 +322,20 @@ def label(
         from spark_distill.label.from_log import label_from_log
 
         m = label_from_log(root, name or "logged")
+        share = m["labelled_frames"] / max(m["frames"], 1)
+        qlog = " (a qlog keeps 1 modelV2 in 40)" if "qlog" in m["logs"] else ""
         print_table(f"label --from-log -> {root / 'labels' / m['name']}", {
-            "shards": len(m["shards"]), "frames": sum(s["frames"] for s in m["shards"]),
+            "shards": len(m["shards"]), "frames": m["frames"],
+            "frames with a logged output": f"{m['labelled_frames']:,} ({share:.1%}){qlog}; the rest absent",
             "heads from the log": ", ".join(m["available_heads"]),
             "openpilot versions that logged them": ", ".join(m["teacher"]["openpilot_versions"]) or "-"})
-        _next_train(root, m["name"])
+        from spark_distill.data.pairs import MIN_LABELLED_FRAMES
+
+        if m["labelled_frames"] < min(MIN_LABELLED_FRAMES, m["frames"]):
+            out.print(f"too few frames with a logged output to train on (at least {MIN_LABELLED_FRAMES}); label "
+                      "with a teacher: spark-distill label ROOT --teacher DIR", highlight=False, soft_wrap=True)
+        else:
+            _next_train(root, m["name"])
         return
     if not teacher:
         raise ConfigError("label needs --teacher DIR (or --from-log)")
@@ -612,6 +623,11 @@ def eval_command(
     for key in next(iter(rows.values())):
         table.add_row(key, *("-" if rows[n][key] is None else f"{rows[n][key]:.3f}" for n in r.metrics))
     out.print(table)
+    gt = r.ground_truth
+    if gt.get("qlog_segments"):
+        out.print(f"note: the driven path of {gt['qlog_segments']} of {len(r.segments)} segment(s) comes from a qlog "
+                  f"(decimated ego motion from {', '.join(gt['pose_sources'])}): drive errors are coarser",
+                  highlight=False, soft_wrap=True)
     for k, v in r.files.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True)
 
@@ -719,6 +735,10 @@ def synth_route(
     varied: Annotated[bool, typer.Option("--varied", help="Draw the drive from --seed: speed, curvature, lead, "
                                                           "lane-change direction and time, lane width, "
                                                           "calibration.")] = False,
+    upload: Annotated[str, typer.Option(help="What the device uploaded: full (rlog, fcamera.hevc, ecamera.hevc) "
+                                             "or qlog (qlog decimated as a device keeps it, qcamera.ts: H.264 "
+                                             "526x330 on tici, 480x360 on eon; what a device uploads by "
+                                             "default).")] = "full",
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
     derived from the options, so drives of other seeds ingest into one dataset."""
@@ -726,7 +746,7 @@ def synth_route(
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher, varied=varied)
+                      modelv2_teacher=modelv2_teacher, varied=varied, upload=upload)
     with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
         truths = write_route(out_dir, cfg, on_progress=update)
     for truth in truths:

@@ -73,7 +73,21 @@ def summarize(root: Path) -> dict[str, Any]:
         "segment_issues": segment_issues(manifest),
         "settings": manifest["settings"],
         "label_sets": label_sets(root),
+        "sources": segment_sources(manifest),
     }
+
+
+def segment_sources(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """How many segments came from each log kind (rlog/qlog), road video (file and size) and pose source; manifests
+    from before these were recorded count as "fcamera.hevc" and "unrecorded"."""
+    out: dict[str, dict[str, int]] = {"log": {}, "road video": {}, "pose from": {}}
+    for seg in manifest["segments"]:
+        cam = seg.get("camera") or {}
+        video = f"{cam['file']} {cam['width']}x{cam['height']}" if cam else seg.get("sources", {}).get("road", "?")
+        for key, value in (("log", seg.get("log") or "?"), ("road video", video),
+                           ("pose from", seg.get("pose_source") or "unrecorded")):
+            out[key][value] = out[key].get(value, 0) + 1
+    return out
 
 
 def segment_issues(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,6 +121,8 @@ def summary_rows(s: dict[str, Any]) -> dict[str, str]:
                                                           else ""),
         "warnings": f"{s['warnings']:,}" + (f" in {warned:,} segment(s), listed below" if warned else ""),
         "label sets": ", ".join(s["label_sets"]) or "none (run spark-distill label)",
+        **{key: ", ".join(f"{v} ({n:,} segment{'s' if n > 1 else ''})" for v, n in counts.items())
+           for key, counts in s.get("sources", {}).items() if counts},
     }
 
 

@@ -19,6 +19,10 @@ from spark_distill.data.dataset import frames_dir, label_set_dir
 from spark_distill.data.index import SegmentPlan, frames_binding, plan_segments
 from spark_distill.errors import DatasetError
 
+# a label set built from a log (label --from-log) that leaves frames unlabelled and labels fewer than this many is
+# refused by train: a qlog keeps 1 modelV2 in 40, so a short qlog drive labels a handful of frames
+MIN_LABELLED_FRAMES = 100
+
 
 @dataclass(frozen=True)
 class ShardPair:

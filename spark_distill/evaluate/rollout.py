@@ -66,8 +66,9 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
             lab = indexes["l", clip.shard].read(clip.key, tuple(shards.LABEL_MEMBERS))
             for k, v in (("frame_ids", f["meta"]["frame_ids"]), ("timestamps_ns", f["meta"]["timestamps_ns"]),
                          ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
-                         ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("teacher_vision", lab["vision"]),
-                         ("teacher_policy", lab["policy"])):
+                         # before a log's first carState: v_ego 0, as modeld reads it
+                         ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("pose", f["pose"]),
+                         ("teacher_vision", lab["vision"]), ("teacher_policy", lab["policy"])):
                 parts.setdefault(k, []).append(np.asarray(v))
             parts["traffic"] = [f["traffic"]]
     finally:

@@ -49,6 +49,16 @@ class EvalResult:
     segments: list[str]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> metrics
     files: dict[str, Path] = field(default_factory=dict)
+    ground_truth: dict[str, Any] = field(default_factory=dict)  # where the driven path came from (logs, pose)
+
+
+def ground_truth_sources(segments: list[dict[str, Any]], chosen: list[str]) -> dict[str, Any]:
+    """Which logs (rlog, qlog) and pose sources the evaluated segments' driven path came from: a qlog's ego motion is
+    decimated (livePose 5 Hz, cameraOdometry 4 Hz, held between messages), so its path is coarser."""
+    picked = [s for s in segments if s["name"] in chosen]
+    logs = sorted({s.get("log") or "rlog" for s in picked})
+    poses = sorted({s.get("pose_source") or "unrecorded" for s in picked})
+    return {"logs": logs, "pose_sources": poses, "qlog_segments": sum(s.get("log") == "qlog" for s in picked)}
 
 
 class _OrtGraph(nn.Module):
@@ -136,9 +146,11 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     report = on_progress or (lambda done, total, note: None)
     if not cfg.runs and not cfg.models:
         raise ConfigError("give at least one --run or --model to evaluate")
-    names = [s["name"] for s in shards.read_manifest(frames_dir(cfg.root), shards.FRAMES_FORMAT)["segments"]]
+    frames_segments = shards.read_manifest(frames_dir(cfg.root), shards.FRAMES_FORMAT)["segments"]
+    names = [s["name"] for s in frames_segments]
     labels = shards.read_manifest(label_set_dir(cfg.root, cfg.labels), shards.LABELS_FORMAT)
     slices = labels["output_slices"]
+    plan = slice(*slices["policy"]["plan"])
     chosen = _choose_segments(cfg, names)
     runners = [_model_runner(Path(p), cfg.device) for p in (*cfg.runs, *cfg.models)]
     if len({n for n, _ in runners}) != len(runners):
@@ -152,6 +164,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         report(i, len(chosen), seg_name)
         seg = read_segment(cfg.root, cfg.labels, seg_name)
         keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
+        keep &= np.isfinite(seg.teacher_policy[:, plan]).all(1)  # a label set from a log: only labelled frames
         if not keep.any():
             continue
         kept_segments.append(seg_name)
@@ -169,7 +182,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
             picture = (seg, per_model)
     report(len(chosen), len(chosen), "")
     if not kept_segments:
-        raise ConfigError(f"no frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
+        raise ConfigError(f"no labelled frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
                           "pass --include-warmup for short segments")
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
@@ -178,8 +191,10 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])
         result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    result.ground_truth = ground_truth_sources(frames_segments, kept_segments)
     files.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,
                                                         "segments": kept_segments, "warmup_frames": warmup,
+                                                        "ground_truth": result.ground_truth,
                                                         "models": result.metrics})
     result.files["metrics"] = cfg.out / "metrics.json"
     result.files.update(_plots(cfg.out, result, picture, slices))

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from spark_distill.ingest.logs import EncodeIndex, LogData, Stream
+from spark_distill.ingest.logs import POSE_SOURCES, EncodeIndex, LogData, Stream
 
 F = TypeVar("F")  # a decoded frame, whatever the decoder yields
 
@@ -45,22 +45,52 @@ def _first(log: LogData, *names: str) -> Stream | None:
     return next((log.streams[n] for n in names if n in log.streams), None)
 
 
+def _merged(log: LogData, *names: str) -> Stream | None:
+    """The streams `names` as one, by time: where a qlog keeps each of them decimated (drivingModelData 1 in 10,
+    modelV2 1 in 40), together they are denser than either."""
+    found = [log.streams[n] for n in names if n in log.streams]
+    if len(found) < 2:
+        return found[0] if found else None
+    times = np.concatenate([s.times for s in found])
+    order = np.argsort(times, kind="stable")
+    return Stream(times[order], np.concatenate([s.values for s in found])[order])
+
+
+def _lane_change_stream(log: LogData) -> Stream | None:
+    """Lane-change state and direction: drivingModelData and modelV2 carry the same modeld state (merged by time);
+    lateralPlan (older releases) where it is denser, as in their qlogs (4 Hz against modelV2's 1 in 40)."""
+    modeld, planner = _merged(log, "lane_change", "lane_change_v2"), log.streams.get("lane_change_lp")
+    if modeld is None or (planner is not None and len(planner.times) > len(modeld.times)):
+        return planner
+    return modeld
+
+
 def _sample(stream: Stream | None, t: np.ndarray, width: int) -> np.ndarray:
     return stream.at(t) if stream is not None else np.full((len(t), width), np.nan)
 
 
 def frame_log_arrays(log: LogData, t: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame log data at frame times `t` (ns, logMonoTime clock): latest message at or before."""
+    """Per-frame log data at frame times `t` (ns, logMonoTime clock): latest message at or before, in an rlog and a
+    qlog alike (a qlog's decimated streams hold each value longer). Before a stream's first message a frame has no
+    value (NaN rows); `known` says per frame which streams had one (docs/formats.md, "meta.json")."""
     calib = _sample(log.streams.get("calibration"), t, 4)
     rhd = _sample(log.streams.get("rhd"), t, 1)[:, 0]
+    lane_change = _sample(_lane_change_stream(log), t, 2)
+    car = _sample(log.streams.get("car"), t, 10).astype(np.float32)
+    pose = _sample(_first(log, *POSE_SOURCES), t, 12).astype(np.float32)
+    gps = _sample(_first(log, "gps", "gps_internal"), t, 6)
+    known = {"car": np.isfinite(car[:, 0]), "pose": np.isfinite(pose[:, :6]).all(1),
+             "gps": np.isfinite(gps[:, 0]), "desire": np.isfinite(lane_change[:, 0]),
+             "calibration": np.isfinite(calib[:, 0])}
     return {
-        "desire": desire_onehot(_sample(_first(log, "lane_change", "lane_change_v2", "lane_change_lp"), t, 2)),
-        "car": _sample(log.streams.get("car"), t, 10).astype(np.float32),
-        "pose": _sample(_first(log, "pose", "odometry"), t, 12).astype(np.float32),
-        "gps": _sample(_first(log, "gps", "gps_internal"), t, 6),
+        "desire": desire_onehot(lane_change),
+        "car": car,
+        "pose": pose,
+        "gps": gps,
         "rpy": np.nan_to_num(calib[:, :3], nan=0.0),
         "calib_valid": np.nan_to_num(calib[:, 3], nan=0.0) > 0.5,
         "rhd": np.nan_to_num(rhd, nan=0.0) > 0.5,
+        "known": known,
     }
 
 

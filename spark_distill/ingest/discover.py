@@ -20,7 +20,8 @@ from spark_distill.errors import IngestError
 
 LOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog")
 QLOG_NAMES = ("qlog.zst", "qlog.bz2", "qlog")
-CAMERA_FILES = {"road": "fcamera.hevc", "wide": "ecamera.hevc"}
+CAMERA_FILES = {"road": "fcamera.hevc", "wide": "ecamera.hevc", "qroad": "qcamera.ts"}
+QCAMERA = "qroad"  # qcamera.ts: the small H.264 copy of the road camera that a device uploads by default
 _ROUTE = r"(?:\d{4}-\d{2}-\d{2}--\d{2}-\d{2}-\d{2}|[0-9a-f]{8}--[0-9a-f]{10})"
 _SEGMENT_RE = re.compile(rf"^(?:(?P<dongle>[0-9a-f]{{16}})[|_])?(?P<route>{_ROUTE})--(?P<n>\d+)$")
 _ROUTE_RE = re.compile(rf"^(?:(?P<dongle>[0-9a-f]{{16}})[|_])?(?P<route>{_ROUTE})$")
@@ -110,7 +111,8 @@ def discover_segments(paths: list[str]) -> list[Segment]:
         for root in _expand(arg):
             found = _walk(root) if root.is_dir() else []
             if not found:
-                raise IngestError(f"{root}: no route segments found (expected rlog.* and fcamera.hevc)")
+                raise IngestError(f"{root}: no route segments found (expected rlog.* or qlog.*, and fcamera.hevc "
+                                  "or qcamera.ts)")
             for p in found:
                 segments.setdefault(p.resolve(), segment_from_dir(p))
     ordered = sorted(segments.values())

@@ -4,7 +4,11 @@
 ingest needs pulled out as arrays. Main entry point: `read_log(path, schema)`.
 
 Follows openpilot tools/lib/logreader.py (file -> bytes -> Event stream); unlike it, a corrupt or
-truncated tail is not fatal: the readable prefix is kept and one warning says what was lost.
+truncated tail is not fatal: the readable prefix is kept and one warning says what was lost. Logs of
+other releases and forks read too: an event whose union member the schema does not know (a fork's own
+service) is counted and skipped, fields the schema lacks are ignored by Cap'n Proto, and the pose comes
+from `livePose`, else the older `liveLocationKalman` (the schema's `liveLocationKalmanDEPRECATED`, same
+ordinal), else the vision-only `cameraOdometry` (`POSE_SOURCES`; which one: `LogData.pose_source`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ CAR_COLUMNS = ("vEgo", "aEgo", "steeringAngleDeg", "steeringRateDeg", "yawRate",
 POSE_COLUMNS = ("vel_x", "vel_y", "vel_z", "angvel_x", "angvel_y", "angvel_z",
                 "acc_x", "acc_y", "acc_z", "roll", "pitch", "yaw")
 GPS_COLUMNS = ("latitude", "longitude", "altitude", "speed", "bearingDeg", "accuracy")
+# stream name -> the event it comes from, best first: the fused estimate of today's releases, the fused estimate of
+# older ones (locationd's Kalman filter, up to ~0.9.7), the model's own vision-only odometry
+POSE_SOURCES = {"pose": "livePose", "pose_llk": "liveLocationKalman", "odometry": "cameraOdometry"}
 
 
 def load_schema(schema_dir: Path | None = None) -> ModuleType:
@@ -127,12 +134,14 @@ class LogData:
 
     path: Path
     streams: dict[str, Stream]
-    encode: dict[str, EncodeIndex]  # "road" / "wide"
+    encode: dict[str, EncodeIndex]  # "road" / "wide" / "qroad" (qcamera.ts)
     device_type: str = "unknown"
     version: str = ""
     events: int = 0
     warnings: list[str] = field(default_factory=list)
     modelv2: dict[int, np.ndarray] = field(default_factory=dict)  # frameId -> modelv2 row (the car's own model)
+    road_sensor: str = ""  # roadCameraState.sensor where logged (ar0231, ox03c10, os04c10, ...)
+    unknown_events: int = 0  # events of union members the schema does not know (forks' own services)
 
 
 def _xyz(m: object) -> list[float]:
@@ -146,6 +155,17 @@ def _row_car(cs: object) -> list[float]:
 def _row_pose(p: object) -> list[float]:
     return _xyz(p.velocityDevice) + _xyz(p.angularVelocityDevice) + _xyz(p.accelerationDevice) + _xyz(
         p.orientationNED)  # type: ignore[attr-defined]
+
+
+def _measurement(m: object) -> list[float]:
+    value = list(m.value)  # type: ignore[attr-defined]
+    return value if m.valid and len(value) == 3 else [np.nan] * 3  # type: ignore[attr-defined]
+
+
+def _row_kalman(k: object) -> list[float]:
+    """liveLocationKalman's Measurements (value/std/valid) as the same columns as livePose."""
+    return _measurement(k.velocityDevice) + _measurement(k.angularVelocityDevice) + _measurement(
+        k.accelerationDevice) + _measurement(k.orientationNED)  # type: ignore[attr-defined]
 
 
 def _row_odometry(o: object) -> list[float]:
@@ -171,6 +191,8 @@ def _row_lane_change(meta: object) -> list[float]:
 _EXTRACTORS = {
     "carState": ("car", lambda e: _row_car(e.carState)),
     "livePose": ("pose", lambda e: _row_pose(e.livePose)),
+    "liveLocationKalman": ("pose_llk", lambda e: _row_kalman(e.liveLocationKalman)),  # a schema of its era
+    "liveLocationKalmanDEPRECATED": ("pose_llk", lambda e: _row_kalman(e.liveLocationKalmanDEPRECATED)),
     "cameraOdometry": ("odometry", lambda e: _row_odometry(e.cameraOdometry)),
     "gpsLocationExternal": ("gps", lambda e: _row_gps(e.gpsLocationExternal)),
     "gpsLocation": ("gps_internal", lambda e: _row_gps(e.gpsLocation)),
@@ -182,7 +204,7 @@ _EXTRACTORS = {
         float(e.lateralPlanDEPRECATED.laneChangeState.raw),
         float(e.lateralPlanDEPRECATED.laneChangeDirection.raw)]),
 }
-_ENCODE = {"roadEncodeIdx": "road", "wideRoadEncodeIdx": "wide"}
+_ENCODE = {"roadEncodeIdx": "road", "wideRoadEncodeIdx": "wide", "qRoadEncodeIdx": "qroad"}
 _INT64_END = 1 << 63
 
 
@@ -190,13 +212,17 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
     """Parse one log file. Raises CorruptLogError when it holds no readable event."""
     raw, warnings = read_log_bytes(path)
     rows: dict[str, tuple[list[int], list[list[float]]]] = {}
-    enc: dict[str, list[tuple[int, int, int, int]]] = {"road": [], "wide": []}
-    device_type, version, count = "unknown", "", 0
+    enc: dict[str, list[tuple[int, int, int, int]]] = {cam: [] for cam in _ENCODE.values()}
+    device_type, version, sensor, count, unknown = "unknown", "", "", 0, 0
     modelv2: dict[int, np.ndarray] = {}
     try:
         for ev in schema.Event.read_multiple_bytes(raw):
             count += 1
-            which = ev.which()
+            try:
+                which = ev.which()
+            except Exception:  # pycapnp: a union tag beyond the schema's (a fork's or a newer release's service)
+                unknown += 1
+                continue
             t = ev.logMonoTime
             if which == "modelV2":
                 modelv2[int(ev.modelV2.frameId)] = row_from_message(ev.modelV2)
@@ -215,6 +241,8 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
                 values.append(value)
             elif which == "initData":
                 device_type, version = str(ev.initData.deviceType), ev.initData.version
+            elif which == "roadCameraState" and not sensor:
+                sensor = str(ev.roadCameraState.sensor)
     except Exception as e:  # pycapnp raises KjException on a truncated or corrupt message
         warnings.append(f"log truncated or corrupt after {count} events ({(str(e).splitlines() or [''])[0][:120]})")
     if count == 0:
@@ -228,6 +256,15 @@ def read_log(path: Path, schema: ModuleType) -> LogData:
     for cam, items in enc.items():
         arr = np.asarray(sorted(items), dtype=np.int64).reshape(-1, 4)
         encode[cam] = EncodeIndex(arr[:, 1], arr[:, 2], arr[:, 3])
+    if unknown:
+        warnings.append(f"{unknown} events of types this schema does not know were skipped (a fork's or a newer "
+                        "release's services; --schema-dir reads them if they matter)")
     for w in warnings:
         log.debug("%s: %s", path, w)
-    return LogData(path, streams, encode, device_type, version, count, warnings, modelv2)
+    return LogData(path, streams, encode, device_type, version, count, warnings, modelv2, road_sensor=sensor,
+                   unknown_events=unknown)
+
+
+def pose_source(log: LogData) -> str:
+    """The event the segment's pose columns come from (`POSE_SOURCES`), or "none"."""
+    return next((event for name, event in POSE_SOURCES.items() if name in log.streams), "none")

@@ -31,7 +31,13 @@ from spark_distill.data import codecs, files, shards
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
-from spark_distill.ingest.segment import SegmentReport, SegmentSettings, segment_clips
+from spark_distill.ingest.segment import (
+    CAMERA_SOURCES,
+    SegmentReport,
+    SegmentSettings,
+    road_video_file,
+    segment_clips,
+)
 from spark_distill.ingest.video import count_packets
 from spark_distill.openpilot.modelv2 import columns as modelv2_columns
 from spark_distill.processes import child_init
@@ -60,6 +66,7 @@ class IngestConfig:
     decode_threads: int = 0  # FFmpeg threads per decoder; 0 = FFmpeg's choice
     codec: str = codecs.DEFAULT_CODEC  # camera clip storage: lossless, or hevc / av1 (lossy, 13-24x smaller)
     crf: int | None = None  # lossy quality, lower is better and larger [default: the codec's: hevc 20, av1 30]
+    camera_source: str = "auto"  # auto: fcamera.hevc where a segment has it, else qcamera.ts; fcamera; qcamera
 
     def __post_init__(self) -> None:
         if self.clip_len < 1:
@@ -75,6 +82,9 @@ class IngestConfig:
         if "road" not in self.cameras:
             raise ConfigError("--cameras must include road (the model's main input)")
         object.__setattr__(self, "crf", codecs.resolve_crf(self.codec, self.crf))  # the codec's default if None
+        if self.camera_source not in CAMERA_SOURCES:
+            raise ConfigError(f"unknown --camera-source {self.camera_source!r}; "
+                              f"choose from {', '.join(CAMERA_SOURCES)}")
         if self.log_kind not in LOG_KINDS:
             raise ConfigError(f"unknown --log {self.log_kind!r}; choose from {', '.join(LOG_KINDS)}")
 
@@ -82,12 +92,12 @@ class IngestConfig:
     def settings(self) -> SegmentSettings:
         return SegmentSettings(self.clip_len, tuple(self.cameras), self.log_kind,
                                str(self.schema_dir) if self.schema_dir else None, self.decode_threads,
-                               self.codec, self.crf)
+                               self.codec, self.crf, self.camera_source)
 
     def manifest_settings(self) -> dict[str, Any]:
         return {"clip_len": self.clip_len, "cameras": list(self.cameras), "log_kind": self.log_kind,
                 "shard_clips": self.shard_clips, "codec": self.codec,
-                "crf": self.crf}
+                "crf": self.crf, "camera_source": self.camera_source}
 
 
 @dataclass
@@ -245,7 +255,7 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, staging, True)
-        queue = _progress_queue(stack, pending, workers, on_progress)
+        queue = _progress_queue(stack, pending, workers, on_progress, cfg.camera_source)
         jobs = [(seg, cfg.settings, staging, queue) for seg in pending]
         for seg, staged in zip(pending, _staged(jobs, workers), strict=True):
             if staged.error is not None:
@@ -282,11 +292,11 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
 
 
 def _progress_queue(stack: contextlib.ExitStack, pending: list[Segment], workers: int,
-                    on_progress: Callable[[int, int], None] | None) -> Any:
+                    on_progress: Callable[[int, int], None] | None, camera_source: str) -> Any:
     """Where workers report frames done: a Manager queue drained by a thread, or in-process."""
     if on_progress is None:
         return None
-    total = sum(count_packets(p) for s in pending if (p := s.camera_file("road")))
+    total = sum(count_packets(_road_file(s, camera_source)) for s in pending)
     on_progress(0, total)
     if workers <= 1:
         return _LocalQueue(on_progress, total)
@@ -305,6 +315,13 @@ def _progress_queue(stack: contextlib.ExitStack, pending: list[Segment], workers
     stack.callback(thread.join)
     stack.callback(queue.put, None)
     return queue
+
+
+def _road_file(seg: Segment, camera_source: str) -> Path:
+    try:
+        return road_video_file(seg, camera_source)[0]
+    except IngestError:
+        return seg.path / "missing"  # the segment's worker says why; count_packets counts 0 here
 
 
 class _LocalQueue:

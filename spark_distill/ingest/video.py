@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""Decoding openpilot camera files (raw HEVC elementary streams) with PyAV.
+"""Decoding openpilot camera files (raw HEVC elementary streams; qcamera.ts, H.264 in MPEG-TS) with PyAV.
 
 Main entry point: `decode_i420(path)`, a lazy iterator of (index, I420 frame) in presentation order,
 where `index` is the frame's position in the file (what `*EncodeIdx.segmentId` refers to). A corrupt

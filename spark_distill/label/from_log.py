@@ -6,7 +6,9 @@
   model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and vector layout as
   a teacher label set (openpilot's v2 output layout); heads the log does not carry are NaN and the
   manifest names the heads it has (`available_heads`), so training refuses what it cannot use.
-  Frames without a logged message are NaN rows (training masks them). No warm-up frames: the car's
+  Frames without a logged message are NaN rows, absent rather than values (training and eval use only the
+  frames whose plan is finite: the "labelled" mask); the manifest counts them (`labelled_frames` of `frames`,
+  per shard in `labelled`), which matters for a qlog: it keeps 1 modelV2 in 40. No warm-up frames: the car's
   model runs across segment boundaries, so its first outputs of a segment already have history.
 - `verify_labels(root, label_set)`: a teacher label set against the logged modelV2 of the same frames,
   field by field and horizon by horizon (both sides through `modelv2.rows_from_outputs`).
@@ -33,6 +35,7 @@ from spark_distill.openpilot.metadata import slices_to_json
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
+QLOG_MODELV2_DECIMATION = 40  # cereal/services.py: a qlog keeps 1 modelV2 message in 40
 
 
 def log_slices() -> dict[str, dict[str, list[int]]]:
@@ -68,10 +71,12 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
                     "precision": "fp16", "warmup_frames": 0, "segments": {}, "shards": [], "skipped_shards": []}
     slices = manifest["output_slices"]
     done = shards.intact_shards(folder, manifest["shards"])  # a missing or damaged shard is written again
+    per_shard = manifest.setdefault("labelled", {})  # shard -> [frames with a logged output, frames]
     for entry in frames["shards"]:
         if entry["name"] in done:
             continue
         writer = shards.ShardWriter(folder, entry["name"], shards.LABEL_MEMBERS)
+        counts = [0, 0]
         try:
             for sample in shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS):
                 meta = json.loads(sample["meta.json"])
@@ -79,6 +84,8 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
                 rows = (arrays.decode_array(sample["modelv2.npy.zst"]) if "modelv2.npy.zst" in sample
                         else np.full((n, M.WIDTH), np.nan, np.float32))
                 vision, policy = M.outputs_from_rows(rows, slices)
+                counts[0] += int(np.isfinite(rows[:, 0]).sum())
+                counts[1] += n
                 manifest["segments"].setdefault(meta["segment"], {"first_frame_id": meta["frame_ids"][0]})
                 writer.write({"__key__": sample["__key__"], "vision.npy.zst": arrays.encode_array(
                     vision.astype(np.float16)), "policy.npy.zst": arrays.encode_array(policy.astype(np.float16))},
@@ -86,8 +93,12 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
         except BaseException:
             writer.abort()
             raise
+        per_shard[entry["name"]] = counts
         record_shard(manifest, frames, writer.close().to_json())
         files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    manifest["labelled_frames"] = sum(c[0] for c in per_shard.values())
+    manifest["frames"] = sum(c[1] for c in per_shard.values())
+    manifest["logs"] = sorted({s.get("log", "rlog") for s in frames["segments"]})
     files.write_json_atomic(folder / shards.MANIFEST, manifest)
     return manifest
 

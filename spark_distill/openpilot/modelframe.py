@@ -45,12 +45,15 @@ class CameraModel:
     width: int
     height: int
     focal: float
+    # a downscaled copy of a camera (qcamera.ts) has its own vertical focal length and principal point
+    focal_y: float | None = None
+    center: tuple[float, float] | None = None
 
     @property
     def intrinsics(self) -> np.ndarray:
-        return np.array(
-            [[self.focal, 0.0, self.width / 2], [0.0, self.focal, self.height / 2], [0.0, 0.0, 1.0]]
-        )
+        fy = self.focal if self.focal_y is None else self.focal_y
+        cx, cy = (self.width / 2, self.height / 2) if self.center is None else self.center
+        return np.array([[self.focal, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
 # (width, height) -> (road camera, wide camera or None); openpilot common/transformations/camera.py
@@ -61,6 +64,34 @@ CAMERAS: dict[tuple[int, int], tuple[CameraModel, CameraModel | None]] = {
                   CameraModel("tici-os04c10", 1344, 760, 567.0 * 3 / 4)),
     (1164, 874): (CameraModel("neo", 1164, 874, 910.0), None),
 }
+
+
+# qcamera.ts, the small H.264 copy of the road camera a device uploads by default: its frame size -> the device.
+# openpilot system/loggerd/loggerd.h, qcam encoder info: 526x330 on QCOM2 (comma 3/3X, "keep pixel count the same?"),
+# 480x360 otherwise (EON / comma two); MAIN_FPS (20). The encoder scales the whole road frame to that size, no crop
+# (system/loggerd/encoder/ffmpeg_encoder.cc: libyuv::I420Scale from in_width x in_height to the frame's size), so the
+# qcamera is the road camera with its intrinsics scaled by width and height separately (`scaled_camera`).
+QCAMERA_SIZES = {(526, 330): "tici", (480, 360): "eon"}
+_SENSOR_ROAD_SIZE = {"os04c10": (1344, 760)}  # roadCameraState.sensor -> full-resolution size; others 1928x1208
+
+
+def scaled_camera(camera: CameraModel, width: int, height: int) -> CameraModel:
+    """`camera` scaled as a whole frame to width x height (pixel centres map onto pixel centres)."""
+    sx, sy = width / camera.width, height / camera.height
+    cx, cy = camera.width / 2, camera.height / 2
+    return CameraModel(f"{camera.device} qcamera", width, height, camera.focal * sx, camera.focal * sy,
+                       ((cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5))
+
+
+def qcamera_road_camera(width: int, height: int, sensor: str = "") -> CameraModel:
+    """The road camera a qcamera.ts of this size was scaled from (`sensor`: roadCameraState.sensor, which tells
+    the comma 3X's OS04C10 from the AR0231/OX03C10), scaled to the qcamera's size."""
+    device = QCAMERA_SIZES.get((width, height))
+    if device is None:
+        known = ", ".join(f"{w}x{h}" for w, h in QCAMERA_SIZES)
+        raise ValueError(f"no known qcamera is {width}x{height}; known sizes: {known}")
+    full = (1164, 874) if device == "eon" else _SENSOR_ROAD_SIZE.get(sensor, (1928, 1208))
+    return scaled_camera(CAMERAS[full][0], width, height)
 
 
 def cameras_for(width: int, height: int) -> tuple[CameraModel, CameraModel | None]:

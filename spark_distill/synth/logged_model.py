@@ -17,6 +17,7 @@ from spark_distill.errors import ConfigError
 from spark_distill.ingest.logs import load_schema, read_log_bytes
 from spark_distill.openpilot import modelv2 as M
 from spark_distill.synth.rlog import event, write_log
+from spark_distill.synth.upload import QLOG_DECIMATION
 
 EXECUTION_TIME_S = 0.025  # what a comma 3X's modelExecutionTime looks like
 
@@ -50,9 +51,11 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
                     M.fill_message(b, row)
 
                 events.append(event(schema, int(t_ns) + int(EXECUTION_TIME_S * 1e9), "modelV2", fill)[1])
-            log_path = next(p for p in truth.path.iterdir() if p.name.startswith("rlog"))
+            log_path = next(p for p in truth.path.iterdir() if p.name.split(".")[0] in ("rlog", "qlog"))
+            kind, _, ext = log_path.name.partition(".")
+            if kind == "qlog":  # a qlog keeps 1 in 40 modelV2 messages (synth/upload.py)
+                events = events[::QLOG_DECIMATION["modelV2"]]
             raw, _ = read_log_bytes(log_path)
-            fmt = {"rlog": "raw", "rlog.bz2": "bz2", "rlog.zst": "zst"}[log_path.name]
-            write_log(truth.path, fmt, raw + b"".join(events), truncated=False)
+            write_log(truth.path, ext or "raw", raw + b"".join(events), truncated=False, name=kind)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -23,7 +23,7 @@ def event(schema: Any, t: int, which: str, fill: Callable[[Any], None] | None = 
     return t, ev.to_bytes()
 
 
-def write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool) -> None:
+def write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool, name: str = "rlog") -> None:
     """Compress in 16 kB pieces, as a logger streaming to disk does (zstd blocks flushed, bz2 streams
     concatenated), so a truncated file keeps its complete pieces."""
     pieces = [raw[i:i + (1 << 14)] for i in range(0, len(raw), 1 << 14)]
@@ -37,4 +37,4 @@ def write_log(seg: Path, fmt: str, raw: bytes, *, truncated: bool) -> None:
         data = raw
     if truncated:  # the device lost power mid-write
         data = data[: int(len(data) * 0.7)]
-    (seg / ("rlog" if fmt == "raw" else f"rlog.{fmt}")).write_bytes(data)
+    (seg / (name if fmt == "raw" else f"{name}.{fmt}")).write_bytes(data)  # name: rlog, or qlog

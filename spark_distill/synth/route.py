@@ -32,6 +32,14 @@ from spark_distill.openpilot.modelframe import CAMERAS
 from spark_distill.synth.logged_model import add_logged_model
 from spark_distill.synth.rlog import event, write_log
 from spark_distill.synth.scene import LANE_WIDTH, CarPose, SceneRenderer
+from spark_distill.synth.upload import (
+    QCAMERA_FILE,
+    UPLOADS,
+    decimated,
+    odometry_events,
+    qcamera_camera,
+    qcamera_encoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +75,13 @@ class SynthConfig:
     crf: int = 28  # x265 quality
     modelv2_teacher: Path | None = None  # log modelV2 from this teacher run over the route (as a car logs its model)
     varied: bool = False  # draw the drive (curvature, speed, lead, lane change, lane width, calibration) from the seed
+    # what the device uploaded (synth/upload.py): full (rlog + fcamera.hevc + ecamera.hevc) or qlog (qlog + qcamera.ts,
+    # what a device uploads by default)
+    upload: str = "full"
 
     def __post_init__(self) -> None:
+        if self.upload not in UPLOADS:
+            raise ConfigError(f"unknown upload {self.upload!r}; choose one of {', '.join(UPLOADS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.log_format not in LOG_FORMATS:
@@ -99,6 +112,8 @@ def route_name(cfg: SynthConfig) -> tuple[str, str]:
                "lane_change_at": None if cfg.lane_change_at is None else float(cfg.lane_change_at),
                "faults": sorted(set(cfg.faults)), "seed": cfg.seed, "crf": cfg.crf, "varied": cfg.varied,
                "modelv2_teacher": teacher, "dongle": cfg.dongle, "start": cfg.start}
+    if cfg.upload != "full":  # only then: the names of full-upload drives stay what they were
+        options["upload"] = cfg.upload
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     start = datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=int(digest[16:28], 16) % (365 * 86400))
     return cfg.dongle or digest[:16], cfg.start or start.strftime("%Y-%m-%d--%H-%M-%S")
@@ -258,16 +273,18 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
     width, height = DEVICES[cfg.device]
     road_cam, wide_cam = CAMERAS[(width, height)]
     has_wide = wide_cam is not None and "missing-wide" not in faults
+    qlog = cfg.upload == "qlog"  # the road camera as qcamera.ts only; the log decimated as a qlog
     seg = out / segment_dir_name(cfg, n)
     seg.mkdir(parents=True, exist_ok=True)
-    truth = SegmentTruth(name=seg.name, path=seg, has_wide=has_wide, faults=faults)
+    truth = SegmentTruth(name=seg.name, path=seg, has_wide=has_wide and not qlog, faults=faults)
     frames = round(cfg.seconds * FPS)
     first = n * frames  # route-wide camera frame id
-    renderers = {"road": SceneRenderer(road_cam, dyn.rpy)}
-    if has_wide:
+    renderers = {"road": SceneRenderer(qcamera_camera(cfg.device) if qlog else road_cam, dyn.rpy)}
+    if has_wide and not qlog:
         renderers["wide"] = SceneRenderer(wide_cam, dyn.rpy)
     encoders = {cam: _encoder(seg / ("fcamera.hevc" if cam == "road" else "ecamera.hevc"), width, height, cfg.crf)
-                for cam in renderers}
+                for cam in renderers} if not qlog else {"road": qcamera_encoder(seg / QCAMERA_FILE,
+                                                                                 renderers["road"].camera, FPS)}
     # encoder drops: the camera produced the frame, the encoder never wrote it
     dropped = {first + 7, first + 8} if "encoder-drops" in faults else set()
     unindexed = {first + 12, first + 13, first + 14} if "missing-encode-idx" in faults else set()
@@ -316,6 +333,15 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
 
             which = "roadEncodeIdx" if cam == "road" else "wideRoadEncodeIdx"
             events.append(event(schema, eof + 5_000_000, which, enc))
+            if qlog:  # the full-resolution encoders still ran (their indices are in the qlog); the qcamera's own
+                for other in ("wideRoadEncodeIdx",) if has_wide else ():
+                    events.append(event(schema, eof + 5_000_000, other, enc))
+
+                def qenc(b, fid=fid, sid=sid, sof=sof, eof=eof):
+                    enc(b, fid, sid, sof, eof)
+                    b.type = "qcameraH264"
+
+                events.append(event(schema, eof + 6_000_000, "qRoadEncodeIdx", qenc))
         if on_frame is not None:
             on_frame()
     for container, stream in encoders.values():
@@ -323,10 +349,15 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
             container.mux(packet)
         container.close()
     events += _state_events(schema, cfg, dyn, t_start, frames)
+    if qlog:
+        events += odometry_events(schema, dyn, t_start, frames, FRAME_NS, T0_NS)
     events.sort(key=lambda e: e[0])
-    write_log(seg, cfg.log_format, b"".join(b for _, b in events), truncated="truncated-log" in faults)
+    if qlog:
+        events = decimated(schema, events)
+    write_log(seg, cfg.log_format, b"".join(b for _, b in events), truncated="truncated-log" in faults,
+              name="qlog" if qlog else "rlog")
     if "corrupt-video-tail" in faults:
-        _corrupt_tail(seg / "fcamera.hevc", cfg.seed)
+        _corrupt_tail(seg / (QCAMERA_FILE if qlog else "fcamera.hevc"), cfg.seed)
     return truth
 
 

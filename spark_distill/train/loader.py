@@ -160,7 +160,9 @@ class ClipStream(IterableDataset):
         mask[: self.burn_in] = False
         mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
         arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
-            ("desire", f["desire"]), ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("vision", lab["vision"]),
+            # before a log's first carState: v_ego 0, as modeld reads it (and as the label pass fed the teacher)
+            ("desire", f["desire"]), ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("pose", f["pose"]),
+            ("vision", lab["vision"]),
             ("policy", lab["policy"])]
         if self.motions is not None:
             motion = self.motions[f["meta"]["segment"]]

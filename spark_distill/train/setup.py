@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from spark_distill.data import files, shards
-from spark_distill.data.pairs import ShardPair, shard_pairs
+from spark_distill.data.pairs import MIN_LABELLED_FRAMES, ShardPair, shard_pairs
 from spark_distill.errors import ConfigError
 from spark_distill.models.checkpoint import latest_checkpoint, load_checkpoint
 from spark_distill.models.lora import apply_adapters, load_adapter_state
@@ -183,6 +183,11 @@ def read_data(cfg: TrainConfig) -> RunData:
     pairs, manifest = shard_pairs(cfg.root, cfg.labels, split="train", val_fraction=cfg.val_fraction, seed=cfg.seed)
     val_pairs = (shard_pairs(cfg.root, cfg.labels, split="val", val_fraction=cfg.val_fraction, seed=cfg.seed)[0]
                  if cfg.val_fraction > 0 else [])
+    labelled = manifest.get("labelled_frames")  # a label set from a log: frames with a logged model output
+    if labelled is not None and labelled < min(MIN_LABELLED_FRAMES, manifest.get("frames", 0)):
+        raise ConfigError(f"label set {cfg.labels}: only {labelled} of {manifest.get('frames', '?')} frames have a "
+                          f"logged model output (a qlog keeps 1 in 40), too few to train on (at least "
+                          f"{MIN_LABELLED_FRAMES}); label with a teacher instead (spark-distill label --teacher DIR)")
     frames_manifest = shards.read_manifest(pairs[0].frames.parent, shards.FRAMES_FORMAT)
     clip_len = int(frames_manifest["settings"]["clip_len"])
     if cfg.burn_in >= clip_len:

@@ -62,3 +62,19 @@ def test_calibration_is_the_latest_message_at_or_before_each_frame() -> None:
     rows = calib.at(np.array([150, 300]))[:, :3]
     assert [tuple(r) for r in rows] == [first, last]
     assert CalibrationTrack(LogData(Path("rlog"), {}, {})).at(5) == zero
+
+
+def test_lane_change_from_the_densest_source() -> None:
+    """modelV2 and drivingModelData merge by time (a qlog keeps 1 in 40 and 1 in 10 of them); an older release's
+    lateralPlan (1 in 5 in its qlog) wins where it is denser."""
+    from spark_distill.ingest.align import frame_log_arrays
+
+    def stream(times: list[int], state: float) -> Stream:
+        return Stream(np.array(times, np.int64), np.tile([state, 1.0], (len(times), 1)))
+
+    v2, dmd = stream([0, 400], 2.0), stream([100, 200, 300], 1.0)  # laneChangeStarting / preLaneChange, left
+    merged = LogData(Path("qlog"), {"lane_change_v2": v2, "lane_change": dmd}, {})
+    desire = frame_log_arrays(merged, np.array([50, 250, 450]))["desire"].argmax(1)
+    assert desire.tolist() == [3, 5, 3]  # laneChangeLeft, keepLeft, laneChangeLeft
+    older = LogData(Path("qlog"), {"lane_change_v2": v2, "lane_change_lp": stream([0, 100, 200, 300], 1.0)}, {})
+    assert frame_log_arrays(older, np.array([450]))["desire"].argmax(1).tolist() == [5]

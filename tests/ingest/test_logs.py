@@ -84,3 +84,68 @@ def test_stream_sampling_takes_latest_at_or_before() -> None:
     got = s.at(np.array([5, 10, 19, 20, 100]))
     assert np.isnan(got[0, 0])
     np.testing.assert_array_equal(got[1:, 0], [1, 1, 2, 3])
+
+
+def _unknown_event(schema, t: int) -> bytes:
+    """An Event whose union tag is beyond the schema's (as a fork's own service reads with stock cereal)."""
+    import struct
+
+    ev = schema.Event.new_message(logMonoTime=t, valid=True)
+    ev.init("liveCalibration")
+    raw = bytearray(ev.to_bytes())
+    # the discriminant sits discriminantOffset 16-bit words into the root struct's data section (after the
+    # 8-byte segment table and the 8-byte root pointer)
+    struct.pack_into("<H", raw, 16 + 2 * schema.Event.schema.node.struct.discriminantOffset, 900)
+    return bytes(raw)
+
+
+def test_events_the_schema_does_not_know_are_skipped_not_fatal(tmp_path: Path) -> None:
+    schema = load_schema()
+    cars = _events(10)  # logMonoTime 1010..1100
+    path = tmp_path / "rlog"
+    path.write_bytes(_unknown_event(schema, 1001) + cars[: len(cars) // 2] + _unknown_event(schema, 1050)
+                     + cars[len(cars) // 2:])
+    log = read_log(path, load_schema())
+    assert log.events == 12 and log.unknown_events == 2
+    assert len(log.streams["car"].times) == 10, "every event after an unknown one is still read"
+    assert len(log.warnings) == 1 and "2 events of types this schema does not know" in log.warnings[0]
+
+
+def _pose_log(kinds: tuple[str, ...]) -> bytes:
+    schema = load_schema()
+    out = []
+    for i in range(5):
+        t = 1000 + 100 * i
+        for kind in kinds:
+            ev = schema.Event.new_message(logMonoTime=t, valid=True)
+            if kind == "liveLocationKalman":
+                k = ev.init("liveLocationKalmanDEPRECATED")  # stock cereal's name of that ordinal
+                for name, value in (("velocityDevice", [10.0 + i, 0.5, 0.0]), ("angularVelocityDevice", [0, 0, 0.1]),
+                                    ("accelerationDevice", [0.2, 0, 0]), ("orientationNED", [0, 0.01, 1.0])):
+                    m = getattr(k, name)
+                    m.value, m.valid = value, True
+            elif kind == "cameraOdometry":
+                o = ev.init("cameraOdometry")
+                o.trans, o.rot = [9.0, 0.0, 0.0], [0.0, 0.0, 0.3]
+            else:
+                p = ev.init("livePose")
+                p.velocityDevice.x, p.velocityDevice.valid = 20.0, True
+            out.append(ev.to_bytes())
+    return b"".join(out)
+
+
+def test_pose_from_live_location_kalman_where_no_live_pose(tmp_path: Path) -> None:
+    from spark_distill.ingest.align import frame_log_arrays
+    from spark_distill.ingest.logs import pose_source
+
+    path = tmp_path / "rlog"
+    path.write_bytes(_pose_log(("liveLocationKalman", "cameraOdometry")))
+    log = read_log(path, load_schema())
+    assert pose_source(log) == "liveLocationKalman"
+    pose = frame_log_arrays(log, np.array([950, 1000, 1250]))["pose"]
+    assert np.isnan(pose[0]).all(), "before the first message: no value"
+    np.testing.assert_allclose(pose[2], [12.0, 0.5, 0, 0, 0, 0.1, 0.2, 0, 0, 0, 0.01, 1.0], rtol=1e-6)
+    path.write_bytes(_pose_log(("livePose", "liveLocationKalman", "cameraOdometry")))
+    assert pose_source(read_log(path, load_schema())) == "livePose"
+    path.write_bytes(_pose_log(("cameraOdometry",)))
+    assert pose_source(read_log(path, load_schema())) == "cameraOdometry"

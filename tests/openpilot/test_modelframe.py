@@ -203,3 +203,20 @@ def test_yuv6_to_rgb_grey_is_grey() -> None:
 def test_unknown_camera_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no known comma camera is 640x480"):
         cameras_for(640, 480)
+
+
+def test_qcamera_intrinsics_are_the_road_cameras_scaled() -> None:
+    """A point seen by the road camera lands, in the qcamera (the whole frame scaled), where scaling its pixel
+    position puts it (pixel centres onto pixel centres); sizes and sensors as openpilot's loggerd writes them."""
+    from spark_distill.openpilot.modelframe import CAMERAS, qcamera_road_camera
+
+    for (w, h), sensor, full in (((526, 330), "ox03c10", (1928, 1208)), ((526, 330), "os04c10", (1344, 760)),
+                                 ((480, 360), "", (1164, 874))):
+        small, big = qcamera_road_camera(w, h, sensor), CAMERAS[full][0]
+        point = np.array([3.0, -1.2, 20.0])  # view frame: right, down, forward
+        p_big, p_small = big.intrinsics @ point, small.intrinsics @ point
+        expect = (p_big[:2] / p_big[2] + 0.5) * np.array([w / full[0], h / full[1]]) - 0.5
+        np.testing.assert_allclose(p_small[:2] / p_small[2], expect, rtol=1e-9)
+        assert (small.width, small.height) == (w, h)
+    with pytest.raises(ValueError, match="no known qcamera is 640x480"):
+        qcamera_road_camera(640, 480)
