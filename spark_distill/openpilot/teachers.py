@@ -233,6 +233,61 @@ def load_teacher(paths: list[Path]) -> tuple[Teacher, Any, Any]:
     return teacher, vision_model, policy_model
 
 
+def _history_line(layout: R.Layout) -> str:
+    h = layout.history
+    every = "every frame (20 Hz)" if h.stride == 1 else f"every {h.stride}th frame"
+    feats = (f"{h.features} entries, {every}, " + ("including this frame (the vision ran first)" if h.includes_current
+                                                     else "past frames only (the model adds this frame's own)"))
+    desire = f"{h.desire} entries" + ("" if h.stride == 1 else f", each the max of {h.stride} 20 Hz pulses")
+    curv = {"own": "its own previous outputs (20 Hz)", "zeros": "zeros (as modeld fed it)", "absent": None}[h.prev_curv]
+    parts = [f"image pair (t-{h.pair_skip}, t)", f"features_buffer {feats}", f"desire pulses {desire}"]
+    if curv:
+        parts.append(f"prev_desired_curv {curv}")
+    if layout.lateral_params:
+        parts.append("lateral_control_params (v_ego, lateral delay)")
+    if layout.action_t:
+        parts.append("action_t (lateral, longitudinal delay) + 1.5 DT_MDL")
+    return "; ".join(parts)
+
+
+def _heads_line(model: ModelFile) -> str:
+    from spark_distill.openpilot.outputs import is_mixture
+
+    def one(name: str, s: slice) -> str:
+        w = s.stop - s.start
+        multi = C.HEADS.get(name, ("raw", {}))[1].get("in_n")  # plan, lead: a mixture or one Gaussian, by width
+        kind = "" if not multi else " mixture" if is_mixture(name, w) else " single Gaussian"
+        return f"{name} {s.start}:{s.stop} ({w}{kind})"
+
+    end = max(s.stop for s in model.slices.values())
+    pad = f"; padding {model.width - end}" if end < model.width else ""
+    return f"width {model.width}{pad}: " + ", ".join(one(n, s) for n, s in sorted(model.slices.items(),
+                                                                                   key=lambda kv: kv[1].start))
+
+
+def teacher_rows(teacher: Teacher) -> dict[str, str]:
+    """What a teacher was recognised as, one row per fact (`inspect --teacher`)."""
+    lay = teacher.layout
+    rows = {"layout": f"{lay.key}: openpilot {lay.releases} (row{'s' if '-' in lay.rows else ''} {lay.rows} of "
+                      "openpilot_releases.md)",
+            "topology": (f"{lay.topology}: " + " + ".join(m.path.name for _, m in teacher.models)),
+            "controls from": {"desired_curvature": "the desired_curvature output",
+                              "plan": "the plan (curvature and acceleration derived from it)",
+                              "action": "the action head (curvature = action[0] / max(1, v)^2, acceleration = "
+                                        "action[1])"}[lay.control],
+            "history": _history_line(lay)}
+    for role, model in teacher.models:
+        label = "model" if teacher.combined else role
+        rows[f"{label} inputs"] = ", ".join(f"{n} {list(s)} {d}" for n, (s, d) in model.inputs.items())
+        rows[f"{label} heads"] = _heads_line(model)
+        rows[f"{label} slices from"] = ("the ONNX's output_slices property" if model.slices_from == "onnx"
+                                        else model.slices_from)
+    if teacher.combined:
+        rows["label-set members"] = ", ".join(f"{m} = output columns {' + '.join(f'{a}:{b}' for a, b in runs)}"
+                                              for m, runs in teacher.member_columns().items())
+    return rows
+
+
 def make_batch_dynamic(model: Any) -> Any:
     """A copy of the model with a symbolic batch dimension, so one run serves B segments.
 

@@ -148,3 +148,32 @@ def test_labels_equal_the_modeld_loop_of_each_era(dataset: Path, release: str, t
     assert manifest["layout"] == {"20hz": "supercombo-20hz", "5hz": "supercombo-5hz", "0.11": "driving-supercombo",
                                   "split": "split-lateral" if release == "0.10.0" else "split"}[ERA[release]]
     assert manifest["loop"]["image_pair"] == [-1 if ERA[release] == "20hz" else -4, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("release", ["0.10.3", "0.11"])
+def test_a_real_release_layout_works_from_the_cli(dataset: Path, release: str, tmp_path: Path) -> None:
+    """0.10.3's metadata as shipped (pads, 0:None, a policy padded to 1000) and 0.11's slices only in its ONNX:
+    synth-teacher, inspect --teacher, label, inspect --verify and a short training run, default options."""
+    from typer.testing import CliRunner
+
+    from spark_distill.cli import app
+
+    runner = CliRunner()
+    teacher = tmp_path / "teacher"
+    r = runner.invoke(app, ["synth-teacher", str(teacher), "--release", release])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["inspect", "--teacher", str(teacher)], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert ("padding 2: plan 0:990 (990 single Gaussian)" if release == "0.10.3" else
+            "the ONNX's output_slices property") in r.output
+    name = f"cli-{release}"
+    r = runner.invoke(app, ["label", str(dataset), "--teacher", str(teacher), "--backend", "onnxruntime",
+                            "--name", name])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["inspect", str(dataset), "--verify"])
+    assert r.exit_code == 0 and f"verified labels/{name}" in r.output, r.output
+    r = runner.invoke(app, ["train", str(dataset), "--labels", name, "--student", "compact-xs", "--batch-size", "2",
+                            "--max-steps", "1", "--workers", "1", "--runs-dir", str(tmp_path / "runs"),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
