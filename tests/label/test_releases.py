@@ -7,6 +7,7 @@ batch-1 graphs); nothing of openpilot/state.py is reused."""
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,11 @@ def test_a_real_release_layout_works_from_the_cli(dataset: Path, release: str, t
     teacher = tmp_path / "teacher"
     r = runner.invoke(app, ["synth-teacher", str(teacher), "--release", release])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["inspect", "--teacher", str(teacher)], env={"COLUMNS": "400"})
+    r = runner.invoke(app, ["inspect", "--teacher", str(teacher)])
     assert r.exit_code == 0, r.output
+    text = re.sub(r"[\s│]+", " ", r.output)  # the table's wrapped cells as one line
     assert ("padding 2: plan 0:990 (990 single Gaussian)" if release == "0.10.3" else
-            "the ONNX's output_slices property") in r.output
+            "the ONNX's output_slices property") in text, text
     name = f"cli-{release}"
     r = runner.invoke(app, ["label", str(dataset), "--teacher", str(teacher), "--backend", "onnxruntime",
                             "--name", name])
