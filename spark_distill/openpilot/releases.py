@@ -10,7 +10,8 @@ from a release number. Rows refer to ../shared/openpilot_releases.md (the layout
   zeros without navigation).
 - `supercombo-5hz` (row D: master late 2024): one `supercombo.onnx`; pair (t-4, t); 24 past hidden states every
   4th frame (t-96 .. t-4: the model appends this frame's own); desire pulses max-pooled over 4 (1, 25, 8);
-  `prev_desired_curv` (1, 25, 1) fed zeros (modeld: `0 * ...`, "model only uses last value now").
+  `prev_desired_curv` (1, 25, 1) fed zeros, taken to be as 0.10.0's modeld fed it (that era's modeld source was not
+  at hand here: an assumption, not a reading).
 - `split-lateral` (row G: 0.10.0): `driving_vision.onnx` + `driving_policy.onnx`; pair (t-4, t); 25 hidden states
   every 4th frame including this one (vision runs first); desire pooled; `lateral_control_params`;
   `prev_desired_curv` fed zeros (modeld: `0*self.full_prev_desired_curv[...]`).

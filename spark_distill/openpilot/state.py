@@ -11,8 +11,8 @@ Mirrors selfdrive/modeld/modeld.py of each era and models/commonmodel.cc:
   hidden_state is pushed after it ran: t-96, …, t-4 at 5 Hz, t-99, …, t-1 at 20 Hz);
 - desire: one-hot with `none` zeroed, turned into rising-edge pulses, kept at 20 Hz including this frame; the model
   gets the max over each group of `stride` (any pulse in each 200 ms bin; no pooling at 20 Hz);
-- prev_desired_curv: the model's own previous desired curvatures (20 Hz supercombos), or zeros (late 2024 and
-  0.10.0 fed `0 * ...`);
+- prev_desired_curv: the model's own previous desired curvatures (20 Hz supercombos), or zeros (0.10.0's modeld fed
+  `0*self.full_prev_desired_curv[...]`; late 2024 taken to be the same);
 - lateral_control_params [max(v_ego, 0), lateral delay]; action_t [lateral, longitudinal delay] + 1.5 DT_MDL;
   0.9.6's nav_features / nav_instructions zeros (modeld without navigation).
 All buffers start at zero (modeld's start-up) and are reset per row at each segment start. Every update
