@@ -292,9 +292,12 @@ def ingest(
 @handles_errors
 def label(
     root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
-    teacher: Annotated[list[Path] | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
-                                                            "(+ *_metadata.pkl), or give the option twice: vision, "
-                                                            "policy.")] = None,
+    teacher: Annotated[list[Path] | None, typer.Option(help="Folder with an openpilot release's models: "
+                                                            "driving_vision.onnx + driving_policy.onnx (0.10.x), "
+                                                            "supercombo.onnx (0.9.6 .. late 2024) or "
+                                                            "driving_supercombo.onnx (0.11), with their metadata; or "
+                                                            "the ONNX files (vision, policy: the option twice).")
+                       ] = None,
     from_log: Annotated[bool, typer.Option(help="Build the label set from the car's own logged model outputs "
                                                 "(modelV2, stored by ingest) instead of running a teacher.")] = False,
     name: Annotated[str | None, typer.Option(help="Label set name \\[default: <teacher>-<hash8>].")] = None,
@@ -307,8 +310,10 @@ def label(
                                               "but two with a GPU teacher, 2 on the CPU].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "
                                               "off.")] = "auto",
-    lat_delay: Annotated[float, typer.Option(help="Seconds fed as lateral_control_params[1] (v1 policies).")
-                         ] = 0.2,
+    lat_delay: Annotated[float, typer.Option(help="The car's lateral delay in seconds: lateral_control_params[1] "
+                                                  "(0.9.x, 0.10.0) and action_t[0] - 0.075 (0.11).")] = 0.2,
+    long_delay: Annotated[float, typer.Option(help="The car's longitudinal actuator delay in seconds: action_t[1] - "
+                                                   "0.075 (0.11).")] = 0.15,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 \\[default: cuda if present].")] = None,
 ) -> None:
     """Run the teacher once over every frame (stateful, like modeld) and write a label set."""
@@ -342,7 +347,8 @@ def label(
 
     world, rank, device = _torchrun(device)
     cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
-                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, device=device,
+                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, long_delay=long_delay,
+                      device=device,
                       process_rank=rank, world=world, init_method="env://" if world > 1 else None)
     with progress_bar("label", on_interrupt=LABEL_STOP, show=rank == 0) as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
@@ -635,14 +641,28 @@ def eval_command(
 @app.command(rich_help_panel="Check and compare")
 @handles_errors
 def inspect(
-    root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
+    root: Annotated[Path | None, typer.Argument(help="Dataset root (the --out of ingest).")] = None,
     verify: Annotated[bool, typer.Option(help="Re-hash every shard (frames and label sets) and check every sample's "
                                                "keys, members and shapes.")] = False,
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Instead, what a teacher folder was recognised as: layout, "
+                                                      "inputs, heads, history, where its slices came from.")] = None,
 ) -> None:
-    """Summarize a dataset; optionally verify it end to end and draw what the model will see."""
+    """Summarize a dataset; optionally verify it end to end and draw what the model will see. With --teacher, what
+    an openpilot model folder was recognised as."""
     from spark_distill.data.dataset import contact_sheet, summarize, summary_rows, verify_frames, verify_labels
-    from spark_distill.errors import DatasetError
+    from spark_distill.errors import ConfigError, DatasetError
+
+    if teacher is not None:
+        from spark_distill.openpilot.teachers import load_teacher, teacher_rows
+
+        if root is not None or verify or png is not None:
+            raise ConfigError("inspect --teacher DIR takes no dataset root, --verify or --png")
+        t, _, _ = load_teacher([teacher])
+        print_table(f"teacher {teacher}", teacher_rows(t))
+        return
+    if root is None:
+        raise ConfigError("inspect needs a dataset root (or --teacher DIR)")
 
     s = summarize(root)
     print_table(f"dataset {root}", summary_rows(s))
@@ -765,8 +785,12 @@ def synth_teacher(
                                                      "contract with no shipped fit (v2)].")] = None,
     size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
                                            "like the real vision model; random weights).")] = "tiny",
-    contract: Annotated[str, typer.Option(help="v1: desire, lateral_control_params, prev_desired_curv; v2: "
-                                               "desire_pulse only (openpilot 0.10).")] = "v1",
+    contract: Annotated[str, typer.Option(help="The fitted/random stand-in's contract: v1 (openpilot 0.10.0's "
+                                               "inputs: desire, lateral_control_params, prev_desired_curv) or v2 "
+                                               "(0.10.1 .. 0.10.3's: desire_pulse only).")] = "v1",
+    release: Annotated[str | None, typer.Option(help="Instead, a random-weight stand-in with exactly a release's "
+                                                     "files, inputs, dtypes and metadata: 0.9.6, 0.9.7, mid-2024, "
+                                                     "late-2024, 0.10.0, 0.10.3 or 0.11.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of random weights (with --fit: of the fit's drives and "
                                                   "training) \\[default: 0].")] = None,
     fit: Annotated[bool, typer.Option("--fit", help="Fit a teacher that drives: learn the path driven, lanes, lead "
@@ -777,6 +801,17 @@ def synth_teacher(
     the shipped one fitted to drive."""
     from spark_distill.errors import ConfigError
 
+    if release is not None:
+        from spark_distill.synth.releases import write_release
+
+        if fit or weights not in (None, "random"):
+            raise ConfigError("--release writes random weights only; drop --fit / --weights fitted")
+        files = write_release(out_dir, release, size=size, seed=seed or 0)
+        out.print(f"wrote a {size} stand-in of openpilot {release} with random weights (seed {seed or 0}; its "
+                  f"outputs mean nothing) -> {out_dir}", highlight=False, soft_wrap=True)
+        for path in files.values():
+            print(path)
+        return
     if fit:
         from spark_distill.synth.fit import FitConfig, fit_teacher
 

@@ -179,7 +179,12 @@ def check_label_sample(d: dict[str, Any], frames: int, widths: dict[str, int]) -
 
 
 def label_widths(manifest: dict[str, Any]) -> dict[str, int]:
-    """Width of each model's output vector in a label set (from its output slices)."""
+    """Width of each member's vector in a label set: the model's output width as the label pass recorded it
+    (`widths`: padding included, e.g. a 0.10.3 policy's 1000 where its heads end at 998); label sets without it
+    (older, or built from a log) end at their last head."""
+    widths = manifest.get("widths")
+    if isinstance(widths, dict) and all(isinstance(widths.get(m), int) for m in ("vision", "policy")):
+        return {m: widths[m] for m in ("vision", "policy")}
     return {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
 
 

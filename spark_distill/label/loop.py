@@ -84,12 +84,12 @@ class LabelLoop:
     as its clips are staged."""
 
     def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 readers: ClipReaders, out_rows: OutRows, emit: Callable[[ClipRef, int, int], None],
+                 long_delay: float, readers: ClipReaders, out_rows: OutRows, emit: Callable[[ClipRef, int, int], None],
                  segments_meta: dict[str, Any]) -> None:
         self.batch, self.readers, self.segments_meta = batch, readers, segments_meta
         self.profile = StepProfile()
         self.step = LabelStep(teacher=teacher, backend=backend, batch=batch, clip_len=clip_len, lat_delay=lat_delay,
-                              profile=self.profile)
+                              long_delay=long_delay, profile=self.profile)
         self.slots = ClipSlots(self.step, readers, batch=batch, clip_len=clip_len, profile=self.profile)
         self.scheduler = SegmentScheduler(readers, batch=batch, clip_len=clip_len, profile=self.profile)
         self.outputs = ClipOutputs(self.step, out_rows, emit, self.profile)

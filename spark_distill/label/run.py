@@ -39,6 +39,7 @@ from spark_distill.label.loop import LabelLoop
 from spark_distill.label.schedule import reader_slots
 from spark_distill.label.workers import ClipReaders, LabelWriters
 from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY, action_t
 from spark_distill.openpilot.teachers import Teacher, load_teacher
 from spark_distill.processes import on_gpu, worker_budget
 
@@ -59,7 +60,9 @@ class LabelConfig:
     workers: int = 0  # reader processes (tar reads + zstd decode); 0: auto (processes.worker_budget: 14 on a 16-core
     # GPU box, which a GPU at full speed needs; 2 on a CPU, where the teacher needs the cores)
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
-    lat_delay: float = 0.2  # s, lateral_control_params[1] (v1 policies): liveDelay + smoothing on the car
+    lat_delay: float = DEFAULT_LAT_DELAY  # s: lateral_control_params[1] and action_t[0] - 1.5 DT_MDL (the car's
+    # liveDelay.lateralDelay; openpilot's CP.steerActuatorDelay + 0.2 estimate where unknown)
+    long_delay: float = DEFAULT_LONG_DELAY  # s: action_t[1] - 1.5 DT_MDL (the car's longitudinal actuator delay)
     device: str | None = None
     process_rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
     world: int = 1
@@ -110,9 +113,26 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
             "name": folder.name, "frames_manifest_sha256": frames_sha, "frames_shards": binding,
             "teacher": teacher.describe(), "output_slices": teacher.output_slices(), "backend": backend.describe(),
             "precision": backend.precision, "batch": cfg.batch, "lat_delay": cfg.lat_delay,
-            "history": {"temporal_skip": C.TEMPORAL_SKIP, "features": teacher.history_len,
-                        "full_buffer": C.FULL_HISTORY_BUFFER_LEN},
+            "long_delay": cfg.long_delay, "layout": teacher.layout.key, "loop": loop_description(teacher, cfg),
+            "widths": teacher.widths, "member_columns": teacher.member_columns(),
+            "history": {"temporal_skip": teacher.layout.history.pair_skip, "features": teacher.history_len,
+                        "full_buffer": teacher.layout.history.full},
             "warmup_frames": WARMUP_FRAMES, "segments": {}, "shards": [], "skipped_shards": [], "throughput": {}}
+
+
+def loop_description(teacher: Teacher, cfg: LabelConfig) -> dict[str, Any]:
+    """The modeld loop a label set was made with: the layout's history semantics and the values fed."""
+    h = teacher.layout.history
+    fed: dict[str, Any] = {}
+    if teacher.layout.lateral_params:
+        fed["lateral_control_params"] = ["max(v_ego, 0)", cfg.lat_delay]
+    if teacher.layout.action_t:
+        fed["action_t"] = action_t(cfg.lat_delay, cfg.long_delay)
+    if h.prev_curv != "absent":
+        fed["prev_desired_curv"] = "own previous outputs" if h.prev_curv == "own" else "zeros"
+    return {"topology": teacher.layout.topology, "image_pair": [-h.pair_skip, 0],
+            "features_buffer": {"entries": h.features, "every": h.stride, "includes_current": h.includes_current},
+            "desire": {"entries": h.desire, "max_pooled_over": h.stride}, "inputs_fed": fed}
 
 
 def record_shard(manifest: dict[str, Any], frames_manifest: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -191,7 +211,7 @@ class _Workers:
         clip_len, pin = int(frames_manifest["settings"]["clip_len"]), _accelerated(cfg)
         # output rows for two batches of finished clips: one with the writers, the next landing
         self.writers = LabelWriters(workers=writer_count(cfg.workers), rows=2 * cfg.batch + 16, clip_len=clip_len,
-                                    width_v=teacher.vision.width, width_p=teacher.policy.width, pin=pin)
+                                    width_v=teacher.widths["vision"], width_p=teacher.widths["policy"], pin=pin)
         try:
             self.readers = ClipReaders([fdir / s["name"] for s in frames_manifest["shards"]], workers=cfg.workers,
                                        slots=reader_slots(cfg.batch, cfg.workers, accelerated=pin),
@@ -395,7 +415,7 @@ def _run_loop(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cli
     start = time.perf_counter()
     runner = LabelLoop(teacher=teacher, backend=backend, batch=cfg.batch,
                         clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
-                        readers=readers, out_rows=writer.writers.rows, emit=writer.add,
+                        long_delay=cfg.long_delay, readers=readers, out_rows=writer.writers.rows, emit=writer.add,
                         segments_meta=manifest["segments"])
     built = time.perf_counter()
     if on_progress is not None:

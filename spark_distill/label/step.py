@@ -26,7 +26,7 @@ from spark_distill.cuda_graphs import capture
 from spark_distill.label.backends import Backend
 from spark_distill.label.profile import StepProfile
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.state import ModeldState
+from spark_distill.openpilot.state import DEFAULT_LONG_DELAY, ModeldState
 from spark_distill.openpilot.teachers import Teacher
 
 PACKED = 5 + C.DESIRE_LEN  # a row's packed small inputs: slot, t, v_ego, traffic (2), desire
@@ -80,11 +80,12 @@ class LabelStep:
     `run` once per step. `profile` counts its host and GPU seconds."""
 
     def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 profile: StepProfile | None = None) -> None:
+                 long_delay: float = DEFAULT_LONG_DELAY, profile: StepProfile | None = None) -> None:
         dev = self.device = backend.device
         self.cuda = dev.type == "cuda"
         self.profile = profile or StepProfile()
-        self.state = ModeldState(batch, history=teacher.history_len, device=dev, lat_delay=lat_delay)
+        self.state = ModeldState(batch, history=teacher.layout.history, device=dev, lat_delay=lat_delay,
+                                 long_delay=long_delay, shapes={k: s for k, (s, _) in teacher.history_inputs.items()})
         self.rows = torch.arange(batch, device=dev)
         # 2 slots per row; a slot holds a whole clip, both cameras, laid out as a reader's slab slot (one copy)
         self.clips = torch.zeros((2, batch, 2, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
@@ -97,13 +98,20 @@ class LabelStep:
         self.inputs_pair = [torch.zeros((batch, PACKED), device=dev) for _ in range(2 if self.cuda else 1)]
         self.inputs_free: list[Any] = [None] * len(self.inputs_pair)  # event after the step that last read each
         self.parity = 0  # the buffer this step's inputs go into
-        self.out_v = torch.zeros((batch, clip_len, teacher.vision.width), dtype=torch.float16, device=dev)
-        self.out_p = torch.zeros((batch, clip_len, teacher.policy.width), dtype=torch.float16, device=dev)
+        widths = teacher.widths
+        self.out_v = torch.zeros((batch, clip_len, widths["vision"]), dtype=torch.float16, device=dev)
+        self.out_p = torch.zeros((batch, clip_len, widths["policy"]), dtype=torch.float16, device=dev)
+        self.combined = teacher.combined
+        # a combined model's output split into the label set's two members (teachers.Teacher.member_columns)
+        self.columns = {m: torch.cat([torch.arange(a, b) for a, b in runs]).to(dev)
+                        for m, runs in teacher.member_columns().items()}
         self.image_names = teacher.image_inputs
         self.float_images = {n for n in self.image_names if teacher.vision.inputs[n][1] != "uint8"}
-        self.policy_names = list(teacher.policy.inputs)
+        self.policy_names = list(teacher.history_inputs)
+        self.input_order = list(teacher.vision.inputs)  # a combined model's inputs, in graph order
+        self.half = {n for n, (_, d) in teacher.history_inputs.items() if d == "float16"}  # fed as the graph wants
         self.hidden = teacher.vision.slices["hidden_state"]
-        self.curv = teacher.policy.slices.get("desired_curvature")
+        self.curv = teacher.slices.get("desired_curvature") if teacher.layout.history.prev_curv == "own" else None
         self.models = (backend.vision, backend.policy)
         self.step_fn: Callable[[torch.Tensor], None] = self._compute
         self.compile_s = 0.0  # compiling the step: part of building the teacher, not of labeling
@@ -182,11 +190,25 @@ class LabelStep:
         stacks = state.vision_inputs(frames[:, 0], frames[:, 1])
         vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
         vision, policy = self.models
+        if self.combined:  # one model: images and histories (past hidden states only) in, its own hidden_state out
+            state.push_desire(desire)
+            feeds = {**vin, **self._history(state.policy_inputs(self.policy_names, traffic, v_ego))}
+            out = vision({n: feeds[n] for n in self.input_order})
+            state.push_features(out[:, self.hidden])
+            if self.curv is not None:
+                state.push_curvature(out[:, self.curv.start])  # the mean of desired_curvature
+            self.out_v[self.rows, t] = out[:, self.columns["vision"]].to(torch.float16)
+            self.out_p[self.rows, t] = out[:, self.columns["policy"]].to(torch.float16)
+            return
         vout = vision(vin)
         state.push_features(vout[:, self.hidden])
         state.push_desire(desire)
-        pout = policy(state.policy_inputs(self.policy_names, traffic, v_ego))
+        pout = policy(self._history(state.policy_inputs(self.policy_names, traffic, v_ego)))
         if self.curv is not None:
             state.push_curvature(pout[:, self.curv.start])  # the mean of desired_curvature
         self.out_v[self.rows, t] = vout.to(torch.float16)
         self.out_p[self.rows, t] = pout.to(torch.float16)
+
+    def _history(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The history inputs in the dtypes of the graph (0.10.x policies take float16)."""
+        return {k: v.half() if k in self.half else v for k, v in feeds.items()}

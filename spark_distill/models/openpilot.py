@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spark_distill.errors import ConfigError
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.onnx_import import onnx_to_torch
 from spark_distill.openpilot.state import desire_pulse, policy_feeds, push, sample_indices
@@ -28,6 +29,10 @@ DEFAULT_TARGETS = ["policy.*"]
 
 class OpenpilotStudent(nn.Module):
     def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any, *, lat_delay: float = 0.2) -> None:
+        if teacher.combined:
+            raise ConfigError(f"--student openpilot fine-tunes a split model (driving_vision.onnx + "
+                              f"driving_policy.onnx); {teacher.vision.path.name} ({teacher.layout.key}) is one "
+                              "combined model, which it does not take yet: use a built-in student")
         super().__init__()
         self.vision = onnx_to_torch(make_batch_dynamic(vision_model))
         self.policy = onnx_to_torch(make_batch_dynamic(policy_model))

@@ -47,6 +47,8 @@ HEADS: dict[str, tuple[str, dict]] = {
     "road_transform": ("mdn", {"in_n": 0, "out_n": 0, "shape": (6,)}),
     "sim_pose": ("mdn", {"in_n": 0, "out_n": 0, "shape": (6,)}),
     "desired_curvature": ("mdn", {"in_n": 0, "out_n": 0, "shape": (1,)}),
+    # 0.11: [desired curvature x max(1, v)^2, desired acceleration] means, then their log-stds
+    "action": ("mdn", {"in_n": 0, "out_n": 0, "shape": (2,)}),
     "lane_lines_prob": ("sigmoid", {}),
     "lead_prob": ("sigmoid", {}),
     "meta": ("sigmoid", {}),

@@ -48,15 +48,22 @@ def safe_loads(data: bytes, *, source: str) -> Any:
         raise LabelError(f"{source}: unreadable metadata pickle ({e})") from e
 
 
+def _bound(v: Any) -> bool:
+    """A slice bound as the metadata may hold it: None or an integer (negative counts from the end), not a bool."""
+    return v is None or (isinstance(v, int | np.integer) and not isinstance(v, bool))
+
+
 def _slices_from(obj: Any, source: str) -> dict[str, slice]:
+    """The slices as written (bounds may be None or negative: `resolve_slices` fixes them against the width)."""
     if not isinstance(obj, dict):
         raise LabelError(f"{source}: output_slices is {type(obj).__name__}, expected a dict")
     out = {}
     for k, v in obj.items():
-        start, stop = (v.start or 0, v.stop) if isinstance(v, slice) else (v if _pair(v) else (None, None))
-        if not (_index(start) and _index(stop) and start <= stop and getattr(v, "step", None) in (None, 1)):
+        start, stop, step = (v.start, v.stop, v.step) if isinstance(v, slice) else (
+            (*v, None) if _pair(v) else (None, None, "bad"))
+        if not (_bound(start) and _bound(stop) and step in (None, 1)):
             raise LabelError(f"{source}: output slice {k!r} is {v!r}, expected a slice or [start, stop]")
-        out[str(k)] = slice(int(start), int(stop))
+        out[str(k)] = slice(None if start is None else int(start), None if stop is None else int(stop))
     if not out:
         raise LabelError(f"{source}: output_slices is empty")
     return out
@@ -66,13 +73,30 @@ def _pair(v: Any) -> bool:
     return isinstance(v, list | tuple) and len(v) == 2
 
 
-def _index(v: Any) -> bool:
-    """A non-negative integer (Python or numpy), not a bool."""
-    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+PAD = "pad"  # openpilot's padding of the output to a multiple of 4: never a head
+
+
+def resolve_slices(raw: dict[str, slice], width: int, source: str) -> dict[str, slice]:
+    """The heads' slices as [start, stop) positions in an output `width` wide: `pad` dropped (whatever its form:
+    absent, -2:None, 0:None), None and negative bounds resolved as Python slices resolve them."""
+    out = {}
+    for name, s in raw.items():
+        if name == PAD:
+            continue
+        start, stop, _ = s.indices(width)
+        if stop <= start or (s.stop is not None and s.stop > width) or (s.start is not None and s.start > width):
+            raise LabelError(f"{source}: output slice {name!r} is {s.start}:{s.stop}, outside the model's output "
+                             f"of {width} values")
+        out[name] = slice(start, stop)
+    if not out:
+        raise LabelError(f"{source}: output_slices name no head (only {PAD!r})")
+    return out
 
 
 def read_output_slices(onnx_path: Path, props: dict[str, str]) -> tuple[dict[str, slice], str]:
-    """Output slices of a model: from `<stem>_metadata.pkl`, `.json`, or the ONNX property; and where from."""
+    """Output slices of a model as written (see `resolve_slices`): from `<stem>_metadata.pkl` (any other keys, e.g.
+    2025's `model_checkpoint`, are ignored), `.json`, or the ONNX's `output_slices` property; and where from. A
+    compiled `<stem>_tinygrad.pkl` is never read: it is a pickle of code, and loading it would run it."""
     stem = onnx_path.with_suffix("")
     pkl, js = Path(f"{stem}_metadata.pkl"), Path(f"{stem}_metadata.json")
     if pkl.is_file():
@@ -94,7 +118,11 @@ def read_output_slices(onnx_path: Path, props: dict[str, str]) -> tuple[dict[str
         except ValueError as e:
             raise LabelError(f"{onnx_path}: output_slices property is not base64") from e
         return _slices_from(safe_loads(raw, source=f"{onnx_path} output_slices"), str(onnx_path)), "onnx"
-    raise LabelError(f"{onnx_path}: no output slices (no {pkl.name}, {js.name} or output_slices property)")
+    compiled = Path(f"{stem}_tinygrad.pkl")
+    also = (f"; {compiled.name} is a pickle of compiled code and is never loaded (loading it would run it), so "
+            "its metadata cannot be read: use the release's ONNX with its output_slices property or _metadata.pkl"
+            if compiled.is_file() else "")
+    raise LabelError(f"{onnx_path}: no output slices (no {pkl.name}, {js.name} or output_slices property){also}")
 
 
 def slices_to_json(slices: dict[str, slice]) -> dict[str, list[int]]:

@@ -81,6 +81,27 @@ def parse_mdn(raw: Any, *, in_n: int, out_n: int, shape: tuple[int, ...]) -> dic
     return out
 
 
+def single_shape(name: str) -> tuple[int, ...]:
+    """The shape of a multi-hypothesis head's single-Gaussian form: one Gaussian per selection (lead: (3, 6, 4))."""
+    args = HEADS[name][1]
+    return (args["out_n"], *args["shape"]) if args["out_n"] > 1 else args["shape"]
+
+
+def mdn_args(name: str, width: int) -> dict[str, Any]:
+    """parse_mdn's arguments for a Gaussian head `width` wide, by openpilot's rule (parse_model_outputs.py, 2025+): a
+    usually multi-hypothesis head (plan, lead) is a single Gaussian when its width is twice its shape's size (plan
+    990 = 2 x 33 x 15; lead 144 = 2 x 3 x 6 x 4), else the mixture (plan 4955, lead 102)."""
+    args = HEADS[name][1]
+    if args["in_n"] and width == 2 * int(np.prod(single_shape(name))):
+        return {"in_n": 0, "out_n": 0, "shape": single_shape(name)}
+    return dict(args)
+
+
+def is_mixture(name: str, width: int) -> bool:
+    """Whether a head `width` wide is parsed as a multi-hypothesis mixture."""
+    return HEADS.get(name, ("raw", {}))[0] == "mdn" and bool(mdn_args(name, width)["in_n"])
+
+
 def parse_outputs(raw: Any, slices: dict[str, slice | list[int]]) -> dict[str, Any]:
     """Named outputs of one model's raw vector(s): {head: array} or {head: {mean, std, …}} for MDN heads.
 
@@ -91,9 +112,7 @@ def parse_outputs(raw: Any, slices: dict[str, slice | list[int]]) -> dict[str, A
         part = raw[..., s]
         kind, args = HEADS.get(name, ("raw", {}))
         if kind == "mdn":
-            if args["in_n"] and part.shape[-1] == 2 * int(np.prod(args["shape"])):
-                args = {**args, "in_n": 0, "out_n": 0}  # a non-MHP variant of a usually MHP head (2025 plan)
-            out[name] = parse_mdn(part, **args)
+            out[name] = parse_mdn(part, **mdn_args(name, part.shape[-1]))
         elif kind == "sigmoid":
             out[name] = sigmoid(part)
         elif kind == "softmax":

@@ -1,8 +1,15 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""Teacher loading: openpilot's split model pair (driving_vision.onnx + driving_policy.onnx) with
-its metadata. Input names and shapes come from the graphs, output slices from the metadata; an input
-the label pass cannot fill, or a slice it needs, is a clear error. Main entry point: `load_teacher`.
+"""Teacher loading: an openpilot driving model as a release ships it, with its metadata. Split (driving_vision.onnx +
+driving_policy.onnx) or combined (one supercombo.onnx / driving_supercombo.onnx); the layout (releases.py) is
+recognised from the file set and the graphs' inputs. Input names and shapes come from the graphs, output slices from
+the metadata, resolved against the output's width (`pad` dropped). Main entry point: `load_teacher`.
+
+A label set stores a teacher's outputs as two members, `vision` and `policy`. A split teacher's are its two output
+vectors as they are (padding included); a combined model's one vector is split by head: the policy's heads (plan,
+desire_state, desired_curvature, action) into `policy`, the rest (hidden_state included) into `vision`, each in the
+model's order with the padding left out (`Teacher.member_columns` says which columns of the model's output each
+member holds), so that every reader of a label set sees the same two members whatever the topology.
 """
 
 from __future__ import annotations
@@ -16,59 +23,129 @@ import numpy as np
 
 from spark_distill.errors import LabelError, MissingDependencyError
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.metadata import read_output_slices, slices_to_json
+from spark_distill.openpilot import releases as R
+from spark_distill.openpilot.metadata import read_output_slices, resolve_slices, slices_to_json
 
-IMAGE_INPUTS = {"img": "road", "input_imgs": "road", "big_img": "wide", "big_input_imgs": "wide"}
-POLICY_INPUTS = frozenset({"desire", "desire_pulse", "traffic_convention", "lateral_control_params",
-                           "prev_desired_curv", "features_buffer"})
+IMAGE_INPUTS = R.IMAGE_INPUTS
+POLICY_HEADS = ("plan", "desire_state", "desired_curvature", "action")  # a combined model's heads stored as `policy`
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 10: "float16", 7: "int64", 6: "int32", 11: "float64"}
 
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One ONNX model of the pair."""
+    """One ONNX model of the teacher."""
 
     path: Path
     sha256: str
     inputs: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
     output: str
-    width: int
-    slices: dict[str, slice]
+    width: int  # the output's width, padding included
+    slices: dict[str, slice]  # heads (no `pad`), resolved against `width`
     slices_from: str
+    raw_slices: dict[str, list[int | None]]  # as the metadata wrote them (`pad` included)
 
     def describe(self) -> dict[str, Any]:
         return {"file": self.path.name, "sha256": self.sha256,
                 "inputs": {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.inputs.items()},
-                "output": {"name": self.output, "width": self.width}, "slices_from": self.slices_from}
+                "output": {"name": self.output, "width": self.width}, "slices_from": self.slices_from,
+                "metadata_slices": self.raw_slices}
+
+
+def _runs(spans: list[slice]) -> list[list[int]]:
+    """Consecutive spans merged: [[start, stop], ...]."""
+    out: list[list[int]] = []
+    for s in sorted(spans, key=lambda s: s.start):
+        if out and out[-1][1] == s.start:
+            out[-1][1] = s.stop
+        else:
+            out.append([s.start, s.stop])
+    return out
 
 
 @dataclass(frozen=True)
 class Teacher:
-    """A vision + policy pair and what the label pass needs to know about it."""
+    """An openpilot driving model (split pair or one combined model), its layout and what the label pass needs to
+    know about it. `vision` is the vision model, or the one model of a combined teacher (`policy` None)."""
 
     name: str
     vision: ModelFile
-    policy: ModelFile
+    policy: ModelFile | None
+    layout: R.Layout
+
+    @property
+    def combined(self) -> bool:
+        return self.policy is None
+
+    @property
+    def models(self) -> list[tuple[str, ModelFile]]:
+        """(role, model) of each ONNX model the backends run: vision and policy, or the combined model as vision."""
+        return [("vision", self.vision)] + ([("policy", self.policy)] if self.policy is not None else [])
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256((self.vision.sha256 + self.policy.sha256).encode()).hexdigest()
+        return hashlib.sha256("".join(m.sha256 for _, m in self.models).encode()).hexdigest()
 
     @property
     def image_inputs(self) -> dict[str, str]:
-        """vision input name -> camera ('road' / 'wide')."""
-        return {n: IMAGE_INPUTS[n] for n in self.vision.inputs}
+        """image input name -> camera ('road' / 'wide'), in graph order."""
+        return {n: IMAGE_INPUTS[n] for n in self.vision.inputs if n in IMAGE_INPUTS}
+
+    @property
+    def history_inputs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The inputs modeld's state fills (all but the images), in graph order: the policy's or the combined's."""
+        src = self.vision if self.policy is None else self.policy
+        return {n: v for n, v in src.inputs.items() if n not in IMAGE_INPUTS}
 
     @property
     def history_len(self) -> int:
-        return self.policy.inputs["features_buffer"][0][1]
+        return self.layout.history.features
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        """Every head's slice in the output of its model (split: vision's and policy's together)."""
+        return {**self.vision.slices, **(self.policy.slices if self.policy is not None else {})}
+
+    def member_columns(self) -> dict[str, list[list[int]]]:
+        """The columns of the model output(s) each label-set member holds, as [start, stop] runs."""
+        if self.policy is not None:
+            return {"vision": [[0, self.vision.width]], "policy": [[0, self.policy.width]]}
+        heads = self.vision.slices
+        return {"vision": _runs([s for h, s in heads.items() if h not in POLICY_HEADS]),
+                "policy": _runs([s for h, s in heads.items() if h in POLICY_HEADS])}
+
+    def member_slices(self) -> dict[str, dict[str, slice]]:
+        """Every head's slice in its label-set member's vector (split: the models' own slices)."""
+        if self.policy is not None:
+            return {"vision": dict(self.vision.slices), "policy": dict(self.policy.slices)}
+        out: dict[str, dict[str, slice]] = {}
+        for member, runs in self.member_columns().items():
+            offset, starts = 0, {}
+            for a, b in runs:
+                starts[(a, b)] = offset
+                offset += b - a
+            heads = {}
+            for h, s in self.vision.slices.items():
+                if (h in POLICY_HEADS) == (member == "policy"):
+                    a, b = next(r for r in runs if r[0] <= s.start and s.stop <= r[1])
+                    heads[h] = slice(starts[(a, b)] + s.start - a, starts[(a, b)] + s.stop - a)
+            out[member] = heads
+        return out
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Width of each label-set member's vector."""
+        return {m: sum(b - a for a, b in runs) for m, runs in self.member_columns().items()}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "vision": self.vision.describe(),
-                "policy": self.policy.describe()}
+        out = {"name": self.name, "sha256": self.sha256, "layout": self.layout.describe(),
+               "vision": self.vision.describe()}
+        if self.policy is not None:
+            out["policy"] = self.policy.describe()
+        return out
 
     def output_slices(self) -> dict[str, dict[str, list[int]]]:
-        return {"vision": slices_to_json(self.vision.slices), "policy": slices_to_json(self.policy.slices)}
+        """The label set's `output_slices`: each head's [start, stop] in its member's vector."""
+        return {m: slices_to_json(s) for m, s in self.member_slices().items()}
 
 
 def _read_model(path: Path) -> tuple[Any, ModelFile]:
@@ -90,72 +167,125 @@ def _read_model(path: Path) -> tuple[Any, ModelFile]:
         shape = tuple(d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim)
         inputs[i.name] = (shape, _ONNX_DTYPES.get(t.elem_type, f"onnx-type-{t.elem_type}"))
     if len(model.graph.output) != 1:
-        raise LabelError(f"{path}: expected one flat output, found {len(model.graph.output)}")
+        raise R.unknown(f"{path.name} has {len(model.graph.output)} outputs "
+                        f"({', '.join(o.name for o in model.graph.output)}), not one flat vector (a stateful graph?)")
     out = model.graph.output[0]
     dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
     props = {p.key: p.value for p in model.metadata_props}
-    slices, source = read_output_slices(path, props)
-    width = dims[-1] if dims and dims[-1] > 0 else max(s.stop for s in slices.values())
-    if max(s.stop for s in slices.values()) > width:
-        raise LabelError(f"{path}: output slices reach {max(s.stop for s in slices.values())} but the output "
-                         f"has {width} values")
-    return model, ModelFile(path, hashlib.sha256(data).hexdigest(), inputs, out.name, width, slices, source)
+    raw, source = read_output_slices(path, props)
+    known = [s.stop for s in raw.values() if s.stop is not None and s.stop > 0]
+    width = dims[-1] if dims and dims[-1] > 0 else max(known, default=0)
+    if not width:
+        raise LabelError(f"{path}: the output's width is neither in the graph nor in the slices")
+    slices = resolve_slices(raw, width, str(path))
+    raw_json = {k: [s.start, s.stop] for k, s in raw.items()}
+    return model, ModelFile(path, hashlib.sha256(data).hexdigest(), inputs, out.name, width, slices, source, raw_json)
 
 
 def _check(teacher: Teacher) -> None:
-    for name, (shape, _dtype) in teacher.vision.inputs.items():
-        if name not in IMAGE_INPUTS:
-            raise LabelError(f"vision input {name!r} cannot be filled by the label pass "
-                             f"(known: {', '.join(sorted(IMAGE_INPUTS))})")
-        if shape[1:] != (12, 128, 256):
-            raise LabelError(f"vision input {name!r} has shape {list(shape)}, expected [1, 12, 128, 256]")
-    if sorted(teacher.image_inputs.values()) != ["road", "wide"]:
-        raise LabelError(f"vision inputs {sorted(teacher.vision.inputs)} must be one road and one wide image")
-    for name in teacher.policy.inputs:
-        if name not in POLICY_INPUTS:
-            raise LabelError(f"policy input {name!r} cannot be filled by the label pass "
-                             f"(known: {', '.join(sorted(POLICY_INPUTS))})")
-    if "features_buffer" not in teacher.policy.inputs:
-        raise LabelError("the policy has no features_buffer input; not an openpilot split policy")
-    hist = teacher.policy.inputs["features_buffer"][0]
-    if hist[2] != C.FEATURE_LEN or hist[1] * C.TEMPORAL_SKIP > C.FULL_HISTORY_BUFFER_LEN:
-        raise LabelError(f"features_buffer has shape {list(hist)}, expected [1, <=25, {C.FEATURE_LEN}]")
+    """What the label pass needs beyond the layout's inputs: the heads it reads."""
+    heads = teacher.slices
+    where = (teacher.vision if teacher.combined else teacher.policy).path.name
     if "hidden_state" not in teacher.vision.slices:
         raise LabelError(f"{teacher.vision.path.name}: the output slices have no 'hidden_state'")
     hs = teacher.vision.slices["hidden_state"]
-    if hs.stop - hs.start != hist[2]:
-        raise LabelError(f"hidden_state is {hs.stop - hs.start} wide but features_buffer wants {hist[2]}")
-    if "prev_desired_curv" in teacher.policy.inputs and "desired_curvature" not in teacher.policy.slices:
-        raise LabelError("the policy takes prev_desired_curv but its output slices have no 'desired_curvature'")
-    if "plan" not in teacher.policy.slices:
-        raise LabelError(f"{teacher.policy.path.name}: the output slices have no 'plan'")
+    if hs.stop - hs.start != C.FEATURE_LEN:
+        raise LabelError(f"hidden_state is {hs.stop - hs.start} wide but features_buffer wants {C.FEATURE_LEN}")
+    if teacher.layout.history.prev_curv == "own" and "desired_curvature" not in heads:
+        raise LabelError(f"{where}: the model takes its own prev_desired_curv but its output slices have no "
+                         "'desired_curvature'")
+    if "plan" not in heads:
+        raise LabelError(f"{where}: the output slices have no 'plan'")
+    if teacher.layout.control == "action" and "action" not in heads:
+        raise LabelError(f"{where}: the output slices have no 'action' (a {teacher.layout.key} model's control)")
 
 
 def load_teacher(paths: list[Path]) -> tuple[Teacher, Any, Any]:
-    """A Teacher from a folder (driving_vision.onnx + driving_policy.onnx) or the two ONNX paths.
+    """A Teacher from a folder (a release's model files) or its ONNX paths (vision + policy, or one combined).
 
-    Returns (teacher, vision ModelProto, policy ModelProto)."""
+    Returns (teacher, vision or combined ModelProto, policy ModelProto or None)."""
     if len(paths) == 1 and not paths[0].exists():
-        raise LabelError(f"{paths[0]}: not found (--teacher takes a folder with driving_vision.onnx and "
-                         "driving_policy.onnx)")
+        raise LabelError(f"{paths[0]}: not found (--teacher takes a folder with an openpilot release's models: "
+                         "driving_vision.onnx + driving_policy.onnx, supercombo.onnx or driving_supercombo.onnx)")
     if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
-        vision_path, policy_path = folder / "driving_vision.onnx", folder / "driving_policy.onnx"
-        name = folder.name
+        topology, files = R.model_files(paths[0])
+        name = paths[0].name
     elif len(paths) == 2:
-        vision_path, policy_path = paths
-        name = vision_path.parent.name
+        topology, files, name = "split", list(paths), paths[0].parent.name
+    elif len(paths) == 1:
+        topology, files, name = "combined", list(paths), paths[0].parent.name
     else:
-        raise LabelError(f"--teacher takes a folder with driving_vision.onnx and driving_policy.onnx, or those two "
-                         f"files; got {', '.join(map(str, paths)) or 'nothing'}")
-    for p in (vision_path, policy_path):
+        raise LabelError(f"--teacher takes a folder with an openpilot release's models, or their ONNX files; got "
+                         f"{', '.join(map(str, paths)) or 'nothing'}")
+    for p in files:
         if not p.exists():
             raise LabelError(f"{p}: not found")
-    vision_model, vision = _read_model(vision_path)
-    policy_model, policy = _read_model(policy_path)
-    teacher = Teacher(name or "teacher", vision, policy)
+    models = [_read_model(p) for p in files]
+    if topology == "split":
+        (vision_model, vision), (policy_model, policy) = models
+        layout = R.recognise("split", vision.inputs, policy.inputs)
+    else:
+        (vision_model, vision), = models
+        policy_model, policy = None, None
+        layout = R.recognise("combined", vision.inputs)
+    teacher = Teacher(name or "teacher", vision, policy, layout)
     _check(teacher)
     return teacher, vision_model, policy_model
+
+
+def _history_line(layout: R.Layout) -> str:
+    h = layout.history
+    every = "every frame (20 Hz)" if h.stride == 1 else f"every {h.stride}th frame"
+    feats = (f"{h.features} entries, {every}, " + ("including this frame (the vision ran first)" if h.includes_current
+                                                     else "past frames only (the model adds this frame's own)"))
+    desire = f"{h.desire} entries" + ("" if h.stride == 1 else f", each the max of {h.stride} 20 Hz pulses")
+    curv = {"own": "its own previous outputs (20 Hz)", "zeros": "zeros (as modeld fed it)", "absent": None}[h.prev_curv]
+    parts = [f"image pair (t-{h.pair_skip}, t)", f"features_buffer {feats}", f"desire pulses {desire}"]
+    if curv:
+        parts.append(f"prev_desired_curv {curv}")
+    if layout.lateral_params:
+        parts.append("lateral_control_params (v_ego, lateral delay)")
+    if layout.action_t:
+        parts.append("action_t (lateral, longitudinal delay) + 1.5 DT_MDL")
+    return "; ".join(parts)
+
+
+def _heads_line(model: ModelFile) -> str:
+    from spark_distill.openpilot.outputs import is_mixture
+
+    def one(name: str, s: slice) -> str:
+        w = s.stop - s.start
+        multi = C.HEADS.get(name, ("raw", {}))[1].get("in_n")  # plan, lead: a mixture or one Gaussian, by width
+        kind = "" if not multi else " mixture" if is_mixture(name, w) else " single Gaussian"
+        return f"{name} {s.start}:{s.stop} ({w}{kind})"
+
+    end = max(s.stop for s in model.slices.values())
+    pad = f"; padding {model.width - end}" if end < model.width else ""
+    return f"width {model.width}{pad}: " + ", ".join(one(n, s) for n, s in sorted(model.slices.items(),
+                                                                                   key=lambda kv: kv[1].start))
+
+
+def teacher_rows(teacher: Teacher) -> dict[str, str]:
+    """What a teacher was recognised as, one row per fact (`inspect --teacher`)."""
+    lay = teacher.layout
+    rows = {"layout": f"{lay.key}: openpilot {lay.releases} (row{'s' if '-' in lay.rows else ''} {lay.rows} of "
+                      "openpilot_releases.md)",
+            "topology": (f"{lay.topology}: " + " + ".join(m.path.name for _, m in teacher.models)),
+            "controls from": {"desired_curvature": "the desired_curvature output",
+                              "plan": "the plan (curvature and acceleration derived from it)",
+                              "action": "the action head (curvature = action[0] / max(1, v)^2, acceleration = "
+                                        "action[1])"}[lay.control],
+            "history": _history_line(lay)}
+    for role, model in teacher.models:
+        label = "model" if teacher.combined else role
+        rows[f"{label} inputs"] = ", ".join(f"{n} {list(s)} {d}" for n, (s, d) in model.inputs.items())
+        rows[f"{label} heads"] = _heads_line(model)
+        rows[f"{label} slices from"] = ("the ONNX's output_slices property" if model.slices_from == "onnx"
+                                        else model.slices_from)
+    if teacher.combined:
+        rows["label-set members"] = ", ".join(f"{m} = output columns {' + '.join(f'{a}:{b}' for a, b in runs)}"
+                                              for m, runs in teacher.member_columns().items())
+    return rows
 
 
 def make_batch_dynamic(model: Any) -> Any:

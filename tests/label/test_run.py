@@ -88,7 +88,7 @@ def reference_labels(root: Path, teacher_dir: Path, lat_delay: float = 0.2) -> d
                      "desire": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
                      "desire_pulse": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
                      "lateral_control_params": np.array([[max(float(s["car"][t, 0]), 0.0), lat_delay]], np.float32),
-                     "prev_desired_curv": curv_buf[3::4][None]}
+                     "prev_desired_curv": 0 * curv_buf[3::4][None]}  # 0.10.0 fed zeros: `0*...`
             p = policy.run(None, {n: feeds[n] for n in names})[0][0]
             if "desired_curvature" in ps:
                 curv_buf = np.concatenate([curv_buf[1:], [[p[ps["desired_curvature"][0]]]]]).astype(np.float32)

@@ -33,8 +33,8 @@ class OrtBackend:
             raise ConfigError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch for a GPU")
         self.precision, self.device, self.version = "fp32", torch.device("cpu"), ort.__version__
         self.sessions, self.batched = {}, {}
-        self.paths = {"vision": teacher.vision.path, "policy": teacher.policy.path}
-        for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
+        self.paths = {role: mf.path for role, mf in teacher.models}
+        for (role, mf), model in zip(teacher.models, (vision_model, policy_model), strict=False):  # combined: one
             dynamic = make_batch_dynamic(model)
             ok = batch == 1 or check_batching(model, dynamic, mf.inputs)
             if not ok:

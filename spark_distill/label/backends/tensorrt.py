@@ -85,7 +85,7 @@ class TensorRTBackend:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engines, self.widths, self.engine_files = {}, {}, {}
-        for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
+        for (role, mf), model in zip(teacher.models, (vision_model, policy_model), strict=False):  # combined: one
             dynamic = make_batch_dynamic(model)
             if batch > 1 and not check_batching(model, dynamic, mf.inputs):
                 raise ConfigError(f"{mf.path.name} does not run batched; use --batch 1 with this teacher")

@@ -108,7 +108,7 @@ class TorchBackend:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         self.eager: dict[str, _Forward] = {}
-        for role, model, mf in (("vision", vision_model, teacher.vision), ("policy", policy_model, teacher.policy)):
+        for (role, mf), model in zip(teacher.models, (vision_model, policy_model), strict=False):  # combined: one
             dynamic = make_batch_dynamic(model)
             if batch > 1 and not check_batching(model, dynamic, mf.inputs):
                 raise ConfigError(f"{mf.path.name} does not run batched; use --batch 1 with this teacher")
@@ -167,7 +167,7 @@ class TorchBackend:
         fuse into the vision's first kernels; H200, bench stand-in, batch 256: the whole step 21,716 frames/s
         against 18,233 with the models compiled apart); otherwise the backend's own forwards."""
         forwards = self.eager if self.fuse_step else self.forwards
-        vision, policy = forwards["vision"], forwards["policy"]
+        vision, policy = forwards["vision"], forwards.get("policy")  # a combined teacher: its one model as vision
         return StepParts(lambda inputs: vision(*self._layout(inputs).values()), lambda inputs: policy(*inputs.values()),
                          self._compile if self.fuse_step else None, self.cuda_graphs)
 
