@@ -352,25 +352,43 @@ def _next_train(root: Path, label_set: str) -> None:
               highlight=False, soft_wrap=True)
 
 
-def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:
-    """Options from a YAML file where the command line left them at their defaults (CLI wins)."""
+RUN_STATE_KEYS = ("root", "labels", "resume", "process_rank", "world", "init_method")  # a run's config.yaml holds
+# them, but they belong to that run (arguments, --resume, torchrun's environment): --config never adopts them
+
+
+def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any],
+               fields: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options, extra fields): option values from a YAML file where the command line left them at their defaults
+    (CLI wins), and the file's keys that are config `fields` with no option of their own (weight_decay, ...).
+    A key that is neither is a ConfigError: a misspelt key must not be dropped silently."""
     if config is None:
-        return values
+        return values, {}
     from spark_distill.train.config import read_config
 
     loaded = read_config(config)
     aliases = {"adapter_rank": "dora_rank", "adapter_alpha": "dora_alpha"}
-    out = dict(values)
+    out, extra, unknown = dict(values), {}, []
     for key, value in loaded.items():
         name = aliases.get(key, key).replace("-", "_")
         if name == "loss" and isinstance(value, dict):  # a resolved config.yaml: the loss weights as a mapping
             name, value = "loss_weights", ",".join(f"{k}={v}" for k, v in value.items())
+        if name in RUN_STATE_KEYS:
+            continue
         if name not in values:
-            continue  # resolved-config keys that are not options (root, run, world, ...) are ignored
+            if key in fields:
+                extra[key] = value
+            else:
+                unknown.append(key)
+            continue
         source = ctx.get_parameter_source(name)
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):  # typer may vendor its own click enum
             out[name] = ",".join(value) if isinstance(value, list) else value
-    return out
+    if unknown:
+        from spark_distill.errors import ConfigError
+
+        raise ConfigError(f"{config}: unknown key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                          f"keys are the options of `train` (dashes or underscores) and {', '.join(sorted(fields))}")
+    return out, extra
 
 
 @app.command(rich_help_panel="Pipeline")
@@ -460,7 +478,10 @@ def train(
     from spark_distill.train.loop import train as run_train
     from spark_distill.train.losses import LossWeights
 
-    o = _with_yaml(ctx, config, options)
+    plain_fields = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                         if f.name not in options and f.name not in RUN_STATE_KEYS
+                         and f.name not in ("adapter_rank", "adapter_alpha", "loss"))
+    o, extra = _with_yaml(ctx, config, options, plain_fields)
     world, process_rank, o["device"] = _torchrun(o["device"])
     fields = {{"dora_rank": "adapter_rank", "dora_alpha": "adapter_alpha"}.get(k, k): v for k, v in o.items()
               if k not in ("loss_weights", "gt_weight")}
@@ -471,7 +492,7 @@ def train(
     fields.update(root=root, labels=labels, run=o["run"] or "",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
-                  process_rank=process_rank, world=world, init_method="env://" if world > 1 else None)
+                  process_rank=process_rank, world=world, init_method="env://" if world > 1 else None, **extra)
     cfg = TrainConfig(**fields)
     if not cfg.run:  # named after the resolved adapter
         cfg = dataclasses.replace(cfg, run=f"{labels}-{Path(cfg.student).name}-{cfg.adapter}")

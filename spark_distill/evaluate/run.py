@@ -28,6 +28,7 @@ from spark_distill.data.dataset import frames_dir, label_set_dir
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
+from spark_distill.notes import note
 from spark_distill.openpilot.onnx_import import cpu_session
 
 
@@ -77,10 +78,18 @@ def _source_run(path: Path) -> Path | None:
     """The training run a run folder or an export folder came from."""
     if (path / "student.json").exists():
         return path
-    export_json = (path if path.is_dir() else path.parent) / "export.json"
-    if export_json.exists():
-        src = Path(json.loads(export_json.read_text())["source"])
-        return src if (src / "config.yaml").exists() else None
+    folder = path if path.is_dir() else path.parent
+    export_json = folder / "export.json"
+    if not export_json.exists():
+        return None
+    src = Path(json.loads(export_json.read_text())["source"])
+    # exports written before the paths were absolute hold them relative to where `export` ran: try the export's
+    # own neighbourhood too
+    for candidate in (src, folder.parent / src, folder.parent.parent / src):
+        if (candidate / "config.yaml").exists():
+            return candidate
+    note(f"{path}: its training run {src} is not found, so its validation segments are unknown; evaluating "
+         "every segment (pass --segments to choose)")
     return None
 
 

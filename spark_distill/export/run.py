@@ -418,7 +418,7 @@ def export(cfg: ExportConfig, *, on_progress: Callable[[int, int, str], None] | 
     with torch.no_grad():
         (_export_split if fmt == "split" else _export_combined)(t, cfg, result, stage)
     files.write_json_atomic(cfg.output / "export.json", {
-        "source": str(t.run_dir), "checkpoint": str(t.checkpoint), "step": t.step,
+        "source": str(t.run_dir.resolve()), "checkpoint": str(t.checkpoint.resolve()), "step": t.step,
         "format": fmt, "precision": cfg.precision, "opset": cfg.opset if fmt == "combined" else None,
         "files": {k: v.name for k, v in result.files.items()}, "parameters": result.parameters,
         "max_abs_diff_random": result.max_diff_random, "max_abs_diff_real": result.max_diff_real,

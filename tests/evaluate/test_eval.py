@@ -97,3 +97,22 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
         assert (out / png).stat().st_size > 5000
     bad = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--model", str(tmp_path)])
     assert bad.exit_code == 2 and "not a training run" in bad.output
+
+
+def test_an_export_finds_its_run_or_says_it_cannot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export names its training run (absolute since exports record it so; relative ones, as older exports
+    wrote them, are looked up beside the export); a run that cannot be found is a note, not a silent switch to
+    every segment."""
+    from spark_distill.evaluate.run import _source_run
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    for name, source in (("abs", str(run)), ("rel", "runs/a"), ("lost", "/nowhere/runs/a")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "export.json").write_text(json.dumps({"source": source}))
+    assert _source_run(tmp_path / "abs") == run
+    assert _source_run(tmp_path / "rel" / "driving_model.onnx") == tmp_path / "runs" / "a"
+    with caplog.at_level("INFO", logger="spark_distill.notes"):
+        assert _source_run(tmp_path / "lost") is None
+    assert "/nowhere/runs/a is not found" in caplog.text and "every segment" in caplog.text

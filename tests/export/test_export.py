@@ -71,6 +71,7 @@ def test_compact_combined_fp32_and_fp16(runs: dict[str, Path], tmp_path: Path) -
     assert not any(onnx.external_data_helper.uses_external_data(i) for i in model.graph.initializer)
     meta = json.loads((tmp_path / "fp32" / "export.json").read_text())
     assert meta["step"] == 3 and meta["max_abs_diff_real"] == r.max_diff_real
+    assert Path(meta["source"]).is_absolute() and Path(meta["source"]) == runs["compact"].resolve()
     _agrees_in_tinygrad(r.tinygrad, ["driving_model.onnx"], tmp_path / "fp32" / "export.json")
     assert set(r.tinygrad.max_abs_diff) == {f"driving_model.onnx/{o}" for o in ("vision_outputs", "policy_outputs",
                                                                                "state_out")}

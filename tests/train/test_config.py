@@ -69,3 +69,17 @@ def test_a_run_with_the_old_keys_resumes_exactly_and_drives_config(labeled: Path
     assert (again["adapter_rank"], again["adapter_alpha"], again["adapter"]) == (4, 8.0, "dora")
     spec = yaml.safe_load((runs / "again" / "student.json").read_text())
     assert (spec["rank"], spec["alpha"]) == (4, 8.0)
+    # keys with no option of their own are read too (they were dropped silently); a misspelt one is refused
+    (tmp_path / "recipe.yaml").write_text("weight_decay: 0.05\ngrad_clip: 0.5\nwarmup_steps: 1\nmax-steps: 1\n"
+                                          "student: compact-xs\nresume: true\nprocess_rank: 3\n")
+    r = runner.invoke(app, ["train", str(labeled), "--labels", "set", "--config", str(tmp_path / "recipe.yaml"),
+                            "--run", "recipe", "--runs-dir", str(runs), "--device", "cpu", "--workers", "1",
+                            "--batch-size", "2", "--no-mask-warmup", "--burn-in", "4"])
+    assert r.exit_code == 0, r.output
+    recipe = yaml.safe_load((runs / "recipe" / "config.yaml").read_text())
+    assert (recipe["weight_decay"], recipe["grad_clip"], recipe["warmup_steps"], recipe["max_steps"]) == (0.05, 0.5,
+                                                                                                           1, 1)
+    assert recipe["resume"] is False and recipe["process_rank"] == 0, "a run's own state is not adopted"
+    (tmp_path / "typo.yaml").write_text("weight_decy: 0.05\n")
+    r = runner.invoke(app, ["train", str(labeled), "--labels", "set", "--config", str(tmp_path / "typo.yaml")])
+    assert r.exit_code == 2 and "unknown key 'weight_decy'" in r.output and "weight_decay" in r.output
