@@ -21,6 +21,7 @@ from spark_distill.errors import DatasetError
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.onnx_import import cpu_session
 
+POSE_YAW_RATE = 5  # angvel_z in ingest's pose columns (vel xyz, angvel xyz, ...)
 FRAME_MEMBERS = (*shards.camera_members(), "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
                  "pose.npy.zst", "meta.json")
 
@@ -38,6 +39,8 @@ class Segment:
     pose: np.ndarray  # (N, 12)
     teacher_vision: np.ndarray  # (N, Nv) float32
     teacher_policy: np.ndarray  # (N, Np) float32
+    yaw_rate: np.ndarray  # (N,) carState.yawRate, NaN where the log has no carState
+    pose_yaw_rate: np.ndarray  # (N,) the pose's angular velocity z, NaN where the log has no pose
 
     def motion(self) -> SegmentMotion:
         """The logged ego motion, integrated: the path actually driven from any frame."""
@@ -66,22 +69,27 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
             lab = indexes["l", clip.shard].read(clip.key, tuple(shards.LABEL_MEMBERS))
             for k, v in (("frame_ids", f["meta"]["frame_ids"]), ("timestamps_ns", f["meta"]["timestamps_ns"]),
                          ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
-                         ("v_ego", f["car"][:, 0]), ("pose", f["pose"]), ("teacher_vision", lab["vision"]),
-                         ("teacher_policy", lab["policy"])):
+                         ("v_ego", f["car"][:, 0]), ("car", f["car"]), ("pose", f["pose"]),
+                         ("teacher_vision", lab["vision"]), ("teacher_policy", lab["policy"])):
                 parts.setdefault(k, []).append(np.asarray(v))
             parts["traffic"] = [f["traffic"]]
     finally:
         for index in indexes.values():
             index.close()
     cat = {k: np.concatenate(v) if k != "traffic" else v[0] for k, v in parts.items()}
+    columns, car = frames.get("car_columns", []), cat.pop("car")
+    cat["yaw_rate"] = (car[:, columns.index("yawRate")].astype(np.float64) if "yawRate" in columns
+                       else np.full(len(car), np.nan))
+    cat["pose_yaw_rate"] = cat["pose"][:, POSE_YAW_RATE].astype(np.float64)
     for k in ("teacher_vision", "teacher_policy"):
         cat[k] = cat[k].astype(np.float32)
     return Segment(name=name, **cat)
 
 
-def image_stack(frames: np.ndarray, i: int) -> np.ndarray:
-    """(1, 12, 128, 256): frame i-4 (zeros before it exists) and frame i, as modeld stacks them."""
-    older = frames[i - C.TEMPORAL_SKIP] if i >= C.TEMPORAL_SKIP else np.zeros_like(frames[i])
+def image_stack(frames: np.ndarray, i: int, skip: int = C.TEMPORAL_SKIP) -> np.ndarray:
+    """(1, 12, 128, 256): frame i-4 (i-1 for a 20 Hz supercombo; zeros before it exists) and frame i, as modeld
+    stacks them."""
+    older = frames[i - skip] if i >= skip else np.zeros_like(frames[i])
     return np.concatenate([older, frames[i]], 0)[None]
 
 
@@ -93,10 +101,11 @@ def rollout_torch(student: torch.nn.Module, seg: Segment, *, device: str = "cpu"
     student = student.to(dev).eval()
     state = student.initial_state(1, dev)
     traffic = torch.from_numpy(seg.traffic[None].astype(np.float32)).to(dev)
+    skip = getattr(student, "pair_skip", C.TEMPORAL_SKIP)
     vis, pol = [], []
     for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
-        img = torch.from_numpy(image_stack(seg.road, i)).to(dev)
-        big = torch.from_numpy(image_stack(seg.wide, i)).to(dev)
+        img = torch.from_numpy(image_stack(seg.road, i, skip)).to(dev)
+        big = torch.from_numpy(image_stack(seg.wide, i, skip)).to(dev)
         desire = torch.from_numpy(seg.desire[i:i + 1].astype(np.float32)).to(dev)
         v_ego = torch.tensor([float(seg.v_ego[i])], device=dev)
         v, p, state = student(img, big, desire, traffic, state, v_ego)

@@ -84,9 +84,9 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
     n = len(m["segments"])
     assert re.search(rf"^eval: {n}/{n} segments in \d:\d\d:\d\d", r.output, re.M), r.output  # piped: a line
     models = m["models"]
-    assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split)"]
+    assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split-lateral)"]
     assert m["segments"], "the runs' validation segments"
-    for run, onnx_name in (("a", "a-onnx/driving_model.onnx"), ("b", "b-onnx (split)")):
+    for run, onnx_name in (("a", "a-onnx/driving_model.onnx"), ("b", "b-onnx (split-lateral)")):
         x, y = models[run], models[onnx_name]
         for key in ("plan", "lane_lines", "road_edges"):
             np.testing.assert_allclose(x[key]["per_horizon"], y[key]["per_horizon"], rtol=1e-4, atol=1e-5)
