@@ -152,7 +152,12 @@ def headline(m: dict[str, Any]) -> dict[str, float | None]:
             "driven path ADE (m)": drive.get("student", {}).get("mean"),
             "teacher vs driven ADE (m)": drive.get("teacher", {}).get("mean"),
             "driven path known up to (s)": drive.get("longest_horizon_s"),
-            "curvature vs teacher (1/m)": controls.get("curvature_vs_teacher"),
+            # curvature in 1/km in the table (1/m in metrics.json): 3 decimals of 1/m would show most errors as 0
+            "curvature vs teacher (1/km)": _per_km(controls.get("curvature_vs_teacher")),
             "accel vs teacher (m/s2)": controls.get("accel_vs_teacher"),
-            "curvature vs driven (1/m)": controls.get("driven", {}).get("student"),
-            "teacher curvature vs driven (1/m)": controls.get("driven", {}).get("teacher")}
+            "curvature vs driven (1/km)": _per_km(controls.get("driven", {}).get("student")),
+            "teacher curvature vs driven (1/km)": _per_km(controls.get("driven", {}).get("teacher"))}
+
+
+def _per_km(curvature: float | None) -> float | None:
+    return None if curvature is None else curvature * 1000.0

@@ -8,6 +8,7 @@ order), `rollout_torch(student, segment)` and `OnnxStep(path).rollout(segment)` 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,12 +124,18 @@ class OnnxStep:
         if "state" not in self.inputs:
             raise DatasetError(f"{path}: not a combined export (no 'state' input)")
         self.state_len = int(self.inputs["state"][1])
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:  # the image pair's spacing the student was exported with (older exports: modeld's 4)
+            self.pair_skip = int(json.loads(props.get("spark_distill", "{}")).get("pair_skip", C.TEMPORAL_SKIP))
+        except (ValueError, TypeError, AttributeError):
+            self.pair_skip = C.TEMPORAL_SKIP
 
     def rollout(self, seg: Segment, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         state = np.zeros((1, self.state_len), np.float32)
         vis, pol = [], []
         for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
-            feed = {"img": image_stack(seg.road, i), "big_img": image_stack(seg.wide, i),
+            skip = self.pair_skip
+            feed = {"img": image_stack(seg.road, i, skip), "big_img": image_stack(seg.wide, i, skip),
                     "desire": seg.desire[i:i + 1].astype(np.float32),
                     "traffic_convention": seg.traffic[None].astype(np.float32), "state": state}
             if "v_ego" in self.inputs:

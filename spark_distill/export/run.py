@@ -199,8 +199,10 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
     declared = _declared_inputs(proto, {n: example[n].shape for n in names})
     G.set_property(proto, "output_slices", base64.b64encode(pickle.dumps(student.policy_slices)).decode())
     G.set_property(proto, "vision_output_slices", base64.b64encode(pickle.dumps(student.vision_slices)).decode())
+    pair_skip = getattr(student, "pair_skip", 4)  # frames between the two images (1: a 20 Hz supercombo's)
     G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step, "format": "combined",
-                                                      "state_len": state_len, "precision": cfg.precision}))
+                                                      "state_len": state_len, "precision": cfg.precision,
+                                                      "pair_skip": pair_skip}))
     result.op_types = G.op_types(proto)
     data = proto.SerializeToString()
     sess = cpu_session(data)
@@ -230,7 +232,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
     if clip is not None:
         feeds = []
         for i in range(len(clip["road"])):
-            img, big = _stacks(clip, i)
+            img, big = _stacks(clip, i, pair_skip)
             feed = {"img": img, "big_img": big, "desire": clip["desire"][i:i + 1].astype(np.float32),
                     "traffic_convention": clip["traffic"][None].astype(np.float32),
                     "state": np.zeros((1, state_len), np.float32)}

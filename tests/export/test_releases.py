@@ -86,7 +86,7 @@ def test_train_export_eval(root: Path, layout: str, tmp_path: Path) -> None:
     ev = tmp_path / "eval"
     printed = _cli("eval", str(root), "--labels", labels, "--run", str(run), "--model", str(out), "--out", str(ev),
                    "--include-warmup")
-    assert "curvature vs driven (1/m)" in printed
+    assert "curvature vs driven (1/km)" in printed
     models = json.loads((ev / "metrics.json").read_text())["models"]
     assert list(models) == ["r", f"export ({layout})"]
     torch_side, onnx_side = (models[k]["controls"] for k in models)
