@@ -403,8 +403,10 @@ def train(
                                               "given by --student-onnx); or a trained run to continue from: "
                                               "runs/<run> (its newest good checkpoint) or one checkpoint folder "
                                               "runs/<run>/checkpoints/step-N.")] = "compact",
-    student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
-                                                           "(+ metadata) for --student openpilot.")] = None,
+    student_onnx: Annotated[Path | None, typer.Option(help="An openpilot release's model folder for --student "
+                                                           "openpilot: driving_vision.onnx + driving_policy.onnx, "
+                                                           "supercombo.onnx or driving_supercombo.onnx (+ "
+                                                           "metadata).")] = None,
     run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ \\[default: "
                                             "<labels>-<student>-<adapter>]. Under torchrun write --run-name (torchrun "
                                             "takes --run for its own --run-path).")] = None,
