@@ -420,8 +420,10 @@ def train(
                                               "given by --student-onnx); or a trained run to continue from: "
                                               "runs/<run> (its newest good checkpoint) or one checkpoint folder "
                                               "runs/<run>/checkpoints/step-N.")] = "compact",
-    student_onnx: Annotated[Path | None, typer.Option(help="Folder with driving_vision.onnx + driving_policy.onnx "
-                                                           "(+ metadata) for --student openpilot.")] = None,
+    student_onnx: Annotated[Path | None, typer.Option(help="An openpilot release's model folder for --student "
+                                                           "openpilot: driving_vision.onnx + driving_policy.onnx, "
+                                                           "supercombo.onnx or driving_supercombo.onnx (+ "
+                                                           "metadata).")] = None,
     run: Annotated[str | None, typer.Option("--run", "--run-name", help="Run name: runs/<run>/ \\[default: "
                                             "<labels>-<student>-<adapter>]. Under torchrun write --run-name (torchrun "
                                             "takes --run for its own --run-path).")] = None,
@@ -551,11 +553,13 @@ def export(
     source: Annotated[Path, typer.Argument(help="A training run folder (its newest good checkpoint) or one "
                                                 "checkpoint folder (runs/<run>/checkpoints/step-N).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ONNX model(s) and metadata.")],
-    format: Annotated[str, typer.Option("--format", help="split: drop-in driving_vision.onnx + driving_policy.onnx "
-                                                         "(openpilot student); combined: one graph with the state "
-                                                         "as input and output; auto: split for the openpilot "
-                                                         "student, else combined.")] = "auto",
-    opset: Annotated[int, typer.Option(help="ONNX opset of a combined export (split keeps the teacher's).")] = 14,
+    format: Annotated[str, typer.Option("--format", help="release: the teacher's own files, drop-in (openpilot "
+                                                         "student: driving_vision.onnx + driving_policy.onnx, "
+                                                         "supercombo.onnx or driving_supercombo.onnx, with their "
+                                                         "metadata; split: its former name); combined: one graph "
+                                                         "with the state as input and output; auto: release for "
+                                                         "the openpilot student, else combined.")] = "auto",
+    opset: Annotated[int, typer.Option(help="ONNX opset of a combined export (release keeps the teacher's).")] = 14,
     precision: Annotated[str, typer.Option(help="fp32, or fp16 weights (combined export of a compact student).")
                          ] = "fp32",
     verify_frames: Annotated[int, typer.Option(help="Frames of the run's dataset run through torch and ONNX "
@@ -582,7 +586,7 @@ def export(
         "ONNX Runtime CPU latency": f"{r.latency_ms:.2f} ms/frame",
         "max |tinygrad - ORT|": _tinygrad_line(r),
         "op types": ", ".join(f"{k} x{v}" for k, v in r.op_types.items()),
-        **({"tensors written back": len(r.written_back)} if r.format == "split" else {}),
+        **({"tensors written back": len(r.written_back)} if r.format == "release" else {}),
         **({"copied unchanged": ", ".join(r.copied)} if r.copied else {})})
 
 

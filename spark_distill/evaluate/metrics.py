@@ -14,7 +14,10 @@ Main entry point: `compare(student_vision, student_policy, teacher_vision, teach
 - desire_state: agreement of the most probable desire;
 - drive (with `gt`, the path actually driven from `pose.npy`): xy error per T_IDXS over valid horizons;
   horizons past the end of every segment have no value (None, and no `at` value either) and
-  `longest_horizon_s` says how far the drive reaches.
+  `longest_horizon_s` says how far the drive reaches;
+- controls (with `controls`): desired curvature and acceleration derived the way the teacher's release derives
+  them (openpilot.controls: the desired_curvature output, the plan, or 0.11's action head), student against
+  teacher, and each one's curvature against the curvature the car drove (carState yaw rate / speed).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.controls import desired_controls
 from spark_distill.openpilot.outputs import parse_outputs
 
 REPORT_SECONDS = (1.0, 2.0, 4.0, 10.0)
@@ -57,12 +61,34 @@ def plan_xy(parsed: dict[str, Any]) -> np.ndarray:
     return np.asarray(parsed["plan"]["mean"]).reshape(-1, C.IDX_N, C.PLAN_WIDTH)[..., :3]
 
 
+def _mae(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else None
+
+
+def control_metrics(s: dict[str, Any], t: dict[str, Any], *, control: str, v_ego: np.ndarray, lat_delay: float,
+                    long_delay: float, driven: np.ndarray, driven_from: str) -> dict[str, Any]:
+    """The release's controls (openpilot.controls) of student and teacher: their difference, and each one's
+    curvature against the curvature the car drove."""
+    sc, sa = desired_controls(s, control, v_ego, lat_delay=lat_delay, long_delay=long_delay)
+    tc, ta = desired_controls(t, control, v_ego, lat_delay=lat_delay, long_delay=long_delay)
+    known = np.isfinite(driven)
+    return {"derived_from": control, "curvature_vs_teacher": _mae(sc, tc), "accel_vs_teacher": _mae(sa, ta),
+            "driven": {"from": driven_from, "frames": int(known.sum()), "student": _mae(sc, driven),
+                       "teacher": _mae(tc, driven)}}
+
+
 def compare(student_vision: np.ndarray, student_policy: np.ndarray, teacher_vision: np.ndarray,
             teacher_policy: np.ndarray, slices: dict[str, dict[str, list[int]]],
-            gt: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+            gt: tuple[np.ndarray, np.ndarray] | None = None, controls: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """`controls`: control_metrics' keyword arguments (the layout's control, per-frame v_ego and driven curvature,
+    the delays), for the controls section."""
     s = {**parse_outputs(student_vision, slices["vision"]), **parse_outputs(student_policy, slices["policy"])}
     t = {**parse_outputs(teacher_vision, slices["vision"]), **parse_outputs(teacher_policy, slices["policy"])}
     out: dict[str, Any] = {"frames": len(student_policy)}
+    if controls is not None:
+        out["controls"] = control_metrics(s, t, **controls)
     if "plan" in s and "plan" in t:
         sp, tp = plan_xy(s), plan_xy(t)
         err = np.linalg.norm(sp[..., :2] - tp[..., :2], axis=-1)  # (N, 33)
@@ -113,7 +139,7 @@ def compare(student_vision: np.ndarray, student_policy: np.ndarray, teacher_visi
 
 def headline(m: dict[str, Any]) -> dict[str, float | None]:
     """The few numbers of a comparison table row."""
-    plan, drive = m.get("plan", {}), m.get("drive", {})
+    plan, drive, controls = m.get("plan", {}), m.get("drive", {}), m.get("controls", {})
     return {"plan ADE (m)": plan.get("mean"), "plan @2s (m)": plan.get("at", {}).get("2"),
             "plan @10s (m)": plan.get("at", {}).get("10"),
             "best hypothesis agreement": plan.get("best_hypothesis_agreement"),
@@ -125,4 +151,13 @@ def headline(m: dict[str, Any]) -> dict[str, float | None]:
             "desire agreement": m.get("desire_state_agreement"),
             "driven path ADE (m)": drive.get("student", {}).get("mean"),
             "teacher vs driven ADE (m)": drive.get("teacher", {}).get("mean"),
-            "driven path known up to (s)": drive.get("longest_horizon_s")}
+            "driven path known up to (s)": drive.get("longest_horizon_s"),
+            # curvature in 1/km in the table (1/m in metrics.json): 3 decimals of 1/m would show most errors as 0
+            "curvature vs teacher (1/km)": _per_km(controls.get("curvature_vs_teacher")),
+            "accel vs teacher (m/s2)": controls.get("accel_vs_teacher"),
+            "curvature vs driven (1/km)": _per_km(controls.get("driven", {}).get("student")),
+            "teacher curvature vs driven (1/km)": _per_km(controls.get("driven", {}).get("teacher"))}
+
+
+def _per_km(curvature: float | None) -> float | None:
+    return None if curvature is None else curvature * 1000.0

@@ -8,6 +8,7 @@ order), `rollout_torch(student, segment)` and `OnnxStep(path).rollout(segment)` 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from spark_distill.errors import DatasetError
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.onnx_import import cpu_session
 
+POSE_YAW_RATE = 5  # angvel_z in ingest's pose columns (vel xyz, angvel xyz, ...)
 FRAME_MEMBERS = (*shards.camera_members(), "desire.npy.zst", "traffic.npy.zst", "car.npy.zst",
                  "pose.npy.zst", "meta.json")
 
@@ -38,6 +40,8 @@ class Segment:
     pose: np.ndarray  # (N, 12)
     teacher_vision: np.ndarray  # (N, Nv) float32
     teacher_policy: np.ndarray  # (N, Np) float32
+    yaw_rate: np.ndarray  # (N,) carState.yawRate, NaN where the log has no carState
+    pose_yaw_rate: np.ndarray  # (N,) the pose's angular velocity z, NaN where the log has no pose
 
     def motion(self) -> SegmentMotion:
         """The logged ego motion, integrated: the path actually driven from any frame."""
@@ -67,7 +71,7 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
             for k, v in (("frame_ids", f["meta"]["frame_ids"]), ("timestamps_ns", f["meta"]["timestamps_ns"]),
                          ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
                          # before a log's first carState: v_ego 0, as modeld reads it
-                         ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("pose", f["pose"]),
+                         ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("car", f["car"]), ("pose", f["pose"]),
                          ("teacher_vision", lab["vision"]), ("teacher_policy", lab["policy"])):
                 parts.setdefault(k, []).append(np.asarray(v))
             parts["traffic"] = [f["traffic"]]
@@ -75,14 +79,19 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
         for index in indexes.values():
             index.close()
     cat = {k: np.concatenate(v) if k != "traffic" else v[0] for k, v in parts.items()}
+    columns, car = frames.get("car_columns", []), cat.pop("car")
+    cat["yaw_rate"] = (car[:, columns.index("yawRate")].astype(np.float64) if "yawRate" in columns
+                       else np.full(len(car), np.nan))
+    cat["pose_yaw_rate"] = cat["pose"][:, POSE_YAW_RATE].astype(np.float64)
     for k in ("teacher_vision", "teacher_policy"):
         cat[k] = cat[k].astype(np.float32)
     return Segment(name=name, **cat)
 
 
-def image_stack(frames: np.ndarray, i: int) -> np.ndarray:
-    """(1, 12, 128, 256): frame i-4 (zeros before it exists) and frame i, as modeld stacks them."""
-    older = frames[i - C.TEMPORAL_SKIP] if i >= C.TEMPORAL_SKIP else np.zeros_like(frames[i])
+def image_stack(frames: np.ndarray, i: int, skip: int = C.TEMPORAL_SKIP) -> np.ndarray:
+    """(1, 12, 128, 256): frame i-4 (i-1 for a 20 Hz supercombo; zeros before it exists) and frame i, as modeld
+    stacks them."""
+    older = frames[i - skip] if i >= skip else np.zeros_like(frames[i])
     return np.concatenate([older, frames[i]], 0)[None]
 
 
@@ -94,10 +103,11 @@ def rollout_torch(student: torch.nn.Module, seg: Segment, *, device: str = "cpu"
     student = student.to(dev).eval()
     state = student.initial_state(1, dev)
     traffic = torch.from_numpy(seg.traffic[None].astype(np.float32)).to(dev)
+    skip = getattr(student, "pair_skip", C.TEMPORAL_SKIP)
     vis, pol = [], []
     for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
-        img = torch.from_numpy(image_stack(seg.road, i)).to(dev)
-        big = torch.from_numpy(image_stack(seg.wide, i)).to(dev)
+        img = torch.from_numpy(image_stack(seg.road, i, skip)).to(dev)
+        big = torch.from_numpy(image_stack(seg.wide, i, skip)).to(dev)
         desire = torch.from_numpy(seg.desire[i:i + 1].astype(np.float32)).to(dev)
         v_ego = torch.tensor([float(seg.v_ego[i])], device=dev)
         v, p, state = student(img, big, desire, traffic, state, v_ego)
@@ -115,12 +125,18 @@ class OnnxStep:
         if "state" not in self.inputs:
             raise DatasetError(f"{path}: not a combined export (no 'state' input)")
         self.state_len = int(self.inputs["state"][1])
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:  # the image pair's spacing the student was exported with (older exports: modeld's 4)
+            self.pair_skip = int(json.loads(props.get("spark_distill", "{}")).get("pair_skip", C.TEMPORAL_SKIP))
+        except (ValueError, TypeError, AttributeError):
+            self.pair_skip = C.TEMPORAL_SKIP
 
     def rollout(self, seg: Segment, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         state = np.zeros((1, self.state_len), np.float32)
         vis, pol = [], []
         for i in range(len(seg.frame_ids) if frames is None else min(frames, len(seg.frame_ids))):
-            feed = {"img": image_stack(seg.road, i), "big_img": image_stack(seg.wide, i),
+            skip = self.pair_skip
+            feed = {"img": image_stack(seg.road, i, skip), "big_img": image_stack(seg.wide, i, skip),
                     "desire": seg.desire[i:i + 1].astype(np.float32),
                     "traffic_convention": seg.traffic[None].astype(np.float32), "state": state}
             if "v_ego" in self.inputs:

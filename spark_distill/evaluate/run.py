@@ -3,8 +3,10 @@
 """`spark-distill eval`: students (runs or exported ONNX) against the teacher's labels and the drive.
 
 Every model is run over whole held-out segments as the car runs it (`evaluate.rollout`); a run from
-its merged checkpoint in torch, an export through ONNX Runtime (combined: `driving_model.onnx`; split:
-the drop-in pair, with openpilot's history buffers kept by the same code the openpilot student uses).
+its merged checkpoint in torch, an export through ONNX Runtime (combined: `driving_model.onnx`; release: the
+drop-in files of any supported layout, with modeld's loop of that layout kept by the same code the openpilot
+student uses). Controls are derived the way the label set's release derives them (openpilot.controls) and compared
+with the teacher's and with the curvature the car drove.
 Segments: `--segments`, else the validation split of the first run (or of the run an export came from),
 else every segment. Frames inside each segment's teacher warm-up (zero-history labels) are left out
 unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
@@ -29,7 +31,9 @@ from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
 from spark_distill.notes import note
+from spark_distill.openpilot.controls import control_of, driven_curvature
 from spark_distill.openpilot.onnx_import import cpu_session
+from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,14 +78,25 @@ class _OrtGraph(nn.Module):
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def _split_student(folder: Path) -> nn.Module:
-    """The exported pair as an openpilot student whose two graphs run in ONNX Runtime."""
+def _release_student(folder: Path) -> nn.Module:
+    """An exported release folder (split pair or one combined model) as an openpilot student whose graphs run in
+    ONNX Runtime, with modeld's loop of its recognised layout (the same code the openpilot student uses)."""
     from spark_distill.models.openpilot import OpenpilotStudent
 
     student = OpenpilotStudent.from_onnx([folder])
-    student.vision = _OrtGraph(folder / "driving_vision.onnx")
-    student.policy = _OrtGraph(folder / "driving_policy.onnx")
+    if student.combined:
+        student.model = _OrtGraph(student.teacher.vision.path)
+    else:
+        student.vision = _OrtGraph(student.teacher.vision.path)
+        student.policy = _OrtGraph(student.teacher.policy.path)
     return student
+
+
+def _is_release_folder(path: Path) -> bool:
+    from spark_distill.openpilot.releases import COMBINED_FILES, SPLIT_FILES
+
+    return path.is_dir() and (all((path / n).exists() for n in SPLIT_FILES)
+                              or any((path / n).exists() for n in COMBINED_FILES))
 
 
 def _source_run(path: Path) -> Path | None:
@@ -115,11 +130,12 @@ def _model_runner(path: Path, device: str) -> tuple[str, Any]:
     if onnx_file.suffix == ".onnx" and onnx_file.exists():
         step = OnnxStep(onnx_file)
         return f"{onnx_file.parent.name}/{onnx_file.name}", step.rollout
-    if path.is_dir() and (path / "driving_policy.onnx").exists():
-        student = _split_student(path)
-        return f"{path.name} (split)", lambda seg: rollout_torch(student, seg, device="cpu")
+    if _is_release_folder(path):
+        student = _release_student(path)
+        return f"{path.name} ({student.layout.key})", lambda seg: rollout_torch(student, seg, device="cpu")
     raise ConfigError(f"{path}: not a training run, a checkpoint, a combined driving_model.onnx or an export folder "
-                      "with driving_vision.onnx + driving_policy.onnx")
+                      "of an openpilot release's files (driving_vision.onnx + driving_policy.onnx, supercombo.onnx "
+                      "or driving_supercombo.onnx)")
 
 
 def _choose_segments(cfg: EvalConfig, names: list[str]) -> list[str]:
@@ -159,6 +175,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     first_ids = {n: s.get("first_frame_id", 0) for n, s in labels["segments"].items()}
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
+    v_ego, driven, driven_from = [], [], set()
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
     for i, seg_name in enumerate(chosen):
         report(i, len(chosen), seg_name)
@@ -178,6 +195,10 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         path, valid = seg.motion().future(np.flatnonzero(keep))
         gt_path.append(path)
         gt_valid.append(valid)
+        curv, source = driven_curvature(seg.v_ego, seg.yaw_rate, seg.pose_yaw_rate)
+        v_ego.append(seg.v_ego[keep])
+        driven.append(curv[keep])
+        driven_from.add(source)
         if picture is None:
             picture = (seg, per_model)
     report(len(chosen), len(chosen), "")
@@ -187,9 +208,13 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
     result = EvalResult(kept_segments)
+    controls = {"control": control_of(slices, labels.get("layout")), "v_ego": np.concatenate(v_ego),
+                "lat_delay": float(labels.get("lat_delay", DEFAULT_LAT_DELAY)),
+                "long_delay": float(labels.get("long_delay", DEFAULT_LONG_DELAY)),
+                "driven": np.concatenate(driven), "driven_from": "; ".join(sorted(driven_from))}
     for name, parts in outputs.items():
         sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])
-        result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt)
+        result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt, controls=controls)
     cfg.out.mkdir(parents=True, exist_ok=True)
     result.ground_truth = ground_truth_sources(frames_segments, kept_segments)
     files.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,

@@ -3,10 +3,13 @@
 """`spark-distill export`: a trained run (or one checkpoint) -> ONNX that openpilot can load, verified.
 
 Formats:
-- split (openpilot student): drop-in `driving_policy.onnx` (+ `driving_vision.onnx`) — the teacher's own
-  graphs with the trained tensors written back (`export.graph.write_back`), so names, shapes, dtypes and
-  the `output_slices` property are the teacher's; regenerated `*_metadata.pkl`. An unchanged half is
-  copied as is, so the folder works as a whole.
+- release (openpilot student; `split` is its former name, for split teachers): exactly the teacher's file set —
+  `driving_vision.onnx` + `driving_policy.onnx`, `supercombo.onnx` or `driving_supercombo.onnx` — its own graphs
+  with the trained tensors written back (`export.graph.write_back`), so inputs, outputs, names, shapes, dtypes and
+  metadata properties (0.11's `output_slices` among them) are the teacher's; beside each, the teacher's own
+  `_metadata.pkl` with only the model's name changed, where the release has one (0.11 has none). An unchanged graph
+  is copied as is, so the folder works as a whole and loads as a teacher of the same recognised layout. Verified
+  on random inputs and on the inputs modeld's loop of the layout builds over a clip of the run's dataset.
 - combined (any student): one graph, inputs img, big_img [1,12,128,256] uint8, desire [1,8],
   traffic_convention [1,2], state [1,H] (+ v_ego [1] for the openpilot student), outputs vision_outputs,
   policy_outputs, state_out; opset 14 by default.
@@ -53,7 +56,7 @@ from spark_distill.progress import Stages
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "split", "combined")
+FORMATS = ("auto", "release", "split", "combined")  # split: release's former name (a split teacher's only)
 PRECISIONS = ("fp32", "fp16")
 CHECKS = ("auto", "tinygrad", "none")
 CONSUMER_FEEDS = 3  # inputs per graph through tinygrad: one random, then dataset frames (~0.3 s each after the first)
@@ -135,14 +138,12 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
             "v_ego": s["car"][:n, 0], "start": np.array(s["meta"]["clip"] == 0)}
 
 
-def _stacks(clip: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 2-frame image stacks of frame i, as training builds them (train.step.Unroll)."""
-    from spark_distill.openpilot import contract as C
-
+def _stacks(clip: dict[str, np.ndarray], i: int, skip: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-frame image stacks of frame i, `skip` frames apart, as training builds them (train.step.Unroll)."""
     out = []
     for cam in ("road", "wide"):
         x = clip[cam]
-        older = x[i - C.TEMPORAL_SKIP] if i >= C.TEMPORAL_SKIP else (np.zeros_like(x[0]) if clip["start"] else x[0])
+        older = x[i - skip] if i >= skip else (np.zeros_like(x[0]) if clip["start"] else x[0])
         out.append(np.concatenate([older, x[i]], 0)[None])
     return out[0], out[1]
 
@@ -198,8 +199,10 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
     declared = _declared_inputs(proto, {n: example[n].shape for n in names})
     G.set_property(proto, "output_slices", base64.b64encode(pickle.dumps(student.policy_slices)).decode())
     G.set_property(proto, "vision_output_slices", base64.b64encode(pickle.dumps(student.vision_slices)).decode())
+    pair_skip = getattr(student, "pair_skip", 4)  # frames between the two images (1: a 20 Hz supercombo's)
     G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step, "format": "combined",
-                                                      "state_len": state_len, "precision": cfg.precision}))
+                                                      "state_len": state_len, "precision": cfg.precision,
+                                                      "pair_skip": pair_skip}))
     result.op_types = G.op_types(proto)
     data = proto.SerializeToString()
     sess = cpu_session(data)
@@ -229,7 +232,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
     if clip is not None:
         feeds = []
         for i in range(len(clip["road"])):
-            img, big = _stacks(clip, i)
+            img, big = _stacks(clip, i, pair_skip)
             feed = {"img": img, "big_img": big, "desire": clip["desire"][i:i + 1].astype(np.float32),
                     "traffic_convention": clip["traffic"][None].astype(np.float32),
                     "state": np.zeros((1, state_len), np.float32)}
@@ -302,55 +305,114 @@ def _consumer_check(cfg: ExportConfig, result: ExportResult, graphs: dict[str, b
         log.warning("tinygrad check skipped: %s", e)
 
 
-def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, stage: Stages) -> None:
+class _Recorder(nn.Module):
+    """A graph of the student that keeps the inputs it is called with (what modeld would feed the exported file)."""
+
+    def __init__(self, graph: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.graph, self.names, self.seen = graph, names, []
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        self.seen.append({n: a.detach().cpu().numpy() for n, a in zip(self.names, args, strict=True)})
+        return self.graph(*args)
+
+
+def _real_graph_feeds(student: Any, clip: dict[str, np.ndarray] | None) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per graph of the student (vision, policy or the one combined model), the inputs it gets over the run's first
+    dataset clip when the student runs it with modeld's loop of its layout: images, and the histories built from
+    them (as the car would feed the exported files)."""
+    if clip is None:
+        return {}
+    roles = ["model"] if student.combined else ["vision", "policy"]
+    names = {r: list((student.teacher.vision if r != "policy" else student.teacher.policy).inputs) for r in roles}
+    recorders = {r: _Recorder(getattr(student, r), names[r]) for r in roles}
+    for r in roles:
+        setattr(student, r, recorders[r])
+    try:
+        state = student.initial_state(1)
+        for i in range(len(clip["road"])):
+            img, big = _stacks(clip, i, student.pair_skip)
+            _, _, state = student(torch.from_numpy(img), torch.from_numpy(big),
+                                  torch.from_numpy(clip["desire"][i:i + 1].astype(np.float32)),
+                                  torch.from_numpy(clip["traffic"][None].astype(np.float32)), state,
+                                  torch.from_numpy(clip["v_ego"][i:i + 1].astype(np.float32)))
+    finally:
+        for r in roles:
+            setattr(student, r, recorders[r].graph)
+    return {r: recorders[r].seen for r in roles}
+
+
+def _release_metadata(src: Path, name: str) -> bytes | None:
+    """The teacher's own `<stem>_metadata.pkl` (read with the restricted unpickler) with only the model's name
+    changed (the key the release uses: model_checkpoint, vision_model, policy_model or model): output slices as
+    shipped (`pad` included), input and output shapes, every other key kept. None where the release has none
+    (0.11: the slices live in the ONNX's metadata_props, which the written-back graph keeps)."""
+    from spark_distill.openpilot.metadata import safe_loads
+
+    pkl = src.with_name(f"{src.stem}_metadata.pkl")
+    if not pkl.is_file():
+        return None
+    meta = safe_loads(pkl.read_bytes(), source=str(pkl))
+    if not isinstance(meta, dict):
+        raise ExportError(f"{pkl}: the teacher's metadata is a {type(meta).__name__}, not a dict")
+    keys = [k for k in ("model_checkpoint", "vision_model", "policy_model", "model") if k in meta]
+    for k in keys:
+        meta[k] = f"{meta[k]}+{name}"
+    return pickle.dumps(meta)
+
+
+def _export_release(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, stage: Stages) -> None:
+    """The teacher's own file set (split pair, or the one combined model) with the trained tensors written back:
+    same graphs, inputs, outputs, names, shapes, dtypes and metadata properties; the `_metadata.pkl` beside each
+    where the release has one."""
     import onnx
 
     from spark_distill.openpilot.teachers import random_inputs
 
     if t.spec["architecture"]["kind"] != "openpilot":
-        raise ConfigError("--format split is openpilot's two-model contract: it needs the openpilot student (its "
-                          "policy inputs are history buffers); export a compact student with --format combined")
+        raise ConfigError(f"--format {cfg.format} writes the teacher's own files: it needs the openpilot student (its "
+                          "inputs are openpilot's history buffers); export a compact student with --format combined")
     if cfg.precision != "fp32":
-        raise ConfigError("--format split keeps the teacher's own dtypes; --precision fp16 applies to combined")
+        raise ConfigError(f"--format {cfg.format} keeps the teacher's own dtypes; --precision fp16 applies to "
+                          "combined")
     student = t.student
-    onnx_dir = Path(t.spec["architecture"]["onnx"])
+    teacher = student.teacher
+    if cfg.format == "split" and teacher.combined:
+        raise ConfigError(f"--format split: the teacher is one combined model ({teacher.vision.path.name}); "
+                          "--format release (or auto) writes it")
+    roles = ([("model", teacher.vision, student.model)] if teacher.combined else
+             [("vision", teacher.vision, student.vision), ("policy", teacher.policy, student.policy)])
     merged = student.state_dict()
-    changes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"vision": {}, "policy": {}}
+    changes: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {r: {} for r, _, _ in roles}
     for name, base in t.base.items():
         new = merged[name]
         if new.dtype.is_floating_point and not torch.equal(new, base.to(new.dtype)):
-            half = name.split(".", 1)[0]
-            if half not in changes:
-                raise ExportError(f"trained tensor {name} belongs to neither the vision nor the policy graph")
-            changes[half][name] = (base.float().numpy(), new.float().numpy())
-    teacher = student.teacher
-    staged: dict[str, tuple[Any, bytes]] = {}  # half -> (graph, its serialized bytes)
+            role = name.split(".", 1)[0]
+            if role not in changes:
+                raise ExportError(f"trained tensor {name} belongs to none of the teacher's graphs "
+                                  f"({', '.join(changes)})")
+            changes[role][name] = (base.float().numpy(), new.float().numpy())
+    staged: dict[str, tuple[Any, bytes, Path]] = {}  # role -> (graph, its serialized bytes, the teacher's file)
     diffs_random, diffs_real = [], []
     sessions = {}
     ort_feeds: dict[str, tuple[list, list]] = {}  # graph file -> (random, real) feeds, for the consumer check
-    clip = _real_clip(t.spec, cfg.verify_frames)
-    for half in ("vision", "policy"):
-        stage(f"{half} graph: trained tensors written back, ONNX Runtime vs torch")
-        src = onnx_dir / f"driving_{half}.onnx"
+    real_feeds = _real_graph_feeds(student, _real_clip(t.spec, cfg.verify_frames))
+    for role, spec, module in roles:
+        src = spec.path
+        stage(f"{src.name}: trained tensors written back, ONNX Runtime vs torch")
         proto = onnx.load(str(src))
-        if changes[half]:
-            result.written_back += G.write_back(proto, changes[half])
+        if changes[role]:
+            result.written_back += G.write_back(proto, changes[role])
             G.set_property(proto, "spark_distill", json.dumps({"run": str(t.run_dir), "step": t.step,
                                                               "source": src.name}))
         else:
             result.copied.append(src.name)
         result.op_types.update({k: result.op_types.get(k, 0) + v for k, v in G.op_types(proto).items()})
         data = proto.SerializeToString()
-        staged[half] = (proto, data)
-        sess = sessions[half] = cpu_session(data)
-        module = student.vision if half == "vision" else student.policy
-        spec = teacher.vision if half == "vision" else teacher.policy
+        staged[role] = (proto, data, src)
+        sess = sessions[role] = cpu_session(data)
         for real in (False, True):
-            if real and (half != "vision" or clip is None):
-                continue  # real inputs: the dataset's frames through the vision half
-            feeds = ([dict(zip(teacher.image_inputs, _image_pair(teacher, clip, i), strict=True))
-                      for i in range(len(clip["road"]))] if real else
-                     [random_inputs(spec.inputs, 1, seed=k) for k in range(3)])
+            feeds = real_feeds.get(role, []) if real else [random_inputs(spec.inputs, 1, seed=k) for k in range(3)]
             ort_feeds.setdefault(src.name, ([], []))[real].extend(feeds)
             for feed in feeds:
                 with torch.no_grad():
@@ -361,39 +423,28 @@ def _export_split(t: TrainedStudent, cfg: ExportConfig, result: ExportResult, st
     result.max_diff_real = max(diffs_real) if diffs_real else None
     _check_tolerance(result)
     stage("tinygrad vs ONNX Runtime")
-    _consumer_check(cfg, result, {f"driving_{h}.onnx": staged[h][1] for h in staged},
+    _consumer_check(cfg, result, {staged[r][2].name: staged[r][1] for r in staged},
                     {k: _consumer_feeds(*v) for k, v in ort_feeds.items()}, fp16=False)
     stage("latency, writing the files")
-    v_feed = random_inputs(teacher.vision.inputs, 1)
-    p_feed = random_inputs(teacher.policy.inputs, 1)
-    result.latency_ms = _latency_ms(lambda: (sessions["vision"].run(None, v_feed),
-                                             sessions["policy"].run(None, p_feed)))
+    feeds = {r: random_inputs(spec.inputs, 1) for r, spec, _ in roles}
+    result.latency_ms = _latency_ms(lambda: [sessions[r].run(None, feeds[r]) for r in sessions])
     cfg.output.mkdir(parents=True, exist_ok=True)
-    for half, key in (("vision", "vision_model"), ("policy", "policy_model")):
-        proto, data = staged[half]
-        path = cfg.output / f"driving_{half}.onnx"
-        if f"driving_{half}.onnx" in result.copied:
-            shutil.copyfile(onnx_dir / path.name, path.with_name(path.name + ".tmp"))
+    for role, _, _ in roles:
+        proto, data, src = staged[role]
+        path = cfg.output / src.name
+        if src.name in result.copied:
+            shutil.copyfile(src, path.with_name(path.name + ".tmp"))
             path.with_name(path.name + ".tmp").replace(path)
         else:
             G.check_and_save(proto, path, data)
-        slices = (teacher.vision if half == "vision" else teacher.policy).slices
-        name = _model_name(proto, key, t)
-        pkl = cfg.output / f"driving_{half}_metadata.pkl"
-        files.write_bytes_atomic(pkl, G.metadata_pkl(proto, key, name, slices))
-        result.files[half], result.files[f"{half}_metadata"] = path, pkl
+        result.files[role] = path
+        meta = _release_metadata(src, f"{t.run_dir.name}@{t.step}")
+        if meta is not None:
+            pkl = cfg.output / f"{src.stem}_metadata.pkl"
+            files.write_bytes_atomic(pkl, meta)
+            result.files[f"{role}_metadata"] = pkl
         result.parameters += G.parameter_count(proto)
         result.bytes += len(data)
-
-
-def _model_name(proto: Any, key: str, t: TrainedStudent) -> str:
-    base = next((p.value for p in proto.metadata_props if p.key == key), "model")
-    return f"{base}+{t.run_dir.name}@{t.step}"
-
-
-def _image_pair(teacher: Any, clip: dict[str, np.ndarray], i: int) -> list[np.ndarray]:
-    img, big = _stacks(clip, i)
-    return [img if cam == "road" else big for cam in teacher.image_inputs.values()]
 
 
 def export(cfg: ExportConfig, *, on_progress: Callable[[int, int, str], None] | None = None) -> ExportResult:
@@ -412,14 +463,15 @@ def export(cfg: ExportConfig, *, on_progress: Callable[[int, int, str], None] | 
     stage = Stages(on_progress, STAGES)
     stage("merging the adapters")
     t = load_trained(cfg.source)
-    fmt = cfg.format if cfg.format != "auto" else (
-        "split" if t.spec["architecture"]["kind"] == "openpilot" else "combined")
+    openpilot = t.spec["architecture"]["kind"] == "openpilot"
+    fmt = "combined" if cfg.format == "combined" or (cfg.format == "auto" and not openpilot) else "release"
     result = ExportResult(format=fmt, step=t.step)
     with torch.no_grad():
-        (_export_split if fmt == "split" else _export_combined)(t, cfg, result, stage)
+        (_export_release if fmt == "release" else _export_combined)(t, cfg, result, stage)
     files.write_json_atomic(cfg.output / "export.json", {
         "source": str(t.run_dir.resolve()), "checkpoint": str(t.checkpoint.resolve()), "step": t.step,
-        "format": fmt, "precision": cfg.precision, "opset": cfg.opset if fmt == "combined" else None,
+        "format": fmt, "layout": t.student.layout.key if openpilot else None, "precision": cfg.precision,
+        "opset": cfg.opset if fmt == "combined" else None,
         "files": {k: v.name for k, v in result.files.items()}, "parameters": result.parameters,
         "max_abs_diff_random": result.max_diff_random, "max_abs_diff_real": result.max_diff_real,
         "tolerance": result.tolerance, "ort_cpu_latency_ms": result.latency_ms, "op_types": result.op_types,

@@ -57,11 +57,17 @@ def build_architecture(arch: dict[str, Any], slices: dict[str, dict[str, list[in
                 DEFAULT_TARGETS)
     if arch["kind"] == "openpilot":
         from spark_distill.models import openpilot
+        from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
 
         onnx_dir = Path(arch["onnx"])
-        if not (onnx_dir / "driving_policy.onnx").exists():
-            raise ConfigError(f"the openpilot student's ONNX pair is gone from {onnx_dir}; it is needed to rebuild it")
-        return openpilot.OpenpilotStudent.from_onnx([onnx_dir]), openpilot.DEFAULT_TARGETS
+        if not onnx_dir.is_dir() or not any(onnx_dir.glob("*.onnx")):
+            raise ConfigError(f"the openpilot student's ONNX models are gone from {onnx_dir}; they are needed to "
+                              "rebuild it")
+        # the delays the label set was made with (modeld's lateral_control_params / action_t); older runs: defaults
+        student = openpilot.OpenpilotStudent.from_onnx([onnx_dir], lat_delay=float(arch.get("lat_delay",
+                                                                                            DEFAULT_LAT_DELAY)),
+                                                       long_delay=float(arch.get("long_delay", DEFAULT_LONG_DELAY)))
+        return student, student.default_targets
     raise ConfigError(f"unknown student architecture {arch.get('kind')!r}")
 
 

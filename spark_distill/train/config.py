@@ -39,8 +39,8 @@ class TrainConfig:
     labels: str
     run: str
     runs_dir: Path = Path("runs")
-    student: str = "compact"  # compact, compact-xs (built in) or openpilot (the ONNX pair in student_onnx)
-    student_onnx: Path | None = None  # folder with driving_vision.onnx + driving_policy.onnx (openpilot student)
+    student: str = "compact"  # compact, compact-xs (built in) or openpilot (the release in student_onnx)
+    student_onnx: Path | None = None  # an openpilot release folder: split pair or one supercombo
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
     head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at
     # their PyTorch init; a short run then spends its steps walking the biases out from 0 m); trained students ignore it

@@ -5,7 +5,8 @@
 Main entry point: `distill_loss(student, teacher, weights)` -> (total, {term: value}). Terms:
 - plan: Laplacian NLL with winner-takes-all over the student's hypotheses against the teacher's most
   probable plan, plus cross-entropy of the student's hypothesis logits to the winner (the recipe
-  openpilot's own multi-hypothesis heads are trained with; mbalesni/openpilot-pipeline found it beats KL);
+  openpilot's own multi-hypothesis heads are trained with; mbalesni/openpilot-pipeline found it beats KL); a
+  single-Gaussian plan (0.10.1+, 990 wide): Laplacian NLL of its mean and log-std against the teacher's mean;
 - lanes / edges: L1 on lane lines weighted by the teacher's line probabilities, and on road edges;
 - lead: Huber on the lead trajectories, weighted by the teacher's lead probabilities;
 - probs: binary cross-entropy of the student's lane-line and lead probabilities to the teacher's;
@@ -96,6 +97,13 @@ def plan_wta(student: dict, teacher: dict, frame_w: torch.Tensor | None = None
     return wta, ce, winner
 
 
+def plan_nll(student: dict, teacher: dict, frame_w: torch.Tensor | None = None) -> torch.Tensor:
+    """Laplacian NLL of a single-Gaussian plan (openpilot 0.10.1+: 990 wide, no hypotheses): student mean and
+    log_std (…, 33, 15) against the teacher's mean."""
+    nll = laplace_nll(teacher["mean"].float(), student["mean"].float(), student["log_std"].float())
+    return frame_mean(nll.flatten(-2).mean(-1), frame_w)
+
+
 def lanes_l1(student: dict, teacher: dict, line_prob: torch.Tensor | None,
              frame_w: torch.Tensor | None = None) -> torch.Tensor:
     """L1 on lane lines (…, 4, 33, 2), weighted per line by the teacher's probability (…, 4)."""
@@ -161,6 +169,8 @@ def loss_terms(student: dict, teacher: dict, weights: LossWeights, *, student_ra
         terms["plan"], ce, _ = plan_wta(student["plan"], teacher["plan"], frame_w)
         if weights.plan_prob:
             terms["plan_prob"] = ce
+    elif weights.plan and "plan" in student and "plan" in teacher and "log_std" in student["plan"]:
+        terms["plan"] = plan_nll(student["plan"], teacher["plan"], frame_w)  # a single-Gaussian plan (0.10.1+)
     line_prob = teacher["lane_lines_prob"][..., 1::2] if "lane_lines_prob" in teacher else None
     if weights.lanes and "lane_lines" in student and "lane_lines" in teacher:
         terms["lanes"] = lanes_l1(student["lane_lines"], teacher["lane_lines"], line_prob, frame_w)

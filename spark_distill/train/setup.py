@@ -200,7 +200,7 @@ def is_run_path(student: str) -> bool:
     return student not in STUDENTS and Path(student).exists()
 
 
-def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
+def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]], manifest: dict[str, Any]
                   ) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """(student, its default adapter targets, its architecture entry for student.json); its outputs must use
     the label set's layouts. A run folder as --student continues from that run's merged student."""
@@ -211,8 +211,9 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
         trained = load_trained(Path(cfg.student))
         arch, student, targets = trained.spec["architecture"], trained.student, trained.default_targets
     else:
-        arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve())} if cfg.student == "openpilot"
-                else {"kind": "compact", "preset": cfg.student})
+        arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve()),
+                 **{k: manifest[k] for k in ("lat_delay", "long_delay") if k in manifest}}  # the labels' loop
+                if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student})
         student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}
@@ -225,7 +226,7 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
 def build_student(cfg: TrainConfig, data: RunData, run_dir: Path, *, main: bool) -> Student:
     """The student in memory: its base weights (the run folder's where it has them; a fresh run's main rank
     starts a built-in student's heads at the labels' mean) and its adapters (or every parameter trainable)."""
-    student, default_targets, arch = _architecture(cfg, data.slices)
+    student, default_targets, arch = _architecture(cfg, data.slices, data.manifest)
     base_file = run_dir / "student.safetensors"
     base = None
     if main and not base_file.exists():  # the base weights the adapters belong to
@@ -264,7 +265,8 @@ def feature_cached(cfg: TrainConfig, student: nn.Module, manifest: dict[str, Any
     if cfg.feature_cached not in ("auto", "on", "off"):
         raise ConfigError(f"--feature-cached must be auto, on or off, not {cfg.feature_cached!r}")
     cached = cfg.feature_cached == "on" or (cfg.feature_cached == "auto" and not vision_trains
-                                             and hasattr(student, "policy_step"))
+                                             and hasattr(student, "policy_step")
+                                             and not getattr(student, "combined", False))
     available = manifest.get("available_heads")  # label sets from a log carry only some heads
     if available is not None:
         if cached:
@@ -275,6 +277,9 @@ def feature_cached(cfg: TrainConfig, student: nn.Module, manifest: dict[str, Any
         if missing:
             raise ConfigError(f"label set {cfg.labels} lacks {', '.join(missing)} (built from a log); set those "
                               "terms to 0 with --loss-weights")
+    if cached and getattr(student, "combined", False):
+        raise ConfigError("--feature-cached on: a combined openpilot model (supercombo.onnx, driving_supercombo.onnx) "
+                          "has no separate vision half to skip; it trains on the images (--feature-cached auto/off)")
     if cached and (vision_trains or not hasattr(student, "policy_step")):
         raise ConfigError("--feature-cached on needs a student whose vision half does not train (--student openpilot "
                           "with adapters on its policy only)")

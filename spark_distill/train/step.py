@@ -38,14 +38,14 @@ def use_compile(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def frame_pairs(x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """(B, T, 6, H, W) camera frames -> (B*T, 12, H, W): each frame with the one TEMPORAL_SKIP earlier in front
-    (modeld's [t-4, t] stack). Before frame t-4 exists: zeros at a segment start (modeld's empty ring), else the
-    clip's first frame."""
+def frame_pairs(x: torch.Tensor, start: torch.Tensor, skip: int = C.TEMPORAL_SKIP) -> torch.Tensor:
+    """(B, T, 6, H, W) camera frames -> (B*T, 12, H, W): each frame with the one `skip` earlier in front (modeld's
+    [t-4, t] stack; [t-1, t] in the 20 Hz supercombos). Before that frame exists: zeros at a segment start (modeld's
+    empty ring), else the clip's first frame."""
     b, t = x.shape[:2]
     first = start.view(b, 1, 1, 1, 1).to(x.dtype)  # 1 where the clip starts its segment
-    head = (x[:, :1] * (1 - first)).expand(b, min(t, C.TEMPORAL_SKIP), *x.shape[2:])
-    older = torch.cat([head, x[:, : max(0, t - C.TEMPORAL_SKIP)]], dim=1)
+    head = (x[:, :1] * (1 - first)).expand(b, min(t, skip), *x.shape[2:])
+    older = torch.cat([head, x[:, : max(0, t - skip)]], dim=1)
     return torch.cat([older, x], dim=2).flatten(0, 1)
 
 
@@ -70,7 +70,8 @@ class Unroll(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """The vision half over every frame of (B, T) clips: image stacks built here, so that compiled, the stacks'
         gathers and layout change fuse into the kernels that read them (no B x T x 12-channel copy per camera)."""
-        img, big = frame_pairs(road, start), frame_pairs(wide, start)
+        skip = getattr(self.student, "pair_skip", C.TEMPORAL_SKIP)
+        img, big = frame_pairs(road, start, skip), frame_pairs(wide, start, skip)
         if self.channels_last:
             img, big = (x.contiguous(memory_format=torch.channels_last) for x in (img, big))
         return self.student.encode(img, big)
@@ -84,6 +85,8 @@ class Unroll(nn.Module):
         encode = self._encode if compiled else self._encode_clips
         step = self._step if compiled else self.student.recurrent_step
         with norms_once(self.student):
+            if getattr(self.student, "combined", False):  # one graph (a combined openpilot model): frame by frame
+                return self._frame_by_frame(step, road, wide, desire, traffic, v_ego, start)
             vision = None
             if hidden is not None:
                 b, t = hidden.shape[:2]
@@ -100,6 +103,22 @@ class Unroll(nn.Module):
                 p, state = step(feats[:, i], desire[:, i], traffic, state, v_ego[:, i])
                 policy.append(p)
         return vision, torch.stack(policy, 1)  # (B, T, Nv), (B, T, Np)
+
+    def _frame_by_frame(self, step: Callable[..., Any], road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor,
+                        traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A student without a stateless vision half: images and histories into one step per frame."""
+        b, t = road.shape[:2]
+        start = start if start is not None else torch.zeros(b, dtype=torch.bool, device=road.device)
+        skip = self.student.pair_skip
+        img, big = (frame_pairs(x, start, skip).unflatten(0, (b, t)) for x in (road, wide))
+        state = self.student.initial_state(b, road.device)
+        vision, policy = [], []
+        for i in range(t):
+            v, p, state = step(img[:, i], big[:, i], desire[:, i], traffic, state, v_ego[:, i])
+            vision.append(v)
+            policy.append(p)
+        return torch.stack(vision, 1), torch.stack(policy, 1)
 
 
 HOST_KEYS = ("mask", "keys")  # what loss_step reads on the host (mask: the frames' indices, without a device sync)

@@ -73,7 +73,7 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
     # export's progress: each stage as it begins, then all done; the same count for both formats
     assert [n for _, _, n in stages["a"]] == ["merging the adapters", "writing the ONNX graph", "ONNX Runtime vs torch",
                                               "tinygrad vs ONNX Runtime", "latency, writing the files", ""]
-    assert [n.split(":")[0] for _, _, n in stages["b"]][1:3] == ["vision graph", "policy graph"]
+    assert [n.split(":")[0] for _, _, n in stages["b"]][1:3] == ["driving_vision.onnx", "driving_policy.onnx"]
     assert [(d, t) for d, t, _ in stages["b"]] == [(k, 5) for k in range(6)] == [(d, t) for d, t, _ in stages["a"]]
     out = tmp_path / "eval"
     r = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
@@ -84,9 +84,9 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
     n = len(m["segments"])
     assert re.search(rf"^eval: {n}/{n} segments in \d:\d\d:\d\d", r.output, re.M), r.output  # piped: a line
     models = m["models"]
-    assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split)"]
+    assert list(models) == ["a", "b", "a-onnx/driving_model.onnx", "b-onnx (split-lateral)"]
     assert m["segments"], "the runs' validation segments"
-    for run, onnx_name in (("a", "a-onnx/driving_model.onnx"), ("b", "b-onnx (split)")):
+    for run, onnx_name in (("a", "a-onnx/driving_model.onnx"), ("b", "b-onnx (split-lateral)")):
         x, y = models[run], models[onnx_name]
         for key in ("plan", "lane_lines", "road_edges"):
             np.testing.assert_allclose(x[key]["per_horizon"], y[key]["per_horizon"], rtol=1e-4, atol=1e-5)

@@ -85,7 +85,7 @@ def test_compact_combined_fp32_and_fp16(runs: dict[str, Path], tmp_path: Path) -
 def test_openpilot_split_is_a_drop_in_teacher(labeled: Path, runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "split"
     r = export(ExportConfig(source=runs["openpilot"], output=out))
-    assert r.format == "split" and r.written_back and r.copied == ["driving_vision.onnx"]
+    assert r.format == "release" and r.written_back and r.copied == ["driving_vision.onnx"]
     assert r.max_diff_random <= 1e-4 and r.max_diff_real is not None and r.max_diff_real <= 1e-4
     _agrees_in_tinygrad(r.tinygrad, ["driving_policy.onnx", "driving_vision.onnx"], out / "export.json")
     teacher_dir = labeled / "teacher"

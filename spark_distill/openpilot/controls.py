@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""The controls a release derives from its model's outputs, the way its modeld does, and the curvature the car
+actually drove. Entry points: `desired_controls(parsed, control, v_ego, ...)` and `driven_curvature(...)`.
+
+Per layout (releases.Layout.control; ../shared/openpilot_releases.md):
+- "desired_curvature" (0.9.x supercombos): the model's `desired_curvature` output (its mean); acceleration from
+  the plan (openpilot's get_accel_from_plan, as every era computes it);
+- "plan" (0.10.x): curvature from the plan's yaw and yaw rate (get_curvature_from_plan: 2 psi(t) / (v t) -
+  psi_rate(0) / v at t = lateral delay + DT_MDL, v at least 1 m/s) and acceleration from its speeds
+  (2 (v(t) - v(0)) / t - a(0) at t = longitudinal delay + DT_MDL);
+- "action" (0.11): curvature = action[0] / max(1, v)^2, acceleration = action[1].
+Driven curvature: carState.yawRate / max(vEgo, 1) where the log has carState's yaw rate, else the pose's yaw rate
+(livePose / cameraOdometry angular velocity z, as ingest stores it) over the same speed; NaN where neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.releases import DT_MDL
+
+MIN_SPEED = 1.0  # m/s: openpilot's floor under v in the curvature formulas
+
+
+def _mean(head: Any) -> np.ndarray:
+    return np.asarray(head["mean"] if isinstance(head, dict) else head, dtype=np.float64)
+
+
+def curvature_from_plan(plan: np.ndarray, v_ego: np.ndarray, action_t: float) -> np.ndarray:
+    """openpilot 0.10's get_curvature_from_plan over frames: plan (N, 33, 15) means, v_ego (N,)."""
+    yaw = plan[:, :, C.PLAN_T_FROM_CURRENT_EULER][:, :, 2]
+    yaw_rate0 = plan[:, 0, C.PLAN_ORIENTATION_RATE][:, 2]
+    psi = np.array([np.interp(action_t, C.T_IDXS, row) for row in yaw])
+    v = np.maximum(v_ego, MIN_SPEED)
+    return 2 * psi / (v * action_t) - yaw_rate0 / v
+
+
+def accel_from_plan(plan: np.ndarray, action_t: float) -> np.ndarray:
+    """openpilot's get_accel_from_plan over frames (its target acceleration; shouldStop left out)."""
+    speeds = plan[:, :, C.PLAN_VELOCITY][:, :, 0]
+    accels = plan[:, :, C.PLAN_ACCELERATION][:, :, 0]
+    v_target = np.array([np.interp(action_t, C.T_IDXS, row) for row in speeds])
+    return 2 * (v_target - speeds[:, 0]) / action_t - accels[:, 0]
+
+
+def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *, lat_delay: float,
+                     long_delay: float) -> tuple[np.ndarray, np.ndarray]:
+    """(desired curvature (N,) 1/m, desired acceleration (N,) m/s^2) from a model's parsed outputs, as the
+    release's modeld derives them (module docstring); `control` is the layout's."""
+    v = np.asarray(v_ego, dtype=np.float64)
+    if control == "action":
+        action = _mean(parsed["action"]).reshape(len(v), -1)
+        return action[:, 0] / np.maximum(v, MIN_SPEED) ** 2, action[:, 1]
+    plan = _mean(parsed["plan"]).reshape(len(v), C.IDX_N, C.PLAN_WIDTH)
+    accel = accel_from_plan(plan, long_delay + DT_MDL)
+    if control == "desired_curvature":
+        return _mean(parsed["desired_curvature"]).reshape(len(v), -1)[:, 0], accel
+    return curvature_from_plan(plan, v, lat_delay + DT_MDL), accel
+
+
+def control_of(slices: dict[str, dict[str, Any]], layout: str | None) -> str:
+    """The layout's control source; a label set from before layouts were recorded: from its heads."""
+    from spark_distill.openpilot.releases import LAYOUTS
+
+    if layout in LAYOUTS:
+        return LAYOUTS[layout].control
+    heads = {h for member in slices.values() for h in member}
+    return "action" if "action" in heads else "desired_curvature" if "desired_curvature" in heads else "plan"
+
+
+def driven_curvature(v_ego: np.ndarray, yaw_rate: np.ndarray, pose_yaw_rate: np.ndarray) -> tuple[np.ndarray, str]:
+    """(curvature the car drove (N,), NaN where unknown; what it came from)."""
+    v = np.maximum(np.asarray(v_ego, dtype=np.float64), MIN_SPEED)
+    if np.isfinite(yaw_rate).any():
+        return np.asarray(yaw_rate, dtype=np.float64) / v, "carState.yawRate / max(vEgo, 1)"
+    if np.isfinite(pose_yaw_rate).any():
+        return np.asarray(pose_yaw_rate, dtype=np.float64) / v, "pose angular velocity z / max(vEgo, 1) (no carState)"
+    return np.full(len(v), np.nan), "none (the log has neither carState nor a pose)"

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Controls as each release derives them, on outputs whose answer is known: a plan turning at constant curvature
+and accelerating evenly, 0.11's action head, the 0.9.x desired_curvature output; the curvature driven from
+carState, else the pose, else nothing; eval's controls section."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_distill.evaluate.metrics import compare
+from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.controls import control_of, desired_controls, driven_curvature
+from spark_distill.openpilot.outputs import parse_outputs
+
+KAPPA, ACCEL = np.array([0.01, -0.004, 0.0]), np.array([0.5, -1.0, 0.0])
+V = np.array([20.0, 10.0, 0.5])
+
+
+def _plan() -> np.ndarray:
+    """(3, 33, 15): yaw = kappa v t, yaw rate kappa v, speed v + a t, acceleration a."""
+    plan = np.zeros((3, C.IDX_N, C.PLAN_WIDTH))
+    t = C.T_IDXS[None]
+    plan[:, :, 11] = KAPPA[:, None] * V[:, None] * t
+    plan[:, :, 14] = (KAPPA * V)[:, None]
+    plan[:, :, 3] = V[:, None] + ACCEL[:, None] * t
+    plan[:, :, 6] = ACCEL[:, None]
+    return plan
+
+
+def test_each_release_s_rule() -> None:
+    plan = {"mean": _plan()}
+    curv, accel = desired_controls({"plan": plan}, "plan", V, lat_delay=0.2, long_delay=0.15)
+    # the last frame at 0.5 m/s (under openpilot's 1 m/s floor) turns and accelerates nothing
+    np.testing.assert_allclose(curv, [0.01, -0.004, 0.0], atol=1e-9)
+    np.testing.assert_allclose(accel, ACCEL, atol=1e-9)
+    action = np.stack([KAPPA * np.maximum(V, 1) ** 2, ACCEL], 1)
+    curv, accel = desired_controls({"action": {"mean": action}}, "action", V, lat_delay=0.2, long_delay=0.15)
+    np.testing.assert_allclose(curv, KAPPA) and np.testing.assert_allclose(accel, ACCEL)
+    out = {"plan": plan, "desired_curvature": {"mean": np.array([[0.02], [0.03], [0.04]])}}
+    curv, accel = desired_controls(out, "desired_curvature", V, lat_delay=0.2, long_delay=0.15)
+    np.testing.assert_allclose(curv, [0.02, 0.03, 0.04]) and np.testing.assert_allclose(accel, ACCEL, atol=1e-9)
+    assert control_of({"policy": {"action": [0, 4]}}, None) == "action"
+    assert control_of({"policy": {"plan": [0, 990]}}, "supercombo-5hz") == "desired_curvature"
+
+
+def test_driven_curvature_sources() -> None:
+    nan = np.full(3, np.nan)
+    curv, source = driven_curvature(V, KAPPA * V, nan)
+    assert source.startswith("carState") and np.allclose(curv[:2], KAPPA[:2])
+    curv, source = driven_curvature(V, nan, 2 * KAPPA * V)
+    assert source.startswith("pose") and np.allclose(curv[:2], 2 * KAPPA[:2])
+    curv, source = driven_curvature(V, nan, nan)
+    assert source.startswith("none") and np.isnan(curv).all()
+
+
+def test_eval_controls_section() -> None:
+    """A 0.10.3-like policy (single plan 990 + desire_state, pad): student equals teacher, the car drove the plan's
+    curvature; a student turning harder differs by exactly the difference."""
+    slices = {"vision": {"hidden_state": [0, 512]}, "policy": {"plan": [0, 990], "desire_state": [990, 998]}}
+    tp = np.zeros((3, 1000), np.float32)
+    tp[:, :495] = _plan().reshape(3, -1)
+    tv = np.zeros((3, 512), np.float32)
+    ctx = {"control": "plan", "v_ego": V, "lat_delay": 0.2, "long_delay": 0.15, "driven": KAPPA.copy(),
+           "driven_from": "carState.yawRate / max(vEgo, 1)"}
+    same = compare(tv, tp, tv, tp, slices, controls=ctx)["controls"]
+    assert same["derived_from"] == "plan" and same["curvature_vs_teacher"] == 0
+    assert same["driven"]["teacher"] == pytest.approx(0, abs=1e-6) and same["driven"]["frames"] == 3
+    sp = tp.copy()
+    sp[:, 11:495:15] *= 1.5  # yaw 1.5 times: curvature 2 * 1.5 kappa - kappa = 2 kappa
+    moved = compare(tv, sp, tv, tp, slices, controls=ctx)["controls"]
+    want = float(np.mean(np.abs(KAPPA)))
+    assert moved["curvature_vs_teacher"] == pytest.approx(want, rel=1e-4)
+    assert moved["driven"]["student"] == pytest.approx(want, rel=1e-4)
+    assert parse_outputs(sp, slices["policy"])["plan"]["mean"].shape == (3, C.IDX_N, C.PLAN_WIDTH)
