@@ -789,9 +789,11 @@ def synth_teacher(
                                                      "contract with no shipped fit (v2)].")] = None,
     size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
                                            "like the real vision model; random weights).")] = "tiny",
-    contract: Annotated[str, typer.Option(help="The fitted/random stand-in's contract: v1 (openpilot 0.10.0's "
-                                               "inputs: desire, lateral_control_params, prev_desired_curv) or v2 "
-                                               "(0.10.1 .. 0.10.3's: desire_pulse only).")] = "v1",
+    contract: Annotated[str, typer.Option(help="The fitted/random stand-in's contract, the project's own output "
+                                               "layouts (mixture heads, no pad): v1 (openpilot 0.10.0's inputs: "
+                                               "desire, lateral_control_params, prev_desired_curv) or v2 (0.10.1 .. "
+                                               "0.10.3's: desire_pulse only). --release writes a release's exact "
+                                               "layout.")] = "v1",
     release: Annotated[str | None, typer.Option(help="Instead, a random-weight stand-in with exactly a release's "
                                                      "files, inputs, dtypes and metadata: 0.9.6, 0.9.7, mid-2024, "
                                                      "late-2024, 0.10.0, 0.10.3 or 0.11.")] = None,
