@@ -570,7 +570,8 @@ def eval_command(
                                                "validation segments, else all].")] = "",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
     include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
-                                                      "zero-history labels).")] = False,
+                                                      "zero-history labels); done anyway, with a note, where no "
+                                                      "chosen segment is longer.")] = False,
     device: Annotated[str, typer.Option(help="torch device for runs (exports run in ONNX Runtime on CPU).")] = "cpu",
 ) -> None:
     """How good is each student: errors against the teacher per horizon, and against the path actually driven."""

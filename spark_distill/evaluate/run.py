@@ -7,7 +7,8 @@ its merged checkpoint in torch, an export through ONNX Runtime (combined: `drivi
 the drop-in pair, with openpilot's history buffers kept by the same code the openpilot student uses).
 Segments: `--segments`, else the validation split of the first run (or of the run an export came from),
 else every segment. Frames inside each segment's teacher warm-up (zero-history labels) are left out
-unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
+unless `include_warmup`, or unless no chosen segment is longer than the warm-up (then they are scored, with a
+note, as train does). Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
 docs/formats.md, "Eval output".
 """
 
@@ -28,6 +29,7 @@ from spark_distill.data.dataset import frames_dir, label_set_dir
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
+from spark_distill.notes import note
 from spark_distill.openpilot.onnx_import import cpu_session
 
 
@@ -139,13 +141,11 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-    for i, seg_name in enumerate(chosen):
-        report(i, len(chosen), seg_name)
-        seg = read_segment(cfg.root, cfg.labels, seg_name)
-        keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
-        if not keep.any():
-            continue
-        kept_segments.append(seg_name)
+    short: list[str] = []  # segments with no frame past the warm-up: scored with it if no segment has one
+
+    def score(seg: Segment, keep: np.ndarray) -> None:
+        nonlocal picture
+        kept_segments.append(seg.name)
         per_model = {}
         for name, run in runners:
             v, p = run(seg)
@@ -158,10 +158,25 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         gt_valid.append(valid)
         if picture is None:
             picture = (seg, per_model)
+
+    for i, seg_name in enumerate(chosen):
+        report(i, len(chosen), seg_name)
+        seg = read_segment(cfg.root, cfg.labels, seg_name)
+        keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
+        if keep.any():
+            score(seg, keep)
+        else:
+            short.append(seg_name)
+    if not kept_segments and short:  # as train does: short segments are scored with the warm-up, said once
+        note(f"warm-up included: no frame of the chosen segments lies past its segment's first {warmup} frames "
+             "(the teacher's start-up labels); longer segments avoid this")
+        warmup = 0
+        for seg_name in short:
+            seg = read_segment(cfg.root, cfg.labels, seg_name)
+            score(seg, np.ones(len(seg.frame_ids), bool))
     report(len(chosen), len(chosen), "")
     if not kept_segments:
-        raise ConfigError(f"no frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
-                          "pass --include-warmup for short segments")
+        raise ConfigError("no frame to score in the chosen segments")
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
     result = EvalResult(kept_segments)

@@ -95,5 +95,14 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
     assert "drive" in models["a"] and "plan ADE (m)" in r.output
     for png in ("errors_vs_horizon.png", "frames.png"):
         assert (out / png).stat().st_size > 5000
+    # default options on 2 s segments (all inside the teacher's 5 s warm-up): scored with the warm-up, one note
+    plain = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
+                                     "--out", str(tmp_path / "eval-plain")])
+    assert plain.exit_code == 0, plain.output
+    assert plain.output.count("note: warm-up included") == 1, plain.output
+    m_plain = json.loads((tmp_path / "eval-plain" / "metrics.json").read_text())
+    assert m_plain["warmup_frames"] == 0 and m_plain["segments"] == m["segments"]
+    assert m_plain["models"]["a"]["frames"] == models["a"]["frames"]
+    np.testing.assert_allclose(m_plain["models"]["a"]["plan"]["per_horizon"], models["a"]["plan"]["per_horizon"])
     bad = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--model", str(tmp_path)])
     assert bad.exit_code == 2 and "not a training run" in bad.output
