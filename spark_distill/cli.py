@@ -699,6 +699,10 @@ def synth_route(
     varied: Annotated[bool, typer.Option("--varied", help="Draw the drive from --seed: speed, curvature, lead, "
                                                           "lane-change direction and time, lane width, "
                                                           "calibration.")] = False,
+    driver: Annotated[str | None, typer.Option(help="A driving style the fitted teacher does not have: "
+                                                    "keep-left:M / keep-right:M (held M metres from the lane "
+                                                    "centre), gap:S (the lead car S seconds ahead); join with "
+                                                    "commas.")] = None,
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
     derived from the options, so drives of other seeds ingest into one dataset."""
@@ -706,7 +710,7 @@ def synth_route(
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher, varied=varied)
+                      modelv2_teacher=modelv2_teacher, varied=varied, driver=driver)
     with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
         truths = write_route(out_dir, cfg, on_progress=update)
     for truth in truths:
