@@ -175,7 +175,10 @@ class _Snapshots:
         from spark_distill.models.checkpoint import save_checkpoint
 
         folder = self._folder(0)
-        save_checkpoint(folder / "checkpoints", 0, load_file(str(self.run_dir / "student.safetensors")), {"step": 0},
+        import torch
+
+        state = {"step": 0, "epoch": 0, "position": 0, "optimizer": {}, "torch_rng": torch.get_rng_state()}
+        save_checkpoint(folder / "checkpoints", 0, load_file(str(self.run_dir / "student.safetensors")), state,
                         whole=True)
         self.taken.append(Snapshot(folder, 0, 0.0, 0))
 

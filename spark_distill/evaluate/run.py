@@ -249,4 +249,39 @@ def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[st
         strip = segment_strip(out / "frames.png", *picture, slices)
         if strip is not None:
             files["frames"] = strip
+        fig = offset_figure(*picture, slices)
+        files["offset"] = out / "driver_offset.png"
+        fig.savefig(files["offset"], dpi=100)
+        plt.close(fig)
     return files
+
+
+def offset_figure(seg: Segment, per_model: dict[str, tuple[np.ndarray, np.ndarray]], slices: dict) -> Any:
+    """driver_offset.png: over the first scored segment, where each plan puts the car 2 s ahead, sideways (m,
+    right of the car now), against the path the driver actually drove there: a driver with a style of their own
+    (synth-route --driver) shows as a gap between the teacher's line and the driven one, which a personalised
+    student closes."""
+    import matplotlib.pyplot as plt
+
+    from spark_distill.openpilot import contract as C
+    from spark_distill.openpilot.outputs import parse_outputs
+
+    h = int(np.argmin(np.abs(C.T_IDXS - 2.0)))
+    rows = np.arange(len(seg.frame_ids))
+    t = (seg.timestamps_ns - seg.timestamps_ns[0]) / 1e9
+    path, valid = seg.motion().future(rows)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ok = valid[:, h]
+    ax.plot(t[ok], path[ok, h, 1], "k-", lw=2, label="driven")
+    lines = {"teacher": seg.teacher_policy, **{n: p for n, (_, p) in per_model.items()}}
+    for k, (name, policy) in enumerate(lines.items()):
+        y = M.plan_xy(parse_outputs(policy, slices["policy"]))[:, h, 1]
+        ax.plot(t, y, "--" if name == "teacher" else "-", color="tab:gray" if name == "teacher" else f"C{k}",
+                label=name)
+    ax.set_xlabel("time in segment (s)")
+    ax.set_ylabel("lateral at 2 s ahead (m)")
+    ax.set_title(f"plan vs path driven, 2 s ahead: {seg.name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -219,7 +219,7 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]]
         arch, student, targets = trained.spec["architecture"], trained.student, trained.default_targets
     else:
         arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve())} if cfg.student == "openpilot"
-                else {"kind": "compact", "preset": cfg.student})
+                else {"kind": "compact", "preset": cfg.student, "speed": True})
         student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}

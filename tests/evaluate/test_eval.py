@@ -92,8 +92,8 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
             np.testing.assert_allclose(x[key]["per_horizon"], y[key]["per_horizon"], rtol=1e-4, atol=1e-5)
         assert x["frames"] == y["frames"] > 0
     assert models["a"]["plan"]["mean"] != models["b"]["plan"]["mean"]
-    assert "drive" in models["a"] and "plan ADE (m)" in r.output
-    for png in ("errors_vs_horizon.png", "frames.png"):
+    assert "drive" in models["a"] and "plan ADE (m)" in r.output and "teacher vs driven @2s (m)" in r.output
+    for png in ("errors_vs_horizon.png", "frames.png", "driver_offset.png"):
         assert (out / png).stat().st_size > 5000
     # default options on 2 s segments (all inside the teacher's 5 s warm-up): scored with the warm-up, one note
     plain = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
