@@ -86,7 +86,6 @@ PRESETS = {  # --preset: sized to a device's budget (see benchmarks/distill.md)
     "h200": {"train_drives": 240, "held_drives": 10, "seconds": 20.0, "ingested": 1, "steps": 2000, "evals": 4,
              "batch_size": 32, "driver": "keep-left:0.4", "driver_drives": 40, "driver_held": 8, "tune_steps": 600,
              "tune_lr": 2e-3, "gt_weight": 1.0},
-    "cpu": {},
 }
 
 
