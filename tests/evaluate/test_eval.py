@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
-from spark_distill.evaluate.metrics import compare, plan_xy
+from spark_distill.evaluate.metrics import compare, headline, plan_xy
 from spark_distill.export.run import ExportConfig, export
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.outputs import parse_outputs
@@ -92,7 +92,10 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
             np.testing.assert_allclose(x[key]["per_horizon"], y[key]["per_horizon"], rtol=1e-4, atol=1e-5)
         assert x["frames"] == y["frames"] > 0
     assert models["a"]["plan"]["mean"] != models["b"]["plan"]["mean"]
-    assert "drive" in models["a"] and "plan ADE (m)" in r.output and "teacher vs driven @2s (m)" in r.output
+    assert "drive" in models["a"] and "plan ADE (m)" in r.output
+    row = headline(models["a"])  # the table's rows: the path driven at 2 s, the student's and the teacher's
+    assert row["teacher vs driven @2s (m)"] == models["a"]["drive"]["teacher"]["at"]["2"]
+    assert row["driven path @2s (m)"] == models["a"]["drive"]["student"]["at"]["2"]
     for png in ("errors_vs_horizon.png", "frames.png", "driver_offset.png"):
         assert (out / png).stat().st_size > 5000
     # default options on 2 s segments (all inside the teacher's 5 s warm-up): scored with the warm-up, one note
