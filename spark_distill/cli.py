@@ -416,7 +416,9 @@ def train(
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
-    student: Annotated[str, typer.Option(help="compact or compact-xs (built in); openpilot (fine-tune the ONNX pair "
+    student: Annotated[str, typer.Option(help="compact or compact-xs (built in, random weights); pretrained (the "
+                                              "shipped compact-xs distilled from the fitted teacher: fine-tuned with "
+                                              "DoRA); openpilot (fine-tune the ONNX pair "
                                               "given by --student-onnx); or a trained run to continue from: "
                                               "runs/<run> (its newest good checkpoint) or one checkpoint folder "
                                               "runs/<run>/checkpoints/step-N.")] = "compact",
@@ -436,7 +438,7 @@ def train(
                                                   "with --adapter none, 5e-4 with dora or lora].")] = None,
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
-                                              "(--student openpilot or a run).")] = "auto",
+                                              "(--student pretrained, openpilot or a run).")] = "auto",
     head_init: Annotated[str, typer.Option(help="label-mean: a fresh built-in student's output-head biases start at "
                                                 "the label set's mean output (a short run then learns the deviation "
                                                 "instead of the metres); random: PyTorch's init. A trained student "
@@ -612,7 +614,8 @@ def eval_command(
                                                "validation segments, else all].")] = "",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and the plots.")] = Path("eval-out"),
     include_warmup: Annotated[bool, typer.Option(help="Also score the first 5 s of each segment (the teacher's "
-                                                      "zero-history labels).")] = False,
+                                                      "zero-history labels); done anyway, with a note, where no "
+                                                      "chosen segment is longer.")] = False,
     device: Annotated[str, typer.Option(help="torch device for runs (exports run in ONNX Runtime on CPU).")] = "cpu",
 ) -> None:
     """How good is each student: errors against the teacher per horizon, and against the path actually driven."""
@@ -763,6 +766,10 @@ def synth_route(
                                              "or qlog (qlog decimated as a device keeps it, qcamera.ts: H.264 "
                                              "526x330 on tici, 480x360 on eon; what a device uploads by "
                                              "default).")] = "full",
+    driver: Annotated[str | None, typer.Option(help="A driving style the fitted teacher does not have: "
+                                                    "keep-left:M / keep-right:M (held M metres from the lane "
+                                                    "centre), gap:S (the lead car S seconds ahead); join with "
+                                                    "commas.")] = None,
 ) -> None:
     """Write a synthetic openpilot route (real cereal rlog, real HEVC) to try the tool without a car; its name is
     derived from the options, so drives of other seeds ingest into one dataset."""
@@ -770,7 +777,7 @@ def synth_route(
 
     cfg = SynthConfig(segments=segments, seconds=seconds, device=device, log_format=log_format, layout=layout,
                       lane_change_at=lane_change_at, rhd=rhd, faults=tuple(fault or ()), seed=seed,
-                      modelv2_teacher=modelv2_teacher, varied=varied, upload=upload)
+                      modelv2_teacher=modelv2_teacher, varied=varied, upload=upload, driver=driver)
     with progress_bar("synth-route", on_interrupt=SYNTH_STOP) as update:
         truths = write_route(out_dir, cfg, on_progress=update)
     for truth in truths:
@@ -920,6 +927,69 @@ def bench_label(
         for line in run_bench(teacher=teacher, size=size, backend=backend, precision=precision, batch=batch,
                               seconds=seconds, workers=workers, compile=compile, workdir=workdir,
                               on_progress=update):
+            _result_line(line)
+
+
+@bench_app.command("distill")
+@handles_errors
+def bench_distill(
+    ctx: typer.Context,
+    preset: Annotated[str | None, typer.Option(help="h200: the sizes of benchmarks/distill.md's GPU run (~15 min on "
+                                                    "one H200); options given explicitly win.")] = None,
+    student: Annotated[str, typer.Option(help="Comma-separated built-in students to train from scratch.")
+                       ] = "compact-xs,compact",
+    train_drives: Annotated[int, typer.Option(help="Varied synthetic drives to train on.")] = 12,
+    held_drives: Annotated[int, typer.Option(help="Other drives, never trained on, to score on.")] = 3,
+    seconds: Annotated[float, typer.Option(help="Length of each drive, s (the first 5 s: the teacher's warm-up).")
+                       ] = 12.0,
+    ingested: Annotated[int, typer.Option(help="Of the held-out drives, also rendered as cameras, HEVC-encoded and "
+                                               "ingested, scored apart (the camera path).")] = 0,
+    steps: Annotated[int, typer.Option(help="Training steps per student (the budget).")] = 60,
+    evals: Annotated[int, typer.Option(help="Checkpoints scored along each run (the last at its end).")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate \\[default: train's, 1e-3].")] = None,
+    head_init: Annotated[str, typer.Option(help="label-mean or random, as train's.")] = "label-mean",
+    driver: Annotated[str | None, typer.Option(help="Also personalise: fine-tune the first student with DoRA and the "
+                                                    "driven-path loss on this driver's drives (e.g. keep-left:0.4, "
+                                                    "gap:2.5) and score it on others of the driver; none: not (over "
+                                                    "a preset's).")] = None,
+    driver_drives: Annotated[int, typer.Option(help="The driver's drives to fine-tune on.")] = 8,
+    driver_held: Annotated[int, typer.Option(help="The driver's drives to score on.")] = 2,
+    tune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 40,
+    tune_lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 2e-3,
+    gt_weight: Annotated[float, typer.Option(help="Weight of the driven-path loss while fine-tuning.")] = 1.0,
+    save_student: Annotated[Path | None, typer.Option(help="Write the first student's final weights here as a "
+                                                           "pre-trained student (train --student DIR).")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher folder \\[default: the shipped fitted one].")] = None,
+    workers: Annotated[int, typer.Option(help="Drive-rendering processes (0: one per core).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the drives and the students.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device \\[default: cuda if present].")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for distill.json and distill.png \\[default: "
+                                                               "$OUT if set, else none].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep --workdir's datasets and runs (a rerun reuses the "
+                                                      "complete datasets).")] = False,
+) -> None:
+    """Distillation quality: a student trained for a fixed budget on varied drives the fitted teacher labelled,
+    scored on held-out drives against the path driven and the teacher, versus minutes and frames (table + PNG);
+    with --driver, personalisation by DoRA fine-tuning."""
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "preset", "student", "out_dir")}
+    from spark_distill.bench.distill import PRESETS, DistillBench
+    from spark_distill.bench.distill import bench_distill as run_bench
+
+    values["students"] = _csv(student)
+    values["out"] = out_dir or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        for k, v in PRESETS[preset].items():
+            source = ctx.get_parameter_source(k)
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+                values[k] = v
+    if values["driver"] == "none":
+        values["driver"] = None
+    with _bench_progress("bench distill") as update:
+        for line in run_bench(DistillBench(**values), on_progress=update):
             _result_line(line)
 
 

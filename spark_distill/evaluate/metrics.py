@@ -151,6 +151,8 @@ def headline(m: dict[str, Any]) -> dict[str, float | None]:
             "desire agreement": m.get("desire_state_agreement"),
             "driven path ADE (m)": drive.get("student", {}).get("mean"),
             "teacher vs driven ADE (m)": drive.get("teacher", {}).get("mean"),
+            "driven path @2s (m)": drive.get("student", {}).get("at", {}).get("2"),
+            "teacher vs driven @2s (m)": drive.get("teacher", {}).get("at", {}).get("2"),
             "driven path known up to (s)": drive.get("longest_horizon_s"),
             # curvature in 1/km in the table (1/m in metrics.json): 3 decimals of 1/m would show most errors as 0
             "curvature vs teacher (1/km)": _per_km(controls.get("curvature_vs_teacher")),

@@ -9,7 +9,8 @@ student uses). Controls are derived the way the label set's release derives them
 with the teacher's and with the curvature the car drove.
 Segments: `--segments`, else the validation split of the first run (or of the run an export came from),
 else every segment. Frames inside each segment's teacher warm-up (zero-history labels) are left out
-unless `include_warmup`. Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
+unless `include_warmup`, or unless no chosen segment is longer than the warm-up (then they are scored, with a
+note, as train does). Entry point: `evaluate(EvalConfig) -> EvalResult`. metrics.json, key by key:
 docs/formats.md, "Eval output".
 """
 
@@ -177,14 +178,11 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
     v_ego, driven, driven_from = [], [], set()
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-    for i, seg_name in enumerate(chosen):
-        report(i, len(chosen), seg_name)
-        seg = read_segment(cfg.root, cfg.labels, seg_name)
-        keep = seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup
-        keep &= np.isfinite(seg.teacher_policy[:, plan]).all(1)  # a label set from a log: only labelled frames
-        if not keep.any():
-            continue
-        kept_segments.append(seg_name)
+    short: list[str] = []  # segments with no frame past the warm-up: scored with it if no segment has one
+
+    def score(seg: Segment, keep: np.ndarray) -> None:
+        nonlocal picture
+        kept_segments.append(seg.name)
         per_model = {}
         for name, run in runners:
             v, p = run(seg)
@@ -201,10 +199,26 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         driven_from.add(source)
         if picture is None:
             picture = (seg, per_model)
+
+    for i, seg_name in enumerate(chosen):
+        report(i, len(chosen), seg_name)
+        seg = read_segment(cfg.root, cfg.labels, seg_name)
+        labelled = np.isfinite(seg.teacher_policy[:, plan]).all(1)  # a label set from a log: only labelled frames
+        keep = (seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup) & labelled
+        if keep.any():
+            score(seg, keep)
+        elif labelled.any():
+            short.append(seg_name)
+    if not kept_segments and short:  # as train does: short segments are scored with the warm-up, said once
+        note(f"warm-up included: no frame of the chosen segments lies past its segment's first {warmup} frames "
+             "(the teacher's start-up labels); longer segments avoid this")
+        warmup = 0
+        for seg_name in short:
+            seg = read_segment(cfg.root, cfg.labels, seg_name)
+            score(seg, np.isfinite(seg.teacher_policy[:, plan]).all(1))
     report(len(chosen), len(chosen), "")
     if not kept_segments:
-        raise ConfigError(f"no labelled frame past the teacher warm-up ({warmup} frames) in the chosen segments; "
-                          "pass --include-warmup for short segments")
+        raise ConfigError("no labelled frame to score in the chosen segments")
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
     result = EvalResult(kept_segments)
@@ -283,4 +297,39 @@ def _plots(out: Path, result: EvalResult, picture: Any, slices: dict) -> dict[st
         strip = segment_strip(out / "frames.png", *picture, slices)
         if strip is not None:
             files["frames"] = strip
+        fig = offset_figure(*picture, slices)
+        files["offset"] = out / "driver_offset.png"
+        fig.savefig(files["offset"], dpi=100)
+        plt.close(fig)
     return files
+
+
+def offset_figure(seg: Segment, per_model: dict[str, tuple[np.ndarray, np.ndarray]], slices: dict) -> Any:
+    """driver_offset.png: over the first scored segment, where each plan puts the car 2 s ahead, sideways (m,
+    right of the car now), against the path the driver actually drove there: a driver with a style of their own
+    (synth-route --driver) shows as a gap between the teacher's line and the driven one, which a personalised
+    student closes."""
+    import matplotlib.pyplot as plt
+
+    from spark_distill.openpilot import contract as C
+    from spark_distill.openpilot.outputs import parse_outputs
+
+    h = int(np.argmin(np.abs(C.T_IDXS - 2.0)))
+    rows = np.arange(len(seg.frame_ids))
+    t = (seg.timestamps_ns - seg.timestamps_ns[0]) / 1e9
+    path, valid = seg.motion().future(rows)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ok = valid[:, h]
+    ax.plot(t[ok], path[ok, h, 1], "k-", lw=2, label="driven")
+    lines = {"teacher": seg.teacher_policy, **{n: p for n, (_, p) in per_model.items()}}
+    for k, (name, policy) in enumerate(lines.items()):
+        y = M.plan_xy(parse_outputs(policy, slices["policy"]))[:, h, 1]
+        ax.plot(t, y, "--" if name == "teacher" else "-", color="tab:gray" if name == "teacher" else f"C{k}",
+                label=name)
+    ax.set_xlabel("time in segment (s)")
+    ax.set_ylabel("lateral at 2 s ahead (m)")
+    ax.set_title(f"plan vs path driven, 2 s ahead: {seg.name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

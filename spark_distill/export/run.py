@@ -11,7 +11,7 @@ Formats:
   is copied as is, so the folder works as a whole and loads as a teacher of the same recognised layout. Verified
   on random inputs and on the inputs modeld's loop of the layout builds over a clip of the run's dataset.
 - combined (any student): one graph, inputs img, big_img [1,12,128,256] uint8, desire [1,8],
-  traffic_convention [1,2], state [1,H] (+ v_ego [1] for the openpilot student), outputs vision_outputs,
+  traffic_convention [1,2], state [1,H] (+ v_ego [1] where the student reads it), outputs vision_outputs,
   policy_outputs, state_out; opset 14 by default.
 A combined graph declares v_ego only where the student's policy uses it (the v1 contract's
 lateral_control_params); the exporter drops an unused input, so the graph of a student of a v2 teacher
@@ -171,11 +171,12 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
         raise ConfigError("--precision fp16 is for the compact students; the openpilot student keeps the teacher's "
                           "own dtypes")
     dtype = torch.float16 if cfg.precision == "fp16" else torch.float32
-    ref = CombinedModel(student, torch.float32, openpilot).eval()
-    model = CombinedModel(student if dtype == torch.float32 else _half_copy(student), dtype, openpilot).eval()
+    speed = openpilot or bool(t.spec["architecture"].get("speed", False))  # the policy reads v_ego
+    ref = CombinedModel(student, torch.float32, speed).eval()
+    model = CombinedModel(student if dtype == torch.float32 else _half_copy(student), dtype, speed).eval()
     state_len = student.initial_state(1).shape[1]
     rng = np.random.default_rng(0)
-    names = ["img", "big_img", "desire", "traffic_convention", "state"] + ["v_ego"] * openpilot
+    names = ["img", "big_img", "desire", "traffic_convention", "state"] + ["v_ego"] * speed
 
     def random_feed() -> dict[str, np.ndarray]:
         feed = {"img": rng.integers(0, 256, (1, 12, 128, 256), dtype=np.uint8),
@@ -183,7 +184,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
                 "desire": np.eye(8, dtype=np.float32)[rng.integers(0, 8)][None],
                 "traffic_convention": np.array([[1.0, 0.0]], np.float32),
                 "state": np.zeros((1, state_len), np.float32)}
-        if openpilot:
+        if speed:
             feed["v_ego"] = np.array([rng.uniform(0, 30)], np.float32)
         return feed
 
@@ -236,7 +237,7 @@ def _export_combined(t: TrainedStudent, cfg: ExportConfig, result: ExportResult,
             feed = {"img": img, "big_img": big, "desire": clip["desire"][i:i + 1].astype(np.float32),
                     "traffic_convention": clip["traffic"][None].astype(np.float32),
                     "state": np.zeros((1, state_len), np.float32)}
-            if openpilot:
+            if speed:
                 feed["v_ego"] = clip["v_ego"][i:i + 1].astype(np.float32)
             feeds.append(feed)
         result.max_diff_real = both(feeds)

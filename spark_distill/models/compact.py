@@ -21,6 +21,7 @@ from spark_distill.models.depthwise import Depthwise
 from spark_distill.openpilot import contract as C
 
 DEFAULT_TARGETS = ["policy.*", "gru_x", "gru_h", "heads.*"]
+SPEED_SCALE = 0.1  # v_ego (m/s) to O(1) in the policy's input
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,10 @@ class CompactConfig:
     expand: int = 4  # MBConv expansion
     features: int = C.FEATURE_LEN  # per-frame feature, the student's hidden_state
     hidden: int = 512  # GRU state
+    # the policy reads the car's speed (v_ego, m/s), as openpilot's v1 policy does (lateral_control_params) and the
+    # fitted teacher's plan is built on: without it the plan's length must come from image motion, metres off at 2 s
+    # (benchmarks/distill.md). Runs written before it existed build without it (student.json has no "speed").
+    speed: bool = False
 
 
 def compact_s() -> CompactConfig:
@@ -88,8 +93,8 @@ class CompactStudent(nn.Module):
         self.vision_slices, self.policy_slices = dict(vision_slices), dict(policy_slices)
         self.road, self.wide = _Backbone(cfg), _Backbone(cfg)
         self.vision_proj = nn.Sequential(nn.Linear(2 * self.road.out_features, cfg.features), nn.ReLU())
-        self.policy = nn.Sequential(nn.Linear(cfg.features + C.DESIRE_LEN + C.TRAFFIC_CONVENTION_LEN, cfg.hidden),
-                                    nn.ReLU())
+        self.policy = nn.Sequential(nn.Linear(cfg.features + C.DESIRE_LEN + C.TRAFFIC_CONVENTION_LEN + int(cfg.speed),
+                                              cfg.hidden), nn.ReLU())
         self.gru_x = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.gru_h = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         heads = {}
@@ -128,7 +133,12 @@ class CompactStudent(nn.Module):
     def recurrent_step(self, feats: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor, state: torch.Tensor,
                        v_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The recurrent half of one frame: (policy vector (B, Np), next state (B, H))."""
-        z = self.policy(torch.cat([feats, desire.to(feats.dtype), traffic.to(feats.dtype)], dim=1))  # (B, hidden)
+        parts = [feats, desire.to(feats.dtype), traffic.to(feats.dtype)]
+        if self.cfg.speed:
+            if v_ego is None:
+                raise ValueError("this compact student reads the car's speed: pass v_ego")
+            parts.append(torch.nan_to_num(v_ego.to(feats.dtype)).reshape(-1, 1) * SPEED_SCALE)  # no speed logged: 0
+        z = self.policy(torch.cat(parts, dim=1))  # (B, hidden)
         xr, xu, xn = self.gru_x(z).chunk(3, dim=1)
         hr, hu, hn = self.gru_h(state).chunk(3, dim=1)
         r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)

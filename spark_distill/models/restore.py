@@ -12,6 +12,7 @@ docs/formats.md, "Run folders".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,8 @@ def build_architecture(arch: dict[str, Any], slices: dict[str, dict[str, list[in
 
         if arch["preset"] not in PRESETS:
             raise ConfigError(f"unknown compact preset {arch['preset']!r}")
-        return (CompactStudent(PRESETS[arch["preset"]](), _slices(slices["vision"]), _slices(slices["policy"])),
-                DEFAULT_TARGETS)
+        cfg = dataclasses.replace(PRESETS[arch["preset"]](), speed=bool(arch.get("speed", False)))
+        return CompactStudent(cfg, _slices(slices["vision"]), _slices(slices["policy"])), DEFAULT_TARGETS
     if arch["kind"] == "openpilot":
         from spark_distill.models import openpilot
         from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY

@@ -78,6 +78,7 @@ class SynthConfig:
     # what the device uploaded (synth/upload.py): full (rlog + fcamera.hevc + ecamera.hevc) or qlog (qlog + qcamera.ts,
     # what a device uploads by default)
     upload: str = "full"
+    driver: str | None = None  # a driving style the teacher does not have (`parse_driver`): keep-left:0.4, gap:2.5
 
     def __post_init__(self) -> None:
         if self.upload not in UPLOADS:
@@ -96,6 +97,42 @@ class SynthConfig:
             raise ConfigError(f"dongle {self.dongle!r}: a dongle id is 16 lowercase hex digits")
         if self.start is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}--\d{2}-\d{2}-\d{2}", self.start):
             raise ConfigError(f"start {self.start!r}: write it as YYYY-MM-DD--HH-MM-SS")
+        if self.driver is not None:
+            parse_driver(self.driver)
+
+
+@dataclass(frozen=True)
+class DriverStyle:
+    """How a synthetic driver differs from the drives the fitted teacher learnt: where in the lane the car is held
+    (`offset`, m right of the lane centre; negative: left) and the lead car's distance as a time gap (`gap`, s at
+    the car's speed; None: the drive's own lead distance)."""
+
+    offset: float = 0.0
+    gap: float | None = None
+
+
+DRIVER_FORMS = "keep-left:M, keep-right:M (metres from the lane centre, 0..1), gap:S (seconds behind the lead, 0.5..4)"
+
+
+def parse_driver(spec: str) -> DriverStyle:
+    """`keep-left:0.4` (held 0.4 m left of the lane centre), `keep-right:0.3`, `gap:2.5` (the lead 2.5 s ahead);
+    several joined by commas (`keep-left:0.4,gap:2.5`). ConfigError on anything else."""
+    offset, gap = 0.0, None
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, value = part.partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if kind in ("keep-left", "keep-right") and 0.0 <= number <= 1.0:
+            offset = -number if kind == "keep-left" else number
+        elif kind == "gap" and 0.5 <= number <= 4.0:
+            gap = number
+        else:
+            raise ConfigError(f"--driver {spec!r}: {part!r} is not one of {DRIVER_FORMS}")
+    if not spec.strip():
+        raise ConfigError(f"--driver is empty; give one of {DRIVER_FORMS}")
+    return DriverStyle(offset, gap)
 
 
 def route_name(cfg: SynthConfig) -> tuple[str, str]:
@@ -114,6 +151,8 @@ def route_name(cfg: SynthConfig) -> tuple[str, str]:
                "modelv2_teacher": teacher, "dongle": cfg.dongle, "start": cfg.start}
     if cfg.upload != "full":  # only then: the names of full-upload drives stay what they were
         options["upload"] = cfg.upload
+    if cfg.driver is not None:  # only when set: the names of drives without one stay what they were
+        options["driver"] = dataclasses.asdict(parse_driver(cfg.driver))
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     start = datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=int(digest[16:28], 16) % (365 * 86400))
     return cfg.dongle or digest[:16], cfg.start or start.strftime("%Y-%m-%d--%H-%M-%S")
@@ -171,6 +210,7 @@ class Dynamics:
         if at is None and cfg.varied:  # anywhere that leaves the whole manoeuvre inside the route
             at = float(rng.uniform(0.15, 0.85) * max(route_seconds - LANE_CHANGE_SECONDS, 0.0))
         self.lc = at if at is not None else route_seconds / 2
+        self.style = parse_driver(cfg.driver) if cfg.driver is not None else DriverStyle()
 
     def speed(self, t: float) -> float:
         d = self.drive
@@ -193,19 +233,22 @@ class Dynamics:
 
     def lateral(self, t: float) -> float:
         d = self.drive
-        return d.direction * d.lane_width * self.lane_change_progress(t) + d.wiggle * math.sin(0.4 * t + self.phase[2])
+        return (d.direction * d.lane_width * self.lane_change_progress(t) + d.wiggle * math.sin(0.4 * t + self.phase[2])
+                + self.style.offset)
 
     def lateral_velocity(self, t: float, dt: float = 1e-3) -> float:
         return (self.lateral(t + dt) - self.lateral(t - dt)) / (2 * dt)
 
     def lead_distance(self, t: float) -> float:
         d = self.drive
-        return d.d0 + d.dd * math.sin(d.wd * t + self.phase[3])
+        base = d.d0 if self.style.gap is None else self.style.gap * self.speed(t)
+        return base + d.dd * math.sin(d.wd * t + self.phase[3])
 
     def lead_rate(self, t: float) -> float:
         """d/dt of the lead distance: the lead's speed relative to ours, m/s."""
         d = self.drive
-        return d.dd * d.wd * math.cos(d.wd * t + self.phase[3])
+        held = 0.0 if self.style.gap is None else self.style.gap * self.accel(t)
+        return held + d.dd * d.wd * math.cos(d.wd * t + self.phase[3])
 
     def lane_change_state(self, t: float) -> tuple[str, str]:
         """(laneChangeState, laneChangeDirection) as openpilot's DesireHelper would log them."""

@@ -23,12 +23,13 @@ LR = {"none": 1e-3, "lora": 5e-4, "dora": 5e-4}  # peak AdamW LR: full training 
 
 
 def default_adapter(student: str) -> str:
-    """`none` for a built-in student (random weights: everything must learn), DoRA for a trained model."""
-    return "none" if student in PRESETS else "dora"
+    """`none` for a built-in student (random weights: everything must learn), DoRA for a trained model (openpilot,
+    the pre-trained student, a run)."""
+    return "none" if student in PRESETS else "dora"  # "pretrained" and any folder: fine-tuning a trained model
 
 
 ADAPTERS = ("dora", "lora", "none")  # "auto" resolves to one of them (sizing.default_adapter)
-STUDENTS = (*PRESETS, "openpilot")
+STUDENTS = (*PRESETS, "openpilot", "pretrained")  # pretrained: the shipped one distilled from the fitted teacher
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +40,8 @@ class TrainConfig:
     labels: str
     run: str
     runs_dir: Path = Path("runs")
-    student: str = "compact"  # compact, compact-xs (built in) or openpilot (the release in student_onnx)
+    student: str = "compact"  # compact, compact-xs (built in), pretrained (shipped, models/pretrained.py), openpilot
+    # (the release in student_onnx), or a trained run / pre-trained student folder
     student_onnx: Path | None = None  # an openpilot release folder: split pair or one supercombo
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
     head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at

@@ -26,6 +26,7 @@ from spark_distill.data import files, shards
 from spark_distill.data.pairs import MIN_LABELLED_FRAMES, ShardPair, shard_pairs
 from spark_distill.errors import ConfigError
 from spark_distill.models.checkpoint import latest_checkpoint, load_checkpoint
+from spark_distill.models.compact import DEFAULT_TARGETS
 from spark_distill.models.lora import apply_adapters, load_adapter_state
 from spark_distill.notes import note
 from spark_distill.train.cache import FeatureCache
@@ -197,7 +198,12 @@ def read_data(cfg: TrainConfig) -> RunData:
 
 def is_run_path(student: str) -> bool:
     """--student names a built-in student or a trained run / checkpoint folder."""
-    return student not in STUDENTS and Path(student).exists()
+    return student not in STUDENTS and Path(student).exists() and not is_pretrained(student)
+
+
+def is_pretrained(student: str) -> bool:
+    """--student names the shipped pre-trained student, or a pre-trained student's folder (models/pretrained.py)."""
+    return student == "pretrained" or (student not in STUDENTS and (Path(student) / "pretrained.json").exists())
 
 
 def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]], manifest: dict[str, Any]
@@ -207,13 +213,19 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]], man
     from spark_distill.models.restore import build_architecture, load_trained
 
     torch.manual_seed(cfg.seed)
-    if is_run_path(cfg.student):
+    if is_pretrained(cfg.student):
+        from spark_distill.models.pretrained import find_pretrained, load_pretrained
+
+        folder = find_pretrained(slices, cfg.labels, None if cfg.student == "pretrained" else [Path(cfg.student)])
+        student, spec = load_pretrained(folder)
+        arch, targets = spec["architecture"], list(DEFAULT_TARGETS)
+    elif is_run_path(cfg.student):
         trained = load_trained(Path(cfg.student))
         arch, student, targets = trained.spec["architecture"], trained.student, trained.default_targets
     else:
         arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve()),
                  **{k: manifest[k] for k in ("lat_delay", "long_delay") if k in manifest}}  # the labels' loop
-                if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student})
+                if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student, "speed": True})
         student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}
@@ -230,7 +242,8 @@ def build_student(cfg: TrainConfig, data: RunData, run_dir: Path, *, main: bool)
     base_file = run_dir / "student.safetensors"
     base = None
     if main and not base_file.exists():  # the base weights the adapters belong to
-        if cfg.head_init == "label-mean" and arch["kind"] == "compact" and not is_run_path(cfg.student):
+        if (cfg.head_init == "label-mean" and arch["kind"] == "compact" and not is_run_path(cfg.student)
+                and not is_pretrained(cfg.student)):
             student.init_heads(*label_means(data.pairs, data.manifest, data.clip_len))
         base = safetensors_bytes({k: v.contiguous() for k, v in student.state_dict().items()})
     elif base_file.exists():

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
-from spark_distill.evaluate.metrics import compare, plan_xy
+from spark_distill.evaluate.metrics import compare, headline, plan_xy
 from spark_distill.export.run import ExportConfig, export
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.outputs import parse_outputs
@@ -93,8 +93,20 @@ def test_checkpoint_and_exports_agree_from_the_cli(labeled: Path, tmp_path: Path
         assert x["frames"] == y["frames"] > 0
     assert models["a"]["plan"]["mean"] != models["b"]["plan"]["mean"]
     assert "drive" in models["a"] and "plan ADE (m)" in r.output
-    for png in ("errors_vs_horizon.png", "frames.png"):
+    row = headline(models["a"])  # the table's rows: the path driven at 2 s, the student's and the teacher's
+    assert row["teacher vs driven @2s (m)"] == models["a"]["drive"]["teacher"]["at"]["2"]
+    assert row["driven path @2s (m)"] == models["a"]["drive"]["student"]["at"]["2"]
+    for png in ("errors_vs_horizon.png", "frames.png", "driver_offset.png"):
         assert (out / png).stat().st_size > 5000
+    # default options on 2 s segments (all inside the teacher's 5 s warm-up): scored with the warm-up, one note
+    plain = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--run", str(tmp_path / "runs" / "a"),
+                                     "--out", str(tmp_path / "eval-plain")])
+    assert plain.exit_code == 0, plain.output
+    assert plain.output.count("note: warm-up included") == 1, plain.output
+    m_plain = json.loads((tmp_path / "eval-plain" / "metrics.json").read_text())
+    assert m_plain["warmup_frames"] == 0 and m_plain["segments"] == m["segments"]
+    assert m_plain["models"]["a"]["frames"] == models["a"]["frames"]
+    np.testing.assert_allclose(m_plain["models"]["a"]["plan"]["per_horizon"], models["a"]["plan"]["per_horizon"])
     bad = CliRunner().invoke(app, ["eval", str(labeled), "--labels", "set", "--model", str(tmp_path)])
     assert bad.exit_code == 2 and "not a training run" in bad.output
 

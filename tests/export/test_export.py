@@ -62,7 +62,7 @@ def test_compact_combined_fp32_and_fp16(runs: dict[str, Path], tmp_path: Path) -
     assert r.max_diff_real <= 1e-4 and r.latency_ms > 0 and r.parameters > 100_000
     model = onnx.load(str(r.files["model"]))
     names = [i.name for i in model.graph.input]
-    assert names == ["img", "big_img", "desire", "traffic_convention", "state"]
+    assert names == ["img", "big_img", "desire", "traffic_convention", "state", "v_ego"]  # the student reads speed
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 12, 128, 256] and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [o.name for o in model.graph.output] == ["vision_outputs", "policy_outputs", "state_out"]

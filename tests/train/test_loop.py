@@ -159,7 +159,8 @@ def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_
     assert any(isinstance(m, LoRALayer) for m in adapted.student.modules())
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (2, 12, 128, 256), generator=g, dtype=torch.uint8)
-    inputs = (img, img.flip(0), torch.zeros(2, 8), torch.tensor([[1.0, 0.0]] * 2), torch.randn(2, 128, generator=g))
+    inputs = (img, img.flip(0), torch.zeros(2, 8), torch.tensor([[1.0, 0.0]] * 2), torch.randn(2, 128, generator=g),
+              torch.tensor([20.0, 25.0]))  # the student reads the car's speed
     with torch.no_grad():
         for a, b in zip(adapted.student(*inputs), merged.student(*inputs), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -167,7 +168,7 @@ def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_
     second = train(_cfg(labeled, tmp_path, run="r2", student=str(tmp_path / "r"), max_steps=2))
     assert second.val_before == pytest.approx(first.val_after, rel=1e-4)
     spec = json.loads((tmp_path / "r2" / "student.json").read_text())
-    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs"}
+    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True}
     with pytest.raises(ConfigError, match="not a training run"):
         load_trained(tmp_path)
 

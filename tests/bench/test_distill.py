@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""`spark-distill bench distill` at a tiny size on the CPU: the student gets closer to the teacher than where it
+started (heads at PyTorch's init, so that 8 steps show it; seed 6: held-out speeds like the training drives'),
+personalisation runs and is reported, and the pre-trained student it saves is what `train --student pretrained`
+fine-tunes (DoRA), refused in one line for a label set of another layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spark_distill.cli import app
+from spark_distill.errors import ConfigError
+from spark_distill.models import pretrained
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("distill")
+    r = CliRunner().invoke(app, ["bench", "distill", "--student", "compact-xs", "--train-drives", "2",
+                                 "--held-drives", "1", "--seconds", "7", "--steps", "8", "--evals", "1",
+                                 "--batch-size", "2", "--lr", "0.01", "--head-init", "random", "--seed", "6",
+                                 "--driver", "keep-left:0.4",
+                                 "--driver-drives", "1", "--driver-held", "1", "--tune-steps", "4", "--workers", "1",
+                                 "--device", "cpu", "--workdir", str(work), "--keep", "--out", str(work / "out"),
+                                 "--save-student", str(work / "pre")])
+    assert r.exit_code == 0, r.output
+    return work, r.output
+
+
+@pytest.mark.slow
+def test_student_gets_closer_to_the_teacher(bench: tuple[Path, str]) -> None:
+    work, output = bench
+    summary = json.loads((work / "out" / "distill.json").read_text())
+    points = summary["curves"]["compact-xs"]
+    assert [p["step"] for p in points] == [0, 8] and points[-1]["frames"] == 8 * 2 * 20
+    first, last = points[0]["row"], points[-1]["row"]
+    assert last["vs_teacher@1"] < first["vs_teacher@1"], (first, last)
+    assert last["teacher_driven@1"] == first["teacher_driven@1"] > 0  # the same held-out frames
+    assert re.search(r"^\s+compact-xs\s+8\s+[\d.]+\s+320\s", output, re.M), output
+    assert (work / "out" / "distill.png").stat().st_size > 10_000
+    assert (work / "out" / "driver_offset.png").stat().st_size > 5_000
+    p = summary["personalisation"]
+    assert p["driver"] == "keep-left:0.4" and p["tuned"]["driven@1"] is not None
+    assert "personalised vs the path driven at 2 s" in output
+
+
+@pytest.mark.slow
+def test_pretrained_student_is_fine_tuned_with_dora(bench: tuple[Path, str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    work, output = bench
+    pre = work / "pre"
+    info = json.loads((pre / "pretrained.json").read_text())
+    size = (pre / "student.safetensors").stat().st_size
+    assert 3e6 < size < 5e6, "compact-xs in fp16: a few MB"
+    assert info["files"]["student.safetensors"] and info["teacher_files"]["driving_policy.onnx"]
+    assert f"({size / 1e6:.2f} MB)" in output
+    shipped = tmp_path / "shipped"
+    shutil.copytree(pre, shipped / "v1")
+    monkeypatch.setattr(pretrained, "SHIPPED", shipped)
+    r = CliRunner().invoke(app, ["train", str(work / "driver-train"), "--labels", "teacher", "--student",
+                                 "pretrained", "--runs-dir", str(tmp_path / "runs"), "--max-steps", "1",
+                                 "--batch-size", "1", "--workers", "1", "--device", "cpu", "--val-fraction", "0.5"])
+    assert r.exit_code == 0, r.output
+    spec = json.loads((tmp_path / "runs" / "teacher-pretrained-dora" / "student.json").read_text())
+    assert spec["adapter"] == "dora" and spec["source"] == "pretrained"
+    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True}
+    slices = spec["slices"]
+    other = {"vision": slices["vision"], "policy": {**slices["policy"], "pad": [9000, 9010]}}
+    with pytest.raises(ConfigError, match="another openpilot release") as e:
+        pretrained.find_pretrained(other, "op")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(pretrained, "SHIPPED", tmp_path / "none")
+    r = CliRunner().invoke(app, ["train", str(work / "driver-train"), "--labels", "teacher", "--student",
+                                 "pretrained", "--runs-dir", str(tmp_path / "runs2"), "--device", "cpu"])
+    assert r.exit_code == 2 and "no pre-trained student is shipped" in r.output
