@@ -72,7 +72,44 @@ def onnx_to_torch(model: Any) -> Any:
     if used and "torchvision.ops" in sys.modules and not hasattr(sys.modules["torchvision"], "__file__"):
         raise MissingDependencyError(f"the ONNX graph uses {sorted(used)}, which need torchvision: "
                                      "pip install torchvision matching your torch")
-    return load_onnx2torch().convert(proto)
+    return load_onnx2torch().convert(constants_as_initializers(proto))
+
+
+def constants_as_initializers(proto: Any) -> Any:
+    """The graph with its tensor-valued `Constant` nodes turned into initializers of the same names and trailing
+    empty optional inputs dropped (same values, same graph). onnx2torch reads some operands only from
+    initializers, and takes an empty name for a given one — a `Clip`'s min/max among them ("Dynamic value of
+    min/max is not implemented") — while exporters write them as `Constant` nodes and `""` (torch.onnx does for a
+    clamp; the shipped fitted teacher has three). The input is not changed."""
+    import onnx
+    from onnx import numpy_helper
+
+    constants = [n for n in proto.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name in ("value", "value_float", "value_floats", "value_int", "value_ints")]
+    trailing = [n for n in proto.graph.node if n.input and n.input[-1] == ""]
+    if not constants and not trailing:
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept = [n for n in out.graph.node if not (n.op_type == "Constant" and any(n.output[0] == c.output[0]
+                                                                                 for c in constants))]
+    for node in constants:
+        attr = node.attribute[0]
+        value = onnx.helper.get_attribute_value(attr)
+        if attr.name != "value":
+            import numpy as np
+
+            value = numpy_helper.from_array(np.array(value, dtype=np.float32 if "float" in attr.name else np.int64))
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        out.graph.initializer.append(tensor)
+    for node in kept:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
 
 
 def cpu_session(model: bytes | str | Path) -> Any:

@@ -15,13 +15,18 @@ import torch
 from spark_distill.errors import ConfigError, UnknownTeacherError
 from spark_distill.label.backends import get_backend
 from spark_distill.openpilot.teachers import load_teacher, make_batch_dynamic, random_inputs
+from spark_distill.synth.fit import SHIPPED
 from spark_distill.synth.teacher import write_teacher
 
 from . import fake_tensorrt
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=["v1", "v2", "fitted"])
 def teacher(request, tmp_path_factory):
+    """Random-weight stand-ins of both contracts, and the shipped fitted teacher (its clamps are `Constant`-fed
+    `Clip`s, which onnx2torch takes only as initializers: the torch backend failed on it, on every GPU)."""
+    if request.param == "fitted":
+        return load_teacher([SHIPPED / "v1"])
     out = tmp_path_factory.mktemp(f"t-{request.param}")
     write_teacher(out, contract=request.param, seed=5)
     return load_teacher([out])
