@@ -247,7 +247,8 @@ def ingest(cfg: IngestConfig, *, on_progress: Callable[[int, int], None] | None 
     if not pending:
         return result
     partial = manifest.get("partial") or {}
-    manifest["skipped"] = [s for s in manifest["skipped"] if s["name"] not in {p.name for p in pending}]
+    manifest["skipped"] = [s for s in manifest.get("skipped", [])  # older ingests wrote no `skipped`
+                           if s["name"] not in {p.name for p in pending}]
     staging = folder / STAGING
     staging.mkdir()
     sink = _ShardSink(folder, manifest, cfg.shard_clips)
