@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from spark_distill.data.pairs import shard_pairs
 from spark_distill.errors import ConfigError
 from spark_distill.models.lora import apply_adapters
 from spark_distill.models.openpilot import OpenpilotStudent
-from spark_distill.train.loader import ClipStream, make_loader
-from spark_distill.train.step import Unroll
+from tests.models.segment_starts import segment_start_outputs
 from tests.releases import CLIP_LEN, LAYOUT_RELEASES, label_set, release_datasets
 
 
@@ -34,26 +32,16 @@ def test_reproduces_the_label_pass_from_a_segment_start(root: Path, layout: str)
     assert manifest["layout"] == layout
     student = OpenpilotStudent.from_onnx([root / "teachers" / release])
     assert student.layout.key == layout and student.combined == (manifest["loop"]["topology"] == "combined")
-    stream = ClipStream(pairs, manifest, batch=1, clip_len=CLIP_LEN, burn_in=0, seed=0, train=False,
-                        mask_warmup=False)
-    unroll = Unroll(student).eval()
     checked = 0
-    with torch.no_grad():
-        for batch in make_loader(stream):
-            if not bool(batch["start"][0]):
-                continue
-            v, p = unroll(batch["road"], batch["wide"], batch["desire"], batch["traffic"], batch["v_ego"],
-                          batch["start"])
-            n = int(batch["mask"][0].sum())
-            assert n == CLIP_LEN
-            tv, tp = batch["vision"][0, :n].float().numpy(), batch["policy"][0, :n].float().numpy()
-            assert v.shape[-1] == tv.shape[-1] and p.shape[-1] == tp.shape[-1]
-            # the labels are float16: agreement to its precision over frames whose histories (features 4 apart at
-            # 5 Hz, 1 apart at 20 Hz, the pooled desire, the own previous curvature) fill up
-            np.testing.assert_allclose(v[0, :n].numpy(), tv, rtol=2e-3, atol=1e-3)
-            np.testing.assert_allclose(p[0, :n].numpy(), tp, rtol=2e-3, atol=2e-3)
-            assert np.abs(tp[1:] - tp[:1]).max() > 1e-3, "the policy output changes along the clip"
-            checked += 1
+    for v, p, tv, tp in segment_start_outputs(student, pairs, manifest, CLIP_LEN):
+        assert len(tv) == CLIP_LEN
+        assert v.shape[-1] == tv.shape[-1] and p.shape[-1] == tp.shape[-1]
+        # the labels are float16: agreement to its precision over frames whose histories (features 4 apart at
+        # 5 Hz, 1 apart at 20 Hz, the pooled desire, the own previous curvature) fill up
+        np.testing.assert_allclose(v, tv, rtol=2e-3, atol=1e-3)
+        np.testing.assert_allclose(p, tp, rtol=2e-3, atol=2e-3)
+        assert np.abs(tp[1:] - tp[:1]).max() > 1e-3, "the policy output changes along the clip"
+        checked += 1
     assert checked == 2, "both segments' first clips compared"
 
 

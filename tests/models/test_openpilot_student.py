@@ -19,6 +19,7 @@ from spark_distill.models.openpilot import DEFAULT_TARGETS, OpenpilotStudent
 from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.loader import ClipStream, make_loader
 from spark_distill.train.step import Unroll
+from tests.models.segment_starts import segment_start_outputs
 
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
@@ -33,20 +34,12 @@ def labeled(request, tici_route, tmp_path_factory) -> tuple[Path, Path]:
 def test_reproduces_the_teachers_labels_from_a_segment_start(labeled) -> None:
     root, teacher = labeled
     pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
-    stream = ClipStream(pairs, manifest, batch=1, clip_len=10, burn_in=0, seed=0, train=False, mask_warmup=False)
     student = OpenpilotStudent.from_onnx([teacher])
-    unroll = Unroll(student).eval()
     checked = 0
-    with torch.no_grad():
-        for batch in make_loader(stream):
-            if not bool(batch["start"][0]):
-                continue
-            v, p = unroll(batch["road"], batch["wide"], batch["desire"], batch["traffic"], batch["v_ego"],
-                          batch["start"])
-            n = int(batch["mask"][0].sum())
-            np.testing.assert_allclose(v[0, :n].numpy(), batch["vision"][0, :n].float().numpy(), rtol=2e-3, atol=1e-4)
-            np.testing.assert_allclose(p[0, :n].numpy(), batch["policy"][0, :n].float().numpy(), rtol=2e-3, atol=1e-3)
-            checked += 1
+    for v, p, tv, tp in segment_start_outputs(student, pairs, manifest, 10):
+        np.testing.assert_allclose(v, tv, rtol=2e-3, atol=1e-4)
+        np.testing.assert_allclose(p, tp, rtol=2e-3, atol=1e-3)
+        checked += 1
     assert checked == 2, "both segments' first clips compared"
 
 
