@@ -178,7 +178,8 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
     v_ego, driven, driven_from = [], [], set()
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-    short: list[str] = []  # segments with no frame past the warm-up: scored with it if no segment has one
+    short: list[tuple[Segment, np.ndarray]] = []  # (segment, its labelled frames) with no frame past the warm-up:
+    # scored with it if no segment has one (short segments: cheap to hold)
 
     def score(seg: Segment, keep: np.ndarray) -> None:
         nonlocal picture
@@ -208,14 +209,13 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         if keep.any():
             score(seg, keep)
         elif labelled.any():
-            short.append(seg_name)
+            short.append((seg, labelled))
     if not kept_segments and short:  # as train does: short segments are scored with the warm-up, said once
         note(f"warm-up included: no frame of the chosen segments lies past its segment's first {warmup} frames "
              "(the teacher's start-up labels); longer segments avoid this")
         warmup = 0
-        for seg_name in short:
-            seg = read_segment(cfg.root, cfg.labels, seg_name)
-            score(seg, np.isfinite(seg.teacher_policy[:, plan]).all(1))
+        for seg, labelled in short:
+            score(seg, labelled)
     report(len(chosen), len(chosen), "")
     if not kept_segments:
         raise ConfigError("no labelled frame to score in the chosen segments")

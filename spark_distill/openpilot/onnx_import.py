@@ -81,6 +81,7 @@ def constants_as_initializers(proto: Any) -> Any:
     initializers, and takes an empty name for a given one — a `Clip`'s min/max among them ("Dynamic value of
     min/max is not implemented") — while exporters write them as `Constant` nodes and `""` (torch.onnx does for a
     clamp; the shipped fitted teacher has three). The input is not changed."""
+    import numpy as np
     import onnx
     from onnx import numpy_helper
 
@@ -91,14 +92,12 @@ def constants_as_initializers(proto: Any) -> Any:
         return proto
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    kept = [n for n in out.graph.node if not (n.op_type == "Constant" and any(n.output[0] == c.output[0]
-                                                                                 for c in constants))]
+    folded = {c.output[0] for c in constants}
+    kept = [n for n in out.graph.node if not (n.op_type == "Constant" and n.output[0] in folded)]
     for node in constants:
         attr = node.attribute[0]
         value = onnx.helper.get_attribute_value(attr)
         if attr.name != "value":
-            import numpy as np
-
             value = numpy_helper.from_array(np.array(value, dtype=np.float32 if "float" in attr.name else np.int64))
         tensor = onnx.TensorProto()
         tensor.CopyFrom(value)
