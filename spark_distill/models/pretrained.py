@@ -14,7 +14,6 @@ of its weights). `bench distill --save-student DIR` writes one (`save_pretrained
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,7 @@ def load_pretrained(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     spec = json.loads((folder / "student.json").read_text())
     info = json.loads((folder / "pretrained.json").read_text())
     weights = folder / "student.safetensors"
-    if hashlib.sha256(weights.read_bytes()).hexdigest() != info["files"]["student.safetensors"]:
+    if files.sha256_file(weights) != info["files"]["student.safetensors"]:
         raise ConfigError(f"{weights}: its sha256 is not the one pretrained.json records; the file is damaged")
     student, _ = build_architecture(spec["architecture"], spec["slices"])
     state = load_file(str(weights))
