@@ -416,9 +416,10 @@ def train(
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
-    student: Annotated[str, typer.Option(help="compact or compact-xs (built in, random weights); pretrained (the "
-                                              "shipped compact-xs distilled from the fitted teacher: fine-tuned with "
-                                              "DoRA); openpilot (fine-tune the ONNX pair "
+    student: Annotated[str, typer.Option(help="compact or compact-xs (built in, random weights); pretrained (a "
+                                              "compact-xs distilled from the fitted teacher, fine-tuned with DoRA: "
+                                              "none is shipped yet; `bench distill --save-student DIR` makes one, "
+                                              "then give DIR); openpilot (fine-tune the ONNX pair "
                                               "given by --student-onnx); or a trained run to continue from: "
                                               "runs/<run> (its newest good checkpoint) or one checkpoint folder "
                                               "runs/<run>/checkpoints/step-N.")] = "compact",
