@@ -104,7 +104,20 @@ def _log_handlers() -> list[logging.Handler]:
     notes = RichHandler(console=console, show_time=False, show_level=False, show_path=False)
     notes.setFormatter(logging.Formatter("note: %(message)s"))
     notes.addFilter(_is_note)
+    for handler in (logs, notes):
+        handler.addFilter(_urls_for_mirrors)
     return [logs, notes]
+
+
+def _urls_for_mirrors(record: logging.LogRecord) -> bool:
+    """A message naming a remote root's local mirror names the URL the user gave (data/store.py)."""
+    from spark_distill.data.store import in_words
+
+    message = record.getMessage()
+    shown = in_words(message)
+    if shown != message:
+        record.msg, record.args = shown, None
+    return True
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +130,9 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SparkDistillError as e:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from spark_distill.data.store import in_words
+
+            console.print(f"[bold red]error:[/] {in_words(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except progress.Noticed:  # what happens next was said when Ctrl-C came
             raise typer.Exit(130) from None
@@ -252,7 +267,8 @@ def demo(
 @handles_errors
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Segment, route or parent folders, or globs (quote them).")],
-    out_root: Annotated[Path, typer.Option("--out", "-o", help="Dataset root; frames go to ROOT/frames/.")],
+    out_root: Annotated[str, typer.Option("--out", "-o", help="Dataset root, a folder or s3:// / gs:// URL; frames go "
+                                                               "to ROOT/frames/.")],
     clip_len: Annotated[int, typer.Option(help="Frames per clip (20 = 1 s at 20 Hz).")] = 20,
     workers: Annotated[int, typer.Option(help="Segment worker processes \\[default: one per CPU core].")] = 0,
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
@@ -274,12 +290,12 @@ def ingest(
     from spark_distill.ingest.run import IngestConfig
     from spark_distill.ingest.run import ingest as run_ingest
 
-    cfg = IngestConfig(inputs=tuple(paths), out=out_root, clip_len=clip_len, workers=workers,
+    cfg = IngestConfig(inputs=tuple(paths), out=_root(out_root, write=True), clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
                        decode_threads=decode_threads, codec=codec, crf=crf, camera_source=camera_source)
     with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
         r = run_ingest(cfg, on_progress=update)
-    print_table(f"ingest -> {out_root / 'frames'}", {
+    print_table(f"ingest -> {out_root.rstrip('/')}/frames", {
         "segments ingested": r.segments_done, "segments already present": r.segments_already,
         "segments skipped": len(r.segments_skipped), "frames kept": r.frames_kept,
         "frames dropped": r.frames_dropped, "shards written": r.shards_written,
@@ -291,7 +307,8 @@ def ingest(
 @app.command(rich_help_panel="Pipeline")
 @handles_errors
 def label(
-    root: Annotated[Path, typer.Argument(help="Dataset root (the --out of ingest).")],
+    root: Annotated[str, typer.Argument(help="Dataset root (the --out of ingest): a folder or an s3:// or gs:// "
+                                             "URL.")],
     teacher: Annotated[list[Path] | None, typer.Option(help="Folder with an openpilot release's models: "
                                                             "driving_vision.onnx + driving_policy.onnx (0.10.x), "
                                                             "supercombo.onnx (0.9.6 .. late 2024) or "
@@ -326,10 +343,10 @@ def label(
             raise ConfigError("--from-log builds labels from the log; it takes no --teacher")
         from spark_distill.label.from_log import label_from_log
 
-        m = label_from_log(root, name or "logged")
+        m = label_from_log(_root(root, write=True), name or "logged")
         share = m["labelled_frames"] / max(m["frames"], 1)
         qlog = " (a qlog keeps 1 modelV2 in 40)" if "qlog" in m["logs"] else ""
-        print_table(f"label --from-log -> {root / 'labels' / m['name']}", {
+        print_table(f"label --from-log -> {root.rstrip('/')}/labels/{m['name']}", {
             "shards": len(m["shards"]), "frames": m["frames"],
             "frames with a logged output": f"{m['labelled_frames']:,} ({share:.1%}){qlog}; the rest absent",
             "heads from the log": ", ".join(m["available_heads"]),
@@ -346,22 +363,31 @@ def label(
         raise ConfigError("label needs --teacher DIR (or --from-log)")
 
     world, rank, device = _torchrun(device)
-    cfg = LabelConfig(root=root, teacher=tuple(teacher), name=name, backend=backend, precision=precision,
-                      batch=batch, workers=workers, compile=compile, lat_delay=lat_delay, long_delay=long_delay,
+    cfg = LabelConfig(root=_root(root, write=True), teacher=tuple(teacher), name=name, backend=backend,
+                      precision=precision, batch=batch, workers=workers, compile=compile, lat_delay=lat_delay,
+                      long_delay=long_delay,
                       device=device,
                       process_rank=rank, world=world, init_method="env://" if world > 1 else None)
     with progress_bar("label", on_interrupt=LABEL_STOP, show=rank == 0) as update:
         r = run_label(cfg, on_progress=update if rank == 0 else None)
     if rank != 0:
         return
-    print_table(f"label -> {r.folder}", {
+    print_table(f"label -> {root.rstrip('/')}/labels/{r.folder.name}", {
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
         "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
         "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
     _next_train(root, r.folder.name)
 
 
-def _next_train(root: Path, label_set: str) -> None:
+def _root(text: str, *, write: bool = False) -> Path:
+    """A dataset root as given: a local folder, or an s3:// / gs:// / http(s):// URL attached to its mirror in the
+    local cache (data/store.py; `write`: this pass writes into it)."""
+    from spark_distill.data import store
+
+    return store.local_root(text, write=write)
+
+
+def _next_train(root: str, label_set: str) -> None:
     """The command that trains on a label set just written: what a user types next."""
     import shlex
 
@@ -412,7 +438,8 @@ def _with_yaml(ctx: typer.Context, config: Path | None, values: dict[str, Any],
 @handles_errors
 def train(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
+    root: Annotated[str, typer.Argument(help="Dataset root (frames + label sets): a folder or an s3://, gs:// or "
+                                             "http(s):// URL.")],
     labels: Annotated[str, typer.Option(help="Label set name (a folder of ROOT/labels/).")],
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
@@ -511,7 +538,7 @@ def train(
         fields["loss"] = LossWeights.parse(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
     except ValueError as e:
         raise ConfigError(f"--loss-weights: {e}") from e
-    fields.update(root=root, labels=labels, run=o["run"] or "",
+    fields.update(root=_root(root), labels=labels, run=o["run"] or "",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),
                   process_rank=process_rank, world=world, init_method="env://" if world > 1 else None, **extra)
@@ -606,7 +633,8 @@ def _tinygrad_line(r: Any) -> str:
 @app.command("eval", rich_help_panel="Check and compare")
 @handles_errors
 def eval_command(
-    root: Annotated[Path, typer.Argument(help="Dataset root (frames + label sets).")],
+    root: Annotated[str, typer.Argument(help="Dataset root (frames + label sets): a folder or an s3://, gs:// or "
+                                             "http(s):// URL.")],
     labels: Annotated[str, typer.Option(help="Label set of the teacher to compare with.")],
     run: Annotated[list[Path] | None, typer.Option(help="Training run folder or checkpoint (repeatable).")] = None,
     model: Annotated[list[Path] | None, typer.Option(help="Exported model: an export folder (combined or split) or "
@@ -624,7 +652,7 @@ def eval_command(
     from spark_distill.evaluate.run import EvalConfig, evaluate
 
     with progress_bar("eval", unit="segments", on_interrupt=EVAL_STOP) as update:
-        r = evaluate(EvalConfig(root=root, labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
+        r = evaluate(EvalConfig(root=_root(root), labels=labels, runs=tuple(run or ()), models=tuple(model or ()),
                                 segments=_csv(segments), out=out_dir, include_warmup=include_warmup, device=device),
                      on_progress=update)
     frames = next(iter(r.metrics.values()))["frames"]
@@ -649,7 +677,8 @@ def eval_command(
 @app.command(rich_help_panel="Check and compare")
 @handles_errors
 def inspect(
-    root: Annotated[Path | None, typer.Argument(help="Dataset root (the --out of ingest).")] = None,
+    root: Annotated[str | None, typer.Argument(help="Dataset root (the --out of ingest): a folder or an s3://, "
+                                                    "gs:// or http(s):// URL.")] = None,
     verify: Annotated[bool, typer.Option(help="Re-hash every shard (frames and label sets) and check every sample's "
                                                "keys, members and shapes.")] = False,
     png: Annotated[Path | None, typer.Option(help="Write a contact sheet of a few clips to this PNG.")] = None,
@@ -672,8 +701,9 @@ def inspect(
     if root is None:
         raise ConfigError("inspect needs a dataset root (or --teacher DIR)")
 
+    text, root = root, _root(root)
     s = summarize(root)
-    print_table(f"dataset {root}", summary_rows(s))
+    print_table(f"dataset {text}", summary_rows(s))
     _print_segment_issues(s["segment_issues"])
     if png is not None:
         out.print(f"contact sheet: {contact_sheet(root, png)}")
@@ -712,7 +742,8 @@ def _print_segment_issues(issues: list[dict[str, Any]], limit: int = 20) -> None
 @app.command("verify-labels", rich_help_panel="Check and compare")
 @handles_errors
 def verify_labels_command(
-    root: Annotated[Path, typer.Argument(help="Dataset root whose logs had modelV2 (ingest stores it).")],
+    root: Annotated[str, typer.Argument(help="Dataset root whose logs had modelV2 (ingest stores it): a folder or "
+                                             "a URL.")],
     labels: Annotated[str, typer.Option(help="Teacher label set to check against the logged outputs.")],
     tolerance: Annotated[float, typer.Option(help="Largest mean relative difference of any field that still "
                                                   "counts as agreement.")] = 0.02,
@@ -721,7 +752,7 @@ def verify_labels_command(
     (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
     from spark_distill.label.from_log import verify_labels
 
-    r = verify_labels(root, labels, tolerance=tolerance)
+    r = verify_labels(_root(root), labels, tolerance=tolerance)
     table = Table(title=f"labels/{labels} vs logged modelV2: {r.frames} frames", title_justify="left")
     for col in ("field", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
         table.add_column(col, justify="left" if col == "field" else "right")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from spark_distill.bench import scratch_dir
-from spark_distill.data import arrays, files, shards
+from spark_distill.data import arrays, shards
 from spark_distill.errors import ConfigError
 from spark_distill.label.backends import auto_backend, get_backend
 from spark_distill.label.run import LabelConfig, label
@@ -76,7 +76,7 @@ def write_bench_frames(root: Path, *, segments: int, seconds: float, clip_len: i
                                      "frames_dropped": 0, "clips": clips, "dropped": {}, "warnings": []})
     if writer is not None:
         manifest["shards"].append(writer.close().to_json())
-    files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    shards.write_manifest(folder, manifest)
     return segments * frames
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill.data import files, shards
-from spark_distill.errors import DatasetError
+from spark_distill.data import files, shards, store
+from spark_distill.errors import DatasetError, first_line
 from spark_distill.openpilot.modelframe import FRAME_SHAPE
 
 FPS = 20
@@ -222,9 +222,18 @@ def frames_next_step(shard: str, segments: list[str]) -> str:
               "give the same shard, and the label sets stay valid)")
 
 
+def _absent(path: Path) -> str | None:
+    """Why a shard cannot be read, or None: one of a remote root's is fetched first (data/store.py)."""
+    try:
+        store.ensure_local(path)
+    except DatasetError as e:
+        return first_line(e)
+    return None if path.exists() else "missing"
+
+
 def _frames_shard_issues(path: Path, entry: dict[str, Any], car_columns: int, result: Verification) -> list[str]:
-    if not path.exists():
-        return ["missing"]
+    if why := _absent(path):
+        return [why]
     if files.sha256_file(path) != entry["sha256"]:
         return ["sha256 differs from the manifest (damaged or modified)"]
     issues, count = [], 0
@@ -324,8 +333,8 @@ def verify_labels(root: Path, name: str, *, damaged_frames: set[str] | None = No
 def _label_shard_issues(path: Path, entry: dict[str, Any], widths: dict[str, int], result: Verification,
                         fdir: Path, frames_entry: dict[str, Any] | None, damaged_frames: set[str] | None,
                         where: str) -> list[str]:
-    if not path.exists():
-        return ["missing"]
+    if why := _absent(path):
+        return [why]
     if files.sha256_file(path) != entry["sha256"]:
         return ["sha256 differs from the manifest (damaged or modified)"]
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spark_distill.data import shards
+from spark_distill.data import shards, store
 from spark_distill.errors import DatasetError
 
 
@@ -75,7 +75,7 @@ class ShardIndex:
     """Member offsets of one shard; clips are read with pread, any order, from any thread."""
 
     def __init__(self, path: Path, members: dict[str, str | None]) -> None:
-        self.path = path
+        self.path = path = store.ensure_local(path)
         self.members: dict[str, dict[str, tuple[int, int]]] = {}
         try:
             with tarfile.open(path, mode="r:") as tar:
@@ -97,7 +97,7 @@ class ShardIndex:
         if entry is None:
             raise DatasetError(f"{self.path.name}: no sample {key!r} (the frames manifest and shard disagree)")
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDONLY)
+            self.fd = os.open(store.ensure_local(self.path), os.O_RDONLY)
         raw: dict[str, Any] = {"__key__": key}
         into = set() if arena is None else {m for m in wanted
                                             if m in entry and entry[m][1] > 65536 and m.endswith(".npy.zst")}

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_distill.data import codecs, files
+from spark_distill.data import codecs, files, store
 from spark_distill.data.arrays import decode_array
 from spark_distill.errors import DatasetError, first_line
 
@@ -167,12 +167,19 @@ def intact_shards(folder: Path, entries: list[dict[str, Any]], *, record: bool =
     since: a damaged or missing one is then written again."""
     entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
                and isinstance(e.get("sha256"), str) and "/" not in e["name"]]
-    known = verified_unchanged(folder, entries, (folder / VERIFIED,))
+    known = verified_unchanged(folder, entries, (folder / VERIFIED,)) | store.remote_intact(folder, entries)
     fresh = [e for e in entries if e["name"] not in known and (folder / e["name"]).is_file()
              and files.sha256_file(folder / e["name"]) == e["sha256"]]
     if fresh and record:
         record_verified(folder / VERIFIED, folder, fresh)
     return known | {e["name"] for e in fresh}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write `folder/manifest.json` atomically; in a mirror of a remote root, then publish the shards it lists
+    and the manifest itself (data/store.py)."""
+    files.write_json_atomic(folder / MANIFEST, manifest)
+    store.publish(folder)
 
 
 def read_manifest(folder: Path, fmt: str) -> dict[str, Any]:
@@ -363,6 +370,7 @@ def iter_shard(path: Path, members: dict[str, str | None], *,
     before the first dot, e.g. `road`) is in `skip` are left out and their bytes never read (the
     shard is then read by seeking past them, not as a stream)."""
     current: dict[str, Any] | None = None
+    path = store.ensure_local(path)
     try:
         size = path.stat().st_size
         with tarfile.open(path, mode="r:" if skip else "r|") as tar:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spark_distill.data import shards
+from spark_distill.data import shards, store
 from spark_distill.data.gt_path import SegmentMotion
 from spark_distill.data.index import ShardIndex, plan_segments
 from spark_distill.errors import DatasetError
@@ -63,7 +63,7 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
             for side, folder, members in (("f", root / "frames", shards.FRAMES_MEMBERS),
                                           ("l", ldir, shards.LABEL_MEMBERS)):
                 if (side, clip.shard) not in indexes:
-                    if not (folder / shard).exists():
+                    if not store.ensure_local(folder / shard).exists():
                         raise DatasetError(f"{folder / shard}: missing (label set {label_set} incomplete?)")
                     indexes[side, clip.shard] = ShardIndex(folder / shard, members)
             f = indexes["f", clip.shard].read(clip.key, FRAME_MEMBERS)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill.data import files, shards
+from spark_distill.data import files, shards, store
 from spark_distill.data.dataset import frames_dir, label_set_dir
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
@@ -231,7 +231,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt, controls=controls)
     cfg.out.mkdir(parents=True, exist_ok=True)
     result.ground_truth = ground_truth_sources(frames_segments, kept_segments)
-    files.write_json_atomic(cfg.out / "metrics.json", {"root": str(cfg.root), "labels": cfg.labels,
+    files.write_json_atomic(cfg.out / "metrics.json", {"root": store.source_of(cfg.root), "labels": cfg.labels,
                                                         "segments": kept_segments, "warmup_frames": warmup,
                                                         "ground_truth": result.ground_truth,
                                                         "models": result.metrics})

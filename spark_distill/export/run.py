@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spark_distill.data import files, shards
+from spark_distill.data import files, shards, store
 from spark_distill.errors import ConfigError, ExportError, MissingDependencyError, OnnxMismatchError
 from spark_distill.export import consumer
 from spark_distill.export import graph as G
@@ -116,7 +116,10 @@ def _real_clip(spec: dict[str, Any], frames: int) -> dict[str, np.ndarray] | Non
 
     if frames <= 0 or not isinstance(spec.get("root"), str) or not isinstance(spec.get("labels"), str):
         return None  # random inputs only (a run from before these fields, or an edited student.json)
-    root = Path(spec["root"])
+    try:
+        root = store.local_root(spec["root"])
+    except DatasetError:
+        return None  # a remote root out of reach: random inputs only
     if not (root / "frames" / shards.MANIFEST).exists():
         return None
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_distill import __version__
-from spark_distill.data import codecs, files, shards
+from spark_distill.data import codecs, shards
 from spark_distill.errors import ConfigError, IngestError
 from spark_distill.ingest.discover import Segment, discover_segments
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
@@ -223,7 +223,7 @@ class _ShardSink:
         self.finished = []
         self.manifest["partial"] = ({"segment": self.open_segment, "clips": self.open_clips}
                                     if self.open_segment else None)
-        files.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+        shards.write_manifest(self.folder, self.manifest)
 
 
 def _staged(jobs: list[tuple], workers: int) -> Iterator[_StagedSegment]:

@@ -95,11 +95,11 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
             raise
         per_shard[entry["name"]] = counts
         record_shard(manifest, frames, writer.close().to_json())
-        files.write_json_atomic(folder / shards.MANIFEST, manifest)
+        shards.write_manifest(folder, manifest)
     manifest["labelled_frames"] = sum(c[0] for c in per_shard.values())
     manifest["frames"] = sum(c[1] for c in per_shard.values())
     manifest["logs"] = sorted({s.get("log", "rlog") for s in frames["segments"]})
-    files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    shards.write_manifest(folder, manifest)
     return manifest
 
 

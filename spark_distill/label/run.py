@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_distill import __version__
-from spark_distill.data import arrays, files, shards
+from spark_distill.data import arrays, files, shards, store
 from spark_distill.data.dataset import frames_dir
 from spark_distill.data.index import ClipRef, SegmentPlan, frames_binding, plan_segments
 from spark_distill.errors import ConfigError, LabelError
@@ -189,7 +189,7 @@ class _Writer:
         # the manifest (written and fsynced) at most every few seconds while labeling, and always at the end:
         # a shard on disk but not yet recorded is only labeled again by a resumed run
         if self.unsaved and (wait or time.monotonic() - self.saved_at >= MANIFEST_EVERY_S):
-            files.write_json_atomic(self.folder / shards.MANIFEST, self.manifest)
+            shards.write_manifest(self.folder, self.manifest)
             self.unsaved, self.saved_at = False, time.monotonic()
 
     def close(self, *, ok: bool = True) -> None:
@@ -278,8 +278,11 @@ class _Verifier:
         self.futures = {i: self.pool.submit(self._bad, i) for i in sorted(shard_ids - self.known)}
 
     def _bad(self, i: int) -> bool:
-        path = self.folder / self.entries[i]["name"]
-        return not path.exists() or files.sha256_file(path) != self.entries[i]["sha256"]
+        entry = self.entries[i]
+        path = self.folder / entry["name"]
+        if not path.exists() and store.remote_intact(self.folder, [entry]):
+            return False  # on a remote root: its sha256 is checked as it is fetched (data/store.py)
+        return not path.exists() or files.sha256_file(path) != entry["sha256"]
 
     def bad(self, needed: set[int]) -> set[int]:
         """Indices of needed frames shards whose sha256 does not match the manifest (reported, never labeled)."""
@@ -380,7 +383,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
         for c in p.clips:
             expected[c.shard].append(c.key)
     if not work and cfg.world == 1:  # a rerun of a finished pass
-        files.write_json_atomic(folder / shards.MANIFEST, manifest)
+        shards.write_manifest(folder, manifest)
         return result
     if workers is None:  # the first look at the manifest saw nothing left; the manifest says otherwise
         workers = _Workers(cfg, fdir, frames_manifest, teacher)
@@ -403,7 +406,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     if result.frames:
         manifest["throughput"] = {"frames": result.frames, "seconds": round(result.seconds, 3),
                                   "frames_per_s": round(result.frames_per_s, 1), "batch": cfg.batch}
-    files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    shards.write_manifest(folder, manifest)
     return result
 
 
@@ -464,6 +467,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
         parts = folder / ".parts" / f"rank-{cfg.process_rank}"
         if parts.exists():
             shutil.rmtree(parts)  # left by an interrupted run: recomputed
+        store.remove_tree(parts)  # the same on a remote root (its ranks may be other machines)
         parts.mkdir(parents=True)
         my_expected: dict[int, list[str]] = collections.defaultdict(list)
         my_keys = {c.key for p in mine for c in p.clips}
@@ -484,8 +488,10 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
         seconds = time.perf_counter() - start - result.profile.get(COMPILE_S, 0.0)
         files.write_json_atomic(parts / "rank.json", {"segments": part_manifest["segments"], "frames": result.frames,
                                                        "seconds": seconds})
+        store.push_files([parts / "rank.json"])  # the part shards went with their manifest (shards.write_manifest)
         dist.barrier()
         if cfg.process_rank == 0:
+            store.pull_files(folder / ".parts")  # other machines' parts, on a remote root
             result.shards_written = _assemble(folder, frames_manifest, manifest, todo, expected, cfg.world)
             ranks = [json.loads((folder / ".parts" / f"rank-{r}" / "rank.json").read_text())
                      for r in range(cfg.world)]
@@ -497,8 +503,9 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
                 manifest["throughput"] = {"frames": frames, "seconds": round(seconds, 3),
                                           "frames_per_s": round(frames / seconds, 1), "batch": cfg.batch,
                                           "ranks": cfg.world}
-            files.write_json_atomic(folder / shards.MANIFEST, manifest)
+            shards.write_manifest(folder, manifest)
             shutil.rmtree(folder / ".parts")
+            store.remove_tree(folder / ".parts")
         dist.barrier()
         return result
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from spark_distill import __version__
-from spark_distill.data import arrays, codecs, files, shards
+from spark_distill.data import arrays, codecs, shards
 from spark_distill.errors import ConfigError
 from spark_distill.ingest.align import desire_onehot, traffic_onehot
 from spark_distill.ingest.logs import CAR_COLUMNS, GPS_COLUMNS, POSE_COLUMNS
@@ -174,7 +174,7 @@ def write_dataset(root: Path, configs: list[SynthConfig], *, settings: FramesCon
         if on_progress is not None:
             on_progress(done, len(configs))
     close()
-    files.write_json_atomic(folder / shards.MANIFEST, manifest)
+    shards.write_manifest(folder, manifest)
     shards.record_verified(folder / shards.VERIFIED, folder, [{"name": i.name, "sha256": i.sha256} for i in written])
     return manifest
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_distill.data import files
+from spark_distill.data import files, store
 from spark_distill.errors import ConfigError
 from spark_distill.models.compact import PRESETS
 from spark_distill.train.cache import MODES as CACHE_MODES
@@ -114,6 +114,7 @@ def write_config(path: Path, cfg: TrainConfig) -> None:
     import yaml
 
     plain = json.loads(json.dumps(asdict(cfg), default=str))
+    plain["root"] = store.source_of(Path(cfg.root))  # the URL of a remote root, not its local mirror
     files.write_bytes_atomic(path, yaml.safe_dump(plain, sort_keys=False).encode())
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from spark_distill.data import files, shards
+from spark_distill.data import files, shards, store
 from spark_distill.data.pairs import MIN_LABELLED_FRAMES, ShardPair, shard_pairs
 from spark_distill.errors import ConfigError
 from spark_distill.models.checkpoint import latest_checkpoint, load_checkpoint
@@ -265,7 +265,8 @@ def _write_run(run_dir: Path, cfg: TrainConfig, student: Student, data: RunData)
         files.write_bytes_atomic(run_dir / "student.safetensors", student.base)
     spec = {"architecture": student.arch, "source": cfg.student, "slices": data.slices, "adapter": cfg.adapter,
             "targets": student.targets, "rank": cfg.adapter_rank, "alpha": cfg.adapter_alpha,
-            "train_modules": list(cfg.train_modules), "labels": cfg.labels, "root": str(Path(cfg.root).resolve()),
+            "train_modules": list(cfg.train_modules), "labels": cfg.labels,
+            "root": store.source_of(Path(cfg.root).resolve()),
             "clip_len": data.clip_len}
     files.write_json_atomic(run_dir / "student.json", spec)
     write_config(run_dir / "config.yaml", cfg)  # resolved: what this run uses

@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 spark-distill authors
+"""Dataset roots on object storage, against real servers on localhost (tests/remote.py): the CLI chain on an
+S3-API server with byte-identity to a local root, publishing that a failure cannot half-finish, a read-only HTTP
+root whose connection drops mid-shard, a missing object, the cache's sha256 checks and its size bound, and a label
+pass of two "machines" (own caches, gloo on localhost) equal to one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spark_distill.cli import app
+from spark_distill.data import shards, store
+from spark_distill.errors import DatasetError
+from tests.remote import http_server, s3_server, tree_digest, use_s3
+
+runner = CliRunner()
+pytest.importorskip("s3fs")
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> str:
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request) -> str:
+    """A fresh bucket on the server, this process pointed at it, and a cache of its own."""
+    name = "b" + request.node.name.replace("_", "-")[-40:].lower().strip("-")
+    use_s3(monkeypatch, endpoint, name)
+    monkeypatch.setenv("SPARK_DISTILL_CACHE", str(tmp_path / "cache"))
+    store.reset_cache_stats()
+    return name
+
+
+def _ok(*args: str) -> str:
+    r = runner.invoke(app, list(args))
+    assert r.exit_code == 0, f"{args}: {r.output}"
+    return r.output
+
+
+def _objects(bucket: str) -> dict[str, int]:
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    return {p[len(bucket) + 1:]: int(i["size"]) for p, i in fs.find(bucket, detail=True).items()}
+
+
+def test_the_cli_chain_on_an_s3_bucket_writes_what_a_local_root_holds(tici_route, bucket: str, tmp_path: Path
+                                                                       ) -> None:
+    from spark_distill.synth.teacher import write_teacher
+
+    route, url = str(tici_route[0]), f"s3://{bucket}/ds"
+    write_teacher(tmp_path / "teacher", seed=1)
+    teacher = str(tmp_path / "teacher")
+    for root in (url, str(tmp_path / "local")):
+        _ok("ingest", route, "--out", root, "--clip-len", "10", "--shard-clips", "3")
+        out = _ok("label", root, "--teacher", teacher, "--name", "set", "--backend", "onnxruntime")
+        assert f"next: spark-distill train {root} --labels set" in out
+    objects = _objects(bucket)
+    assert not [k for k in objects if ".partial-" in k or k.endswith(".tmp") or "/.parts" in k], objects
+    mirror = store.attach(url)
+    remote = {k: v for k, v in tree_digest(mirror).items() if k.endswith(".tar")}
+    local = {k: v for k, v in tree_digest(tmp_path / "local").items() if k.endswith(".tar")}
+    assert remote == local and len(remote) >= 4  # frames and labels, byte for byte
+    assert {k for k in objects if k.startswith("ds/")} == {f"ds/{k}" for k in tree_digest(tmp_path / "local")}
+    manifest = json.loads(_get(bucket, "ds/labels/set/manifest.json"))
+    local_labels = shards.read_manifest(tmp_path / "local" / "labels" / "set", shards.LABELS_FORMAT)
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in local_labels["shards"]]
+
+    # a second machine (an empty cache) trains, evaluates and exports from the bucket
+    shutil.rmtree(tmp_path / "cache")
+    store.reset_cache_stats()
+    runs = tmp_path / "runs"
+    _ok("train", url, "--labels", "set", "--max-steps", "2", "--batch-size", "2", "--runs-dir", str(runs),
+        "--run", "r")
+    spec = json.loads((runs / "r" / "student.json").read_text())
+    assert spec["root"] == url and "root: " + url in (runs / "r" / "config.yaml").read_text()
+    fetched = store.cache_stats()
+    assert fetched["misses"] >= 2 and fetched["fetched_bytes"] > 0
+    out = _ok("eval", url, "--labels", "set", "--run", str(runs / "r"), "--out", str(tmp_path / "eval"))
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["root"] == url, out
+    _ok("export", str(runs / "r"), "-o", str(tmp_path / "export"))
+    assert store.cache_stats()["misses"] == fetched["misses"]  # eval and export read the cached shards
+    assert "verified" in _ok("inspect", url, "--verify")
+
+
+def _get(bucket: str, key: str) -> bytes:
+    import fsspec
+
+    return fsspec.filesystem("s3", skip_instance_cache=True).cat_file(f"{bucket}/{key}")
+
+
+def test_a_failed_publish_leaves_nothing_a_reader_takes_for_a_shard_and_a_rerun_publishes(
+        tici_route, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import s3fs
+
+    url = f"s3://{bucket}/ds"
+    monkeypatch.setattr(store, "ATTEMPTS", 1)
+
+    def broken_move(self, *args, **kwargs):
+        raise OSError("connection reset by peer")
+
+    with monkeypatch.context() as m:
+        m.setattr(s3fs.S3FileSystem, "mv", broken_move)
+        r = runner.invoke(app, ["ingest", str(tici_route[0]), "--out", url, "--clip-len", "10"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and f"s3://{bucket}/ds/frames/shard-000000.tar" in r.output
+    assert _objects(bucket) == {}  # no shard under its name, no manifest, no temporary key left
+    _ok("ingest", str(tici_route[0]), "--out", url, "--clip-len", "10")
+    _ok("ingest", str(tici_route[0]), "--out", str(tmp_path / "local"), "--clip-len", "10")
+    local = shards.read_manifest(tmp_path / "local" / "frames", shards.FRAMES_FORMAT)
+    remote = json.loads(_get(bucket, "ds/frames/manifest.json"))
+    assert [s["sha256"] for s in remote["shards"]] == [s["sha256"] for s in local["shards"]]
+    assert set(_objects(bucket)) == {"ds/frames/manifest.json"} | {f"ds/frames/{s['name']}" for s in local["shards"]}
+
+
+@pytest.fixture
+def served(labeled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A copy of the labeled dataset served over plain HTTP, with a cache of this test's own."""
+    root = tmp_path / "www" / "ds"
+    shutil.copytree(labeled, root, ignore=shutil.ignore_patterns("teacher", ".*"))
+    monkeypatch.setenv("SPARK_DISTILL_CACHE", str(tmp_path / "cache"))
+    store.reset_cache_stats()
+    with http_server(tmp_path / "www") as (base, cut, requests):
+        yield root, f"{base}/ds", cut, requests
+
+
+def test_an_http_root_is_read_with_a_dropped_connection_retried(served) -> None:
+    root, url, cut, requests = served
+    cut.add("/ds/frames/shard-000001.tar")
+    out = _ok("inspect", url, "--verify")
+    assert "verified frames" in out and "verified labels/set" in out
+    assert requests.count("/ds/frames/shard-000001.tar") == 2  # cut halfway, fetched again, then checked
+    mirror = store.attach(url)
+    assert (mirror / "frames" / "shard-000001.tar").read_bytes() == (root / "frames" / "shard-000001.tar").read_bytes()
+    assert store.cache_stats()["misses"] == len(list(root.rglob("shard-*.tar")))
+    r = runner.invoke(app, ["ingest", str(root), "--out", url])
+    assert r.exit_code == 2 and "read-only" in r.output and r.output.count("\n") == 1
+
+
+def test_a_missing_object_is_one_line_and_exit_2(served, tmp_path: Path) -> None:
+    root, url, _, _ = served
+    (root / "labels" / "set" / "shard-000000.tar").unlink()
+    r = runner.invoke(app, ["train", url, "--labels", "set", "--max-steps", "1", "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [f"error: {url}/labels/set/shard-000000.tar: not found"]
+    r = runner.invoke(app, ["train", "http://127.0.0.1:9/nothing", "--labels", "set"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+
+
+def test_a_download_that_does_not_match_its_sha256_is_never_read(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, url, _, requests = served
+    monkeypatch.setattr(store, "ATTEMPTS", 2)
+    mirror = store.attach(url)
+    shard = root / "frames" / "shard-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))  # changed on the server after its manifest
+    with pytest.raises(DatasetError, match=r"download failed 2 times .*sha256"):
+        list(shards.iter_shard(mirror / "frames" / "shard-000002.tar", shards.FRAMES_MEMBERS))
+    assert requests.count("/ds/frames/shard-000002.tar") == 2
+    assert not (mirror / "frames" / "shard-000002.tar").exists()
+    assert not [p for p in (mirror / "frames").iterdir() if p.name.endswith(".part")]
+
+
+def test_the_cache_keeps_to_its_bound_least_recently_used_first_and_never_drops_unpublished(
+        served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    root, url, _, _ = served
+    mirror = store.attach(url)
+    names = [e["name"] for e in shards.read_manifest(mirror / "frames", shards.FRAMES_FORMAT)["shards"]]
+    size = max((root / "frames" / n).stat().st_size for n in names)
+    monkeypatch.setenv("SPARK_DISTILL_CACHE_SIZE", str(2 * size + 1))
+    for i, n in enumerate(names[:3]):
+        store.ensure_local(mirror / "frames" / n)
+        os.utime(mirror / "frames" / n, (time.time() - 100 + i, time.time() - 100 + i))
+    on_disk = {p.name for p in (mirror / "frames").glob("shard-*.tar")}
+    assert on_disk == set(names[1:3])  # the least recently used one went first
+    unpublished = mirror / "frames" / "shard-999999.tar"
+    unpublished.write_bytes(bytes(3 * size))  # as a pass writes one before it is published
+    os.utime(unpublished, (1, 1))
+    store.ensure_local(mirror / "frames" / names[0])
+    assert unpublished.exists() and (mirror / "frames" / names[0]).exists()
+    assert store.parse_size("1.5GB") == 3 << 29 and store.parse_size("200") == 200
+
+
+def _label_machine(rank: int, url: str, teacher: str, caches: list[str], init: str, env: dict[str, str]) -> None:
+    import os
+
+    os.environ.update(env, SPARK_DISTILL_CACHE=caches[rank])  # each "machine" has a cache of its own
+    from spark_distill.label.run import LabelConfig, label
+
+    label(LabelConfig(root=store.attach(url, write=True), teacher=(Path(teacher),), backend="onnxruntime", batch=4,
+                      workers=1, name="two", process_rank=rank, world=2, init_method=init))
+
+
+def test_two_machines_label_a_bucket_as_one_process_does(labeled: Path, bucket: str, tmp_path: Path) -> None:
+    import os
+
+    import fsspec
+    import torch.multiprocessing as mp
+
+    url = f"s3://{bucket}/ds"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.put(str(labeled / "frames"), f"{bucket}/ds/frames", recursive=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}
+    caches = [str(tmp_path / "machine-0"), str(tmp_path / "machine-1")]
+    mp.spawn(_label_machine, args=(url, str(labeled / "teacher"), caches, f"tcp://127.0.0.1:{port}", env), nprocs=2)
+    one = {k: v for k, v in tree_digest(labeled / "labels" / "set").items() if k.endswith(".tar")}
+    objects = _objects(bucket)
+    assert not [k for k in objects if "/.parts" in k or ".partial-" in k], objects
+    two = {k[len("ds/labels/two/"):]: _get(bucket, k) for k in objects
+           if k.startswith("ds/labels/two/") and k.endswith(".tar")}
+    assert two == one and len(two) >= 3
+    assert json.loads(_get(bucket, "ds/labels/two/manifest.json"))["throughput"]["ranks"] == 2
