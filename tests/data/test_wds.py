@@ -101,6 +101,8 @@ def test_two_dataloader_workers_yield_every_clip_once(labeled: Path) -> None:
     expected = [c["__key__"] for c in _own_reader(labeled)[0]]
     assert len(listed) > 2 and len(expected) == sum(e["samples"] for e in listed)
     assert sorted(keys) == sorted(expected) and set(keys.values()) == {1}
+    shuffled = [c["__key__"] for c in labelled_dataset(labeled, "set", seed=3)]
+    assert sorted(shuffled) == sorted(expected) and shuffled != expected, "seed: the shards in another order"
 
 
 def test_mismatched_labels_and_manifests_are_refused(labeled: Path, tmp_path: Path) -> None:
