@@ -8,8 +8,8 @@ sample key under `__key__`. Arrays are `.npy` bytes compressed with zstd; camera
 be stored with a codec of data/codecs.py, named by the member's extension (`road.y6d.zst`,
 `road.hevc`), and `decode_sample` decodes every one of them, so no reader special-cases a codec.
 Arrays are encoded by data/arrays.py; writers go through a temporary name, fsync and rename (data/files.py);
-manifests are rewritten atomically. Main entry points: `ShardWriter`, `iter_shard`, `decode_sample`,
-`camera_members`, `encode_cameras`, `read_manifest`. The formats, member by member and field by field:
+manifests are rewritten atomically. Main entry points: `ShardWriter`, `iter_shard`, `decode_sample` (one member:
+`decode_member`), `camera_members`, `encode_cameras`, `read_manifest`. The formats, member by member and field by field:
 docs/formats.md.
 """
 
@@ -404,6 +404,20 @@ def iter_shard(path: Path, members: dict[str, str | None], *,
         yield current
 
 
+def decode_member(member: str, data: bytes) -> tuple[str, Any]:
+    """(name, value) of one member: a camera clip decoded with its codec under its camera's name (`road`), an array
+    under its stem (`desire`), JSON parsed (`meta`); other bytes kept under the member's name. A member that does
+    not decode is a DatasetError (or a ValueError for JSON)."""
+    name, _, ext = member.partition(".")
+    if name in CAMERAS and ext != codecs.PLAIN_EXT and ext in codecs.codec_exts():
+        return name, codecs.decode_clip(ext, data)
+    if member.endswith(".npy.zst"):
+        return member[: -len(".npy.zst")], decode_array(data)
+    if member.endswith(".json"):
+        return member[: -len(".json")], json.loads(data)
+    return member, data
+
+
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """A new dict with arrays decoded (camera members with their codec) and JSON parsed; `__key__` kept. A
     member that does not decode is a DatasetError naming it."""
@@ -411,16 +425,9 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     for member, data in sample.items():
         if member == "__key__":
             continue
-        name, _, ext = member.partition(".")
         try:
-            if name in CAMERAS and ext != codecs.PLAIN_EXT and ext in codecs.codec_exts():
-                out[name] = codecs.decode_clip(ext, data)
-            elif member.endswith(".npy.zst"):
-                out[member[: -len(".npy.zst")]] = decode_array(data)
-            elif member.endswith(".json"):
-                out[member[: -len(".json")]] = json.loads(data)
-            else:
-                out[member] = data
+            name, value = decode_member(member, data)
         except (DatasetError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise DatasetError(f"sample {sample['__key__']}: {member} does not decode ({first_line(e, 120)})") from e
+        out[name] = value
     return out
