@@ -936,6 +936,35 @@ def bench_storage(
             _result_line(line)
 
 
+@bench_app.command("remote")
+@handles_errors
+def bench_remote(
+    url: Annotated[str | None, typer.Option(help="A writable store to measure (s3://bucket/prefix, gs://…; "
+                                                 "credentials from the environment); a scratch prefix under it is "
+                                                 "removed afterwards \\[default: an S3-API server on localhost].")
+                   ] = None,
+    segments: Annotated[int, typer.Option(help="Synthetic segments in the dataset.")] = 3,
+    seconds: Annotated[float, typer.Option(help="Length of each segment, s.")] = 6.0,
+    student: Annotated[str, typer.Option(help="Built-in student trained in the train rows.")] = "compact-xs",
+    batch_size: Annotated[int, typer.Option(help="Clips per training step.")] = 4,
+    shard_clips: Annotated[int, typer.Option(help="Clips per shard (more shards: more fetches).")] = 3,
+    workers: Annotated[int, typer.Option(help="Ingest, label and loader worker processes.")] = 2,
+    workdir: Annotated[Path | None, typer.Option(help="Scratch folder \\[default: a temporary one].")] = None,
+) -> None:
+    """Label and train from an object store through the local cache against the same data on local disk (wall-time
+    ratios in one run), and the cache's hit rate on a second epoch, with the cache holding all or half the data."""
+    from spark_distill.bench.remote import bench_remote as run_bench
+
+    for name, value in (("--segments", segments), ("--batch-size", batch_size), ("--shard-clips", shard_clips),
+                        ("--workers", workers)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    with _bench_progress("bench remote") as update:
+        for line in run_bench(url=url, segments=segments, seconds=seconds, student=student, batch_size=batch_size,
+                              shard_clips=shard_clips, workers=workers, workdir=workdir, on_progress=update):
+            _result_line(line)
+
+
 @bench_app.command("label")
 @handles_errors
 def bench_label(

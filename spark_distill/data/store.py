@@ -46,6 +46,7 @@ READ_ONLY = ("http", "https")
 MARKER = ".remote.json"  # in a mirror's top folder: the URL it mirrors
 STATE = ".remote-shards.json"  # in each mirrored folder: {shard name: sha256} of shards that are on the remote
 MANIFEST = "manifest.json"
+SIZE_SETTING = ".size.json"  # in the cache: the SPARK_DISTILL_CACHE_SIZE of the last attach
 ATTEMPTS = 4  # downloads of one shard before giving up (a dropped connection, a wrong sha256)
 
 
@@ -87,18 +88,22 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
 
 
-def cache_limit() -> int:
-    """The cache's size bound in bytes: SPARK_DISTILL_CACHE_SIZE, else half of what the cache's disk has free
+def cache_limit(cache: Path | None = None) -> int:
+    """The size bound in bytes of `cache` (default: this process's): SPARK_DISTILL_CACHE_SIZE as the last `attach`
+    into it saw it (so workers started earlier agree with the pass), else half of what the cache's disk has free
     (counting what the cache holds already), at least 2 GB."""
-    env = os.environ.get("SPARK_DISTILL_CACHE_SIZE")
-    if env:
-        return parse_size(env)
-    root = cache_dir()
+    root = cache_dir() if cache is None else cache
+    text = os.environ.get("SPARK_DISTILL_CACHE_SIZE")
+    if cache is not None and (root / SIZE_SETTING).is_file():
+        text = _read_json(root / SIZE_SETTING, {}).get("size")
+    if text:
+        return parse_size(text)
     root.mkdir(parents=True, exist_ok=True)
     return max(2 << 30, (shutil.disk_usage(root).free + _cached_bytes(root)) // 2)
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) of an object-store URL; credentials from the standard places."""
     try:
         import fsspec
     except ImportError as e:  # pragma: no cover - fsspec is a dependency
@@ -164,9 +169,10 @@ def attach(url: str, *, write: bool = False) -> Path:
     scheme = urlsplit(url).scheme.lower()
     if write and scheme in READ_ONLY:
         raise DatasetError(f"{public_url(url)}: http(s) roots are read-only; write to s3://, gs:// or a local folder")
-    fs, base = _filesystem(url)
+    fs, base = filesystem(url)
     mirror = cache_dir() / "roots" / _slug(url)
     mirror.mkdir(parents=True, exist_ok=True)
+    _write_json(cache_dir() / SIZE_SETTING, {"size": os.environ.get("SPARK_DISTILL_CACHE_SIZE")})
     _write_json(mirror / MARKER, {"url": _bare(url)})
     with _locked(cache_dir() / ".lock"):
         listing = _listing(fs, base, url)
@@ -252,17 +258,15 @@ def _get(fs: Any, path: str) -> bytes:
 
 
 def _mirror_of(path: Path) -> tuple[Path, str] | None:
-    """(mirror folder, its URL) when `path` lies in a mirror of the cache."""
-    roots = cache_dir() / "roots"
-    try:
-        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(roots))
-    except ValueError:
-        return None
-    if not rel.parts:
-        return None
-    mirror = roots / rel.parts[0]
-    marker = _read_json(mirror / MARKER, None)
-    return (mirror, marker["url"]) if isinstance(marker, dict) and "url" in marker else None
+    """(mirror folder, its URL) when `path` lies in a mirror: a folder `<cache>/roots/<slug>` holding the marker.
+    Found from the path alone, not from this process's SPARK_DISTILL_CACHE: a worker started before the variable
+    changed (a forkserver's child inherits the server's environment) still knows a mirror's file."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if folder.parent.name == "roots" and (folder / MARKER).is_file():
+            marker = _read_json(folder / MARKER, None)
+            return (folder, marker["url"]) if isinstance(marker, dict) and "url" in marker else None
+    return None
 
 
 def source_of(path: Path) -> str:
@@ -307,35 +311,36 @@ def ensure_local(path: Path) -> Path:
     """`path` itself for a local file; for a shard of a mirror, the cached copy, fetched first if it is not
     there (checked against its manifest's sha256; fetched again after a dropped connection or a wrong hash)."""
     if path.exists():
-        if _mirror_of(path) is not None:
-            _touch(path)
+        if (held := _mirror_of(path)) is not None:
+            _touch(path, held[0].parent.parent)
         return path
     found = _mirror_of(path)
     if found is None:
         return path
     mirror, url = found
+    cache = mirror.parent.parent
     entry = _expected(path.parent, path.name)
     rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(mirror)).as_posix()
     remote = _join(url, rel)
     with _locked(path.parent / f".{path.name}.lock"):
         if path.exists():  # another process fetched it meanwhile
-            _count(hits=1)
+            _count(cache, hits=1)
             return path
         nbytes = _download(remote, path, None if entry is None else entry.get("sha256"))
-        _count(misses=1, fetched=nbytes)
+        _count(cache, misses=1, fetched=nbytes)
     if entry is not None:
-        with _locked(cache_dir() / ".lock"):
+        with _locked(cache / ".lock"):
             held = _read_json(path.parent / STATE, {})
             held[path.name] = entry["sha256"]
             _write_json(path.parent / STATE, held)
-    evict(keep=path)
+    evict(keep=path, cache=cache)
     return path
 
 
-def _touch(path: Path) -> None:
+def _touch(path: Path, cache: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
-    _count(hits=1)
+    _count(cache, hits=1)
 
 
 def _download(url: str, dest: Path, sha256: str | None) -> int:
@@ -343,7 +348,7 @@ def _download(url: str, dest: Path, sha256: str | None) -> int:
     from webdataset.gopen import gopen
 
     register_gopen()
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     try:
         fs.info(path)
     except FileNotFoundError as e:
@@ -374,9 +379,9 @@ def _download(url: str, dest: Path, sha256: str | None) -> int:
     raise DatasetError(f"{public_url(url)}: download failed {ATTEMPTS} times ({problem}); nothing was read from it")
 
 
-def _count(*, hits: int = 0, misses: int = 0, fetched: int = 0) -> None:
-    stats = cache_dir() / ".stats.json"
-    with _locked(cache_dir() / ".stats.lock"):
+def _count(cache: Path, *, hits: int = 0, misses: int = 0, fetched: int = 0) -> None:
+    stats = cache / ".stats.json"
+    with _locked(cache / ".stats.lock"):
         s = _read_json(stats, {})
         s["hits"], s["misses"] = s.get("hits", 0) + hits, s.get("misses", 0) + misses
         s["fetched_bytes"] = s.get("fetched_bytes", 0) + fetched
@@ -409,12 +414,12 @@ def _cached_bytes(root: Path) -> int:
     return total
 
 
-def evict(*, keep: Path | None = None, limit: int | None = None) -> int:
+def evict(*, keep: Path | None = None, limit: int | None = None, cache: Path | None = None) -> int:
     """Delete cached shards, least recently used first, until the cache is within its bound; only shards the
     remote holds (never one waiting to be published), never `keep`. Returns the bytes freed. A reader that has
     the file open keeps reading it (its data stays until closed)."""
-    root = cache_dir()
-    limit = cache_limit() if limit is None else limit
+    root = cache_dir() if cache is None else cache
+    limit = cache_limit(root) if limit is None else limit
     freed = 0
     with _locked(root / ".lock"):
         files = []
@@ -452,7 +457,7 @@ def publish(folder: Path) -> None:
     if urlsplit(url).scheme.lower() in READ_ONLY:
         raise DatasetError(f"{public_url(url)}: http(s) roots are read-only")
     rel = folder.relative_to(mirror).as_posix() if folder != mirror else ""
-    fs, base = _filesystem(_join(url, rel))
+    fs, base = filesystem(_join(url, rel))
     manifest = _read_json(folder / MANIFEST, {})
     held = _read_json(folder / STATE, {})
     for e in manifest.get("shards", []):
@@ -461,7 +466,7 @@ def publish(folder: Path) -> None:
         _put_atomic(fs, folder / e["name"], _join(base, e["name"]), _join(_join(url, rel), e["name"]))
         held[e["name"]] = e["sha256"]
     _put_atomic(fs, folder / MANIFEST, _join(base, MANIFEST), _join(_join(url, rel), MANIFEST), direct=True)
-    with _locked(cache_dir() / ".lock"):
+    with _locked(mirror.parent.parent / ".lock"):
         _write_json(folder / STATE, held)
 
 
@@ -495,7 +500,7 @@ def push_files(paths: list[Path]) -> None:
             continue
         mirror, url = found
         remote = _join(url, path.relative_to(mirror).as_posix())
-        fs, dest = _filesystem(remote)
+        fs, dest = filesystem(remote)
         _put_atomic(fs, path, dest, remote)
 
 
@@ -505,7 +510,7 @@ def pull_files(folder: Path) -> None:
     if found is None:
         return
     mirror, url = found
-    fs, base = _filesystem(_join(url, folder.relative_to(mirror).as_posix()))
+    fs, base = filesystem(_join(url, folder.relative_to(mirror).as_posix()))
     for rel in _listing(fs, base, url):
         if ".partial-" in rel:
             continue
@@ -521,7 +526,7 @@ def remove_tree(folder: Path) -> None:
     if found is None:
         return
     mirror, url = found
-    fs, base = _filesystem(_join(url, folder.relative_to(mirror).as_posix()))
+    fs, base = filesystem(_join(url, folder.relative_to(mirror).as_posix()))
     with contextlib.suppress(FileNotFoundError):
         fs.rm(base, recursive=True)
 
@@ -530,7 +535,7 @@ def remove_tree(folder: Path) -> None:
 
 
 def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     return fs.open(path, mode)
 
 

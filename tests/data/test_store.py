@@ -170,16 +170,36 @@ def test_a_download_that_does_not_match_its_sha256_is_never_read(served, monkeyp
     assert not [p for p in (mirror / "frames").iterdir() if p.name.endswith(".part")]
 
 
+def test_a_process_whose_environment_names_another_cache_still_reads_a_mirror_into_its_own_cache(
+        served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader worker forked from a server started before SPARK_DISTILL_CACHE changed sees the old value: the
+    mirror's path alone decides where a shard goes, which cache counts it and which bound applies."""
+    root, url, _, _ = served
+    monkeypatch.setenv("SPARK_DISTILL_CACHE_SIZE", "1")  # the bound this pass starts with
+    mirror = store.attach(url)
+    cache = mirror.parent.parent
+    names = [e["name"] for e in shards.read_manifest(mirror / "frames", shards.FRAMES_FORMAT)["shards"]]
+    monkeypatch.setenv("SPARK_DISTILL_CACHE", str(tmp_path / "elsewhere"))
+    monkeypatch.delenv("SPARK_DISTILL_CACHE_SIZE")
+    for n in names[:2]:
+        assert len(list(shards.iter_shard(mirror / "frames" / n, shards.FRAMES_MEMBERS))) > 0
+    assert not (tmp_path / "elsewhere").exists()
+    assert [p.name for p in (mirror / "frames").glob("shard-*.tar")] == [names[1]]  # bound 1 byte: all but the last
+    monkeypatch.setenv("SPARK_DISTILL_CACHE", str(cache))
+    assert store.cache_stats() == {"hits": 0, "misses": 2,
+                                   "fetched_bytes": sum((root / "frames" / n).stat().st_size for n in names[:2])}
+
+
 def test_the_cache_keeps_to_its_bound_least_recently_used_first_and_never_drops_unpublished(
         served, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import time
 
     root, url, _, _ = served
-    mirror = store.attach(url)
-    names = [e["name"] for e in shards.read_manifest(mirror / "frames", shards.FRAMES_FORMAT)["shards"]]
+    names = [e["name"] for e in shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)["shards"]]
     size = max((root / "frames" / n).stat().st_size for n in names)
-    monkeypatch.setenv("SPARK_DISTILL_CACHE_SIZE", str(2 * size + 1))
+    monkeypatch.setenv("SPARK_DISTILL_CACHE_SIZE", str(2 * size + 1))  # the bound the pass attaching sees
+    mirror = store.attach(url)
     for i, n in enumerate(names[:3]):
         store.ensure_local(mirror / "frames" / n)
         os.utime(mirror / "frames" / n, (time.time() - 100 + i, time.time() - 100 + i))
