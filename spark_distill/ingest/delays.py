@@ -2,14 +2,16 @@
 # Copyright (c) 2026 spark-distill authors
 """The delays modeld feeds, from a segment's own log. Main entry point: `SegmentDelays.from_log(log)`.
 
-- lateral: what modeld reads each frame, `sm["liveDelay"].lateralDelay` (+ LAT_SMOOTH_SECONDS, 0.0 in the split-era
+- lateral: what modeld reads each frame, `sm["liveDelay"].lateralDelay` (+ LAT_SMOOTH_SECONDS: 0.0 in 0.10.0's
   modeld.py): the liveDelay value in force at each frame (the segment's first value before its first message: lagd
   publishes ~4 Hz and the value carries over from the previous segment). A log without liveDelay (older releases,
   or a fork without lagd): `carParams.steerActuatorDelay + 0.2`, lagd's own first estimate and the 2024 supercombo
   modeld's lateral delay; without carParams either, DEFAULT_LAT_DELAY.
 - longitudinal: `carParams.longitudinalActuatorDelay` (older logs: `longitudinalActuatorDelayUpperBound`, the same
-  field) (+ LONG_SMOOTH_SECONDS, 0.0 there); without carParams, DEFAULT_LONG_DELAY (openpilot's own default,
+  field) (+ LONG_SMOOTH_SECONDS: 0.0 there); without carParams, DEFAULT_LONG_DELAY (openpilot's own default,
   `get_std_params`: "use .15s for now").
+The smoothing seconds are modeld constants of each release, not log values, and are not added here: later modeld
+sources (the action_t era) are seen with LONG_SMOOTH_SECONDS 0.3 and LAT_SMOOTH_SECONDS 0.0 or 0.1.
 `record()` is the frames manifest's per-segment `delays` (docs/formats.md); each clip's meta.json carries its
 frames' values (`lat_delay` per frame, `long_delay`), which the label pass feeds.
 """
