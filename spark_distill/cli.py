@@ -359,8 +359,9 @@ def label(
         return
     print_table(f"label -> {r.folder}", {
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
-        "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
-        "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
+        "frames labeled": r.frames, "frames/s": r.frames_per_s, "delays fed (segments)": r.delays,
+        "shards written": r.shards_written, "shards already done": r.shards_already,
+        "frames shards skipped (bad sha256)": len(r.skipped_shards)})
     _next_train(root, r.folder.name)
 
 

@@ -40,6 +40,7 @@ from spark_distill.label.schedule import reader_slots
 from spark_distill.label.workers import ClipReaders, LabelWriters
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.delays import DelayChoice
+from spark_distill.openpilot.delays import summary as delays_summary
 from spark_distill.openpilot.releases import ACTION_T_FRAMES, DT_MDL
 from spark_distill.openpilot.state import action_t
 from spark_distill.openpilot.teachers import Teacher, load_teacher
@@ -97,6 +98,7 @@ class LabelResult:
     skipped_shards: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)  # LabelLoop.report: seconds per step by stage
+    delays: str = ""  # the delays fed, by source over the dataset's segments (openpilot.delays.summary)
 
     @property
     def frames_per_s(self) -> float:
@@ -388,7 +390,8 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     for p in folder.glob("*.tmp"):
         p.unlink()
     todo = _unrecorded(frames_manifest, {s["name"] for s in manifest["shards"]} & intact)
-    result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe())
+    result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe(),
+                         delays=delays_summary(segment_delays(frames_manifest, cfg).values()))
     work = _touching(plans, todo)
     start = time.perf_counter()
     bad = verifier.bad({c.shard for p in work for c in p.clips})

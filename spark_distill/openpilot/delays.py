@@ -4,11 +4,13 @@
 each clip's meta.json `lat_delay` per frame and `long_delay`), openpilot's defaults where the log had none, or the
 label pass's `--lat-delay` / `--long-delay` overrides for every segment. The label pass, the openpilot student's
 training and eval all take them from here, so they feed what the labels were made with. Main entry points:
-`DelayChoice` (`.of_labels(manifest)`), `.clip`, `.record`.
+`DelayChoice` (`.of_labels(manifest)`), `.clip`, `.record`; `summary` for the label pass's table.
 """
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +56,15 @@ class DelayChoice:
                 {"value": found.get("long_delay", DEFAULT_LONG_DELAY),
                  "source": found.get("long_source", NOT_INGESTED)})
         return {"lat_delay": lat, "long_delay": long}
+
+
+def summary(records: Iterable[dict[str, Any]]) -> str:
+    """One line of what `DelayChoice.record` says was fed, counted over segments: "lateral: liveDelay.lateralDelay
+    x2, default x1; longitudinal: --long-delay 0.2 x3"."""
+    records = list(records)
+    parts = []
+    for key, name in (("lat_delay", "lateral"), ("long_delay", "longitudinal")):
+        counts = collections.Counter(r[key]["source"] + (f" {r[key]['value']:g}" if r[key]["source"].startswith("--")
+                                                         else "") for r in records)
+        parts.append(f"{name}: " + ", ".join(f"{source} x{n}" for source, n in counts.most_common()))
+    return "; ".join(parts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_distill.openpilot.delays import NOT_INGESTED, DelayChoice
+from spark_distill.openpilot.delays import NOT_INGESTED, DelayChoice, summary
 
 LOGGED = {"name": "a--0", "delays": {"lat_source": "liveDelay.lateralDelay", "lat_delay": 0.31,
                                      "lat_range": [0.3, 0.32], "live_delay_messages": 4,
@@ -47,3 +47,11 @@ def test_a_label_set_s_overrides_come_back_from_its_manifest() -> None:
     assert DelayChoice.of_labels({"lat_delay": None, "long_delay": None}) == DelayChoice()
     assert DelayChoice.of_labels({"lat_delay": 0.3, "long_delay": None}) == DelayChoice(lat=0.3)
     assert DelayChoice.of_labels({"lat_delay": 0.2, "long_delay": 0.15}) == DelayChoice(0.2, 0.15)  # an older set
+
+
+def test_the_summary_counts_segments_by_source() -> None:
+    assert summary([DelayChoice().record(s) for s in (LOGGED, FALLBACK, LOGGED)]) == (
+        "lateral: liveDelay.lateralDelay x2, default x1; longitudinal: carParams.longitudinalActuatorDelay x2, "
+        "default x1")
+    assert summary([DelayChoice(long=0.2).record(s) for s in (LOGGED, FALLBACK)]) == (
+        "lateral: liveDelay.lateralDelay x1, default x1; longitudinal: --long-delay 0.2 x2")
