@@ -22,7 +22,8 @@ def main() -> None:
 
     from spark_distill.bench.label import rate
     from spark_distill.label.backends import get_backend
-    from spark_distill.label.step import LabelStep
+    from spark_distill.label.step import DELAY_COLS, LabelStep
+    from spark_distill.openpilot.releases import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
     from spark_distill.openpilot.teachers import load_teacher
     from spark_distill.synth.teacher import write_teacher
 
@@ -40,11 +41,12 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         be = get_backend("torch", t, vm, pm, batch=batch, precision="fp16" if cuda else "fp32",
                          cache_dir=work / "cache", compile=args.compile)
-        label_step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2)
+        label_step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20)
         g = torch.Generator().manual_seed(0)
         label_step.clips.copy_(torch.randint(0, 255, label_step.clips.shape, generator=g, dtype=torch.uint8))
         packed = label_step.inputs_pair[0]
         packed[:, 2], packed[:, 3], packed[:, 5] = 20.0, 1.0, 1.0  # v_ego, traffic (RHD off), desire none
+        packed[:, DELAY_COLS] = torch.tensor([DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY])
 
         def one_step(label_step: LabelStep = label_step, packed: torch.Tensor = packed) -> None:
             if label_step.graphs:

@@ -327,10 +327,13 @@ def label(
                                               "but two with a GPU teacher, 2 on the CPU].")] = 0,
     compile: Annotated[str, typer.Option(help="torch backend: torch.compile the teacher: auto (on a GPU), on or "
                                               "off.")] = "auto",
-    lat_delay: Annotated[float, typer.Option(help="The car's lateral delay in seconds: lateral_control_params[1] "
-                                                  "(0.9.x, 0.10.0) and action_t[0] - 0.075 (0.11).")] = 0.2,
-    long_delay: Annotated[float, typer.Option(help="The car's longitudinal actuator delay in seconds: action_t[1] - "
-                                                   "0.075 (0.11).")] = 0.15,
+    lat_delay: Annotated[float | None, typer.Option(
+        help="The car's lateral delay in seconds, for every segment: lateral_control_params[1] (0.9.x, 0.10.0) and "
+             "action_t[0] - 0.075 (0.11) \\[default: each segment's from its log: liveDelay.lateralDelay at each "
+             "frame, else carParams.steerActuatorDelay + 0.2, else 0.2].")] = None,
+    long_delay: Annotated[float | None, typer.Option(
+        help="The car's longitudinal actuator delay in seconds, for every segment: action_t[1] - 0.075 (0.11) "
+             "\\[default: each segment's carParams.longitudinalActuatorDelay, else openpilot's 0.15].")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 \\[default: cuda if present].")] = None,
 ) -> None:
     """Run the teacher once over every frame (stateful, like modeld) and write a label set."""
@@ -374,8 +377,9 @@ def label(
         return
     print_table(f"label -> {root.rstrip('/')}/labels/{r.folder.name}", {
         "backend": f"{r.backend['name']} {r.backend['precision']} on {r.backend['device']}",
-        "frames labeled": r.frames, "frames/s": r.frames_per_s, "shards written": r.shards_written,
-        "shards already done": r.shards_already, "frames shards skipped (bad sha256)": len(r.skipped_shards)})
+        "frames labeled": r.frames, "frames/s": r.frames_per_s, "delays fed (segments)": r.delays,
+        "shards written": r.shards_written, "shards already done": r.shards_already,
+        "frames shards skipped (bad sha256)": len(r.skipped_shards)})
     _next_train(root, r.folder.name)
 
 
@@ -786,7 +790,7 @@ def synth_route(
     rhd: Annotated[bool, typer.Option(help="Log a right-hand-drive car (isRHD).")] = False,
     fault: Annotated[list[str] | None, typer.Option(
         help="Inject a fault into the last segment (repeatable): truncated-log, missing-encode-idx, "
-             "missing-wide, corrupt-video-tail, encoder-drops.")] = None,
+             "missing-wide, corrupt-video-tail, encoder-drops, no-delays (no liveDelay, no carParams).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the drive's dynamics.")] = 0,
     modelv2_teacher: Annotated[Path | None, typer.Option(help="Teacher folder whose outputs over the route's "
                                                               "frames are logged as modelV2 (as a car logs its own "

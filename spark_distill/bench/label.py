@@ -135,7 +135,7 @@ def step_graph_fps(backend: str, t: Any, vm: Any, pm: Any, *, batch: int, precis
     be = get_backend(backend, t, vm, pm, batch=batch, precision=precision, cache_dir=cache_dir, compile="auto")
     if be.device.type != "cuda":
         return None
-    step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20, lat_delay=0.2)
+    step = LabelStep(teacher=t, backend=be, batch=batch, clip_len=20)
     if not step.graphs:
         return None
     return rate(step.graphs[0].replay, be.device, batch, seconds=seconds)

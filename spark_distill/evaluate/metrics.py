@@ -66,8 +66,9 @@ def _mae(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else None
 
 
-def control_metrics(s: dict[str, Any], t: dict[str, Any], *, control: str, v_ego: np.ndarray, lat_delay: float,
-                    long_delay: float, driven: np.ndarray, driven_from: str) -> dict[str, Any]:
+def control_metrics(s: dict[str, Any], t: dict[str, Any], *, control: str, v_ego: np.ndarray,
+                    lat_delay: float | np.ndarray, long_delay: float | np.ndarray, driven: np.ndarray,
+                    driven_from: str) -> dict[str, Any]:
     """The release's controls (openpilot.controls) of student and teacher: their difference, and each one's
     curvature against the curvature the car drove."""
     sc, sa = desired_controls(s, control, v_ego, lat_delay=lat_delay, long_delay=long_delay)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from spark_distill.data.gt_path import SegmentMotion
 from spark_distill.data.index import ShardIndex, plan_segments
 from spark_distill.errors import DatasetError
 from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.onnx_import import cpu_session
 
 POSE_YAW_RATE = 5  # angvel_z in ingest's pose columns (vel xyz, angvel xyz, ...)
@@ -37,6 +39,7 @@ class Segment:
     desire: np.ndarray  # (N, 8)
     traffic: np.ndarray  # (2,)
     v_ego: np.ndarray  # (N,)
+    delays: np.ndarray  # (N, 2) each frame's [lateral, longitudinal] delay, as the labels were made with
     pose: np.ndarray  # (N, 12)
     teacher_vision: np.ndarray  # (N, Nv) float32
     teacher_policy: np.ndarray  # (N, Np) float32
@@ -55,6 +58,7 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
     if plan is None:
         raise DatasetError(f"no segment {name!r} in {root}")
     ldir = root / "labels" / label_set
+    choice = DelayChoice.of_labels(shards.read_manifest(ldir, shards.LABELS_FORMAT))
     parts: dict[str, list] = {}
     indexes: dict[tuple[str, int], ShardIndex] = {}
     try:
@@ -72,6 +76,7 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
                          ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
                          # before a log's first carState: v_ego 0, as modeld reads it
                          ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("car", f["car"]), ("pose", f["pose"]),
+                         ("delays", _clip_delays(choice, f["meta"])),
                          ("teacher_vision", lab["vision"]), ("teacher_policy", lab["policy"])):
                 parts.setdefault(k, []).append(np.asarray(v))
             parts["traffic"] = [f["traffic"]]
@@ -86,6 +91,12 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
     for k in ("teacher_vision", "teacher_policy"):
         cat[k] = cat[k].astype(np.float32)
     return Segment(name=name, **cat)
+
+
+def _clip_delays(choice: DelayChoice, meta: dict[str, Any]) -> np.ndarray:
+    n = len(meta["frame_ids"])
+    lat, long = choice.clip(meta, n)
+    return np.stack([lat, np.full(n, long, np.float32)], 1)
 
 
 def image_stack(frames: np.ndarray, i: int, skip: int = C.TEMPORAL_SKIP) -> np.ndarray:
@@ -110,7 +121,8 @@ def rollout_torch(student: torch.nn.Module, seg: Segment, *, device: str = "cpu"
         big = torch.from_numpy(image_stack(seg.wide, i, skip)).to(dev)
         desire = torch.from_numpy(seg.desire[i:i + 1].astype(np.float32)).to(dev)
         v_ego = torch.tensor([float(seg.v_ego[i])], device=dev)
-        v, p, state = student(img, big, desire, traffic, state, v_ego)
+        extra = (torch.from_numpy(seg.delays[i:i + 1]).to(dev),) if getattr(student, "takes_delays", False) else ()
+        v, p, state = student(img, big, desire, traffic, state, v_ego, *extra)
         vis.append(v.float().cpu().numpy()[0])
         pol.append(p.float().cpu().numpy()[0])
     return np.stack(vis), np.stack(pol)

@@ -34,7 +34,6 @@ from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, roll
 from spark_distill.notes import note
 from spark_distill.openpilot.controls import control_of, driven_curvature
 from spark_distill.openpilot.onnx_import import cpu_session
-from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,7 +175,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     first_ids = {n: s.get("first_frame_id", 0) for n, s in labels["segments"].items()}
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
-    v_ego, driven, driven_from = [], [], set()
+    v_ego, delays, driven, driven_from = [], [], [], set()
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
     short: list[tuple[Segment, np.ndarray]] = []  # (segment, its labelled frames) with no frame past the warm-up:
     # scored with it if no segment has one (short segments: cheap to hold)
@@ -196,6 +195,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         gt_valid.append(valid)
         curv, source = driven_curvature(seg.v_ego, seg.yaw_rate, seg.pose_yaw_rate)
         v_ego.append(seg.v_ego[keep])
+        delays.append(seg.delays[keep])
         driven.append(curv[keep])
         driven_from.add(source)
         if picture is None:
@@ -222,9 +222,9 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
     result = EvalResult(kept_segments)
+    per_frame = np.concatenate(delays)  # each segment's own delays at each frame, as the labels were made with
     controls = {"control": control_of(slices, labels.get("layout")), "v_ego": np.concatenate(v_ego),
-                "lat_delay": float(labels.get("lat_delay", DEFAULT_LAT_DELAY)),
-                "long_delay": float(labels.get("long_delay", DEFAULT_LONG_DELAY)),
+                "lat_delay": per_frame[:, 0].astype(np.float64), "long_delay": per_frame[:, 1].astype(np.float64),
                 "driven": np.concatenate(driven), "driven_from": "; ".join(sorted(driven_from))}
     for name, parts in outputs.items():
         sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])

@@ -9,6 +9,11 @@ other releases and forks read too: an event whose union member the schema does n
 service) is counted and skipped, fields the schema lacks are ignored by Cap'n Proto, and the pose comes
 from `livePose`, else the older `liveLocationKalman` (the schema's `liveLocationKalmanDEPRECATED`, same
 ordinal), else the vision-only `cameraOdometry` (`POSE_SOURCES`; which one: `LogData.pose_source`).
+
+The delays modeld feeds (`segment_delays`): `liveDelay.lateralDelay` (openpilot's own estimate, lagd) and the
+car's `carParams` (`steerActuatorDelay`, `longitudinalActuatorDelay`, older logs' `...UpperBound`). The schema
+openpilot-logging ships predates `liveDelay` (Event @146), so the default schema is that one with `liveDelay` and
+its struct added, as openpilot's cereal declares them (`LIVE_DELAY_CAPNP`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import bz2
 import functools
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +47,31 @@ GPS_COLUMNS = ("latitude", "longitude", "altitude", "speed", "bearingDeg", "accu
 # older ones (locationd's Kalman filter, up to ~0.9.7), the model's own vision-only odometry
 POSE_SOURCES = {"pose": "livePose", "pose_llk": "liveLocationKalman", "odometry": "cameraOdometry"}
 
+# openpilot cereal's liveDelay (lagd's lateral delay estimate, ~4 Hz), which openpilot-logging's log.capnp predates:
+# added to its Event union at openpilot's ordinal, the struct as openpilot declares it
+LIVE_DELAY_ORDINAL = 146
+LIVE_DELAY_MEMBER = f"    liveDelay @{LIVE_DELAY_ORDINAL} :LiveDelayData;\n"
+LIVE_DELAY_CAPNP = """
+struct LiveDelayData {
+  lateralDelay @0 :Float32;
+  validBlocks @1 :Int32;
+  status @2 :Status;
+  lateralDelayEstimate @3 :Float32;
+  points @4 :List(Float32);
+  lateralDelayEstimateStd @5 :Float32;
+  calPerc @6 :Int8;
+
+  enum Status {
+    unestimated @0;
+    estimated @1;
+    invalid @2;
+  }
+}
+"""
+# modeld's delays where the log lacks them (selfdrive/modeld/modeld.py, selfdrive/locationd/lagd.py)
+LONG_DELAY_FIELDS = ("longitudinalActuatorDelay", "longitudinalActuatorDelayUpperBound")
+LAGD_INITIAL_EXTRA = 0.2  # s: lagd's first estimate (and the 2024 supercombo's lat delay) = steerActuatorDelay + 0.2
+
 
 def load_schema(schema_dir: Path | None = None) -> ModuleType:
     """The cereal `log` schema: openpilot-logging's, or `schema_dir/log.capnp` for newer logs."""
@@ -48,13 +80,14 @@ def load_schema(schema_dir: Path | None = None) -> ModuleType:
 
 @functools.lru_cache(maxsize=4)
 def _load_schema(schema_dir: str | None) -> ModuleType:
+    import capnp
+
     if schema_dir is None:
         try:
-            from openpilot_logging.cereal import log as schema
+            import openpilot_logging.cereal as cereal
         except ImportError as e:
             raise MissingDependencyError("the cereal schema is missing: pip install openpilot-logging") from e
-        return schema
-    import capnp
+        return _with_live_delay(Path(cereal.__file__).parent, capnp)
 
     path = Path(schema_dir) / "log.capnp"
     if not path.is_file():
@@ -64,6 +97,22 @@ def _load_schema(schema_dir: str | None) -> ModuleType:
         return capnp.SchemaParser().load(str(path), imports=[schema_dir])
     except Exception as e:  # pycapnp raises KjException for parse errors
         raise IngestError(f"--schema-dir {schema_dir}: cannot load log.capnp ({e})") from e
+
+
+def _with_live_delay(cereal_dir: Path, capnp: ModuleType) -> ModuleType:
+    """openpilot-logging's cereal `log` schema with `liveDelay` added (a copy, parsed by a parser of its own); the
+    schema as shipped where it already has a member at that ordinal."""
+    text = (cereal_dir / "log.capnp").read_text()
+    last = "customReserved19 @145 :Custom.CustomReserved19;\n"
+    if f"@{LIVE_DELAY_ORDINAL} " in text or f"@{LIVE_DELAY_ORDINAL}:" in text or last not in text:
+        return capnp.SchemaParser().load(str(cereal_dir / "log.capnp"), imports=[str(cereal_dir)])
+    text = text.replace(last, last + LIVE_DELAY_MEMBER) + LIVE_DELAY_CAPNP
+    with tempfile.TemporaryDirectory(prefix="spark-distill-cereal-") as tmp:
+        for f in cereal_dir.iterdir():
+            if f.suffix == ".capnp" or f.name == "include":
+                (shutil.copytree if f.is_dir() else shutil.copy)(f, Path(tmp) / f.name)
+        (Path(tmp) / "log.capnp").write_text(text)
+        return capnp.SchemaParser().load(str(Path(tmp) / "log.capnp"), imports=[tmp])
 
 
 def _decompress_prefix(data: bytes, kind: str) -> tuple[bytes, str | None]:
@@ -183,6 +232,14 @@ def _row_calib(c: object) -> list[float]:
     return (rpy if len(rpy) == 3 else [0.0, 0.0, 0.0]) + [valid]
 
 
+def _row_car_params(cp: object) -> list[float]:
+    """[steerActuatorDelay, longitudinal actuator delay]: `longitudinalActuatorDelay`, or the older schemas' name of
+    the same field (`longitudinalActuatorDelayUpperBound`, ordinal 58, before the bounds were merged); NaN where
+    the schema has neither."""
+    long_delay = next((float(getattr(cp, f)) for f in LONG_DELAY_FIELDS if hasattr(cp, f)), np.nan)
+    return [float(getattr(cp, "steerActuatorDelay", np.nan)), long_delay]
+
+
 def _row_lane_change(meta: object) -> list[float]:
     return [float(meta.laneChangeState.raw), float(meta.laneChangeDirection.raw)]  # type: ignore[attr-defined]
 
@@ -197,6 +254,8 @@ _EXTRACTORS = {
     "gpsLocationExternal": ("gps", lambda e: _row_gps(e.gpsLocationExternal)),
     "gpsLocation": ("gps_internal", lambda e: _row_gps(e.gpsLocation)),
     "liveCalibration": ("calibration", lambda e: _row_calib(e.liveCalibration)),
+    "liveDelay": ("live_delay", lambda e: [float(e.liveDelay.lateralDelay), float(e.liveDelay.status.raw)]),
+    "carParams": ("car_params", lambda e: _row_car_params(e.carParams)),
     "driverMonitoringState": ("rhd", lambda e: [float(e.driverMonitoringState.isRHD)]),
     "drivingModelData": ("lane_change", lambda e: _row_lane_change(e.drivingModelData.meta)),
     "modelV2": ("lane_change_v2", lambda e: _row_lane_change(e.modelV2.meta)),

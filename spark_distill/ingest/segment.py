@@ -27,6 +27,7 @@ from spark_distill.ingest.align import (
     match_frames,
     traffic_onehot,
 )
+from spark_distill.ingest.delays import SegmentDelays
 from spark_distill.ingest.discover import CAMERA_FILES, QCAMERA, Segment
 from spark_distill.ingest.logs import load_schema, pose_source, read_log
 from spark_distill.ingest.video import VideoReport, decode_i420
@@ -70,12 +71,13 @@ class SegmentReport:
     camera: dict[str, Any] = field(default_factory=dict)  # the road video: source (fcamera|qcamera), file, size
     pose_source: str = ""  # the event the pose columns come from (logs.POSE_SOURCES), or "none"
     known_frames: dict[str, int] = field(default_factory=dict)  # frames with a logged value, per stream
+    delays: dict[str, Any] = field(default_factory=dict)  # the delays modeld feeds and their source (delays.py)
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "sources": self.sources, "log": self.log, "frames_kept": self.frames_kept,
                "frames_dropped": self.frames_dropped, "clips": self.clips, "dropped": self.dropped,
                "warnings": self.warnings, "camera": self.camera, "pose_source": self.pose_source,
-               "known_frames": self.known_frames}
+               "known_frames": self.known_frames, "delays": self.delays}
         if self.logged_model is not None:
             out["logged_model"] = self.logged_model
         return out
@@ -91,6 +93,8 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
     report.log, report.warnings = kind, list(logdata.warnings)
     report.sources = {"log": log_path.name, "road": road_path.name}
     report.pose_source = pose_source(logdata)
+    delays = SegmentDelays.from_log(logdata)
+    report.delays = delays.record()
     if logdata.modelv2:
         rows = np.stack(list(logdata.modelv2.values()))
         blocks = split_modelv2_blocks(rows)
@@ -153,11 +157,11 @@ def segment_clips(seg: Segment, settings: SegmentSettings, report: SegmentReport
         kept += 1
         if len(stamps) == settings.clip_len:
             yield _clip_sample(seg, clip, stamps, road_clip, wide_clip, logdata, names, known,
-                               codec=settings.codec, crf=settings.crf)
+                               delays, codec=settings.codec, crf=settings.crf)
             clip, stamps = clip + 1, []
     if stamps:
         n = len(stamps)
-        yield _clip_sample(seg, clip, stamps, road_clip[:n], wide_clip[:n], logdata, names, known,
+        yield _clip_sample(seg, clip, stamps, road_clip[:n], wide_clip[:n], logdata, names, known, delays,
                            codec=settings.codec, crf=settings.crf)
         clip += 1
 
@@ -200,10 +204,11 @@ def _road_camera(path: Path, video: VideoReport, source: str, sensor: str) -> tu
 
 
 def _clip_sample(seg: Segment, clip: int, stamps: list[tuple[int, int]], road: np.ndarray, wide: np.ndarray,
-                 logdata: Any, names: dict[str, str], known: dict[str, int], *, codec: str, crf: int | None
-                 ) -> dict[str, Any]:
+                 logdata: Any, names: dict[str, str], known: dict[str, int], delays: SegmentDelays, *, codec: str,
+                 crf: int | None) -> dict[str, Any]:
     """The encoded sample of one clip: `stamps` (frameId, time) per frame, `road`/`wide` (T, 6, 128, 256), `names`
-    the video files each camera input was warped from; `known` (frames with data per stream) is counted up."""
+    the video files each camera input was warped from; `known` (frames with data per stream) is counted up;
+    `delays` gives each frame's lateral delay and the segment's longitudinal one."""
     fids = [f for f, _ in stamps]
     times = np.array([t for _, t in stamps], dtype=np.int64)
     logged = frame_log_arrays(logdata, times)
@@ -222,6 +227,7 @@ def _clip_sample(seg: Segment, clip: int, stamps: list[tuple[int, int]], road: n
         "calibration": {"rpy": logged["rpy"][0].tolist(), "valid": bool(logged["calib_valid"][0]),
                         "rpy_per_frame": logged["rpy"].tolist()},
         "flags": flags,
+        "lat_delay": delays.lateral_at(times), "long_delay": delays.long_delay,
     }
     return {
         "__key__": shards.clip_key(seg.name, clip),

@@ -37,6 +37,7 @@ from spark_distill.label.schedule import RESET, Segment, SegmentScheduler
 from spark_distill.label.slots import ClipSlots
 from spark_distill.label.step import LabelStep
 from spark_distill.label.workers import ClipReaders
+from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.teachers import Teacher
 
 OutRows = Callable[[int, Callable[[], None]], tuple[int, torch.Tensor]]  # k consecutive output slab rows
@@ -83,14 +84,15 @@ class LabelLoop:
     (`out_rows`) and to `emit`; each segment's record goes into `segments_meta` (the label manifest's "segments")
     as its clips are staged."""
 
-    def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 long_delay: float, readers: ClipReaders, out_rows: OutRows, emit: Callable[[ClipRef, int, int], None],
-                 segments_meta: dict[str, Any]) -> None:
+    def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, delays: DelayChoice,
+                 segment_delays: dict[str, dict[str, Any]], readers: ClipReaders, out_rows: OutRows,
+                 emit: Callable[[ClipRef, int, int], None], segments_meta: dict[str, Any]) -> None:
         self.batch, self.readers, self.segments_meta = batch, readers, segments_meta
+        self.segment_delays = segment_delays  # segment name -> the delays its record says were fed
         self.profile = StepProfile()
-        self.step = LabelStep(teacher=teacher, backend=backend, batch=batch, clip_len=clip_len, lat_delay=lat_delay,
-                              long_delay=long_delay, profile=self.profile)
-        self.slots = ClipSlots(self.step, readers, batch=batch, clip_len=clip_len, profile=self.profile)
+        self.step = LabelStep(teacher=teacher, backend=backend, batch=batch, clip_len=clip_len, profile=self.profile)
+        self.slots = ClipSlots(self.step, readers, batch=batch, clip_len=clip_len, profile=self.profile,
+                               delays=delays)
         self.scheduler = SegmentScheduler(readers, batch=batch, clip_len=clip_len, profile=self.profile)
         self.outputs = ClipOutputs(self.step, out_rows, emit, self.profile)
         self.cursor = 0  # round-robin position of the staging service
@@ -153,7 +155,10 @@ class LabelLoop:
 
     def _record(self, segment: Segment) -> None:
         """The segment's entry in the label manifest, as of now (a new segment's, then after each clip staged)."""
-        self.segments_meta[segment.plan.name] = segment.record()
+        entry = segment.record()
+        if segment.plan.name in self.segment_delays:
+            entry["delays"] = self.segment_delays[segment.plan.name]
+        self.segments_meta[segment.plan.name] = entry
 
     def _next_segment(self, row: int) -> None:
         """The row takes the next segment and flips to its first clip (or idles: none is left)."""

@@ -39,7 +39,10 @@ from spark_distill.label.loop import LabelLoop
 from spark_distill.label.schedule import reader_slots
 from spark_distill.label.workers import ClipReaders, LabelWriters
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY, action_t
+from spark_distill.openpilot.delays import DelayChoice
+from spark_distill.openpilot.delays import summary as delays_summary
+from spark_distill.openpilot.releases import ACTION_T_FRAMES, DT_MDL
+from spark_distill.openpilot.state import action_t
 from spark_distill.openpilot.teachers import Teacher, load_teacher
 from spark_distill.processes import on_gpu, worker_budget
 
@@ -60,9 +63,10 @@ class LabelConfig:
     workers: int = 0  # reader processes (tar reads + zstd decode); 0: auto (processes.worker_budget: 14 on a 16-core
     # GPU box, which a GPU at full speed needs; 2 on a CPU, where the teacher needs the cores)
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
-    lat_delay: float = DEFAULT_LAT_DELAY  # s: lateral_control_params[1] and action_t[0] - 1.5 DT_MDL (the car's
-    # liveDelay.lateralDelay; openpilot's CP.steerActuatorDelay + 0.2 estimate where unknown)
-    long_delay: float = DEFAULT_LONG_DELAY  # s: action_t[1] - 1.5 DT_MDL (the car's longitudinal actuator delay)
+    # s: lateral_control_params[1] and action_t[0] - 1.5 DT_MDL; None: each segment's own from its log (liveDelay,
+    # else carParams.steerActuatorDelay + 0.2, else DEFAULT_LAT_DELAY: ingest/delays.py), a value: for every segment
+    lat_delay: float | None = None
+    long_delay: float | None = None  # s: action_t[1] - 1.5 DT_MDL; None: carParams', else DEFAULT_LONG_DELAY
     device: str | None = None
     process_rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
     world: int = 1
@@ -75,6 +79,13 @@ class LabelConfig:
             raise ConfigError(f"--name {self.name!r} is not a usable folder name")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"--compile {self.compile!r}: choose auto, on or off")
+        for flag, value in (("--lat-delay", self.lat_delay), ("--long-delay", self.long_delay)):
+            if value is not None and not 0.0 <= value <= 2.0:
+                raise ConfigError(f"{flag} {value}: a delay in seconds, 0 to 2")
+
+    @property
+    def delays(self) -> DelayChoice:
+        return DelayChoice(self.lat_delay, self.long_delay)
 
 
 @dataclass
@@ -87,6 +98,7 @@ class LabelResult:
     skipped_shards: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)  # LabelLoop.report: seconds per step by stage
+    delays: str = ""  # the delays fed, by source over the dataset's segments (openpilot.delays.summary)
 
     @property
     def frames_per_s(self) -> float:
@@ -104,6 +116,10 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
         if m["teacher"]["sha256"] != teacher.sha256:
             raise LabelError(f"label set {folder.name} was made by another teacher "
                              f"({m['teacher']['sha256'][:12]}…); use --name for a new set")
+        made = (m.get("lat_delay"), m.get("long_delay"))
+        if made != (cfg.lat_delay, cfg.long_delay):
+            raise LabelError(f"label set {folder.name} was made with {_delays_text(*made)}, not "
+                             f"{_delays_text(cfg.lat_delay, cfg.long_delay)}; use --name for a new set")
         if (m["backend"]["name"], m["precision"]) != (backend.name, backend.precision):
             raise LabelError(f"label set {folder.name} was made with {m['backend']['name']} {m['precision']}, not "
                              f"{backend.name} {backend.precision}; use --name for a new set")
@@ -120,14 +136,28 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
             "warmup_frames": WARMUP_FRAMES, "segments": {}, "shards": [], "skipped_shards": [], "throughput": {}}
 
 
+def _delays_text(lat: float | None, long: float | None) -> str:
+    """How a label pass's delay overrides read in a message."""
+    lat_text = f"--lat-delay {lat}" if lat is not None else "the logs' lateral delays"
+    return lat_text + (f" and --long-delay {long}" if long is not None else " and the logs' longitudinal delays")
+
+
+def segment_delays(frames_manifest: dict[str, Any], cfg: LabelConfig) -> dict[str, dict[str, Any]]:
+    """Segment name -> the delays a pass with `cfg` feeds it and where they come from (the manifest's record)."""
+    return {s["name"]: cfg.delays.record(s) for s in frames_manifest["segments"]}
+
+
 def loop_description(teacher: Teacher, cfg: LabelConfig) -> dict[str, Any]:
     """The modeld loop a label set was made with: the layout's history semantics and the values fed."""
     h = teacher.layout.history
     fed: dict[str, Any] = {}
+    per_segment = "each segment's, from its log (segments.<name>.delays)"
     if teacher.layout.lateral_params:
-        fed["lateral_control_params"] = ["max(v_ego, 0)", cfg.lat_delay]
+        fed["lateral_control_params"] = ["max(v_ego, 0)", cfg.lat_delay if cfg.lat_delay is not None else per_segment]
     if teacher.layout.action_t:
-        fed["action_t"] = action_t(cfg.lat_delay, cfg.long_delay)
+        fed["action_t"] = (action_t(cfg.lat_delay, cfg.long_delay)
+                           if cfg.lat_delay is not None and cfg.long_delay is not None
+                           else f"[lat_delay, long_delay] + {ACTION_T_FRAMES * DT_MDL:g} s, {per_segment}")
     if h.prev_curv != "absent":
         fed["prev_desired_curv"] = "own previous outputs" if h.prev_curv == "own" else "zeros"
     return {"topology": teacher.layout.topology, "image_pair": [-h.pair_skip, 0],
@@ -363,7 +393,8 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
     for p in folder.glob("*.tmp"):
         p.unlink()
     todo = _unrecorded(frames_manifest, {s["name"] for s in manifest["shards"]} & intact)
-    result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe())
+    result = LabelResult(folder, shards_already=len(frames_manifest["shards"]) - len(todo), backend=backend.describe(),
+                         delays=delays_summary(segment_delays(frames_manifest, cfg).values()))
     work = _touching(plans, todo)
     start = time.perf_counter()
     bad = verifier.bad({c.shard for p in work for c in p.clips})
@@ -417,8 +448,9 @@ def _run_loop(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cli
     """Label `work` with the reader processes feeding a LabelLoop; returns frames labeled and the profile."""
     start = time.perf_counter()
     runner = LabelLoop(teacher=teacher, backend=backend, batch=cfg.batch,
-                        clip_len=int(frames_manifest["settings"]["clip_len"]), lat_delay=cfg.lat_delay,
-                        long_delay=cfg.long_delay, readers=readers, out_rows=writer.writers.rows, emit=writer.add,
+                        clip_len=int(frames_manifest["settings"]["clip_len"]), delays=cfg.delays,
+                        segment_delays=segment_delays(frames_manifest, cfg), readers=readers,
+                        out_rows=writer.writers.rows, emit=writer.add,
                         segments_meta=manifest["segments"])
     built = time.perf_counter()
     if on_progress is not None:

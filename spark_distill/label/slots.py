@@ -33,6 +33,7 @@ from spark_distill.label.schedule import DecodedClip
 from spark_distill.label.step import LabelStep
 from spark_distill.label.workers import ClipReaders, Ticket
 from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.delays import DelayChoice
 
 
 class Copy(enum.Enum):
@@ -101,7 +102,7 @@ class ClipSlots:
     host, and where each row stands: its current slot, the frame it labels next (`t`), its clip's length."""
 
     def __init__(self, step: LabelStep, readers: ClipReaders | None, *, batch: int, clip_len: int,
-                 profile: StepProfile) -> None:
+                 profile: StepProfile, delays: DelayChoice | None = None) -> None:
         self.clips, self.copy_stream, self.readers, self.profile = step.clips, step.copy_stream, readers, profile
         self.device = step.device
         self.cuda = self.device.type == "cuda"
@@ -114,6 +115,8 @@ class ClipSlots:
         self.desire = np.zeros((2, batch, clip_len, C.DESIRE_LEN), np.float32)
         self.v_ego = np.zeros((2, batch, clip_len), np.float32)
         self.traffic = np.zeros((2, batch, C.TRAFFIC_CONVENTION_LEN), np.float32)
+        self.delays = delays or DelayChoice()
+        self.delay = np.zeros((2, batch, clip_len, 2), np.float32)  # [lateral, longitudinal] per frame
         self.gap = np.zeros((2, batch, clip_len), np.int64)  # frames skipped before frame t, or schedule.RESET
         self.lengths = np.zeros((2, batch), np.int64)
         self.queued: list[tuple[Ticket, int, int]] = []  # (ticket, slot, row): copies queued, not yet issued
@@ -139,6 +142,7 @@ class ClipSlots:
         self.desire[s, row, :n] = clip.arrays["desire"]
         self.v_ego[s, row, :n] = np.nan_to_num(clip.arrays["car"][:, 0].astype(np.float32), nan=0.0)
         self.traffic[s, row] = clip.arrays["traffic"]
+        self.delay[s, row, :n, 0], self.delay[s, row, :n, 1] = self.delays.clip(clip.arrays["meta"], n)
         self.lengths[s, row] = n
 
     def flush(self) -> None:
@@ -217,11 +221,12 @@ class ClipSlots:
 
     # -- the step's inputs -------------------------------------------------------------------------
     def packed_inputs(self) -> np.ndarray:
-        """(batch, step.PACKED): every row's current slot, t, and frame t's v_ego, traffic and desire."""
+        """(batch, step.PACKED): every row's current slot, t, and frame t's v_ego, traffic, desire and delays."""
         slot, rows, t = self.current, self.row_ids, self.t
         return np.concatenate([
             slot[:, None].astype(np.float32), t[:, None].astype(np.float32),
-            self.v_ego[slot, rows, t][:, None], self.traffic[slot, rows], self.desire[slot, rows, t]], axis=1)
+            self.v_ego[slot, rows, t][:, None], self.traffic[slot, rows], self.desire[slot, rows, t],
+            self.delay[slot, rows, t]], axis=1)
 
     def gaps(self, active: np.ndarray) -> np.ndarray:
         """(batch,): frames the encoder dropped before each active row's frame t, or schedule.RESET."""

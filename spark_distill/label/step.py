@@ -2,15 +2,15 @@
 # Copyright (c) 2026 spark-distill authors
 """The label pass's step: one frame of every batch row through modeld's state and both teacher models.
 
-Main entry point: `LabelStep`. It owns every device buffer the step reads or writes, all static: the rows'
-clip slots (`clips`: 2 per row, filled by slots.ClipSlots), the modeld state, this step's packed small inputs
-(slot, t, v_ego, traffic, desire per row) and the outputs of the rows' clips (`out_v`, `out_p`). `_compute` is
-device work only, fixed shapes: frame t of every row is gathered from its clip slot on the device, and with a
-compiling backend the whole step is one inductor program (the gather and the image ring fuse into the vision's
-first kernels); on CUDA it is one captured CUDA graph, replayed once per step (the host launches one graph, not
-hundreds of ops). On CUDA the packed inputs are double-buffered, one graph per buffer, so the next step's inputs go
-up on the copy stream while this step runs (`upload_ahead`); a buffer is rewritten only after the step that last
-read it (its `inputs_free` event).
+Main entry point: `LabelStep`. It owns every device buffer the step reads or writes, all static: the rows' clip slots
+(`clips`: 2 per row, filled by slots.ClipSlots), the modeld state, this step's packed small inputs (slot, t, v_ego,
+traffic, desire, lateral and longitudinal delay per row) and the outputs of the rows' clips (`out_v`, `out_p`).
+`_compute` is device work only, fixed shapes: frame t of every row is gathered from its clip slot on the device, and
+with a compiling backend the whole step is one inductor program (the gather and the image ring fuse into the vision's
+first kernels); on CUDA it is one captured CUDA graph, replayed once per step (the host launches one graph, not hundreds
+of ops). On CUDA the packed inputs are double-buffered, one graph per buffer, so the next step's inputs go up on the
+copy stream while this step runs (`upload_ahead`); a buffer is rewritten only after the step that last read it (its
+`inputs_free` event).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from spark_distill.cuda_graphs import capture
 from spark_distill.label.backends import Backend
 from spark_distill.label.profile import StepProfile
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.state import DEFAULT_LONG_DELAY, ModeldState
+from spark_distill.openpilot.state import ModeldState
 from spark_distill.openpilot.teachers import Teacher
 
-PACKED = 5 + C.DESIRE_LEN  # a row's packed small inputs: slot, t, v_ego, traffic (2), desire
+PACKED = 5 + C.DESIRE_LEN + 2  # a row's packed small inputs: slot, t, v_ego, traffic (2), desire (8), delays (2)
+DESIRE_COLS = slice(5, 5 + C.DESIRE_LEN)
+DELAY_COLS = slice(5 + C.DESIRE_LEN, PACKED)  # [lateral, longitudinal] delay of the row's segment at this frame
 
 
 class PinnedRing:
@@ -79,13 +81,14 @@ class LabelStep:
     """The step over `batch` rows with clips of up to `clip_len` frames: built (compiled, captured) at once, then
     `run` once per step. `profile` counts its host and GPU seconds."""
 
-    def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int, lat_delay: float,
-                 long_delay: float = DEFAULT_LONG_DELAY, profile: StepProfile | None = None) -> None:
+    def __init__(self, *, teacher: Teacher, backend: Backend, batch: int, clip_len: int,
+                 profile: StepProfile | None = None) -> None:
         dev = self.device = backend.device
         self.cuda = dev.type == "cuda"
         self.profile = profile or StepProfile()
-        self.state = ModeldState(batch, history=teacher.layout.history, device=dev, lat_delay=lat_delay,
-                                 long_delay=long_delay, shapes={k: s for k, (s, _) in teacher.history_inputs.items()})
+        # the delays come per row and frame in the packed inputs (DELAY_COLS), never from the state's one pair
+        self.state = ModeldState(batch, history=teacher.layout.history, device=dev,
+                                 shapes={k: s for k, (s, _) in teacher.history_inputs.items()})
         self.rows = torch.arange(batch, device=dev)
         # 2 slots per row; a slot holds a whole clip, both cameras, laid out as a reader's slab slot (one copy)
         self.clips = torch.zeros((2, batch, 2, clip_len, 6, 128, 256), dtype=torch.uint8, device=dev)
@@ -185,14 +188,14 @@ class LabelStep:
         compiled as one program (torch backend, compiled) and captured as one CUDA graph."""
         state = self.state
         s, t = packed[:, 0].long(), packed[:, 1].long()
-        v_ego, traffic, desire = packed[:, 2], packed[:, 3:5], packed[:, 5:]
+        v_ego, traffic, desire, delays = packed[:, 2], packed[:, 3:5], packed[:, DESIRE_COLS], packed[:, DELAY_COLS]
         frames = self.clips[s, self.rows, :, t]  # (batch, 2, 6, 128, 256): road, wide
         stacks = state.vision_inputs(frames[:, 0], frames[:, 1])
         vin = {n: stacks[cam].float() if n in self.float_images else stacks[cam] for n, cam in self.image_names.items()}
         vision, policy = self.models
         if self.combined:  # one model: images and histories (past hidden states only) in, its own hidden_state out
             state.push_desire(desire)
-            feeds = {**vin, **self._history(state.policy_inputs(self.policy_names, traffic, v_ego))}
+            feeds = {**vin, **self._history(state.policy_inputs(self.policy_names, traffic, v_ego, delays))}
             out = vision({n: feeds[n] for n in self.input_order})
             state.push_features(out[:, self.hidden])
             if self.curv is not None:
@@ -203,7 +206,7 @@ class LabelStep:
         vout = vision(vin)
         state.push_features(vout[:, self.hidden])
         state.push_desire(desire)
-        pout = policy(self._history(state.policy_inputs(self.policy_names, traffic, v_ego)))
+        pout = policy(self._history(state.policy_inputs(self.policy_names, traffic, v_ego, delays)))
         if self.curv is not None:
             state.push_curvature(pout[:, self.curv.start])  # the mean of desired_curvature
         self.out_v[self.rows, t] = vout.to(torch.float16)

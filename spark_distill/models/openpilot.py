@@ -17,8 +17,10 @@ label pass's `ModeldState` uses, on an explicit state instead of in-place buffer
 
 The state is one flat tensor per lane: [features (full x 512) | desire pulses (20 Hz) | previous desire (8) |
 previous curvatures (20 Hz)], sized by the layout's history. History inputs are fed in the graph's dtypes (0.10.x
-policies take float16), as the label pass feeds them. DoRA targets: the policy graph's dense layers (split), every
-dense layer of the one graph (combined).
+policies take float16), as the label pass feeds them. The delays (lateral_control_params[1], action_t): each frame's
+[lateral, longitudinal] pair where the caller passes `delays` (B, 2) (training and eval pass the ones the labels
+were made with: openpilot/delays.py), else the student's `lat_delay` / `long_delay` for every row. DoRA targets: the
+policy graph's dense layers (split), every dense layer of the one graph (combined).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ DEFAULT_TARGETS = ["policy.*"]
 
 class OpenpilotStudent(nn.Module):
     """A release's model (split pair or one combined graph) with modeld's loop of its layout as explicit state."""
+
+    takes_delays = True  # forward / recurrent_step take each row's delays (train.step.Unroll, evaluate.rollout)
 
     def __init__(self, teacher: Teacher, vision_model: Any, policy_model: Any = None, *,
                  lat_delay: float = DEFAULT_LAT_DELAY, long_delay: float = DEFAULT_LONG_DELAY) -> None:
@@ -110,13 +114,13 @@ class OpenpilotStudent(nn.Module):
         return torch.cat([feats.flatten(1), pulses.flatten(1), prev, curv.flatten(1)], dim=1)
 
     def _feeds(self, feats: torch.Tensor, pulses: torch.Tensor, curv: torch.Tensor, traffic: torch.Tensor,
-               v_ego: torch.Tensor | None) -> dict[str, torch.Tensor]:
+               v_ego: torch.Tensor | None, delays: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The history inputs by name, in the graph's dtypes (openpilot/state.py: the label pass's own rule)."""
         v = v_ego if v_ego is not None else torch.zeros(feats.shape[0], device=feats.device)
         feeds = policy_feeds(self.policy_names, features=feats, desire=pulses, curv=curv, traffic=traffic, v_ego=v,
                              history=self.history, idx=self.idx, lat_delay=self.lat_delay,
                              long_delay=self.long_delay, stride=self.stride, prev_curv=self.layout.history.prev_curv,
-                             shapes=self.history_inputs, action=self.action)
+                             shapes=self.history_inputs, action=self.action, delays=delays)
         return {k: x.half() if k in self.half else x for k, x in feeds.items()}
 
     def encode(self, img: torch.Tensor, big_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,17 +132,18 @@ class OpenpilotStudent(nn.Module):
         return vision, vision[:, self.hidden]
 
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                state: torch.Tensor, v_ego: torch.Tensor | None = None
+                state: torch.Tensor, v_ego: torch.Tensor | None = None, delays: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One frame: (vision member (B, Nv), policy member (B, Np), next state), as the label set stores them."""
+        """One frame: (vision member (B, Nv), policy member (B, Np), next state), as the label set stores them;
+        `delays` (B, 2): each row's [lateral, longitudinal] delay (None: the student's own pair)."""
         if self.combined:
-            return self._combined_step(img, big_img, desire, traffic, state, v_ego)
+            return self._combined_step(img, big_img, desire, traffic, state, v_ego, delays)
         vision, hidden = self.encode(img, big_img)
-        policy, nxt = self.policy_step(hidden, desire, traffic, state, v_ego)
+        policy, nxt = self.policy_step(hidden, desire, traffic, state, v_ego, delays)
         return vision, policy, nxt
 
     def _combined_step(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
-                       state: torch.Tensor, v_ego: torch.Tensor | None
+                       state: torch.Tensor, v_ego: torch.Tensor | None, delays: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """modeld's combined loop: desire pushed, the model run on the past-only features, its own hidden_state (and
         desired curvature, where it takes its own) pushed after."""
@@ -147,7 +152,7 @@ class OpenpilotStudent(nn.Module):
         pulses = push(pulses, pulse)
         images = {"road": img, "wide": big_img}
         feeds = {**{n: images[cam] for n, cam in self.image_inputs.items()},
-                 **self._feeds(feats, pulses, curv, traffic, v_ego)}
+                 **self._feeds(feats, pulses, curv, traffic, v_ego, delays)}
         out = self.model(*(feeds[n] for n in self.input_names)).float()  # (B, width)
         feats = push(feats, out[:, self.hidden])
         if self.curv is not None:  # its own previous desired curvature, as on the car (no gradient through it)
@@ -155,14 +160,15 @@ class OpenpilotStudent(nn.Module):
         return out[:, self.vision_columns], out[:, self.policy_columns], self._pack(feats, pulses, prev, curv)
 
     def policy_step(self, hidden: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor, state: torch.Tensor,
-                    v_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    v_ego: torch.Tensor | None = None, delays: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy half of a split model's step, from this frame's vision hidden_state (B, 512): (policy vector,
         next state). Feature-cached training feeds it the teacher's stored hidden_state and never decodes an image."""
         feats, pulses, prev, curv = self._unpack(state)
         feats = push(feats, hidden.float())
         pulse, prev = desire_pulse(desire, prev)
         pulses = push(pulses, pulse)
-        feeds = self._feeds(feats, pulses, curv, traffic, v_ego)
+        feeds = self._feeds(feats, pulses, curv, traffic, v_ego, delays)
         policy = self.policy(*(feeds[n] for n in self.policy_names)).float()  # (B, Np)
         if self.curv is not None:  # its own previous desired curvature, as on the car (no gradient through it)
             curv = push(curv, policy[:, self.curv.start:self.curv.start + 1].detach())
@@ -170,5 +176,5 @@ class OpenpilotStudent(nn.Module):
 
     def recurrent_step(self, *args: Any) -> Any:
         """The recurrent part, as every student names it (train.step.Unroll): the policy step of a split model
-        (hidden, desire, traffic, state, v_ego), the whole frame of a combined one (images first)."""
+        (hidden, desire, traffic, state, v_ego[, delays]), the whole frame of a combined one (images first)."""
         return self.forward(*args) if self.combined else self.policy_step(*args)

@@ -30,27 +30,37 @@ def _mean(head: Any) -> np.ndarray:
     return np.asarray(head["mean"] if isinstance(head, dict) else head, dtype=np.float64)
 
 
-def curvature_from_plan(plan: np.ndarray, v_ego: np.ndarray, action_t: float) -> np.ndarray:
-    """openpilot 0.10's get_curvature_from_plan over frames: plan (N, 33, 15) means, v_ego (N,)."""
+def _per_frame(action_t: float | np.ndarray, n: int) -> np.ndarray:
+    """`action_t` (one time, or one per frame) as (n,) seconds."""
+    return np.broadcast_to(np.asarray(action_t, dtype=np.float64), (n,))
+
+
+def curvature_from_plan(plan: np.ndarray, v_ego: np.ndarray, action_t: float | np.ndarray) -> np.ndarray:
+    """openpilot 0.10's get_curvature_from_plan over frames: plan (N, 33, 15) means, v_ego (N,), `action_t` one time
+    or one per frame (each frame's lateral delay + DT_MDL)."""
     yaw = plan[:, :, C.PLAN_T_FROM_CURRENT_EULER][:, :, 2]
     yaw_rate0 = plan[:, 0, C.PLAN_ORIENTATION_RATE][:, 2]
-    psi = np.array([np.interp(action_t, C.T_IDXS, row) for row in yaw])
+    action_t = _per_frame(action_t, len(plan))
+    psi = np.array([np.interp(t, C.T_IDXS, row) for t, row in zip(action_t, yaw, strict=True)])
     v = np.maximum(v_ego, MIN_SPEED)
     return 2 * psi / (v * action_t) - yaw_rate0 / v
 
 
-def accel_from_plan(plan: np.ndarray, action_t: float) -> np.ndarray:
-    """openpilot's get_accel_from_plan over frames (its target acceleration; shouldStop left out)."""
+def accel_from_plan(plan: np.ndarray, action_t: float | np.ndarray) -> np.ndarray:
+    """openpilot's get_accel_from_plan over frames (its target acceleration; shouldStop left out); `action_t` one
+    time or one per frame."""
     speeds = plan[:, :, C.PLAN_VELOCITY][:, :, 0]
     accels = plan[:, :, C.PLAN_ACCELERATION][:, :, 0]
-    v_target = np.array([np.interp(action_t, C.T_IDXS, row) for row in speeds])
+    action_t = _per_frame(action_t, len(plan))
+    v_target = np.array([np.interp(t, C.T_IDXS, row) for t, row in zip(action_t, speeds, strict=True)])
     return 2 * (v_target - speeds[:, 0]) / action_t - accels[:, 0]
 
 
-def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *, lat_delay: float,
-                     long_delay: float) -> tuple[np.ndarray, np.ndarray]:
+def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *, lat_delay: float | np.ndarray,
+                     long_delay: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(desired curvature (N,) 1/m, desired acceleration (N,) m/s^2) from a model's parsed outputs, as the
-    release's modeld derives them (module docstring); `control` is the layout's."""
+    release's modeld derives them (module docstring); `control` is the layout's; the delays one value or one per
+    frame (N,) (each segment's own, as the labels were made with)."""
     v = np.asarray(v_ego, dtype=np.float64)
     if control == "action":
         action = _mean(parsed["action"]).reshape(len(v), -1)

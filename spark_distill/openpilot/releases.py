@@ -33,6 +33,9 @@ from spark_distill.errors import UnknownTeacherError
 
 DT_MDL = 0.05  # s, one model frame at 20 Hz (openpilot common/realtime.py)
 ACTION_T_FRAMES = 1.5  # action_t = delay + 1.5 * DT_MDL (openpilot_releases.md, row K)
+# the delays modeld feeds where a segment's log says nothing (ingest/delays.py reads them from the log)
+DEFAULT_LAT_DELAY = 0.2  # s: openpilot's CP.steerActuatorDelay + 0.2 estimate, when the log says nothing
+DEFAULT_LONG_DELAY = 0.15  # s: openpilot's default CarParams.longitudinalActuatorDelay (interfaces.get_std_params)
 
 
 @dataclass(frozen=True)

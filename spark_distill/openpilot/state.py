@@ -13,7 +13,8 @@ Mirrors selfdrive/modeld/modeld.py of each era and models/commonmodel.cc:
   gets the max over each group of `stride` (any pulse in each 200 ms bin; no pooling at 20 Hz);
 - prev_desired_curv: the model's own previous desired curvatures (20 Hz supercombos), or zeros (0.10.0's modeld fed
   `0*self.full_prev_desired_curv[...]`; late 2024 taken to be the same);
-- lateral_control_params [max(v_ego, 0), lateral delay]; action_t [lateral, longitudinal delay] + 1.5 DT_MDL;
+- lateral_control_params [max(v_ego, 0), lateral delay]; action_t [lateral, longitudinal delay] + 1.5 DT_MDL, the
+  delays per row and frame (`delays` (B, 2): the segment's own, from its log, ingest/delays.py) or one pair for all;
   0.9.6's nav_features / nav_instructions zeros (modeld without navigation).
 All buffers start at zero (modeld's start-up) and are reset per row at each segment start. Every update
 is in place (the buffers keep their addresses), so a step can be captured in a CUDA graph. Main
@@ -26,10 +27,16 @@ import numpy as np
 import torch
 
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.releases import ACTION_T_FRAMES, DT_MDL, SPLIT_LATERAL, History
+from spark_distill.openpilot.releases import (
+    ACTION_T_FRAMES,
+    DEFAULT_LAT_DELAY,
+    DEFAULT_LONG_DELAY,
+    DT_MDL,
+    SPLIT_LATERAL,
+    History,
+)
 
-DEFAULT_LAT_DELAY = 0.2  # s: openpilot's CP.steerActuatorDelay + 0.2 estimate, when nothing better is known
-DEFAULT_LONG_DELAY = 0.15  # s: a typical CarParams.longitudinalActuatorDelay (chosen default, not in the sources)
+__all__ = ["DEFAULT_LAT_DELAY", "DEFAULT_LONG_DELAY", "ModeldState", "action_t", "policy_feeds"]
 
 
 def sample_indices(history: int, device: torch.device | None = None, *, stride: int = C.TEMPORAL_SKIP,
@@ -65,9 +72,11 @@ def policy_feeds(names: list[str], *, features: torch.Tensor, desire: torch.Tens
                  traffic: torch.Tensor, v_ego: torch.Tensor, history: int, idx: torch.Tensor,
                  lat_delay: float, long_delay: float = DEFAULT_LONG_DELAY, stride: int = C.TEMPORAL_SKIP,
                  prev_curv: str = "zeros", shapes: dict[str, tuple[int, ...]] | None = None,
-                 action: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 action: torch.Tensor | None = None, delays: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The history inputs by name from the 20 Hz buffers (`features` sampled at `idx`; `desire` pulses including
-    this frame, pooled over `stride`; `curv` the model's previous outputs, fed where `prev_curv` is "own")."""
+    this frame, pooled over `stride`; `curv` the model's previous outputs, fed where `prev_curv` is "own"). The
+    delays: `delays` (B, 2) [lateral, longitudinal] per row where given, else `lat_delay` / `long_delay` (`action`:
+    their action_t, made once) for every row."""
     b = features.shape[0]
     out: dict[str, torch.Tensor] = {}
     for name in names:
@@ -78,11 +87,15 @@ def policy_feeds(names: list[str], *, features: torch.Tensor, desire: torch.Tens
         elif name == "traffic_convention":
             out[name] = traffic.float()
         elif name == "lateral_control_params":
-            out[name] = torch.stack([v_ego.float().clamp(min=0.0), torch.full_like(v_ego.float(), lat_delay)], dim=1)
+            lat = delays[:, 0].float() if delays is not None else torch.full_like(v_ego.float(), lat_delay)
+            out[name] = torch.stack([v_ego.float().clamp(min=0.0), lat], dim=1)
         elif name == "prev_desired_curv":
             out[name] = (curv[:, stride - 1::stride] if prev_curv == "own"
                          else torch.zeros_like(curv[:, stride - 1::stride]))
         elif name == "action_t":
+            if delays is not None:
+                out[name] = delays.float() + ACTION_T_FRAMES * DT_MDL
+                continue
             if action is None:
                 action = torch.tensor([action_t(lat_delay, long_delay)], device=features.device)
             out[name] = action.expand(b, 2)
@@ -146,13 +159,15 @@ class ModeldState:
         self.prev_desire.copy_(prev)
         self.desire.copy_(push(self.desire, pulse))
 
-    def policy_inputs(self, names: list[str], traffic: torch.Tensor, v_ego: torch.Tensor) -> dict[str, torch.Tensor]:
+    def policy_inputs(self, names: list[str], traffic: torch.Tensor, v_ego: torch.Tensor,
+                      delays: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The history inputs by name, for this frame (split: after push_features and push_desire; combined: after
-        push_desire, before the model runs and its hidden_state is pushed)."""
+        push_desire, before the model runs and its hidden_state is pushed); `delays` (B, 2) each row's [lateral,
+        longitudinal] delay, else the state's one pair."""
         return policy_feeds(names, features=self.features, desire=self.desire, curv=self.curv, traffic=traffic,
                             v_ego=v_ego, history=self.history, idx=self.sample_idx, lat_delay=self.lat_delay,
                             long_delay=self.long_delay, stride=self.stride, prev_curv=self.semantics.prev_curv,
-                            shapes=self.shapes, action=self.action_t)
+                            shapes=self.shapes, action=self.action_t, delays=delays)
 
     def push_curvature(self, curvature: torch.Tensor) -> None:
         self.curv.copy_(push(self.curv, curvature.reshape(-1, 1).float()))

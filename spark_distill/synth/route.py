@@ -47,10 +47,22 @@ FPS = 20
 FRAME_NS = 50_000_000
 T0_NS = 10_000_000_000  # logMonoTime of the route's first frame
 DEVICES = {"tici": (1928, 1208), "eon": (1164, 874)}
-FAULTS = ("truncated-log", "missing-encode-idx", "missing-wide", "corrupt-video-tail", "encoder-drops")
+FAULTS = ("truncated-log", "missing-encode-idx", "missing-wide", "corrupt-video-tail", "encoder-drops", "no-delays")
 LOG_FORMATS = ("bz2", "zst", "raw")
 LANE_CHANGE_SECONDS = 4.0  # laneChangeStarting 2 s + laneChangeFinishing 2 s
 PRE_LANE_CHANGE_SECONDS = 1.0
+# the car's delays, as a car logs them: carParams once per segment (the car's constants), liveDelay 4 Hz (lagd's
+# estimate, a little different in each segment and drifting within it, so a reader can tell which value it used)
+STEER_ACTUATOR_DELAY = 0.12  # s, carParams.steerActuatorDelay
+LONG_ACTUATOR_DELAY = 0.35  # s, carParams.longitudinalActuatorDelay (openpilot's default is 0.15)
+
+
+def live_lateral_delay(n: int, fraction: float) -> float:
+    """liveDelay.lateralDelay logged in segment `n` at `fraction` (0..1) of it: 0.30 s + 0.04 s per segment, rising
+    0.02 s over the segment."""
+    return 0.30 + 0.04 * n + 0.02 * fraction
+
+
 LANE_WIDTHS = (3.2, 4.0)  # m, a varied drive's lane width is drawn from this range (city lanes to motorways)
 
 
@@ -392,6 +404,8 @@ def write_segment(out: Path, cfg: SynthConfig, n: int, dyn: Dynamics, faults: tu
             container.mux(packet)
         container.close()
     events += _state_events(schema, cfg, dyn, t_start, frames)
+    if "no-delays" not in faults:  # a log of a release (or fork) without lagd, from a car without carParams logged
+        events += _delay_events(schema, n, t_start, frames)
     if qlog:
         events += odometry_events(schema, dyn, t_start, frames, FRAME_NS, T0_NS)
     events.sort(key=lambda e: e[0])
@@ -457,6 +471,22 @@ def _state_events(schema, cfg: SynthConfig, dyn: Dynamics, t_start: int, frames:
 
             events.append(event(schema, tn + 5_000_000, "liveCalibration", calib))
             events.append(event(schema, tn + 6_000_000, "driverMonitoringState", dm))
+    return events
+
+
+def _delay_events(schema, n: int, t_start: int, frames: int) -> list[tuple[int, bytes]]:
+    """carParams at the segment's start, liveDelay 4 Hz (`live_lateral_delay`)."""
+    def params(b):
+        b.steerActuatorDelay, b.longitudinalActuatorDelay = STEER_ACTUATOR_DELAY, LONG_ACTUATOR_DELAY
+
+    events = [event(schema, t_start - 500_000, "carParams", params)]
+    span = frames * FRAME_NS
+    for k in range(0, span, 250_000_000):
+        def delay(b, k=k):
+            b.lateralDelay = live_lateral_delay(n, k / span)
+            b.status = "estimated"
+
+        events.append(event(schema, t_start + k + 7_000_000, "liveDelay", delay))
     return events
 
 

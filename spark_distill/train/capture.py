@@ -33,7 +33,7 @@ from spark_distill.train.step import masked_loss
 log = logging.getLogger(__name__)
 CAPTURE_MODES = ("auto", "on", "off")
 WARMUP = 2  # eager steps on a side stream before the capture (torch's rule: warm up before capturing)
-INPUT_KEYS = ("road", "wide", "desire", "traffic", "v_ego", "start", "vision", "policy", "mask", "gt_path",
+INPUT_KEYS = ("road", "wide", "desire", "traffic", "v_ego", "delays", "start", "vision", "policy", "mask", "gt_path",
               "gt_valid")  # what masked_loss reads
 
 

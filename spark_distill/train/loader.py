@@ -32,6 +32,7 @@ from spark_distill.data.clips import decode_clip
 from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths
 from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import DatasetError, SparkDistillError
+from spark_distill.openpilot.delays import DelayChoice
 
 
 def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, process_rank: int, world: int, worker: int,
@@ -79,6 +80,7 @@ class ClipStream(IterableDataset):
         self.plan = slice(*label_manifest["output_slices"]["policy"]["plan"])  # NaN plan: a frame the log lacks
         self.widths = label_widths(label_manifest)
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
+        self.delays = DelayChoice.of_labels(label_manifest)  # each frame's delays, as the labels were made with
         self.epoch, self.skip = 0, 0
 
     def _shards(self, epoch: int, process_rank: int, worker: int) -> list[ShardPair]:
@@ -144,6 +146,12 @@ class ClipStream(IterableDataset):
     def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
         return stack_clips([self.clip_arrays(f, lab) for f, lab in samples])
 
+    def clip_delays(self, meta: dict[str, Any], n: int) -> np.ndarray:
+        """(n, 2) float32: each frame's [lateral, longitudinal] delay, those the label pass fed (the openpilot
+        student takes them; openpilot/delays.py)."""
+        lat, long = self.delays.clip(meta, n)
+        return np.stack([lat, np.full(n, long, np.float32)], 1)
+
     def clip_arrays(self, f_raw: dict, l_raw: dict) -> dict[str, Any]:
         """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch)."""
         t = self.clip_len
@@ -162,7 +170,7 @@ class ClipStream(IterableDataset):
         arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
             # before a log's first carState: v_ego 0, as modeld reads it (and as the label pass fed the teacher)
             ("desire", f["desire"]), ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("pose", f["pose"]),
-            ("vision", lab["vision"]),
+            ("delays", self.clip_delays(f["meta"], n)), ("vision", lab["vision"]),
             ("policy", lab["policy"])]
         if self.motions is not None:
             motion = self.motions[f["meta"]["segment"]]

@@ -224,7 +224,8 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]], man
         arch, student, targets = trained.spec["architecture"], trained.student, trained.default_targets
     else:
         arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve()),
-                 **{k: manifest[k] for k in ("lat_delay", "long_delay") if k in manifest}}  # the labels' loop
+                 # the labels' loop: an override they were made with (else each clip's own delays, fed per frame)
+                 **{k: manifest[k] for k in ("lat_delay", "long_delay") if manifest.get(k) is not None}}
                 if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student, "speed": True})
         student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}

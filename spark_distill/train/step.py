@@ -78,15 +78,19 @@ class Unroll(nn.Module):
 
     def forward(self, road: torch.Tensor | None, wide: torch.Tensor | None, desire: torch.Tensor,
                 traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None,
-                hidden: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+                hidden: torch.Tensor | None = None, delays: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(vision (B, T, Nv) or None, policy (B, T, Np)). With `hidden` (B, T, 512), the teacher's stored
-        vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used."""
+        vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used. `delays`
+        (B, T, 2): each frame's [lateral, longitudinal] delay, fed to a student that takes them (openpilot's)."""
         compiled = self.training and self._step is not None
         encode = self._encode if compiled else self._encode_clips
         step = self._step if compiled else self.student.recurrent_step
+        if delays is None or not getattr(self.student, "takes_delays", False):
+            delays = None
         with norms_once(self.student):
             if getattr(self.student, "combined", False):  # one graph (a combined openpilot model): frame by frame
-                return self._frame_by_frame(step, road, wide, desire, traffic, v_ego, start)
+                return self._frame_by_frame(step, road, wide, desire, traffic, v_ego, start, delays)
             vision = None
             if hidden is not None:
                 b, t = hidden.shape[:2]
@@ -100,13 +104,14 @@ class Unroll(nn.Module):
                 state.requires_grad_()
             policy = []
             for i in range(t):
-                p, state = step(feats[:, i], desire[:, i], traffic, state, v_ego[:, i])
+                p, state = step(feats[:, i], desire[:, i], traffic, state, v_ego[:, i],
+                                *(() if delays is None else (delays[:, i],)))
                 policy.append(p)
         return vision, torch.stack(policy, 1)  # (B, T, Nv), (B, T, Np)
 
     def _frame_by_frame(self, step: Callable[..., Any], road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor,
-                        traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None,
+                        delays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A student without a stateless vision half: images and histories into one step per frame."""
         b, t = road.shape[:2]
         start = start if start is not None else torch.zeros(b, dtype=torch.bool, device=road.device)
@@ -115,7 +120,8 @@ class Unroll(nn.Module):
         state = self.student.initial_state(b, road.device)
         vision, policy = [], []
         for i in range(t):
-            v, p, state = step(img[:, i], big[:, i], desire[:, i], traffic, state, v_ego[:, i])
+            v, p, state = step(img[:, i], big[:, i], desire[:, i], traffic, state, v_ego[:, i],
+                               *(() if delays is None else (delays[:, i],)))
             vision.append(v)
             policy.append(p)
         return torch.stack(vision, 1), torch.stack(policy, 1)
@@ -174,7 +180,8 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     hidden = teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float() if cached else None
     with autocast():
         v, p = model(*(batch[k].to(device, non_blocking=True) if k in batch else None
-                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
+                       for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden,
+                  delays=batch["delays"].to(device, non_blocking=True) if "delays" in batch else None)
     if not mask.any():  # under DDP every rank must run backward: a zero loss that still touches every output
         return sum(x.float().sum() for x in (v, p) if x is not None) * 0.0, {}
     rows = mask.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
@@ -205,7 +212,8 @@ def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], slices: dict[s
     teacher_vision = batch["vision"]
     hidden = None if "road" in batch else teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float()
     with autocast():
-        v, p = model(*(batch.get(k) for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden)
+        v, p = model(*(batch.get(k) for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden,
+                     delays=batch.get("delays"))
     tv, tp = known(teacher_vision).float(), known(batch["policy"]).float()
     gt = (known(batch["gt_path"]), known(batch["gt_valid"])) if "gt_path" in batch else None
     loss, terms = _compare(None if v is None else v.float().flatten(0, 1), p.float().flatten(0, 1), tv, tp, gt,

@@ -19,7 +19,6 @@ from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.synth.releases import write_release
 
-LAT_DELAY, LONG_DELAY = 0.2, 0.15  # the label pass's defaults
 ERA = {"0.9.6": "20hz", "0.9.7": "20hz", "mid-2024": "20hz", "late-2024": "5hz", "0.10.0": "split",
        "0.10.3": "split", "0.11": "0.11"}
 COMBINED_FILE = {"20hz": "supercombo.onnx", "5hz": "supercombo.onnx", "0.11": "driving_supercombo.onnx"}
@@ -91,6 +90,9 @@ def reference(root: Path, teacher: Path, era: str) -> dict[str, dict[str, np.nda
             desire_20hz = _shift(desire_20hz, np.where(desire - prev_desire > 0.99, desire, 0).astype(np.float32))
             prev_desire = desire
             v_ego = max(float(np.nan_to_num(s["car"][t, 0])), 0.0)
+            # modeld: sm["liveDelay"].lateralDelay in force at this frame, CP.longitudinalActuatorDelay (as ingest
+            # stored them; tests/ingest checks them against the log)
+            lat, lon = s["meta"]["lat_delay"][t], s["meta"]["long_delay"]
             if era == "20hz":  # 0.9.6 modeld: the 20 Hz buffers as they are; features and curvature past only
                 feeds = {"desire": desire_20hz[None], "features_buffer": feats[None],
                          "prev_desired_curv": curv_20hz[None], "nav_features": np.zeros((1, 256)),
@@ -101,8 +103,8 @@ def reference(root: Path, teacher: Path, era: str) -> dict[str, dict[str, np.nda
                 if not split:  # late 2024 / 0.11: past only, np.arange(-4, -100, -4)[::-1]
                     feeds["features_buffer"] = feats[np.arange(-4, -100, -4)[::-1]][None]
             feeds |= {"traffic_convention": s["traffic"][None],
-                      "lateral_control_params": np.array([[v_ego, LAT_DELAY]]),
-                      "action_t": np.array([[LAT_DELAY + 0.075, LONG_DELAY + 0.075]]),
+                      "lateral_control_params": np.array([[v_ego, lat]]),
+                      "action_t": np.array([[lat + 0.075, lon + 0.075]]),
                       "input_imgs": img, "big_input_imgs": big, "img": img, "big_img": big}
             if split:
                 v = sessions[0].run(None, {n: feeds[n] for n in dtypes[0]})[0][0]
@@ -149,6 +151,12 @@ def test_labels_equal_the_modeld_loop_of_each_era(dataset: Path, release: str, t
     assert manifest["layout"] == {"20hz": "supercombo-20hz", "5hz": "supercombo-5hz", "0.11": "driving-supercombo",
                                   "split": "split-lateral" if release == "0.10.0" else "split"}[ERA[release]]
     assert manifest["loop"]["image_pair"] == [-1 if ERA[release] == "20hz" else -4, 0]
+    # the delays came from the route's log, not the defaults (0.2 s, 0.15 s)
+    (delays,) = [s["delays"] for s in manifest["segments"].values()]
+    assert delays["lat_delay"]["source"] == "liveDelay.lateralDelay" and delays["lat_delay"]["per_frame"]
+    assert 0.29 < delays["lat_delay"]["range"][0] < delays["lat_delay"]["range"][1] < 0.33
+    assert delays["long_delay"] == {"value": pytest.approx(0.35), "source": "carParams.longitudinalActuatorDelay"}
+    assert manifest["lat_delay"] is None and manifest["long_delay"] is None
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from spark_distill.data.index import plan_segments
 from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import COMPILE_S, LabelConfig, label
+from spark_distill.openpilot.teachers import load_teacher
 from spark_distill.synth.teacher import write_teacher
 from tests.procs import children, running
 
@@ -40,9 +41,10 @@ def teacher(request, tmp_path_factory) -> Path:
     return out
 
 
-def reference_labels(root: Path, teacher_dir: Path, lat_delay: float = 0.2) -> dict[str, tuple]:
+def reference_labels(root: Path, teacher_dir: Path, lat_delay: float | None = None) -> dict[str, tuple]:
     """modeld written out as simply as possible: one segment at a time, one frame at a time, numpy
-    buffers shifted like modeld's, ONNX Runtime on the original batch-1 graphs."""
+    buffers shifted like modeld's, ONNX Runtime on the original batch-1 graphs. `lat_delay`: fed every frame
+    (None: each frame's own, the liveDelay in force as ingest stored it)."""
     vision = ort.InferenceSession(str(teacher_dir / "driving_vision.onnx"))
     policy = ort.InferenceSession(str(teacher_dir / "driving_policy.onnx"))
     vs = json.loads(json.dumps({k: [v.start, v.stop] for k, v in __import__("pickle").loads(
@@ -84,10 +86,11 @@ def reference_labels(root: Path, teacher_dir: Path, lat_delay: float = 0.2) -> d
             pulse = np.where(d - prev_desire > 0.99, d, 0).astype(np.float32)
             prev_desire = d
             desire_buf = np.concatenate([desire_buf[1:], pulse[None]])
+            lat = s["meta"]["lat_delay"][t] if lat_delay is None else lat_delay  # modeld: sm["liveDelay"] each frame
             feeds = {"features_buffer": feats[3::4][None], "traffic_convention": s["traffic"][None],
                      "desire": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
                      "desire_pulse": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
-                     "lateral_control_params": np.array([[max(float(s["car"][t, 0]), 0.0), lat_delay]], np.float32),
+                     "lateral_control_params": np.array([[max(float(s["car"][t, 0]), 0.0), lat]], np.float32),
                      "prev_desired_curv": 0 * curv_buf[3::4][None]}  # 0.10.0 fed zeros: `0*...`
             p = policy.run(None, {n: feeds[n] for n in names})[0][0]
             if "desired_curvature" in ps:
@@ -173,14 +176,13 @@ def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teac
     """The CUDA default (frame gather, modeld state and both models as one inductor program), run on the CPU: the
     same outputs and the same modeld state as the step run op by op, over steps that cross a clip boundary."""
     from spark_distill.label.backends import get_backend
-    from spark_distill.label.step import LabelStep
-    from spark_distill.openpilot.teachers import load_teacher
+    from spark_distill.label.step import DELAY_COLS, DESIRE_COLS, LabelStep
 
     t, vm, pm = load_teacher([teacher])
     runners = []
     for fuse in (False, True):
         be = get_backend("torch", t, vm, pm, batch=2, precision="fp32", device="cpu", compile="on", fuse_step=fuse)
-        r = LabelStep(teacher=t, backend=be, batch=2, clip_len=4, lat_delay=0.2)
+        r = LabelStep(teacher=t, backend=be, batch=2, clip_len=4)
         assert (r.compile_s > 0) == fuse and not r.graphs
         r.clips.copy_(torch.randint(0, 255, r.clips.shape, generator=torch.Generator().manual_seed(1),
                                     dtype=torch.uint8))
@@ -190,8 +192,9 @@ def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teac
             packed = r.inputs_pair[0]
             packed[:, 0], packed[:, 1], packed[:, 2] = step // 4, step % 4, 10.0 + step  # slot, t, v_ego
             packed[:, 3:5] = torch.tensor([1.0, 0.0])
-            packed[:, 5:] = 0.0
+            packed[:, DESIRE_COLS] = 0.0
             packed[:, 5 + (step // 2) % 3] = 1.0  # desire changes: pulses
+            packed[:, DELAY_COLS] = torch.tensor([[0.2, 0.15], [0.3, 0.25]])  # each row its own delays
             with torch.no_grad():
                 r.step_fn(packed)
         eager, fused = runners
@@ -264,6 +267,39 @@ def test_label_set_is_bound_to_its_frames_and_teacher(dataset: Path, teacher: Pa
     files.write_json_atomic(dataset / "labels" / f"bound-{teacher.name}" / "manifest.json", manifest)
     with pytest.raises(LabelError, match="bound to another frames dataset"):
         label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", name=f"bound-{teacher.name}"))
+
+
+def test_delay_overrides_are_fed_recorded_and_bound(dataset: Path, teacher: Path) -> None:
+    """By default each frame gets its segment's logged delays (the reference loop reads them from meta.json, the
+    liveDelay in force); --lat-delay feeds one value to every segment, the manifest records which per segment, and
+    resuming the set with other overrides is refused."""
+    frames = shards.read_manifest(dataset / "frames", shards.FRAMES_FORMAT)
+    logged = [s["delays"]["lat_delay"] for s in frames["segments"]]
+    assert len(set(logged)) == 2 and 0.2 not in logged  # segments 0 and 1 of a route log different liveDelay values
+    name = f"delay-{teacher.name}"
+    label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=name, lat_delay=0.5))
+    got, want = read_labels(dataset / "labels" / name), reference_labels(dataset, teacher, lat_delay=0.5)
+    for key, (_, policy) in want.items():
+        np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
+    manifest = shards.read_manifest(dataset / "labels" / name, shards.LABELS_FORMAT)
+    assert (manifest["lat_delay"], manifest["long_delay"]) == (0.5, None)
+    lateral = load_teacher([teacher])[0].layout.lateral_params  # v1 takes lateral_control_params, v2 not
+    assert manifest["loop"]["inputs_fed"].get("lateral_control_params") == (["max(v_ego, 0)", 0.5] if lateral
+                                                                            else None)
+    for seg in frames["segments"]:
+        assert manifest["segments"][seg["name"]]["delays"] == {
+            "lat_delay": {"value": 0.5, "source": "--lat-delay"},
+            "long_delay": {"value": seg["delays"]["long_delay"], "source": "carParams.longitudinalActuatorDelay"}}
+    with pytest.raises(LabelError, match=r"was made with --lat-delay 0.5 and the logs' longitudinal delays, not the "
+                                         r"logs' lateral delays"):
+        label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=2, name=name))
+    # what a pass without overrides records: each segment's own, from its log
+    label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=3, name=f"{name}-log"))
+    default = shards.read_manifest(dataset / "labels" / f"{name}-log", shards.LABELS_FORMAT)
+    assert (default["lat_delay"], default["long_delay"]) == (None, None)
+    for seg in frames["segments"]:
+        lat = default["segments"][seg["name"]]["delays"]["lat_delay"]
+        assert lat["source"] == "liveDelay.lateralDelay" and lat["value"] == seg["delays"]["lat_delay"]
 
 
 def test_tensorrt_backend_through_the_label_pass(dataset: Path, teacher: Path, monkeypatch) -> None:

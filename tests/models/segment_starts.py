@@ -27,7 +27,7 @@ def segment_start_outputs(student: torch.nn.Module, pairs: Any, manifest: dict[s
             if not bool(batch["start"][0]):
                 continue
             v, p = unroll(batch["road"], batch["wide"], batch["desire"], batch["traffic"], batch["v_ego"],
-                          batch["start"])
+                          batch["start"], delays=batch["delays"])  # each frame's, as the label pass fed them
             n = int(batch["mask"][0].sum())
             yield (v[0, :n].numpy(), p[0, :n].numpy(), batch["vision"][0, :n].float().numpy(),
                    batch["policy"][0, :n].float().numpy())

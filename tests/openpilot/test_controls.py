@@ -45,6 +45,21 @@ def test_each_release_s_rule() -> None:
     assert control_of({"policy": {"plan": [0, 990]}}, "supercombo-5hz") == "desired_curvature"
 
 
+def test_per_frame_delays_are_each_frames_own() -> None:
+    """Delays per frame (each segment's own from its log) give each frame what that frame's delay alone gives; a
+    plan whose yaw is not linear in time gives other curvatures at other delays."""
+    plan = _plan()
+    plan[:, :, 11] += 0.01 * C.T_IDXS[None] ** 2  # yaw bending: the curvature depends on when it is read
+    lat, lon = np.array([0.1, 0.3, 0.5]), np.array([0.15, 0.35, 0.2])
+    curv, accel = desired_controls({"plan": {"mean": plan}}, "plan", V, lat_delay=lat, long_delay=lon)
+    for i in range(3):
+        c, a = desired_controls({"plan": {"mean": plan[i:i + 1]}}, "plan", V[i:i + 1], lat_delay=float(lat[i]),
+                                long_delay=float(lon[i]))
+        assert curv[i] == pytest.approx(c[0]) and accel[i] == pytest.approx(a[0])
+    other, _ = desired_controls({"plan": {"mean": plan}}, "plan", V, lat_delay=0.2, long_delay=0.15)
+    assert abs(other[0] - curv[0]) > 5e-5  # 0.1 s against 0.2 s: 1e-4 1/m apart
+
+
 def test_driven_curvature_sources() -> None:
     nan = np.full(3, np.nan)
     curv, source = driven_curvature(V, KAPPA * V, nan)
