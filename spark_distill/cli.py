@@ -718,7 +718,9 @@ def verify_labels_command(
                                                   "counts as agreement.")] = 0.02,
 ) -> None:
     """Teacher labels vs the car's logged modelV2 of the same frames: the end-to-end fidelity check of ingest
-    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
+    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove. Also the
+    controls the teacher's release derives from the labels (desired curvature and acceleration, as eval derives
+    them) vs modelV2.action's, where the log has them."""
     from spark_distill.label.from_log import verify_labels
 
     r = verify_labels(root, labels, tolerance=tolerance)
@@ -731,6 +733,22 @@ def verify_labels_command(
     plan = r.fields.get("position", {}).get("per_horizon_mean_abs")
     if plan:
         out.print("position |diff| per horizon (T_IDXS): " + " ".join(f"{v:.2g}" for v in plan), soft_wrap=True)
+    if r.controls:
+        table = Table(title=f"controls derived from the labels ({r.derived_from}) vs modelV2.action",
+                      title_justify="left")
+        for col in ("control", "frames", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
+            table.add_column(col, justify="left" if col == "control" else "right")
+        for name, c in r.controls.items():
+            table.add_row(name.removeprefix("desired_"), str(c["frames"]),
+                          *(f"{c[k]:.3g}" for k in ("mean_abs", "max_abs", "scale", "relative")))
+        out.print(table)
+    for why in r.controls_missing.values():
+        out.print(f"not compared: {why}", highlight=False, soft_wrap=True)
+    if r.controls_agree is not None:
+        out.print(f"controls {'agree' if r.controls_agree else 'differ'}: "
+                  + ("within" if r.controls_agree else "some by more than") + f" {tolerance:g} relative (reported, "
+                  "not part of the verdict: a release from 0.10 smooths the action it logs, and the car's delays may "
+                  "differ from the label pass's)", highlight=False, soft_wrap=True)
     if r.agree:
         out.print(f"[green]agree[/]: every field within {tolerance:g} relative", highlight=False)
     else:
