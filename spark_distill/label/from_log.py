@@ -3,9 +3,10 @@
 """Label sets from what the car logged, and the fidelity check of a teacher label set against it.
 
 - `label_from_log(root, name)`: a label set built from the frames' `modelv2.npy.zst` (the car's own
-  model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and vector layout as
-  a teacher label set (openpilot's v2 output layout); heads the log does not carry are NaN and the
-  manifest names the heads it has (`available_heads`), so training refuses what it cannot use.
+  model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and members as a teacher
+  label set, split vectors (`VISION_HEADS` with a 55-wide meta; policy `plan`, `desire_state`); heads the log
+  does not carry are NaN and the manifest names the heads it has (`available_heads`), so training refuses
+  what it cannot use.
   Frames without a logged message are NaN rows, absent rather than values (training and eval use only the
   frames whose plan is finite: the "labelled" mask); the manifest counts them (`labelled_frames` of `frames`,
   per shard in `labelled`), which matters for a qlog: it keeps 1 modelV2 in 40. No warm-up frames: the car's
