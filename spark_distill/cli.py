@@ -836,6 +836,8 @@ def synth_teacher(
         raise ConfigError(V2_GONE)
     if contract not in (None, "v1"):
         raise ConfigError(f"unknown --contract {contract!r}; --release names a release's layout")
+    if contract == "v1" and release is not None:
+        raise ConfigError(f"--contract v1 (deprecated) and --release {release} name two layouts; drop --contract")
     if contract == "v1":
         console.print("note: --contract is deprecated: v1 is the default teacher's layout (split-lateral); drop it",
                       highlight=False, soft_wrap=True)

@@ -256,6 +256,8 @@ def test_synth_teacher_writes_the_fitted_teacher_unless_asked_for_random(tmp_pat
                                                  "gone; --release 0.10.3 writes the layout of 0.10.1 .. 0.10.3"),
                           (["--fit", "--contract", "v2"], "--contract v2 was a layout no openpilot release shipped"),
                           (["--contract", "v3"], "unknown --contract 'v3'"),
+                          (["--contract", "v1", "--release", "0.10.3"], "--contract v1 (deprecated) and --release "
+                                                                        "0.10.3 name two layouts; drop --contract"),
                           (["--weights", "trained"], "--weights 'trained': choose fitted or random"),
                           (["--fit", "--weights", "random"], "--fit makes a tiny teacher")):
         r = runner.invoke(app, ["synth-teacher", str(tmp_path / "bad"), *args])
