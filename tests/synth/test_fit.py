@@ -103,8 +103,9 @@ def test_simulated_policy_feeds_have_the_contract_shapes() -> None:
 
 
 def test_fit_config_is_validated() -> None:
-    with pytest.raises(ConfigError, match="contract"):
-        F.FitConfig(contract="v3")
+    for gone in ("v2", "v3"):  # v2 (no release shipped it) is gone: the fit has the project's own layout only
+        with pytest.raises(ConfigError, match=f"unknown contract '{gone}': the fitted teacher has the project's"):
+            F.FitConfig(contract=gone)
     with pytest.raises(ConfigError, match="steps"):
         F.FitConfig(vision_steps=0)
     with pytest.raises(ConfigError, match="no fitted v9"):
