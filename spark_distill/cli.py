@@ -753,7 +753,9 @@ def verify_labels_command(
                                                   "counts as agreement.")] = 0.02,
 ) -> None:
     """Teacher labels vs the car's logged modelV2 of the same frames: the end-to-end fidelity check of ingest
-    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove."""
+    (warp, packing, alignment) and the label pass (histories) when the teacher is the model that drove. Also the
+    controls the teacher's release derives from the labels (desired curvature and acceleration, as eval derives
+    them) vs modelV2.action's, where the log has them."""
     from spark_distill.label.from_log import verify_labels
 
     r = verify_labels(_root(root), labels, tolerance=tolerance)
@@ -766,6 +768,22 @@ def verify_labels_command(
     plan = r.fields.get("position", {}).get("per_horizon_mean_abs")
     if plan:
         out.print("position |diff| per horizon (T_IDXS): " + " ".join(f"{v:.2g}" for v in plan), soft_wrap=True)
+    if r.controls:
+        table = Table(title=f"controls derived from the labels ({r.derived_from}) vs modelV2.action",
+                      title_justify="left")
+        for col in ("control", "frames", "mean |diff|", "max |diff|", "mean |logged|", "relative"):
+            table.add_column(col, justify="left" if col == "control" else "right")
+        for name, c in r.controls.items():
+            table.add_row(name.removeprefix("desired_"), str(c["frames"]),
+                          *(f"{c[k]:.3g}" for k in ("mean_abs", "max_abs", "scale", "relative")))
+        out.print(table)
+    for why in r.controls_missing.values():
+        out.print(f"not compared: {why}", highlight=False, soft_wrap=True)
+    if r.controls_agree is not None:
+        out.print(f"controls {'agree' if r.controls_agree else 'differ'}: "
+                  + ("within" if r.controls_agree else "some by more than") + f" {tolerance:g} relative (reported, "
+                  "not part of the verdict: a release from 0.10 smooths the action it logs, and the car's delays may "
+                  "differ from the label pass's)", highlight=False, soft_wrap=True)
     if r.agree:
         out.print(f"[green]agree[/]: every field within {tolerance:g} relative", highlight=False)
     else:
@@ -826,17 +844,12 @@ def synth_route(
 def synth_teacher(
     out_dir: Annotated[Path, typer.Argument(help="Folder for driving_vision.onnx, driving_policy.onnx and metadata.")],
     weights: Annotated[str | None, typer.Option(help="fitted: the shipped teacher that drives (synth/fitted/"
-                                                     "<contract>, what --fit makes with its defaults); random: seeded "
+                                                     "v1, what --fit makes with its defaults); random: seeded "
                                                      "random weights whose outputs mean nothing (tests, timing) "
-                                                     "\\[default: fitted; random with --size bench, --seed, or a "
-                                                     "contract with no shipped fit (v2)].")] = None,
+                                                     "\\[default: fitted; random with --size bench or --seed].")
+                      ] = None,
     size: Annotated[str, typer.Option(help="tiny (tests, CPU) or bench (EfficientNet-B2-shaped, 1.68 GFLOPs/frame, "
                                            "like the real vision model; random weights).")] = "tiny",
-    contract: Annotated[str, typer.Option(help="The fitted/random stand-in's contract, the project's own output "
-                                               "layouts (mixture heads, no pad): v1 (openpilot 0.10.0's inputs: "
-                                               "desire, lateral_control_params, prev_desired_curv) or v2 (0.10.1 .. "
-                                               "0.10.3's: desire_pulse only). --release writes a release's exact "
-                                               "layout.")] = "v1",
     release: Annotated[str | None, typer.Option(help="Instead, a random-weight stand-in with exactly a release's "
                                                      "files, inputs, dtypes and metadata: 0.9.6, 0.9.7, mid-2024, "
                                                      "late-2024, 0.10.0, 0.10.3 or 0.11.")] = None,
@@ -845,11 +858,24 @@ def synth_teacher(
     fit: Annotated[bool, typer.Option("--fit", help="Fit a teacher that drives: learn the path driven, lanes, lead "
                                                     "and desire of varied synthetic drives (a few CPU minutes; "
                                                     "the package ships the result of the defaults).")] = False,
+    contract: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: v1 is the default teacher's "
+                                                                   "layout; v2 is gone (--release 0.10.3).")] = None,
 ) -> None:
-    """Write a stand-in teacher with exactly openpilot's split-model I/O contract (ONNX + metadata): by default
-    the shipped one fitted to drive."""
+    """Write a stand-in teacher with openpilot's split-model I/O (ONNX + metadata): by default the shipped one
+    fitted to drive, in the project's own layout (recognised as openpilot 0.10.0's split-lateral: its inputs,
+    mixture heads, no padding); --release writes a release's exact layout."""
     from spark_distill.errors import ConfigError
+    from spark_distill.synth.teacher import V2_GONE
 
+    if contract == "v2":
+        raise ConfigError(V2_GONE)
+    if contract not in (None, "v1"):
+        raise ConfigError(f"unknown --contract {contract!r}; --release names a release's layout")
+    if contract == "v1" and release is not None:
+        raise ConfigError(f"--contract v1 (deprecated) and --release {release} name two layouts; drop --contract")
+    if contract == "v1":
+        console.print("note: --contract is deprecated: v1 is the default teacher's layout (split-lateral); drop it",
+                      highlight=False, soft_wrap=True)
     if release is not None:
         from spark_distill.synth.releases import write_release
 
@@ -867,19 +893,19 @@ def synth_teacher(
         if size != "tiny" or weights is not None:
             raise ConfigError("--fit makes a tiny teacher with fitted weights; drop --size and --weights")
         with progress_bar("synth-teacher --fit", unit="", on_interrupt=FIT_STOP) as update:
-            result = fit_teacher(out_dir, FitConfig(contract=contract, seed=seed or 0), on_progress=update)
+            result = fit_teacher(out_dir, FitConfig(seed=seed or 0), on_progress=update)
         print_table(f"fitted teacher -> {out_dir}", {
             **{f"vision RMS error, {k}": v for k, v in result.vision_error.items()},
             "policy training loss": result.policy_loss})
         return
     from spark_distill.synth.stand_in import write_stand_in
 
-    written = write_stand_in(out_dir, weights=weights, size=size, contract=contract, seed=seed)
+    written = write_stand_in(out_dir, weights=weights, size=size, seed=seed)
     if written.note:
         console.print(f"note: {written.note}", highlight=False, soft_wrap=True)
-    out.print(f"wrote the fitted {contract} teacher, which drives (the shipped result of --fit) -> {out_dir}"
+    out.print(f"wrote the fitted teacher, which drives (the shipped result of --fit) -> {out_dir}"
               if written.weights == "fitted" else
-              f"wrote a {size} {contract} teacher with random weights (seed {seed or 0}; its outputs mean nothing) "
+              f"wrote a {size} teacher with random weights (seed {seed or 0}; its outputs mean nothing) "
               f"-> {out_dir}", highlight=False, soft_wrap=True)
     for path in written.files.values():
         print(path)

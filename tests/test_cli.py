@@ -92,38 +92,38 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
     route, _, _ = tici_route
     out = tmp_path / "ds"
     assert runner.invoke(app, ["ingest", str(route), "--out", str(out), "--workers", "1"]).exit_code == 0
-    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "teacher"), "--contract", "v2"])
+    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "teacher"), "--weights", "random"])
     assert r.exit_code == 0 and "driving_policy_metadata.pkl" in r.output
     r = runner.invoke(app, ["label", str(out), "--teacher", str(tmp_path / "teacher"), "--batch", "2",
-                            "--backend", "onnxruntime", "--name", "v2set"])
+                            "--backend", "onnxruntime", "--name", "rand"])
     assert r.exit_code == 0, r.output
     assert "frames labeled" in r.output and "80" in r.output
-    assert r.stdout.splitlines()[-1] == f"next: spark-distill train {out} --labels v2set", "label says what comes next"
+    assert r.stdout.splitlines()[-1] == f"next: spark-distill train {out} --labels rand", "label says what comes next"
     r = runner.invoke(app, ["inspect", str(out), "--verify"])
     assert r.exit_code == 0, r.output
-    assert "verified labels/v2set: 1 shards, 4 clips" in r.output
+    assert "verified labels/rand: 1 shards, 4 clips" in r.output
     # a label shard that no longer matches its manifest is found
-    shard = out / "labels" / "v2set" / "shard-000000.tar"
+    shard = out / "labels" / "rand" / "shard-000000.tar"
     good = shard.read_bytes()
     data = bytearray(good)
     data[3000] ^= 0xFF
     shard.write_bytes(bytes(data))
     r = _cli("inspect", str(out), "--verify")
-    assert r.returncode == 2 and "labels/v2set/shard-000000.tar: sha256 differs from the manifest" in r.stderr
-    assert f"Next: re-run `spark-distill label {out} --teacher TEACHER --name v2set" in r.stderr
+    assert r.returncode == 2 and "labels/rand/shard-000000.tar: sha256 differs from the manifest" in r.stderr
+    assert f"Next: re-run `spark-distill label {out} --teacher TEACHER --name rand" in r.stderr
     shard.write_bytes(good)
     # a short training run from the CLI, its summary and loss curve
-    r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--student", "compact-xs", "--batch-size", "2",
+    r = runner.invoke(app, ["train", str(out), "--labels", "rand", "--student", "compact-xs", "--batch-size", "2",
                             "--max-steps", "2", "--val-fraction", "0.3", "--no-mask-warmup", "--workers", "1",
                             "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--burn-in", "4",
                             "--gt-weight", "0.5", "--loss-weights", "lanes=2", "--log-every", "1"])
     assert r.exit_code == 0, r.output
-    run_dir = tmp_path / "runs" / "v2set-compact-xs-none"  # a built-in student trains fully by default
+    run_dir = tmp_path / "runs" / "rand-compact-xs-none"  # a built-in student trains fully by default
     assert "steps" in r.output and (run_dir / "loss.png").exists()
     logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("gt" in x for x in logged if x["split"] == "train"), "the driven-path term is trained and logged"
     # the resolved config.yaml drives another run; options on the command line still win
-    r = runner.invoke(app, ["train", str(out), "--labels", "v2set", "--config", str(run_dir / "config.yaml"),
+    r = runner.invoke(app, ["train", str(out), "--labels", "rand", "--config", str(run_dir / "config.yaml"),
                             "--run", "again", "--max-steps", "1"])
     assert r.exit_code == 0, r.output
     import yaml
@@ -139,8 +139,8 @@ def test_synth_teacher_label_and_verify(tici_route, tmp_path: Path) -> None:
                           (["train", str(out), "--labels", "nope"], "no label set 'nope' in "),
                           (["eval", str(out), "--labels", "nope", "--run", str(tmp_path)], "no label set 'nope' in "),
                           (["verify-labels", str(out), "--labels", "nope"], "no label set 'nope' in "),
-                          (["train", str(out), "--labels", "v2set", "--adapter", "ia3"], "unknown --adapter"),
-                          (["train", str(out), "--labels", "v2set", "--loss-weights", "speed=1"], "--loss-weights")):
+                          (["train", str(out), "--labels", "rand", "--adapter", "ia3"], "unknown --adapter"),
+                          (["train", str(out), "--labels", "rand", "--loss-weights", "speed=1"], "--loss-weights")):
         r = _cli(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
@@ -232,23 +232,32 @@ def test_synth_teacher_writes_the_fitted_teacher_unless_asked_for_random(tmp_pat
 
     shipped = json.loads((SHIPPED / "v1" / "fit.json").read_text())["files"]
     r = runner.invoke(app, ["synth-teacher", str(tmp_path / "fitted")])
-    assert r.exit_code == 0 and r.stdout.startswith("wrote the fitted v1 teacher, which drives"), r.output
+    assert r.exit_code == 0 and r.stdout.startswith("wrote the fitted teacher, which drives"), r.output
     for name, digest in shipped.items():
         assert hashlib.sha256((tmp_path / "fitted" / name).read_bytes()).hexdigest() == digest, name
     assert (tmp_path / "fitted" / "fit.json").exists()
     for args, seed in ((["--weights", "random"], 0), (["--seed", "3"], 3)):
         r = runner.invoke(app, ["synth-teacher", str(tmp_path / f"random{seed}"), *args])
         assert r.exit_code == 0, r.output
-        assert r.stdout.startswith(f"wrote a tiny v1 teacher with random weights (seed {seed};"), r.output
+        assert r.stdout.startswith(f"wrote a tiny teacher with random weights (seed {seed};"), r.output
         assert not (tmp_path / f"random{seed}" / "fit.json").exists()
         vision = (tmp_path / f"random{seed}" / "driving_vision.onnx").read_bytes()
         assert hashlib.sha256(vision).hexdigest() != shipped["driving_vision.onnx"]
-    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "v2"), "--contract", "v2"])  # no fitted v2 is shipped
-    assert r.exit_code == 0 and r.stderr.startswith("note: no fitted v2 teacher is shipped: random weights"), r.output
-    assert "with random weights (seed 0;" in r.stdout
+    # --contract: a hidden, deprecated alias; v1 is the default (fitted) teacher's layout, v2 is refused
+    assert "--contract" not in runner.invoke(app, ["synth-teacher", "--help"]).output
+    r = runner.invoke(app, ["synth-teacher", str(tmp_path / "alias"), "--contract", "v1"])
+    assert r.exit_code == 0 and r.stderr.startswith("note: --contract is deprecated: v1 is the default"), r.output
+    assert r.stdout.startswith("wrote the fitted teacher, which drives"), r.output
+    assert hashlib.sha256((tmp_path / "alias" / "driving_policy.onnx").read_bytes()).hexdigest() == shipped[
+        "driving_policy.onnx"]
     for args, message in ((["--weights", "fitted", "--size", "bench"], "the fitted teacher is tiny"),
                           (["--weights", "fitted", "--seed", "2"], "--seed seeds random weights or a fit"),
-                          (["--weights", "fitted", "--contract", "v2"], "no fitted v2 teacher is shipped"),
+                          (["--contract", "v2"], "--contract v2 was a layout no openpilot release shipped and is "
+                                                 "gone; --release 0.10.3 writes the layout of 0.10.1 .. 0.10.3"),
+                          (["--fit", "--contract", "v2"], "--contract v2 was a layout no openpilot release shipped"),
+                          (["--contract", "v3"], "unknown --contract 'v3'"),
+                          (["--contract", "v1", "--release", "0.10.3"], "--contract v1 (deprecated) and --release "
+                                                                        "0.10.3 name two layouts; drop --contract"),
                           (["--weights", "trained"], "--weights 'trained': choose fitted or random"),
                           (["--fit", "--weights", "random"], "--fit makes a tiny teacher")):
         r = runner.invoke(app, ["synth-teacher", str(tmp_path / "bad"), *args])

@@ -13,9 +13,9 @@ Formats:
 - combined (any student): one graph, inputs img, big_img [1,12,128,256] uint8, desire [1,8],
   traffic_convention [1,2], state [1,H] (+ v_ego [1] where the student reads it), outputs vision_outputs,
   policy_outputs, state_out; opset 14 by default.
-A combined graph declares v_ego only where the student's policy uses it (the v1 contract's
-lateral_control_params); the exporter drops an unused input, so the graph of a student of a v2 teacher
-(openpilot 0.10's policy: desire_pulse, traffic_convention, features_buffer) has none. Consumers feed
+A combined graph declares v_ego only where the student's policy uses it (0.10.0's
+lateral_control_params); the exporter drops an unused input, so the graph of a student of a 0.10.1 .. 0.10.3
+teacher (desire_pulse, traffic_convention, features_buffer) has none. Consumers feed
 the inputs a graph declares (graph.input, or input_shapes in the metadata pkl), as openpilot's modeld and
 its ONNX compile step do; so do the checks here and eval.
 

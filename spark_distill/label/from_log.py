@@ -3,15 +3,21 @@
 """Label sets from what the car logged, and the fidelity check of a teacher label set against it.
 
 - `label_from_log(root, name)`: a label set built from the frames' `modelv2.npy.zst` (the car's own
-  model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and vector layout as
-  a teacher label set (openpilot's v2 output layout); heads the log does not carry are NaN and the
-  manifest names the heads it has (`available_heads`), so training refuses what it cannot use.
+  model outputs) instead of a teacher run — no model, no GPU. Same shards, keys and members as a teacher
+  label set, split vectors (`VISION_HEADS` with a 55-wide meta; policy `plan`, `desire_state`); heads the log
+  does not carry are NaN and the manifest names the heads it has (`available_heads`), so training refuses
+  what it cannot use.
   Frames without a logged message are NaN rows, absent rather than values (training and eval use only the
   frames whose plan is finite: the "labelled" mask); the manifest counts them (`labelled_frames` of `frames`,
   per shard in `labelled`), which matters for a qlog: it keeps 1 modelV2 in 40. No warm-up frames: the car's
   model runs across segment boundaries, so its first outputs of a segment already have history.
 - `verify_labels(root, label_set)`: a teacher label set against the logged modelV2 of the same frames,
-  field by field and horizon by horizon (both sides through `modelv2.rows_from_outputs`).
+  field by field and horizon by horizon (both sides through `modelv2.rows_from_outputs`), and the controls the
+  set's release derives from its labels (`openpilot.controls.desired_controls`: the layout's control source, the
+  label pass's delays, the logged vEgo) against modelV2.action's desiredCurvature / desiredAcceleration where the
+  log has them (a missing one is named, not an error). The controls are reported beside the verdict, not in it:
+  releases from 0.10 smooth the action they log over time (modeld's smooth_value), which the per-frame derivation
+  does not model, and a car's own delays (liveDelay) differ from the label pass's.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.run import record_shard
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot import modelv2 as M
+from spark_distill.openpilot.controls import control_of, desired_controls
 from spark_distill.openpilot.metadata import slices_to_json
+from spark_distill.openpilot.outputs import parse_outputs
+from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
@@ -81,7 +90,7 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
             for sample in shards.iter_shard(fdir / entry["name"], shards.FRAMES_MEMBERS):
                 meta = json.loads(sample["meta.json"])
                 n = len(meta["frame_ids"])
-                rows = (arrays.decode_array(sample["modelv2.npy.zst"]) if "modelv2.npy.zst" in sample
+                rows = (M.widen(arrays.decode_array(sample["modelv2.npy.zst"])) if "modelv2.npy.zst" in sample
                         else np.full((n, M.WIDTH), np.nan, np.float32))
                 vision, policy = M.outputs_from_rows(rows, slices)
                 counts[0] += int(np.isfinite(rows[:, 0]).sum())
@@ -103,23 +112,44 @@ def label_from_log(root: Path, name: str = "logged") -> dict[str, Any]:
     return manifest
 
 
+CONTROL_NAMES = {"desired_curvature": ("desired curvature", "desiredCurvature"),
+                 "desired_acceleration": ("desired acceleration", "desiredAcceleration")}
+CONTROL_FLOOR = {"desired_curvature": 1e-4, "desired_acceleration": 1e-2}  # 1/m, m/s^2: under |logged| in relative
+
+
 @dataclass
 class Agreement:
     frames: int = 0  # frames with both a label and a logged message
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # block -> {max_abs, mean_abs, scale, ...}
-    agree: bool = False
+    agree: bool = False  # every field within the tolerance (the verdict and exit code)
+    derived_from: str = ""  # the layout's control source (openpilot.controls): plan, desired_curvature or action
+    controls: dict[str, dict[str, Any]] = field(default_factory=dict)  # control -> {frames, max_abs, ...}
+    controls_missing: dict[str, str] = field(default_factory=dict)  # control -> why it was not compared
+    controls_agree: bool | None = None  # every compared control within the tolerance; None: none compared
+
+
+def _difference(x: np.ndarray, y: np.ndarray, floor: float) -> dict[str, Any]:
+    diff = np.abs(x - y)
+    scale = float(np.abs(y).mean()) + floor
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "scale": scale,
+            "relative": float(diff.mean() / scale)}
 
 
 def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TOLERANCE) -> Agreement:
-    """Teacher labels vs the logged modelV2, per field (and per horizon for plan blocks)."""
+    """Teacher labels vs the logged modelV2, per field (and per horizon for plan blocks), and the controls the
+    label set's release derives from the labels (openpilot.controls, with the label pass's delays and the logged
+    vEgo) vs modelV2.action's; the verdict (`agree`) is the fields'."""
     fdir = frames_dir(root)
     frames = shards.read_manifest(fdir, shards.FRAMES_FORMAT)
     labels = shards.read_manifest(label_set_dir(root, label_set), shards.LABELS_FORMAT)
     if labels.get("source") == "log":
         raise LabelError(f"label set {label_set} was built from the log itself; compare a teacher label set")
     slices = labels["output_slices"]
+    control = control_of(slices, labels.get("layout"))
+    delays = {"lat_delay": float(labels.get("lat_delay", DEFAULT_LAT_DELAY)),
+              "long_delay": float(labels.get("long_delay", DEFAULT_LONG_DELAY))}
     done = {s["name"] for s in labels["shards"]}
-    ours, logged = [], []
+    ours, logged, derived = [], [], []
     for entry in frames["shards"]:
         if entry["name"] not in done:
             continue
@@ -127,37 +157,66 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
         try:
             lab_iter = shards.iter_shard(root / "labels" / label_set / entry["name"], shards.LABEL_MEMBERS)
             for lab in lab_iter:
-                f = index.read(lab["__key__"], ("modelv2.npy.zst",))
+                f = index.read(lab["__key__"], ("modelv2.npy.zst", "car.npy.zst"))
                 if "modelv2" not in f:
                     continue
-                rows = f["modelv2"]
+                rows = M.widen(f["modelv2"])  # a dataset ingested before the action columns: NaN there
                 have = np.isfinite(rows[:, 0])
-                mine = M.rows_from_outputs(arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32),
-                                           arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
-                ours.append(mine[have])
+                if not have.any():
+                    continue
+                vision = arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32)[have]
+                policy = arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32)[have]
+                ours.append(M.rows_from_outputs(vision, policy, slices))
                 logged.append(rows[have])
+                parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
+                v_ego = np.nan_to_num(f["car"][have, 0], nan=0.0)  # as the label pass feeds it
+                derived.append(np.stack(desired_controls(parsed, control, v_ego, **delays), -1))
         finally:
             index.close()
-    if not ours or not sum(len(x) for x in ours):
+    if not ours:
         raise DatasetError(f"{root}: no frame has both a label in {label_set} and a logged modelV2 message")
     a, b = np.concatenate(ours), np.concatenate(logged)
-    result = Agreement(frames=len(a))
+    result = Agreement(frames=len(a), derived_from=control)
     worst = 0.0
     for block, start, stop in M.columns():
-        if block in ("model_execution_time", "frame_drop_perc"):
+        if block in ("model_execution_time", "frame_drop_perc", *M.CONTROLS):
             continue
         x, y = a[:, start:stop], b[:, start:stop]
         both = np.isfinite(x) & np.isfinite(y)
         if not both.any():
             continue
-        diff = np.abs(x - y)[both]
-        scale = float(np.abs(y[both]).mean()) + 1e-3
-        entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "scale": scale,
-                 "relative": float(diff.mean() / scale)}
+        entry = _difference(x[both], y[both], 1e-3)
         if block in dict(M.PLAN_FIELDS):  # per horizon: x, y, z at T_IDXS
             per = np.abs(x - y).reshape(len(x), 3, C.IDX_N)
             entry["per_horizon_mean_abs"] = [round(float(v), 6) for v in np.nanmean(per, axis=(0, 1))]
         result.fields[block] = entry
         worst = max(worst, entry["relative"])
     result.agree = worst <= tolerance
+    _compare_controls(result, np.concatenate(derived), M.split_blocks(b), tolerance)
     return result
+
+
+def _compare_controls(result: Agreement, derived: np.ndarray, logged: dict[str, np.ndarray],
+                      tolerance: float) -> None:
+    """Fill result.controls (or controls_missing) from derived (F, 2) and the logged action columns."""
+    for k, block in enumerate(M.CONTROLS):
+        label, capnp_name = CONTROL_NAMES[block]
+        y = logged[block][:, 0]
+        if not np.isfinite(y).any():
+            result.controls_missing[block] = (
+                f"{label}: the log has no modelV2.action.{capnp_name} (no action in its messages, or a schema "
+                "without the field at ingest: openpilot-logging's cereal has desiredCurvature only; ingest "
+                "--schema-dir DIR with a newer log.capnp reads it)")
+            continue
+        if not np.any(y[np.isfinite(y)]):
+            result.controls_missing[block] = (f"{label}: modelV2.action.{capnp_name} is 0 in every message (a "
+                                              "release whose action does not fill it)")
+            continue
+        x = derived[:, k]
+        both = np.isfinite(x) & np.isfinite(y)
+        if not both.any():
+            result.controls_missing[block] = f"{label}: no frame where both the labels' and the log's are finite"
+            continue
+        result.controls[block] = {"frames": int(both.sum()), **_difference(x[both], y[both], CONTROL_FLOOR[block])}
+    if result.controls:
+        result.controls_agree = max(c["relative"] for c in result.controls.values()) <= tolerance

@@ -11,7 +11,11 @@ writer, `label --from-log` and `verify-labels` cannot drift apart:
   meta.desireState);
 - `fill_message(b, row)`: row -> a ModelDataV2 builder (the synthetic route writer);
 - `outputs_from_rows(rows, slices)`: rows -> raw vectors that `openpilot.outputs.parse_outputs` turns back
-  into the logged values (NaN in the heads the log does not carry: `LOGGED_HEADS` names those it does).
+  into the logged values (NaN in the heads the log does not carry: `LOGGED_HEADS` names those it does);
+- `widen(rows)`: stored rows of any age -> (T, WIDTH).
+The last blocks, `CONTROLS`, are modelV2.action's desiredCurvature and desiredAcceleration (the controls modeld
+derived from its outputs): NaN where the message has no action or the schema lacks the field (openpilot-logging's
+cereal has desiredCurvature only); `rows_from_outputs` leaves them NaN (they are not model outputs).
 """
 
 from __future__ import annotations
@@ -41,12 +45,24 @@ def _layout() -> dict[str, int]:
     out["leads"], out["leads_std"], out["lead_probs"] = LEADS * 4 * LT, LEADS * 4 * LT, LEADS
     out["desire_state"] = C.DESIRE_LEN
     out["model_execution_time"], out["frame_drop_perc"] = 1, 1
+    # appended last, so a row of a dataset ingested before them is a prefix (`widen`)
+    out["desired_curvature"], out["desired_acceleration"] = 1, 1  # action.desiredCurvature / desiredAcceleration
     return out
 
 
 LAYOUT = _layout()
 WIDTH = sum(LAYOUT.values())
 LOGGED_HEADS = ("plan", "lane_lines", "lane_lines_prob", "road_edges", "lead", "lead_prob", "desire_state")
+CONTROLS = ("desired_curvature", "desired_acceleration")  # the blocks of modelV2.action: not model heads
+ACTION_FIELDS = {"desired_curvature": "desiredCurvature", "desired_acceleration": "desiredAcceleration"}
+
+
+def widen(rows: np.ndarray) -> np.ndarray:
+    """Stored rows (T, <= WIDTH) as (T, WIDTH): a dataset ingested before the `CONTROLS` blocks lacks them (NaN)."""
+    rows = np.asarray(rows, np.float32)
+    if rows.shape[-1] == WIDTH:
+        return rows
+    return np.concatenate([rows, np.full((*rows.shape[:-1], WIDTH - rows.shape[-1]), np.nan, np.float32)], -1)
 
 
 def columns() -> list[list[Any]]:
@@ -136,6 +152,11 @@ def row_from_message(m: Any) -> np.ndarray:
         blocks["desire_state"] = np.array(list(m.meta.desireState), np.float32)
     blocks["model_execution_time"] = np.array([m.modelExecutionTime], np.float32)
     blocks["frame_drop_perc"] = np.array([m.frameDropPerc], np.float32)
+    if "action" in m.schema.fieldnames and m._has("action"):  # releases before 0.9.5 log no action
+        names = m.action.schema.fieldnames  # the schema's: openpilot-logging's has no desiredAcceleration
+        for block, name in ACTION_FIELDS.items():
+            if name in names:
+                blocks[block] = np.array([getattr(m.action, name)], np.float32)
     return _join(blocks, ())
 
 
@@ -167,6 +188,10 @@ def fill_message(b: Any, row: np.ndarray) -> None:
     b.meta.desireState = blocks["desire_state"].tolist()
     b.modelExecutionTime = float(blocks["model_execution_time"][0])
     b.frameDropPerc = float(blocks["frame_drop_perc"][0])
+    names = b.schema.fields["action"].schema.fieldnames if "action" in b.schema.fieldnames else ()
+    for block, name in ACTION_FIELDS.items():  # what the schema has of what the row has
+        if name in names and np.isfinite(blocks[block][0]):
+            setattr(b.action, name, float(blocks[block][0]))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -85,8 +85,9 @@ class FitConfig:
     policy_batch: int = 256
 
     def __post_init__(self) -> None:
-        if self.contract not in ("v1", "v2"):
-            raise ConfigError(f"unknown contract {self.contract!r}; choose v1 or v2")
+        if self.contract != "v1":  # the one layout of the project's own; v2 (no release shipped it) is gone
+            raise ConfigError(f"unknown contract {self.contract!r}: the fitted teacher has the project's own layout, "
+                              "v1 (`synth-teacher --release` writes a release's)")
         if self.routes < 1 or self.seconds < 2.0 or self.policy_drives < 1 or self.policy_seconds < 1.0:
             raise ConfigError("fit needs at least 1 route of 2 s and 1 simulated drive of 1 s")
         if min(self.vision_steps, self.policy_steps, self.vision_batch, self.policy_batch) < 1:
@@ -116,7 +117,7 @@ def copy_fitted(out: Path, contract: str = "v1") -> dict[str, Path]:
     missing = [f for f in PAIR_FILES if not (src / f).exists()]
     if missing:
         raise ConfigError(f"no fitted {contract} teacher is shipped ({src / missing[0]} missing); "
-                          f"run `spark-distill synth-teacher DIR --fit --contract {contract}`")
+                          "run `spark-distill synth-teacher DIR --fit`")
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in PAIR_FILES:

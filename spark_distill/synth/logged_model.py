@@ -2,8 +2,10 @@
 # Copyright (c) 2026 spark-distill authors
 """Give a synthetic route the `modelV2` messages a comma device logs: a stand-in teacher run over the
 route's own frames exactly as modeld runs (ingest + the label pass, in a scratch folder), its outputs
-written as modelV2 events (matched to camera frames by frameId) into each segment's rlog. The logged
-outputs are then consistent with the images, as on a car. Entry point: `add_logged_model`.
+written as modelV2 events (matched to camera frames by frameId) into each segment's rlog, with the controls its
+release derives from them in `action` (desiredCurvature; desiredAcceleration only where the schema has it, which
+openpilot-logging's does not). The logged outputs are then consistent with the images, as on a car. Entry point:
+`add_logged_model`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from spark_distill.data import shards
 from spark_distill.errors import ConfigError
 from spark_distill.ingest.logs import load_schema, read_log_bytes
 from spark_distill.openpilot import modelv2 as M
+from spark_distill.openpilot.controls import control_of, desired_controls
+from spark_distill.openpilot.outputs import parse_outputs
 from spark_distill.synth.rlog import event, write_log
 from spark_distill.synth.upload import QLOG_DECIMATION
 
 EXECUTION_TIME_S = 0.025  # what a comma 3X's modelExecutionTime looks like
+
+
+def logged_controls(vision: np.ndarray, policy: np.ndarray, v_ego: np.ndarray, labels: dict) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """(desired curvature, desired acceleration) per frame as the teacher's release derives them from its outputs
+    (openpilot.controls, with the label pass's delays): what modeld logs in modelV2.action."""
+    parsed = {**parse_outputs(vision, labels["output_slices"]["vision"]),
+              **parse_outputs(policy, labels["output_slices"]["policy"])}
+    return desired_controls(parsed, control_of(labels["output_slices"], labels.get("layout")), v_ego,
+                            lat_delay=float(labels["lat_delay"]), long_delay=float(labels["long_delay"]))
 
 
 def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> None:
@@ -34,7 +50,8 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
         ingest(IngestConfig(inputs=tuple(str(t.path) for t in truths), out=scratch, workers=1))
         label(LabelConfig(root=scratch, teacher=(teacher,), name="logged", backend="onnxruntime", batch=2,
                           device="cpu"))
-        slices = shards.read_manifest(scratch / "labels" / "logged", shards.LABELS_FORMAT)["output_slices"]
+        labels = shards.read_manifest(scratch / "labels" / "logged", shards.LABELS_FORMAT)
+        slices = labels["output_slices"]
         names = [s["name"] for s in shards.read_manifest(scratch / "frames", shards.FRAMES_FORMAT)["segments"]]
         schema = load_schema()
         for truth in truths:
@@ -44,6 +61,8 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
             blocks = M.split_blocks(rows)  # views into rows
             blocks["model_execution_time"][:] = EXECUTION_TIME_S
             blocks["frame_drop_perc"][:] = 0.0
+            blocks["desired_curvature"][:, 0], blocks["desired_acceleration"][:, 0] = logged_controls(
+                seg.teacher_vision, seg.teacher_policy, seg.v_ego, labels)
             events = []
             for fid, t_ns, row in zip(seg.frame_ids, seg.timestamps_ns, rows, strict=True):
                 def fill(b, fid=int(fid), t_ns=int(t_ns), row=row):

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """The stand-in teacher `spark-distill synth-teacher` writes: the shipped fitted pair, which drives
-(`synth/fitted/<contract>/`, what `synth-teacher --fit` makes with its defaults), or seeded random weights, whose
-outputs mean nothing (tests and timing). Entry point: `write_stand_in(out, weights=..., size=..., contract=...)`.
+(`synth/fitted/v1/`, what `synth-teacher --fit` makes with its defaults), or seeded random weights, whose
+outputs mean nothing (tests and timing), both in the project's own layout (recognised as `split-lateral`). Entry
+point: `write_stand_in(out, weights=..., size=...)`.
 
-The default is the fitted pair; random weights where none fits: `--size bench` (the fit is tiny) and a contract
-with no shipped fit (v2), the latter with a note saying how to fit one.
+The default is the fitted pair; random weights where none fits (`--size bench`: the fit is tiny) or where the
+package lacks its files (with a note saying how to fit one).
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ class StandIn:
     note: str | None = None  # why a default turned into random weights
 
 
-def shipped_fit(contract: str) -> bool:
-    """Whether the package ships a fitted teacher pair of this contract (synth/fitted/<contract>/)."""
+def shipped_fit() -> bool:
+    """Whether the package ships the fitted teacher pair (synth/fitted/v1/)."""
     from spark_distill.synth.fit import PAIR_FILES, SHIPPED  # not fit.py itself: its digest pins the shipped pair
 
-    return all((SHIPPED / contract / f).exists() for f in PAIR_FILES)
+    return all((SHIPPED / "v1" / f).exists() for f in PAIR_FILES)
 
 
-def write_stand_in(out: Path, *, weights: str | None = None, size: str = "tiny", contract: str = "v1",
-                   seed: int | None = None) -> StandIn:
+def write_stand_in(out: Path, *, weights: str | None = None, size: str = "tiny", seed: int | None = None
+                   ) -> StandIn:
     """Write the fitted pair (`weights="fitted"`, the default where one is shipped) or a random-weight teacher of
     `seed` (default 0) into `out`."""
     from spark_distill.synth.fit import copy_fitted
@@ -45,17 +46,17 @@ def write_stand_in(out: Path, *, weights: str | None = None, size: str = "tiny",
     if weights is None:
         if size != "tiny" or seed is not None:
             weights = "random"
-        elif shipped_fit(contract):
+        elif shipped_fit():
             weights = "fitted"
         else:
             weights = "random"
-            note = (f"no fitted {contract} teacher is shipped: random weights (its outputs mean nothing); "
-                    f"`spark-distill synth-teacher DIR --fit --contract {contract}` fits one (a few CPU minutes)")
+            note = ("no fitted teacher is shipped with this package: random weights (its outputs mean nothing); "
+                    "`spark-distill synth-teacher DIR --fit` fits one (a few CPU minutes)")
     if weights == "random":
-        return StandIn("random", write_teacher(out, size=size, contract=contract, seed=seed or 0), note)
+        return StandIn("random", write_teacher(out, size=size, seed=seed or 0), note)
     if size != "tiny":
         raise ConfigError(f"the fitted teacher is tiny; --size {size} has random weights only (--weights random)")
     if seed is not None:
         raise ConfigError("--seed seeds random weights or a fit; the shipped fitted teacher is the fit of seed 0: "
                           "add --weights random or --fit")
-    return StandIn("fitted", copy_fitted(out, contract))
+    return StandIn("fitted", copy_fitted(out))

@@ -2,13 +2,15 @@
 # Copyright (c) 2026 spark-distill authors
 """Stand-in teachers: seeded convolutional networks with exactly openpilot's split-model I/O contract.
 
-Main entry point: `write_teacher(out, size="tiny"|"bench", contract="v1"|"v2")`, which writes
-`driving_vision.onnx`, `driving_policy.onnx`, openpilot-format `*_metadata.pkl` and the
-`output_slices` metadata property inside each ONNX (as openpilot's get_model_metadata.py reads it).
+Main entry point: `write_teacher(out, size="tiny"|"bench")`, which writes `driving_vision.onnx`,
+`driving_policy.onnx`, openpilot-format `*_metadata.pkl` and the `output_slices` metadata property inside each ONNX
+(as openpilot's get_model_metadata.py reads it), in the project's own layout "v1" (the one the shipped fitted teacher
+has, recognised as openpilot 0.10.0's `split-lateral`: its inputs, the project's slices without padding). A
+release's exact layout is `synth/releases.py` (`synth-teacher --release`); the former "v2" (0.10.1's inputs with
+mixture heads and no pad) was a layout no release shipped and is gone: 0.10.1 .. 0.10.3's is `--release 0.10.3`.
 
-Inputs: vision `img`, `big_img` uint8 [1, 12, 128, 256]; policy v1 `desire` [1, 25, 8],
-`traffic_convention` [1, 2], `lateral_control_params` [1, 2], `prev_desired_curv` [1, 25, 1],
-`features_buffer` [1, 25, 512]; v2 `desire_pulse`, `traffic_convention`, `features_buffer`.
+Inputs: vision `img`, `big_img` uint8 [1, 12, 128, 256]; policy `desire` [1, 25, 8], `traffic_convention` [1, 2],
+`lateral_control_params` [1, 2], `prev_desired_curv` [1, 25, 1], `features_buffer` [1, 25, 512].
 Outputs: one flat float32 vector `outputs` [1, N] each.
 
 Sizes: `tiny` for tests (a plain conv trunk, ~0.05 GFLOPs per frame); `bench` is built like the real
@@ -38,7 +40,9 @@ from spark_distill.errors import ConfigError
 from spark_distill.openpilot import contract as C
 
 SIZES = ("tiny", "bench")
-CONTRACTS = ("v1", "v2")
+CONTRACTS = ("v1",)  # the project's own layout; every other is a release's (synth/releases.py)
+V2_GONE = ("--contract v2 was a layout no openpilot release shipped and is gone; --release 0.10.3 writes the "
+           "layout of 0.10.1 .. 0.10.3 (desire_pulse, no lateral inputs)")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class StandInVision(nn.Module):
 
 
 class StandInPolicy(nn.Module):
-    """A temporal model over the 5 s feature history, plus desire, traffic (and v1's extra inputs)."""
+    """A temporal model over the 5 s feature history, plus desire, traffic and the lateral inputs."""
 
     def __init__(self, size: TeacherSize, inputs: dict[str, tuple[int, ...]], width: int) -> None:
         super().__init__()
@@ -144,14 +148,19 @@ class StandInPolicy(nn.Module):
         return self.out(self.mlp(torch.cat([feats, *rest], dim=1)))
 
 
-def policy_inputs(contract: str) -> dict[str, tuple[int, ...]]:
+def _check(contract: str) -> None:
+    if contract == "v2":
+        raise ConfigError(V2_GONE)
+    if contract not in CONTRACTS:
+        raise ConfigError(f"unknown contract {contract!r}: the stand-in's own layout is v1; a release's is --release")
+
+
+def policy_inputs(contract: str = "v1") -> dict[str, tuple[int, ...]]:
+    _check(contract)
     t = C.INPUT_HISTORY_BUFFER_LEN
-    if contract == "v1":
-        return {"desire": (1, t, C.DESIRE_LEN), "traffic_convention": (1, C.TRAFFIC_CONVENTION_LEN),
-                "lateral_control_params": (1, C.LATERAL_CONTROL_PARAMS_LEN),
-                "prev_desired_curv": (1, t, C.PREV_DESIRED_CURV_LEN), "features_buffer": (1, t, C.FEATURE_LEN)}
-    return {"desire_pulse": (1, t, C.DESIRE_LEN), "traffic_convention": (1, C.TRAFFIC_CONVENTION_LEN),
-            "features_buffer": (1, t, C.FEATURE_LEN)}
+    return {"desire": (1, t, C.DESIRE_LEN), "traffic_convention": (1, C.TRAFFIC_CONVENTION_LEN),
+            "lateral_control_params": (1, C.LATERAL_CONTROL_PARAMS_LEN),
+            "prev_desired_curv": (1, t, C.PREV_DESIRED_CURV_LEN), "features_buffer": (1, t, C.FEATURE_LEN)}
 
 
 def _init(module: nn.Module, seed: int) -> None:
@@ -188,16 +197,14 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path, prop
     tmp.replace(path)
 
 
-def contract_slices(contract: str) -> tuple[dict[str, slice], dict[str, slice]]:
-    """(vision, policy) output slices of a contract version."""
-    if contract not in CONTRACTS:
-        raise ConfigError(f"unknown contract {contract!r}; choose one of {', '.join(CONTRACTS)}")
-    meta_width = 48 if contract == "v1" else 55
-    return (C.layout(C.VISION_HEADS, meta_width=meta_width),
-            C.layout(C.POLICY_HEADS_V1 if contract == "v1" else C.POLICY_HEADS_V2))
+def contract_slices(contract: str = "v1") -> tuple[dict[str, slice], dict[str, slice]]:
+    """(vision, policy) output slices of the project's own layout (a meta head of 48, mixture heads, no pad)."""
+    _check(contract)
+    return C.layout(C.VISION_HEADS, meta_width=48), C.layout(C.POLICY_HEADS_V1)
 
 
-def write_pair(out: Path, vision: nn.Module, policy: nn.Module, *, contract: str, model_name: str) -> dict[str, Path]:
+def write_pair(out: Path, vision: nn.Module, policy: nn.Module, *, contract: str = "v1", model_name: str
+               ) -> dict[str, Path]:
     """Export a vision/policy module pair with openpilot's metadata (pkl and ONNX property) into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     vision_slices, policy_slices = contract_slices(contract)
@@ -228,7 +235,8 @@ def write_pair(out: Path, vision: nn.Module, policy: nn.Module, *, contract: str
 
 
 def write_teacher(out: Path, *, size: str = "tiny", contract: str = "v1", seed: int = 0) -> dict[str, Path]:
-    """Write a seeded, randomly initialised stand-in teacher pair with metadata into `out`; returns the paths."""
+    """Write a seeded, randomly initialised stand-in teacher pair with metadata into `out`; returns the paths.
+    `contract`: "v1", the one layout of the project's own (kept as a name: the fitted teacher's fit.json records it)."""
     if size not in PRESETS:
         raise ConfigError(f"unknown teacher size {size!r}; choose one of {', '.join(SIZES)}")
     vision_slices, policy_slices = contract_slices(contract)

@@ -126,26 +126,26 @@ def test_openpilot_combined(runs: dict[str, Path], tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def v2_run(labeled: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The openpilot student of a teacher with openpilot 0.10's policy contract (no lateral_control_params)."""
-    from spark_distill.synth.teacher import write_teacher
+def pulse_run(labeled: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The openpilot student of openpilot 0.10.3's layout (desire_pulse, no lateral_control_params)."""
+    from spark_distill.synth.releases import write_release
 
-    teacher = tmp_path_factory.mktemp("teacher-v2")
-    write_teacher(teacher, contract="v2", seed=2)
-    label(LabelConfig(root=labeled, teacher=(teacher,), backend="onnxruntime", batch=4, name="v2"))
-    yield _train(labeled, tmp_path_factory.mktemp("runs-v2"), "op2", labels="v2", student="openpilot",
+    teacher = tmp_path_factory.mktemp("teacher-0.10.3")
+    write_release(teacher, "0.10.3", seed=2)
+    label(LabelConfig(root=labeled, teacher=(teacher,), backend="onnxruntime", batch=4, name="r0103"))
+    yield _train(labeled, tmp_path_factory.mktemp("runs-0.10.3"), "op2", labels="r0103", student="openpilot",
                  student_onnx=teacher, max_steps=1)
-    shutil.rmtree(labeled / "labels" / "v2")
+    shutil.rmtree(labeled / "labels" / "r0103")
 
 
-def test_openpilot_combined_without_v_ego(v2_run: Path, tmp_path: Path) -> None:
-    """The graph drops v_ego, which a 0.10 policy has no use for; the checks feed what the graph declares."""
+def test_openpilot_combined_without_v_ego(pulse_run: Path, tmp_path: Path) -> None:
+    """The graph drops v_ego, which a 0.10.1+ policy has no use for; the checks feed what the graph declares."""
     from typer.testing import CliRunner
 
     from spark_distill.cli import app
 
     out = tmp_path / "e"
-    res = CliRunner().invoke(app, ["export", str(v2_run), "--output", str(out), "--format", "combined",
+    res = CliRunner().invoke(app, ["export", str(pulse_run), "--output", str(out), "--format", "combined",
                                    "--check", "tinygrad", "--verify-frames", "4"])
     assert res.exit_code == 0, res.output
     assert "max |tinygrad - ORT|" in res.output

@@ -16,19 +16,24 @@ from spark_distill.errors import ConfigError, UnknownTeacherError
 from spark_distill.label.backends import get_backend
 from spark_distill.openpilot.teachers import load_teacher, make_batch_dynamic, random_inputs
 from spark_distill.synth.fit import SHIPPED
+from spark_distill.synth.releases import write_release
 from spark_distill.synth.teacher import write_teacher
 
 from . import fake_tensorrt
 
 
-@pytest.fixture(scope="module", params=["v1", "v2", "fitted"])
+@pytest.fixture(scope="module", params=["v1", "0.10.3", "fitted"])
 def teacher(request, tmp_path_factory):
-    """Random-weight stand-ins of both contracts, and the shipped fitted teacher (its clamps are `Constant`-fed
-    `Clip`s, which onnx2torch takes only as initializers: the torch backend failed on it, on every GPU)."""
+    """Random-weight stand-ins of the project's own layout and of openpilot 0.10.3 (desire_pulse, float16 history,
+    pads), and the shipped fitted teacher (its clamps are `Constant`-fed `Clip`s, which onnx2torch takes only as
+    initializers: the torch backend failed on it, on every GPU)."""
     if request.param == "fitted":
         return load_teacher([SHIPPED / "v1"])
     out = tmp_path_factory.mktemp(f"t-{request.param}")
-    write_teacher(out, contract=request.param, seed=5)
+    if request.param == "v1":
+        write_teacher(out, seed=5)
+    else:
+        write_release(out, request.param, seed=5)
     return load_teacher([out])
 
 

@@ -63,13 +63,15 @@ def test_ingest_stores_the_logged_model_per_frame(logged: Path) -> None:
         assert seg["logged_model"]["messages"] == 40 and seg["logged_model"]["mean_model_execution_time_s"] > 0
     sample = next(shards.iter_shard(logged / "frames" / "shard-000000.tar", shards.FRAMES_MEMBERS))
     rows = arrays.decode_array(sample["modelv2.npy.zst"])
-    assert rows.shape == (10, M.WIDTH) and np.isfinite(rows).all()
+    blocks = {b: (a, z) for b, a, z in M.columns()}
+    acc = blocks["desired_acceleration"][0]
+    assert rows.shape == (10, M.WIDTH) and np.isfinite(np.delete(rows, acc, 1)).all()
+    assert np.isnan(rows[:, acc]).all(), "openpilot-logging's cereal has no action.desiredAcceleration"
     # the logged rows are what modeld would have filled from the teacher's outputs of these frames
     lab = next(shards.iter_shard(logged / "labels" / "t1" / "shard-000000.tar", shards.LABEL_MEMBERS))
     slices = shards.read_manifest(logged / "labels" / "t1", shards.LABELS_FORMAT)["output_slices"]
     mine = M.rows_from_outputs(arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32),
                                arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32), slices)
-    blocks = {b: (a, z) for b, a, z in M.columns()}
     keep = slice(0, blocks["model_execution_time"][0])
     np.testing.assert_allclose(mine[:, keep], rows[:, keep], rtol=1e-6, atol=1e-6)
 
@@ -77,13 +79,22 @@ def test_ingest_stores_the_logged_model_per_frame(logged: Path) -> None:
 def test_verify_labels_agrees_with_the_model_that_drove_and_catches_another(logged: Path) -> None:
     same = verify_labels(logged, "t1")
     assert same.agree and same.frames == 80 and max(f["relative"] for f in same.fields.values()) < 1e-6
+    # the controls split-lateral (0.10.0) derives from the plan, against the logged action.desiredCurvature
+    curv = same.controls["desired_curvature"]
+    assert same.derived_from == "plan" and same.controls_agree and curv["frames"] == 80
+    assert curv["relative"] < 1e-5 and curv["scale"] > 2e-4, curv  # a real curvature, matched, not two zeros
+    assert list(same.controls) == ["desired_curvature"]
+    assert "no modelV2.action.desiredAcceleration" in same.controls_missing["desired_acceleration"]
     other = verify_labels(logged, "t2")
     assert not other.agree and other.fields["position"]["relative"] > 0.1
     assert len(other.fields["position"]["per_horizon_mean_abs"]) == C.IDX_N
+    assert other.controls_agree is False and other.controls["desired_curvature"]["relative"] > 0.1
     cli = subprocess.run([sys.executable, "-m", "spark_distill", "verify-labels", str(logged), "--labels", "t2"],
                          capture_output=True, text=True)
-    assert cli.returncode == 1 and "disagree" in cli.stderr
-    assert "agree" in runner.invoke(app, ["verify-labels", str(logged), "--labels", "t1"]).output
+    assert cli.returncode == 1 and "disagree" in cli.stderr and "controls differ" in cli.stdout
+    r = runner.invoke(app, ["verify-labels", str(logged), "--labels", "t1"])
+    assert r.exit_code == 0 and "controls agree" in r.output and "│ curvature " in r.output
+    assert "not compared: desired acceleration: the log has no modelV2.action.desiredAcceleration" in r.output
 
 
 def test_label_from_log_trains_like_any_label_set(logged: Path, tmp_path: Path) -> None:

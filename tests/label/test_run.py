@@ -20,6 +20,7 @@ from spark_distill.errors import LabelError
 from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import COMPILE_S, LabelConfig, label
 from spark_distill.openpilot.teachers import load_teacher
+from spark_distill.synth.releases import write_release
 from spark_distill.synth.teacher import write_teacher
 from tests.procs import children, running
 
@@ -34,10 +35,14 @@ def dataset(tici_route, faulty_routes, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=["v1", "0.10.3"])
 def teacher(request, tmp_path_factory) -> Path:
+    """The project's own layout (0.10.0's inputs) and openpilot 0.10.3's (desire_pulse, float16 history, pads)."""
     out = tmp_path_factory.mktemp(f"teacher-{request.param}")
-    write_teacher(out, contract=request.param, seed=3)
+    if request.param == "v1":
+        write_teacher(out, seed=3)
+    else:
+        write_release(out, request.param, seed=3)
     return out
 
 
@@ -52,6 +57,7 @@ def reference_labels(root: Path, teacher_dir: Path, lat_delay: float | None = No
     ps = {k: [v.start, v.stop] for k, v in __import__("pickle").loads(
         (teacher_dir / "driving_policy_metadata.pkl").read_bytes())["output_slices"].items()}
     names = [i.name for i in policy.get_inputs()]
+    dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in policy.get_inputs()}
     manifest = shards.read_manifest(root / "frames", shards.FRAMES_FORMAT)
     samples = [shards.decode_sample(s) for e in manifest["shards"]
                for s in shards.iter_shard(root / "frames" / e["name"], shards.FRAMES_MEMBERS)]
@@ -92,7 +98,7 @@ def reference_labels(root: Path, teacher_dir: Path, lat_delay: float | None = No
                      "desire_pulse": desire_buf.reshape(25, 4, 8).max(axis=1)[None],
                      "lateral_control_params": np.array([[max(float(s["car"][t, 0]), 0.0), lat]], np.float32),
                      "prev_desired_curv": 0 * curv_buf[3::4][None]}  # 0.10.0 fed zeros: `0*...`
-            p = policy.run(None, {n: feeds[n] for n in names})[0][0]
+            p = policy.run(None, {n: feeds[n].astype(dtypes[n]) for n in names})[0][0]
             if "desired_curvature" in ps:
                 curv_buf = np.concatenate([curv_buf[1:], [[p[ps["desired_curvature"][0]]]]]).astype(np.float32)
             vis_rows.append(v)
@@ -283,7 +289,7 @@ def test_delay_overrides_are_fed_recorded_and_bound(dataset: Path, teacher: Path
         np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
     manifest = shards.read_manifest(dataset / "labels" / name, shards.LABELS_FORMAT)
     assert (manifest["lat_delay"], manifest["long_delay"]) == (0.5, None)
-    lateral = load_teacher([teacher])[0].layout.lateral_params  # v1 takes lateral_control_params, v2 not
+    lateral = load_teacher([teacher])[0].layout.lateral_params  # v1 takes lateral_control_params, 0.10.3 not
     assert manifest["loop"]["inputs_fed"].get("lateral_control_params") == (["max(v_ego, 0)", 0.5] if lateral
                                                                             else None)
     for seg in frames["segments"]:

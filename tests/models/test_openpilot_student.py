@@ -16,17 +16,21 @@ from spark_distill.ingest.run import IngestConfig, ingest
 from spark_distill.label.run import LabelConfig, label
 from spark_distill.models.lora import apply_adapters
 from spark_distill.models.openpilot import DEFAULT_TARGETS, OpenpilotStudent
+from spark_distill.synth.releases import write_release
 from spark_distill.synth.teacher import write_teacher
 from spark_distill.train.loader import ClipStream, make_loader
 from spark_distill.train.step import Unroll
 from tests.models.segment_starts import segment_start_outputs
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=["v1", "0.10.3"])  # the project's own layout (split-lateral), 0.10.3's
 def labeled(request, tici_route, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp(f"op-{request.param}")
     ingest(IngestConfig(inputs=(str(tici_route[0]),), out=root, workers=1, clip_len=10, shard_clips=4))
-    write_teacher(root / "teacher", contract=request.param, seed=4)
+    if request.param == "v1":
+        write_teacher(root / "teacher", seed=4)
+    else:
+        write_release(root / "teacher", request.param, seed=4)
     label(LabelConfig(root=root, teacher=(root / "teacher",), backend="onnxruntime", batch=2, name="set"))
     return root, root / "teacher"
 

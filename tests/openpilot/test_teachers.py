@@ -16,6 +16,7 @@ import pytest
 from spark_distill.errors import LabelError
 from spark_distill.openpilot.metadata import safe_loads
 from spark_distill.openpilot.teachers import load_teacher
+from spark_distill.synth.releases import write_release
 from spark_distill.synth.teacher import write_teacher
 
 
@@ -26,7 +27,7 @@ def v1(tmp_path_factory) -> Path:
     return out
 
 
-def test_both_contracts_load_with_names_and_shapes_from_the_graphs(v1: Path, tmp_path: Path) -> None:
+def test_the_own_layout_and_a_release_load_with_names_and_shapes_from_the_graphs(v1: Path, tmp_path: Path) -> None:
     t, _, _ = load_teacher([v1])
     assert list(t.policy.inputs) == ["desire", "traffic_convention", "lateral_control_params", "prev_desired_curv",
                                      "features_buffer"]
@@ -34,10 +35,11 @@ def test_both_contracts_load_with_names_and_shapes_from_the_graphs(v1: Path, tmp
     assert t.vision.inputs["img"] == ((1, 12, 128, 256), "uint8") and t.image_inputs == {"img": "road",
                                                                                           "big_img": "wide"}
     assert t.policy.slices["plan"] == slice(0, 4955) and t.vision.slices_from == "driving_vision_metadata.pkl"
-    write_teacher(tmp_path / "v2", contract="v2")
-    t2, _, _ = load_teacher([tmp_path / "v2" / "driving_vision.onnx", tmp_path / "v2" / "driving_policy.onnx"])
+    write_release(tmp_path / "r", "0.10.3")  # 0.10.1 .. 0.10.3: desire_pulse, no lateral inputs
+    t2, _, _ = load_teacher([tmp_path / "r" / "driving_vision.onnx", tmp_path / "r" / "driving_policy.onnx"])
     assert list(t2.policy.inputs) == ["desire_pulse", "traffic_convention", "features_buffer"]
     assert "desired_curvature" not in t2.policy.slices and t2.sha256 != t.sha256
+    assert (t.layout.key, t2.layout.key) == ("split-lateral", "split")
 
 
 def test_metadata_from_json_or_the_onnx_property(v1: Path, tmp_path: Path) -> None:

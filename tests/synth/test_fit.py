@@ -18,8 +18,8 @@ from spark_distill.errors import ConfigError
 from spark_distill.synth import fit as F
 
 
-def _tiny(contract: str) -> F.FitConfig:
-    return F.FitConfig(contract=contract, routes=1, seconds=2.0, vision_steps=2, vision_batch=2, policy_drives=2,
+def _tiny() -> F.FitConfig:
+    return F.FitConfig(routes=1, seconds=2.0, vision_steps=2, vision_batch=2, policy_drives=2,
                        policy_seconds=2.0, policy_steps=2, policy_batch=4, ingested=1)
 
 
@@ -30,8 +30,8 @@ PROGRESS: list[tuple[int, int, str]] = []  # what the second tiny fit reported
 def fitted_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny fit (two 2 s drives, the second held out), twice: the second reports its progress."""
     base = tmp_path_factory.mktemp("fit")
-    F.fit_teacher(base / "a", _tiny("v2"))
-    F.fit_teacher(base / "b", _tiny("v2"), on_progress=lambda *a: PROGRESS.append(a))
+    F.fit_teacher(base / "a", _tiny())
+    F.fit_teacher(base / "b", _tiny(), on_progress=lambda *a: PROGRESS.append(a))
     return base / "a", base / "b"
 
 
@@ -52,7 +52,9 @@ def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, P
     for name in ("driving_vision.onnx", "driving_policy.onnx"):
         assert files.sha256_file(a / name) == files.sha256_file(b / name), name
     teacher, _, _ = load_teacher([a])
-    assert set(teacher.policy.inputs) == {"desire_pulse", "traffic_convention", "features_buffer"}
+    assert set(teacher.policy.inputs) == {"desire", "traffic_convention", "lateral_control_params",
+                                          "prev_desired_curv", "features_buffer"}
+    assert teacher.layout.key == "split-lateral"
     assert set(teacher.image_inputs) == {"img", "big_img"}
     # the graphs batch (the label pass runs B segments in lockstep): no batch-1 constant is baked in
     import onnx
@@ -67,7 +69,7 @@ def test_fit_is_deterministic_and_keeps_the_contract(fitted_twice: tuple[Path, P
                  for i in session.get_inputs()}
         assert session.run(None, feeds)[0].shape[0] == 3, name
     report = json.loads((a / "fit.json").read_text())
-    assert report["config"] == asdict(_tiny("v2")) and report["source_sha256"] == F.source_digest()
+    assert report["config"] == asdict(_tiny()) and report["source_sha256"] == F.source_digest()
     assert set(report["vision_rms_error_held_out"]) == set(F.STATE)
 
 
@@ -87,7 +89,7 @@ def test_shipped_pair_is_what_the_fit_code_writes(contract: str) -> None:
 def test_simulated_policy_feeds_have_the_contract_shapes() -> None:
     from spark_distill.synth.teacher import policy_inputs
 
-    cfg = _tiny("v1")
+    cfg = _tiny()
     feeds, targets = F.simulate(cfg, np.full(len(F.STATE), 0.1))
     n = cfg.policy_drives * round(cfg.policy_seconds * 20) // 2
     for name, shape in policy_inputs("v1").items():
@@ -101,8 +103,9 @@ def test_simulated_policy_feeds_have_the_contract_shapes() -> None:
 
 
 def test_fit_config_is_validated() -> None:
-    with pytest.raises(ConfigError, match="contract"):
-        F.FitConfig(contract="v3")
+    for gone in ("v2", "v3"):  # v2 (no release shipped it) is gone: the fit has the project's own layout only
+        with pytest.raises(ConfigError, match=f"unknown contract '{gone}': the fitted teacher has the project's"):
+            F.FitConfig(contract=gone)
     with pytest.raises(ConfigError, match="steps"):
         F.FitConfig(vision_steps=0)
     with pytest.raises(ConfigError, match="no fitted v9"):
