@@ -225,3 +225,80 @@ def test_two_machines_label_a_bucket_as_one_process_does(labeled: Path, bucket: 
            if k.startswith("ds/labels/two/") and k.endswith(".tar")}
     assert two == one and len(two) >= 3
     assert json.loads(_get(bucket, "ds/labels/two/manifest.json"))["throughput"]["ranks"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ingest_machine(rank: int, url: str, route: str, caches: list[str], init: str, env: dict[str, str],
+                    killed_after: int | None = None) -> None:
+    """One "machine" of a two-machine ingest; `killed_after`: rank 0 dies (as from kill -9) once it has published
+    that many shards."""
+    import os
+
+    os.environ.update(env, SPARK_DISTILL_CACHE=caches[rank])  # each "machine" has a cache of its own
+    from spark_distill.ingest import run
+
+    if killed_after is not None and rank == 0:
+        close = run._ShardSink.close_shard
+
+        def close_then_die(self) -> None:
+            close(self)
+            if len(self.written) >= killed_after:
+                os._exit(9)
+
+        run._ShardSink.close_shard = close_then_die
+    run.ingest(run.IngestConfig(inputs=(route,), out=store.attach(url, write=True), clip_len=10, shard_clips=3,
+                                workers=1, process_rank=rank, world=2, init_method=init))
+
+
+def _two_machines(target, *args) -> None:
+    import os
+
+    import torch.multiprocessing as mp
+
+    env = {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}
+    mp.spawn(target, args=(*args[:-1], f"tcp://127.0.0.1:{_free_port()}", env, *args[-1:]), nprocs=2)
+
+
+@pytest.fixture(scope="module")
+def one_process_frames(tici_route, tmp_path_factory) -> dict[str, bytes]:
+    """tici_route ingested by one process to a local folder (10-frame clips, 3 per shard): what byte-identity
+    compares with."""
+    from spark_distill.ingest.run import IngestConfig, ingest
+
+    root = tmp_path_factory.mktemp("one-process")
+    ingest(IngestConfig(inputs=(str(tici_route[0]),), out=root, clip_len=10, shard_clips=3, workers=1))
+    return {f"ds/{k}": v for k, v in tree_digest(root).items()}
+
+
+def test_two_machines_ingest_to_a_bucket_as_one_process_does(tici_route, one_process_frames: dict[str, bytes],
+                                                             bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{bucket}/ds"
+    _two_machines(_ingest_machine, url, str(tici_route[0]), [str(tmp_path / "m0"), str(tmp_path / "m1")], None)
+    objects = _objects(bucket)
+    assert set(objects) == set(one_process_frames), objects  # no staging key, no temporary key left
+    assert {k: _get(bucket, k) for k in objects} == one_process_frames and len(objects) >= 3
+    manifest = json.loads(one_process_frames["ds/frames/manifest.json"])
+    assert len(manifest["segments"]) == 2 and len(manifest["shards"]) == 3  # a shard spans the two segments
+    staged = [p for p in (tmp_path / "m1").rglob("*") if p.is_file() and ".staging" in p.parts]
+    assert not staged  # rank 1 kept no copy of what it pushed
+
+
+def test_a_killed_two_machine_ingest_is_finished_by_one_process_as_if_never_killed(
+        tici_route, one_process_frames: dict[str, bytes], bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{bucket}/ds"
+    with pytest.raises(Exception, match="exit code 9"):
+        _two_machines(_ingest_machine, url, str(tici_route[0]), [str(tmp_path / "m0"), str(tmp_path / "m1")], 1)
+    partial = json.loads(_get(bucket, "ds/frames/manifest.json"))
+    assert len(partial["shards"]) == 1 and partial["partial"]["clips"] == 3  # killed mid-segment
+    assert [k for k in _objects(bucket) if "/.staging/rank-1/" in k]  # what rank 1 pushed for rank 0 is still there
+    r = runner.invoke(app, ["ingest", str(tici_route[0]), "--out", url, "--clip-len", "10", "--shard-clips", "3",
+                            "--workers", "1"], env={"SPARK_DISTILL_CACHE": str(tmp_path / "m2")})
+    assert r.exit_code == 0, r.output
+    objects = _objects(bucket)
+    assert set(objects) == set(one_process_frames), objects
+    assert {k: _get(bucket, k) for k in objects} == one_process_frames
