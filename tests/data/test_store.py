@@ -289,14 +289,15 @@ def test_two_machines_ingest_to_a_bucket_as_one_process_does(tici_route, one_pro
     assert not staged  # rank 1 kept no copy of what it pushed
 
 
-def test_a_killed_two_machine_ingest_is_finished_by_one_process_as_if_never_killed(
+def test_a_killed_two_machine_ingest_resumes_on_two_machines_or_one_as_if_never_killed(
         tici_route, one_process_frames: dict[str, bytes], bucket: str, tmp_path: Path) -> None:
-    url = f"s3://{bucket}/ds"
-    with pytest.raises(Exception, match="exit code 9"):
-        _two_machines(_ingest_machine, url, str(tici_route[0]), [str(tmp_path / "m0"), str(tmp_path / "m1")], 1)
-    partial = json.loads(_get(bucket, "ds/frames/manifest.json"))
-    assert len(partial["shards"]) == 1 and partial["partial"]["clips"] == 3  # killed mid-segment
-    assert [k for k in _objects(bucket) if "/.staging/rank-1/" in k]  # what rank 1 pushed for rank 0 is still there
+    url, caches = f"s3://{bucket}/ds", [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    for shards_before, partial_clips in ((1, 3), (2, 2)):  # killed, resumed by two machines and killed again
+        with pytest.raises(Exception, match="exit code 9"):
+            _two_machines(_ingest_machine, url, str(tici_route[0]), caches, 1)
+        partial = json.loads(_get(bucket, "ds/frames/manifest.json"))
+        assert len(partial["shards"]) == shards_before and partial["partial"]["clips"] == partial_clips
+        assert [k for k in _objects(bucket) if "/.staging/rank-1/" in k]  # what rank 1 pushed is still there
     r = runner.invoke(app, ["ingest", str(tici_route[0]), "--out", url, "--clip-len", "10", "--shard-clips", "3",
                             "--workers", "1"], env={"SPARK_DISTILL_CACHE": str(tmp_path / "m2")})
     assert r.exit_code == 0, r.output
