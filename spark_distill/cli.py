@@ -270,8 +270,8 @@ def ingest(
     out_root: Annotated[str, typer.Option("--out", "-o", help="Dataset root, a folder or s3:// / gs:// URL; frames go "
                                                                "to ROOT/frames/.")],
     clip_len: Annotated[int, typer.Option(help="Frames per clip (20 = 1 s at 20 Hz).")] = 20,
-    workers: Annotated[int, typer.Option(help="Segment worker processes \\[default: one per CPU core; under "
-                                              "torchrun, per core of the rank's share].")] = 0,
+    workers: Annotated[int, typer.Option(help="Segment worker processes (per rank under torchrun, cores shared "
+                                              "between a machine's ranks) \\[default: one per CPU core].")] = 0,
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
                                               "from the road camera).")] = "road,wide",
     log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
