@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
@@ -56,6 +57,7 @@ CAMERAS = ("road", "wide")
 LOG_KINDS = ("auto", "rlog", "qlog")
 STAGING = ".staging"
 STAGED = "staged.json"  # beside a rank's staging tar: what rank 0 needs to pack it (report, spans)
+OWNER = "run.txt"  # in the staging folder of a multi-rank run: rank 0's token, which ranks on a local root must see
 RANK_WAIT = datetime.timedelta(hours=12)  # how long ranks wait at a barrier for the slowest one to stage its share
 # settings that change sample contents: a dataset must keep them across runs
 _SHAPE_SETTINGS = ("clip_len", "cameras", "log_kind", "shard_clips", "codec", "crf")
@@ -349,9 +351,7 @@ def _ingest_ranks(cfg: IngestConfig, segments: list[Segment], folder: Path, mani
                               "every rank must be given the same inputs (at the same paths) and the same --out")
         if not pending:
             return result
-        if rank == 0:  # a killed run's leftovers, here and on the remote root, before any rank stages anew
-            _clean_leftovers(folder, manifest)
-        dist.barrier()
+        _agree_on_staging(staging, rank, world, lambda: _clean_leftovers(folder, manifest))
         start = time.perf_counter()
         mine = [(i, seg) for i, seg in enumerate(pending) if i % world == rank]
         problem = None
@@ -377,6 +377,30 @@ def _ingest_ranks(cfg: IngestConfig, segments: list[Segment], folder: Path, mani
             return _finish(folder, sink, result, start)
         finally:
             dist.barrier()
+
+
+def _agree_on_staging(staging: Path, rank: int, world: int, clean: Callable[[], None]) -> None:
+    """Rank 0 clears a killed run's leftovers (here and on the remote root) before any rank stages anew; on a local
+    root every rank checks that it sees rank 0's staging folder (a folder the machines share), before hours of
+    decoding that rank 0 could not read."""
+    import torch.distributed as dist
+
+    token = [None]
+    if rank == 0:
+        clean()
+        staging.mkdir(parents=True)
+        token[0] = uuid.uuid4().hex
+        (staging / OWNER).write_text(token[0])
+    dist.broadcast_object_list(token, src=0)
+    try:
+        shared = store.is_mirrored(staging) or (staging / OWNER).read_text() == token[0]
+    except OSError:
+        shared = False
+    seen: list[Any] = [None] * world
+    dist.all_gather_object(seen, shared)
+    if not all(seen):
+        raise IngestError(f"{staging.parent.parent}: rank {seen.index(False)} does not see rank 0's folder; with "
+                          "several machines --out must be a bucket (s3://, gs://) or a folder they all share")
 
 
 def _stage_share(cfg: IngestConfig, own: Path, mine: list[tuple[int, Segment]],
