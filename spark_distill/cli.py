@@ -270,7 +270,8 @@ def ingest(
     out_root: Annotated[str, typer.Option("--out", "-o", help="Dataset root, a folder or s3:// / gs:// URL; frames go "
                                                                "to ROOT/frames/.")],
     clip_len: Annotated[int, typer.Option(help="Frames per clip (20 = 1 s at 20 Hz).")] = 20,
-    workers: Annotated[int, typer.Option(help="Segment worker processes \\[default: one per CPU core].")] = 0,
+    workers: Annotated[int, typer.Option(help="Segment worker processes (per rank under torchrun, cores shared "
+                                              "between a machine's ranks) \\[default: one per CPU core].")] = 0,
     cameras: Annotated[str, typer.Option(help="Cameras to decode: road,wide or road (wide input then built "
                                               "from the road camera).")] = "road,wide",
     log: Annotated[str, typer.Option("--log", help="Log to read: auto (rlog, else qlog), rlog or qlog.")] = "auto",
@@ -286,15 +287,21 @@ def ingest(
     crf: Annotated[int | None, typer.Option(help="Lossy quality (lower: better, larger): hevc x265 CRF 0..51, "
                                                  "av1 SVT-AV1 CRF 0..63 \\[default: hevc 20, av1 30].")] = None,
 ) -> None:
-    """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent)."""
+    """Decode, warp and pack route segments into WebDataset frame shards (resumable, idempotent; under torchrun the
+    segments are dealt to the ranks, one manifest at the end)."""
     from spark_distill.ingest.run import IngestConfig
     from spark_distill.ingest.run import ingest as run_ingest
+    from spark_distill.processes import torchrun_rank
 
+    world, rank = torchrun_rank()
     cfg = IngestConfig(inputs=tuple(paths), out=_root(out_root, write=True), clip_len=clip_len, workers=workers,
                        cameras=_csv(cameras), log_kind=log, schema_dir=schema_dir, shard_clips=shard_clips,
-                       decode_threads=decode_threads, codec=codec, crf=crf, camera_source=camera_source)
-    with progress_bar("ingest", on_interrupt=INGEST_STOP) as update:
-        r = run_ingest(cfg, on_progress=update)
+                       decode_threads=decode_threads, codec=codec, crf=crf, camera_source=camera_source,
+                       process_rank=rank, world=world, init_method="env://" if world > 1 else None)
+    with progress_bar("ingest", on_interrupt=INGEST_STOP, show=rank == 0) as update:
+        r = run_ingest(cfg, on_progress=update if rank == 0 else None)
+    if rank != 0:
+        return
     print_table(f"ingest -> {out_root.rstrip('/')}/frames", {
         "segments ingested": r.segments_done, "segments already present": r.segments_already,
         "segments skipped": len(r.segments_skipped), "frames kept": r.frames_kept,
@@ -575,7 +582,9 @@ def _torchrun(device: str | None) -> tuple[int, int, str | None]:
     device was given; a single process without torchrun."""
     import os
 
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    from spark_distill.processes import torchrun_rank
+
+    world, rank = torchrun_rank()
     if world > 1 and device is None and _cuda():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return world, rank, device

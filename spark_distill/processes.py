@@ -1,14 +1,18 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""Worker processes: how many a pass starts by default (`worker_budget`), and that they never outlive the pass
-that started them (`child_init`: every pool, manager and reader process runs it first)."""
+"""Worker processes: how many a pass starts by default (`worker_budget`, `core_share`), and that they never outlive
+the pass that started them (`child_init`: every pool, manager and reader process runs it first). Ranks of a pass
+spread over processes or machines: `torchrun_rank` (which one this process is under torchrun) and `process_group`
+(the torch.distributed group a pass joins)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import os
 import signal
+from collections.abc import Iterator
 
 
 def child_init(parent: int | None = None) -> None:
@@ -38,6 +42,12 @@ def worker_budget(*, accelerator: bool, cpu_default: int = 2) -> int:
     main process and its writer or pin-memory thread (14 on a 16-core H200 box: what the label pass and the
     training loader need to keep one GPU fed, benchmarks/label.md and train.md). On a CPU the model needs the
     cores itself: `cpu_default`, at most the share."""
+    share = core_share()
+    return max(1, share - 2) if accelerator else max(1, min(cpu_default, share))
+
+
+def core_share() -> int:
+    """The cores this process may use: its CPU affinity, split between torchrun's local ranks (LOCAL_WORLD_SIZE)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -46,5 +56,28 @@ def worker_budget(*, accelerator: bool, cpu_default: int = 2) -> int:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local = 1
-    share = max(1, cores // local)
-    return max(1, share - 2) if accelerator else max(1, min(cpu_default, share))
+    return max(1, cores // local)
+
+
+def torchrun_rank() -> tuple[int, int]:
+    """(world size, rank) from torchrun's environment (WORLD_SIZE, RANK); (1, 0) for a process on its own."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def process_group(rank: int, world: int, init_method: str | None, *,
+                  timeout: datetime.timedelta | None = None) -> Iterator[bool]:
+    """The gloo group of a pass of `world` processes (made here and destroyed after, unless the caller made one);
+    yields whether this call made it. `timeout`: how long a collective waits for the slowest rank (torch's
+    default, 30 min, unless given)."""
+    import torch.distributed as dist
+
+    own = world > 1 and not dist.is_initialized()
+    if own:
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, **kwargs)
+    try:
+        yield own
+    finally:
+        if own:
+            dist.destroy_process_group()

@@ -20,7 +20,7 @@ The cache is shared by every process of a machine (loader workers, ranks): a loc
 a per-shard lock its downloads; shards beyond the size bound (`SPARK_DISTILL_CACHE_SIZE`, e.g. `200GB`; default
 half the cache disk's free space, at least 2 GB) are evicted least recently used first, never one that is not yet
 published. Entry points: `is_url`, `local_root`, `attach`, `ensure_local`, `publish`, `push_files`/`pull_files`
-(the ranks' part files), `source_of`, `cache_stats`.
+(the ranks' part files), `is_mirrored`, `source_of`, `cache_stats`.
 """
 
 from __future__ import annotations
@@ -267,6 +267,11 @@ def _mirror_of(path: Path) -> tuple[Path, str] | None:
             marker = _read_json(folder / MARKER, None)
             return (folder, marker["url"]) if isinstance(marker, dict) and "url" in marker else None
     return None
+
+
+def is_mirrored(path: Path) -> bool:
+    """Whether `path` lies in a mirror of a remote root (its files reach other machines only through `push_files`)."""
+    return _mirror_of(path) is not None
 
 
 def source_of(path: Path) -> str:

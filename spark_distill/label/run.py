@@ -44,7 +44,7 @@ from spark_distill.openpilot.delays import summary as delays_summary
 from spark_distill.openpilot.releases import ACTION_T_FRAMES, DT_MDL
 from spark_distill.openpilot.state import action_t
 from spark_distill.openpilot.teachers import Teacher, load_teacher
-from spark_distill.processes import on_gpu, worker_budget
+from spark_distill.processes import on_gpu, process_group, worker_budget
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = C.FULL_HISTORY_BUFFER_LEN  # frames whose history still holds start-up zeros
@@ -491,10 +491,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
     same encoded bytes a single process writes) and writes the manifest once."""
     import torch.distributed as dist
 
-    own_group = not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("gloo", init_method=cfg.init_method, rank=cfg.process_rank, world_size=cfg.world)
-    try:
+    with process_group(cfg.process_rank, cfg.world, cfg.init_method):
         mine = assign_segments(work, frames_manifest, cfg.world)[cfg.process_rank]
         parts = folder / ".parts" / f"rank-{cfg.process_rank}"
         if parts.exists():
@@ -540,9 +537,6 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
             store.remove_tree(folder / ".parts")
         dist.barrier()
         return result
-    finally:
-        if own_group:
-            dist.destroy_process_group()
 
 
 def _assemble(folder: Path, frames_manifest: dict[str, Any], manifest: dict[str, Any], todo: set[int],

@@ -2,8 +2,9 @@
 # Copyright (c) 2026 spark-distill authors
 """Dataset roots on object storage, against real servers on localhost (tests/remote.py): the CLI chain on an
 S3-API server with byte-identity to a local root, publishing that a failure cannot half-finish, a read-only HTTP
-root whose connection drops mid-shard, a missing object, the cache's sha256 checks and its size bound, and a label
-pass of two "machines" (own caches, gloo on localhost) equal to one process."""
+root whose connection drops mid-shard, a missing object, the cache's sha256 checks and its size bound, and two
+"machines" (own caches, gloo on localhost): a label pass and an ingest equal to one process's (a killed one finished
+by one process), and a DDP run equal to the local one, each machine fetching only its share."""
 
 from __future__ import annotations
 
@@ -245,3 +246,132 @@ def test_two_machines_label_a_bucket_as_one_process_does(labeled: Path, bucket: 
            if k.startswith("ds/labels/two/") and k.endswith(".tar")}
     assert two == one and len(two) >= 3
     assert json.loads(_get(bucket, "ds/labels/two/manifest.json"))["throughput"]["ranks"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ingest_machine(rank: int, init: str, env: dict[str, str], url: str, route: str, caches: list[str],
+                    killed_after: int | None = None) -> None:
+    """One "machine" of a two-machine ingest; `killed_after`: rank 0 dies (as from kill -9) once it has published
+    that many shards."""
+    import os
+
+    os.environ.update(env, SPARK_DISTILL_CACHE=caches[rank])  # each "machine" has a cache of its own
+    from spark_distill.ingest import run
+
+    if killed_after is not None and rank == 0:
+        close = run._ShardSink.close_shard
+
+        def close_then_die(self) -> None:
+            close(self)
+            if len(self.written) >= killed_after:
+                os._exit(9)
+
+        run._ShardSink.close_shard = close_then_die
+    run.ingest(run.IngestConfig(inputs=(route,), out=store.attach(url, write=True), clip_len=10, shard_clips=3,
+                                workers=1, process_rank=rank, world=2, init_method=init))
+
+
+def _two_machines(target, *args) -> None:
+    import os
+
+    import torch.multiprocessing as mp
+
+    env = {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}
+    mp.spawn(target, args=(f"tcp://127.0.0.1:{_free_port()}", env, *args), nprocs=2)
+
+
+@pytest.fixture(scope="module")
+def one_process_frames(tici_route, tmp_path_factory) -> dict[str, bytes]:
+    """tici_route ingested by one process to a local folder (10-frame clips, 3 per shard): what byte-identity
+    compares with."""
+    from spark_distill.ingest.run import IngestConfig, ingest
+
+    root = tmp_path_factory.mktemp("one-process")
+    ingest(IngestConfig(inputs=(str(tici_route[0]),), out=root, clip_len=10, shard_clips=3, workers=1))
+    return {f"ds/{k}": v for k, v in tree_digest(root).items()}
+
+
+def test_two_machines_ingest_to_a_bucket_as_one_process_does(tici_route, one_process_frames: dict[str, bytes],
+                                                             bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{bucket}/ds"
+    _two_machines(_ingest_machine, url, str(tici_route[0]), [str(tmp_path / "m0"), str(tmp_path / "m1")])
+    objects = _objects(bucket)
+    assert set(objects) == set(one_process_frames), objects  # no staging key, no temporary key left
+    assert {k: _get(bucket, k) for k in objects} == one_process_frames and len(objects) >= 3
+    manifest = json.loads(one_process_frames["ds/frames/manifest.json"])
+    assert len(manifest["segments"]) == 2 and len(manifest["shards"]) == 3  # a shard spans the two segments
+    staged = [p for p in (tmp_path / "m1").rglob("*") if p.is_file() and ".staging" in p.parts]
+    assert not staged  # rank 1 kept no copy of what it pushed
+
+
+def test_a_killed_two_machine_ingest_resumes_on_two_machines_or_one_as_if_never_killed(
+        tici_route, one_process_frames: dict[str, bytes], bucket: str, tmp_path: Path) -> None:
+    url, caches = f"s3://{bucket}/ds", [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    for shards_before, partial_clips in ((1, 3), (2, 2)):  # killed, resumed by two machines and killed again
+        with pytest.raises(Exception, match="exit code 9"):
+            _two_machines(_ingest_machine, url, str(tici_route[0]), caches, 1)
+        partial = json.loads(_get(bucket, "ds/frames/manifest.json"))
+        assert len(partial["shards"]) == shards_before and partial["partial"]["clips"] == partial_clips
+        assert [k for k in _objects(bucket) if "/.staging/rank-1/" in k]  # what rank 1 pushed is still there
+    r = runner.invoke(app, ["ingest", str(tici_route[0]), "--out", url, "--clip-len", "10", "--shard-clips", "3",
+                            "--workers", "1"], env={"SPARK_DISTILL_CACHE": str(tmp_path / "m2")})
+    assert r.exit_code == 0, r.output
+    objects = _objects(bucket)
+    assert set(objects) == set(one_process_frames), objects
+    assert {k: _get(bucket, k) for k in objects} == one_process_frames
+
+
+def _train_machine(rank: int, init: str, env: dict[str, str], url: str, local: str, runs: str, caches: list[str]
+                   ) -> None:
+    """One "machine" of a two-machine DDP run (gloo): the same run on the local copy, then on the bucket."""
+    import os
+
+    os.environ.update(env, SPARK_DISTILL_CACHE=caches[rank])
+    import torch.distributed as dist
+
+    from spark_distill.train.config import TrainConfig
+    from spark_distill.train.loop import train
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        for name, root in (("local", Path(local)), ("bucket", store.attach(url))):
+            train(TrainConfig(root=root, labels="set", run="r", runs_dir=Path(runs) / name, student="compact-xs",
+                              adapter="dora", batch_size=2, max_steps=2, lr=3e-3, warmup_steps=1, burn_in=4,
+                              val_fraction=0.0, mask_warmup=False, workers=1, adapter_rank=4, adapter_alpha=8.0,
+                              device="cpu", process_rank=rank, world=2, init_method=init))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_machines_train_from_a_bucket_each_reading_its_share(labeled: Path, bucket: str, tmp_path: Path) -> None:
+    import fsspec
+    from safetensors.torch import load_file
+
+    from spark_distill.data.pairs import shard_pairs
+    from spark_distill.models.checkpoint import latest_checkpoint
+    from spark_distill.train.loader import deal_shards
+
+    url = f"s3://{bucket}/ds"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for part in ("frames", "labels/set"):
+        fs.put(str(labeled / part), f"{bucket}/ds/{part}", recursive=True)
+    caches = [tmp_path / "m0", tmp_path / "m1"]
+    _two_machines(_train_machine, url, str(labeled), str(tmp_path / "runs"), [str(c) for c in caches])
+    local, remote = (load_file(str(latest_checkpoint(tmp_path / "runs" / name / "r" / "checkpoints")
+                                   / "adapter.safetensors")) for name in ("local", "bucket"))
+    assert local.keys() == remote.keys() and all(local[k].equal(remote[k]) for k in local)
+    pairs, _ = shard_pairs(labeled, "set", split="train", val_fraction=0.0)
+    for rank, cache in enumerate(caches):  # each "machine" fetched the frames (the video) of its own share only
+        share = deal_shards(pairs, seed=0, epoch=0, process_rank=rank, world=2, worker=0, workers=1)
+        mirror = next((cache / "roots").iterdir())
+        fetched = {p.relative_to(mirror).as_posix() for p in mirror.rglob("shard-*.tar")}
+        assert {f for f in fetched if f.startswith("frames/")} == {f"frames/{p.frames.name}" for p in share}
+        labels = {f for f in fetched if f.startswith("labels/")}
+        mine = {f"labels/set/{p.labels.name}" for p in share}
+        # the first rank also starts the student's heads at the labels' mean (head_init), read from label shards
+        assert labels == mine if rank else labels == {f"labels/set/{p.labels.name}" for p in pairs}

@@ -171,6 +171,30 @@ def test_bad_segment_is_skipped_and_recorded(tici_route, tmp_path: Path, caplog)
     assert "no readable events" not in caplog.text, "a lone segment's reason is said once, by the error"
 
 
+def test_torchrun_ranks_ingest_what_one_process_does(tici_route, tmp_path: Path) -> None:
+    """Two ranks (torchrun) on a shared folder: segments dealt by rank, one manifest, the shards and the manifest a
+    single process writes (a bad segment's failure staged by its rank and recorded by rank 0), one summary."""
+    route, truths, _ = tici_route
+    bad = tmp_path / "in" / "2026-01-01--00-00-00--0"
+    shutil.copytree(truths[0].path, bad)
+    (bad / "rlog.bz2").write_bytes(b"BZh9 not really")
+    inputs = [str(route), str(bad.parent)]
+    ingest(IngestConfig(inputs=tuple(inputs), out=tmp_path / "one", workers=1, clip_len=10, shard_clips=3))
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+            "spark_distill", "ingest", *inputs, "--out", str(tmp_path / "two"), "--workers", "1", "--clip-len", "10",
+            "--shard-clips", "3"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("segments ingested") == 1  # the summary (and the warning and the skipped line) once
+    assert r.stderr.count("skipped 2026-01-01--00-00-00--0: ") == 2, r.stderr
+    assert shard_digests(tmp_path / "two") == shard_digests(tmp_path / "one")
+    manifest = (tmp_path / "two" / "frames" / "manifest.json").read_bytes()
+    assert manifest == (tmp_path / "one" / "frames" / "manifest.json").read_bytes()
+    assert "no readable events" in json.loads(manifest)["skipped"][0]["reason"]
+    assert sorted(p.name for p in (tmp_path / "two" / "frames").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "frames").iterdir())  # no staging left
+
+
 def test_missing_encode_index_events_are_a_clear_error(tici_route, tmp_path: Path) -> None:
     from spark_distill.ingest.logs import load_schema, read_log_bytes
 
