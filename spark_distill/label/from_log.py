@@ -38,9 +38,9 @@ from spark_distill.label.run import record_shard
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot import modelv2 as M
 from spark_distill.openpilot.controls import control_of, desired_controls
+from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.metadata import slices_to_json
 from spark_distill.openpilot.outputs import parse_outputs
-from spark_distill.openpilot.state import DEFAULT_LAT_DELAY, DEFAULT_LONG_DELAY
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
@@ -146,8 +146,7 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
         raise LabelError(f"label set {label_set} was built from the log itself; compare a teacher label set")
     slices = labels["output_slices"]
     control = control_of(slices, labels.get("layout"))
-    delays = {"lat_delay": float(labels.get("lat_delay", DEFAULT_LAT_DELAY)),
-              "long_delay": float(labels.get("long_delay", DEFAULT_LONG_DELAY))}
+    choice = DelayChoice.of_labels(labels)  # each frame's delays, as the label pass fed them
     done = {s["name"] for s in labels["shards"]}
     ours, logged, derived = [], [], []
     for entry in frames["shards"]:
@@ -157,7 +156,7 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
         try:
             lab_iter = shards.iter_shard(root / "labels" / label_set / entry["name"], shards.LABEL_MEMBERS)
             for lab in lab_iter:
-                f = index.read(lab["__key__"], ("modelv2.npy.zst", "car.npy.zst"))
+                f = index.read(lab["__key__"], ("modelv2.npy.zst", "car.npy.zst", "meta.json"))
                 if "modelv2" not in f:
                     continue
                 rows = M.widen(f["modelv2"])  # a dataset ingested before the action columns: NaN there
@@ -170,7 +169,9 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
                 logged.append(rows[have])
                 parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
                 v_ego = np.nan_to_num(f["car"][have, 0], nan=0.0)  # as the label pass feeds it
-                derived.append(np.stack(desired_controls(parsed, control, v_ego, **delays), -1))
+                lat, long = choice.clip(f["meta"], len(have))
+                derived.append(np.stack(desired_controls(parsed, control, v_ego, lat_delay=lat[have].astype(np.float64),
+                                                         long_delay=long), -1))
         finally:
             index.close()
     if not ours:

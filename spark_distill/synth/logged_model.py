@@ -28,14 +28,15 @@ from spark_distill.synth.upload import QLOG_DECIMATION
 EXECUTION_TIME_S = 0.025  # what a comma 3X's modelExecutionTime looks like
 
 
-def logged_controls(vision: np.ndarray, policy: np.ndarray, v_ego: np.ndarray, labels: dict) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
+def logged_controls(vision: np.ndarray, policy: np.ndarray, v_ego: np.ndarray, delays: np.ndarray, labels: dict
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(desired curvature, desired acceleration) per frame as the teacher's release derives them from its outputs
-    (openpilot.controls, with the label pass's delays): what modeld logs in modelV2.action."""
+    (openpilot.controls, with each frame's [lateral, longitudinal] `delays` the label pass fed): what modeld logs in
+    modelV2.action."""
     parsed = {**parse_outputs(vision, labels["output_slices"]["vision"]),
               **parse_outputs(policy, labels["output_slices"]["policy"])}
     return desired_controls(parsed, control_of(labels["output_slices"], labels.get("layout")), v_ego,
-                            lat_delay=float(labels["lat_delay"]), long_delay=float(labels["long_delay"]))
+                            lat_delay=delays[:, 0].astype(np.float64), long_delay=delays[:, 1].astype(np.float64))
 
 
 def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> None:
@@ -62,7 +63,7 @@ def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> N
             blocks["model_execution_time"][:] = EXECUTION_TIME_S
             blocks["frame_drop_perc"][:] = 0.0
             blocks["desired_curvature"][:, 0], blocks["desired_acceleration"][:, 0] = logged_controls(
-                seg.teacher_vision, seg.teacher_policy, seg.v_ego, labels)
+                seg.teacher_vision, seg.teacher_policy, seg.v_ego, seg.delays, labels)
             events = []
             for fid, t_ns, row in zip(seg.frame_ids, seg.timestamps_ns, rows, strict=True):
                 def fill(b, fid=int(fid), t_ns=int(t_ns), row=row):

@@ -20,6 +20,8 @@ clips) is dropped.
 
 from __future__ import annotations
 
+import functools
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -231,13 +233,19 @@ def make_loader(stream: IterableDataset, *, pin_memory: bool = False, workers: i
     return _Loader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                    prefetch_factor=2 if workers else None, persistent_workers=False,
                    multiprocessing_context=worker_context() if workers else None,
-                   worker_init_fn=_ignore_ctrl_c if workers else None)
+                   worker_init_fn=functools.partial(_worker_start, environ=dict(os.environ)) if workers else None)
 
 
-def _ignore_ctrl_c(_worker: int) -> None:
-    """Loader workers ignore Ctrl-C: the trainer stops at the end of its step and then shuts them down. A worker
-    that died of the SIGINT sent to the whole process group left the trainer's next batch unreadable (its shared
-    memory handle pointed at the dead worker: FileNotFoundError instead of a checkpoint and exit code 0)."""
+def _worker_start(_worker: int, environ: dict[str, str]) -> None:
+    """A loader worker takes the trainer's environment as it is now: the fork server it comes from started with the
+    environment of its own time (an earlier pass in the same process), and a dataset at a URL is fetched with the
+    credentials, endpoint and cache the pass was given. (Handed over the DataLoader's pipe, never written down.)
+
+    It also ignores Ctrl-C: the trainer stops at the end of its step and then shuts them down. A worker that died
+    of the SIGINT sent to the whole process group left the trainer's next batch unreadable (its shared memory
+    handle pointed at the dead worker: FileNotFoundError instead of a checkpoint and exit code 0)."""
     import signal
 
+    os.environ.clear()
+    os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
