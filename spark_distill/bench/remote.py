@@ -11,7 +11,8 @@ its own (never the user's):
    whether the two label sets are byte-identical;
 2. train one epoch on the local root, then on the remote one from an empty cache (every shard fetched), then again
    (the second epoch: every read a cache hit), then with the cache bound to half the dataset's shard bytes (the
-   second epoch of a dataset larger than its cache): wall-time ratios and the cache's hits, misses and bytes fetched.
+   second epoch of a dataset larger than its cache), then locally again (the baseline is the faster local run: the
+   first train of a process pays its start-up): wall-time ratios and the cache's hits, misses and bytes fetched.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _cache_line(what: str, seconds: float, local: float) -> str:
-    s = store.cache_stats()
+def _cache_line(what: str, seconds: float, local: float, s: dict[str, int] | None = None) -> str:
+    s = store.cache_stats() if s is None else s
     reads = s["hits"] + s["misses"]
     rate = f"{s['hits'] / reads:6.1%}" if reads else "   n/a"
     return (f"{what:44s} {seconds:7.1f} s  x{seconds / local:5.2f} of local   cache hits {rate} "
@@ -99,7 +100,7 @@ def bench_remote(*, url: str | None = None, segments: int = 3, seconds: float = 
     """Run the benchmark; yields report lines. `on_progress(measurements done, total, the one now)`."""
     if url is not None and (not store.is_url(url) or url.split(":", 1)[0] in store.READ_ONLY):
         raise ConfigError(f"--url {url}: give a writable object-store URL (s3://bucket/prefix or gs://bucket/prefix)")
-    step = Stages(on_progress, 9)
+    step = Stages(on_progress, 10)
     scratch = scratch_dir(workdir, "bench-remote-")
     try:
         with contextlib.ExitStack() as stack:
@@ -167,15 +168,16 @@ def _run(remote: str, scratch: Path, step: Stages, *, segments: int, seconds: fl
                           batch_size=batch_size, workers=workers, val_fraction=0.0, mask_warmup=False, seed=0))
 
     step("train 1 epoch, local root")
-    t_local = _timed(lambda: trained(local, "local"))
-    yield f"{'train 1 epoch, local root':44s} {t_local:7.1f} s"
+    first = _timed(lambda: trained(local, "local"))
+    rows = []
     with _environ(SPARK_DISTILL_CACHE=str(scratch / "cache-train")):
         mirror = store.attach(remote)
         step("train, remote root: first epoch (empty cache)")
-        yield _cache_line("train, remote: first epoch (empty cache)", _timed(lambda: trained(mirror, "r1")), t_local)
+        rows.append(("train, remote: first epoch (empty cache)", _timed(lambda: trained(mirror, "r1")),
+                     store.cache_stats()))
         store.reset_cache_stats()
         step("train, remote root: second epoch")
-        yield _cache_line("train, remote: second epoch", _timed(lambda: trained(mirror, "r2")), t_local)
+        rows.append(("train, remote: second epoch", _timed(lambda: trained(mirror, "r2")), store.cache_stats()))
     half = max(1, sum(p.stat().st_size for p in local.glob("*/**/*.tar")) // 2)  # frames and labels
     with _environ(SPARK_DISTILL_CACHE=str(scratch / "cache-half"), SPARK_DISTILL_CACHE_SIZE=str(half)):
         mirror = store.attach(remote)
@@ -183,5 +185,11 @@ def _run(remote: str, scratch: Path, step: Stages, *, segments: int, seconds: fl
         trained(mirror, "h1")
         store.reset_cache_stats()
         step("train, remote root, cache of half the data: second epoch")
-        yield _cache_line(f"train, remote: 2nd epoch, cache {half / 1e6:.1f} MB (half)",
-                          _timed(lambda: trained(mirror, "h2")), t_local)
+        seconds = _timed(lambda: trained(mirror, "h2"))
+        rows.append((f"train, remote: 2nd epoch, cache {half / 1e6:.1f} MB (half)", seconds, store.cache_stats()))
+    step("train 1 epoch, local root, again")
+    again = _timed(lambda: trained(local, "local-again"))
+    t_local = min(first, again)  # the first train of a process also pays its one-time start-up
+    yield f"{'train 1 epoch, local root (best of 2)':44s} {t_local:7.1f} s  ({first:.1f} s first, {again:.1f} s last)"
+    for what, seconds, stats in rows:
+        yield _cache_line(what, seconds, t_local, stats)
