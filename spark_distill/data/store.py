@@ -276,12 +276,18 @@ def is_mirrored(path: Path) -> bool:
 
 def source_of(path: Path) -> str:
     """What to show or record for a path: its public URL when it lies in a mirror, else the path."""
+    remote = _remote_url(path)
+    return str(path) if remote is None else public_url(remote)
+
+
+def _remote_url(path: Path) -> str | None:
+    """The URL (without credentials) a path of a mirror stands for; None for a local path."""
     found = _mirror_of(path)
     if found is None:
-        return str(path)
+        return None
     mirror, url = found
     rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(mirror)).as_posix()
-    return public_url(_join(url, "" if rel == "." else rel))
+    return _join(url, "" if rel == "." else rel)
 
 
 def in_words(text: str) -> str:
@@ -500,38 +506,34 @@ def push_files(paths: list[Path]) -> None:
     """Upload files of a mirror as they are (a rank's part shards and its summary, for rank 0 on another
     machine). Nothing for local files."""
     for path in paths:
-        found = _mirror_of(path)
-        if found is None:
+        remote = _remote_url(path)
+        if remote is None:
             continue
-        mirror, url = found
-        remote = _join(url, path.relative_to(mirror).as_posix())
         fs, dest = filesystem(remote)
         _put_atomic(fs, path, dest, remote)
 
 
 def pull_files(folder: Path) -> None:
     """Download every file under mirrored `folder` from the remote (what other machines pushed there)."""
-    found = _mirror_of(folder)
-    if found is None:
+    remote = _remote_url(folder)
+    if remote is None:
         return
-    mirror, url = found
-    fs, base = filesystem(_join(url, folder.relative_to(mirror).as_posix()))
-    for rel in _listing(fs, base, url):
+    fs, base = filesystem(remote)
+    for rel in _listing(fs, base, remote):
         if ".partial-" in rel:
             continue
         dest = folder / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
-            _download(_join(_join(url, folder.relative_to(mirror).as_posix()), rel), dest, None)
+            _download(_join(remote, rel), dest, None)
 
 
 def remove_tree(folder: Path) -> None:
     """Delete mirrored `folder` on the remote too (a multi-machine pass's parts once assembled)."""
-    found = _mirror_of(folder)
-    if found is None:
+    remote = _remote_url(folder)
+    if remote is None:
         return
-    mirror, url = found
-    fs, base = filesystem(_join(url, folder.relative_to(mirror).as_posix()))
+    fs, base = filesystem(remote)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(base, recursive=True)
 
