@@ -340,7 +340,8 @@ def label(
              "frame, else carParams.steerActuatorDelay + 0.2, else 0.2].")] = None,
     long_delay: Annotated[float | None, typer.Option(
         help="The car's longitudinal actuator delay in seconds, for every segment: action_t[1] - 0.075 (0.11) "
-             "\\[default: each segment's carParams.longitudinalActuatorDelay, else openpilot's 0.15].")] = None,
+             "\\[default: each segment's carParams.longitudinalActuatorDelay, else openpilot's 0.15; "
+             "plus the release's LONG_SMOOTH_SECONDS, 0.11: 0.3].")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:1 \\[default: cuda if present].")] = None,
 ) -> None:
     """Run the teacher once over every frame (stateful, like modeld) and write a label set."""

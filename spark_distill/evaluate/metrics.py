@@ -66,13 +66,20 @@ def _mae(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else None
 
 
-def control_metrics(s: dict[str, Any], t: dict[str, Any], *, control: str, v_ego: np.ndarray,
-                    lat_delay: float | np.ndarray, long_delay: float | np.ndarray, driven: np.ndarray,
+def model_controls(vision: np.ndarray, policy: np.ndarray, slices: dict[str, dict[str, list[int]]], *, control: str,
+                   v_ego: np.ndarray, delays: np.ndarray, smooth: tuple[float, float]) -> np.ndarray:
+    """(N, 2) [curvature, acceleration] a model's outputs over one segment's consecutive frames give, as the
+    release's modeld derives them (openpilot.controls; `delays` (N, 2) those fed, `smooth` its smoothing seconds)."""
+    parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
+    return np.stack(desired_controls(parsed, control, v_ego, lat_delay=delays[:, 0].astype(np.float64),
+                                     long_delay=delays[:, 1].astype(np.float64), smooth=smooth), -1)
+
+
+def control_metrics(student: np.ndarray, teacher: np.ndarray, *, control: str, driven: np.ndarray,
                     driven_from: str) -> dict[str, Any]:
-    """The release's controls (openpilot.controls) of student and teacher: their difference, and each one's
+    """The release's controls (model_controls (N, 2)) of student and teacher: their difference, and each one's
     curvature against the curvature the car drove."""
-    sc, sa = desired_controls(s, control, v_ego, lat_delay=lat_delay, long_delay=long_delay)
-    tc, ta = desired_controls(t, control, v_ego, lat_delay=lat_delay, long_delay=long_delay)
+    (sc, sa), (tc, ta) = student.T, teacher.T
     known = np.isfinite(driven)
     return {"derived_from": control, "curvature_vs_teacher": _mae(sc, tc), "accel_vs_teacher": _mae(sa, ta),
             "driven": {"from": driven_from, "frames": int(known.sum()), "student": _mae(sc, driven),
@@ -83,13 +90,13 @@ def compare(student_vision: np.ndarray, student_policy: np.ndarray, teacher_visi
             teacher_policy: np.ndarray, slices: dict[str, dict[str, list[int]]],
             gt: tuple[np.ndarray, np.ndarray] | None = None, controls: dict[str, Any] | None = None
             ) -> dict[str, Any]:
-    """`controls`: control_metrics' keyword arguments (the layout's control, per-frame v_ego and driven curvature,
-    the delays), for the controls section."""
+    """`controls`: control_metrics' arguments (the student's and the teacher's model_controls, the layout's control,
+    the driven curvature and where it came from), for the controls section."""
     s = {**parse_outputs(student_vision, slices["vision"]), **parse_outputs(student_policy, slices["policy"])}
     t = {**parse_outputs(teacher_vision, slices["vision"]), **parse_outputs(teacher_policy, slices["policy"])}
     out: dict[str, Any] = {"frames": len(student_policy)}
     if controls is not None:
-        out["controls"] = control_metrics(s, t, **controls)
+        out["controls"] = control_metrics(**controls)
     if "plan" in s and "plan" in t:
         sp, tp = plan_xy(s), plan_xy(t)
         err = np.linalg.norm(sp[..., :2] - tp[..., :2], axis=-1)  # (N, 33)

@@ -33,6 +33,7 @@ from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
 from spark_distill.notes import note
 from spark_distill.openpilot.controls import control_of, driven_curvature
+from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.onnx_import import cpu_session
 
 
@@ -175,7 +176,15 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     first_ids = {n: s.get("first_frame_id", 0) for n, s in labels["segments"].items()}
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
-    v_ego, delays, driven, driven_from = [], [], [], set()
+    derived: dict[str, list[np.ndarray]] = {n: [] for n, _ in runners}  # each model's controls, kept frames
+    teacher_derived, driven, driven_from = [], [], set()
+    control = control_of(slices, labels.get("layout"))
+    smooth = DelayChoice.of_labels(labels).smooth
+
+    def controls_of(vision: np.ndarray, policy: np.ndarray, seg: Segment) -> np.ndarray:
+        return M.model_controls(vision, policy, slices, control=control, v_ego=seg.v_ego, delays=seg.delays,
+                                smooth=smooth)  # over the whole segment: modeld's low-pass runs from its start
+
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
     short: list[tuple[Segment, np.ndarray]] = []  # (segment, its labelled frames) with no frame past the warm-up:
     # scored with it if no segment has one (short segments: cheap to hold)
@@ -188,14 +197,14 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
             v, p = run(seg)
             per_model[name] = (v, p)
             outputs[name].append((v[keep], p[keep]))
+            derived[name].append(controls_of(v, p, seg)[keep])
         teacher_v.append(seg.teacher_vision[keep])
         teacher_p.append(seg.teacher_policy[keep])
+        teacher_derived.append(controls_of(seg.teacher_vision, seg.teacher_policy, seg)[keep])
         path, valid = seg.motion().future(np.flatnonzero(keep))
         gt_path.append(path)
         gt_valid.append(valid)
         curv, source = driven_curvature(seg.v_ego, seg.yaw_rate, seg.pose_yaw_rate)
-        v_ego.append(seg.v_ego[keep])
-        delays.append(seg.delays[keep])
         driven.append(curv[keep])
         driven_from.add(source)
         if picture is None:
@@ -222,13 +231,12 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     tv, tp = np.concatenate(teacher_v), np.concatenate(teacher_p)
     gt = (np.concatenate(gt_path), np.concatenate(gt_valid))
     result = EvalResult(kept_segments)
-    per_frame = np.concatenate(delays)  # each segment's own delays at each frame, as the labels were made with
-    controls = {"control": control_of(slices, labels.get("layout")), "v_ego": np.concatenate(v_ego),
-                "lat_delay": per_frame[:, 0].astype(np.float64), "long_delay": per_frame[:, 1].astype(np.float64),
-                "driven": np.concatenate(driven), "driven_from": "; ".join(sorted(driven_from))}
+    controls = {"control": control, "teacher": np.concatenate(teacher_derived), "driven": np.concatenate(driven),
+                "driven_from": "; ".join(sorted(driven_from))}
     for name, parts in outputs.items():
         sv, sp = np.concatenate([v for v, _ in parts]), np.concatenate([p for _, p in parts])
-        result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt, controls=controls)
+        result.metrics[name] = M.compare(sv, sp, tv, tp, slices, gt=gt,
+                                         controls={**controls, "student": np.concatenate(derived[name])})
     cfg.out.mkdir(parents=True, exist_ok=True)
     result.ground_truth = ground_truth_sources(frames_segments, kept_segments)
     files.write_json_atomic(cfg.out / "metrics.json", {"root": store.source_of(cfg.root), "labels": cfg.labels,

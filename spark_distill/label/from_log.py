@@ -149,6 +149,7 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
     choice = DelayChoice.of_labels(labels)  # each frame's delays, as the label pass fed them
     done = {s["name"] for s in labels["shards"]}
     ours, logged, derived = [], [], []
+    prev, run_end = (0.0, 0.0), None  # the low-pass state after the last clip and (segment, frame id) it ended at
     for entry in frames["shards"]:
         if entry["name"] not in done:
             continue
@@ -163,15 +164,22 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
                 have = np.isfinite(rows[:, 0])
                 if not have.any():
                     continue
-                vision = arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32)[have]
-                policy = arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32)[have]
-                ours.append(M.rows_from_outputs(vision, policy, slices))
+                vision = arrays.decode_array(lab["vision.npy.zst"]).astype(np.float32)
+                policy = arrays.decode_array(lab["policy.npy.zst"]).astype(np.float32)
+                ours.append(M.rows_from_outputs(vision[have], policy[have], slices))
                 logged.append(rows[have])
+                # the controls over every frame of the clip (modeld's low-pass runs on, through frames a qlog did
+                # not keep), carried on from the clip before where this one follows it in the segment
                 parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
-                v_ego = np.nan_to_num(f["car"][have, 0], nan=0.0)  # as the label pass feeds it
+                v_ego = np.nan_to_num(f["car"][:, 0], nan=0.0)  # as the label pass feeds it
                 lat, long = choice.clip(f["meta"], len(have))
-                derived.append(np.stack(desired_controls(parsed, control, v_ego, lat_delay=lat[have].astype(np.float64),
-                                                         long_delay=long), -1))
+                ids = f["meta"]["frame_ids"]
+                if run_end != (f["meta"]["segment"], ids[0] - 1):
+                    prev = (0.0, 0.0)  # modeld's start-up
+                controls = np.stack(desired_controls(parsed, control, v_ego, lat_delay=lat.astype(np.float64),
+                                                     long_delay=long, smooth=choice.smooth, prev=prev), -1)
+                prev, run_end = (float(controls[-1, 0]), float(controls[-1, 1])), (f["meta"]["segment"], ids[-1])
+                derived.append(controls[have])
         finally:
             index.close()
     if not ours:

@@ -64,9 +64,10 @@ class LabelConfig:
     # GPU box, which a GPU at full speed needs; 2 on a CPU, where the teacher needs the cores)
     compile: str = "auto"  # torch backend: torch.compile the teacher (auto: on a GPU, where it ran 2x faster)
     # s: lateral_control_params[1] and action_t[0] - 1.5 DT_MDL; None: each segment's own from its log (liveDelay,
-    # else carParams.steerActuatorDelay + 0.2, else DEFAULT_LAT_DELAY: ingest/delays.py), a value: for every segment
+    # else carParams.steerActuatorDelay + 0.2, else DEFAULT_LAT_DELAY: ingest/delays.py) plus the release's smoothing
+    # seconds (Layout.smooth), a value: fed as it is to every segment
     lat_delay: float | None = None
-    long_delay: float | None = None  # s: action_t[1] - 1.5 DT_MDL; None: carParams', else DEFAULT_LONG_DELAY
+    long_delay: float | None = None  # s: action_t[1] - 1.5 DT_MDL; None: carParams', else DEFAULT_LONG_DELAY, + smooth
     device: str | None = None
     process_rank: int = 0  # this process among `world` (torchrun): segments are split across ranks, never a segment
     world: int = 1
@@ -83,9 +84,9 @@ class LabelConfig:
             if value is not None and not 0.0 <= value <= 2.0:
                 raise ConfigError(f"{flag} {value}: a delay in seconds, 0 to 2")
 
-    @property
-    def delays(self) -> DelayChoice:
-        return DelayChoice(self.lat_delay, self.long_delay)
+    def delays(self, smooth: tuple[float, float] = (0.0, 0.0)) -> DelayChoice:
+        """The delays this pass feeds, with the teacher's layout's smoothing seconds `smooth`."""
+        return DelayChoice(self.lat_delay, self.long_delay, smooth)
 
 
 @dataclass
@@ -120,6 +121,11 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
         if made != (cfg.lat_delay, cfg.long_delay):
             raise LabelError(f"label set {folder.name} was made with {_delays_text(*made)}, not "
                              f"{_delays_text(cfg.lat_delay, cfg.long_delay)}; use --name for a new set")
+        made_smooth = tuple(m.get("smooth_seconds") or (0.0, 0.0))
+        if made_smooth != teacher.layout.smooth:
+            raise LabelError(f"label set {folder.name} was made adding {made_smooth} s to the logs' delays, this "
+                             f"version adds {teacher.layout.smooth} s for {teacher.layout.releases} (its modeld's "
+                             "smoothing seconds); use --name for a new set")
         if (m["backend"]["name"], m["precision"]) != (backend.name, backend.precision):
             raise LabelError(f"label set {folder.name} was made with {m['backend']['name']} {m['precision']}, not "
                              f"{backend.name} {backend.precision}; use --name for a new set")
@@ -129,7 +135,8 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
             "name": folder.name, "frames_manifest_sha256": frames_sha, "frames_shards": binding,
             "teacher": teacher.describe(), "output_slices": teacher.output_slices(), "backend": backend.describe(),
             "precision": backend.precision, "batch": cfg.batch, "lat_delay": cfg.lat_delay,
-            "long_delay": cfg.long_delay, "layout": teacher.layout.key, "loop": loop_description(teacher, cfg),
+            "long_delay": cfg.long_delay, "smooth_seconds": list(teacher.layout.smooth), "layout": teacher.layout.key,
+            "loop": loop_description(teacher, cfg),
             "widths": teacher.widths, "member_columns": teacher.member_columns(),
             "history": {"temporal_skip": teacher.layout.history.pair_skip, "features": teacher.history_len,
                         "full_buffer": teacher.layout.history.full},
@@ -144,7 +151,7 @@ def _delays_text(lat: float | None, long: float | None) -> str:
 
 def segment_delays(frames_manifest: dict[str, Any], cfg: LabelConfig) -> dict[str, dict[str, Any]]:
     """Segment name -> the delays a pass with `cfg` feeds it and where they come from (the manifest's record)."""
-    return {s["name"]: cfg.delays.record(s) for s in frames_manifest["segments"]}
+    return {s["name"]: cfg.delays().record(s) for s in frames_manifest["segments"]}
 
 
 def loop_description(teacher: Teacher, cfg: LabelConfig) -> dict[str, Any]:
@@ -152,6 +159,8 @@ def loop_description(teacher: Teacher, cfg: LabelConfig) -> dict[str, Any]:
     h = teacher.layout.history
     fed: dict[str, Any] = {}
     per_segment = "each segment's, from its log (segments.<name>.delays)"
+    if any(teacher.layout.smooth):
+        per_segment += f", plus the release's smoothing seconds {list(teacher.layout.smooth)} (smooth_seconds)"
     if teacher.layout.lateral_params:
         fed["lateral_control_params"] = ["max(v_ego, 0)", cfg.lat_delay if cfg.lat_delay is not None else per_segment]
     if teacher.layout.action_t:
@@ -448,7 +457,8 @@ def _run_loop(cfg: LabelConfig, teacher: Teacher, backend: Backend, readers: Cli
     """Label `work` with the reader processes feeding a LabelLoop; returns frames labeled and the profile."""
     start = time.perf_counter()
     runner = LabelLoop(teacher=teacher, backend=backend, batch=cfg.batch,
-                        clip_len=int(frames_manifest["settings"]["clip_len"]), delays=cfg.delays,
+                        clip_len=int(frames_manifest["settings"]["clip_len"]),
+                        delays=cfg.delays(teacher.layout.smooth),
                         segment_delays=segment_delays(frames_manifest, cfg), readers=readers,
                         out_rows=writer.writers.rows, emit=writer.add,
                         segments_meta=manifest["segments"])

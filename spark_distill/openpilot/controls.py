@@ -10,6 +10,10 @@ Per layout (releases.Layout.control; ../shared/openpilot_releases.md):
   psi_rate(0) / v at t = lateral delay + DT_MDL, v at least 1 m/s) and acceleration from its speeds
   (2 (v(t) - v(0)) / t - a(0) at t = longitudinal delay + DT_MDL);
 - "action" (0.11): curvature = action[0] / max(1, v)^2, acceleration = action[1].
+The delays given are the ones modeld feeds (the log's plus the release's smoothing seconds: openpilot.delays). A plan
+layout's modeld (get_action_from_model, 0.10.0+) then low-passes both controls from frame to frame, each with its
+smoothing seconds as time constant (smooth_value: alpha = 1 - exp(-DT_MDL / tau), none at tau 0), and holds the
+previous curvature at or below 0.3 m/s; `desired_controls(..., smooth=, prev=)` does the same over a run of frames.
 Driven curvature: carState.yawRate / max(vEgo, 1) where the log has carState's yaw rate, else the pose's yaw rate
 (livePose / cameraOdometry angular velocity z, as ingest stores it) over the same speed; NaN where neither.
 """
@@ -24,6 +28,7 @@ from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.releases import DT_MDL
 
 MIN_SPEED = 1.0  # m/s: openpilot's floor under v in the curvature formulas
+MIN_LAT_CONTROL_SPEED = 0.3  # m/s: at or below it modeld holds the previous curvature
 
 
 def _mean(head: Any) -> np.ndarray:
@@ -56,11 +61,29 @@ def accel_from_plan(plan: np.ndarray, action_t: float | np.ndarray) -> np.ndarra
     return 2 * (v_target - speeds[:, 0]) / action_t - accels[:, 0]
 
 
+def smoothed(curv: np.ndarray, accel: np.ndarray, v_ego: np.ndarray, smooth: tuple[float, float],
+             prev: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """modeld's get_action_from_model over consecutive frames: each control low-passed toward its new value
+    (smooth_value with the (lateral, longitudinal) time constants `smooth`), the curvature held at or below
+    MIN_LAT_CONTROL_SPEED; `prev` the (curvature, acceleration) before the first frame (modeld starts at zeros)."""
+    alpha = [1.0 - np.exp(-DT_MDL / tau) if tau > 0 else 1.0 for tau in smooth]
+    out_c, out_a = np.empty(len(curv)), np.empty(len(accel))
+    c, a = prev
+    for i in range(len(curv)):
+        a = alpha[1] * accel[i] + (1 - alpha[1]) * a
+        if v_ego[i] > MIN_LAT_CONTROL_SPEED:
+            c = alpha[0] * curv[i] + (1 - alpha[0]) * c
+        out_c[i], out_a[i] = c, a
+    return out_c, out_a
+
+
 def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *, lat_delay: float | np.ndarray,
-                     long_delay: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     long_delay: float | np.ndarray, smooth: tuple[float, float] | None = None,
+                     prev: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """(desired curvature (N,) 1/m, desired acceleration (N,) m/s^2) from a model's parsed outputs, as the
-    release's modeld derives them (module docstring); `control` is the layout's; the delays one value or one per
-    frame (N,) (each segment's own, as the labels were made with)."""
+    release's modeld derives them (module docstring); `control` is the layout's; the delays fed one value or one per
+    frame (N,) (each segment's own, as the labels were made with). `smooth`: a plan layout's smoothing seconds, the
+    N frames then consecutive frames of one run of modeld that began at `prev` (None: each frame on its own)."""
     v = np.asarray(v_ego, dtype=np.float64)
     if control == "action":
         action = _mean(parsed["action"]).reshape(len(v), -1)
@@ -69,7 +92,8 @@ def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *,
     accel = accel_from_plan(plan, long_delay + DT_MDL)
     if control == "desired_curvature":
         return _mean(parsed["desired_curvature"]).reshape(len(v), -1)[:, 0], accel
-    return curvature_from_plan(plan, v, lat_delay + DT_MDL), accel
+    curv = curvature_from_plan(plan, v, lat_delay + DT_MDL)
+    return (curv, accel) if smooth is None else smoothed(curv, accel, v, smooth, prev)
 
 
 def control_of(slices: dict[str, dict[str, Any]], layout: str | None) -> str:

@@ -19,6 +19,10 @@ from a release number. Rows refer to ../shared/openpilot_releases.md (the layout
   `features_buffer` only.
 - `driving-supercombo` (row K: 0.11): one `driving_supercombo.onnx`; as `supercombo-5hz`'s history without the
   lateral inputs, plus `action_t` (1, 2) = [lateral delay + 1.5 DT_MDL, longitudinal delay + 1.5 DT_MDL].
+Smoothing seconds (`Layout.smooth`): modeld of 0.10.1 and later feeds the delays of the log plus its
+LAT_SMOOTH_SECONDS / LONG_SMOOTH_SECONDS (split: 0.1 / 0.3, read from a copy of 0.10.3's modeld.py; 0.11: 0.0 / 0.3,
+from 0.11-era modeld.py copies; 0.10.0: 0.0 / 0.0, commaai 6c6be47), and the plan layouts low-pass the controls
+they derive with the same time constants (openpilot.controls).
 Not supported (one line says what was found): the 2026 three-file split (row J), `driving.onnx` with a full-rate
 queue (row L), a stateful graph (row M), anything else.
 """
@@ -70,11 +74,15 @@ class Layout:
     history: History
     lateral_params: bool  # lateral_control_params [v_ego, lateral delay]
     action_t: bool  # action_t [lateral, longitudinal delay + 1.5 DT_MDL]
+    # s: modeld's (LAT_SMOOTH_SECONDS, LONG_SMOOTH_SECONDS), added to the log's delays and the time constants of the
+    # low-pass on the controls derived from a plan
+    smooth: tuple[float, float] = (0.0, 0.0)
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "rows": self.rows, "releases": self.releases, "topology": self.topology,
                 "control": self.control, "history": self.history.describe(),
-                "lateral_control_params": self.lateral_params, "action_t": self.action_t}
+                "lateral_control_params": self.lateral_params, "action_t": self.action_t,
+                "smooth_seconds": list(self.smooth)}
 
 
 SUPERCOMBO_20HZ = Layout("supercombo-20hz", "A-C", "0.9.6, 0.9.7, master mid-2024", "combined", "desired_curvature",
@@ -84,9 +92,9 @@ SUPERCOMBO_5HZ = Layout("supercombo-5hz", "D", "master late 2024", "combined", "
 SPLIT_LATERAL = Layout("split-lateral", "G", "0.10.0", "split", "plan", History(4, 25, 4, True, 25, "zeros"), True,
                        False)
 SPLIT = Layout("split", "H-I", "0.10.1 .. 0.10.3", "split", "plan", History(4, 25, 4, True, 25, "absent"), False,
-               False)
+               False, (0.1, 0.3))
 DRIVING_SUPERCOMBO = Layout("driving-supercombo", "K", "0.11", "combined", "action",
-                            History(4, 24, 4, False, 25, "absent"), False, True)
+                            History(4, 24, 4, False, 25, "absent"), False, True, (0.0, 0.3))
 LAYOUTS = {lay.key: lay for lay in (SUPERCOMBO_20HZ, SUPERCOMBO_5HZ, SPLIT_LATERAL, SPLIT, DRIVING_SUPERCOMBO)}
 SUPPORTED = ("supported: supercombo.onnx (0.9.6/0.9.7/mid-2024, 20 Hz; late-2024 5 Hz), driving_vision.onnx + "
              "driving_policy.onnx (0.10.0 .. 0.10.3), driving_supercombo.onnx (0.11)")

@@ -137,3 +137,40 @@ def test_from_log_without_logged_model_is_refused(labeled: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "spark_distill", "label", str(labeled), "--from-log"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no segment's log has modelV2" in r.stderr
+
+
+def test_verify_labels_follows_the_smoothing_of_0_10_3(tmp_path: Path) -> None:
+    """0.10.3's modeld logs curvature low-passed over frames (LAT_SMOOTH_SECONDS 0.1) at liveDelay + 0.1 s:
+    verify-labels derives the same through clips of 10 frames (the low-pass carried from clip to clip) and agrees,
+    where the derivation without the smoothing is far off."""
+    from spark_distill.openpilot.controls import desired_controls
+    from spark_distill.openpilot.outputs import parse_outputs
+    from spark_distill.synth.releases import write_release
+
+    write_release(tmp_path / "t", "0.10.3", seed=3)
+    assert runner.invoke(app, ["synth-route", str(tmp_path / "route"), "--segments", "1", "--seconds", "3",
+                               "--modelv2-teacher", str(tmp_path / "t")]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(tmp_path / "route"), "--out", str(tmp_path / "ds"), "--workers", "1",
+                               "--clip-len", "10"]).exit_code == 0
+    r = runner.invoke(app, ["label", str(tmp_path / "ds"), "--teacher", str(tmp_path / "t"), "--name", "t",
+                            "--batch", "2", "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    labels = shards.read_manifest(tmp_path / "ds" / "labels" / "t", shards.LABELS_FORMAT)
+    assert labels["layout"] == "split" and labels["smooth_seconds"] == [0.1, 0.3]
+    same = verify_labels(tmp_path / "ds", "t")
+    curv = same.controls["desired_curvature"]
+    assert same.controls_agree and curv["frames"] == 60 and curv["relative"] < 1e-5, curv
+    # the same labels without modeld's low-pass and smoothing seconds: not what the car logged
+    slices, logged, raw = labels["output_slices"], [], []
+    for e in shards.read_manifest(tmp_path / "ds" / "frames", shards.FRAMES_FORMAT)["shards"]:
+        for f, lab in zip(shards.iter_shard(tmp_path / "ds" / "frames" / e["name"], shards.FRAMES_MEMBERS),
+                          shards.iter_shard(tmp_path / "ds" / "labels" / "t" / e["name"], shards.LABEL_MEMBERS),
+                          strict=True):
+            f, lab = shards.decode_sample(f), shards.decode_sample(lab)
+            parsed = {**parse_outputs(lab["vision"].astype(np.float32), slices["vision"]),
+                      **parse_outputs(lab["policy"].astype(np.float32), slices["policy"])}
+            raw.append(desired_controls(parsed, "plan", np.nan_to_num(f["car"][:, 0]),
+                                        lat_delay=np.asarray(f["meta"]["lat_delay"]), long_delay=0.15)[0])
+            logged.append(M.split_blocks(M.widen(f["modelv2"]))["desired_curvature"][:, 0])
+    raw_c, logged_c = np.concatenate(raw), np.concatenate(logged)
+    assert np.abs(raw_c - logged_c).mean() > 100 * curv["mean_abs"] and np.abs(raw_c - logged_c).mean() > 1e-5

@@ -93,6 +93,8 @@ def reference(root: Path, teacher: Path, era: str) -> dict[str, dict[str, np.nda
             # modeld: sm["liveDelay"].lateralDelay in force at this frame, CP.longitudinalActuatorDelay (as ingest
             # stored them; tests/ingest checks them against the log)
             lat, lon = s["meta"]["lat_delay"][t], s["meta"]["long_delay"]
+            if era == "0.11":  # its modeld: long_delay = CP.longitudinalActuatorDelay + LONG_SMOOTH_SECONDS (0.3),
+                lon += 0.3  # lat_delay = liveDelay.lateralDelay + LAT_SMOOTH_SECONDS (0.0)
             if era == "20hz":  # 0.9.6 modeld: the 20 Hz buffers as they are; features and curvature past only
                 feeds = {"desire": desire_20hz[None], "features_buffer": feats[None],
                          "prev_desired_curv": curv_20hz[None], "nav_features": np.zeros((1, 256)),
@@ -157,6 +159,7 @@ def test_labels_equal_the_modeld_loop_of_each_era(dataset: Path, release: str, t
     assert 0.29 < delays["lat_delay"]["range"][0] < delays["lat_delay"]["range"][1] < 0.33
     assert delays["long_delay"] == {"value": pytest.approx(0.35), "source": "carParams.longitudinalActuatorDelay"}
     assert manifest["lat_delay"] is None and manifest["long_delay"] is None
+    assert manifest["smooth_seconds"] == {"0.10.3": [0.1, 0.3], "0.11": [0.0, 0.3]}.get(release, [0.0, 0.0])
 
 
 @pytest.mark.slow
