@@ -306,6 +306,15 @@ def test_delay_overrides_are_fed_recorded_and_bound(dataset: Path, teacher: Path
     for seg in frames["segments"]:
         lat = default["segments"][seg["name"]]["delays"]["lat_delay"]
         assert lat["source"] == "liveDelay.lateralDelay" and lat["value"] == seg["delays"]["lat_delay"]
+    # the release's smoothing seconds are recorded; a set made before they were (none added) is not resumed with them
+    smooth = list(load_teacher([teacher])[0].layout.smooth)
+    assert default["smooth_seconds"] == smooth == ([0.0, 0.0] if lateral else [0.1, 0.3])
+    if any(smooth):
+        del default["smooth_seconds"]
+        files.write_json_atomic(dataset / "labels" / f"{name}-log" / "manifest.json", default)
+        with pytest.raises(LabelError, match=r"was made adding \(0.0, 0.0\) s to the logs' delays, this version "
+                                             r"adds \(0.1, 0.3\) s for 0.10.1 .. 0.10.3"):
+            label(LabelConfig(root=dataset, teacher=(teacher,), backend="onnxruntime", batch=3, name=f"{name}-log"))
 
 
 def test_tensorrt_backend_through_the_label_pass(dataset: Path, teacher: Path, monkeypatch) -> None:
