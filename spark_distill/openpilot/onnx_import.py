@@ -80,7 +80,9 @@ def constants_as_initializers(proto: Any) -> Any:
     empty optional inputs dropped (same values, same graph). onnx2torch reads some operands only from
     initializers, and takes an empty name for a given one — a `Clip`'s min/max among them ("Dynamic value of
     min/max is not implemented") — while exporters write them as `Constant` nodes and `""` (torch.onnx does for a
-    clamp; the shipped fitted teacher has three). The input is not changed."""
+    clamp; the shipped fitted teacher has three). A `ConstantOfShape` of a constant shape becomes the initializer it
+    makes: onnx2torch builds it with torch.full(torch.Size(tensor)), which torch.compile cannot trace (the fitted
+    teacher's policy has four, from torch.onnx's export of an expand). The input is not changed."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -88,12 +90,14 @@ def constants_as_initializers(proto: Any) -> Any:
     constants = [n for n in proto.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
                  and n.attribute[0].name in ("value", "value_float", "value_floats", "value_int", "value_ints")]
     trailing = [n for n in proto.graph.node if n.input and n.input[-1] == ""]
-    if not constants and not trailing:
+    known = {c.output[0] for c in constants} | {t.name for t in proto.graph.initializer}
+    filled = [n for n in proto.graph.node if n.op_type == "ConstantOfShape" and n.input[0] in known]
+    if not constants and not trailing and not filled:
         return proto
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    folded = {c.output[0] for c in constants}
-    kept = [n for n in out.graph.node if not (n.op_type == "Constant" and n.output[0] in folded)]
+    folded = {c.output[0] for c in constants} | {n.output[0] for n in filled}
+    kept = [n for n in out.graph.node if not (n.op_type in ("Constant", "ConstantOfShape") and n.output[0] in folded)]
     for node in constants:
         attr = node.attribute[0]
         value = onnx.helper.get_attribute_value(attr)
@@ -103,6 +107,11 @@ def constants_as_initializers(proto: Any) -> Any:
         tensor.CopyFrom(value)
         tensor.name = node.output[0]
         out.graph.initializer.append(tensor)
+    values = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    for node in filled:  # ONNX: value defaults to float32 0
+        fill = (numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)).reshape(-1)
+        array = np.full(tuple(int(d) for d in values[node.input[0]].reshape(-1)), fill[0], dtype=fill.dtype)
+        out.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
     for node in kept:
         while node.input and node.input[-1] == "":
             node.input.pop()

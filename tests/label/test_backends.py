@@ -136,3 +136,17 @@ def _relaxed(model):
     for v in list(m.graph.input) + list(m.graph.output):
         v.type.tensor_type.shape.dim[0].dim_param = "batch"
     return m
+
+
+def test_a_teacher_torch_compile_cannot_trace_runs_uncompiled(caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped fitted teacher's policy reshapes to a shape held in a tensor, which onnx2torch turns into
+    `torch.Size(tensor)`, which dynamo refuses (it failed the label pass on an H100): with --compile on the backend
+    says so once and runs the graphs uncompiled, with the eager backend's outputs."""
+    teacher = load_teacher([SHIPPED / "v1"])
+    eager = get_backend("torch", *teacher, batch=2, device="cpu", compile="off")
+    with caplog.at_level("INFO", logger="spark_distill.notes"):
+        compiled = get_backend("torch", *teacher, batch=2, device="cpu", compile="on")
+        assert compiled.describe()["compiled"]
+        _compare(eager, compiled, teacher, batch=2, rtol=1e-6, atol=1e-7)
+    assert caplog.text.count("torch.compile could not compile the teacher") == 1, caplog.text
+    assert "torch.Size()" in caplog.text and not compiled.describe()["compiled"]

@@ -26,6 +26,7 @@ import torch
 from spark_distill.cuda_graphs import capture
 from spark_distill.errors import ConfigError
 from spark_distill.label.backends import StepParts
+from spark_distill.notes import note
 from spark_distill.openpilot.onnx_import import onnx_to_torch
 from spark_distill.openpilot.teachers import Teacher, check_batching, make_batch_dynamic
 
@@ -48,16 +49,27 @@ class _Forward(torch.nn.Module):
 
 
 class _Compiled:
-    """A torch.compile'd function that calls `after_first` once its first call (the compile) has returned."""
+    """A torch.compile'd function that calls `after_first` once its first call (the compile) has returned. Where
+    torch.compile cannot trace the graph (onnx2torch builds some operators from tensors holding shapes, e.g.
+    `torch.Size(tensor)`, which dynamo refuses), `eager` runs instead, from then on, with one note."""
 
-    def __init__(self, fn: Callable[..., Any], after_first: Callable[[], None]) -> None:
-        self.fn, self.after_first = fn, after_first
+    def __init__(self, fn: Callable[..., Any], eager: Callable[..., Any], after_first: Callable[[], None],
+                 on_fallback: Callable[[Exception], None]) -> None:
+        self.fn, self.eager, self.after_first, self.on_fallback = fn, eager, after_first, on_fallback
 
     def __call__(self, *args: Any) -> Any:
-        out = self.fn(*args)
-        if self.after_first is not None:
-            self.after_first, after = None, self.after_first
-            after()
+        if self.after_first is None:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as e:  # torch._dynamo.exc.TorchDynamoException and inductor's, by their module
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            self.fn, self.after_first = self.eager, None
+            self.on_fallback(e)
+            return self.fn(*args)
+        self.after_first, after = None, self.after_first
+        after()
         return out
 
 
@@ -134,7 +146,14 @@ class TorchBackend:
 
     def _compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """torch.compile(fn) at fixed shapes; once its first call has compiled it, the compile cache is saved."""
-        return _Compiled(torch.compile(fn, dynamic=False), self._save_cache)
+        return _Compiled(torch.compile(fn, dynamic=False), fn, self._save_cache, self._compile_failed)
+
+    def _compile_failed(self, error: Exception) -> None:
+        if self.compiled:  # one note for the backend's graphs
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
+            note(f"torch.compile could not compile the teacher ({type(error).__name__}: {reason}); it runs "
+                 "uncompiled")
+        self.compiled = self.fuse_step = False  # what describe() records: the teacher ran uncompiled
 
     def _save_cache(self) -> None:
         if self._cache is not None:
