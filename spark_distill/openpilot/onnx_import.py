@@ -72,7 +72,114 @@ def onnx_to_torch(model: Any) -> Any:
     if used and "torchvision.ops" in sys.modules and not hasattr(sys.modules["torchvision"], "__file__"):
         raise MissingDependencyError(f"the ONNX graph uses {sorted(used)}, which need torchvision: "
                                      "pip install torchvision matching your torch")
-    return load_onnx2torch().convert(constants_as_initializers(proto))
+    return static_operands(load_onnx2torch().convert(fold_constants(constants_as_initializers(proto))))
+
+
+FOLD_LIMIT = 1 << 16  # elements: a folded value larger than this stays computed (shape arithmetic is tiny)
+
+
+def fold_constants(proto: Any) -> Any:
+    """The graph with every node whose inputs are all initializers replaced by the initializer it computes
+    (onnx's reference evaluator; same values). torch.onnx exports an expand or a view as a chain of
+    ConstantOfShape / Equal / Where / Mul on constants (the shipped fitted teacher has 19), which onnx2torch would
+    compute at every call, from tensors, in forms torch.compile cannot trace (`torch.Size(tensor)`)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    values = {t.name: t for t in proto.graph.initializer}
+    folded: dict[str, Any] = {}
+    kept = []
+    for node in proto.graph.node:
+        names = [i for i in node.input if i]
+        if (not names or any(i not in values and i not in folded for i in names) or node.domain not in ("", "ai.onnx")
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+            kept.append(node)
+            continue
+        feeds = {i: folded[i] if i in folded else numpy_helper.to_array(values[i]) for i in names}
+        try:
+            results = ReferenceEvaluator(node).run(None, feeds)
+        except Exception:  # an operator the reference evaluator lacks: left to run
+            kept.append(node)
+            continue
+        if any(r.size > FOLD_LIMIT for r in results):
+            kept.append(node)
+            continue
+        folded.update(zip(node.output, results, strict=True))
+    if not folded:
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    used = {i for n in kept for i in n.input} | {o.name for o in proto.graph.output}
+    for name, value in folded.items():
+        if name in used:
+            out.graph.initializer.append(numpy_helper.from_array(value, name))
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
+
+
+def static_operands(module: Any) -> Any:
+    """onnx2torch's Slice, Reshape, Expand and Gather with constant operands (starts/ends/axes/steps, the shape, the
+    indices) turned into
+    modules holding them as Python ints (same results). onnx2torch reads those operands from tensors at every call
+    (`.cpu().numpy()`, `torch.Size(tensor)`): a host copy that breaks CUDA-graph capture, and forms torch.compile
+    cannot trace."""
+    import numpy as np
+    import torch
+
+    load_onnx2torch()
+    from onnx2torch.node_converters.expand import OnnxExpand
+    from onnx2torch.node_converters.gather import OnnxGather
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.slice import OnnxSlice, _get_slices
+
+    from spark_distill.openpilot.static_ops import StaticExpand, StaticGather, StaticReshape, StaticSlice
+
+    graph = module.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        target = module.get_submodule(node.target)
+        operands = list(node.args[1:])
+        if not isinstance(target, (OnnxSlice, OnnxReshape, OnnxExpand, OnnxGather)) or not all(
+                a is None or (isinstance(a, torch.fx.Node) and a.op == "get_attr") for a in operands):
+            continue
+        arrays = [None if a is None else np.asarray(_attr(module, a.target).detach().cpu().numpy()).astype(np.int64)
+                  for a in operands]
+        if isinstance(target, OnnxSlice):
+            while len(arrays) < 4:
+                arrays.append(None)
+            starts, ends, axes, steps = arrays
+            flip, pos, neg = _get_slices(starts, ends, None if axes is None else torch.from_numpy(axes),
+                                         None if steps is None else torch.from_numpy(steps))
+            static: torch.nn.Module = StaticSlice([int(d) for d in flip], _python_slices(pos), _python_slices(neg))
+        elif isinstance(target, OnnxGather):
+            static = StaticGather(target._axis, arrays[0])
+        elif isinstance(target, OnnxReshape):
+            static = StaticReshape(tuple(int(d) for d in arrays[0]))
+        else:
+            static = StaticExpand(tuple(int(d) for d in arrays[0]))
+        module.add_submodule(node.target, static)
+        node.args = node.args[:1]
+        changed = True
+    if changed:
+        graph.eliminate_dead_code()
+        graph.lint()
+        module.recompile()
+    return module
+
+
+def _attr(module: Any, target: str) -> Any:
+    *path, name = target.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    return getattr(owner, name)
+
+
+def _python_slices(items: list[Any]) -> list[Any]:
+    return [s if s is Ellipsis else slice(*(None if v is None else int(v) for v in (s.start, s.stop, s.step)))
+            for s in items]
 
 
 def constants_as_initializers(proto: Any) -> Any:
@@ -80,9 +187,7 @@ def constants_as_initializers(proto: Any) -> Any:
     empty optional inputs dropped (same values, same graph). onnx2torch reads some operands only from
     initializers, and takes an empty name for a given one — a `Clip`'s min/max among them ("Dynamic value of
     min/max is not implemented") — while exporters write them as `Constant` nodes and `""` (torch.onnx does for a
-    clamp; the shipped fitted teacher has three). A `ConstantOfShape` of a constant shape becomes the initializer it
-    makes: onnx2torch builds it with torch.full(torch.Size(tensor)), which torch.compile cannot trace (the fitted
-    teacher's policy has four, from torch.onnx's export of an expand). The input is not changed."""
+    clamp; the shipped fitted teacher has three). The input is not changed."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -90,14 +195,12 @@ def constants_as_initializers(proto: Any) -> Any:
     constants = [n for n in proto.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
                  and n.attribute[0].name in ("value", "value_float", "value_floats", "value_int", "value_ints")]
     trailing = [n for n in proto.graph.node if n.input and n.input[-1] == ""]
-    known = {c.output[0] for c in constants} | {t.name for t in proto.graph.initializer}
-    filled = [n for n in proto.graph.node if n.op_type == "ConstantOfShape" and n.input[0] in known]
-    if not constants and not trailing and not filled:
+    if not constants and not trailing:
         return proto
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    folded = {c.output[0] for c in constants} | {n.output[0] for n in filled}
-    kept = [n for n in out.graph.node if not (n.op_type in ("Constant", "ConstantOfShape") and n.output[0] in folded)]
+    folded = {c.output[0] for c in constants}
+    kept = [n for n in out.graph.node if not (n.op_type == "Constant" and n.output[0] in folded)]
     for node in constants:
         attr = node.attribute[0]
         value = onnx.helper.get_attribute_value(attr)
@@ -107,11 +210,6 @@ def constants_as_initializers(proto: Any) -> Any:
         tensor.CopyFrom(value)
         tensor.name = node.output[0]
         out.graph.initializer.append(tensor)
-    values = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    for node in filled:  # ONNX: value defaults to float32 0
-        fill = (numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)).reshape(-1)
-        array = np.full(tuple(int(d) for d in values[node.input[0]].reshape(-1)), fill[0], dtype=fill.dtype)
-        out.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
     for node in kept:
         while node.input and node.input[-1] == "":
             node.input.pop()
