@@ -121,10 +121,10 @@ def fold_constants(proto: Any) -> Any:
 
 def static_operands(module: Any) -> Any:
     """onnx2torch's Slice, Reshape, Expand and Gather with constant operands (starts/ends/axes/steps, the shape, the
-    indices) turned into
-    modules holding them as Python ints (same results). onnx2torch reads those operands from tensors at every call
-    (`.cpu().numpy()`, `torch.Size(tensor)`): a host copy that breaks CUDA-graph capture, and forms torch.compile
-    cannot trace."""
+    indices) turned into modules holding them as Python ints (same results). onnx2torch reads those operands from
+    tensors at every call (`.cpu().numpy()`, `torch.Size(tensor)`): a host copy that breaks CUDA-graph capture, and
+    forms torch.compile cannot trace. The constant buffers stay registered, unused: a state dict keeps its keys
+    (checkpoints of an openpilot student saved before load as they were)."""
     import numpy as np
     import torch
 
