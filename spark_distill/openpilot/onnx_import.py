@@ -120,21 +120,24 @@ def fold_constants(proto: Any) -> Any:
 
 
 def static_operands(module: Any) -> Any:
-    """onnx2torch's Slice, Reshape, Expand and Gather with constant operands (starts/ends/axes/steps, the shape, the
-    indices) turned into modules holding them as Python ints (same results). onnx2torch reads those operands from
-    tensors at every call (`.cpu().numpy()`, `torch.Size(tensor)`): a host copy that breaks CUDA-graph capture, and
-    forms torch.compile cannot trace. The constant buffers stay registered, unused: a state dict keeps its keys
-    (checkpoints of an openpilot student saved before load as they were)."""
+    """onnx2torch's Slice, Reshape, Expand, Gather, Pad and Split with constant operands (starts/ends/axes/steps, the
+    shape, the indices, the pads, the split) turned into modules holding them as Python values (same results).
+    onnx2torch reads those operands from tensors at every call (`.cpu().numpy()`, `.tolist()`, `torch.Size(tensor)`):
+    a host copy that breaks CUDA-graph capture, and forms torch.compile cannot trace. The constant buffers stay
+    registered, unused: a state dict keeps its keys (checkpoints of an openpilot student saved before load as they
+    were)."""
     import numpy as np
     import torch
 
     load_onnx2torch()
     from onnx2torch.node_converters.expand import OnnxExpand
     from onnx2torch.node_converters.gather import OnnxGather
+    from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch, _torch_padding_to_mode_format
     from onnx2torch.node_converters.reshape import OnnxReshape
     from onnx2torch.node_converters.slice import OnnxSlice, _get_slices
+    from onnx2torch.node_converters.split import OnnxSplit, OnnxSplit13
 
-    from spark_distill.openpilot.static_ops import StaticExpand, StaticGather, StaticReshape, StaticSlice
+    from spark_distill.openpilot.static_ops import StaticExpand, StaticGather, StaticPad, StaticReshape, StaticSlice
 
     graph = module.graph
     changed = False
@@ -143,11 +146,14 @@ def static_operands(module: Any) -> Any:
             continue
         target = module.get_submodule(node.target)
         operands = list(node.args[1:])
-        if not isinstance(target, (OnnxSlice, OnnxReshape, OnnxExpand, OnnxGather)) or not all(
+        if not operands or operands[0] is None:  # nothing held in a tensor (a Split into equal parts)
+            continue
+        if not isinstance(target, (OnnxSlice, OnnxReshape, OnnxExpand, OnnxGather, OnnxPadDynamic, OnnxSplit13)
+                          ) or not all(
                 a is None or (isinstance(a, torch.fx.Node) and a.op == "get_attr") for a in operands):
             continue
-        arrays = [None if a is None else np.asarray(_attr(module, a.target).detach().cpu().numpy()).astype(np.int64)
-                  for a in operands]
+        values = [None if a is None else np.asarray(_attr(module, a.target).detach().cpu().numpy()) for a in operands]
+        arrays = [None if v is None else v.astype(np.int64) for v in values]
         if isinstance(target, OnnxSlice):
             while len(arrays) < 4:
                 arrays.append(None)
@@ -155,6 +161,12 @@ def static_operands(module: Any) -> Any:
             flip, pos, neg = _get_slices(starts, ends, None if axes is None else torch.from_numpy(axes),
                                          None if steps is None else torch.from_numpy(steps))
             static: torch.nn.Module = StaticSlice([int(d) for d in flip], _python_slices(pos), _python_slices(neg))
+        elif isinstance(target, OnnxPadDynamic):
+            value = 0.0 if len(values) < 2 or values[1] is None else float(values[1].reshape(-1)[0])
+            pads = _torch_padding_to_mode_format(_onnx_padding_to_torch([int(d) for d in arrays[0]]), target.mode)
+            static = StaticPad(pads, target.mode, value)
+        elif isinstance(target, OnnxSplit13):
+            static = OnnxSplit(num_splits=target.num_splits, axis=target.axis, split=[int(d) for d in arrays[0]])
         elif isinstance(target, OnnxGather):
             static = StaticGather(target._axis, arrays[0])
         elif isinstance(target, OnnxReshape):

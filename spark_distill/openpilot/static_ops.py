@@ -62,3 +62,16 @@ class StaticGather(torch.nn.Module):
             return x.select(axis, 0) if x.shape[axis] == 1 else torch.index_select(x, axis, index).squeeze(axis)
         out = torch.index_select(x, axis, index)
         return out.reshape(*x.shape[:axis], *self.index_shape, *x.shape[axis + 1:])
+
+
+class StaticPad(torch.nn.Module):
+    """F.pad with torch's pad list (onnx2torch's conversion of ONNX pads) and the constant as a Python float."""
+
+    def __init__(self, pads: list[int], mode: str, value: float) -> None:
+        super().__init__()
+        self.pads, self.mode, self.value = pads, mode, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "constant":
+            return torch.nn.functional.pad(x, self.pads, mode="constant", value=self.value)
+        return torch.nn.functional.pad(x, self.pads, mode=self.mode)
