@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.controls import desired_controls
 from spark_distill.openpilot.outputs import parse_outputs
 
 REPORT_SECONDS = (1.0, 2.0, 4.0, 10.0)
@@ -66,19 +65,10 @@ def _mae(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else None
 
 
-def model_controls(vision: np.ndarray, policy: np.ndarray, slices: dict[str, dict[str, list[int]]], *, control: str,
-                   v_ego: np.ndarray, delays: np.ndarray, smooth: tuple[float, float]) -> np.ndarray:
-    """(N, 2) [curvature, acceleration] a model's outputs over one segment's consecutive frames give, as the
-    release's modeld derives them (openpilot.controls; `delays` (N, 2) those fed, `smooth` its smoothing seconds)."""
-    parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
-    return np.stack(desired_controls(parsed, control, v_ego, lat_delay=delays[:, 0].astype(np.float64),
-                                     long_delay=delays[:, 1].astype(np.float64), smooth=smooth), -1)
-
-
 def control_metrics(student: np.ndarray, teacher: np.ndarray, *, control: str, driven: np.ndarray,
                     driven_from: str) -> dict[str, Any]:
-    """The release's controls (model_controls (N, 2)) of student and teacher: their difference, and each one's
-    curvature against the curvature the car drove."""
+    """The release's controls (openpilot.controls.model_controls (N, 2)) of student and teacher: their difference,
+    and each one's curvature against the curvature the car drove."""
     (sc, sa), (tc, ta) = student.T, teacher.T
     known = np.isfinite(driven)
     return {"derived_from": control, "curvature_vs_teacher": _mae(sc, tc), "accel_vs_teacher": _mae(sa, ta),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +75,7 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
                          ("road", f["road"]), ("wide", f["wide"]), ("desire", f["desire"]),
                          # before a log's first carState: v_ego 0, as modeld reads it
                          ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("car", f["car"]), ("pose", f["pose"]),
-                         ("delays", _clip_delays(choice, f["meta"])),
+                         ("delays", choice.per_frame(f["meta"])),
                          ("teacher_vision", lab["vision"]), ("teacher_policy", lab["policy"])):
                 parts.setdefault(k, []).append(np.asarray(v))
             parts["traffic"] = [f["traffic"]]
@@ -91,12 +90,6 @@ def read_segment(root: Path, label_set: str, name: str) -> Segment:
     for k in ("teacher_vision", "teacher_policy"):
         cat[k] = cat[k].astype(np.float32)
     return Segment(name=name, **cat)
-
-
-def _clip_delays(choice: DelayChoice, meta: dict[str, Any]) -> np.ndarray:
-    n = len(meta["frame_ids"])
-    lat, long = choice.clip(meta, n)
-    return np.stack([lat, np.full(n, long, np.float32)], 1)
 
 
 def image_stack(frames: np.ndarray, i: int, skip: int = C.TEMPORAL_SKIP) -> np.ndarray:

@@ -32,7 +32,7 @@ from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
 from spark_distill.notes import note
-from spark_distill.openpilot.controls import control_of, driven_curvature
+from spark_distill.openpilot.controls import control_of, driven_curvature, model_controls
 from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.onnx_import import cpu_session
 
@@ -182,8 +182,8 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     smooth = DelayChoice.of_labels(labels).smooth
 
     def controls_of(vision: np.ndarray, policy: np.ndarray, seg: Segment) -> np.ndarray:
-        return M.model_controls(vision, policy, slices, control=control, v_ego=seg.v_ego, delays=seg.delays,
-                                smooth=smooth)  # over the whole segment: modeld's low-pass runs from its start
+        return model_controls(vision, policy, slices, control=control, v_ego=seg.v_ego, delays=seg.delays,
+                              smooth=smooth)  # over the whole segment: modeld's low-pass runs from its start
 
     picture: tuple[Segment, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
     short: list[tuple[Segment, np.ndarray]] = []  # (segment, its labelled frames) with no frame past the warm-up:

@@ -13,11 +13,11 @@
   model runs across segment boundaries, so its first outputs of a segment already have history.
 - `verify_labels(root, label_set)`: a teacher label set against the logged modelV2 of the same frames,
   field by field and horizon by horizon (both sides through `modelv2.rows_from_outputs`), and the controls the
-  set's release derives from its labels (`openpilot.controls.desired_controls`: the layout's control source, the
-  label pass's delays, the logged vEgo) against modelV2.action's desiredCurvature / desiredAcceleration where the
-  log has them (a missing one is named, not an error). The controls are reported beside the verdict, not in it:
-  releases from 0.10 smooth the action they log over time (modeld's smooth_value), which the per-frame derivation
-  does not model, and a car's own delays (liveDelay) differ from the label pass's.
+  set's release derives from its labels (`openpilot.controls.model_controls`: the layout's control source, the
+  label pass's delays, the logged vEgo, modeld's low-pass over each segment's frames) against modelV2.action's
+  desiredCurvature / desiredAcceleration where the log has them (a missing one is named, not an error). The
+  controls are reported beside the verdict, not in it: a car's own delays (liveDelay) may differ from the label
+  pass's.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from spark_distill.errors import DatasetError, LabelError
 from spark_distill.label.run import record_shard
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot import modelv2 as M
-from spark_distill.openpilot.controls import control_of, desired_controls
+from spark_distill.openpilot.controls import control_of, model_controls
 from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.metadata import slices_to_json
-from spark_distill.openpilot.outputs import parse_outputs
 
 # relative agreement that counts as "the same model": on-device fp16 inference and float16 label storage
 AGREEMENT_TOLERANCE = 0.02
@@ -170,14 +169,12 @@ def verify_labels(root: Path, label_set: str, *, tolerance: float = AGREEMENT_TO
                 logged.append(rows[have])
                 # the controls over every frame of the clip (modeld's low-pass runs on, through frames a qlog did
                 # not keep), carried on from the clip before where this one follows it in the segment
-                parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
-                v_ego = np.nan_to_num(f["car"][:, 0], nan=0.0)  # as the label pass feeds it
-                lat, long = choice.clip(f["meta"], len(have))
                 ids = f["meta"]["frame_ids"]
                 if run_end != (f["meta"]["segment"], ids[0] - 1):
                     prev = (0.0, 0.0)  # modeld's start-up
-                controls = np.stack(desired_controls(parsed, control, v_ego, lat_delay=lat.astype(np.float64),
-                                                     long_delay=long, smooth=choice.smooth, prev=prev), -1)
+                controls = model_controls(vision, policy, slices, control=control,
+                                          v_ego=np.nan_to_num(f["car"][:, 0], nan=0.0),  # as the label pass feeds it
+                                          delays=choice.per_frame(f["meta"]), smooth=choice.smooth, prev=prev)
                 prev, run_end = (float(controls[-1, 0]), float(controls[-1, 1])), (f["meta"]["segment"], ids[-1])
                 derived.append(controls[have])
         finally:

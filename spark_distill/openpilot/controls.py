@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
 """The controls a release derives from its model's outputs, the way its modeld does, and the curvature the car
-actually drove. Entry points: `desired_controls(parsed, control, v_ego, ...)` and `driven_curvature(...)`.
+actually drove. Entry points: `desired_controls(parsed, control, v_ego, ...)`, `model_controls(vision, policy,
+slices, ...)` (the same from raw outputs) and `driven_curvature(...)`.
 
 Per layout (releases.Layout.control; ../shared/openpilot_releases.md):
 - "desired_curvature" (0.9.x supercombos): the model's `desired_curvature` output (its mean); acceleration from
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from spark_distill.openpilot import contract as C
+from spark_distill.openpilot.outputs import parse_outputs
 from spark_distill.openpilot.releases import DT_MDL
 
 MIN_SPEED = 1.0  # m/s: openpilot's floor under v in the curvature formulas
@@ -94,6 +96,17 @@ def desired_controls(parsed: dict[str, Any], control: str, v_ego: np.ndarray, *,
         return _mean(parsed["desired_curvature"]).reshape(len(v), -1)[:, 0], accel
     curv = curvature_from_plan(plan, v, lat_delay + DT_MDL)
     return (curv, accel) if smooth is None else smoothed(curv, accel, v, smooth, prev)
+
+
+def model_controls(vision: np.ndarray, policy: np.ndarray, slices: dict[str, dict[str, list[int]]], *, control: str,
+                   v_ego: np.ndarray, delays: np.ndarray, smooth: tuple[float, float] | None,
+                   prev: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """(N, 2) [curvature, acceleration] a model's raw outputs give over consecutive frames of one segment, as the
+    release's modeld derives them (`desired_controls`; `delays` (N, 2) those fed, `smooth` its smoothing seconds,
+    `prev` the controls before the first frame)."""
+    parsed = {**parse_outputs(vision, slices["vision"]), **parse_outputs(policy, slices["policy"])}
+    return np.stack(desired_controls(parsed, control, v_ego, lat_delay=delays[:, 0].astype(np.float64),
+                                     long_delay=delays[:, 1].astype(np.float64), smooth=smooth, prev=prev), -1)
 
 
 def control_of(slices: dict[str, dict[str, Any]], layout: str | None) -> str:

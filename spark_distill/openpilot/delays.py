@@ -55,6 +55,12 @@ class DelayChoice:
             return lat, float(self.long)
         return lat, float(meta.get("long_delay", DEFAULT_LONG_DELAY)) + self.smooth[1]
 
+    def per_frame(self, meta: dict[str, Any]) -> np.ndarray:
+        """(n, 2) float32 [lateral, longitudinal] delay fed at each of the clip's frames (`clip`'s, stacked)."""
+        n = len(meta["frame_ids"])
+        lat, long = self.clip(meta, n)
+        return np.stack([lat, np.full(n, long, np.float32)], 1)
+
     def record(self, segment: dict[str, Any]) -> dict[str, Any]:
         """The label manifest's `delays` of one frames-manifest `segment` entry: what was fed and where it came from."""
         found = segment.get("delays") or {}

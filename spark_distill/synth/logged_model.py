@@ -20,9 +20,8 @@ from spark_distill.data import shards
 from spark_distill.errors import ConfigError
 from spark_distill.ingest.logs import load_schema, read_log_bytes
 from spark_distill.openpilot import modelv2 as M
-from spark_distill.openpilot.controls import control_of, desired_controls
+from spark_distill.openpilot.controls import control_of, model_controls
 from spark_distill.openpilot.delays import DelayChoice
-from spark_distill.openpilot.outputs import parse_outputs
 from spark_distill.synth.rlog import event, write_log
 from spark_distill.synth.upload import QLOG_DECIMATION
 
@@ -34,11 +33,10 @@ def logged_controls(vision: np.ndarray, policy: np.ndarray, v_ego: np.ndarray, d
     """(desired curvature, desired acceleration) per frame of one segment as the teacher's release derives them from
     its outputs (openpilot.controls, with each frame's [lateral, longitudinal] `delays` the label pass fed and the
     release's low-pass from modeld's start): what modeld logs in modelV2.action."""
-    parsed = {**parse_outputs(vision, labels["output_slices"]["vision"]),
-              **parse_outputs(policy, labels["output_slices"]["policy"])}
-    return desired_controls(parsed, control_of(labels["output_slices"], labels.get("layout")), v_ego,
-                            lat_delay=delays[:, 0].astype(np.float64), long_delay=delays[:, 1].astype(np.float64),
-                            smooth=DelayChoice.of_labels(labels).smooth)
+    c = model_controls(vision, policy, labels["output_slices"], v_ego=v_ego, delays=delays,
+                       control=control_of(labels["output_slices"], labels.get("layout")),
+                       smooth=DelayChoice.of_labels(labels).smooth)
+    return c[:, 0], c[:, 1]
 
 
 def add_logged_model(route: Path, truths: list, cfg: object, teacher: Path) -> None:

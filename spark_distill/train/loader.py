@@ -148,12 +148,6 @@ class ClipStream(IterableDataset):
     def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
         return stack_clips([self.clip_arrays(f, lab) for f, lab in samples])
 
-    def clip_delays(self, meta: dict[str, Any], n: int) -> np.ndarray:
-        """(n, 2) float32: each frame's [lateral, longitudinal] delay, those the label pass fed (the openpilot
-        student takes them; openpilot/delays.py)."""
-        lat, long = self.delays.clip(meta, n)
-        return np.stack([lat, np.full(n, long, np.float32)], 1)
-
     def clip_arrays(self, f_raw: dict, l_raw: dict) -> dict[str, Any]:
         """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch)."""
         t = self.clip_len
@@ -172,7 +166,8 @@ class ClipStream(IterableDataset):
         arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [
             # before a log's first carState: v_ego 0, as modeld reads it (and as the label pass fed the teacher)
             ("desire", f["desire"]), ("v_ego", np.nan_to_num(f["car"][:, 0], nan=0.0)), ("pose", f["pose"]),
-            ("delays", self.clip_delays(f["meta"], n)), ("vision", lab["vision"]),
+            # each frame's [lateral, longitudinal] delay the label pass fed (the openpilot student takes them)
+            ("delays", self.delays.per_frame(f["meta"])), ("vision", lab["vision"]),
             ("policy", lab["policy"])]
         if self.motions is not None:
             motion = self.motions[f["meta"]["segment"]]

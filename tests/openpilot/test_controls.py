@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_distill.evaluate.metrics import compare, model_controls
+from spark_distill.evaluate.metrics import compare
 from spark_distill.openpilot import contract as C
-from spark_distill.openpilot.controls import control_of, desired_controls, driven_curvature
+from spark_distill.openpilot.controls import control_of, desired_controls, driven_curvature, model_controls
 from spark_distill.openpilot.delays import DelayChoice
 from spark_distill.openpilot.outputs import parse_outputs
 from spark_distill.openpilot.releases import DT_MDL, LAYOUTS
