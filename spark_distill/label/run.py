@@ -121,7 +121,7 @@ def _open_label_manifest(folder: Path, teacher: Teacher, backend: Backend, frame
         if made != (cfg.lat_delay, cfg.long_delay):
             raise LabelError(f"label set {folder.name} was made with {_delays_text(*made)}, not "
                              f"{_delays_text(cfg.lat_delay, cfg.long_delay)}; use --name for a new set")
-        made_smooth = tuple(m.get("smooth_seconds") or (0.0, 0.0))
+        made_smooth = DelayChoice.of_labels(m).smooth
         if made_smooth != teacher.layout.smooth:
             raise LabelError(f"label set {folder.name} was made adding {made_smooth} s to the logs' delays, this "
                              f"version adds {teacher.layout.smooth} s for {teacher.layout.releases} (its modeld's "

@@ -6,7 +6,7 @@ label pass's `--lat-delay` / `--long-delay` overrides for every segment. To a lo
 smoothing seconds (`Layout.smooth`: 0.10.1+ LONG_SMOOTH_SECONDS 0.3 ...); an override is the value fed as it is. The
 label pass, the openpilot student's training and eval all take them from here, so they feed what the labels were made
 with. Main entry points:
-`DelayChoice` (`.of_labels(manifest)`), `.clip`, `.record`; `summary` for the label pass's table.
+`DelayChoice` (`.of_labels(manifest)`), `.clip` / `.per_frame`, `.record`; `summary` for the label pass's table.
 """
 
 from __future__ import annotations
