@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""CUDA graph capture the way torch requires it: warm-up on a side stream, then capture."""
+"""CUDA graph capture the way torch requires it: warm-up on a side stream, then capture. `capture_or_none` is the
+same with a way out: a model whose forward copies to the host at every call (an ONNX operator that onnx2torch
+computes from host-side values, which the static import does not cover) cannot be captured, and runs uncaptured
+with one note instead of ending the pass."""
 
 from __future__ import annotations
 
@@ -9,18 +12,41 @@ from typing import Any
 
 import torch
 
+from spark_distill.notes import note
 
-def capture(fn: Callable[[], Any], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any]:
-    """Run `fn` `warmup` times on a side stream (compiles, cuDNN plans, lazy allocations), then capture it in
-    a CUDA graph; returns the graph and what `fn` returned while captured (static buffers, rewritten by every
-    replay). `fn` must not sync with the host nor allocate on the host."""
+
+def _warm(fn: Callable[[], Any], warmup: int) -> None:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.no_grad():
         for _ in range(warmup):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
+
+
+def _capture(fn: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+def capture(fn: Callable[[], Any], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Run `fn` `warmup` times on a side stream (compiles, cuDNN plans, lazy allocations), then capture it in
+    a CUDA graph; returns the graph and what `fn` returned while captured (static buffers, rewritten by every
+    replay). `fn` must not sync with the host nor allocate on the host."""
+    _warm(fn, warmup)
+    return _capture(fn)
+
+
+def capture_or_none(fn: Callable[[], Any], what: str, warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any] | None:
+    """`capture`, or None with one note naming the error when the capture itself fails (the warm-up's errors are
+    `fn`'s own and raise): the caller then runs `fn` uncaptured."""
+    _warm(fn, warmup)
+    try:
+        return _capture(fn)
+    except RuntimeError as error:  # torch.AcceleratorError too: "operation not permitted when stream is capturing"
+        torch.cuda.synchronize()  # the failed capture is over and the device idle before anything runs again
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
+        note(f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs uncaptured")
+        return None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark_distill.cuda_graphs import capture
+from spark_distill.cuda_graphs import capture_or_none
 from spark_distill.label.backends import Backend
 from spark_distill.label.profile import StepProfile
 from spark_distill.openpilot import contract as C
@@ -132,7 +132,11 @@ class LabelStep:
                 self.compile_s = time.perf_counter() - start
                 self.state.clear()
             if parts.capture and self.cuda:
-                self.graphs = [capture(lambda buf=buf: self.step_fn(buf))[0] for buf in self.inputs_pair]
+                for buf in self.inputs_pair:
+                    if (captured := capture_or_none(lambda buf=buf: self.step_fn(buf), "the label step")) is None:
+                        self.graphs = []  # runs uncaptured
+                        break
+                    self.graphs.append(captured[0])
                 self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state
                 done = torch.cuda.Event()  # the first uploads into the buffers wait for the warm-up that read them
                 done.record(torch.cuda.current_stream(dev))

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from spark_distill.cuda_graphs import capture
+from spark_distill.cuda_graphs import capture_or_none
 from spark_distill.errors import ConfigError
 from spark_distill.label.backends import StepParts
 from spark_distill.notes import note
@@ -77,11 +77,16 @@ class _Graphed:
     """A forward replayed from a CUDA graph captured at a fixed batch (inputs copied into static buffers).
     Its output is a static buffer too: valid until the next call."""
 
-    def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> None:
+    def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], what: str) -> None:
+        self.forward = forward
         self.static = {k: v.clone() for k, v in example.items()}
-        self.graph, self.out = capture(lambda: forward(*self.static.values()))
+        captured = capture_or_none(lambda: forward(*self.static.values()), what)
+        self.graph, self.out = captured if captured is not None else (None, None)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.graph is None:  # could not be captured: the forward as it is
+            with torch.no_grad():
+                return self.forward(*inputs.values())
         for k, v in inputs.items():
             self.static[k].copy_(v, non_blocking=True)
         self.graph.replay()
@@ -163,7 +168,7 @@ class TorchBackend:
         n = next(iter(inputs.values())).shape[0]
         if n == self.batch and self.cuda_graphs:
             if role not in self.graphs:  # captured at first use (the label pass captures its own step instead)
-                self.graphs[role] = _Graphed(self.forwards[role], inputs)
+                self.graphs[role] = _Graphed(self.forwards[role], inputs, f"the teacher's {role} model")
             return self.graphs[role](inputs)
         with torch.no_grad():  # other batch sizes run eager: a compiled graph is for the backend's batch only
             return (self.forwards if n == self.batch else self.eager)[role](*inputs.values())
