@@ -398,6 +398,9 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             yield (f"{student}: {result.steps} steps of {cfg.batch_size} clips in {result.seconds / 60:.2f} min of "
                    f"training; validation loss {_fmt(result.val_before)} -> {_fmt(result.val_after)}")
         summary["curves"] = curves
+        if cfg.out is not None:  # the curves now, in case a later stage does not finish (a device call's time limit)
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            files.write_json_atomic(cfg.out / "distill.json", summary)
         yield "held-out drives: plan error (m) vs the path driven, the teacher's own, and vs the teacher's plan"
         yield from curve_lines(curves)
         done = 2 + len(cfg.students)
