@@ -188,6 +188,21 @@ def label_widths(manifest: dict[str, Any]) -> dict[str, int]:
     return {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
 
 
+def past_warmup(frame_ids: np.ndarray, segment: dict[str, Any] | None, warmup: int) -> np.ndarray:
+    """Per frame, whether its label was made with the teacher's history full: `warmup` frames or more past the
+    segment's first frame and past every later restart of modeld's state (the label manifest's
+    `segments.<name>`: `first_frame_id`, and `resets`, where a hole longer than the history or unreadable clips
+    started the state over; labels after a restart come from start-up zeros again). Without the segment's
+    entry, its first frame is taken to be `frame_ids[0]`."""
+    fids = np.asarray(frame_ids, np.int64)
+    if segment is None:
+        starts = fids[:1]
+    else:
+        starts = np.unique(np.asarray([segment.get("first_frame_id", 0), *segment.get("resets", [])], np.int64))
+    last = starts[np.clip(np.searchsorted(starts, fids, side="right") - 1, 0, None)]
+    return fids - last >= warmup
+
+
 def _first(issues: list[str], limit: int = 3) -> str:
     return "; ".join(issues[:limit]) + (f" (and {len(issues) - limit} more)" if len(issues) > limit else "")
 

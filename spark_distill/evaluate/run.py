@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from spark_distill.data import files, shards, store
-from spark_distill.data.dataset import frames_dir, label_set_dir
+from spark_distill.data.dataset import frames_dir, label_set_dir, past_warmup
 from spark_distill.errors import ConfigError
 from spark_distill.evaluate import metrics as M
 from spark_distill.evaluate.rollout import OnnxStep, Segment, read_segment, rollout_torch
@@ -173,7 +173,6 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
     if len({n for n, _ in runners}) != len(runners):
         runners = [(f"{i + 1}:{n}", r) for i, (n, r) in enumerate(runners)]
     warmup = 0 if cfg.include_warmup else int(labels["warmup_frames"])
-    first_ids = {n: s.get("first_frame_id", 0) for n, s in labels["segments"].items()}
     outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n, _ in runners}
     teacher_v, teacher_p, gt_path, gt_valid, kept_segments = [], [], [], [], []
     derived: dict[str, list[np.ndarray]] = {n: [] for n, _ in runners}  # each model's controls, kept frames
@@ -214,7 +213,7 @@ def evaluate(cfg: EvalConfig, *, on_progress: Callable[[int, int, str], None] | 
         report(i, len(chosen), seg_name)
         seg = read_segment(cfg.root, cfg.labels, seg_name)
         labelled = np.isfinite(seg.teacher_policy[:, plan]).all(1)  # a label set from a log: only labelled frames
-        keep = (seg.frame_ids - first_ids.get(seg_name, int(seg.frame_ids[0])) >= warmup) & labelled
+        keep = past_warmup(seg.frame_ids, labels["segments"].get(seg_name), warmup) & labelled
         if keep.any():
             score(seg, keep)
         elif labelled.any():

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill.data.clips import decode_clip
-from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths
+from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths, past_warmup
 from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.openpilot.delays import DelayChoice
@@ -78,7 +78,7 @@ class ClipStream(IterableDataset):
         self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
         # labels of a segment's first 5 s come from start-up (zero) histories; short synthetic routes may keep them
         self.warmup = int(label_manifest["warmup_frames"]) if mask_warmup else 0
-        self.first_frame = {n: s.get("first_frame_id", 0) for n, s in label_manifest["segments"].items()}
+        self.segments = label_manifest["segments"]  # first frame and modeld restarts, per segment
         self.plan = slice(*label_manifest["output_slices"]["policy"]["plan"])  # NaN plan: a frame the log lacks
         self.widths = label_widths(label_manifest)
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
@@ -159,8 +159,9 @@ class ClipStream(IterableDataset):
                                "run spark-distill inspect --verify")
         fids = np.asarray(f["meta"]["frame_ids"])
         mask = np.zeros(t, bool)
-        # frames still inside the segment's warm-up carry zero-history labels; burn-in frames warm the student
-        mask[:n] = fids - self.first_frame.get(f["meta"]["segment"], fids[0]) >= self.warmup
+        # frames within the warm-up of the segment or of a restart carry zero-history labels; burn-in frames warm
+        # the student
+        mask[:n] = past_warmup(fids, self.segments.get(f["meta"]["segment"]), self.warmup)
         mask[: self.burn_in] = False
         mask[:n] &= np.isfinite(lab["policy"][:, self.plan]).all(1)  # labels from a log can miss frames
         arrays = [(n, f[n]) for n in ("road", "wide") if self.images] + [

@@ -132,3 +132,14 @@ def test_verify_names_a_damaged_file_alone_with_its_next_step(tici_route, tmp_pa
                         f"re-run `spark-distill label {root} --teacher TEACHER --name set --backend onnxruntime "
                         f"--precision fp32` (TEACHER: the folder of teacher 'teacher', sha256 {digest}...): it labels "
                         "this shard again"]
+
+
+def test_past_warmup_counts_from_the_segment_start_and_every_restart() -> None:
+    from spark_distill.data.dataset import past_warmup
+
+    fids = np.array([3, 4, 5, 6, 7, 8, 20, 21, 22, 23, 24])
+    entry = {"first_frame_id": 3, "resets": [20]}
+    assert past_warmup(fids, entry, 3).tolist() == [False] * 3 + [True] * 3 + [False] * 3 + [True] * 2
+    assert past_warmup(fids, {"first_frame_id": 3}, 3).tolist() == [False] * 3 + [True] * 8
+    assert past_warmup(fids[6:], None, 2).tolist() == [False, False, True, True, True], "no entry: from its first"
+    assert past_warmup(fids, entry, 0).all()

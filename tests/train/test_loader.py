@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spark_distill.data import shards
-from spark_distill.data.pairs import shard_pairs, val_segments
+from spark_distill.data.pairs import read_lockstep, shard_pairs, val_segments
 from spark_distill.errors import DatasetError
 from spark_distill.train.loader import ClipStream, make_loader
 
@@ -93,3 +93,30 @@ def test_an_epoch_where_some_worker_lacks_a_batch_yields_nothing_anywhere(labele
         assert len(stream) == 0
         counts.append(sum(1 for _ in make_loader(stream)))
     assert counts == [0, 0]
+
+
+def test_frames_within_the_warmup_after_a_modeld_restart_take_no_loss(labeled: Path, tmp_path: Path) -> None:
+    """A hole longer than the history (or unreadable clips) restarts modeld's state mid-segment: the labels of the
+    frames after it come from start-up zeros again, like the segment's first ones (the label manifest's resets)."""
+    root = tmp_path / "copy"
+    shutil.copytree(labeled / "frames", root / "frames")
+    shutil.copytree(labeled / "labels" / "set", root / "labels" / "set")
+    manifest = shards.read_manifest(root / "labels" / "set", shards.LABELS_FORMAT)
+    pairs, _ = shard_pairs(root, "set", split="train", val_fraction=0.0, seed=0)
+    masks: dict[str, dict[int, bool]] = {}
+    for restart in (False, True):
+        seg = next(iter(manifest["segments"]))
+        first = manifest["segments"][seg].get("first_frame_id", 0)
+        manifest["warmup_frames"] = 4
+        manifest["segments"][seg]["resets"] = [first + 13] if restart else []
+        stream = ClipStream(pairs, manifest, batch=1, clip_len=10, burn_in=0, seed=0, train=False)
+        got: dict[int, bool] = {}
+        for f, lab in (s for p in pairs for s in read_lockstep(p)):
+            if f["__key__"].rsplit("--c", 1)[0] == shards.sanitize_segment(seg):
+                arrays = stream.clip_arrays(f, lab)
+                fids = shards.decode_sample(f)["meta"]["frame_ids"]
+                got |= {int(i) - first: bool(m) for i, m in zip(fids, arrays["mask"], strict=False)}
+        masks[str(restart)] = got
+    plain, restarted = masks["False"], masks["True"]
+    assert [k for k, m in sorted(plain.items()) if not m] == [0, 1, 2, 3], "the segment's own warm-up"
+    assert [k for k, m in sorted(restarted.items()) if not m] == [0, 1, 2, 3, 13, 14, 15, 16]
