@@ -386,6 +386,8 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
         yield (f"data: {cfg.train_drives} training drives ({frames:,} frames) and {cfg.held_drives} held-out drives "
                f"of {cfg.seconds:g} s, rendered and labelled in {secs:.0f} s + {secs_held:.0f} s")
         summary["data_seconds"] = secs + secs_held
+        if (mem := _gpu_memory(cfg.device)) is not None:
+            yield f"GPU memory after labelling: {mem}"
         curves: dict[str, list[dict[str, Any]]] = {}
         finals: dict[str, Path] = {}
         for k, student in enumerate(cfg.students):
@@ -397,6 +399,8 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             finals[student] = work / "runs" / student
             yield (f"{student}: {result.steps} steps of {cfg.batch_size} clips in {result.seconds / 60:.2f} min of "
                    f"training; validation loss {_fmt(result.val_before)} -> {_fmt(result.val_after)}")
+            if (mem := _gpu_memory(cfg.device)) is not None:
+                yield f"GPU memory after {student}: {mem}"
         summary["curves"] = curves
         if cfg.out is not None:  # the curves now, in case a later stage does not finish (a device call's time limit)
             cfg.out.mkdir(parents=True, exist_ok=True)
@@ -446,6 +450,18 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
     finally:
         if not cfg.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _gpu_memory(device: str | None) -> str | None:
+    """What the process holds on the GPU now and at its peak since the last call (None off CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available() or (device is not None and not device.startswith("cuda")):
+        return None
+    held, peak = torch.cuda.memory_reserved() / 1e9, torch.cuda.max_memory_reserved() / 1e9
+    used = torch.cuda.memory_allocated() / 1e9
+    torch.cuda.reset_peak_memory_stats()
+    return f"{used:.1f} GB allocated, {held:.1f} GB reserved, peak reserved {peak:.1f} GB"
 
 
 def _device_line(device: str | None) -> str:

@@ -18,6 +18,7 @@ DoRA's row norms are still computed once per step (inside the graph: `lora.norms
 
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from dataclasses import dataclass
@@ -205,8 +206,14 @@ class CapturedStep:
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if self.strict:
                 raise
+        if self.failed:
             log.warning("CUDA graph capture of the training step failed (%s); the step runs uncaptured", self.failed)
             for p in self.params:
                 p.grad = None
+            # the failed capture's memory pool goes with its graph; hand it back before the eager steps allocate
+            del graph
+            gc.collect()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
             return
         self.graph, self.out = graph, out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -313,3 +314,45 @@ def test_training_with_the_captured_step_resumes_exactly(labeled, tmp_path) -> N
     lines = [json.loads(x) for x in (tmp_path / "a" / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and {"loss", "plan", "lanes", "lr", "grad_norm"} <= set(lines[0])
     assert lines[0]["lr"] == pytest.approx(1.5e-3) and lines[1]["lr"] == pytest.approx(3e-3)
+
+
+def test_a_failed_capture_warns_hands_its_memory_back_and_steps_uncaptured(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """In auto mode a capture that raises (on an H100: an operation the capture refused) leaves the same step
+    running eagerly, with one warning; the failed capture's memory goes back to the device first (before, the
+    eager steps that followed ran out of memory with 69 GB reserved by PyTorch but unallocated)."""
+    import contextlib
+
+    calls: list[str] = []
+
+    @contextlib.contextmanager
+    def refusing_graph(_graph: object, **_kw: object):  # refuses at once: a fake body would run the step for real
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        yield
+
+    class Stream:
+        def wait_stream(self, _other: object) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", refusing_graph)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *_a: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *_a: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda _s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *_a: calls.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    s, ref = student("dora"), student("dora")
+    params = [p for p in s.parameters() if p.requires_grad]
+    opt = make_captured_optimizer(params, lr=1e-3, weight_decay=0.01, device=CPU)
+    step = CapturedStep(Unroll(s), params, opt, slices=SLICES, weights=WEIGHTS, autocast=make_autocast(CPU, "fp32"),
+                        grad_clip=1.0, device=CPU)
+    step.cuda = True  # the CUDA path, with torch.cuda's capture calls faked
+    batches = [batch(k) for k in range(4)]
+    with caplog.at_level("WARNING", logger="spark_distill.train.capture"):
+        losses = [float(step(b).loss) for b in batches]
+    assert step.failed and not step.graphed
+    assert calls == ["synchronize", "empty_cache"], "the failed capture's memory is handed back, once"
+    warned = [r.getMessage() for r in caplog.records if r.name == "spark_distill.train.capture"]
+    assert len(warned) == 1 and "previous error during capture" in warned[0] and "runs uncaptured" in warned[0]
+    want, _ = reference_steps(ref, batches, [1e-3] * 4)
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
