@@ -1050,6 +1050,8 @@ def bench_distill(
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate \\[default: train's, 1e-3].")] = None,
     head_init: Annotated[str, typer.Option(help="label-mean or random, as train's.")] = "label-mean",
+    capture: Annotated[str, typer.Option(help="auto, on or off: the training step as one CUDA graph, as train's "
+                                              "--capture.")] = "auto",
     driver: Annotated[str | None, typer.Option(help="Also personalise: fine-tune the first student with DoRA and the "
                                                     "driven-path loss on this driver's drives (e.g. keep-left:0.4, "
                                                     "gap:2.5) and score it on others of the driver; none: not (over "

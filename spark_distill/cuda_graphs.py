@@ -3,7 +3,7 @@
 """CUDA graph capture the way torch requires it: warm-up on a side stream, then capture. `capture_or_none` is the
 same with a way out: a model whose forward copies to the host at every call (an ONNX operator that onnx2torch
 computes from host-side values, which the static import does not cover) cannot be captured, and runs uncaptured
-with one note instead of ending the pass."""
+with one message (the label pass makes it a note) instead of ending the pass."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from spark_distill.notes import note
 
 
 def _warm(fn: Callable[[], Any], warmup: int) -> None:
@@ -39,14 +37,16 @@ def capture(fn: Callable[[], Any], warmup: int = 3) -> tuple[torch.cuda.CUDAGrap
     return _capture(fn)
 
 
-def capture_or_none(fn: Callable[[], Any], what: str, warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any] | None:
-    """`capture`, or None with one note naming the error when the capture itself fails (the warm-up's errors are
-    `fn`'s own and raise): the caller then runs `fn` uncaptured."""
+def capture_or_none(fn: Callable[[], Any], what: str, on_failure: Callable[[str], None], warmup: int = 3
+                    ) -> tuple[torch.cuda.CUDAGraph, Any] | None:
+    """`capture`, or None when the capture itself fails, after one `on_failure(message)` naming `what` and the
+    error (the warm-up's errors are `fn`'s own and raise): the caller then runs `fn` uncaptured."""
     _warm(fn, warmup)
     try:
         return _capture(fn)
     except RuntimeError as error:  # torch.AcceleratorError too: "operation not permitted when stream is capturing"
         torch.cuda.synchronize()  # the failed capture is over and the device idle before anything runs again
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
-        note(f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs uncaptured")
+        on_failure(f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs "
+                   "uncaptured")
         return None

@@ -54,6 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["bench", "train", "--student", "openpilot"], "choose compact"),
         (["train", str(tmp_path), "--labels", "x", "--capture", "graph"], "--capture must be one of auto, on, off"),
         (["bench", "train", "--capture", "yes"], "--capture must be one of auto, on, off"),
+        (["bench", "distill", "--capture", "yes"], "--capture must be one of auto, on, off"),
         (["label", str(tmp_path), "--teacher", str(tmp_path), "--compile", "yes"], "--compile 'yes': choose auto"),
         (["bench", "label", "--compile", "maybe"], "--compile 'maybe': choose auto"),
     ):

@@ -49,6 +49,7 @@ class DistillBench:
     batch_size: int = 8
     lr: float | None = None  # None: train's default for the adapter (full training: 1e-3)
     head_init: str = "label-mean"
+    capture: str = "auto"  # the training step as one CUDA graph (train's --capture)
     driver: str | None = None  # personalisation: this driver's drives (synth.route.parse_driver)
     driver_drives: int = 8
     driver_held: int = 2
@@ -67,7 +68,10 @@ class DistillBench:
     def __post_init__(self) -> None:
         from spark_distill.models.compact import PRESETS
         from spark_distill.synth.route import parse_driver
+        from spark_distill.train.capture import CAPTURE_MODES
 
+        if self.capture not in CAPTURE_MODES:
+            raise ConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {self.capture!r}")
         if not self.students or any(s not in PRESETS for s in self.students):
             raise ConfigError(f"--student: choose among {', '.join(PRESETS)}")
         if min(self.train_drives, self.held_drives, self.steps, self.evals, self.batch_size) < 1:
@@ -217,7 +221,7 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
     tcfg = TrainConfig(root=root, labels=TEACHER, run=student, runs_dir=runs, student=student, adapter="none",
                        head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps, epochs=100_000,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
-                       seed=cfg.seed, device=cfg.device)
+                       seed=cfg.seed, device=cfg.device, capture=cfg.capture)
     hook = _Snapshots(runs / student, snaps, at, tcfg.batch_size * _clip_len(root))
     result = train(tcfg, on_progress=hook)
     hook.collect()
@@ -332,7 +336,7 @@ def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs:
     tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs, student=str(base_run), adapter="dora",
                        batch_size=cfg.batch_size, max_steps=cfg.tune_steps, epochs=100_000, lr=cfg.tune_lr,
                        val_fraction=0.05, checkpoint_every=cfg.tune_steps, seed=cfg.seed, device=cfg.device,
-                       loss=LossWeights.parse("", gt=cfg.gt_weight))
+                       capture=cfg.capture, loss=LossWeights.parse("", gt=cfg.gt_weight))
     start = time.perf_counter()
     train(tcfg)
     minutes = (time.perf_counter() - start) / 60

@@ -25,6 +25,7 @@ import torch
 from spark_distill.cuda_graphs import capture_or_none
 from spark_distill.label.backends import Backend
 from spark_distill.label.profile import StepProfile
+from spark_distill.notes import note
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.state import ModeldState
 from spark_distill.openpilot.teachers import Teacher
@@ -133,7 +134,7 @@ class LabelStep:
                 self.state.clear()
             if parts.capture and self.cuda:
                 for buf in self.inputs_pair:
-                    if (captured := capture_or_none(lambda buf=buf: self.step_fn(buf), "the label step")) is None:
+                    if (captured := capture_or_none(lambda buf=buf: self.step_fn(buf), "the label step", note)) is None:
                         self.graphs = []  # runs uncaptured
                         break
                     self.graphs.append(captured[0])

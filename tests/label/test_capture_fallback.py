@@ -64,7 +64,7 @@ def test_a_capturable_forward_is_captured(cuda: _FakeCuda) -> None:
         calls.append(cuda.capturing)
         return out
 
-    got = cuda_graphs.capture_or_none(fn, "the step")
+    got = cuda_graphs.capture_or_none(fn, "the step", print)
     assert got is not None and got[1] is out
     assert calls == [False, False, False, True]  # three warm-ups, then the capture
     assert cuda.synced == 0
@@ -91,5 +91,5 @@ def test_the_forwards_own_error_still_raises(cuda: _FakeCuda) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        cuda_graphs.capture_or_none(broken, "the step")
+        cuda_graphs.capture_or_none(broken, "the step", print)
     assert cuda.synced == 0

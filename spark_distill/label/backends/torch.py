@@ -80,7 +80,7 @@ class _Graphed:
     def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], what: str) -> None:
         self.forward = forward
         self.static = {k: v.clone() for k, v in example.items()}
-        captured = capture_or_none(lambda: forward(*self.static.values()), what)
+        captured = capture_or_none(lambda: forward(*self.static.values()), what, note)
         self.graph, self.out = captured if captured is not None else (None, None)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
