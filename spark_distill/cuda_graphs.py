@@ -7,6 +7,7 @@ with one message (the label pass makes it a note) instead of ending the pass."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -45,8 +46,12 @@ def capture_or_none(fn: Callable[[], Any], what: str, on_failure: Callable[[str]
     try:
         return _capture(fn)
     except RuntimeError as error:  # torch.AcceleratorError too: "operation not permitted when stream is capturing"
-        torch.cuda.synchronize()  # the failed capture is over and the device idle before anything runs again
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
-        on_failure(f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs "
-                   "uncaptured")
-        return None
+        message = f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs uncaptured"
+    # the failed capture is over, the device idle and its graph's memory pool back (with the error gone, nothing
+    # holds the graph) before anything runs again
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    on_failure(message)
+    return None

@@ -21,6 +21,7 @@ class _FakeCuda:
     def __init__(self) -> None:
         self.capturing = False
         self.synced = 0
+        self.emptied = 0
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         fake = self
@@ -47,6 +48,7 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
         monkeypatch.setattr(torch.cuda, "graph", graph)
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: setattr(fake, "synced", fake.synced + 1))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: setattr(fake, "emptied", fake.emptied + 1))
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_a_capturable_forward_is_captured(cuda: _FakeCuda) -> None:
     got = cuda_graphs.capture_or_none(fn, "the step", print)
     assert got is not None and got[1] is out
     assert calls == [False, False, False, True]  # three warm-ups, then the capture
-    assert cuda.synced == 0
+    assert cuda.synced == cuda.emptied == 0
 
 
 def test_a_forward_that_cannot_be_captured_runs_uncaptured_with_one_note(cuda: _FakeCuda,
@@ -79,7 +81,7 @@ def test_a_forward_that_cannot_be_captured_runs_uncaptured_with_one_note(cuda: _
 
     with caplog.at_level("INFO", logger="spark_distill.notes"):
         graphed = _Graphed(forward, {"x": torch.ones(2)}, "the teacher's vision model")
-    assert graphed.graph is None and cuda.synced == 1
+    assert graphed.graph is None and cuda.synced == cuda.emptied == 1, "the failed capture's memory is handed back"
     notes = [r.getMessage() for r in caplog.records if r.name == "spark_distill.notes"]
     assert notes == ["the teacher's vision model could not be captured as a CUDA graph (RuntimeError: CUDA error: "
                      "operation not permitted when stream is capturing); it runs uncaptured"]
