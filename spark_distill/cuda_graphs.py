@@ -48,10 +48,16 @@ def capture_or_none(fn: Callable[[], Any], what: str, on_failure: Callable[[str]
     except RuntimeError as error:  # torch.AcceleratorError too: "operation not permitted when stream is capturing"
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
         message = f"{what} could not be captured as a CUDA graph ({type(error).__name__}: {reason}); it runs uncaptured"
-    # the failed capture is over, the device idle and its graph's memory pool back (with the error gone, nothing
-    # holds the graph) before anything runs again
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
+    hand_back_failed_capture()  # with the error gone, nothing holds the graph
     on_failure(message)
     return None
+
+
+def hand_back_failed_capture(device: torch.device | None = None) -> None:
+    """After a capture that failed: wait for the device, then give the dropped graph's memory pool back to it, so
+    that the uncaptured steps that follow find the memory free (a failed capture of the training step on an H100
+    left 69 GB reserved but unallocated, and the first eager step ran out of memory). The caller drops its
+    references to the graph first."""
+    torch.cuda.synchronize(device)
+    gc.collect()
+    torch.cuda.empty_cache()

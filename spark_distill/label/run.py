@@ -390,8 +390,8 @@ def label(cfg: LabelConfig, *, on_progress: Callable[[int, int], None] | None = 
 
 def release_device_memory() -> None:
     """Hand the GPU memory the pass cached back to the device: its batch buffers, CUDA graphs and the caching
-    allocator's free blocks (69 GB of an H100's 80 were still reserved when `bench distill` went on to train in the
-    same process, which then ran out of memory)."""
+    allocator's free blocks, for what the same process runs next (`bench distill` and `demo --device cuda` train
+    right after labelling)."""
     import gc
     import sys
 

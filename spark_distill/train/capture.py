@@ -18,7 +18,6 @@ DoRA's row norms are still computed once per step (inside the graph: `lora.norms
 
 from __future__ import annotations
 
-import gc
 import logging
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spark_distill.cuda_graphs import hand_back_failed_capture
 from spark_distill.errors import ConfigError
 from spark_distill.train.losses import LossWeights
 from spark_distill.train.step import masked_loss
@@ -210,10 +210,7 @@ class CapturedStep:
             log.warning("CUDA graph capture of the training step failed (%s); the step runs uncaptured", self.failed)
             for p in self.params:
                 p.grad = None
-            # the failed capture's memory pool goes with its graph; hand it back before the eager steps allocate
-            del graph
-            gc.collect()
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
+            del graph  # its memory pool goes back before the eager steps allocate
+            hand_back_failed_capture(self.device)
             return
         self.graph, self.out = graph, out
