@@ -133,6 +133,7 @@ class CapturedStep:
         self.out: StepOutput | None = None
         self.warm = 0
         self.failed: str | None = None
+        self.stream: Any = None
 
     @property
     def graphed(self) -> bool:
@@ -185,8 +186,16 @@ class CapturedStep:
         must not allocate it, or every replay would reset it."""
         return all("step" in self.opt.state.get(p, {}) for p in self.params)
 
+    def _side_stream(self) -> Any:
+        """The one stream the warm-up steps and the capture run on. One stream for both: autograd accumulates each
+        weight's gradient on the stream its AccumulateGrad node was made on, and a node that outlived a warm-up
+        step on another stream would make the captured backward wait on that stream, which a capture refuses."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        return self.stream
+
     def _warm_up(self) -> StepOutput:
-        side = torch.cuda.Stream(self.device)
+        side = self._side_stream()
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*capturable=True.*")  # eager warm-up of a capturable AdamW
@@ -199,8 +208,10 @@ class CapturedStep:
         """Capture the step once (it does not run: the caller replays it for the current batch). In auto mode a
         failed capture leaves the eager step in use, with a warning; with --capture on it raises."""
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # the loader's pin thread may call CUDA
+        side = self._side_stream()
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:  # thread_local: the loader's pin thread may call CUDA meanwhile
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 out = self.captured_step(self.static)
         except Exception as e:
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
