@@ -457,6 +457,7 @@ def _label(cfg: LabelConfig, fdir: Path, frames_manifest: dict[str, Any], frames
         writer.close(ok=ok)
     result.seconds = time.perf_counter() - start - result.profile.get(COMPILE_S, 0.0)  # compiling: the teacher's build
     result.shards_written = writer.written
+    manifest["backend"] = result.backend = backend.describe()  # as it ran: a compile or capture may have fallen back
     if result.frames:
         manifest["throughput"] = {"frames": result.frames, "seconds": round(result.seconds, 3),
                                   "frames_per_s": round(result.frames_per_s, 1), "batch": cfg.batch}
@@ -550,6 +551,7 @@ def _label_ranks(cfg: LabelConfig, teacher: Teacher, backend: Backend, workers: 
                      for r in range(cfg.world)]
             for r in ranks:
                 manifest["segments"].update(r["segments"])
+            manifest["backend"] = result.backend = backend.describe()  # rank 0's, as it ran
             frames, seconds = sum(r["frames"] for r in ranks), max(r["seconds"] for r in ranks)
             result.frames, result.seconds = frames, seconds
             if frames:

@@ -136,6 +136,7 @@ class LabelStep:
                 for buf in self.inputs_pair:
                     if (captured := capture_or_none(lambda buf=buf: self.step_fn(buf), "the label step", note)) is None:
                         self.graphs = []  # runs uncaptured
+                        parts.uncaptured()
                         break
                     self.graphs.append(captured[0])
                 self.state.clear()  # the warm-up ran the step on zeros: start from modeld's start-up state

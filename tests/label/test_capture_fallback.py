@@ -79,9 +79,11 @@ def test_a_forward_that_cannot_be_captured_runs_uncaptured_with_one_note(cuda: _
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore lines")
         return x * 2
 
+    told = []
     with caplog.at_level("INFO", logger="spark_distill.notes"):
-        graphed = _Graphed(forward, {"x": torch.ones(2)}, "the teacher's vision model")
+        graphed = _Graphed(forward, {"x": torch.ones(2)}, "the teacher's vision model", lambda: told.append(1))
     assert graphed.graph is None and cuda.synced == cuda.emptied == 1, "the failed capture's memory is handed back"
+    assert told == [1], "the backend is told, so that the label manifest records the graph ran uncaptured"
     notes = [r.getMessage() for r in caplog.records if r.name == "spark_distill.notes"]
     assert notes == ["the teacher's vision model could not be captured as a CUDA graph (RuntimeError: CUDA error: "
                      "operation not permitted when stream is capturing); it runs uncaptured"]

@@ -178,6 +178,26 @@ def test_compiled_on_the_cpu_the_pass_labels_as_the_reference_loop(dataset: Path
         np.testing.assert_allclose(got[key][1].astype(np.float32), policy, rtol=2e-3, atol=1e-3, err_msg=key)
 
 
+def test_the_manifest_records_the_backend_as_it_ran(dataset: Path, teacher: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher torch.compile could not compile ran uncompiled: the label set's manifest (and the result) say so,
+    not the compiled backend the pass set out with."""
+    import torch._dynamo
+
+    def compile(fn, **_):
+        def run(*_args):
+            raise torch._dynamo.exc.InternalTorchDynamoError("TypeError: torch.Size() takes an iterable of 'int'")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile)
+    name = f"fell-back-{teacher.name}"
+    result = label(LabelConfig(root=dataset, teacher=(teacher,), backend="torch", precision="fp32", batch=3,
+                               compile="on", name=name, device="cpu"))
+    recorded = json.loads((dataset / "labels" / name / shards.MANIFEST).read_text())["backend"]
+    assert result.frames == 80 + 38 and recorded == result.backend
+    assert recorded["name"] == "torch" and recorded["compiled"] is False and recorded["cuda_graphs"] is False
+
+
 def test_the_step_compiled_as_one_program_computes_what_the_eager_step_does(teacher: Path) -> None:
     """The CUDA default (frame gather, modeld state and both models as one inductor program), run on the CPU: the
     same outputs and the same modeld state as the step run op by op, over steps that cross a clip boundary."""

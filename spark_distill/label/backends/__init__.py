@@ -28,6 +28,7 @@ class StepParts:
     policy: Callable[[dict[str, Any]], Any]
     compile: Callable[[Callable[..., Any]], Callable[..., Any]] | None  # compiles the step; None: it runs eager
     capture: bool  # replay the step from a CUDA graph
+    uncaptured: Callable[[], None] = lambda: None  # called where the step could not be captured (it runs eager)
 
 
 class Backend(Protocol):

@@ -77,11 +77,14 @@ class _Graphed:
     """A forward replayed from a CUDA graph captured at a fixed batch (inputs copied into static buffers).
     Its output is a static buffer too: valid until the next call."""
 
-    def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], what: str) -> None:
+    def __init__(self, forward: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], what: str,
+                 uncaptured: Callable[[], None] = lambda: None) -> None:
         self.forward = forward
         self.static = {k: v.clone() for k, v in example.items()}
         captured = capture_or_none(lambda: forward(*self.static.values()), what, note)
         self.graph, self.out = captured if captured is not None else (None, None)
+        if captured is None:
+            uncaptured()
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.graph is None:  # could not be captured: the forward as it is
@@ -135,6 +138,7 @@ class TorchBackend:
             self.eager[role] = _Forward(module, self.device.type, _DTYPES.get(self.precision))
         self.compiled = compile == "on" or (compile == "auto" and cuda)
         self.cuda_graphs = cuda and cuda_graphs
+        self.captured = True  # until a capture fails (describe)
         # compiled: the label pass's whole step as one program on CUDA; on the CPU the models compiled apart (there
         # inductor's program of the whole step ran ~45% slower: 228-263 vs 446-467 frames/s, tiny stand-in, batch
         # 8, one core of the 2-core box)
@@ -160,6 +164,9 @@ class TorchBackend:
                  "uncompiled")
         self.compiled = self.fuse_step = False  # what describe() records: the teacher ran uncompiled
 
+    def _uncaptured(self) -> None:
+        self.captured = False  # what describe() records: a graph (or the label step) ran uncaptured
+
     def _save_cache(self) -> None:
         if self._cache is not None:
             _save_compile_cache(self._cache)
@@ -168,7 +175,8 @@ class TorchBackend:
         n = next(iter(inputs.values())).shape[0]
         if n == self.batch and self.cuda_graphs:
             if role not in self.graphs:  # captured at first use (the label pass captures its own step instead)
-                self.graphs[role] = _Graphed(self.forwards[role], inputs, f"the teacher's {role} model")
+                self.graphs[role] = _Graphed(self.forwards[role], inputs, f"the teacher's {role} model",
+                                             self._uncaptured)
             return self.graphs[role](inputs)
         with torch.no_grad():  # other batch sizes run eager: a compiled graph is for the backend's batch only
             return (self.forwards if n == self.batch else self.eager)[role](*inputs.values())
@@ -193,12 +201,12 @@ class TorchBackend:
         forwards = self.eager if self.fuse_step else self.forwards
         vision, policy = forwards["vision"], forwards.get("policy")  # a combined teacher: its one model as vision
         return StepParts(lambda inputs: vision(*self._layout(inputs).values()), lambda inputs: policy(*inputs.values()),
-                         self._compile if self.fuse_step else None, self.cuda_graphs)
+                         self._compile if self.fuse_step else None, self.cuda_graphs, self._uncaptured)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "device": str(self.device),
-                "torch": torch.__version__, "cuda_graphs": self.cuda_graphs, "compiled": self.compiled,
-                "step_compiled": self.fuse_step,
+                "torch": torch.__version__, "cuda_graphs": self.cuda_graphs and self.captured,
+                "compiled": self.compiled, "step_compiled": self.fuse_step,
                 "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}
 
 
