@@ -411,6 +411,13 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             files.write_json_atomic(cfg.out / "distill.json", summary)
         yield "held-out drives: plan error (m) vs the path driven, the teacher's own, and vs the teacher's plan"
         yield from curve_lines(curves)
+        if cfg.save_student is not None:
+            from spark_distill.models.pretrained import save_pretrained
+
+            first = cfg.students[0]
+            info = save_pretrained(finals[first], cfg.save_student, teacher=teacher,
+                                   provenance={"bench": summary["config"], "held_out": curves[first][-1]})
+            yield f"pre-trained student ({first}) -> {cfg.save_student} ({info['bytes'] / 1e6:.2f} MB)"
         done = 2 + len(cfg.students)
         if cfg.ingested:
             report(done, stages, "held-out drives through the camera, HEVC and ingest")
@@ -423,13 +430,6 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             for n, r in summary["ingested"].items():
                 yield (f"  {n} on {cfg.ingested} ingested held-out drive(s): driven@2 {_fmt(r['driven@2'])} "
                        f"(teacher {_fmt(r['teacher_driven@2'])}), vs teacher@2 {_fmt(r['vs_teacher@2'])}")
-        if cfg.save_student is not None:
-            from spark_distill.models.pretrained import save_pretrained
-
-            first = cfg.students[0]
-            info = save_pretrained(finals[first], cfg.save_student, teacher=teacher,
-                                   provenance={"bench": summary["config"], "held_out": curves[first][-1]})
-            yield f"pre-trained student ({first}) -> {cfg.save_student} ({info['bytes'] / 1e6:.2f} MB)"
         if cfg.driver is not None:
             report(done, stages, f"personalisation: driver {cfg.driver}")
             base = 60_000 + 1000 * cfg.seed
