@@ -82,10 +82,11 @@ def shard_pairs(root: Path, label_set: str, *, split: str, val_fraction: float =
     return pairs, labels
 
 
-def read_lockstep(pair: ShardPair, *, images: bool = True) -> Iterator[tuple[dict, dict]]:
-    """(frames sample, labels sample) of the pair's wanted clips, raw bytes, keys checked on both sides.
-    `images=False` (feature-cached training) never reads the camera members' bytes."""
-    wanted = set(pair.keys)
+def read_lockstep(pair: ShardPair, *, images: bool = True, every: bool = False) -> Iterator[tuple[dict, dict]]:
+    """(frames sample, labels sample) of the pair's wanted clips (`every`: of all its clips, in shard order), raw
+    bytes, keys checked on both sides. `images=False` (feature-cached training) never reads the camera members'
+    bytes."""
+    wanted = None if every else set(pair.keys)
     labels = shards.iter_shard(pair.labels, shards.LABEL_MEMBERS)
     for f in shards.iter_shard(pair.frames, shards.FRAMES_MEMBERS, skip=frozenset() if images else IMAGE_STEMS):
         lab = next(labels, None)
@@ -93,5 +94,5 @@ def read_lockstep(pair: ShardPair, *, images: bool = True) -> Iterator[tuple[dic
             got = "nothing" if lab is None else lab["__key__"]
             raise DatasetError(f"{pair.name}: frames sample {f['__key__']} has label sample {got}; "
                                "the label set does not match its frames shard")
-        if f["__key__"] in wanted:
+        if wanted is None or f["__key__"] in wanted:
             yield f, lab

@@ -104,6 +104,24 @@ class OpenpilotStudent(nn.Module):
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, sum(self.sizes), device=device)
 
+    @property
+    def history_frames(self) -> int:
+        """Frames of history its state is a function of (`state_from_history` needs this many)."""
+        return max(self.full, self.pulses + 1)
+
+    def state_from_history(self, hidden: torch.Tensor, desire: torch.Tensor, curv: torch.Tensor) -> torch.Tensor:
+        """The state after the `history_frames` frames before a clip (train.loader.History: the teacher's
+        hidden_state (B, N, 512), the frames' desire (B, N, 8), the teacher's desired curvature (B, N); zeros
+        before a segment's start), as modeld's loop would have left it: the newest features, the desire pulses
+        (rising edges) and, where the model takes its own, the previous curvatures. Zeros give the zero state."""
+        n = self.history_frames
+        hidden, desire, curv = hidden[:, -n:].float(), desire[:, -n:].float(), curv[:, -n:].float()
+        z = torch.cat([torch.zeros_like(desire[..., :1]), desire[..., 1:]], dim=-1)  # `none` zeroed, as desire_pulse
+        before = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
+        pulses = torch.where(z - before > 0.99, z, torch.zeros_like(z))
+        own = curv if self.curv is not None else torch.zeros_like(curv)
+        return self._pack(hidden[:, -self.full:], pulses[:, -self.pulses:], z[:, -1], own[:, -self.pulses:, None])
+
     def _unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         b = state.shape[0]
         feats, desire, prev, curv = state.split(self.sizes, dim=1)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from spark_distill.data.pairs import ShardPair, read_lockstep
+from spark_distill.data.pairs import ShardPair
 from spark_distill.errors import ConfigError
 from spark_distill.notes import note
 from spark_distill.train.loader import ClipStream, make_loader, stack_clips
@@ -49,8 +49,8 @@ class _Fill(IterableDataset):
         pairs: list[ShardPair] = self.stream.pairs[me::n]
         chunk: list[dict[str, Any]] = []
         for pair in pairs:
-            for f, lab in read_lockstep(pair, images=False):
-                chunk.append(self.stream.clip_arrays(f, lab))
+            for f, lab, history in self.stream.samples(pair):
+                chunk.append(self.stream.clip_arrays(f, lab, history))
                 if len(chunk) == CHUNK:
                     yield stack_clips(chunk)
                     chunk = []

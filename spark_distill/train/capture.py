@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 CAPTURE_MODES = ("auto", "on", "off")
 WARMUP = 2  # eager steps on a side stream before the capture (torch's rule: warm up before capturing)
 INPUT_KEYS = ("road", "wide", "desire", "traffic", "v_ego", "delays", "start", "vision", "policy", "mask", "gt_path",
-              "gt_valid")  # what masked_loss reads
+              "gt_valid", "ctx_hidden", "ctx_desire", "ctx_curv")  # what masked_loss reads (ctx_: loader.CONTEXT_KEYS)
 
 
 def use_capture(setting: str, device: torch.device, *, world: int = 1, grad_accum: int = 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -66,13 +66,84 @@ def shuffled(items: Iterator[Any], *, size: int, rng: random.Random) -> Iterator
         yield buf.pop(rng.randrange(len(buf)))
 
 
+CONTEXT_KEYS = ("ctx_hidden", "ctx_desire", "ctx_curv")  # a clip's history arrays (`History`)
+
+
+class History:
+    """The history modeld had when each clip starts, read from the label set: for the `frames` frame ids before
+    the clip's first, the teacher's hidden_state, the frame's desire and the teacher's desired curvature. Frame ids
+    the video lacks repeat the frame before (modeld's skip: no new desire pulse); frames before the segment's first
+    or the label pass's last restart are zeros (modeld's zero start). Where a shard starts in the middle of a
+    segment, the shard before it (`before`) is read for that segment's preceding clips (no image is read).
+
+    What it is for: a student whose state is a fixed window of these (the openpilot student) starts a mid-segment
+    clip where modeld would be, not from the zero history modeld has only at a segment's start."""
+
+    def __init__(self, frames: int, label_manifest: dict[str, Any]) -> None:
+        slices = label_manifest["output_slices"]
+        self.frames = frames
+        self.hidden = slice(*slices["vision"]["hidden_state"])
+        curv = slices["policy"].get("desired_curvature")
+        self.curv = None if curv is None else curv[0]
+        self.segments = label_manifest["segments"]
+
+    def attach(self, samples: Iterator[tuple[dict, dict]], wanted: set[str],
+               before: Callable[[], Iterator[tuple[dict, dict]]] | None = None) -> Iterator[tuple[dict, dict, dict]]:
+        """(frames sample, labels sample, history arrays) of the `wanted` clips of `samples` (a shard's clips in
+        order, `read_lockstep(every=True)`); `before`: the clips of the shard before it, read only if needed."""
+        seen: dict[str, list[tuple[np.ndarray, ...]]] = {}
+        for f, lab in samples:
+            d = decode_clip(f, lab, images=False)
+            meta = d["meta"]
+            fids = np.asarray(meta["frame_ids"], np.int64)
+            if meta["segment"] not in seen:
+                seen[meta["segment"]] = []
+                if meta.get("clip", 0) > 0 and before is not None:  # the segment began in an earlier shard
+                    for fb, lb in before():
+                        db = decode_clip(fb, lb, images=False)
+                        if db["meta"]["segment"] == meta["segment"]:
+                            self._keep(seen[meta["segment"]], db)
+            known = seen[meta["segment"]]
+            if f["__key__"] in wanted:
+                yield f, lab, self._window(known, int(fids[0]), self.segments.get(meta["segment"]))
+            self._keep(known, d)
+
+    def _keep(self, known: list[tuple[np.ndarray, ...]], d: dict[str, Any]) -> None:
+        """A decoded clip's history rows, appended; clips that no window can reach any more, dropped."""
+        fids = np.asarray(d["meta"]["frame_ids"], np.int64)
+        curv = (np.zeros(len(fids), np.float32) if self.curv is None
+                else np.nan_to_num(d["policy"][:, self.curv].astype(np.float32)))
+        known.append((fids, np.nan_to_num(d["vision"][:, self.hidden]), d["desire"].astype(np.float32), curv))
+        while sum(len(k[0]) for k in known[1:]) >= self.frames:
+            known.pop(0)
+
+    def _window(self, known: list[tuple[np.ndarray, ...]], first: int, segment: dict[str, Any] | None
+                ) -> dict[str, np.ndarray]:
+        n = self.frames
+        want = np.arange(first - n, first)
+        start = first if segment is None else max(
+            [r for r in (segment.get("first_frame_id", 0), *segment.get("resets", [])) if r <= first], default=first)
+        hidden = np.zeros((n, self.hidden.stop - self.hidden.start), np.float16)
+        desire = np.zeros((n, 8), np.float32)
+        curv = np.zeros(n, np.float32)
+        if known:
+            fids = np.concatenate([k[0] for k in known])
+            at = np.searchsorted(fids, want, side="right") - 1  # the newest frame at or before each id
+            ok = (at >= 0) & (want >= start) & (fids[np.clip(at, 0, None)] >= start)
+            rows = at[ok]
+            hidden[ok] = np.concatenate([k[1] for k in known])[rows]
+            desire[ok] = np.concatenate([k[2] for k in known])[rows]
+            curv[ok] = np.concatenate([k[3] for k in known])[rows]
+        return {"ctx_hidden": hidden, "ctx_desire": desire, "ctx_curv": curv}
+
+
 class ClipStream(IterableDataset):
     """Batches of clips for one rank and one epoch; set `epoch` and `skip` (batches) before iterating."""
 
     def __init__(self, pairs: list[ShardPair], label_manifest: dict[str, Any], *, batch: int, clip_len: int,
                  burn_in: int, seed: int, process_rank: int = 0, world: int = 1, workers: int = 1, shuffle: int = 64,
                  train: bool = True, mask_warmup: bool = True, images: bool = True,
-                 motions: dict[str, Any] | None = None) -> None:
+                 motions: dict[str, Any] | None = None, history: int = 0) -> None:
         self.pairs, self.batch, self.clip_len, self.burn_in = pairs, batch, clip_len, burn_in
         self.seed, self.process_rank, self.world, self.workers = seed, process_rank, world, workers
         self.shuffle, self.train, self.images = shuffle, train, images  # images=False: feature-cached training
@@ -83,7 +154,18 @@ class ClipStream(IterableDataset):
         self.widths = label_widths(label_manifest)
         self.motions = motions  # segment -> gt_path.SegmentMotion: batches carry the driven future path
         self.delays = DelayChoice.of_labels(label_manifest)  # each frame's delays, as the labels were made with
+        # `history` > 0: each clip carries the history modeld had at its start (`History`; the openpilot student)
+        self.history = History(history, label_manifest) if history else None
         self.epoch, self.skip = 0, 0
+
+    def samples(self, pair: ShardPair) -> Iterator[tuple[dict, dict, dict | None]]:
+        """(frames sample, labels sample, history arrays or None) of the pair's wanted clips, in shard order."""
+        if self.history is None:
+            return ((f, lab, None) for f, lab in read_lockstep(pair, images=self.images))
+        at = next(i for i, p in enumerate(self.pairs) if p.name == pair.name)
+        before = self.pairs[at - 1] if at > 0 else None  # the pairs are in the dataset's shard order
+        return self.history.attach(read_lockstep(pair, images=self.images, every=True), set(pair.keys),
+                                   None if before is None else lambda: read_lockstep(before, images=False, every=True))
 
     def _shards(self, epoch: int, process_rank: int, worker: int) -> list[ShardPair]:
         return deal_shards(self.pairs, seed=self.seed, epoch=epoch, process_rank=process_rank, world=self.world,
@@ -108,8 +190,8 @@ class ClipStream(IterableDataset):
         worker = (self.skip + loader_worker) % self.workers
         skip = (self.skip + loader_worker) // self.workers
         stream = self._ordered((s for pair in self._shards(self.epoch, self.process_rank, worker)
-                                for s in read_lockstep(pair, images=self.images)), self.epoch, worker)
-        pending: list[tuple[dict, dict]] = []
+                                for s in self.samples(pair)), self.epoch, worker)
+        pending: list[tuple[dict, dict, dict | None]] = []
         done = 0
         if n == 0:  # some worker of some rank has less than a batch this epoch: nobody yields (equal steps)
             return
@@ -145,11 +227,12 @@ class ClipStream(IterableDataset):
                 local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
             yield local[w][j // self.workers]
 
-    def _collate(self, samples: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
-        return stack_clips([self.clip_arrays(f, lab) for f, lab in samples])
+    def _collate(self, samples: list[tuple[dict, dict, dict | None]]) -> dict[str, torch.Tensor]:
+        return stack_clips([self.clip_arrays(f, lab, ctx) for f, lab, ctx in samples])
 
-    def clip_arrays(self, f_raw: dict, l_raw: dict) -> dict[str, Any]:
-        """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch)."""
+    def clip_arrays(self, f_raw: dict, l_raw: dict, history: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch);
+        `history`: its `History` arrays, carried as they are."""
         t = self.clip_len
         f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
         n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
@@ -180,6 +263,8 @@ class ClipStream(IterableDataset):
             padded[:n] = arr
             out[name] = padded
         out["traffic"], out["mask"] = f["traffic"], mask
+        if history is not None:
+            out.update(history)
         out["start"] = f["meta"]["clip"] == 0  # its first frame is the segment's: histories start at zero
         out["key"] = f_raw["__key__"]
         return out

@@ -153,7 +153,7 @@ def set_up(options: TrainConfig) -> Setup:
             note(line)
         _write_run(run_dir, cfg, student, data)
     model, params, opt, captured = _model(cfg, unroll, device, capture=capture, slices=data.slices)
-    stream, val_stream, total = _streams(cfg, data, cached)
+    stream, val_stream, total = _streams(cfg, data, cached, history=getattr(student.module, "history_frames", 0))
     cache = _feature_cache(cfg, stream, device) if cached else None
     log.info("feature-cached mode: %s", "on (no image is decoded)" if cached else "off")
     start = Start()
@@ -322,8 +322,10 @@ def _model(cfg: TrainConfig, unroll: Unroll, device: torch.device, *, capture: b
     return model, params, opt, captured
 
 
-def _streams(cfg: TrainConfig, data: RunData, cached: bool) -> tuple[ClipStream, ClipStream | None, int]:
-    """(training stream of this rank, validation stream or None, optimizer steps of the schedule)."""
+def _streams(cfg: TrainConfig, data: RunData, cached: bool, *, history: int = 0
+             ) -> tuple[ClipStream, ClipStream | None, int]:
+    """(training stream of this rank, validation stream or None, optimizer steps of the schedule). `history`:
+    frames of modeld's history each clip carries (loader.History), for a student that starts from it."""
     motions = None
     if cfg.loss.gt:
         from spark_distill.data.gt_path import segment_motions
@@ -331,11 +333,11 @@ def _streams(cfg: TrainConfig, data: RunData, cached: bool) -> tuple[ClipStream,
         motions = segment_motions(data.pairs[0].frames.parent, [s["name"] for s in data.frames_manifest["shards"]])
     stream = ClipStream(data.pairs, data.manifest, batch=cfg.batch_size, clip_len=data.clip_len, burn_in=cfg.burn_in,
                         seed=cfg.seed, process_rank=cfg.process_rank, world=cfg.world, workers=cfg.workers,
-                        mask_warmup=cfg.mask_warmup, images=not cached, motions=motions)
+                        mask_warmup=cfg.mask_warmup, images=not cached, motions=motions, history=history)
     val_batch = max(1, min(cfg.batch_size, sum(len(p.keys) for p in data.val_pairs)))
     val_stream = (ClipStream(data.val_pairs, data.manifest, batch=val_batch, clip_len=data.clip_len,
                              burn_in=cfg.burn_in, seed=cfg.seed, workers=1, train=False, mask_warmup=cfg.mask_warmup,
-                             images=not cached, motions=motions)
+                             images=not cached, motions=motions, history=history)
                   if data.val_pairs else None)
     micro_per_epoch = len(stream)
     if micro_per_epoch == 0:

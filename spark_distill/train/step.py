@@ -25,6 +25,7 @@ from spark_distill.errors import ConfigError
 from spark_distill.models.lora import norms_once
 from spark_distill.openpilot import contract as C
 from spark_distill.openpilot.outputs import parse_outputs
+from spark_distill.train.loader import CONTEXT_KEYS
 from spark_distill.train.losses import LossWeights, loss_terms
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -78,11 +79,13 @@ class Unroll(nn.Module):
 
     def forward(self, road: torch.Tensor | None, wide: torch.Tensor | None, desire: torch.Tensor,
                 traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None,
-                hidden: torch.Tensor | None = None, delays: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+                hidden: torch.Tensor | None = None, delays: torch.Tensor | None = None,
+                history: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(vision (B, T, Nv) or None, policy (B, T, Np)). With `hidden` (B, T, 512), the teacher's stored
         vision features, only the policy runs (feature-cached mode): `road` and `wide` are not used. `delays`
-        (B, T, 2): each frame's [lateral, longitudinal] delay, fed to a student that takes them (openpilot's)."""
+        (B, T, 2): each frame's [lateral, longitudinal] delay, fed to a student that takes them (openpilot's).
+        `history` (the batch's `loader.CONTEXT_KEYS` arrays): the clips start from the state modeld had there,
+        for a student that can build it (`state_from_history`), instead of from zero."""
         compiled = self.training and self._step is not None
         encode = self._encode if compiled else self._encode_clips
         step = self._step if compiled else self.student.recurrent_step
@@ -90,7 +93,7 @@ class Unroll(nn.Module):
             delays = None
         with norms_once(self.student):
             if getattr(self.student, "combined", False):  # one graph (a combined openpilot model): frame by frame
-                return self._frame_by_frame(step, road, wide, desire, traffic, v_ego, start, delays)
+                return self._frame_by_frame(step, road, wide, desire, traffic, v_ego, start, delays, history)
             vision = None
             if hidden is not None:
                 b, t = hidden.shape[:2]
@@ -99,7 +102,7 @@ class Unroll(nn.Module):
                 b, t = road.shape[:2]
                 vision, feats = encode(road, wide, start)  # every frame of every clip in one call
                 vision, feats = vision.unflatten(0, (b, t)), feats.unflatten(0, (b, t))
-            state = self.student.initial_state(b, feats.device)
+            state = self._start_state(b, feats.device, history)
             if compiled and torch.is_grad_enabled():  # every frame's state then needs a gradient alike: one graph
                 state.requires_grad_()
             policy = []
@@ -109,15 +112,21 @@ class Unroll(nn.Module):
                 policy.append(p)
         return vision, torch.stack(policy, 1)  # (B, T, Nv), (B, T, Np)
 
+    def _start_state(self, b: int, device: torch.device, history: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        if history is not None and hasattr(self.student, "state_from_history"):
+            return self.student.state_from_history(*history).to(device)
+        return self.student.initial_state(b, device)
+
     def _frame_by_frame(self, step: Callable[..., Any], road: torch.Tensor, wide: torch.Tensor, desire: torch.Tensor,
                         traffic: torch.Tensor, v_ego: torch.Tensor, start: torch.Tensor | None,
-                        delays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        delays: torch.Tensor | None = None, history: tuple[torch.Tensor, ...] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """A student without a stateless vision half: images and histories into one step per frame."""
         b, t = road.shape[:2]
         start = start if start is not None else torch.zeros(b, dtype=torch.bool, device=road.device)
         skip = self.student.pair_skip
         img, big = (frame_pairs(x, start, skip).unflatten(0, (b, t)) for x in (road, wide))
-        state = self.student.initial_state(b, road.device)
+        state = self._start_state(b, road.device, history)
         vision, policy = [], []
         for i in range(t):
             v, p, state = step(img[:, i], big[:, i], desire[:, i], traffic, state, v_ego[:, i],
@@ -178,10 +187,12 @@ def loss_step(model: nn.Module, batch: dict[str, Any], slices: dict[str, dict[st
     teacher_vision = batch["vision"].to(device, non_blocking=True)
     cached = "road" not in batch
     hidden = teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float() if cached else None
+    history = tuple(batch[k].to(device, non_blocking=True) for k in CONTEXT_KEYS) if CONTEXT_KEYS[0] in batch else None
     with autocast():
         v, p = model(*(batch[k].to(device, non_blocking=True) if k in batch else None
                        for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden,
-                  delays=batch["delays"].to(device, non_blocking=True) if "delays" in batch else None)
+                  delays=batch["delays"].to(device, non_blocking=True) if "delays" in batch else None,
+                  history=history)
     if not mask.any():  # under DDP every rank must run backward: a zero loss that still touches every output
         return sum(x.float().sum() for x in (v, p) if x is not None) * 0.0, {}
     rows = mask.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
@@ -213,7 +224,8 @@ def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], slices: dict[s
     hidden = None if "road" in batch else teacher_vision[..., slice(*slices["vision"]["hidden_state"])].float()
     with autocast():
         v, p = model(*(batch.get(k) for k in ("road", "wide", "desire", "traffic", "v_ego", "start")), hidden=hidden,
-                     delays=batch.get("delays"))
+                     delays=batch.get("delays"),
+                     history=tuple(batch[k] for k in CONTEXT_KEYS) if CONTEXT_KEYS[0] in batch else None)
     tv, tp = known(teacher_vision).float(), known(batch["policy"]).float()
     gt = (known(batch["gt_path"]), known(batch["gt_valid"])) if "gt_path" in batch else None
     loss, terms = _compare(None if v is None else v.float().flatten(0, 1), p.float().flatten(0, 1), tv, tp, gt,

@@ -103,3 +103,37 @@ def test_feature_cached_mode_matches_image_mode_and_skips_images(labeled, tmp_pa
                       workers=1, device="cpu", adapter_rank=4, adapter_alpha=8.0)
     result = train(cfg)
     assert result.feature_cached and result.feature_cache_gb is not None, "the clips came from the feature cache"
+
+
+def test_every_clip_starts_from_the_history_modeld_had(labeled, tici_route, tmp_path: Path) -> None:
+    """Given each clip's history from the label set (loader.History, the preceding shard read where a shard starts
+    mid-segment), the student reproduces the labels on every clip, not only on a segment's first: the training
+    regime is the one modeld runs in. From the zero state a mid-segment clip gives other outputs (the test can
+    fail)."""
+    from spark_distill.train.loader import CONTEXT_KEYS
+
+    _, teacher = labeled
+    root = tmp_path / "ds"  # 3 clips a shard: each segment's 4th clip starts the next shard
+    ingest(IngestConfig(inputs=(str(tici_route[0]),), out=root, workers=1, clip_len=10, shard_clips=3))
+    label(LabelConfig(root=root, teacher=(teacher,), backend="onnxruntime", batch=2, name="set"))
+    pairs, manifest = shard_pairs(root, "set", split="train", val_fraction=0, seed=0)
+    assert len(pairs) == 3
+    student = OpenpilotStudent.from_onnx([teacher])
+    stream = ClipStream(pairs, manifest, batch=1, clip_len=10, burn_in=0, seed=0, train=False, mask_warmup=False,
+                        images=False, history=student.history_frames)
+    hidden = slice(*manifest["output_slices"]["vision"]["hidden_state"])
+    unroll = Unroll(student).eval()
+    mid, off = 0, []
+    with torch.no_grad():
+        for batch in make_loader(stream):
+            n = int(batch["mask"][0].sum())
+            args = (None, None, batch["desire"], batch["traffic"], batch["v_ego"], batch["start"])
+            kw = {"hidden": batch["vision"][..., hidden].float(), "delays": batch["delays"]}
+            _, p = unroll(*args, **kw, history=tuple(batch[k] for k in CONTEXT_KEYS))
+            want = batch["policy"][0, :n].float().numpy()
+            np.testing.assert_allclose(p[0, :n].numpy(), want, rtol=2e-3, atol=1e-3, err_msg=batch["keys"][0])
+            if not bool(batch["start"][0]):
+                mid += 1
+                _, zero = unroll(*args, **kw)
+                off.append(float(np.abs(zero[0, :n].numpy() - want).max()))
+    assert mid >= 4 and max(off) > 0.05, (mid, off)
