@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Copyright (c) 2026 spark-distill authors
-"""CUDA graph capture the way torch requires it: warm-up on a side stream, then capture. `capture_or_none` is the
-same with a way out: a model whose forward copies to the host at every call (an ONNX operator that onnx2torch
+"""CUDA graph capture the way torch requires it: warm-up on a side stream, then capture (`capture_or_none`), with a
+way out: a model whose forward copies to the host at every call (an ONNX operator that onnx2torch
 computes from host-side values, which the static import does not cover) cannot be captured, and runs uncaptured
 with one message (the label pass makes it a note) instead of ending the pass."""
 
@@ -30,18 +30,13 @@ def _capture(fn: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
     return graph, out
 
 
-def capture(fn: Callable[[], Any], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any]:
-    """Run `fn` `warmup` times on a side stream (compiles, cuDNN plans, lazy allocations), then capture it in
-    a CUDA graph; returns the graph and what `fn` returned while captured (static buffers, rewritten by every
-    replay). `fn` must not sync with the host nor allocate on the host."""
-    _warm(fn, warmup)
-    return _capture(fn)
-
-
 def capture_or_none(fn: Callable[[], Any], what: str, on_failure: Callable[[str], None], warmup: int = 3
                     ) -> tuple[torch.cuda.CUDAGraph, Any] | None:
-    """`capture`, or None when the capture itself fails, after one `on_failure(message)` naming `what` and the
-    error (the warm-up's errors are `fn`'s own and raise): the caller then runs `fn` uncaptured."""
+    """Run `fn` `warmup` times on a side stream (compiles, cuDNN plans, lazy allocations), then capture it in a
+    CUDA graph; returns the graph and what `fn` returned while captured (static buffers, rewritten by every
+    replay). `fn` must not sync with the host nor allocate on the host. None when the capture itself fails, after
+    one `on_failure(message)` naming `what` and the error (the warm-up's errors are `fn`'s own and raise): the
+    caller then runs `fn` uncaptured."""
     _warm(fn, warmup)
     try:
         return _capture(fn)

@@ -188,19 +188,24 @@ def label_widths(manifest: dict[str, Any]) -> dict[str, int]:
     return {m: max(v[1] for v in manifest["output_slices"][m].values()) for m in ("vision", "policy")}
 
 
-def past_warmup(frame_ids: np.ndarray, segment: dict[str, Any] | None, warmup: int) -> np.ndarray:
-    """Per frame, whether its label was made with the teacher's history full: `warmup` frames or more past the
-    segment's first frame and past every later restart of modeld's state (the label manifest's
-    `segments.<name>`: `first_frame_id`, and `resets`, where a hole longer than the history or unreadable clips
-    started the state over; labels after a restart come from start-up zeros again). Without the segment's
-    entry, its first frame is taken to be `frame_ids[0]`."""
+def state_start(frame_ids: np.ndarray, segment: dict[str, Any] | None) -> np.ndarray:
+    """Per frame, the frame id where the label pass last started modeld's state from zeros: the segment's first
+    frame or a later restart (the label manifest's `segments.<name>`: `first_frame_id`, and `resets`, where a hole
+    longer than the history or unreadable clips started the state over). Without the segment's entry, its first
+    frame is taken to be `frame_ids[0]`."""
     fids = np.asarray(frame_ids, np.int64)
     if segment is None:
         starts = fids[:1]
     else:
         starts = np.unique(np.asarray([segment.get("first_frame_id", 0), *segment.get("resets", [])], np.int64))
-    last = starts[np.clip(np.searchsorted(starts, fids, side="right") - 1, 0, None)]
-    return fids - last >= warmup
+    return starts[np.clip(np.searchsorted(starts, fids, side="right") - 1, 0, None)]
+
+
+def past_warmup(frame_ids: np.ndarray, segment: dict[str, Any] | None, warmup: int) -> np.ndarray:
+    """Per frame, whether its label was made with the teacher's history full: `warmup` frames or more past the
+    last start of modeld's state (`state_start`; labels after a restart come from start-up zeros again)."""
+    fids = np.asarray(frame_ids, np.int64)
+    return fids - state_start(fids, segment) >= warmup
 
 
 def _first(issues: list[str], limit: int = 3) -> str:

@@ -49,8 +49,8 @@ class _Fill(IterableDataset):
         pairs: list[ShardPair] = self.stream.pairs[me::n]
         chunk: list[dict[str, Any]] = []
         for pair in pairs:
-            for f, lab, history in self.stream.samples(pair):
-                chunk.append(self.stream.clip_arrays(f, lab, history))
+            for sample in self.stream.samples(pair):
+                chunk.append(self.stream.clip_arrays(*sample))
                 if len(chunk) == CHUNK:
                     yield stack_clips(chunk)
                     chunk = []

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from spark_distill.data.clips import decode_clip
-from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths, past_warmup
+from spark_distill.data.dataset import check_frames_sample, check_label_sample, label_widths, past_warmup, state_start
 from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.openpilot.delays import DelayChoice
@@ -88,9 +88,11 @@ class History:
         self.segments = label_manifest["segments"]
 
     def attach(self, samples: Iterator[tuple[dict, dict]], wanted: set[str],
-               before: Callable[[], Iterator[tuple[dict, dict]]] | None = None) -> Iterator[tuple[dict, dict, dict]]:
-        """(frames sample, labels sample, history arrays) of the `wanted` clips of `samples` (a shard's clips in
-        order, `read_lockstep(every=True)`); `before`: the clips of the shard before it, read only if needed."""
+               before: Callable[[], Iterator[tuple[dict, dict]]] | None = None
+               ) -> Iterator[tuple[dict, dict, dict, dict]]:
+        """(frames sample, labels sample, history arrays, the clip decoded without images) of the `wanted` clips of
+        `samples` (a shard's clips in order, `read_lockstep(every=True)`); `before`: the clips of the shard before
+        it, read only if needed."""
         seen: dict[str, list[tuple[np.ndarray, ...]]] = {}
         for f, lab in samples:
             d = decode_clip(f, lab, images=False)
@@ -105,7 +107,7 @@ class History:
                             self._keep(seen[meta["segment"]], db)
             known = seen[meta["segment"]]
             if f["__key__"] in wanted:
-                yield f, lab, self._window(known, int(fids[0]), self.segments.get(meta["segment"]))
+                yield f, lab, self._window(known, int(fids[0]), self.segments.get(meta["segment"])), d
             self._keep(known, d)
 
     def _keep(self, known: list[tuple[np.ndarray, ...]], d: dict[str, Any]) -> None:
@@ -121,8 +123,7 @@ class History:
                 ) -> dict[str, np.ndarray]:
         n = self.frames
         want = np.arange(first - n, first)
-        start = first if segment is None else max(
-            [r for r in (segment.get("first_frame_id", 0), *segment.get("resets", [])) if r <= first], default=first)
+        start = int(state_start(np.array([first]), segment)[0])
         hidden = np.zeros((n, self.hidden.stop - self.hidden.start), np.float16)
         desire = np.zeros((n, 8), np.float32)
         curv = np.zeros(n, np.float32)
@@ -158,10 +159,11 @@ class ClipStream(IterableDataset):
         self.history = History(history, label_manifest) if history else None
         self.epoch, self.skip = 0, 0
 
-    def samples(self, pair: ShardPair) -> Iterator[tuple[dict, dict, dict | None]]:
-        """(frames sample, labels sample, history arrays or None) of the pair's wanted clips, in shard order."""
+    def samples(self, pair: ShardPair) -> Iterator[tuple[dict, dict, dict | None, dict | None]]:
+        """The pair's wanted clips in shard order, as `clip_arrays` takes them: (frames sample, labels sample,
+        history arrays or None, the clip decoded without images or None)."""
         if self.history is None:
-            return ((f, lab, None) for f, lab in read_lockstep(pair, images=self.images))
+            return ((f, lab, None, None) for f, lab in read_lockstep(pair, images=self.images))
         at = next(i for i, p in enumerate(self.pairs) if p.name == pair.name)
         before = self.pairs[at - 1] if at > 0 else None  # the pairs are in the dataset's shard order
         return self.history.attach(read_lockstep(pair, images=self.images, every=True), set(pair.keys),
@@ -191,7 +193,7 @@ class ClipStream(IterableDataset):
         skip = (self.skip + loader_worker) // self.workers
         stream = self._ordered((s for pair in self._shards(self.epoch, self.process_rank, worker)
                                 for s in self.samples(pair)), self.epoch, worker)
-        pending: list[tuple[dict, dict, dict | None]] = []
+        pending: list[tuple[dict, dict, dict | None, dict | None]] = []
         done = 0
         if n == 0:  # some worker of some rank has less than a batch this epoch: nobody yields (equal steps)
             return
@@ -227,14 +229,18 @@ class ClipStream(IterableDataset):
                 local[w] = [order[i * self.batch:(i + 1) * self.batch] for i in range(n)]
             yield local[w][j // self.workers]
 
-    def _collate(self, samples: list[tuple[dict, dict, dict | None]]) -> dict[str, torch.Tensor]:
-        return stack_clips([self.clip_arrays(f, lab, ctx) for f, lab, ctx in samples])
+    def _collate(self, samples: list[tuple[dict, dict, dict | None, dict | None]]) -> dict[str, torch.Tensor]:
+        return stack_clips([self.clip_arrays(*sample) for sample in samples])
 
-    def clip_arrays(self, f_raw: dict, l_raw: dict, history: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    def clip_arrays(self, f_raw: dict, l_raw: dict, history: dict[str, np.ndarray] | None = None,
+                    decoded: dict[str, Any] | None = None) -> dict[str, Any]:
         """One clip of a batch, decoded, checked and padded to the clip length (`stack_clips` makes the batch);
-        `history`: its `History` arrays, carried as they are."""
+        `history`: its `History` arrays, carried as they are; `decoded`: the clip already decoded without images
+        (by `History`), used as it is where no image is wanted."""
         t = self.clip_len
-        f = lab = decode_clip(f_raw, l_raw, images=self.images)  # images=False: frames never decompressed
+        # images=False: frames never decompressed
+        f = lab = (decoded if decoded is not None and not self.images
+                   else decode_clip(f_raw, l_raw, images=self.images))
         n = len(f["meta"]["frame_ids"]) if isinstance(f.get("meta"), dict) else 0
         problems = check_frames_sample(f, None, images=self.images) + check_label_sample(lab, n, self.widths)
         if problems or n > t:
