@@ -51,7 +51,8 @@ def frame_pairs(x: torch.Tensor, start: torch.Tensor, skip: int = C.TEMPORAL_SKI
 
 
 class Unroll(nn.Module):
-    """The student run over a clip from a zero state, as one forward (what DDP wraps)."""
+    """The student run over a clip, as one forward (what DDP wraps): from the zero state, or from the history
+    modeld had at the clip's start where the batch carries it and the student can build its state from it."""
 
     def __init__(self, student: nn.Module, *, channels_last: bool = False) -> None:
         super().__init__()
