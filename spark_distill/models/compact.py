@@ -36,6 +36,11 @@ class CompactConfig:
     # fitted teacher's plan is built on: without it the plan's length must come from image motion, metres off at 2 s
     # (benchmarks/distill.md). Runs written before it existed build without it (student.json has no "speed").
     speed: bool = False
+    # the plan is a residual on constant speed: v_ego * t added to every hypothesis's x position and v_ego to its x
+    # velocity (`speed_prior`). A plan's length is metres to hundreds of metres and scales with the speed; Adam moves
+    # a weight by about the learning rate a step, so learning x = v * t through the layers took the GPU run no
+    # closer than the mean plan in 750 steps (benchmarks/distill.md). Needs `speed`; older runs build without it.
+    plan_from_speed: bool = False
 
 
 def compact_s() -> CompactConfig:
@@ -106,6 +111,10 @@ class CompactStudent(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.vision_width = max(s.stop for s in vision_slices.values())
         self.policy_width = max(s.stop for s in policy_slices.values())
+        if cfg.plan_from_speed and not cfg.speed:
+            raise ValueError("plan_from_speed needs speed (the policy's v_ego input)")
+        prior = speed_prior(policy_slices, self.policy_width) if cfg.plan_from_speed else None
+        self.register_buffer("speed_prior", prior, persistent=False)  # not in the state dict: built from the layout
 
     @torch.no_grad()
     def init_heads(self, vision_mean: torch.Tensor, policy_mean: torch.Tensor) -> None:
@@ -118,6 +127,11 @@ class CompactStudent(nn.Module):
                 if f"{prefix}_{name}" in self.heads:  # hidden_state has none: it is the features themselves
                     head = self.heads[f"{prefix}_{name}"]
                     head.bias.copy_(mean[s].to(head.bias.dtype))
+        if self.speed_prior is not None and "plan" in self.policy_slices:  # the heads give the residual on v * t:
+            s = self.policy_slices["plan"]  # less each hypothesis's constant-speed plan at its own speed at t = 0
+            prior = self.speed_prior[s].to(policy_mean.dtype)
+            head = self.heads["policy_plan"]
+            head.bias.sub_((prior * _speed_at_start(policy_mean[s].clone())).to(head.bias.dtype))
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.cfg.hidden, device=device)
@@ -145,6 +159,9 @@ class CompactStudent(nn.Module):
         nxt = (1 - u) * torch.tanh(xn + r * hn) + u * state  # (B, hidden)
         policy = _assemble(self.policy_slices, {n: self.heads[f"policy_{n}"](nxt) for n in self.policy_slices},
                            self.policy_width)
+        if self.speed_prior is not None:
+            speed = torch.nan_to_num(v_ego.to(policy.dtype)).reshape(-1, 1)
+            policy = policy + speed * self.speed_prior.to(policy.dtype)
         return policy, nxt
 
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,
@@ -153,6 +170,42 @@ class CompactStudent(nn.Module):
         vision, feats = self.encode(img, big_img)
         policy, nxt = self.recurrent_step(feats, desire, traffic, state, v_ego)
         return vision, policy, nxt
+
+
+def _plan_rows(width: int) -> tuple[int, int]:
+    """(hypotheses, entries per hypothesis) of a plan head `width` wide: mean, log-std (and a logit) each."""
+    from spark_distill.openpilot.outputs import mdn_args
+
+    hyps = max(mdn_args("plan", width)["in_n"], 1)
+    return hyps, width // hyps
+
+
+def _plan_means(plan: torch.Tensor) -> list[torch.Tensor]:
+    """Views (IDX_N, PLAN_WIDTH) of each hypothesis's mean in a plan vector."""
+    hyps, rows = _plan_rows(plan.shape[0])
+    n = C.IDX_N * C.PLAN_WIDTH
+    return [plan[h * rows: h * rows + n].view(C.IDX_N, C.PLAN_WIDTH) for h in range(hyps)]
+
+
+def speed_prior(policy_slices: dict[str, slice], width: int) -> torch.Tensor:
+    """(width,) the policy vector of a car at a constant 1 m/s: in every plan hypothesis's mean, x position = t
+    (`C.T_IDXS`) and x velocity = 1; zero elsewhere (log-stds, logits, other heads)."""
+    out = torch.zeros(width)
+    if "plan" in policy_slices:
+        for mean in _plan_means(out[policy_slices["plan"]]):
+            mean[:, C.PLAN_POSITION.start] = torch.as_tensor(C.T_IDXS, dtype=torch.float32)
+            mean[:, C.PLAN_VELOCITY.start] = 1.0
+    return out
+
+
+def _speed_at_start(plan: torch.Tensor) -> torch.Tensor:
+    """(plan width,) each hypothesis's x velocity at t = 0 in a plan vector, over all of that hypothesis's entries:
+    the speed whose constant-speed plan `init_heads` takes out of the mean plan."""
+    _, rows = _plan_rows(plan.shape[0])
+    out = torch.zeros_like(plan)
+    for h, mean in enumerate(_plan_means(plan)):
+        out[h * rows:(h + 1) * rows] = mean[0, C.PLAN_VELOCITY.start]
+    return out
 
 
 def _assemble(slices: dict[str, slice], parts: dict[str, torch.Tensor], width: int) -> torch.Tensor:

@@ -54,7 +54,8 @@ def build_architecture(arch: dict[str, Any], slices: dict[str, dict[str, list[in
 
         if arch["preset"] not in PRESETS:
             raise ConfigError(f"unknown compact preset {arch['preset']!r}")
-        cfg = dataclasses.replace(PRESETS[arch["preset"]](), speed=bool(arch.get("speed", False)))
+        cfg = dataclasses.replace(PRESETS[arch["preset"]](), speed=bool(arch.get("speed", False)),
+                                  plan_from_speed=bool(arch.get("plan_from_speed", False)))
         return CompactStudent(cfg, _slices(slices["vision"]), _slices(slices["policy"])), DEFAULT_TARGETS
     if arch["kind"] == "openpilot":
         from spark_distill.models import openpilot

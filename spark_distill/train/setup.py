@@ -226,7 +226,8 @@ def _architecture(cfg: TrainConfig, slices: dict[str, dict[str, list[int]]], man
         arch = ({"kind": "openpilot", "onnx": str(Path(cfg.student_onnx).resolve()),
                  # the labels' loop: an override they were made with (else each clip's own delays, fed per frame)
                  **{k: manifest[k] for k in ("lat_delay", "long_delay") if manifest.get(k) is not None}}
-                if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student, "speed": True})
+                if cfg.student == "openpilot" else {"kind": "compact", "preset": cfg.student, "speed": True,
+                                                       "plan_from_speed": True})
         student, targets = build_architecture(arch, slices)
     vision = {k: slice(*v) for k, v in slices["vision"].items()}
     policy = {k: slice(*v) for k, v in slices["policy"].items()}

@@ -25,7 +25,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("distill")
     r = CliRunner().invoke(app, ["bench", "distill", "--student", "compact-xs", "--train-drives", "2",
                                  "--held-drives", "1", "--seconds", "7", "--steps", "8", "--evals", "1",
-                                 "--batch-size", "2", "--lr", "0.01", "--head-init", "random", "--seed", "6",
+                                 "--batch-size", "2", "--lr", "0.003", "--head-init", "random", "--seed", "6",
                                  "--driver", "keep-left:0.4",
                                  "--driver-drives", "1", "--driver-held", "1", "--tune-steps", "4", "--workers", "1",
                                  "--device", "cpu", "--workdir", str(work), "--keep", "--out", str(work / "out"),
@@ -70,7 +70,8 @@ def test_pretrained_student_is_fine_tuned_with_dora(bench: tuple[Path, str], tmp
     assert r.exit_code == 0, r.output
     spec = json.loads((tmp_path / "runs" / "teacher-pretrained-dora" / "student.json").read_text())
     assert spec["adapter"] == "dora" and spec["source"] == "pretrained"
-    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True}
+    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True,
+                                    "plan_from_speed": True}
     slices = spec["slices"]
     other = {"vision": slices["vision"], "policy": {**slices["policy"], "pad": [9000, 9010]}}
     with pytest.raises(ConfigError, match="another openpilot release") as e:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -66,6 +68,50 @@ def test_init_heads_starts_every_head_at_the_given_means() -> None:
     keep = torch.ones(len(v_mean), dtype=torch.bool)
     keep[hidden] = False
     assert torch.allclose(vision[0][keep], v_mean[keep]) and not torch.allclose(vision[0][hidden], v_mean[hidden])
+
+
+@pytest.mark.parametrize("plan_width", [4955, 990], ids=["mixture", "single-gaussian"])
+def test_plan_from_speed_adds_the_constant_speed_plan_at_the_car_s_speed(plan_width: int) -> None:
+    """Each hypothesis's mean plan is the heads' residual plus v_ego * t in x position and v_ego in x velocity;
+    init_heads takes out of the label mean the constant-speed plan of each hypothesis's own speed at t = 0, so
+    a fresh student at speed v predicts the mean plan moved to v, and nothing else of the vector moves."""
+    vs = C.layout(C.VISION_HEADS)
+    ps = {"plan": slice(0, plan_width), "desire_state": slice(plan_width, plan_width + 8)}
+    cfg = dataclasses.replace(compact_xs(), speed=True, plan_from_speed=True)
+    model = CompactStudent(cfg, vs, ps)
+    assert "speed_prior" not in model.state_dict(), "built from the layout, not stored"
+    torch.manual_seed(0)
+    v_mean, p_mean = torch.randn(max(s.stop for s in vs.values())), torch.randn(plan_width + 8)
+    hyps = 5 if plan_width == 4955 else 1
+    rows, n = plan_width // hyps, 33 * 15
+    for h in range(hyps):  # each hypothesis's mean plan at its own speed
+        p_mean[h * rows: h * rows + n].view(33, 15)[0, 3] = 18.0 + h
+    model.init_heads(v_mean, p_mean)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.zero_()
+    img = torch.randint(0, 255, (1, 12, 128, 256), dtype=torch.uint8)
+    _, policy, _ = model(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]), model.initial_state(1),
+                         torch.tensor([25.0]))
+    got, want = parse_outputs(policy, ps), parse_outputs(p_mean[None], ps)
+    t = torch.as_tensor(C.T_IDXS, dtype=torch.float32)
+    key = "hypotheses" if hyps > 1 else "mean"
+    for h in range(hyps):
+        g, w = (got["plan"][key][0, h], want["plan"][key][0, h]) if hyps > 1 else (got["plan"][key][0],
+                                                                                   want["plan"][key][0])
+        assert torch.allclose(g[:, 0], w[:, 0] + (25.0 - (18.0 + h)) * t, atol=1e-4)  # x position
+        assert torch.allclose(g[:, 3], w[:, 3] + (25.0 - (18.0 + h)), atol=1e-5)  # x velocity
+        assert torch.allclose(g[:, 1:3], w[:, 1:3]) and torch.allclose(g[:, 4:], w[:, 4:])
+    moved = torch.zeros(plan_width + 8, dtype=torch.bool)
+    for h in range(hyps):
+        moved[h * rows: h * rows + n].view(33, 15)[:, [0, 3]] = True
+    assert torch.allclose(policy[0][~moved], p_mean[~moved]), "log-stds, logits and other heads stay the mean's"
+
+
+def test_plan_from_speed_needs_the_speed_input() -> None:
+    with pytest.raises(ValueError, match="needs speed"):
+        CompactStudent(dataclasses.replace(compact_xs(), plan_from_speed=True), C.layout(C.VISION_HEADS),
+                       C.layout(C.POLICY_HEADS_V1))
 
 
 @pytest.mark.gpu

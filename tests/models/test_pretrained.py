@@ -23,7 +23,7 @@ SLICES = {"vision": {k: [s.start, s.stop] for k, s in C.layout(C.VISION_HEADS, m
 
 
 def test_loads_its_weights_and_refuses_damaged_ones(tmp_path: Path) -> None:
-    arch = {"kind": "compact", "preset": "compact-xs", "speed": True}
+    arch = {"kind": "compact", "preset": "compact-xs", "speed": True, "plan_from_speed": True}
     torch.manual_seed(3)
     student, _ = build_architecture(arch, SLICES)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in student.state_dict().items()}

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from spark_distill.errors import ConfigError
 from spark_distill.models.checkpoint import latest_checkpoint
+from spark_distill.openpilot import contract as C
 from spark_distill.train.config import TrainConfig
 from spark_distill.train.loop import train
 
@@ -168,7 +169,8 @@ def test_trained_student_restores_merged_and_seeds_a_new_run(labeled: Path, tmp_
     second = train(_cfg(labeled, tmp_path, run="r2", student=str(tmp_path / "r"), max_steps=2))
     assert second.val_before == pytest.approx(first.val_after, rel=1e-4)
     spec = json.loads((tmp_path / "r2" / "student.json").read_text())
-    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True}
+    assert spec["architecture"] == {"kind": "compact", "preset": "compact-xs", "speed": True,
+                                    "plan_from_speed": True}
     with pytest.raises(ConfigError, match="not a training run"):
         load_trained(tmp_path)
 
@@ -235,8 +237,19 @@ def test_a_fresh_run_with_defaults_logs_every_step_starts_at_the_label_mean_and_
     _, policy_mean = label_means(pairs, manifest, 10)
     base = load_file(str(run / "student.safetensors"))
     plan = slice(*manifest["output_slices"]["policy"]["plan"])
-    torch.testing.assert_close(base["heads.policy_plan.bias"], policy_mean[plan])
     assert policy_mean[plan].abs().max() > 1.0, "the plan's mean is metres away from a fresh head's ~0"
+    # less, in each hypothesis's mean, the constant-speed plan of its speed at t = 0 (plan_from_speed): x position
+    # and velocity are residuals on v_ego * t, the rest of the plan is the mean's
+    bias, mean = base["heads.policy_plan.bias"].view(5, -1), policy_mean[plan].view(5, -1)
+    n = 33 * 15
+    hyp_bias, hyp_mean = bias[:, :n].reshape(5, 33, 15), mean[:, :n].reshape(5, 33, 15)
+    v0 = hyp_mean[:, 0, 3]
+    assert v0.abs().min() > 1e-3, "a speed to take out (this stand-in teacher's plan is noise about 0)"
+    t = torch.as_tensor(C.T_IDXS, dtype=torch.float32)
+    torch.testing.assert_close(hyp_bias[..., 0], hyp_mean[..., 0] - v0[:, None] * t)
+    torch.testing.assert_close(hyp_bias[..., 3], hyp_mean[..., 3] - v0[:, None])
+    torch.testing.assert_close(hyp_bias[..., [1, 2, *range(4, 15)]], hyp_mean[..., [1, 2, *range(4, 15)]])
+    torch.testing.assert_close(bias[:, n:], mean[:, n:])
     # a 3-step run logs every step
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in logged if x["split"] == "train"] == [1, 2, 3]
