@@ -124,16 +124,23 @@ def free_memory(device: torch.device) -> int:
 
 def activation_bytes(unroll: torch.nn.Module, *, clip_len: int, device: torch.device, autocast: Any) -> int:
     """Bytes autograd saves for the backward pass of one clip: one forward of a zero clip, counted by
-    saved-tensor hooks (nothing is kept)."""
+    saved-tensor hooks. Nothing is kept: the hook stores the byte count, not the tensor. A hook that returned the
+    tensor itself made a reference cycle (a node holding its own output, as sigmoid's does) that kept the probe's
+    whole graph alive for the run: its activations, and gradient accumulators made on the default stream, which
+    the captured training step's backward then had to wait on, and a CUDA graph capture refuses that
+    (cudaErrorStreamCaptureImplicit on the H100, benchmarks/distill.md)."""
     total = 0
 
-    def count(t: torch.Tensor) -> torch.Tensor:
+    def count(t: torch.Tensor) -> int:
         nonlocal total
         total += t.numel() * t.element_size()
-        return t
+        return t.numel()
+
+    def never(_: int) -> torch.Tensor:
+        raise RuntimeError("the activation probe's graph is not for backward")
 
     frames = torch.zeros(1, clip_len, 6, 128, 256, device=device)  # (1, T, 6, 128, 256)
-    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t), autocast():
+    with torch.autograd.graph.saved_tensors_hooks(count, never), autocast():
         unroll(frames, frames, torch.zeros(1, clip_len, 8, device=device), torch.zeros(1, 2, device=device),
                torch.zeros(1, clip_len, device=device), torch.ones(1, dtype=torch.bool, device=device))
     return total

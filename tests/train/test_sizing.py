@@ -106,6 +106,27 @@ def test_micro_batches_where_activations_do_not_fit(labeled: Path, monkeypatch: 
     assert fit_to_memory(_cfg(batch_size=8), measure_memory(unroll, clip_len=4, device=cpu, autocast=autocast))[1] == []
 
 
+def _tensors_with_a_graph() -> int:
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+
+
+def test_the_activation_probe_keeps_no_graph(labeled: Path) -> None:
+    """The probe's graph is freed with its outputs: a pack hook that kept the tensor itself made a reference cycle
+    that held 320 of its tensors (and the gradient accumulators it made on the default stream, which the H100's
+    training-step capture then refused) for the whole run."""
+    from spark_distill.data import shards
+
+    slices = shards.read_manifest(labeled / "labels" / "set", shards.LABELS_FORMAT)["output_slices"]
+    student, _ = build_architecture({"kind": "compact", "preset": "compact-xs"}, slices)
+    unroll, cpu = Unroll(student), torch.device("cpu")
+    before = _tensors_with_a_graph()
+    assert sizing.activation_bytes(unroll, clip_len=4, device=cpu, autocast=make_autocast(cpu, "fp32")) > 1e6
+    assert _tensors_with_a_graph() == before
+
+
 def test_resume_keeps_the_recorded_sizing(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("batch_size: 3\ngrad_accum: 4\nworkers: 1\nlr: 0.5\n")
     cfg = sized_as(_cfg(batch_size=32, workers=2, lr=0.1), tmp_path / "config.yaml")
