@@ -1052,14 +1052,17 @@ def bench_distill(
     head_init: Annotated[str, typer.Option(help="label-mean or random, as train's.")] = "label-mean",
     capture: Annotated[str, typer.Option(help="auto, on or off: the training step as one CUDA graph, as train's "
                                               "--capture.")] = "auto",
-    driver: Annotated[str | None, typer.Option(help="Also personalise: fine-tune the first student with DoRA and the "
-                                                    "driven-path loss on this driver's drives (e.g. keep-left:0.4, "
+    driver: Annotated[str | None, typer.Option(help="Also personalise: fine-tune a model (--tune-base) with DoRA and "
+                                                    "the driven-path loss on this driver's drives (e.g. keep-left:0.4, "
                                                     "gap:2.5) and score it on others of the driver; none: not (over "
                                                     "a preset's).")] = None,
     driver_drives: Annotated[int, typer.Option(help="The driver's drives to fine-tune on.")] = 8,
     driver_held: Annotated[int, typer.Option(help="The driver's drives to score on.")] = 2,
     tune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 40,
     tune_lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 2e-3,
+    tune_base: Annotated[str, typer.Option(help="What --driver fine-tunes: student (the first student trained "
+                                                "here) or teacher (the teacher's own model, as train --student "
+                                                "openpilot).")] = "student",
     gt_weight: Annotated[float, typer.Option(help="Weight of the driven-path loss while fine-tuning.")] = 1.0,
     save_student: Annotated[Path | None, typer.Option(help="Write the first student's final weights here as a "
                                                            "pre-trained student (train --student DIR).")] = None,

@@ -55,6 +55,7 @@ class DistillBench:
     driver_held: int = 2
     tune_steps: int = 40
     tune_lr: float = 2e-3
+    tune_base: str = "student"  # what personalisation fine-tunes: the first student, or the teacher's own model
     gt_weight: float = 1.0
     workers: int = 0  # drive-rendering processes (0: one per core)
     device: str | None = None
@@ -80,11 +81,15 @@ class DistillBench:
             raise ConfigError("--seconds must be >= 2")
         if not 0 <= self.ingested <= self.held_drives:
             raise ConfigError(f"--ingested {self.ingested}: at most --held-drives ({self.held_drives})")
+        if self.tune_base not in TUNE_BASES:
+            raise ConfigError(f"--tune-base must be one of {', '.join(TUNE_BASES)}, not {self.tune_base!r}")
         if self.driver is not None:
             parse_driver(self.driver)
             if min(self.driver_drives, self.driver_held, self.tune_steps) < 1:
                 raise ConfigError("--driver-drives, --driver-held and --tune-steps must be >= 1")
 
+
+TUNE_BASES = ("student", "teacher")  # teacher: openpilot's model itself as the student (train --student openpilot)
 
 PRESETS = {  # --preset: sized to a device's budget (see benchmarks/distill.md)
     "h200": {"train_drives": 240, "held_drives": 10, "seconds": 20.0, "ingested": 1, "steps": 2000, "evals": 4,
@@ -326,14 +331,19 @@ def _nan(v: float | None) -> float:
 def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs: Path, out: Path
                 ) -> dict[str, Any]:
     """DoRA fine-tuning of a trained student with the driven-path loss on one driver's drives; scored on others
-    of the same driver: the tuned and the untuned student, and the teacher, against the path driven."""
+    of the same driver: the tuned and the untuned student, and the teacher, against the path driven. `base_run`: a
+    trained run, or (--tune-base teacher) the teacher's release folder, fine-tuned as `train --student openpilot`
+    does (the model the user drives with, started from the history modeld had at each clip)."""
     from spark_distill.train.config import TrainConfig
     from spark_distill.train.loop import train
     from spark_distill.train.losses import LossWeights
 
     name = "personalised"
     shutil.rmtree(runs / name, ignore_errors=True)
-    tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs, student=str(base_run), adapter="dora",
+    release = cfg.tune_base == "teacher"
+    tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs,
+                       student="openpilot" if release else str(base_run),
+                       student_onnx=base_run if release else None, adapter="dora",
                        batch_size=cfg.batch_size, max_steps=cfg.tune_steps, epochs=100_000, lr=cfg.tune_lr,
                        val_fraction=0.05, checkpoint_every=cfg.tune_steps, seed=cfg.seed, device=cfg.device,
                        capture=cfg.capture, loss=LossWeights.parse("", gt=cfg.gt_weight))
@@ -342,14 +352,16 @@ def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs:
     minutes = (time.perf_counter() - start) / 60
     metrics = score(held, [base_run, runs / name], out, cfg.device)
     base, tuned = (row(m) for m in metrics.values())
-    return {"driver": cfg.driver, "minutes": minutes, "steps": cfg.tune_steps, "base": base, "tuned": tuned}
+    return {"driver": cfg.driver, "base_model": cfg.tune_base, "minutes": minutes, "steps": cfg.tune_steps,
+            "base": base, "tuned": tuned}
 
 
 def personal_lines(p: dict[str, Any]) -> list[str]:
     base, tuned = p["base"], p["tuned"]
     t2 = tuned["teacher_driven@2"]
     drop = None if not t2 or tuned["driven@2"] is None else 1 - tuned["driven@2"] / t2
-    return [f"personalisation, driver {p['driver']}: DoRA + driven-path loss, {p['steps']} steps "
+    base_name = "the teacher's own model" if p.get("base_model") == "teacher" else "the student"
+    return [f"personalisation, driver {p['driver']}: {base_name} + DoRA + driven-path loss, {p['steps']} steps "
             f"({p['minutes']:.2f} min), held-out drives of the same driver",
             f"  {'model':<13} " + "  ".join(f"{'driven@' + h:>9}" for h in HORIZONS)
             + "  lane lines vs teacher  lead vs teacher",
@@ -438,7 +450,8 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
                          teacher, workers=cfg.workers, device=cfg.device)
             make_dataset(d_held, drive_configs(cfg.driver_held, cfg.seconds, base=base + 500, driver=cfg.driver),
                          teacher, workers=cfg.workers, device=cfg.device)
-            p = personalise(cfg, finals[cfg.students[0]], d_train, d_held, work / "runs", work / "eval" / "driver")
+            p = personalise(cfg, teacher if cfg.tune_base == "teacher" else finals[cfg.students[0]], d_train, d_held,
+                            work / "runs", work / "eval" / "driver")
             summary["personalisation"] = p
             yield from personal_lines(p)
         report(stages, stages, "")

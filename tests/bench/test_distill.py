@@ -81,3 +81,28 @@ def test_pretrained_student_is_fine_tuned_with_dora(bench: tuple[Path, str], tmp
     r = CliRunner().invoke(app, ["train", str(work / "driver-train"), "--labels", "teacher", "--student",
                                  "pretrained", "--runs-dir", str(tmp_path / "runs2"), "--device", "cpu"])
     assert r.exit_code == 2 and "no pre-trained student is shipped" in r.output
+
+
+def test_personalisation_can_fine_tune_the_teacher_s_own_model(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tune-base teacher: the driver's drives fine-tune `train --student openpilot` on the teacher's folder (DoRA,
+    the driven-path loss), and eval scores the teacher's folder as the untuned model; a base it does not know is
+    refused. (The bench's real run with it: benchmarks/distill.md.)"""
+    from spark_distill.bench import distill
+
+    seen: dict = {}
+    monkeypatch.setattr("spark_distill.train.loop.train", lambda cfg: seen.setdefault("train", cfg))
+    row = {"drive": {"student": {"at": {"1": 0.1, "2": 0.2, "4": 0.4}}, "teacher": {"at": {"1": 0.1, "2": 0.3}}},
+           "plan": {"at": {}}, "lane_lines": {"mean": 0.01}, "lead": {"distance_error_m": 0.02}}
+    monkeypatch.setattr(distill, "score", lambda held, runs, out, device: seen.setdefault("runs", runs) and
+                        {str(r): row for r in runs})
+    cfg = distill.DistillBench(students=("compact-xs",), driver="keep-left:0.4", tune_base="teacher", device="cpu")
+    teacher = tmp_path / "teacher"
+    p = distill.personalise(cfg, teacher, tmp_path / "d", tmp_path / "h", tmp_path / "runs", tmp_path / "out")
+    tcfg = seen["train"]
+    assert (tcfg.student, tcfg.student_onnx, tcfg.adapter, tcfg.loss.gt) == ("openpilot", teacher, "dora", 1.0)
+    assert seen["runs"] == [teacher, tmp_path / "runs" / "personalised"]
+    assert p["base_model"] == "teacher" and p["tuned"]["driven@2"] == 0.2
+    assert "the teacher's own model + DoRA" in distill.personal_lines(p)[0]
+    with pytest.raises(ConfigError, match="--tune-base"):
+        distill.DistillBench(tune_base="mine")
