@@ -356,6 +356,10 @@ def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs:
             "base": base, "tuned": tuned}
 
 
+def _below(drop: float) -> str:
+    return f"{100 * drop:.0f}% below" if drop >= 0 else f"{-100 * drop:.0f}% above"
+
+
 def personal_lines(p: dict[str, Any]) -> list[str]:
     base, tuned = p["base"], p["tuned"]
     t2 = tuned["teacher_driven@2"]
@@ -368,9 +372,10 @@ def personal_lines(p: dict[str, Any]) -> list[str]:
             *(f"  {who:<13} " + "  ".join(f"{_fmt(r[k + '@' + h]):>9}" for h in HORIZONS)
               + f"  {_fmt(r['lane_lines']) if who != 'teacher' else '-':>21}  "
               + f"{_fmt(r['lead']) if who != 'teacher' else '-':>15}"
-              for who, r, k in (("teacher", tuned, "teacher_driven"), ("student", base, "driven"),
+              for who, r, k in (("teacher", tuned, "teacher_driven"),
+                                ("untuned" if p.get("base_model") == "teacher" else "student", base, "driven"),
                                 ("personalised", tuned, "driven"))),
-            f"  personalised vs the path driven at 2 s: {'-' if drop is None else f'{100 * drop:.0f}% below'} the "
+            f"  personalised vs the path driven at 2 s: {'-' if drop is None else _below(drop)} the "
             "teacher's (target >= 40%); lane lines and lead within 0.15 m of the teacher's: "
             f"{'yes' if (tuned['lane_lines'] or 0) <= 0.15 and (tuned['lead'] or 0) <= 0.15 else 'no'}"]
 
