@@ -159,9 +159,10 @@ class CompactStudent(nn.Module):
         nxt = (1 - u) * torch.tanh(xn + r * hn) + u * state  # (B, hidden)
         policy = _assemble(self.policy_slices, {n: self.heads[f"policy_{n}"](nxt) for n in self.policy_slices},
                            self.policy_width)
-        if self.speed_prior is not None:
-            speed = torch.nan_to_num(v_ego.to(policy.dtype)).reshape(-1, 1)
-            policy = policy + speed * self.speed_prior.to(policy.dtype)
+        if self.speed_prior is not None:  # in the prior's dtype: under bf16 autocast, 200 m in bf16 is 1 m steps
+            prior = self.speed_prior
+            speed = torch.nan_to_num(v_ego.to(prior.dtype)).reshape(-1, 1)
+            policy = policy.to(prior.dtype) + speed * prior
         return policy, nxt
 
     def forward(self, img: torch.Tensor, big_img: torch.Tensor, desire: torch.Tensor, traffic: torch.Tensor,

@@ -108,6 +108,26 @@ def test_plan_from_speed_adds_the_constant_speed_plan_at_the_car_s_speed(plan_wi
     assert torch.allclose(policy[0][~moved], p_mean[~moved]), "log-stds, logits and other heads stay the mean's"
 
 
+def test_plan_from_speed_adds_the_prior_in_fp32_under_bf16_autocast() -> None:
+    """Under bf16 autocast the heads' residual is small and bf16, but the plan of a car at 30 m/s runs to 300 m
+    where bf16 steps by 2 m: the constant-speed plan is added in fp32, so the plan matches the fp32 student's."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(compact_xs(), speed=True, plan_from_speed=True)
+    ps = C.layout(C.POLICY_HEADS_V2)
+    model = CompactStudent(cfg, C.layout(C.VISION_HEADS), ps).eval()
+    img = torch.randint(0, 255, (2, 12, 128, 256), dtype=torch.uint8)
+    args = (img, img, torch.zeros(2, 8), torch.tensor([[1.0, 0.0]] * 2), model.initial_state(2),
+            torch.tensor([30.3, 17.1]))
+    with torch.no_grad():
+        _, want, _ = model(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, got, _ = model(*args)
+    assert got.dtype == torch.float32
+    x = slice(0, 33 * 15, 15)  # first hypothesis's x positions
+    assert want[:, x].abs().max() > 250.0, "the check needs plans long enough for bf16 to round by metres"
+    assert (got[:, x] - want[:, x]).abs().max() < 0.1
+
+
 def test_plan_from_speed_needs_the_speed_input() -> None:
     with pytest.raises(ValueError, match="needs speed"):
         CompactStudent(dataclasses.replace(compact_xs(), plan_from_speed=True), C.layout(C.VISION_HEADS),
