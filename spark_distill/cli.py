@@ -1059,7 +1059,8 @@ def bench_distill(
     driver_drives: Annotated[int, typer.Option(help="The driver's drives to fine-tune on.")] = 8,
     driver_held: Annotated[int, typer.Option(help="The driver's drives to score on.")] = 2,
     tune_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 40,
-    tune_lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 2e-3,
+    tune_lr: Annotated[float | None, typer.Option(help="Fine-tuning peak learning rate \\[default: 2e-3 for a "
+                                                       "student, 5e-4 for the teacher's model].")] = None,
     tune_base: Annotated[str, typer.Option(help="What --driver fine-tunes: student (the first student trained "
                                                 "here) or teacher (the teacher's own model, as train --student "
                                                 "openpilot).")] = "student",

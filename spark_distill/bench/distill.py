@@ -54,7 +54,7 @@ class DistillBench:
     driver_drives: int = 8
     driver_held: int = 2
     tune_steps: int = 40
-    tune_lr: float = 2e-3
+    tune_lr: float | None = None  # None: TUNE_LR[tune_base]
     tune_base: str = "student"  # what personalisation fine-tunes: the first student, or the teacher's own model
     gt_weight: float = 1.0
     workers: int = 0  # drive-rendering processes (0: one per core)
@@ -90,11 +90,14 @@ class DistillBench:
 
 
 TUNE_BASES = ("student", "teacher")  # teacher: openpilot's model itself as the student (train --student openpilot)
+# Fine-tuning peak learning rate by base: the teacher's trained model overshoots at the student's 2e-3 (benchmarks/
+# distill.md, "Personalisation of the teacher's own model": 14% below the teacher at 5e-4, 11% above at 2e-3).
+TUNE_LR = {"student": 2e-3, "teacher": 5e-4}
 
 PRESETS = {  # --preset: sized to a device's budget (see benchmarks/distill.md)
     "h200": {"train_drives": 240, "held_drives": 10, "seconds": 20.0, "ingested": 1, "steps": 2000, "evals": 4,
              "batch_size": 32, "driver": "keep-left:0.4", "driver_drives": 40, "driver_held": 8, "tune_steps": 600,
-             "tune_lr": 2e-3, "gt_weight": 1.0},
+             "gt_weight": 1.0},
 }
 
 
@@ -159,10 +162,12 @@ class Snapshot:
 
 class _Snapshots:
     """train's on_progress: at each snapshot step, the checkpoint written after it is copied aside (train keeps
-    only its newest three)."""
+    only its newest three). Frames per step follow the batch the run resolved (train caps --batch-size by the clips
+    a loader worker gets), read from its config.yaml."""
 
-    def __init__(self, run_dir: Path, dest: Path, at: list[int], frames_per_step: int) -> None:
-        self.run_dir, self.dest, self.at, self.frames_per_step = run_dir, dest, at, frames_per_step
+    def __init__(self, run_dir: Path, dest: Path, at: list[int], clip_len: int) -> None:
+        self.run_dir, self.dest, self.at, self.clip_len = run_dir, dest, at, clip_len
+        self.frames_per_step = 0
         self.start: float | None = None
         self.pending: list[tuple[int, float]] = []
         self.taken: list[Snapshot] = []
@@ -171,6 +176,7 @@ class _Snapshots:
         now = time.perf_counter()
         if self.start is None:
             self.start = now
+            self.frames_per_step = run_batch(self.run_dir) * self.clip_len
             self.initial()
         self.collect()
         if step in self.at:
@@ -209,6 +215,20 @@ class _Snapshots:
             self.taken.append(Snapshot(folder, step, minutes, step * self.frames_per_step))
             self.pending.remove((step, minutes))
 
+    def stopped_at(self, step: int) -> None:
+        """A run stopped early (SIGTERM: it checkpoints where it stopped) is scored at that step as well."""
+        if self.start is None or any(s.step == step for s in self.taken) or step < 1:
+            return
+        self.pending.append((step, (time.perf_counter() - self.start) / 60.0))
+        self.collect()
+
+
+def run_batch(run_dir: Path) -> int:
+    """Clips per step the run resolved (its config.yaml)."""
+    from spark_distill.train.config import read_config
+
+    return int(read_config(run_dir / "config.yaml")["batch_size"])
+
 
 def snapshot_steps(steps: int, evals: int) -> list[int]:
     """`evals` steps spread evenly over the run, the last at its end (step 0, the untrained student, is scored
@@ -227,9 +247,11 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
                        head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps, epochs=100_000,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
                        seed=cfg.seed, device=cfg.device, capture=cfg.capture)
-    hook = _Snapshots(runs / student, snaps, at, tcfg.batch_size * _clip_len(root))
+    hook = _Snapshots(runs / student, snaps, at, _clip_len(root))
     result = train(tcfg, on_progress=hook)
     hook.collect()
+    if result.interrupted:
+        hook.stopped_at(result.steps)
     return result, hook.taken
 
 
@@ -344,7 +366,8 @@ def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs:
     tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs,
                        student="openpilot" if release else str(base_run),
                        student_onnx=base_run if release else None, adapter="dora",
-                       batch_size=cfg.batch_size, max_steps=cfg.tune_steps, epochs=100_000, lr=cfg.tune_lr,
+                       batch_size=cfg.batch_size, max_steps=cfg.tune_steps, epochs=100_000,
+                       lr=cfg.tune_lr if cfg.tune_lr is not None else TUNE_LR[cfg.tune_base],
                        val_fraction=0.05, checkpoint_every=cfg.tune_steps, seed=cfg.seed, device=cfg.device,
                        capture=cfg.capture, loss=LossWeights.parse("", gt=cfg.gt_weight))
     start = time.perf_counter()
@@ -418,7 +441,8 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             curves[student] = [{"step": s.step, "minutes": s.minutes, "frames": s.frames, "row": row(m)}
                                for s, m in zip(snaps, metrics.values(), strict=True)]
             finals[student] = work / "runs" / student
-            yield (f"{student}: {result.steps} steps of {cfg.batch_size} clips in {result.seconds / 60:.2f} min of "
+            yield (f"{student}: {result.steps} steps of {run_batch(finals[student])} clips in "
+                   f"{result.seconds / 60:.2f} min of "
                    f"training; validation loss {_fmt(result.val_before)} -> {_fmt(result.val_after)}")
             if (mem := _gpu_memory(cfg.device)) is not None:
                 yield f"GPU memory after {student}: {mem}"

@@ -88,6 +88,8 @@ def test_personalisation_can_fine_tune_the_teacher_s_own_model(tmp_path: Path,
     """--tune-base teacher: the driver's drives fine-tune `train --student openpilot` on the teacher's folder (DoRA,
     the driven-path loss), and eval scores the teacher's folder as the untuned model; a base it does not know is
     refused. (The bench's real run with it: benchmarks/distill.md.)"""
+    import dataclasses
+
     from spark_distill.bench import distill
 
     seen: dict = {}
@@ -101,8 +103,36 @@ def test_personalisation_can_fine_tune_the_teacher_s_own_model(tmp_path: Path,
     p = distill.personalise(cfg, teacher, tmp_path / "d", tmp_path / "h", tmp_path / "runs", tmp_path / "out")
     tcfg = seen["train"]
     assert (tcfg.student, tcfg.student_onnx, tcfg.adapter, tcfg.loss.gt) == ("openpilot", teacher, "dora", 1.0)
+    assert tcfg.lr == 5e-4, "the teacher's trained model overshoots at the student's 2e-3"
+    del seen["train"]
+    distill.personalise(dataclasses.replace(cfg, tune_lr=1e-3), teacher, tmp_path / "d", tmp_path / "h",
+                        tmp_path / "runs", tmp_path / "out")
+    assert seen["train"].lr == 1e-3, "--tune-lr given wins"
     assert seen["runs"] == [teacher, tmp_path / "runs" / "personalised"]
     assert p["base_model"] == "teacher" and p["tuned"]["driven@2"] == 0.2
     assert "the teacher's own model + DoRA" in distill.personal_lines(p)[0]
     with pytest.raises(ConfigError, match="--tune-base"):
         distill.DistillBench(tune_base="mine")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_is_scored_where_it_stopped(bench: tuple[Path, str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device call's time limit stops training by SIGTERM, which checkpoints: that step joins the curve (the
+    GPU run that stopped at step 617 of 1500 had only step 0 scored), with frames at the batch the run resolved."""
+    import functools
+
+    from spark_distill.bench import distill
+    from spark_distill.train import config
+
+    work, _ = bench
+    monkeypatch.setattr(config, "TrainConfig", functools.partial(config.TrainConfig, stop_at=3))
+    cfg = distill.DistillBench(students=("compact-xs",), train_drives=2, held_drives=1, seconds=7, steps=8, evals=1,
+                               batch_size=64, device="cpu")
+    result, snaps = distill.train_student(cfg, "compact-xs", work / "train", tmp_path / "runs",
+                                          tmp_path / "snaps")
+    assert result.interrupted and result.steps == 3
+    batch = distill.run_batch(tmp_path / "runs" / "compact-xs")
+    assert batch < 64, "capped by the clips a loader worker gets"
+    assert [(s.step, s.frames) for s in snaps] == [(0, 0), (3, 3 * batch * 20)]
+    assert (snaps[-1].folder / "checkpoints" / "step-00000003" / "meta.json").exists()
