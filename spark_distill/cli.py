@@ -222,7 +222,9 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes (replaced if it "
                                                         "holds an earlier demo).")] = Path("demo-out"),
     minutes: Annotated[float, typer.Option(help="Length of the synthetic drive in minutes (two segments).")] = 0.6,
-    student: Annotated[str, typer.Option(help="Built-in student to distil: compact-xs or compact.")] = "compact-xs",
+    student: Annotated[str, typer.Option(help="pretrained (the shipped pre-trained compact-xs, fine-tuned with "
+                                              "DoRA), or compact-xs / compact from random weights (DoRA over a "
+                                              "random backbone).")] = "pretrained",
     steps: Annotated[int | None, typer.Option(help="Training steps \\[default: 25 per minute of drive, at least "
                                                    "16].")] = None,
     device: Annotated[str, typer.Option(help="torch device for labeling and training.")] = "cpu",
@@ -231,8 +233,8 @@ def demo(
     from spark_distill.demo import DemoConfig, run_demo, student_teacher_ratio
     from spark_distill.models.compact import PRESETS
 
-    if student not in PRESETS:
-        raise ConfigError(f"--student {student!r}: the demo distils {' or '.join(PRESETS)}")
+    if student not in ("pretrained", *PRESETS):
+        raise ConfigError(f"--student {student!r}: the demo trains pretrained, {' or '.join(PRESETS)}")
     n = {"stage": 0}
 
     def stage(text: str) -> None:
@@ -456,9 +458,9 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML of option values (e.g. a run's config.yaml); options "
                                                      "given on the command line win.")] = None,
     student: Annotated[str, typer.Option(help="compact or compact-xs (built in, random weights); pretrained (a "
-                                              "compact-xs distilled from the fitted teacher, fine-tuned with DoRA: "
-                                              "none is shipped yet; `bench distill --save-student DIR` makes one, "
-                                              "then give DIR); openpilot (fine-tune the ONNX pair "
+                                              "compact-xs distilled from the fitted teacher, fine-tuned with DoRA; "
+                                              "`bench distill --save-student DIR` makes another: give DIR); "
+                                              "openpilot (fine-tune the ONNX pair "
                                               "given by --student-onnx); or a trained run to continue from: "
                                               "runs/<run> (its newest good checkpoint) or one checkpoint folder "
                                               "runs/<run>/checkpoints/step-N.")] = "compact",

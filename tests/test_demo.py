@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from spark_distill.cli import app
 
 TEACHER_BOUND_2S = 1.5  # m; measured 0.64 on this held-out segment (the demo's drive, never fitted on)
-STUDENT_FACTOR_2S = 1.5  # student's 2 s error against the path driven / the teacher's; measured 1.3 (plan_from_speed)
+# the pre-trained student fine-tuned (the demo's default): its 2 s error against the path driven over the teacher's
+# measured 1.54 at this size (1.71 at the default size; benchmarks/demo.md); a random compact-xs measured 1.3 here
+STUDENT_FACTOR_2S = 1.8
 
 
 @pytest.mark.slow
@@ -25,16 +27,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     report = json.loads((out / "demo.json").read_text())
     assert report["frames_ingested"] == 480  # 2 segments x 12 s x 20 Hz
-    # heads start at the labels' mean and the plan at the car's speed, so validation starts close and 16 DoRA steps
-    # over the random backbone's features move it little (7.40 -> 7.57 measured on this held-out segment); the
-    # drive table below is the real check of what the student learnt
-    assert math.isfinite(report["val_before"]) and math.isfinite(report["val_after"]), report
-    assert abs(report["val_after"] - report["val_before"]) < 0.25 * report["val_before"], report
+    # the pre-trained student starts trained (its NLL below zero) and 16 DoRA steps on this drive lower it further
+    # (-1.71 -> -1.82 measured on this held-out segment); the drive table below checks what it drives
+    assert math.isfinite(report["val_before"]) and report["val_after"] < report["val_before"] < 0, report
     assert report["export_max_diff"] <= 1e-4 and report["steps"] == 16
     for name in ("loss curve", "validation frame", "errors vs horizon", "eval", "export"):
         path = Path(report["artifacts"][name])
         assert path.exists() and path.stat().st_size > 1000, name
-    assert re.search(r"validation loss\s+│ [\d.]+ -> [\d.]+ after 16 steps", r.output)
+    assert re.search(r"validation loss\s+│ -?[\d.]+ -> -?[\d.]+ after 16 steps", r.output)
     # the eval table: the shipped teacher drives this held-out segment (never fitted on)
     table = report["drive_error_m"]
     assert set(table) == {"student vs driven path", "teacher vs driven path", "student vs teacher"}
@@ -42,8 +42,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     # 12 s segments leave 7 s past the warm-up: no frame has a 10 s future, so no 10 s error (not the 4 s one again)
     assert table["student vs driven path"]["10"] is None and table["student vs driven path"]["4"] is not None
     assert "ends before that horizon" in r.output
-    # the demo's student learns to drive too: its head biases start at the labels' mean (a fresh head outputs ~0 m
-    # where the plan reaches 40 m at 2 s) and the held-out segment drives the speeds of the training one
+    # the demo's student drives too: the pre-trained student's plan is the car's speed plus the labels' mean, and
+    # the held-out segment drives the speeds of the training one
     assert report["student_over_teacher_2s"] <= STUDENT_FACTOR_2S, table
     assert "x the teacher's error" in r.output
     assert "teacher vs driven path" in r.output

@@ -41,3 +41,26 @@ def test_loads_its_weights_and_refuses_damaged_ones(tmp_path: Path) -> None:
     (tmp_path / "student.safetensors").write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=r"its sha256 is not the one pretrained\.json records"):
         load_pretrained(tmp_path)
+
+
+def test_the_shipped_student_is_the_fitted_teacher_s_and_loads() -> None:
+    """The package's pre-trained student (`train --student pretrained`, the demo's default) loads with the weights
+    pretrained.json records, belongs to the shipped fitted teacher (the teacher files it was distilled from are
+    those), and drives: at 20 m/s its plan at 2 s is ~40 m ahead."""
+    from spark_distill.models import pretrained
+    from spark_distill.synth.fit import SHIPPED as FITTED
+
+    folders = pretrained.shipped()
+    assert [f.name for f in folders] == ["v1"]
+    info = json.loads((folders[0] / "pretrained.json").read_text())
+    assert info["teacher_files"] == {n: files.sha256_file(FITTED / "v1" / n) for n in info["teacher_files"]}
+    assert len(info["teacher_files"]) == 4 and info["made_by"]["command"].endswith("distill_gpu_call.sh")
+    student, spec = load_pretrained(folders[0])
+    assert spec["architecture"]["plan_from_speed"] is True
+    img = torch.zeros(1, 12, 128, 256, dtype=torch.uint8) + 100
+    with torch.no_grad():
+        _, policy, _ = student.eval()(img, img, torch.zeros(1, 8), torch.tensor([[1.0, 0.0]]),
+                                      student.initial_state(1), torch.tensor([20.0]))
+    hyp = policy[0, :4955].view(5, 991)[:, :495].view(5, 33, 15)
+    x2 = hyp[:, int(abs(torch.as_tensor(C.T_IDXS) - 2.0).argmin()), 0]
+    assert torch.all((x2 > 30) & (x2 < 50)), x2
