@@ -1052,6 +1052,8 @@ def bench_distill(
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate \\[default: train's, 1e-3].")] = None,
     head_init: Annotated[str, typer.Option(help="label-mean or random, as train's.")] = "label-mean",
+    loss_weights: Annotated[str, typer.Option(help="The students' loss term weights, as train's (e.g. "
+                                                   "'plan=4,plan_prob=0.2') \\[default: train's].")] = "",
     capture: Annotated[str, typer.Option(help="auto, on or off: the training step as one CUDA graph, as train's "
                                               "--capture.")] = "auto",
     driver: Annotated[str | None, typer.Option(help="Also personalise: fine-tune a model (--tune-base) with DoRA and "

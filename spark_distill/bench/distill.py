@@ -50,6 +50,7 @@ class DistillBench:
     lr: float | None = None  # None: train's default for the adapter (full training: 1e-3)
     head_init: str = "label-mean"
     capture: str = "auto"  # the training step as one CUDA graph (train's --capture)
+    loss_weights: str = ""  # the students' loss term weights, as train's --loss-weights ("" = train's defaults)
     driver: str | None = None  # personalisation: this driver's drives (synth.route.parse_driver)
     driver_drives: int = 8
     driver_held: int = 2
@@ -81,6 +82,12 @@ class DistillBench:
             raise ConfigError("--seconds must be >= 2")
         if not 0 <= self.ingested <= self.held_drives:
             raise ConfigError(f"--ingested {self.ingested}: at most --held-drives ({self.held_drives})")
+        from spark_distill.train.losses import LossWeights
+
+        try:
+            LossWeights.parse(self.loss_weights)
+        except ValueError as e:
+            raise ConfigError(f"--loss-weights: {e}") from e
         if self.tune_base not in TUNE_BASES:
             raise ConfigError(f"--tune-base must be one of {', '.join(TUNE_BASES)}, not {self.tune_base!r}")
         if self.driver is not None:
@@ -240,13 +247,15 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
     """Train `student` from scratch on `root` for cfg.steps; its snapshots."""
     from spark_distill.train.config import TrainConfig
     from spark_distill.train.loop import train
+    from spark_distill.train.losses import LossWeights
 
     at = snapshot_steps(cfg.steps, cfg.evals)
     shutil.rmtree(runs / student, ignore_errors=True)
     tcfg = TrainConfig(root=root, labels=TEACHER, run=student, runs_dir=runs, student=student, adapter="none",
                        head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps, epochs=100_000,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
-                       seed=cfg.seed, device=cfg.device, capture=cfg.capture)
+                       seed=cfg.seed, device=cfg.device, capture=cfg.capture,
+                       loss=LossWeights.parse(cfg.loss_weights))
     hook = _Snapshots(runs / student, snaps, at, _clip_len(root))
     result = train(tcfg, on_progress=hook)
     hook.collect()

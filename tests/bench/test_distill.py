@@ -136,3 +136,25 @@ def test_a_run_stopped_early_is_scored_where_it_stopped(bench: tuple[Path, str],
     assert batch < 64, "capped by the clips a loader worker gets"
     assert [(s.step, s.frames) for s in snaps] == [(0, 0), (3, 3 * batch * 20)]
     assert (snaps[-1].folder / "checkpoints" / "step-00000003" / "meta.json").exists()
+
+
+def test_students_train_with_the_loss_weights_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--loss-weights reaches the students' training as train's does (terms named keep the rest at their
+    defaults); a bad one is refused before anything is rendered."""
+    import types
+
+    from spark_distill.bench import distill
+
+    seen: dict = {}
+    monkeypatch.setattr("spark_distill.train.loop.train",
+                        lambda cfg, on_progress=None: seen.setdefault("cfg", cfg)
+                        and types.SimpleNamespace(interrupted=False, steps=cfg.max_steps))
+    monkeypatch.setattr(distill, "_clip_len", lambda root: 20)
+    cfg = distill.DistillBench(students=("compact-xs",), loss_weights="plan=4,lead=0", device="cpu")
+    distill.train_student(cfg, "compact-xs", tmp_path, tmp_path / "runs", tmp_path / "snaps")
+    loss = seen["cfg"].loss
+    assert (loss.plan, loss.lead, loss.lanes, loss.plan_prob) == (4.0, 0.0, 1.0, 0.2)
+    with pytest.raises(ConfigError, match="--loss-weights"):
+        distill.DistillBench(loss_weights="plan=heavy")
+    with pytest.raises(ConfigError, match="--loss-weights"):
+        distill.DistillBench(loss_weights="lateral=2")
