@@ -536,7 +536,6 @@ def train(
 ) -> None:
     """Distil a student from a label set (DoRA by default); resumable; runs under torchrun for several GPUs."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "config", "root", "labels")}  # the options only
-    from spark_distill.errors import ConfigError
     from spark_distill.train.config import TrainConfig
     from spark_distill.train.loop import train as run_train
     from spark_distill.train.losses import LossWeights
@@ -548,10 +547,7 @@ def train(
     world, process_rank, o["device"] = _torchrun(o["device"])
     fields = {{"dora_rank": "adapter_rank", "dora_alpha": "adapter_alpha"}.get(k, k): v for k, v in o.items()
               if k not in ("loss_weights", "gt_weight")}
-    try:
-        fields["loss"] = LossWeights.parse(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
-    except ValueError as e:
-        raise ConfigError(f"--loss-weights: {e}") from e
+    fields["loss"] = LossWeights.from_option(o["loss_weights"], **({"gt": o["gt_weight"]} if o["gt_weight"] else {}))
     fields.update(root=_root(root), labels=labels, run=o["run"] or "",
                   runs_dir=Path(o["runs_dir"]), student_onnx=Path(o["student_onnx"]) if o["student_onnx"] else None,
                   targets=_csv(o["targets"]) if o["targets"] else None, train_modules=_csv(o["train_modules"]),

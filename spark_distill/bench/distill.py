@@ -84,10 +84,7 @@ class DistillBench:
             raise ConfigError(f"--ingested {self.ingested}: at most --held-drives ({self.held_drives})")
         from spark_distill.train.losses import LossWeights
 
-        try:
-            LossWeights.parse(self.loss_weights)
-        except ValueError as e:
-            raise ConfigError(f"--loss-weights: {e}") from e
+        LossWeights.from_option(self.loss_weights)
         if self.tune_base not in TUNE_BASES:
             raise ConfigError(f"--tune-base must be one of {', '.join(TUNE_BASES)}, not {self.tune_base!r}")
         if self.driver is not None:
@@ -255,7 +252,7 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
                        head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps, epochs=100_000,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
                        seed=cfg.seed, device=cfg.device, capture=cfg.capture,
-                       loss=LossWeights.parse(cfg.loss_weights))
+                       loss=LossWeights.from_option(cfg.loss_weights))
     hook = _Snapshots(runs / student, snaps, at, _clip_len(root))
     result = train(tcfg, on_progress=hook)
     hook.collect()

@@ -55,6 +55,16 @@ class LossWeights:
             values[name.strip()] = float(value)
         return cls(**{**values, **overrides})
 
+    @classmethod
+    def from_option(cls, text: str, **overrides: float) -> LossWeights:
+        """`parse` of a --loss-weights value; ConfigError (one line, exit 2) where it is malformed."""
+        from spark_distill.errors import ConfigError
+
+        try:
+            return cls.parse(text, **overrides)
+        except ValueError as e:
+            raise ConfigError(f"--loss-weights: {e}") from e
+
 
 def laplace_nll(target: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """Elementwise -log Laplace(target | mean, b), b = exp(log_std) (clamped)."""
