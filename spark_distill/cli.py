@@ -513,7 +513,9 @@ def train(
                                                     "clips once and hold them in device memory for every epoch "
                                                     "(auto: when they fit in 40% of the free memory; off: stream "
                                                     "them from the shards each epoch).")] = "auto",
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule \\[default: all epochs].")
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps of the schedule, over as many passes as "
+                                                    "they take (--epochs then does not apply) \\[default: all "
+                                                    "epochs].")
                          ] = None,
     stop_at: Annotated[int | None, typer.Option(help="Checkpoint and stop at this step (continue with --resume).")
                        ] = None,

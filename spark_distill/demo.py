@@ -90,7 +90,7 @@ def run_demo(cfg: DemoConfig, on_stage: Callable[[str], None] = lambda _: None) 
     lr = 1e-3 if cfg.student == "pretrained" else 3e-3
     tr = train(TrainConfig(root=out / "dataset", labels="teacher", run="demo", runs_dir=out / "runs",
                            student=cfg.student, adapter="dora", head_init="label-mean", batch_size=4,
-                           max_steps=steps, epochs=10_000, lr=lr, warmup_steps=max(1, steps // 10),
+                           max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10),
                            adapter_rank=8, adapter_alpha=16.0, burn_in=5, val_fraction=0.5, workers=1,
                            log_every=max(1, steps // 20), checkpoint_every=10**6, device=cfg.device))
     report.trainable, report.steps = tr.trainable, tr.steps

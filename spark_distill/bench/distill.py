@@ -249,7 +249,7 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
     at = snapshot_steps(cfg.steps, cfg.evals)
     shutil.rmtree(runs / student, ignore_errors=True)
     tcfg = TrainConfig(root=root, labels=TEACHER, run=student, runs_dir=runs, student=student, adapter="none",
-                       head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps, epochs=100_000,
+                       head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
                        seed=cfg.seed, device=cfg.device, capture=cfg.capture,
                        loss=LossWeights.from_option(cfg.loss_weights))
@@ -372,7 +372,7 @@ def personalise(cfg: DistillBench, base_run: Path, root: Path, held: Path, runs:
     tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs,
                        student="openpilot" if release else str(base_run),
                        student_onnx=base_run if release else None, adapter="dora",
-                       batch_size=cfg.batch_size, max_steps=cfg.tune_steps, epochs=100_000,
+                       batch_size=cfg.batch_size, max_steps=cfg.tune_steps,
                        lr=cfg.tune_lr if cfg.tune_lr is not None else TUNE_LR[cfg.tune_base],
                        val_fraction=0.05, checkpoint_every=cfg.tune_steps, seed=cfg.seed, device=cfg.device,
                        capture=cfg.capture, loss=LossWeights.parse("", gt=cfg.gt_weight))

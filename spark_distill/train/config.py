@@ -69,7 +69,8 @@ class TrainConfig:
     feature_cached: str = "auto"  # auto: on when nothing in the vision network trains (openpilot student)
     feature_cache: str = "auto"  # feature-cached clips decoded once, held in device memory (train.cache); auto: if
     # they fit in a share of the free memory
-    max_steps: int | None = None  # optimizer steps of the whole schedule [default: epochs of data]
+    max_steps: int | None = None  # optimizer steps of the whole schedule, repeating the data as needed (epochs then
+    # does not apply) [default: epochs of data]
     stop_at: int | None = None  # checkpoint and stop at this step without changing the schedule (resume later)
     resume: bool = False
     device: str | None = None

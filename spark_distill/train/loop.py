@@ -289,7 +289,8 @@ class Recipe:
             if self._signalled():  # during the first validation: nothing trained, nothing to checkpoint
                 self.result.interrupted = True
                 return self.result
-            while self.step < s.total and self.epoch < s.cfg.epochs:
+            # --max-steps is the whole schedule, over as many passes as it takes; otherwise --epochs passes
+            while self.step < s.total and (s.cfg.max_steps is not None or self.epoch < s.cfg.epochs):
                 if self._epoch():
                     return self.result
                 if self.step >= s.total:

@@ -55,6 +55,14 @@ def test_resume_is_exact(labeled: Path, tmp_path: Path) -> None:
         train(_cfg(labeled, tmp_path / "a"))
 
 
+def test_max_steps_repeats_the_data_past_epochs(labeled: Path, tmp_path: Path) -> None:
+    one_pass = train(_cfg(labeled, tmp_path, run="one", epochs=1, batch_size=8)).steps
+    result = train(_cfg(labeled, tmp_path, epochs=1, batch_size=8, max_steps=2 * one_pass + 1, checkpoint_every=100))
+    assert result.steps == 2 * one_pass + 1
+    state = torch.load(latest_checkpoint(tmp_path / "r" / "checkpoints") / "state.pt", weights_only=False)
+    assert state["epoch"] >= 2, state["epoch"]  # passes over the training clips, though --epochs said 1
+
+
 def test_torn_checkpoint_falls_back_to_the_previous(labeled: Path, tmp_path: Path) -> None:
     train(_cfg(labeled, tmp_path, max_steps=6))
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
