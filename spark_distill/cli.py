@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 from spark_distill import __version__, progress
 from spark_distill.errors import ConfigError, SparkDistillError
 from spark_distill.notes import NOTES
+from spark_distill.processes import reuse_freed_memory
 
 
 def _tidy_params(params: list[Any]) -> list[Any]:
@@ -89,6 +90,7 @@ def main(
 ) -> None:
     """spark-distill: openpilot route logs -> labeled shards -> DoRA-tuned student -> ONNX."""
     _state["debug"] = debug
+    reuse_freed_memory()  # a CPU pass otherwise spends much of its time faulting its freed batches back in
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=_log_handlers(), force=True)
 

@@ -25,6 +25,9 @@ if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from spark_distill.processes import reuse_freed_memory
+
+    reuse_freed_memory()  # as the CLI does: tests call its passes in-process
     if "PYTEST_XDIST_WORKER" in os.environ and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         _share_onnxruntime_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -35,6 +35,7 @@ from spark_distill.data.dataset import check_frames_sample, check_label_sample, 
 from spark_distill.data.pairs import ShardPair, read_lockstep
 from spark_distill.errors import DatasetError, SparkDistillError
 from spark_distill.openpilot.delays import DelayChoice
+from spark_distill.processes import reuse_freed_memory
 
 
 def deal_shards(pairs: list[ShardPair], *, seed: int, epoch: int, process_rank: int, world: int, worker: int,
@@ -336,3 +337,4 @@ def _worker_start(_worker: int, environ: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reuse_freed_memory()
