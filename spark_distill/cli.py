@@ -483,6 +483,10 @@ def train(
     adapter: Annotated[str, typer.Option(help="auto, dora, lora, or none (train every parameter); auto: none for a "
                                               "built-in student (random weights), dora to fine-tune a trained one "
                                               "(--student pretrained, openpilot or a run).")] = "auto",
+    fresh_policy: Annotated[bool, typer.Option(
+        "--fresh-policy", help="Renew a trained compact student's recurrent half and policy heads (heads at the "
+        "labels' mean) and train only them, on its frozen vision: openpilot's second stage, for a student whose "
+        "plan did not learn (trained jointly, the lateral stays at the mean: benchmarks/distill.md).")] = False,
     head_init: Annotated[str, typer.Option(help="label-mean: a fresh built-in student's output-head biases start at "
                                                 "the label set's mean output (a short run then learns the deviation "
                                                 "instead of the metres); random: PyTorch's init. A trained student "

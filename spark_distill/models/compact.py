@@ -21,6 +21,7 @@ from spark_distill.models.depthwise import Depthwise
 from spark_distill.openpilot import contract as C
 
 DEFAULT_TARGETS = ["policy.*", "gru_x", "gru_h", "heads.*"]
+POLICY_HALF = ("policy.", "gru_x", "gru_h", "heads.policy_")  # the recurrent half and the policy heads, by name
 SPEED_SCALE = 0.1  # v_ego (m/s) to O(1) in the policy's input
 
 
@@ -117,12 +118,15 @@ class CompactStudent(nn.Module):
         self.register_buffer("speed_prior", prior, persistent=False)  # not in the state dict: built from the layout
 
     @torch.no_grad()
-    def init_heads(self, vision_mean: torch.Tensor, policy_mean: torch.Tensor) -> None:
+    def init_heads(self, vision_mean: torch.Tensor | None, policy_mean: torch.Tensor) -> None:
         """Start every output head at the given mean output vectors (the label set's, `train.head_init`): each
         head's bias is its slice of the mean, so a fresh student predicts the average plan, lane lines and lead
-        from step 0 instead of zeros metres away; its weights learn only the deviation from it."""
+        from step 0 instead of zeros metres away; its weights learn only the deviation from it. `vision_mean`
+        None: the vision heads keep their biases."""
         for prefix, slices, mean in (("vision", self.vision_slices, vision_mean), ("policy", self.policy_slices,
                                                                                    policy_mean)):
+            if mean is None:
+                continue
             for name, s in slices.items():
                 if f"{prefix}_{name}" in self.heads:  # hidden_state has none: it is the features themselves
                     head = self.heads[f"{prefix}_{name}"]
@@ -132,6 +136,22 @@ class CompactStudent(nn.Module):
             prior = self.speed_prior[s].to(policy_mean.dtype)
             head = self.heads["policy_plan"]
             head.bias.sub_((prior * _speed_at_start(policy_mean[s].clone())).to(head.bias.dtype))
+
+    def in_policy_half(self, name: str) -> bool:
+        """Whether parameter `name` belongs to the recurrent half or a policy head (what `reset_policy` renews)."""
+        return name.startswith(POLICY_HALF)
+
+    @torch.no_grad()
+    def reset_policy(self, policy_mean: torch.Tensor) -> None:
+        """Fresh weights for the recurrent half and the policy heads, those heads' biases at `policy_mean`; the
+        vision half and its heads keep theirs. The start of a second stage that trains the policy alone on a trained,
+        frozen vision, as openpilot trains its policy on its vision model's features: trained jointly from random
+        weights, the recurrent half settled on the label mean while the features were still uninformative and its
+        plan's lateral never left it (benchmarks/distill.md)."""
+        for name, module in self.named_modules():
+            if name.startswith(POLICY_HALF) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.init_heads(None, policy_mean)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.cfg.hidden, device=device)

@@ -44,6 +44,8 @@ class TrainConfig:
     # (the release in student_onnx), or a trained run / pre-trained student folder
     student_onnx: Path | None = None  # an openpilot release folder: split pair or one supercombo
     adapter: str = "auto"  # auto: none for a built-in student (random weights), dora to fine-tune a trained one
+    fresh_policy: bool = False  # renew a trained compact student's recurrent half and policy heads (heads at the
+    # labels' mean) and train them alone on its frozen vision: openpilot's second stage (compact.reset_policy)
     head_init: str = "label-mean"  # a fresh built-in student's head biases start at the labels' mean (random: at
     # their PyTorch init; a short run then spends its steps walking the biases out from 0 m); trained students ignore it
     adapter_rank: int = 16  # --dora-rank; >32 rarely helps DoRA on heads and projections (the DoRA paper's sweeps)
@@ -83,6 +85,14 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
+        if self.fresh_policy:
+            if self.student in PRESETS or self.student == "openpilot":
+                raise ConfigError(f"--fresh-policy renews the policy half of a trained compact student (pretrained or "
+                                  f"a run's folder); --student {self.student} has no trained vision to keep")
+            if self.adapter not in ("auto", "none"):
+                raise ConfigError(f"--fresh-policy trains the renewed policy half fully (--adapter none): adapters "
+                                  f"on random weights (--adapter {self.adapter}) cannot learn it")
+            object.__setattr__(self, "adapter", "none")
         if self.adapter == "auto":
             object.__setattr__(self, "adapter", default_adapter(self.student))
         if self.adapter not in ADAPTERS:

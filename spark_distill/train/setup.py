@@ -243,17 +243,21 @@ def build_student(cfg: TrainConfig, data: RunData, run_dir: Path, *, main: bool)
     student, default_targets, arch = _architecture(cfg, data.slices, data.manifest)
     base_file = run_dir / "student.safetensors"
     base = None
+    if cfg.fresh_policy and not hasattr(student, "reset_policy"):
+        raise ConfigError(f"--fresh-policy renews a compact student's policy half; {cfg.student} is {arch['kind']}")
     if main and not base_file.exists():  # the base weights the adapters belong to
-        if (cfg.head_init == "label-mean" and arch["kind"] == "compact" and not is_run_path(cfg.student)
+        if cfg.fresh_policy:
+            student.reset_policy(label_means(data.pairs, data.manifest, data.clip_len)[1])
+        elif (cfg.head_init == "label-mean" and arch["kind"] == "compact" and not is_run_path(cfg.student)
                 and not is_pretrained(cfg.student)):
             student.init_heads(*label_means(data.pairs, data.manifest, data.clip_len))
         base = safetensors_bytes({k: v.contiguous() for k, v in student.state_dict().items()})
     elif base_file.exists():
         student.load_state_dict(load_file(str(base_file)))
     targets = list(cfg.targets or default_targets)
-    if cfg.adapter == "none":
-        for p in student.parameters():
-            p.requires_grad_(True)
+    if cfg.adapter == "none":  # every parameter trains, or with --fresh-policy the policy half alone
+        for name, p in student.named_parameters():
+            p.requires_grad_(not cfg.fresh_policy or student.in_policy_half(name))
     else:
         apply_adapters(student, targets=targets, rank=cfg.adapter_rank, alpha=cfg.adapter_alpha,
                        dora=cfg.adapter == "dora", train_modules=list(cfg.train_modules))

@@ -63,6 +63,29 @@ def test_max_steps_repeats_the_data_past_epochs(labeled: Path, tmp_path: Path) -
     assert state["epoch"] >= 2, state["epoch"]  # passes over the training clips, though --epochs said 1
 
 
+def test_fresh_policy_renews_and_trains_the_policy_half_alone(labeled: Path, tmp_path: Path) -> None:
+    from spark_distill.models.restore import load_trained
+
+    first = train(_cfg(labeled, tmp_path / "a", adapter="none", max_steps=2))
+    second = train(_cfg(labeled, tmp_path / "b", student=str(first.run_dir), adapter="auto", fresh_policy=True,
+                        max_steps=3))
+    assert second.steps == 3
+    before, after = (load_trained(r.run_dir).student.state_dict() for r in (first, second))
+    renewed = load_file(str(second.run_dir / "student.safetensors"))  # the second stage's starting weights
+    policy = [k for k in before if k.startswith(("policy.", "gru_x", "gru_h", "heads.policy_"))]
+    vision = [k for k in before if k not in policy]
+    assert policy and len(vision) > len(policy)
+    for k in vision:  # frozen: weights and BatchNorm statistics as the first stage left them
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    for k in (k for k in policy if k.endswith("weight")):  # renewed, then trained
+        assert not torch.equal(renewed[k], before[k]) and not torch.equal(after[k], renewed[k]), k
+    n, total = second.trainable
+    assert n == sum(after[k].numel() for k in policy) < total
+    for bad in (dict(student="compact-xs"), dict(student=str(first.run_dir), adapter="dora")):
+        with pytest.raises(ConfigError, match="--fresh-policy"):
+            _cfg(labeled, tmp_path / "c", fresh_policy=True, **bad)
+
+
 def test_torn_checkpoint_falls_back_to_the_previous(labeled: Path, tmp_path: Path) -> None:
     train(_cfg(labeled, tmp_path, max_steps=6))
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
