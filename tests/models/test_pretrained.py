@@ -51,10 +51,10 @@ def test_the_shipped_student_is_the_fitted_teacher_s_and_loads() -> None:
     from spark_distill.synth.fit import SHIPPED as FITTED
 
     folders = pretrained.shipped()
-    assert [f.name for f in folders] == ["v1"]
+    assert [f.name for f in folders] == ["v2"]
     info = json.loads((folders[0] / "pretrained.json").read_text())
     assert info["teacher_files"] == {n: files.sha256_file(FITTED / "v1" / n) for n in info["teacher_files"]}
-    assert len(info["teacher_files"]) == 4 and info["made_by"]["command"].endswith("distill_gpu_call.sh")
+    assert len(info["teacher_files"]) == 4 and info["made_by"]["command"] == "python benchmarks/student_v2.py"
     student, spec = load_pretrained(folders[0])
     assert spec["architecture"]["plan_from_speed"] is True
     img = torch.zeros(1, 12, 128, 256, dtype=torch.uint8) + 100
