@@ -1052,6 +1052,9 @@ def bench_distill(
     ingested: Annotated[int, typer.Option(help="Of the held-out drives, also rendered as cameras, HEVC-encoded and "
                                                "ingested, scored apart (the camera path).")] = 0,
     steps: Annotated[int, typer.Option(help="Training steps per student (the budget).")] = 60,
+    policy_steps: Annotated[int, typer.Option(help="Then a second stage of this many steps: each student's policy "
+                                                   "half renewed and trained alone on its frozen vision (train "
+                                                   "--fresh-policy); 0: none.")] = 0,
     evals: Annotated[int, typer.Option(help="Checkpoints scored along each run (the last at its end).")] = 3,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 8,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate \\[default: train's, 1e-3].")] = None,

@@ -45,6 +45,8 @@ class DistillBench:
     seconds: float = 12.0  # per drive; the first 5 s of each are the teacher's warm-up (no loss, not scored)
     ingested: int = 0  # of the held-out drives, also rendered as cameras, HEVC-encoded and ingested (scored apart)
     steps: int = 60
+    policy_steps: int = 0  # then stage 2: each student's policy half renewed and trained alone on its frozen vision
+    # (train --fresh-policy) for this many steps; its curve follows stage 1's, the saved student is the two-stage one
     evals: int = 3  # snapshots scored along each run (the last at its end), besides step 0
     batch_size: int = 8
     lr: float | None = None  # None: train's default for the adapter (full training: 1e-3)
@@ -78,6 +80,8 @@ class DistillBench:
             raise ConfigError(f"--student: choose among {', '.join(PRESETS)}")
         if min(self.train_drives, self.held_drives, self.steps, self.evals, self.batch_size) < 1:
             raise ConfigError("--train-drives, --held-drives, --steps, --evals and --batch-size must be >= 1")
+        if self.policy_steps < 0:
+            raise ConfigError("--policy-steps must be >= 0 (0: no second stage)")
         if self.seconds < 2.0:
             raise ConfigError("--seconds must be >= 2")
         if not 0 <= self.ingested <= self.held_drives:
@@ -240,20 +244,26 @@ def snapshot_steps(steps: int, evals: int) -> list[int]:
     return sorted({max(1, round(steps * (k + 1) / evals)) for k in range(evals)})
 
 
-def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps: Path) -> tuple[Any, list[Snapshot]]:
-    """Train `student` from scratch on `root` for cfg.steps; its snapshots."""
+def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps: Path, *,
+                  stage_two_of: Path | None = None) -> tuple[Any, list[Snapshot]]:
+    """Train `student` from scratch on `root` for cfg.steps; its snapshots. With `stage_two_of` (that student's
+    stage-1 run): stage 2 instead, run `<student>-policy`, its policy half renewed and trained alone for
+    cfg.policy_steps (train --fresh-policy)."""
     from spark_distill.train.config import TrainConfig
     from spark_distill.train.loop import train
     from spark_distill.train.losses import LossWeights
 
-    at = snapshot_steps(cfg.steps, cfg.evals)
-    shutil.rmtree(runs / student, ignore_errors=True)
-    tcfg = TrainConfig(root=root, labels=TEACHER, run=student, runs_dir=runs, student=student, adapter="none",
-                       head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=cfg.steps,
+    name, steps = (student, cfg.steps) if stage_two_of is None else (f"{student}-policy", cfg.policy_steps)
+    at = snapshot_steps(steps, cfg.evals)
+    shutil.rmtree(runs / name, ignore_errors=True)
+    tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs,
+                       student=student if stage_two_of is None else str(stage_two_of), adapter="none",
+                       fresh_policy=stage_two_of is not None,
+                       head_init=cfg.head_init, batch_size=cfg.batch_size, max_steps=steps,
                        lr=cfg.lr, val_fraction=0.05, checkpoint_every=at[0] if len(at) == 1 else _gcd(at),
                        seed=cfg.seed, device=cfg.device, capture=cfg.capture,
                        loss=LossWeights.from_option(cfg.loss_weights))
-    hook = _Snapshots(runs / student, snaps, at, _clip_len(root))
+    hook = _Snapshots(runs / name, snaps, at, _clip_len(root))
     result = train(tcfg, on_progress=hook)
     hook.collect()
     if result.interrupted:
@@ -302,7 +312,8 @@ def _fmt(v: float | None) -> str:
 
 
 def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
-    head = (f"  {'student':<11} {'step':>6} {'minutes':>7} {'frames':>10}  " + "  ".join(
+    width = max([11, *map(len, curves)])
+    head = (f"  {'student':<{width}} {'step':>6} {'minutes':>7} {'frames':>10}  " + "  ".join(
         f"{'driven@' + h:>9}" for h in HORIZONS) + "  " + "  ".join(f"{'teacher@' + h:>10}" for h in HORIZONS)
         + "  " + "  ".join(f"{'vsT@' + h:>7}" for h in HORIZONS) + "  ratio@2")
     lines = [head]
@@ -310,7 +321,7 @@ def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
         for p in points:
             r = p["row"]
             ratio = (r["driven@2"] / r["teacher_driven@2"]) if r["driven@2"] and r["teacher_driven@2"] else None
-            lines.append(f"  {student:<11} {p['step']:>6} {p['minutes']:>7.2f} {p['frames']:>10,}  "
+            lines.append(f"  {student:<{width}} {p['step']:>6} {p['minutes']:>7.2f} {p['frames']:>10,}  "
                          + "  ".join(f"{_fmt(r['driven@' + h]):>9}" for h in HORIZONS) + "  "
                          + "  ".join(f"{_fmt(r['teacher_driven@' + h]):>10}" for h in HORIZONS) + "  "
                          + "  ".join(f"{_fmt(r['vs_teacher@' + h]):>7}" for h in HORIZONS)
@@ -450,6 +461,19 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             yield (f"{student}: {result.steps} steps of {run_batch(finals[student])} clips in "
                    f"{result.seconds / 60:.2f} min of "
                    f"training; validation loss {_fmt(result.val_before)} -> {_fmt(result.val_after)}")
+            if cfg.policy_steps:
+                result, snaps = train_student(cfg, student, train_root, work / "runs", work / "snapshots",
+                                              stage_two_of=finals[student])
+                metrics = score(held_root, [s.folder for s in snaps], work / "eval" / f"{student}-policy", cfg.device)
+                last = curves[student][-1]  # stage 2 goes on from where stage 1 ended
+                curves[f"{student}-policy"] = [
+                    {"step": last["step"] + s.step, "minutes": last["minutes"] + s.minutes,
+                     "frames": last["frames"] + s.frames, "row": row(m)}
+                    for s, m in zip(snaps, metrics.values(), strict=True)]
+                finals[student] = work / "runs" / f"{student}-policy"
+                yield (f"{student}, stage 2 (policy half renewed on the frozen vision): {result.steps} steps in "
+                       f"{result.seconds / 60:.2f} min; validation loss {_fmt(result.val_before)} -> "
+                       f"{_fmt(result.val_after)}")
             if (mem := _gpu_memory(cfg.device)) is not None:
                 yield f"GPU memory after {student}: {mem}"
         summary["curves"] = curves
@@ -462,8 +486,9 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             from spark_distill.models.pretrained import save_pretrained
 
             first = cfg.students[0]
+            final = curves[f"{first}-policy" if cfg.policy_steps else first][-1]
             info = save_pretrained(finals[first], cfg.save_student, teacher=teacher,
-                                   provenance={"bench": summary["config"], "held_out": curves[first][-1]})
+                                   provenance={"bench": summary["config"], "held_out": final})
             yield f"pre-trained student ({first}) -> {cfg.save_student} ({info['bytes'] / 1e6:.2f} MB)"
         done = 2 + len(cfg.students)
         if cfg.ingested:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from spark_distill.cli import app
@@ -158,3 +159,33 @@ def test_students_train_with_the_loss_weights_given(tmp_path: Path, monkeypatch:
         distill.DistillBench(loss_weights="plan=heavy")
     with pytest.raises(ConfigError, match="--loss-weights"):
         distill.DistillBench(loss_weights="lateral=2")
+
+
+@pytest.mark.slow
+def test_stage_two_renews_the_policy_half_and_continues_the_curve(bench: tuple[Path, str], tmp_path: Path) -> None:
+    """--policy-steps: after each student, its policy half renewed and trained alone on its frozen vision (train
+    --fresh-policy); the curve goes on from stage 1's last point, and the saved student is the two-stage one."""
+    from spark_distill.bench import distill
+    from spark_distill.models.restore import load_trained
+
+    work, _ = bench
+    for data in ("teacher", "train", "held"):  # the rendered, labelled drives: reused, not made again
+        shutil.copytree(work / data, tmp_path / "w" / data)
+    cfg = distill.DistillBench(students=("compact-xs",), train_drives=2, held_drives=1, seconds=7, steps=2,
+                               policy_steps=3, evals=1, batch_size=2, seed=6, workers=1, device="cpu",
+                               teacher=tmp_path / "w" / "teacher", workdir=tmp_path / "w", keep=True,
+                               out=tmp_path / "out", save_student=tmp_path / "pre")
+    output = "\n".join(distill.bench_distill(cfg))
+    curves = json.loads((tmp_path / "out" / "distill.json").read_text())["curves"]
+    assert [(p["step"], p["frames"]) for p in curves["compact-xs"]] == [(0, 0), (2, 80)]
+    assert [(p["step"], p["frames"]) for p in curves["compact-xs-policy"]] == [(2, 80), (5, 200)]
+    assert re.search(r"^\s+compact-xs-policy\s+5\s", output, re.M), output
+    one, two = (load_trained(tmp_path / "w" / "runs" / r).student.state_dict() for r in ("compact-xs",
+                                                                                          "compact-xs-policy"))
+    for k in one:
+        frozen = not k.startswith(("policy.", "gru_x", "gru_h", "heads.policy_"))
+        assert torch.equal(one[k], two[k]) == frozen, k
+    info = json.loads((tmp_path / "pre" / "pretrained.json").read_text())
+    assert info["source_run"].endswith("compact-xs-policy") and info["held_out"]["step"] == 5
+    with pytest.raises(ConfigError, match="--policy-steps"):
+        distill.DistillBench(policy_steps=-1)
