@@ -14,8 +14,9 @@ import os
 import signal
 from collections.abc import Iterator
 
-# glibc malloc settings (mallopt): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD; the environment's spelling of each
-_MALLOPT = {-1: ("MALLOC_TRIM_THRESHOLD_", 2 << 30), -3: ("MALLOC_MMAP_THRESHOLD_", 1 << 30)}
+# glibc malloc settings (mallopt, whose value is a C int): M_TRIM_THRESHOLD -1 turns trimming off (mallopt(3)),
+# M_MMAP_THRESHOLD 1 GiB; the environment's spelling of each
+_MALLOPT = {-1: ("MALLOC_TRIM_THRESHOLD_", -1), -3: ("MALLOC_MMAP_THRESHOLD_", 1 << 30)}
 
 
 def reuse_freed_memory() -> bool:
