@@ -244,6 +244,11 @@ def snapshot_steps(steps: int, evals: int) -> list[int]:
     return sorted({max(1, round(steps * (k + 1) / evals)) for k in range(evals)})
 
 
+def stage_two(student: str) -> str:
+    """The run (and curve) name of `student`'s second stage (--policy-steps)."""
+    return f"{student}-policy"
+
+
 def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps: Path, *,
                   stage_two_of: Path | None = None) -> tuple[Any, list[Snapshot]]:
     """Train `student` from scratch on `root` for cfg.steps; its snapshots. With `stage_two_of` (that student's
@@ -253,7 +258,7 @@ def train_student(cfg: DistillBench, student: str, root: Path, runs: Path, snaps
     from spark_distill.train.loop import train
     from spark_distill.train.losses import LossWeights
 
-    name, steps = (student, cfg.steps) if stage_two_of is None else (f"{student}-policy", cfg.policy_steps)
+    name, steps = (student, cfg.steps) if stage_two_of is None else (stage_two(student), cfg.policy_steps)
     at = snapshot_steps(steps, cfg.evals)
     shutil.rmtree(runs / name, ignore_errors=True)
     tcfg = TrainConfig(root=root, labels=TEACHER, run=name, runs_dir=runs,
@@ -464,13 +469,13 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             if cfg.policy_steps:
                 result, snaps = train_student(cfg, student, train_root, work / "runs", work / "snapshots",
                                               stage_two_of=finals[student])
-                metrics = score(held_root, [s.folder for s in snaps], work / "eval" / f"{student}-policy", cfg.device)
+                metrics = score(held_root, [s.folder for s in snaps], work / "eval" / stage_two(student), cfg.device)
                 last = curves[student][-1]  # stage 2 goes on from where stage 1 ended
-                curves[f"{student}-policy"] = [
+                curves[stage_two(student)] = [
                     {"step": last["step"] + s.step, "minutes": last["minutes"] + s.minutes,
                      "frames": last["frames"] + s.frames, "row": row(m)}
                     for s, m in zip(snaps, metrics.values(), strict=True)]
-                finals[student] = work / "runs" / f"{student}-policy"
+                finals[student] = work / "runs" / stage_two(student)
                 yield (f"{student}, stage 2 (policy half renewed on the frozen vision): {result.steps} steps in "
                        f"{result.seconds / 60:.2f} min; validation loss {_fmt(result.val_before)} -> "
                        f"{_fmt(result.val_after)}")
@@ -486,7 +491,7 @@ def bench_distill(cfg: DistillBench, *, on_progress: Callable[[int, int, str], N
             from spark_distill.models.pretrained import save_pretrained
 
             first = cfg.students[0]
-            final = curves[f"{first}-policy" if cfg.policy_steps else first][-1]
+            final = curves[stage_two(first) if cfg.policy_steps else first][-1]
             info = save_pretrained(finals[first], cfg.save_student, teacher=teacher,
                                    provenance={"bench": summary["config"], "held_out": final})
             yield f"pre-trained student ({first}) -> {cfg.save_student} ({info['bytes'] / 1e6:.2f} MB)"
